@@ -1,0 +1,112 @@
+//! `NodeConfig`: the repo's `config.toml`. Every field has a default, so a config file
+//! only needs the settings a user changed; flags and environment override it.
+
+use serde::{Deserialize, Serialize};
+
+/// Default cap on the repo's size: 10 GB, as Kubo's `Datastore.StorageMax`.
+pub const DEFAULT_STORAGE_MAX: u64 = 10_000_000_000;
+/// Above this percentage of `storage_max`, unpinned content is evicted.
+pub const DEFAULT_HIGH_WATERMARK: u8 = 90;
+/// Eviction stops at this percentage of `storage_max`.
+pub const DEFAULT_LOW_WATERMARK: u8 = 70;
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub identity: IdentityConfig,
+    pub datastore: DatastoreConfig,
+    pub import: ImportConfig,
+}
+
+/// Who this node is. The private key lives in `identity.key` beside the config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The peer id derived from the key, recorded for people reading the file.
+    pub peer_id: String,
+}
+
+/// Storage limits and cache behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatastoreConfig {
+    /// Size cap in bytes; unpinned content beyond the high watermark is evicted.
+    pub storage_max: u64,
+    /// Percentage of `storage_max` at which eviction starts.
+    pub high_watermark: u8,
+    /// Percentage of `storage_max` eviction frees down to.
+    pub low_watermark: u8,
+}
+
+impl Default for DatastoreConfig {
+    fn default() -> Self {
+        DatastoreConfig {
+            storage_max: DEFAULT_STORAGE_MAX,
+            high_watermark: DEFAULT_HIGH_WATERMARK,
+            low_watermark: DEFAULT_LOW_WATERMARK,
+        }
+    }
+}
+
+impl DatastoreConfig {
+    pub fn high_bytes(&self) -> u64 {
+        percent_of(self.storage_max, self.high_watermark)
+    }
+
+    pub fn low_bytes(&self) -> u64 {
+        percent_of(self.storage_max, self.low_watermark.min(self.high_watermark))
+    }
+}
+
+fn percent_of(total: u64, percent: u8) -> u64 {
+    (u128::from(total) * u128::from(percent.min(100)) / 100) as u64
+}
+
+/// Defaults for `add`; flags override them per call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    pub cid_version: u8,
+    pub raw_leaves: bool,
+    pub chunk_size: usize,
+    pub max_file_links: usize,
+}
+
+impl Default for ImportConfig {
+    /// What `ipfs add --cid-version=1` gives.
+    fn default() -> Self {
+        ImportConfig {
+            cid_version: 1,
+            raw_leaves: true,
+            chunk_size: 256 * 1024,
+            max_file_links: 174,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = NodeConfig::default();
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn partial_files_fill_in_defaults() {
+        let config: NodeConfig = toml::from_str("[datastore]\nstorage_max = 1000\n").unwrap();
+        assert_eq!(config.datastore.storage_max, 1000);
+        assert_eq!(config.datastore.high_bytes(), 900);
+        assert_eq!(config.datastore.low_bytes(), 700);
+        assert_eq!(config.import, ImportConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<NodeConfig>("[datastore]\nstorage_mux = 1\n").is_err());
+    }
+}

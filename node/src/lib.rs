@@ -1,0 +1,22 @@
+//! The ipfs-accelerate peer library.
+//!
+//! Today it holds everything one peer does with content before it talks to anyone:
+//! the [`repo`] on disk (identity, config, datastore, lock), the [`blockstore`], the
+//! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] import and
+//! export with Kubo-identical CIDs, and [`car`] import and export.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod blockstore;
+pub mod car;
+pub mod config;
+pub mod gc;
+pub mod identity;
+pub mod pin;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use store::Store;
+pub mod repo;
+pub use repo::Repo;
+pub mod unixfs;
+mod writer;

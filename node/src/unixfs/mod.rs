@@ -1,0 +1,51 @@
+//! UnixFS: files and directories as IPFS DAGs, with the CIDs Kubo gives.
+//!
+//! [`import`] chunks and hashes on the calling thread while a second thread writes
+//! batches to the store, so neither waits on the other; nothing holds more than a few
+//! batches in memory. [`export`] walks a DAG block by block and streams file bytes out.
+//! Layout comes from rust-unixfs (balanced trees, Kubo's directory and HAMT rules).
+
+pub mod export;
+pub mod import;
+
+pub use export::{LsEntry, cat, get, ls};
+pub use import::{AddedEntry, ImportOptions, add_path, add_reader};
+
+use cid::Cid;
+
+/// Why an import or export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid import options: {0}")]
+    Options(String),
+    #[error("{0} is a directory; add it with -r")]
+    IsDirectory(String),
+    #[error("{path} is not a regular file, directory or symlink")]
+    UnsupportedFileType { path: String },
+    #[error("{0} is a directory, not a file; use `get` or `ls`")]
+    NotAFile(Cid),
+    #[error("{cid} is not a UnixFS node: {reason}")]
+    NotUnixFs { cid: Cid, reason: String },
+    #[error("refusing unsafe entry name {name:?} in {cid}")]
+    UnsafeName { cid: Cid, name: String },
+    #[error("building directory: {0}")]
+    Directory(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_string();
+        move |source| Error::Io { what, path, source }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! Wire types and codecs of ipfs-accelerate.
+//!
+//! This crate knows no I/O: it turns bytes into typed values and back, with explicit
+//! limits and typed errors. Everything that reads files, sockets or databases lives in
+//! `ipfs-accelerate-node`.
+//!
+//! - [`block`]: a block is bytes plus the CID that names them; constructing one from the
+//!   network or a file always verifies the hash.
+//! - [`car`]: CAR v1 framing (header and block frames).
+//! - [`codec`]: multicodec and multihash numbers we understand.
+//! - [`limits`]: size limits shared by every component.
+
+pub mod block;
+pub mod car;
+pub mod codec;
+pub mod limits;
+
+pub use block::Block;
+pub use cid::Cid;
+pub use ipld_dagpb::{PbLink, PbNode};
