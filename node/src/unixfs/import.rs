@@ -271,6 +271,11 @@ fn import_dir(
     for rel in empty_dirs {
         tree.put_link(&rel, empty_cid, empty_size)
             .map_err(|e| Error::Directory(e.to_string()))?;
+        on_added(&AddedEntry {
+            name: format!("{name}/{rel}"),
+            cid: empty_cid,
+            size: empty_size,
+        });
     }
     let mut root = None;
     for node in tree.build() {

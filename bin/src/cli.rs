@@ -1,0 +1,182 @@
+//! Command-line arguments, in Kubo's shapes (`ipfs add`, `ipfs pin ls`, ...).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ipfs-accelerate",
+    version,
+    about = "A native IPFS peer for content-addressed machine-learning models"
+)]
+pub(crate) struct Cli {
+    /// Repo directory [default: $IPFS_ACCELERATE_PATH, else ~/.ipfs-accelerate]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) repo: Option<PathBuf>,
+    /// Print machine-readable JSON (one object per line where Kubo streams)
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a repo: identity key, config.toml, datastore
+    Init,
+    /// Show this node's identity
+    Id,
+    /// Add files or directories (`-` reads stdin)
+    Add(AddArgs),
+    /// Print the contents of a UnixFS file
+    Cat { cid: String },
+    /// Write a file or directory tree to disk
+    Get {
+        cid: String,
+        /// Where to write it [default: ./CID]
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// List the links of a directory (or a file's chunks)
+    Ls { cid: String },
+    /// Raw blocks
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Keep content from garbage collection
+    #[command(subcommand)]
+    Pin(PinCommand),
+    /// Repo maintenance
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// DAGs as CAR v1 files
+    #[command(subcommand)]
+    Dag(DagCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// Files or directories to add; `-` for stdin
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<String>,
+    /// Add directories recursively
+    #[arg(short, long)]
+    pub(crate) recursive: bool,
+    /// Print only the final root CID
+    #[arg(short = 'Q', long)]
+    pub(crate) quieter: bool,
+    /// Print only CIDs, one per line
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// CID version: 0 gives Kubo's default CIDs, 1 Kubo's `--cid-version=1`
+    #[arg(long, value_name = "0|1")]
+    pub(crate) cid_version: Option<u8>,
+    /// Store leaves as raw blocks [default: true with CIDv1, false with CIDv0]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) raw_leaves: Option<bool>,
+    /// Chunker: size-N (bytes per leaf)
+    #[arg(long, value_name = "size-N")]
+    pub(crate) chunker: Option<String>,
+    /// Most links per file node
+    #[arg(long, value_name = "N")]
+    pub(crate) max_file_links: Option<usize>,
+    /// Include files whose names start with a dot
+    #[arg(short = 'H', long)]
+    pub(crate) hidden: bool,
+    /// Pin what is added
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) pin: bool,
+    /// Show a progress bar even when stdout is not a terminal
+    #[arg(short, long)]
+    pub(crate) progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BlockCommand {
+    /// Print a raw block
+    Get { cid: String },
+    /// Store a block read from a file or stdin
+    Put {
+        /// File to read; stdin when absent or `-`
+        file: Option<PathBuf>,
+        /// Codec of the new CID: raw, dag-pb, dag-cbor
+        #[arg(long, default_value = "raw")]
+        cid_codec: String,
+        /// Hash function: sha2-256, sha2-512, blake3
+        #[arg(long, default_value = "sha2-256")]
+        mhtype: String,
+        /// Pin the block
+        #[arg(long)]
+        pin: bool,
+        /// Allow blocks over 1 MiB (up to the 2 MiB hard limit)
+        #[arg(long)]
+        allow_big_block: bool,
+    },
+    /// Print a block's CID and size
+    Stat { cid: String },
+    /// Remove blocks (pinned ones are refused)
+    Rm {
+        #[arg(required = true)]
+        cids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PinCommand {
+    /// Pin a DAG (recursive by default); every block must be in the repo
+    Add {
+        #[arg(required = true)]
+        cids: Vec<String>,
+        /// Pin the whole DAG (false: only this block)
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        recursive: bool,
+    },
+    /// Remove pins; the content becomes cache
+    Rm {
+        #[arg(required = true)]
+        cids: Vec<String>,
+    },
+    /// List pins
+    Ls {
+        /// Only these CIDs
+        cids: Vec<String>,
+        /// all, direct, indirect or recursive
+        #[arg(short = 't', long = "type", default_value = "all")]
+        kind: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepoCommand {
+    /// Remove every unpinned block
+    Gc {
+        /// Print nothing per block
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Size and object count
+    Stat {
+        /// Print sizes in human units
+        #[arg(long)]
+        human: bool,
+    },
+    /// Re-hash every block and check every pin is whole
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DagCommand {
+    /// Write a DAG as CAR v1 to stdout
+    Export { cid: String },
+    /// Import CAR v1 files (or stdin) and pin their roots
+    Import {
+        /// CAR files; stdin when none
+        files: Vec<PathBuf>,
+        /// Pin the roots (requires complete DAGs)
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        pin_roots: bool,
+        /// Print block and byte counts
+        #[arg(long)]
+        stats: bool,
+    },
+}

@@ -1,0 +1,476 @@
+//! One function per command: open the repo, call `node`, print Kubo-shaped output.
+
+use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cid::{Cid, Version};
+use ipfs_accelerate_node::pin::PinType;
+use ipfs_accelerate_node::repo::{self, Repo};
+use ipfs_accelerate_node::unixfs::{self, AddedEntry, ImportOptions};
+use ipfs_accelerate_node::{NodeConfig, car};
+use ipfs_accelerate_protocol::limits::{BLOCK_PUT_SOFT_LIMIT, BLOCK_SIZE_LIMIT};
+use ipfs_accelerate_protocol::{Block, codec};
+use serde_json::json;
+
+use crate::cli::{AddArgs, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand};
+use crate::progress;
+
+/// Agent version reported by `id`, in Kubo's `name/version/` form.
+const AGENT_VERSION: &str = concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/");
+
+pub(crate) fn run(cli: Cli) -> Result<()> {
+    let path = repo::resolve_path(cli.repo.clone());
+    let json = cli.json;
+    if let Command::Init = cli.command {
+        return init(&path, json);
+    }
+    let repo = Repo::open(&path)?;
+    match cli.command {
+        Command::Init => unreachable!("handled above"),
+        Command::Id => id(&repo, json),
+        Command::Add(args) => add(&repo, &args, json),
+        Command::Cat { cid } => cat(&repo, &parse_cid(&cid)?),
+        Command::Get { cid, output } => get(&repo, &parse_cid(&cid)?, output, json),
+        Command::Ls { cid } => ls(&repo, &parse_cid(&cid)?, json),
+        Command::Block(cmd) => block(&repo, cmd, json),
+        Command::Pin(cmd) => pin(&repo, cmd, json),
+        Command::Repo(cmd) => repo_cmd(&repo, cmd, json),
+        Command::Dag(cmd) => dag(&repo, cmd, json),
+    }
+}
+
+/// Parses a CID, accepting an `/ipfs/` prefix as Kubo does.
+fn parse_cid(text: &str) -> Result<Cid> {
+    let trimmed = text.trim().trim_start_matches("/ipfs/");
+    Cid::try_from(trimmed).with_context(|| format!("invalid CID {text:?}"))
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn init(path: &Path, json: bool) -> Result<()> {
+    let repo = Repo::init(path, NodeConfig::default())?;
+    let peer = repo.identity().peer_id();
+    if json {
+        return print_json(&json!({ "ID": peer.to_string(), "Repo": path }));
+    }
+    println!("initialized ipfs-accelerate repo at {}", path.display());
+    println!("peer identity: {peer}");
+    Ok(())
+}
+
+fn id(repo: &Repo, json: bool) -> Result<()> {
+    let identity = repo.identity();
+    if json {
+        // Kubo's `ipfs id` shape; no addresses or protocols while offline.
+        return print_json(&json!({
+            "ID": identity.peer_id().to_string(),
+            "PublicKey": identity.public_key_base64(),
+            "Addresses": null,
+            "AgentVersion": AGENT_VERSION,
+            "ProtocolVersion": "ipfs/0.1.0",
+            "Protocols": null,
+        }));
+    }
+    println!("{}", identity.peer_id());
+    Ok(())
+}
+
+fn import_options(repo: &Repo, args: &AddArgs) -> Result<ImportOptions> {
+    let mut options = ImportOptions::from(&repo.config().import);
+    if let Some(version) = args.cid_version {
+        options.cid_version = match version {
+            0 => Version::V0,
+            1 => Version::V1,
+            other => bail!("unsupported --cid-version {other}: use 0 or 1"),
+        };
+        // As in Kubo, the CID version picks the leaf format unless told otherwise.
+        options.raw_leaves = version == 1;
+    }
+    if let Some(raw) = args.raw_leaves {
+        options.raw_leaves = raw;
+    }
+    if let Some(chunker) = &args.chunker {
+        let size = chunker
+            .strip_prefix("size-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .with_context(|| format!("unsupported --chunker {chunker:?}: use size-N, e.g. size-262144"))?;
+        options.chunk_size = size;
+    }
+    if let Some(links) = args.max_file_links {
+        options.max_links = links;
+    }
+    options.hidden = args.hidden;
+    options.pin = args.pin;
+    Ok(options)
+}
+
+fn add(repo: &Repo, args: &AddArgs, json: bool) -> Result<()> {
+    let options = import_options(repo, args)?;
+    let store = repo.store();
+    let mut out = std::io::stdout().lock();
+    let mut last = None;
+    for path_arg in &args.paths {
+        let mut report = |entry: &AddedEntry| {
+            if json {
+                let line = json!({ "Name": entry.name, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() });
+                let _ = writeln!(out, "{line}");
+            } else if args.quieter {
+            } else if args.quiet {
+                let _ = writeln!(out, "{}", entry.cid);
+            } else {
+                let _ = writeln!(out, "added {} {}", entry.cid, entry.name);
+            }
+        };
+        let root = if path_arg == "-" {
+            let bar = progress::bytes(None, args.progress);
+            let stdin = std::io::stdin().lock();
+            let mut entry = unixfs::add_reader(store, stdin, "", &options, &mut |n| bar.set_position(n))
+                .context("adding stdin")?;
+            bar.finish_and_clear();
+            entry.name = entry.cid.to_string();
+            report(&entry);
+            entry
+        } else {
+            let path = Path::new(path_arg);
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot add {path_arg}"))?;
+            if meta.is_dir() && !args.recursive {
+                bail!("{path_arg} is a directory; use -r to add directories");
+            }
+            let total = if meta.is_dir() { None } else { Some(meta.len()) };
+            let bar = progress::bytes(total, args.progress);
+            let entry = unixfs::add_path(store, path, &options, &mut report, &mut |n| bar.set_position(n))
+                .with_context(|| format!("adding {path_arg}"))?;
+            bar.finish_and_clear();
+            entry
+        };
+        last = Some(root.cid);
+    }
+    if let (true, Some(root)) = (args.quieter && !json, last) {
+        writeln!(out, "{root}")?;
+    }
+    Ok(())
+}
+
+fn cat(repo: &Repo, cid: &Cid) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    unixfs::cat(repo.store(), cid, &mut out, &mut |_| {})?;
+    Ok(())
+}
+
+fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()> {
+    let target = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
+    if target.exists() {
+        bail!("{} already exists; remove it or choose another -o PATH", target.display());
+    }
+    let size = unixfs::export::file_size(repo.store(), cid)?;
+    let bar = progress::bytes(size.or(None), false);
+    unixfs::get(repo.store(), cid, &target, &mut |n| bar.set_position(n))
+        .with_context(|| format!("saving {cid} to {}", target.display()))?;
+    bar.finish_and_clear();
+    if json {
+        return print_json(&json!({ "Hash": cid.to_string(), "Path": target }));
+    }
+    println!("Saving file(s) to {}", target.display());
+    Ok(())
+}
+
+fn ls(repo: &Repo, cid: &Cid, json: bool) -> Result<()> {
+    use unixfs::export::EntryKind;
+    let entries = unixfs::ls(repo.store(), cid)?;
+    if json {
+        let links: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    EntryKind::Directory => 1,
+                    EntryKind::File => 2,
+                    EntryKind::Symlink => 4,
+                    EntryKind::Unknown => 0,
+                };
+                json!({ "Name": e.name, "Hash": e.cid.to_string(), "Size": e.size, "Type": kind, "Target": "" })
+            })
+            .collect();
+        return print_json(&json!({ "Objects": [{ "Hash": cid.to_string(), "Links": links }] }));
+    }
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        match e.kind {
+            EntryKind::Directory => writeln!(out, "{} - {}/", e.cid, e.name)?,
+            _ => writeln!(out, "{} {} {}", e.cid, e.size, e.name)?,
+        }
+    }
+    Ok(())
+}
+
+fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
+    let store = repo.store();
+    match cmd {
+        BlockCommand::Get { cid } => {
+            let block = store.get(&parse_cid(&cid)?)?;
+            std::io::stdout().lock().write_all(block.data())?;
+        }
+        BlockCommand::Put {
+            file,
+            cid_codec,
+            mhtype,
+            pin,
+            allow_big_block,
+        } => {
+            let codec = codec::codec_from_name(&cid_codec)
+                .with_context(|| format!("unsupported --cid-codec {cid_codec:?}: use raw, dag-pb or dag-cbor"))?;
+            let hash = codec::hash_from_name(&mhtype)
+                .with_context(|| format!("unsupported --mhtype {mhtype:?}: use sha2-256, sha2-512 or blake3"))?;
+            let limit = if allow_big_block { BLOCK_SIZE_LIMIT } else { BLOCK_PUT_SOFT_LIMIT };
+            let data = read_limited(file.as_deref(), limit)?;
+            let block = Block::from_data(Version::V1, codec, hash, data)?;
+            // Reject a block we could not traverse later.
+            block.links()?;
+            store.put_many(std::slice::from_ref(&block))?;
+            if pin {
+                store.pin_add(block.cid(), false)?;
+            }
+            if json {
+                return print_json(&json!({ "Key": block.cid().to_string(), "Size": block.len() }));
+            }
+            println!("{}", block.cid());
+        }
+        BlockCommand::Stat { cid } => {
+            let cid = parse_cid(&cid)?;
+            let size = store
+                .size(&cid)?
+                .ok_or(ipfs_accelerate_node::store::Error::NotFound(cid))?;
+            if json {
+                return print_json(&json!({ "Key": cid.to_string(), "Size": size }));
+            }
+            println!("Key: {cid}\nSize: {size}");
+        }
+        BlockCommand::Rm { cids } => {
+            let mut errors = Vec::new();
+            for text in cids {
+                let cid = parse_cid(&text)?;
+                let error = store.remove_block(&cid).err().map(|e| e.to_string());
+                if json {
+                    print_json(&json!({ "Hash": cid.to_string(), "Error": error.clone().unwrap_or_default() }))?;
+                } else if error.is_none() {
+                    println!("removed {cid}");
+                }
+                errors.extend(error);
+            }
+            if !errors.is_empty() {
+                bail!("{}", errors.join("; "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file (or stdin) but refuses more than `limit` bytes.
+fn read_limited(file: Option<&Path>, limit: usize) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let reader: Box<dyn Read> = match file {
+        Some(path) if path != Path::new("-") => Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    reader.take(limit as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > limit {
+        bail!(
+            "block is over {limit} bytes: big blocks can't be exchanged with other peers; use `add` to chunk large data{}",
+            if limit < BLOCK_SIZE_LIMIT { ", or pass --allow-big-block" } else { "" }
+        );
+    }
+    Ok(data)
+}
+
+fn pin(repo: &Repo, cmd: PinCommand, json: bool) -> Result<()> {
+    let store = repo.store();
+    match cmd {
+        PinCommand::Add { cids, recursive } => {
+            let cids = cids.iter().map(|c| parse_cid(c)).collect::<Result<Vec<_>>>()?;
+            for cid in &cids {
+                store.pin_add(cid, recursive)?;
+            }
+            if json {
+                return print_json(&json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }));
+            }
+            for cid in cids {
+                println!("pinned {cid} {}", if recursive { "recursively" } else { "directly" });
+            }
+        }
+        PinCommand::Rm { cids } => {
+            let cids = cids.iter().map(|c| parse_cid(c)).collect::<Result<Vec<_>>>()?;
+            for cid in &cids {
+                store.pin_rm(cid)?;
+            }
+            if json {
+                return print_json(&json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }));
+            }
+            for cid in cids {
+                println!("unpinned {cid}");
+            }
+        }
+        PinCommand::Ls { cids, kind } => {
+            let types = match kind.as_str() {
+                "all" => vec![],
+                "direct" => vec![PinType::Direct],
+                "recursive" => vec![PinType::Recursive],
+                "indirect" => vec![PinType::Indirect],
+                other => bail!("invalid --type {other:?}: use all, direct, indirect or recursive"),
+            };
+            let pins = if cids.is_empty() {
+                store.pin_ls(&types)?
+            } else {
+                let mut out = Vec::new();
+                for text in &cids {
+                    let cid = parse_cid(text)?;
+                    match store.pin_type(&cid)? {
+                        Some(t) if types.is_empty() || types.contains(&t) => out.push((cid, t)),
+                        _ => bail!("{cid} is not pinned"),
+                    }
+                }
+                out
+            };
+            if json {
+                let keys: serde_json::Map<String, serde_json::Value> = pins
+                    .iter()
+                    .map(|(cid, t)| (cid.to_string(), json!({ "Type": t.as_str() })))
+                    .collect();
+                return print_json(&json!({ "Keys": keys }));
+            }
+            let mut out = std::io::stdout().lock();
+            for (cid, t) in pins {
+                writeln!(out, "{cid} {}", t.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
+    let store = repo.store();
+    match cmd {
+        RepoCommand::Gc { quiet } => {
+            let report = store.gc()?;
+            let mut out = std::io::stdout().lock();
+            for cid in &report.removed {
+                if json {
+                    writeln!(out, "{}", json!({ "Key": { "/": cid.to_string() } }))?;
+                } else if !quiet {
+                    writeln!(out, "removed {cid}")?;
+                }
+            }
+        }
+        RepoCommand::Stat { human } => {
+            let stat = store.stat()?;
+            let max = store.limits().storage_max;
+            if json {
+                return print_json(&json!({
+                    "RepoSize": stat.bytes,
+                    "StorageMax": max,
+                    "NumObjects": stat.blocks,
+                    "RepoPath": repo.path(),
+                    "Version": "ipfs-accelerate-repo@1",
+                }));
+            }
+            let size = |n: u64| {
+                if human {
+                    indicatif::HumanBytes(n).to_string()
+                } else {
+                    n.to_string()
+                }
+            };
+            println!("NumObjects: {}", stat.blocks);
+            println!("RepoSize:   {}", size(stat.bytes));
+            println!("StorageMax: {}", size(max));
+            println!("DiskUsage:  {}", size(repo.datastore_file_size()));
+            println!("RepoPath:   {}", repo.path().display());
+        }
+        RepoCommand::Verify => {
+            let report = store.verify(|_| {})?;
+            if json {
+                print_json(&json!({
+                    "Blocks": report.blocks,
+                    "Bytes": report.bytes,
+                    "Corrupt": report.corrupt.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                    "Missing": report.missing.iter().map(|(root, c)| json!({ "Pin": root.to_string(), "Cid": c.to_string() })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for cid in &report.corrupt {
+                    println!("corrupt block {cid}");
+                }
+                for (root, cid) in &report.missing {
+                    println!("pin {root} is missing block {cid}");
+                }
+            }
+            if !report.is_clean() {
+                bail!(
+                    "repo verify found {} corrupt and {} missing blocks",
+                    report.corrupt.len(),
+                    report.missing.len()
+                );
+            }
+            if !json {
+                println!("verified {} blocks ({} bytes): repo is intact", report.blocks, report.bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dag(repo: &Repo, cmd: DagCommand, json: bool) -> Result<()> {
+    let store = repo.store();
+    match cmd {
+        DagCommand::Export { cid } => {
+            let cid = parse_cid(&cid)?;
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                bail!("refusing to write binary CAR data to a terminal; redirect stdout to a file");
+            }
+            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+            car::export(store, &cid, &mut out)?;
+        }
+        DagCommand::Import {
+            files,
+            pin_roots,
+            stats,
+        } => {
+            let mut reports = Vec::new();
+            if files.is_empty() {
+                reports.push(car::import(store, std::io::stdin().lock(), pin_roots, &mut |_| {})
+                    .context("importing CAR from stdin")?);
+            }
+            for file in &files {
+                let reader = std::fs::File::open(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, reader);
+                reports.push(car::import(store, reader, pin_roots, &mut |_| {})
+                    .with_context(|| format!("importing {}", file.display()))?);
+            }
+            for report in &reports {
+                for root in &report.roots {
+                    if json {
+                        print_json(&json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }))?;
+                    } else if pin_roots {
+                        println!("pinned root {root} success");
+                    }
+                }
+                if stats {
+                    if json {
+                        print_json(&json!({ "Stats": { "BlockCount": report.blocks, "BlockBytesCount": report.bytes } }))?;
+                    } else {
+                        println!("imported {} blocks ({} bytes)", report.blocks, report.bytes);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
