@@ -145,7 +145,9 @@ impl Store {
     /// high watermark. The blocks stay protected until the eviction check is done.
     pub fn put_many(&self, blocks: &[Block]) -> Result<u64> {
         let mut session = self.import_session();
-        session.put_many(blocks)
+        let added = session.put_many(blocks)?;
+        session.sync()?;
+        Ok(added)
     }
 
     /// Starts an import whose blocks are protected from GC and eviction until the
@@ -262,7 +264,7 @@ impl ImportSession<'_> {
                 self.protected.push(*block.cid());
             }
         }
-        let added = self.store.blocks.put_many(blocks)?;
+        let added = self.store.blocks.put_many_deferred(blocks)?;
         if added > 0 {
             self.store.evict_if_over_watermark()?;
         }
@@ -271,6 +273,11 @@ impl ImportSession<'_> {
 
     pub fn store(&self) -> &Store {
         self.store
+    }
+
+    /// Makes every block written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.store.blocks.sync()?)
     }
 }
 

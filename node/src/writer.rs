@@ -51,6 +51,7 @@ where
         let session = written?;
         let value = produced?;
         flushed?;
+        session.sync()?;
         finish(store, &value)?;
         drop(session);
         Ok(value)

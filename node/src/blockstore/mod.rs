@@ -94,9 +94,22 @@ pub trait Blockstore: Send + Sync + std::fmt::Debug {
     /// The block's size in bytes, if stored, without reading it.
     fn size(&self, cid: &Cid) -> Result<Option<u64>>;
 
-    /// Stores blocks and their links in one atomic step; each becomes the most recently
-    /// used. Blocks already present are only touched. Returns the bytes newly stored.
+    /// Stores blocks and their links in one atomic, durable step; each becomes the most
+    /// recently used. Blocks already present are only touched. Returns the bytes newly
+    /// stored.
     fn put_many(&self, blocks: &[Block]) -> Result<u64>;
+
+    /// Like [`Self::put_many`], still atomic, but durable only once [`Self::sync`] (or
+    /// any durable write) follows: a crash before then rolls back to the last durable
+    /// state. Imports write their batches this way and sync once at the end.
+    fn put_many_deferred(&self, blocks: &[Block]) -> Result<u64> {
+        self.put_many(blocks)
+    }
+
+    /// Makes every deferred write durable.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Removes blocks (absent ones are skipped) in one atomic step; pins are not
     /// consulted here. Returns the bytes freed.
