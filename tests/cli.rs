@@ -34,7 +34,10 @@ fn add_cat_get_round_trip_files_and_directories() {
         std::fs::read(&file).unwrap()
     );
     assert!(out_dir.join("empty").is_dir());
-    assert_eq!(std::fs::read_link(out_dir.join("link")).unwrap().to_str(), Some("a.txt"));
+    assert_eq!(
+        std::fs::read_link(out_dir.join("link")).unwrap().to_str(),
+        Some("a.txt")
+    );
 
     let listing = repo.ok(&["ls", &root]);
     assert!(listing.contains(" 6 a.txt"), "{listing}");
@@ -52,7 +55,10 @@ fn stdin_and_output_modes_match_kubo_shapes() {
     let cid = "bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am";
     assert_eq!(text.trim(), format!("added {cid} {cid}"));
     let v0 = repo.run_with_stdin(&["add", "-Q", "--cid-version=0", "-"], b"hello\n");
-    assert_eq!(String::from_utf8_lossy(&v0.stdout).trim(), "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN");
+    assert_eq!(
+        String::from_utf8_lossy(&v0.stdout).trim(),
+        "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN"
+    );
     let json = repo.run_with_stdin(&["add", "--json", "-"], b"hello\n");
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["Hash"], cid);
@@ -72,22 +78,44 @@ fn blocks_put_get_stat_rm() {
     let cid = repo.ok(&["block", "put", input.to_str().unwrap()]);
     assert!(cid.starts_with("bafkrei"));
     assert_eq!(repo.run(&["block", "get", &cid]).stdout, b"raw block");
-    let stat: serde_json::Value = serde_json::from_str(&repo.ok(&["block", "stat", "--json", &cid])).unwrap();
+    let stat: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["block", "stat", "--json", &cid])).unwrap();
     assert_eq!(stat["Size"], 9);
-    let blake = repo.ok(&["block", "put", "--mhtype", "blake3", input.to_str().unwrap()]);
+    let blake = repo.ok(&[
+        "block",
+        "put",
+        "--mhtype",
+        "blake3",
+        input.to_str().unwrap(),
+    ]);
     assert!(blake.starts_with("bafkr4i"), "{blake}");
     repo.ok(&["block", "rm", &cid]);
-    assert!(repo.fails(&["block", "get", &cid]).contains("not in the local repo"));
+    assert!(
+        repo.fails(&["block", "get", &cid])
+            .contains("not in the local repo")
+    );
 
     // Pinned blocks are refused.
     let pinned = repo.ok(&["block", "put", "--pin", input.to_str().unwrap()]);
     assert!(repo.fails(&["block", "rm", &pinned]).contains("pinned"));
     // Garbage claiming to be dag-pb is refused up front.
     std::fs::write(&input, [0xffu8, 0xff, 0xff]).unwrap();
-    assert!(repo.fails(&["block", "put", "--cid-codec", "dag-pb", input.to_str().unwrap()]).contains("dag-pb"));
+    assert!(
+        repo.fails(&[
+            "block",
+            "put",
+            "--cid-codec",
+            "dag-pb",
+            input.to_str().unwrap()
+        ])
+        .contains("dag-pb")
+    );
     // Oversized blocks are refused with advice.
     std::fs::write(&input, vec![0u8; 1024 * 1024 + 1]).unwrap();
-    assert!(repo.fails(&["block", "put", input.to_str().unwrap()]).contains("--allow-big-block"));
+    assert!(
+        repo.fails(&["block", "put", input.to_str().unwrap()])
+            .contains("--allow-big-block")
+    );
 }
 
 #[test]
@@ -101,26 +129,47 @@ fn pins_gc_and_stat() {
     let pins = repo.ok(&["pin", "ls", "--type", "recursive"]);
     assert_eq!(pins, format!("{kept} recursive"));
     let indirect = repo.ok(&["pin", "ls", "--type", "indirect"]);
-    assert_eq!(indirect.lines().count(), 3, "three leaves under the root: {indirect}");
+    assert_eq!(
+        indirect.lines().count(),
+        3,
+        "three leaves under the root: {indirect}"
+    );
 
     let gc = repo.ok(&["repo", "gc"]);
     assert!(gc.contains(&format!("removed {dropped}")), "{gc}");
     assert!(!gc.contains(&kept));
-    assert!(repo.fails(&["cat", &dropped]).contains("not in the local repo"));
+    assert!(
+        repo.fails(&["cat", &dropped])
+            .contains("not in the local repo")
+    );
     assert_eq!(repo.run(&["cat", &kept]).stdout, std::fs::read(&a).unwrap());
 
-    let leaf = indirect.lines().next().unwrap().split(' ').next().unwrap().to_string();
-    assert!(repo.fails(&["pin", "rm", &leaf]).contains("pinned indirectly"));
+    let leaf = indirect
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        repo.fails(&["pin", "rm", &leaf])
+            .contains("pinned indirectly")
+    );
     repo.ok(&["pin", "rm", &kept]);
     assert!(repo.fails(&["pin", "rm", &kept]).contains("not pinned"));
     repo.ok(&["pin", "add", &kept]);
     repo.ok(&["pin", "rm", &kept]);
     repo.ok(&["repo", "gc", "--quiet"]);
-    let stat: serde_json::Value = serde_json::from_str(&repo.ok(&["repo", "stat", "--json"])).unwrap();
+    let stat: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["repo", "stat", "--json"])).unwrap();
     assert_eq!(stat["NumObjects"], 0);
     assert_eq!(stat["RepoSize"], 0);
     assert_eq!(stat["StorageMax"], 10_000_000_000u64);
-    assert!(repo.fails(&["pin", "add", &kept]).contains("not in the local repo"));
+    assert!(
+        repo.fails(&["pin", "add", &kept])
+            .contains("not in the local repo")
+    );
 }
 
 #[test]
@@ -135,8 +184,15 @@ fn dag_export_import_round_trip_between_repos() {
     std::fs::write(&car_path, &car.stdout).unwrap();
     let out = target.ok(&["dag", "import", "--stats", car_path.to_str().unwrap()]);
     assert!(out.contains(&format!("pinned root {cid} success")), "{out}");
-    assert_eq!(target.run(&["cat", &cid]).stdout, std::fs::read(&file).unwrap());
-    assert!(target.ok(&["pin", "ls"]).contains(&format!("{cid} recursive")));
+    assert_eq!(
+        target.run(&["cat", &cid]).stdout,
+        std::fs::read(&file).unwrap()
+    );
+    assert!(
+        target
+            .ok(&["pin", "ls"])
+            .contains(&format!("{cid} recursive"))
+    );
     let stdin_import = TestRepo::new();
     let out = stdin_import.run_with_stdin(&["dag", "import"], &car.stdout);
     assert!(out.status.success());
@@ -145,13 +201,19 @@ fn dag_export_import_round_trip_between_repos() {
     let bad = TestRepo::new();
     let truncated = bad.path("t.car");
     std::fs::write(&truncated, &car.stdout[..car.stdout.len() - 100]).unwrap();
-    assert!(bad.fails(&["dag", "import", truncated.to_str().unwrap()]).contains("truncated"));
+    assert!(
+        bad.fails(&["dag", "import", truncated.to_str().unwrap()])
+            .contains("truncated")
+    );
     let mut tampered_bytes = car.stdout.clone();
     let n = tampered_bytes.len();
     tampered_bytes[n - 10] ^= 0xff;
     let tampered = bad.path("x.car");
     std::fs::write(&tampered, tampered_bytes).unwrap();
-    assert!(bad.fails(&["dag", "import", tampered.to_str().unwrap()]).contains("does not match"));
+    assert!(
+        bad.fails(&["dag", "import", tampered.to_str().unwrap()])
+            .contains("does not match")
+    );
     assert_eq!(bad.ok(&["pin", "ls"]), "");
     bad.ok(&["repo", "verify"]);
 }
@@ -160,18 +222,39 @@ fn dag_export_import_round_trip_between_repos() {
 fn bad_input_gets_one_line_errors() {
     let repo = TestRepo::new();
     assert!(repo.fails(&["cat", "not-a-cid"]).contains("invalid CID"));
-    assert!(repo.fails(&["add", repo.path("missing").to_str().unwrap()]).contains("No such file"));
+    assert!(
+        repo.fails(&["add", repo.path("missing").to_str().unwrap()])
+            .contains("No such file")
+    );
     let unreadable = repo.path("secret");
     std::fs::write(&unreadable, b"x").unwrap();
     let dir = repo.path("dir");
     std::fs::create_dir(&dir).unwrap();
-    assert!(repo.fails(&["add", dir.to_str().unwrap()]).contains("use -r"));
-    assert!(repo.fails(&["add", "--chunker=rabin", unreadable.to_str().unwrap()]).contains("size-N"));
-    assert!(repo.fails(&["add", "--cid-version=2", unreadable.to_str().unwrap()]).contains("--cid-version"));
+    assert!(
+        repo.fails(&["add", dir.to_str().unwrap()])
+            .contains("use -r")
+    );
+    assert!(
+        repo.fails(&["add", "--chunker=rabin", unreadable.to_str().unwrap()])
+            .contains("size-N")
+    );
+    assert!(
+        repo.fails(&["add", "--cid-version=2", unreadable.to_str().unwrap()])
+            .contains("--cid-version")
+    );
     let unknown = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
-    assert!(repo.fails(&["cat", unknown]).contains("not in the local repo"));
-    assert!(repo.fails(&["get", unknown]).contains("not in the local repo"));
-    assert!(repo.fails(&["dag", "export", unknown]).contains("not in the local repo"));
+    assert!(
+        repo.fails(&["cat", unknown])
+            .contains("not in the local repo")
+    );
+    assert!(
+        repo.fails(&["get", unknown])
+            .contains("not in the local repo")
+    );
+    assert!(
+        repo.fails(&["dag", "export", unknown])
+            .contains("not in the local repo")
+    );
     let garbage = repo.path("garbage.car");
     std::fs::write(&garbage, b"this is not a car file at all").unwrap();
     repo.fails(&["dag", "import", garbage.to_str().unwrap()]);
@@ -179,7 +262,11 @@ fn bad_input_gets_one_line_errors() {
     assert!(repo.fails(&["cat", &dir_cid]).contains("is a directory"));
 
     let fresh = TestRepo::uninitialised();
-    assert!(fresh.fails(&["add", unreadable.to_str().unwrap()]).contains("ipfs-accelerate init"));
+    assert!(
+        fresh
+            .fails(&["add", unreadable.to_str().unwrap()])
+            .contains("ipfs-accelerate init")
+    );
     fresh.ok(&["init"]);
     assert!(fresh.fails(&["init"]).contains("already exists"));
 }
@@ -192,10 +279,20 @@ fn unreadable_files_are_reported() {
     let dir = repo.path("d");
     std::fs::create_dir(&dir).unwrap();
     let fifo = dir.join("pipe");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
-    assert!(repo.fails(&["add", "-r", dir.to_str().unwrap()]).contains("not a regular file"));
-    assert_eq!(repo.ok(&["pin", "ls"]), "", "nothing pinned after a failed add");
+    assert!(
+        repo.fails(&["add", "-r", dir.to_str().unwrap()])
+            .contains("not a regular file")
+    );
+    assert_eq!(
+        repo.ok(&["pin", "ls"]),
+        "",
+        "nothing pinned after a failed add"
+    );
 }
 
 #[test]
@@ -215,11 +312,17 @@ fn a_second_process_gets_a_clear_error_while_the_repo_is_in_use() {
         if text.trim() == holder.id().to_string() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "holder never took the lock");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holder never took the lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let err = repo.fails(&["pin", "ls"]);
-    assert!(err.contains("in use by another ipfs-accelerate process"), "{err}");
+    assert!(
+        err.contains("in use by another ipfs-accelerate process"),
+        "{err}"
+    );
     assert!(err.contains(&holder.id().to_string()), "{err}");
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
@@ -246,7 +349,10 @@ fn full_disk_is_a_clear_error() {
     let file = repo.path("big");
     deterministic_file(&file, 40 * 1024 * 1024, 5).unwrap();
     let err = small.fails(&["add", file.to_str().unwrap()]);
-    assert!(err.contains("No space left") || err.contains("space"), "{err}");
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
     drop(small);
     let _ = std::process::Command::new("umount").arg(&mount).status();
 }

@@ -40,16 +40,26 @@ fn one_gib_add_cat_and_export_stay_under_100_mb() {
 
     let car_path = repo.path("out.car");
     let car = std::fs::File::create(&car_path).unwrap();
-    let mut child = repo.command(&["dag", "export", &cid]).stdout(car).spawn().unwrap();
+    let mut child = repo
+        .command(&["dag", "export", &cid])
+        .stdout(car)
+        .spawn()
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let after_export = max_child_rss_kib();
-    assert!(after_export < RSS_LIMIT_KIB, "dag export peaked at {after_export} KiB");
+    assert!(
+        after_export < RSS_LIMIT_KIB,
+        "dag export peaked at {after_export} KiB"
+    );
     eprintln!("peak RSS: add {after_add} KiB, cat {after_cat} KiB, export {after_export} KiB");
 }
 
 fn files_equal(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::io::Read;
-    let (mut a, mut b) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let n = a.read(&mut x).unwrap();

@@ -99,7 +99,9 @@ fn import_options(repo: &Repo, args: &AddArgs) -> Result<ImportOptions> {
         let size = chunker
             .strip_prefix("size-")
             .and_then(|n| n.parse::<usize>().ok())
-            .with_context(|| format!("unsupported --chunker {chunker:?}: use size-N, e.g. size-262144"))?;
+            .with_context(|| {
+                format!("unsupported --chunker {chunker:?}: use size-N, e.g. size-262144")
+            })?;
         options.chunk_size = size;
     }
     if let Some(links) = args.max_file_links {
@@ -130,23 +132,29 @@ fn add(repo: &Repo, args: &AddArgs, json: bool) -> Result<()> {
         let root = if path_arg == "-" {
             let bar = progress::bytes(None, args.progress);
             let stdin = std::io::stdin().lock();
-            let mut entry = unixfs::add_reader(store, stdin, "", &options, &mut |n| bar.set_position(n))
-                .context("adding stdin")?;
+            let mut entry =
+                unixfs::add_reader(store, stdin, "", &options, &mut |n| bar.set_position(n))
+                    .context("adding stdin")?;
             bar.finish_and_clear();
             entry.name = entry.cid.to_string();
             report(&entry);
             entry
         } else {
             let path = Path::new(path_arg);
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("cannot add {path_arg}"))?;
+            let meta = std::fs::metadata(path).with_context(|| format!("cannot add {path_arg}"))?;
             if meta.is_dir() && !args.recursive {
                 bail!("{path_arg} is a directory; use -r to add directories");
             }
-            let total = if meta.is_dir() { None } else { Some(meta.len()) };
+            let total = if meta.is_dir() {
+                None
+            } else {
+                Some(meta.len())
+            };
             let bar = progress::bytes(total, args.progress);
-            let entry = unixfs::add_path(store, path, &options, &mut report, &mut |n| bar.set_position(n))
-                .with_context(|| format!("adding {path_arg}"))?;
+            let entry = unixfs::add_path(store, path, &options, &mut report, &mut |n| {
+                bar.set_position(n)
+            })
+            .with_context(|| format!("adding {path_arg}"))?;
             bar.finish_and_clear();
             entry
         };
@@ -167,7 +175,10 @@ fn cat(repo: &Repo, cid: &Cid) -> Result<()> {
 fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()> {
     let target = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
     if target.exists() {
-        bail!("{} already exists; remove it or choose another -o PATH", target.display());
+        bail!(
+            "{} already exists; remove it or choose another -o PATH",
+            target.display()
+        );
     }
     let size = unixfs::export::file_size(repo.store(), cid)?;
     let bar = progress::bytes(size.or(None), false);
@@ -223,11 +234,17 @@ fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
             pin,
             allow_big_block,
         } => {
-            let codec = codec::codec_from_name(&cid_codec)
-                .with_context(|| format!("unsupported --cid-codec {cid_codec:?}: use raw, dag-pb or dag-cbor"))?;
-            let hash = codec::hash_from_name(&mhtype)
-                .with_context(|| format!("unsupported --mhtype {mhtype:?}: use sha2-256, sha2-512 or blake3"))?;
-            let limit = if allow_big_block { BLOCK_SIZE_LIMIT } else { BLOCK_PUT_SOFT_LIMIT };
+            let codec = codec::codec_from_name(&cid_codec).with_context(|| {
+                format!("unsupported --cid-codec {cid_codec:?}: use raw, dag-pb or dag-cbor")
+            })?;
+            let hash = codec::hash_from_name(&mhtype).with_context(|| {
+                format!("unsupported --mhtype {mhtype:?}: use sha2-256, sha2-512 or blake3")
+            })?;
+            let limit = if allow_big_block {
+                BLOCK_SIZE_LIMIT
+            } else {
+                BLOCK_PUT_SOFT_LIMIT
+            };
             let data = read_limited(file.as_deref(), limit)?;
             let block = Block::from_data(Version::V1, codec, hash, data)?;
             // Reject a block we could not traverse later.
@@ -257,7 +274,9 @@ fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
                 let cid = parse_cid(&text)?;
                 let error = store.remove_block(&cid).err().map(|e| e.to_string());
                 if json {
-                    print_json(&json!({ "Hash": cid.to_string(), "Error": error.clone().unwrap_or_default() }))?;
+                    print_json(
+                        &json!({ "Hash": cid.to_string(), "Error": error.clone().unwrap_or_default() }),
+                    )?;
                 } else if error.is_none() {
                     println!("removed {cid}");
                 }
@@ -284,7 +303,11 @@ fn read_limited(file: Option<&Path>, limit: usize) -> Result<Vec<u8>> {
     if data.len() > limit {
         bail!(
             "block is over {limit} bytes: big blocks can't be exchanged with other peers; use `add` to chunk large data{}",
-            if limit < BLOCK_SIZE_LIMIT { ", or pass --allow-big-block" } else { "" }
+            if limit < BLOCK_SIZE_LIMIT {
+                ", or pass --allow-big-block"
+            } else {
+                ""
+            }
         );
     }
     Ok(data)
@@ -294,24 +317,37 @@ fn pin(repo: &Repo, cmd: PinCommand, json: bool) -> Result<()> {
     let store = repo.store();
     match cmd {
         PinCommand::Add { cids, recursive } => {
-            let cids = cids.iter().map(|c| parse_cid(c)).collect::<Result<Vec<_>>>()?;
+            let cids = cids
+                .iter()
+                .map(|c| parse_cid(c))
+                .collect::<Result<Vec<_>>>()?;
             for cid in &cids {
                 store.pin_add(cid, recursive)?;
             }
             if json {
-                return print_json(&json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }));
+                return print_json(
+                    &json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }),
+                );
             }
             for cid in cids {
-                println!("pinned {cid} {}", if recursive { "recursively" } else { "directly" });
+                println!(
+                    "pinned {cid} {}",
+                    if recursive { "recursively" } else { "directly" }
+                );
             }
         }
         PinCommand::Rm { cids } => {
-            let cids = cids.iter().map(|c| parse_cid(c)).collect::<Result<Vec<_>>>()?;
+            let cids = cids
+                .iter()
+                .map(|c| parse_cid(c))
+                .collect::<Result<Vec<_>>>()?;
             for cid in &cids {
                 store.pin_rm(cid)?;
             }
             if json {
-                return print_json(&json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }));
+                return print_json(
+                    &json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }),
+                );
             }
             for cid in cids {
                 println!("unpinned {cid}");
@@ -418,7 +454,10 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
                 );
             }
             if !json {
-                println!("verified {} blocks ({} bytes): repo is intact", report.blocks, report.bytes);
+                println!(
+                    "verified {} blocks ({} bytes): repo is intact",
+                    report.blocks, report.bytes
+                );
             }
         }
     }
@@ -444,27 +483,35 @@ fn dag(repo: &Repo, cmd: DagCommand, json: bool) -> Result<()> {
         } => {
             let mut reports = Vec::new();
             if files.is_empty() {
-                reports.push(car::import(store, std::io::stdin().lock(), pin_roots, &mut |_| {})
-                    .context("importing CAR from stdin")?);
+                reports.push(
+                    car::import(store, std::io::stdin().lock(), pin_roots, &mut |_| {})
+                        .context("importing CAR from stdin")?,
+                );
             }
             for file in &files {
                 let reader = std::fs::File::open(file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let reader = std::io::BufReader::with_capacity(1 << 20, reader);
-                reports.push(car::import(store, reader, pin_roots, &mut |_| {})
-                    .with_context(|| format!("importing {}", file.display()))?);
+                reports.push(
+                    car::import(store, reader, pin_roots, &mut |_| {})
+                        .with_context(|| format!("importing {}", file.display()))?,
+                );
             }
             for report in &reports {
                 for root in &report.roots {
                     if json {
-                        print_json(&json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }))?;
+                        print_json(
+                            &json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }),
+                        )?;
                     } else if pin_roots {
                         println!("pinned root {root} success");
                     }
                 }
                 if stats {
                     if json {
-                        print_json(&json!({ "Stats": { "BlockCount": report.blocks, "BlockBytesCount": report.bytes } }))?;
+                        print_json(
+                            &json!({ "Stats": { "BlockCount": report.blocks, "BlockBytesCount": report.bytes } }),
+                        )?;
                     } else {
                         println!("imported {} blocks ({} bytes)", report.blocks, report.bytes);
                     }

@@ -33,7 +33,9 @@ pub enum Error {
     Read(std::io::Error),
     #[error("writing CAR: {0}")]
     Write(std::io::Error),
-    #[error("CAR is incomplete: root {root} needs block {missing}, which is neither in the file nor in the repo")]
+    #[error(
+        "CAR is incomplete: root {root} needs block {missing}, which is neither in the file nor in the repo"
+    )]
     Incomplete { root: Cid, missing: Cid },
 }
 
@@ -83,7 +85,8 @@ pub fn import(
     pin_roots: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<CarStats> {
-    let header_len = read_varint(&mut input)?.ok_or_else(|| Error::Truncated("empty file".into()))?;
+    let header_len =
+        read_varint(&mut input)?.ok_or_else(|| Error::Truncated("empty file".into()))?;
     let header_len = car::check_header_len(header_len)?;
     let mut body = vec![0u8; header_len];
     read_exact(&mut input, &mut body, "header")?;
@@ -149,7 +152,9 @@ fn read_varint(input: &mut impl Read) -> Result<Option<u64>> {
             return Ok(Some(value));
         }
     }
-    Err(Error::Truncated("length prefix longer than 10 bytes".into()))
+    Err(Error::Truncated(
+        "length prefix longer than 10 bytes".into(),
+    ))
 }
 
 fn read_exact(input: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
@@ -173,7 +178,9 @@ mod tests {
             max_links: 4,
             ..ImportOptions::default()
         };
-        add_reader(store, &data[..], "x", &options, &mut |_| {}).unwrap().cid
+        add_reader(store, &data[..], "x", &options, &mut |_| {})
+            .unwrap()
+            .cid
     }
 
     #[test]
@@ -185,7 +192,10 @@ mod tests {
         let target = Store::in_memory();
         let imported = import(&target, &car[..], true, &mut |_| {}).unwrap();
         assert_eq!(imported, exported);
-        assert_eq!(target.pin_type(&root).unwrap(), Some(crate::pin::PinType::Recursive));
+        assert_eq!(
+            target.pin_type(&root).unwrap(),
+            Some(crate::pin::PinType::Recursive)
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ impl DatastoreConfig {
     }
 
     pub fn low_bytes(&self) -> u64 {
-        percent_of(self.storage_max, self.low_watermark.min(self.high_watermark))
+        percent_of(
+            self.storage_max,
+            self.low_watermark.min(self.high_watermark),
+        )
     }
 }
 

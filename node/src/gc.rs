@@ -46,7 +46,11 @@ impl Store {
             report.freed += self.blocks.remove_many(batch)?;
             report.removed.extend_from_slice(batch);
         }
-        tracing::info!(removed = report.removed.len(), freed = report.freed, "gc: swept");
+        tracing::info!(
+            removed = report.removed.len(),
+            freed = report.freed,
+            "gc: swept"
+        );
         Ok(report)
     }
 

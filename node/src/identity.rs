@@ -46,11 +46,10 @@ impl Identity {
             path: path.display().to_string(),
             source,
         })?;
-        let keypair =
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::Invalid {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let keypair = Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Identity { keypair })
     }
 
@@ -60,10 +59,13 @@ impl Identity {
             path: path.display().to_string(),
             source,
         };
-        let bytes = self.keypair.to_protobuf_encoding().map_err(|e| Error::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = self
+            .keypair
+            .to_protobuf_encoding()
+            .map_err(|e| Error::Invalid {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]

@@ -27,11 +27,15 @@ const LOCK_FILE: &str = "repo.lock";
 /// Why a repo could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no ipfs-accelerate repo at {0}; run `ipfs-accelerate init` first (or pass --repo DIR / set {REPO_PATH_ENV})")]
+    #[error(
+        "no ipfs-accelerate repo at {0}; run `ipfs-accelerate init` first (or pass --repo DIR / set {REPO_PATH_ENV})"
+    )]
     NotInitialized(PathBuf),
     #[error("a repo already exists at {0}")]
     AlreadyInitialized(PathBuf),
-    #[error("repo at {path} is in use by another ipfs-accelerate process{holder}; stop it or use another --repo")]
+    #[error(
+        "repo at {path} is in use by another ipfs-accelerate process{holder}; stop it or use another --repo"
+    )]
     InUse { path: PathBuf, holder: String },
     #[error("{what} {path}: {source}")]
     Io {
@@ -181,7 +185,8 @@ fn take_lock(path: &Path) -> Result<File> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &lock_path)(e)),
     }
-    file.set_len(0).map_err(io("writing lock file", &lock_path))?;
+    file.set_len(0)
+        .map_err(io("writing lock file", &lock_path))?;
     write!(file, "{}", std::process::id()).map_err(io("writing lock file", &lock_path))?;
     Ok(file)
 }
@@ -219,7 +224,9 @@ mod tests {
     #[test]
     fn missing_repo_says_how_to_fix_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Repo::open(&dir.path().join("nope")).unwrap_err().to_string();
+        let err = Repo::open(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ipfs-accelerate init"), "{err}");
     }
 }

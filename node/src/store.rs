@@ -25,7 +25,9 @@ pub enum Error {
     #[error("block {0} is not in the local repo")]
     NotFound(Cid),
     /// The stored bytes no longer match their CID.
-    #[error("block {0} in the repo is corrupt (its data no longer matches its CID); run `ipfs-accelerate repo verify`")]
+    #[error(
+        "block {0} in the repo is corrupt (its data no longer matches its CID); run `ipfs-accelerate repo verify`"
+    )]
     Corrupt(Cid),
     /// A recursive pin needs the whole DAG locally.
     #[error("cannot pin {root}: block {missing} is not in the local repo")]

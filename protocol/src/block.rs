@@ -218,8 +218,7 @@ mod tests {
 
     #[test]
     fn verified_supports_blake3() {
-        let block =
-            Block::from_data(Version::V1, RAW, Code::Blake3_256, &b"hello"[..]).unwrap();
+        let block = Block::from_data(Version::V1, RAW, Code::Blake3_256, &b"hello"[..]).unwrap();
         assert!(Block::verified(*block.cid(), &b"hello"[..]).is_ok());
         assert!(Block::verified(*block.cid(), &b"jello"[..]).is_err());
     }
@@ -240,8 +239,7 @@ mod tests {
     #[test]
     fn garbage_dag_pb_is_malformed_not_a_panic() {
         let block =
-            Block::from_data(Version::V1, DAG_PB, Code::Sha2_256, &[0xff, 0xff, 0x01][..])
-                .unwrap();
+            Block::from_data(Version::V1, DAG_PB, Code::Sha2_256, &[0xff, 0xff, 0x01][..]).unwrap();
         assert!(matches!(block.links(), Err(Error::Malformed { .. })));
         let truncated =
             Block::from_data(Version::V1, DAG_CBOR, Code::Sha2_256, &[0xa1, 0x61][..]).unwrap();

@@ -60,10 +60,10 @@ pub fn encode_header(roots: &[Cid]) -> Vec<u8> {
 pub fn decode_header(body: &[u8]) -> Result<Header> {
     let header: Header = serde_ipld_dagcbor::from_slice(body).map_err(|e| {
         // A CARv2 starts with a fixed pragma that decodes as `{"version": 2}`.
-        if let Ok(v) = serde_ipld_dagcbor::from_slice::<VersionOnly>(body) {
-            if v.version != 1 {
-                return Error::UnsupportedVersion(v.version);
-            }
+        if let Ok(v) = serde_ipld_dagcbor::from_slice::<VersionOnly>(body)
+            && v.version != 1
+        {
+            return Error::UnsupportedVersion(v.version);
         }
         Error::InvalidHeader(e.to_string())
     })?;

@@ -119,7 +119,10 @@ impl TestRepo {
 
     /// Runs the binary and returns its output, whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).spawn().expect("spawning ipfs-accelerate");
+        let child = self
+            .command(args)
+            .spawn()
+            .expect("spawning ipfs-accelerate");
         wait_with_timeout(child, COMMAND_TIMEOUT).expect("waiting for ipfs-accelerate")
     }
 
@@ -161,7 +164,11 @@ impl TestRepo {
             args.join(" ")
         );
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        assert_eq!(stderr.lines().count(), 1, "one-line error expected, got: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one-line error expected, got: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "panicked: {stderr}");
         stderr
     }
@@ -184,7 +191,8 @@ impl Default for TestRepo {
 
 /// Writes `size` bytes from a seeded generator: the same seed gives the same file.
 pub fn deterministic_file(path: &Path, size: u64, seed: u64) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = vec![0u8; 1 << 20];
@@ -223,9 +231,13 @@ pub fn python() -> PathBuf {
 
 /// Runs an interop harness command and returns its stdout lines.
 pub fn harness(mut cmd: Command) -> Vec<String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let described = format!("{cmd:?}");
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {described}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {described}: {e}"));
     let out = wait_with_timeout(child, COMMAND_TIMEOUT).expect("waiting for harness");
     assert!(
         out.status.success(),

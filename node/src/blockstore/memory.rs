@@ -57,7 +57,11 @@ impl Inner {
 
 impl Blockstore for MemoryBlockstore {
     fn get(&self, cid: &Cid) -> Result<Option<Bytes>> {
-        Ok(self.lock().blocks.get(&cid.to_bytes()).map(|e| e.data.clone()))
+        Ok(self
+            .lock()
+            .blocks
+            .get(&cid.to_bytes())
+            .map(|e| e.data.clone()))
     }
 
     fn has(&self, cid: &Cid) -> Result<bool> {
@@ -164,7 +168,9 @@ impl Blockstore for MemoryBlockstore {
             }
             None => Box::new(inner.blocks.iter()),
         };
-        iter.take(limit).map(|(k, _)| super::decode_cid(k)).collect()
+        iter.take(limit)
+            .map(|(k, _)| super::decode_cid(k))
+            .collect()
     }
 
     fn stat(&self) -> Result<Stat> {

@@ -196,11 +196,21 @@ mod suite {
         assert!(!store.has(a.cid()).unwrap());
         assert_eq!(store.get(a.cid()).unwrap(), None);
         assert_eq!(store.put_many(std::slice::from_ref(&a)).unwrap(), 5);
-        assert_eq!(store.put_many(std::slice::from_ref(&a)).unwrap(), 0, "no double count");
+        assert_eq!(
+            store.put_many(std::slice::from_ref(&a)).unwrap(),
+            0,
+            "no double count"
+        );
         assert!(store.has(a.cid()).unwrap());
         assert_eq!(store.get(a.cid()).unwrap().unwrap(), &b"alpha"[..]);
         assert_eq!(store.size(a.cid()).unwrap(), Some(5));
-        assert_eq!(store.stat().unwrap(), Stat { blocks: 1, bytes: 5 });
+        assert_eq!(
+            store.stat().unwrap(),
+            Stat {
+                blocks: 1,
+                bytes: 5
+            }
+        );
     }
 
     pub(super) fn remove_frees_bytes(store: &dyn Blockstore) {
@@ -209,7 +219,13 @@ mod suite {
         store.put_many(&[a.clone(), b.clone()]).unwrap();
         assert_eq!(store.remove_many(&[*a.cid(), *a.cid()]).unwrap(), 5);
         assert!(!store.has(a.cid()).unwrap());
-        assert_eq!(store.stat().unwrap(), Stat { blocks: 1, bytes: 6 });
+        assert_eq!(
+            store.stat().unwrap(),
+            Stat {
+                blocks: 1,
+                bytes: 6
+            }
+        );
         assert_eq!(store.least_recently_used(None, 10).unwrap().len(), 1);
     }
 
@@ -217,7 +233,7 @@ mod suite {
         let a = raw(b"a");
         let b = raw(b"b");
         let parent = dag_pb_parent(&[&a, &b]);
-        store.put_many(&[parent.clone()]).unwrap();
+        store.put_many(std::slice::from_ref(&parent)).unwrap();
         assert_eq!(store.links(parent.cid()).unwrap(), vec![*a.cid(), *b.cid()]);
         assert!(store.links(a.cid()).unwrap().is_empty());
         store.remove_many(&[*parent.cid()]).unwrap();

@@ -4,14 +4,16 @@
 use std::path::Path;
 
 use ::redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use bytes::Bytes;
 use cid::Cid;
 use ipfs_accelerate_protocol::Block;
 
-use super::{Access, Blockstore, Error, PinKind, Result, Stat, decode_cid, decode_cids, encode_cids};
+use super::{
+    Access, Blockstore, Error, PinKind, Result, Stat, decode_cid, decode_cids, encode_cids,
+};
 
 /// Page cache for redb. Kept small: blocks are streamed through, and the repo must stay
 /// well under 100 MB of memory while adding or reading a 1 GiB file.
@@ -101,7 +103,9 @@ impl RedbBlockstore {
                 let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
                 // An empty block still gets one (empty) segment so it can be found.
                 let data = block.data().as_ref();
-                let segments = data.chunks(SEGMENT_SIZE).chain(data.is_empty().then_some(data));
+                let segments = data
+                    .chunks(SEGMENT_SIZE)
+                    .chain(data.is_empty().then_some(data));
                 for (i, segment) in segments.enumerate() {
                     table
                         .insert((key.as_slice(), i as u32), segment)
@@ -176,9 +180,12 @@ impl Blockstore for RedbBlockstore {
             for (i, entry) in range.enumerate() {
                 let (segment_key, segment) = entry.map_err(db_err)?;
                 if segment_key.value().1 as usize != i {
-                    return Err(Error::Corrupt(format!("block {cid} is missing segment {i}")));
+                    return Err(Error::Corrupt(format!(
+                        "block {cid} is missing segment {i}"
+                    )));
                 }
-                data.get_or_insert_with(Vec::new).extend_from_slice(segment.value());
+                data.get_or_insert_with(Vec::new)
+                    .extend_from_slice(segment.value());
             }
             Ok(data.map(Bytes::from))
         })
@@ -314,7 +321,10 @@ impl Blockstore for RedbBlockstore {
             let meta = txn.open_table(META).map_err(db_err)?;
             Ok(Stat {
                 blocks: access.len().map_err(db_err)?,
-                bytes: meta.get(TOTAL_BYTES).map_err(db_err)?.map_or(0, |g| g.value()),
+                bytes: meta
+                    .get(TOTAL_BYTES)
+                    .map_err(db_err)?
+                    .map_or(0, |g| g.value()),
             })
         })
     }
@@ -325,7 +335,9 @@ impl Blockstore for RedbBlockstore {
             let mut pins = txn.open_table(PINS).map_err(db_err)?;
             let key = cid.to_bytes();
             match kind {
-                Some(kind) => pins.insert(key.as_slice(), kind.to_byte()).map_err(db_err)?,
+                Some(kind) => pins
+                    .insert(key.as_slice(), kind.to_byte())
+                    .map_err(db_err)?,
                 None => pins.remove(key.as_slice()).map_err(db_err)?,
             };
         }

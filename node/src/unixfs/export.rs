@@ -69,9 +69,9 @@ pub fn cat(
             progress(written);
             Ok(())
         }
-        ContinuedWalk::Symlink(target, ..) => {
-            out.write_all(target).map_err(Error::io("writing output for", cid))
-        }
+        ContinuedWalk::Symlink(target, ..) => out
+            .write_all(target)
+            .map_err(Error::io("writing output for", cid)),
         _ => Err(Error::NotAFile(*cid)),
     })?;
     out.flush().map_err(Error::io("writing output for", cid))?;
@@ -87,12 +87,7 @@ pub fn file_size(store: &Store, cid: &Cid) -> Result<Option<u64>> {
 }
 
 /// Writes the file or directory tree `cid` to `target`.
-pub fn get(
-    store: &Store,
-    cid: &Cid,
-    target: &Path,
-    progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+pub fn get(store: &Store, cid: &Cid, target: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let mut file: Option<File> = None;
     let mut written = 0u64;
     walk(store, cid, |step| {
@@ -104,7 +99,8 @@ pub fn get(
             ContinuedWalk::File(segment, _, path, _, _) => {
                 if segment.is_first() {
                     let dest = safe_join(target, path, cid)?;
-                    file = Some(File::create(&dest).map_err(Error::io("creating", dest.display()))?);
+                    file =
+                        Some(File::create(&dest).map_err(Error::io("creating", dest.display()))?);
                 }
                 if let Some(f) = file.as_mut() {
                     f.write_all(segment.as_bytes())
@@ -112,10 +108,10 @@ pub fn get(
                     written += segment.as_bytes().len() as u64;
                     progress(written);
                 }
-                if segment.is_last() {
-                    if let Some(f) = file.take() {
-                        f.sync_all().map_err(Error::io("writing", path.display()))?;
-                    }
+                if segment.is_last()
+                    && let Some(f) = file.take()
+                {
+                    f.sync_all().map_err(Error::io("writing", path.display()))?;
                 }
             }
             ContinuedWalk::Symlink(link_target, _, path, _) => {
@@ -125,7 +121,8 @@ pub fn get(
                 std::os::unix::fs::symlink(&link_target, &dest)
                     .map_err(Error::io("creating symlink", dest.display()))?;
                 #[cfg(not(unix))]
-                std::fs::write(&dest, link_target).map_err(Error::io("creating", dest.display()))?;
+                std::fs::write(&dest, link_target)
+                    .map_err(Error::io("creating", dest.display()))?;
             }
             ContinuedWalk::Bucket(..) => {}
         }

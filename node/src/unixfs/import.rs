@@ -232,18 +232,16 @@ fn import_dir(
                 format!("{rel}/{child_name}")
             };
             let shown = format!("{name}/{child_rel}");
-            let meta = std::fs::symlink_metadata(&child)
-                .map_err(Error::io("reading", child.display()))?;
+            let meta =
+                std::fs::symlink_metadata(&child).map_err(Error::io("reading", child.display()))?;
             let (cid, size) = if meta.is_dir() {
                 stack.push((child, child_rel));
                 continue;
             } else if meta.is_file() {
-                let file = std::fs::File::open(&child)
-                    .map_err(Error::io("opening", child.display()))?;
+                let file =
+                    std::fs::File::open(&child).map_err(Error::io("opening", child.display()))?;
                 let base = done;
-                let out = import_file(sink, file, &shown, options, &mut |n| {
-                    progress(base + n)
-                })?;
+                let out = import_file(sink, file, &shown, options, &mut |n| progress(base + n))?;
                 done += meta.len();
                 out
             } else if meta.file_type().is_symlink() {
@@ -311,7 +309,11 @@ fn import_dir(
 }
 
 /// A dag-pb node with the given data, named with the import's CID version.
-fn dag_pb_block(sink: &mut BlockSink, data: Vec<u8>, options: &ImportOptions) -> Result<(Cid, u64)> {
+fn dag_pb_block(
+    sink: &mut BlockSink,
+    data: Vec<u8>,
+    options: &ImportOptions,
+) -> Result<(Cid, u64)> {
     let digest = Code::Sha2_256.digest(&data);
     let cid = match options.cid_version {
         Version::V0 => Cid::new_v0(digest).map_err(|e| Error::Directory(e.to_string()))?,
@@ -328,7 +330,11 @@ fn empty_directory(sink: &mut BlockSink, options: &ImportOptions) -> Result<(Cid
     dag_pb_block(sink, vec![0x0a, 0x02, 0x08, 0x01], options)
 }
 
-fn symlink_block(sink: &mut BlockSink, target: &str, options: &ImportOptions) -> Result<(Cid, u64)> {
+fn symlink_block(
+    sink: &mut BlockSink,
+    target: &str,
+    options: &ImportOptions,
+) -> Result<(Cid, u64)> {
     let mut data = Vec::new();
     rust_unixfs::symlink::serialize_symlink_block(target, &mut data);
     dag_pb_block(sink, data, options)
@@ -339,7 +345,9 @@ mod tests {
     use super::*;
 
     fn add_bytes(store: &Store, data: &[u8], options: &ImportOptions) -> Cid {
-        add_reader(store, data, "t", options, &mut |_| {}).unwrap().cid
+        add_reader(store, data, "t", options, &mut |_| {})
+            .unwrap()
+            .cid
     }
 
     #[test]
@@ -401,8 +409,14 @@ mod tests {
             raw_leaves: false,
             ..ImportOptions::default()
         };
-        let added = add_path(&store, &root, &options, &mut |e| names.push(e.name.clone()), &mut |_| {})
-            .unwrap();
+        let added = add_path(
+            &store,
+            &root,
+            &options,
+            &mut |e| names.push(e.name.clone()),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(names.last().unwrap(), "site");
         assert!(names.contains(&"site/sub/b.txt".to_string()));
         assert!(!names.iter().any(|n| n.contains(".hidden")));
@@ -410,6 +424,9 @@ mod tests {
         let listed: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(listed, vec!["a.txt", "empty", "sub"]);
         let empty = entries.iter().find(|e| e.name == "empty").unwrap();
-        assert_eq!(empty.cid.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+        assert_eq!(
+            empty.cid.to_string(),
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+        );
     }
 }

