@@ -356,3 +356,42 @@ fn full_disk_is_a_clear_error() {
     drop(small);
     let _ = std::process::Command::new("umount").arg(&mount).status();
 }
+
+#[test]
+fn storage_max_evicts_least_recently_used_unpinned_content() {
+    let repo = TestRepo::new();
+    // 10 MB cap: eviction starts above 9 MB and frees down to 7 MB.
+    let config = repo.repo_path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("storage_max = 10000000000", "storage_max = 10000000");
+    std::fs::write(&config, text).unwrap();
+
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            let path = repo.path(&format!("f{i}"));
+            deterministic_file(&path, 2_000_000, 10 + i).unwrap();
+            path
+        })
+        .collect();
+    let pinned = repo.add(&files[0], &[]);
+    let cids: Vec<String> = files[1..]
+        .iter()
+        .map(|f| repo.add(f, &["--pin=false"]))
+        .collect();
+    // Reading the oldest cached file makes it the most recently used.
+    assert!(repo.run(&["cat", &cids[0]]).status.success());
+    // 8 MB in the repo; 2 MB more crosses 9 MB: evict down to 7 MB.
+    let newest = repo.path("newest");
+    deterministic_file(&newest, 2_000_000, 20).unwrap();
+    let newest_cid = repo.add(&newest, &["--pin=false"]);
+
+    let present = |cid: &str| repo.run(&["cat", cid]).status.success();
+    assert!(present(&pinned), "pinned content is never evicted");
+    assert!(present(&cids[0]), "recently read content stays");
+    assert!(present(&newest_cid), "content just written stays");
+    assert!(!present(&cids[1]), "least recently used goes first");
+    let stat: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["repo", "stat", "--json"])).unwrap();
+    assert!(stat["RepoSize"].as_u64().unwrap() <= 7_000_000, "{stat}");
+    repo.ok(&["repo", "verify"]);
+}

@@ -55,6 +55,20 @@ fn cidv0_matches_kubo_at_chunk_and_tree_boundaries() {
     for ((size, k), m) in BOUNDARY_SIZES.iter().zip(&kubo).zip(&mine) {
         assert_eq!(m, k, "{size}-byte file: ours {m}, Kubo {k}");
     }
+    // A directory tree with nested and empty directories (`ipfs add -r`).
+    let tree = repo.path("tree");
+    std::fs::create_dir_all(tree.join("nested/deeper")).unwrap();
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    std::fs::copy(&files[5], tree.join("nested/deeper/big.bin")).unwrap();
+    std::fs::copy(&files[4], tree.join("chunk-plus-one.bin")).unwrap();
+    std::fs::write(tree.join("nested/note.txt"), b"a note\n").unwrap();
+    let mut cmd = kubo_script();
+    cmd.arg("cid").arg(&tree);
+    let kubo_tree = harness(cmd).remove(0);
+    let tree_path = tree.to_string_lossy().into_owned();
+    let ours_tree = repo.ok(&["add", "-r", "-Q", "--cid-version=0", &tree_path]);
+    assert_eq!(ours_tree, kubo_tree, "directory CIDs differ");
+
     // A sanity anchor that does not depend on the harness: `echo hello | ipfs add`.
     let hello = repo.path("hello");
     std::fs::write(&hello, b"hello\n").unwrap();

