@@ -181,7 +181,7 @@ fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()
         );
     }
     let size = unixfs::export::file_size(repo.store(), cid)?;
-    let bar = progress::bytes(size.or(None), false);
+    let bar = progress::bytes(size, false);
     unixfs::get(repo.store(), cid, &target, &mut |n| bar.set_position(n))
         .with_context(|| format!("saving {cid} to {}", target.display()))?;
     bar.finish_and_clear();

@@ -99,15 +99,9 @@ impl Repo {
         // Written last and atomically: a repo with a config file is a complete repo.
         let tmp = path.join(format!("{CONFIG_FILE}.tmp"));
         std::fs::write(&tmp, text).map_err(io("writing config", &tmp))?;
-        let store = open_store(path, &config)?;
+        let repo = Repo::assemble(path, config, identity, lock)?;
         std::fs::rename(&tmp, path.join(CONFIG_FILE)).map_err(io("writing config", path))?;
-        Ok(Repo {
-            path: path.to_path_buf(),
-            config,
-            identity,
-            store,
-            _lock: lock,
-        })
+        Ok(repo)
     }
 
     /// Opens and locks an existing repo.
@@ -123,7 +117,13 @@ impl Repo {
             reason: e.to_string(),
         })?;
         let identity = Identity::load(&path.join(IDENTITY_FILE))?;
-        let store = open_store(path, &config)?;
+        Repo::assemble(path, config, identity, lock)
+    }
+
+    /// Opens the datastore of a locked repo.
+    fn assemble(path: &Path, config: NodeConfig, identity: Identity, lock: File) -> Result<Repo> {
+        let blocks = RedbBlockstore::open(&path.join(DATASTORE_FILE))?;
+        let store = Store::new(Arc::new(blocks), config.datastore.clone());
         Ok(Repo {
             path: path.to_path_buf(),
             config,
@@ -153,11 +153,6 @@ impl Repo {
     pub fn datastore_file_size(&self) -> u64 {
         std::fs::metadata(self.path.join(DATASTORE_FILE)).map_or(0, |m| m.len())
     }
-}
-
-fn open_store(path: &Path, config: &NodeConfig) -> Result<Store> {
-    let blocks = RedbBlockstore::open(&path.join(DATASTORE_FILE))?;
-    Ok(Store::new(Arc::new(blocks), config.datastore.clone()))
 }
 
 fn take_lock(path: &Path) -> Result<File> {

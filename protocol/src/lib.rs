@@ -10,6 +10,8 @@
 //! - [`codec`]: multicodec and multihash numbers we understand.
 //! - [`limits`]: size limits shared by every component.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod block;
 pub mod car;
 pub mod codec;
