@@ -118,46 +118,49 @@ fn add(repo: &Repo, args: &AddArgs, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut last = None;
     for path_arg in &args.paths {
-        let mut report = |entry: &AddedEntry| {
-            if json {
-                let line = json!({ "Name": entry.name, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() });
-                let _ = writeln!(out, "{line}");
-            } else if args.quieter {
-            } else if args.quiet {
-                let _ = writeln!(out, "{}", entry.cid);
-            } else {
-                let _ = writeln!(out, "added {} {}", entry.cid, entry.name);
+        let total = match path_arg.as_str() {
+            "-" => None,
+            path => {
+                let meta = std::fs::metadata(path).with_context(|| format!("cannot add {path}"))?;
+                if meta.is_dir() && !args.recursive {
+                    bail!("{path} is a directory; use -r to add directories");
+                }
+                (!meta.is_dir()).then_some(meta.len())
             }
         };
+        let bar = progress::bytes(total, args.progress);
+        let mut report = |entry: &AddedEntry| {
+            let line = if json {
+                json!({ "Name": entry.name, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() })
+                    .to_string()
+            } else if args.quieter {
+                return;
+            } else if args.quiet {
+                entry.cid.to_string()
+            } else {
+                format!("added {} {}", entry.cid, entry.name)
+            };
+            bar.suspend(|| writeln!(out, "{line}")).ok();
+        };
+        let mut on_progress = |n| bar.set_position(n);
         let root = if path_arg == "-" {
-            let bar = progress::bytes(None, args.progress);
             let stdin = std::io::stdin().lock();
-            let mut entry =
-                unixfs::add_reader(store, stdin, "", &options, &mut |n| bar.set_position(n))
-                    .context("adding stdin")?;
-            bar.finish_and_clear();
+            let mut entry = unixfs::add_reader(store, stdin, "", &options, &mut on_progress)
+                .context("adding stdin")?;
             entry.name = entry.cid.to_string();
             report(&entry);
             entry
         } else {
-            let path = Path::new(path_arg);
-            let meta = std::fs::metadata(path).with_context(|| format!("cannot add {path_arg}"))?;
-            if meta.is_dir() && !args.recursive {
-                bail!("{path_arg} is a directory; use -r to add directories");
-            }
-            let total = if meta.is_dir() {
-                None
-            } else {
-                Some(meta.len())
-            };
-            let bar = progress::bytes(total, args.progress);
-            let entry = unixfs::add_path(store, path, &options, &mut report, &mut |n| {
-                bar.set_position(n)
-            })
-            .with_context(|| format!("adding {path_arg}"))?;
-            bar.finish_and_clear();
-            entry
+            unixfs::add_path(
+                store,
+                Path::new(path_arg),
+                &options,
+                &mut report,
+                &mut on_progress,
+            )
+            .with_context(|| format!("adding {path_arg}"))?
         };
+        bar.finish_and_clear();
         last = Some(root.cid);
     }
     if let (true, Some(root)) = (args.quieter && !json, last) {
