@@ -4,6 +4,7 @@
 //! limits and typed errors. Everything that reads files, sockets or databases lives in
 //! `ipfs-accelerate-node`.
 //!
+//! - [`bitswap`]: Bitswap 1.0.0-1.2.0 messages.
 //! - [`block`]: a block is bytes plus the CID that names them; constructing one from the
 //!   network or a file always verifies the hash.
 //! - [`car`]: CAR v1 framing (header and block frames).
@@ -12,6 +13,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bitswap;
 pub mod block;
 pub mod car;
 pub mod codec;
