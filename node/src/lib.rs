@@ -6,11 +6,13 @@
 //! export with Kubo-identical CIDs, and [`car`] import and export.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bitswap;
 pub mod blockstore;
 pub mod car;
 pub mod config;
 pub mod gc;
 pub mod identity;
+pub mod p2p;
 pub mod pin;
 pub mod store;
 

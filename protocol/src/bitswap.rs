@@ -222,7 +222,11 @@ impl Message {
         }
         let raw = pb::Message::decode(bytes)?;
         let wantlist = raw.wantlist.unwrap_or_default();
-        check_count("wantlist entries", wantlist.entries.len(), WANTLIST_ENTRIES_LIMIT)?;
+        check_count(
+            "wantlist entries",
+            wantlist.entries.len(),
+            WANTLIST_ENTRIES_LIMIT,
+        )?;
         check_count("presences", raw.block_presences.len(), PRESENCES_LIMIT)?;
         let entries = wantlist
             .entries
@@ -450,7 +454,10 @@ mod tests {
     #[test]
     fn v1_2_round_trips_everything() {
         let msg = sample();
-        assert_eq!(Message::decode(&msg.encode(ProtocolVersion::V1_2_0)).unwrap(), msg);
+        assert_eq!(
+            Message::decode(&msg.encode(ProtocolVersion::V1_2_0)).unwrap(),
+            msg
+        );
     }
 
     #[test]
@@ -507,7 +514,10 @@ mod tests {
             &[0x00, 0x55, 0x12, 0x20][..],
             &[0x02, 0x55, 0x12, 0x20][..],
         ] {
-            assert!(block_from_prefix(prefix, b"x".to_vec()).is_err(), "{prefix:?}");
+            assert!(
+                block_from_prefix(prefix, b"x".to_vec()).is_err(),
+                "{prefix:?}"
+            );
         }
     }
 

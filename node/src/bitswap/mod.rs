@@ -1,0 +1,866 @@
+//! Bitswap, written here: server and client on `libp2p-stream` streams, beside the
+//! swarm task rather than inside it.
+//!
+//! - Inbound: every stream a peer opens to us (any number per connection) gets a reader
+//!   task; messages update that peer's ledger (server) and feed blocks and HAVE /
+//!   DONT_HAVE answers to our wants (client). A peer that sends garbage is disconnected.
+//! - Outbound: one sender task per peer keeps a stream open (1.2.0, falling back to
+//!   1.1.0 and 1.0.0) and writes queued messages in order.
+//! - Client: a want asks every connected peer want-have (with send-dont-have), and the
+//!   peers that recently delivered blocks want-block directly, so a DAG fetch pipelines
+//!   across several providers. The first HAVE gets a want-block; a want-block that times
+//!   out moves to another HAVE peer; when nobody has it, providers are looked up on the
+//!   DHT and dialed, and new connections receive our wantlist.
+//! - Blocks are named by hashing their data on decode, so only a block whose CID we
+//!   want is ever stored; anything else counts against the sender.
+//! - Disk work runs on blocking threads.
+
+mod wire;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use ipfs_accelerate_protocol::Block;
+use ipfs_accelerate_protocol::bitswap::{
+    self, MESSAGE_SIZE_LIMIT, Message, Presence, PresenceKind, ProtocolVersion, WantEntry, WantType,
+};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::p2p::{NodeEvent, P2p};
+use crate::store::Store;
+
+pub use wire::WireError;
+
+/// Messages queued for one peer before new ones are dropped.
+const PEER_QUEUE_CAPACITY: usize = 256;
+/// Streams peers may have open to us at once, over all peers.
+const INBOUND_STREAMS_LIMIT: usize = 4096;
+/// Wants we remember per peer for blocks we do not have yet.
+const LEDGER_LIMIT: usize = 8192;
+/// Peers remembered as recent block sources.
+const RECENT_PROVIDERS: usize = 8;
+/// Strikes (garbage, unwanted blocks) before a peer is disconnected.
+const STRIKES_LIMIT: u32 = 16;
+/// How often wants are checked for timeouts and provider searches.
+const TICK: Duration = Duration::from_millis(250);
+/// Providers asked for per DHT lookup.
+const PROVIDERS_PER_SEARCH: usize = 8;
+
+/// Tuning; the defaults suit both loopback tests and the internet.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A want-block unanswered this long moves to another peer.
+    pub block_timeout: Duration,
+    /// A want nobody has answered HAVE to this long triggers a DHT provider search.
+    pub provider_search_delay: Duration,
+    /// Minimum time between DHT searches for the same block.
+    pub provider_search_interval: Duration,
+    /// Blocks fetched concurrently by [`Bitswap::fetch_dag`].
+    pub window: usize,
+    pub write_timeout: Duration,
+    pub idle_stream_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            block_timeout: Duration::from_secs(10),
+            provider_search_delay: Duration::from_secs(1),
+            provider_search_interval: Duration::from_secs(10),
+            window: 64,
+            write_timeout: Duration::from_secs(30),
+            idle_stream_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("block {cid} was not found on the network within {timeout:?}")]
+    Timeout { cid: Cid, timeout: Duration },
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("bitswap is shut down")]
+    Closed,
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counters for `stats bitswap`-like reporting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub blocks_received: u64,
+    pub bytes_received: u64,
+    pub duplicate_blocks: u64,
+    pub blocks_sent: u64,
+    pub bytes_sent: u64,
+    pub peers_dropped: u64,
+}
+
+/// Handle to the Bitswap engine; cheap to clone.
+#[derive(Clone)]
+pub struct Bitswap {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bitswap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bitswap")
+    }
+}
+
+struct Inner {
+    store: Arc<Store>,
+    p2p: P2p,
+    config: Config,
+    state: Mutex<State>,
+    inbound: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct State {
+    wants: HashMap<Cid, Want>,
+    senders: HashMap<PeerId, mpsc::Sender<Message>>,
+    ledgers: HashMap<PeerId, HashSet<Cid>>,
+    recent: VecDeque<PeerId>,
+    next_recent: usize,
+    strikes: HashMap<PeerId, u32>,
+    stats: Stats,
+}
+
+struct Want {
+    waiters: Vec<oneshot::Sender<Block>>,
+    have: Vec<PeerId>,
+    dont_have: HashSet<PeerId>,
+    asked: HashSet<PeerId>,
+    block_from: Option<(PeerId, Instant)>,
+    created: Instant,
+    last_search: Option<Instant>,
+}
+
+impl Want {
+    fn new() -> Self {
+        Want {
+            waiters: Vec::new(),
+            have: Vec::new(),
+            dont_have: HashSet::new(),
+            asked: HashSet::new(),
+            block_from: None,
+            created: Instant::now(),
+            last_search: None,
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn want_entry(cid: Cid, want_type: WantType) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 1,
+        cancel: false,
+        want_type,
+        send_dont_have: true,
+    }
+}
+
+fn cancel_entry(cid: Cid) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 0,
+        cancel: true,
+        want_type: WantType::Block,
+        send_dont_have: false,
+    }
+}
+
+/// The DHT key under which Kubo announces a block: its multihash.
+pub fn provider_key(cid: &Cid) -> Vec<u8> {
+    cid.hash().to_bytes()
+}
+
+impl Bitswap {
+    /// Starts accepting Bitswap streams and following peer connections.
+    pub fn start(store: Arc<Store>, p2p: P2p, config: Config) -> Bitswap {
+        let inner = Arc::new(Inner {
+            store,
+            p2p: p2p.clone(),
+            config,
+            state: Mutex::new(State::default()),
+            inbound: Arc::new(Semaphore::new(INBOUND_STREAMS_LIMIT)),
+        });
+        let mut control = p2p.stream_control();
+        for name in [
+            bitswap::PROTOCOL_1_2_0,
+            bitswap::PROTOCOL_1_1_0,
+            bitswap::PROTOCOL_1_0_0,
+            bitswap::PROTOCOL_LEGACY,
+        ] {
+            match control.accept(StreamProtocol::new(name)) {
+                Ok(incoming) => {
+                    tokio::spawn(accept_loop(Arc::downgrade(&inner), incoming));
+                }
+                Err(_) => tracing::warn!(protocol = name, "bitswap: protocol already registered"),
+            }
+        }
+        tokio::spawn(follow_peers(Arc::downgrade(&inner), p2p.subscribe_events()));
+        tokio::spawn(tick_loop(Arc::downgrade(&inner)));
+        Bitswap { inner }
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.inner.state).stats
+    }
+
+    /// CIDs we are currently looking for.
+    pub fn wantlist(&self) -> Vec<Cid> {
+        lock(&self.inner.state).wants.keys().copied().collect()
+    }
+
+    /// A block from the local store, or from the network (then stored).
+    pub async fn get(&self, cid: Cid, timeout: Duration) -> Result<Block> {
+        let store = self.inner.store.clone();
+        let local = tokio::task::spawn_blocking(move || match store.get(&cid) {
+            Ok(block) => Ok(Some(block)),
+            Err(crate::store::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|_| Error::Closed)??;
+        if let Some(block) = local {
+            return Ok(block);
+        }
+        let (tx, rx) = oneshot::channel();
+        let is_new = {
+            let mut state = lock(&self.inner.state);
+            let want = state.wants.entry(cid).or_insert_with(Want::new);
+            want.waiters.push(tx);
+            want.waiters.len() == 1
+        };
+        if is_new {
+            self.inner.request(cid).await;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(block)) => Ok(block),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                self.inner.give_up(&cid);
+                Err(Error::Timeout { cid, timeout })
+            }
+        }
+    }
+
+    /// Fetches every block of the DAG under `root` that is not stored yet, with up to
+    /// `config.window` blocks in flight; `progress` gets (blocks, bytes) fetched so far.
+    pub async fn fetch_dag(
+        &self,
+        root: Cid,
+        block_timeout: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<()> {
+        let mut seen = HashSet::from([root]);
+        let mut queue = VecDeque::from([root]);
+        let mut in_flight = FuturesUnordered::new();
+        let (mut blocks, mut bytes) = (0u64, 0u64);
+        loop {
+            while in_flight.len() < self.inner.config.window.max(1) {
+                let Some(cid) = queue.pop_front() else { break };
+                let this = self.clone();
+                in_flight.push(async move { this.get(cid, block_timeout).await });
+            }
+            let Some(result) = in_flight.next().await else {
+                return Ok(());
+            };
+            let block = result?;
+            blocks += 1;
+            bytes += block.len() as u64;
+            progress(blocks, bytes);
+            for link in block.links().map_err(crate::store::Error::from)? {
+                if seen.insert(link) {
+                    queue.push_back(link);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sends the first requests for a new want.
+    async fn request(self: &Arc<Self>, cid: Cid) {
+        let peers = self.p2p.connected_peer_ids().await.unwrap_or_default();
+        let mut sends = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let direct = if state.recent.is_empty() {
+                None
+            } else {
+                let i = state.next_recent % state.recent.len();
+                state.next_recent = state.next_recent.wrapping_add(1);
+                state.recent.get(i).copied().filter(|p| peers.contains(p))
+            };
+            let Some(want) = state.wants.get_mut(&cid) else {
+                return;
+            };
+            for peer in &peers {
+                want.asked.insert(*peer);
+                let want_type = if Some(*peer) == direct {
+                    want.block_from = Some((*peer, Instant::now()));
+                    WantType::Block
+                } else {
+                    WantType::Have
+                };
+                sends.push((*peer, want_entry(cid, want_type)));
+            }
+        }
+        for (peer, entry) in sends {
+            self.send(
+                peer,
+                Message {
+                    wantlist: vec![entry],
+                    ..Message::default()
+                },
+            );
+        }
+        if peers.is_empty() {
+            self.search_providers(cid);
+        }
+    }
+
+    /// Drops a want nobody waits for any more and tells the peers asked.
+    fn give_up(self: &Arc<Self>, cid: &Cid) {
+        let asked = {
+            let mut state = lock(&self.state);
+            let Some(want) = state.wants.get_mut(cid) else {
+                return;
+            };
+            want.waiters.retain(|w| !w.is_closed());
+            if !want.waiters.is_empty() {
+                return;
+            }
+            state.wants.remove(cid).map(|w| w.asked).unwrap_or_default()
+        };
+        for peer in asked {
+            self.send(
+                peer,
+                Message {
+                    wantlist: vec![cancel_entry(*cid)],
+                    ..Message::default()
+                },
+            );
+        }
+    }
+
+    /// Queues a message for a peer, starting its sender task if needed.
+    fn send(self: &Arc<Self>, peer: PeerId, message: Message) {
+        if message.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        let sender = state.senders.entry(peer).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+            tokio::spawn(peer_sender(Arc::downgrade(self), peer, rx));
+            tx
+        });
+        if sender.try_send(message).is_err() {
+            tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
+        }
+    }
+
+    fn strike(&self, peer: PeerId, why: &str) {
+        let out = {
+            let mut state = lock(&self.state);
+            let strikes = state.strikes.entry(peer).or_default();
+            *strikes += 1;
+            *strikes >= STRIKES_LIMIT
+        };
+        tracing::debug!(%peer, why, "bitswap: strike");
+        if out {
+            self.drop_peer(peer, why);
+        }
+    }
+
+    fn drop_peer(&self, peer: PeerId, why: &str) {
+        tracing::info!(%peer, why, "bitswap: disconnecting misbehaving peer");
+        {
+            let mut state = lock(&self.state);
+            state.stats.peers_dropped += 1;
+            state.strikes.remove(&peer);
+        }
+        let p2p = self.p2p.clone();
+        tokio::spawn(async move {
+            let _ = p2p.disconnect(peer).await;
+        });
+    }
+
+    async fn on_message(self: &Arc<Self>, peer: PeerId, message: Message) {
+        if !message.wantlist.is_empty() || message.full_wantlist {
+            self.serve(peer, message.wantlist, message.full_wantlist)
+                .await;
+        }
+        if !message.blocks.is_empty() {
+            self.receive_blocks(peer, message.blocks).await;
+        }
+        for presence in message.presences {
+            self.on_presence(peer, presence);
+        }
+    }
+
+    /// Server side: answer a peer's wants from the store.
+    async fn serve(self: &Arc<Self>, peer: PeerId, entries: Vec<WantEntry>, full: bool) {
+        {
+            let mut state = lock(&self.state);
+            let ledger = state.ledgers.entry(peer).or_default();
+            if full {
+                ledger.clear();
+            }
+            for entry in entries.iter().filter(|e| e.cancel) {
+                ledger.remove(&entry.cid);
+            }
+        }
+        let wants: Vec<WantEntry> = entries.into_iter().filter(|e| !e.cancel).collect();
+        if wants.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut blocks = Vec::new();
+            let mut presences = Vec::new();
+            let mut missing = Vec::new();
+            for entry in wants {
+                let have = store.has(&entry.cid).unwrap_or(false);
+                match (entry.want_type, have) {
+                    (WantType::Block, true) => match store.get(&entry.cid) {
+                        Ok(block) => blocks.push(block),
+                        Err(_) => missing.push(entry),
+                    },
+                    (WantType::Have, true) => presences.push(Presence {
+                        cid: entry.cid,
+                        kind: PresenceKind::Have,
+                    }),
+                    (_, false) => missing.push(entry),
+                }
+            }
+            let presences_dont: Vec<Presence> = missing
+                .iter()
+                .filter(|e| e.send_dont_have)
+                .map(|e| Presence {
+                    cid: e.cid,
+                    kind: PresenceKind::DontHave,
+                })
+                .collect();
+            (
+                blocks,
+                presences
+                    .into_iter()
+                    .chain(presences_dont)
+                    .collect::<Vec<_>>(),
+                missing,
+            )
+        })
+        .await;
+        let Ok((blocks, presences, missing)) = answered else {
+            return;
+        };
+        {
+            let mut state = lock(&self.state);
+            let ledger = state.ledgers.entry(peer).or_default();
+            for entry in missing {
+                if ledger.len() < LEDGER_LIMIT {
+                    ledger.insert(entry.cid);
+                }
+            }
+        }
+        self.send_blocks(peer, blocks, presences);
+    }
+
+    /// Splits blocks and presences into messages under the size limit and queues them.
+    fn send_blocks(self: &Arc<Self>, peer: PeerId, blocks: Vec<Block>, presences: Vec<Presence>) {
+        let mut message = Message {
+            presences,
+            ..Message::default()
+        };
+        let mut size = 0usize;
+        let budget = MESSAGE_SIZE_LIMIT - 64 * 1024;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for block in blocks {
+            let cost = bitswap::block_wire_size(&block);
+            if size + cost > budget && !message.blocks.is_empty() {
+                self.send(peer, std::mem::take(&mut message));
+                size = 0;
+            }
+            size += cost;
+            count += 1;
+            bytes += block.len() as u64;
+            message.blocks.push(block);
+        }
+        self.send(peer, message);
+        let mut state = lock(&self.state);
+        state.stats.blocks_sent += count;
+        state.stats.bytes_sent += bytes;
+    }
+
+    /// Client side: store wanted blocks, wake their waiters, cancel elsewhere.
+    async fn receive_blocks(self: &Arc<Self>, peer: PeerId, blocks: Vec<Block>) {
+        let (wanted, unwanted): (Vec<Block>, Vec<Block>) = {
+            let state = lock(&self.state);
+            blocks
+                .into_iter()
+                .partition(|b| state.wants.contains_key(b.cid()))
+        };
+        if !unwanted.is_empty() {
+            lock(&self.state).stats.duplicate_blocks += unwanted.len() as u64;
+            self.strike(peer, "sent blocks nobody asked for");
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let to_store = wanted.clone();
+        let stored = tokio::task::spawn_blocking(move || store.put_many(&to_store)).await;
+        if !matches!(stored, Ok(Ok(_))) {
+            tracing::warn!(%peer, "bitswap: could not store received blocks");
+            return;
+        }
+        let mut cancels: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
+        let mut serve_later: Vec<(PeerId, Block)> = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for block in &wanted {
+                let Some(want) = state.wants.remove(block.cid()) else {
+                    state.stats.duplicate_blocks += 1;
+                    continue;
+                };
+                state.stats.blocks_received += 1;
+                state.stats.bytes_received += block.len() as u64;
+                for waiter in want.waiters {
+                    let _ = waiter.send(block.clone());
+                }
+                for other in want.asked.into_iter().filter(|p| *p != peer) {
+                    cancels
+                        .entry(other)
+                        .or_default()
+                        .push(cancel_entry(*block.cid()));
+                }
+                for (wanter, ledger) in state.ledgers.iter_mut() {
+                    if ledger.remove(block.cid()) {
+                        serve_later.push((*wanter, block.clone()));
+                    }
+                }
+            }
+            if !state.recent.contains(&peer) {
+                state.recent.push_front(peer);
+                state.recent.truncate(RECENT_PROVIDERS);
+            }
+        }
+        for (other, wantlist) in cancels {
+            self.send(
+                other,
+                Message {
+                    wantlist,
+                    ..Message::default()
+                },
+            );
+        }
+        for (wanter, block) in serve_later {
+            self.send_blocks(wanter, vec![block], Vec::new());
+        }
+    }
+
+    fn on_presence(self: &Arc<Self>, peer: PeerId, presence: Presence) {
+        let mut request_from = None;
+        {
+            let mut state = lock(&self.state);
+            let Some(want) = state.wants.get_mut(&presence.cid) else {
+                return;
+            };
+            match presence.kind {
+                PresenceKind::Have => {
+                    if !want.have.contains(&peer) {
+                        want.have.push(peer);
+                    }
+                    if want.block_from.is_none() {
+                        want.block_from = Some((peer, Instant::now()));
+                        request_from = Some(peer);
+                    }
+                }
+                PresenceKind::DontHave => {
+                    want.dont_have.insert(peer);
+                    want.have.retain(|p| *p != peer);
+                    if want.block_from.is_some_and(|(p, _)| p == peer) {
+                        want.block_from = None;
+                        if let Some(next) = want.have.first().copied() {
+                            want.block_from = Some((next, Instant::now()));
+                            request_from = Some(next);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(from) = request_from {
+            self.send(
+                from,
+                Message {
+                    wantlist: vec![want_entry(presence.cid, WantType::Block)],
+                    ..Message::default()
+                },
+            );
+        }
+    }
+
+    /// Periodic: move timed-out want-blocks on, and search the DHT for unanswered wants.
+    fn on_tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut requests = Vec::new();
+        let mut searches = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            state.wants.retain(|_, want| {
+                want.waiters.retain(|w| !w.is_closed());
+                !want.waiters.is_empty()
+            });
+            for (cid, want) in state.wants.iter_mut() {
+                if let Some((peer, since)) = want.block_from
+                    && now.duration_since(since) > self.config.block_timeout
+                {
+                    want.have.retain(|p| *p != peer);
+                    want.block_from = None;
+                    if let Some(next) = want.have.first().copied() {
+                        want.block_from = Some((next, now));
+                        requests.push((next, *cid));
+                    }
+                }
+                let unanswered = want.block_from.is_none() && want.have.is_empty();
+                let searched_recently = want
+                    .last_search
+                    .is_some_and(|t| now.duration_since(t) < self.config.provider_search_interval);
+                let everyone_said_no =
+                    !want.asked.is_empty() && want.asked.iter().all(|p| want.dont_have.contains(p));
+                let waited = now.duration_since(want.created) > self.config.provider_search_delay;
+                if unanswered && !searched_recently && (everyone_said_no || waited) {
+                    want.last_search = Some(now);
+                    searches.push(*cid);
+                }
+            }
+        }
+        for (peer, cid) in requests {
+            self.send(
+                peer,
+                Message {
+                    wantlist: vec![want_entry(cid, WantType::Block)],
+                    ..Message::default()
+                },
+            );
+        }
+        for cid in searches {
+            self.search_providers(cid);
+        }
+    }
+
+    /// Looks `cid` up on the DHT; the swarm dials providers and new connections get our
+    /// wantlist ([`follow_peers`]). Providers already connected are asked directly.
+    fn search_providers(self: &Arc<Self>, cid: Cid) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let providers = match this
+                .p2p
+                .find_providers(provider_key(&cid), PROVIDERS_PER_SEARCH)
+                .await
+            {
+                Ok(providers) => providers,
+                Err(error) => {
+                    tracing::debug!(%cid, %error, "bitswap: provider search failed");
+                    return;
+                }
+            };
+            tracing::debug!(%cid, providers = providers.len(), "bitswap: providers found");
+            let local = this.p2p.local_peer_id();
+            for (peer, addrs) in providers.into_iter().filter(|(p, _)| *p != local) {
+                if this.p2p.dial_peer(peer, addrs).await.is_ok() {
+                    this.ask(peer, cid);
+                }
+            }
+        });
+    }
+
+    /// Asks one peer for a want we still have.
+    fn ask(self: &Arc<Self>, peer: PeerId, cid: Cid) {
+        {
+            let mut state = lock(&self.state);
+            let Some(want) = state.wants.get_mut(&cid) else {
+                return;
+            };
+            if !want.asked.insert(peer) {
+                return;
+            }
+        }
+        self.send(
+            peer,
+            Message {
+                wantlist: vec![want_entry(cid, WantType::Have)],
+                ..Message::default()
+            },
+        );
+    }
+
+    /// A new connection: send it our whole wantlist as want-haves.
+    fn on_connected(self: &Arc<Self>, peer: PeerId) {
+        let wantlist: Vec<WantEntry> = {
+            let mut state = lock(&self.state);
+            state
+                .wants
+                .iter_mut()
+                .filter_map(|(cid, w)| {
+                    w.asked
+                        .insert(peer)
+                        .then(|| want_entry(*cid, WantType::Have))
+                })
+                .collect()
+        };
+        for chunk in wantlist.chunks(bitswap::WANTLIST_ENTRIES_LIMIT / 2) {
+            self.send(
+                peer,
+                Message {
+                    wantlist: chunk.to_vec(),
+                    ..Message::default()
+                },
+            );
+        }
+    }
+
+    fn on_disconnected(&self, peer: PeerId) {
+        let mut state = lock(&self.state);
+        state.senders.remove(&peer);
+        state.ledgers.remove(&peer);
+        state.recent.retain(|p| *p != peer);
+        for want in state.wants.values_mut() {
+            want.have.retain(|p| *p != peer);
+            if want.block_from.is_some_and(|(p, _)| p == peer) {
+                want.block_from = None;
+            }
+        }
+    }
+}
+
+async fn accept_loop(inner: std::sync::Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(this) = inner.upgrade() else { return };
+        let Ok(permit) = this.inbound.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "bitswap: too many inbound streams, refusing one");
+            continue;
+        };
+        let idle = this.config.idle_stream_timeout;
+        let weak = Arc::downgrade(&this);
+        drop(this);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stream = stream;
+            loop {
+                let result = wire::read_message(&mut stream, idle).await;
+                let Some(this) = weak.upgrade() else { return };
+                match result {
+                    Ok(message) => this.on_message(peer, message).await,
+                    Err(WireError::Closed | WireError::Timeout) => return,
+                    Err(WireError::Io(_)) => return,
+                    Err(error) => {
+                        this.drop_peer(peer, &error.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn peer_sender(
+    inner: std::sync::Weak<Inner>,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<Message>,
+) {
+    let mut stream: Option<(libp2p::Stream, ProtocolVersion)> = None;
+    while let Some(message) = queue.recv().await {
+        let Some(this) = inner.upgrade() else { return };
+        let timeout = this.config.write_timeout;
+        let mut control = this.p2p.stream_control();
+        drop(this);
+        for _attempt in 0..2 {
+            if stream.is_none() {
+                stream = open_stream(&mut control, peer).await;
+            }
+            let Some((s, version)) = stream.as_mut() else {
+                break;
+            };
+            match wire::write_message(s, &message, *version, timeout).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "bitswap: write failed, reopening");
+                    stream = None;
+                }
+            }
+        }
+    }
+}
+
+/// Opens a Bitswap stream, preferring the newest version the peer speaks.
+async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+) -> Option<(libp2p::Stream, ProtocolVersion)> {
+    for (name, version) in [
+        (bitswap::PROTOCOL_1_2_0, ProtocolVersion::V1_2_0),
+        (bitswap::PROTOCOL_1_1_0, ProtocolVersion::V1_1_0),
+        (bitswap::PROTOCOL_1_0_0, ProtocolVersion::V1_0_0),
+    ] {
+        let opened = tokio::time::timeout(
+            Duration::from_secs(15),
+            control.open_stream(peer, StreamProtocol::new(name)),
+        )
+        .await;
+        match opened {
+            Ok(Ok(stream)) => return Some((stream, version)),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => continue,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "bitswap: cannot open stream");
+                return None;
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+async fn follow_peers(
+    inner: std::sync::Weak<Inner>,
+    mut events: tokio::sync::broadcast::Receiver<NodeEvent>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(this) = inner.upgrade() else { return };
+        match event {
+            NodeEvent::PeerConnected(peer) => this.on_connected(peer),
+            NodeEvent::PeerDisconnected(peer) => this.on_disconnected(peer),
+            _ => {}
+        }
+    }
+}
+
+async fn tick_loop(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let Some(this) = inner.upgrade() else { return };
+        this.on_tick();
+    }
+}

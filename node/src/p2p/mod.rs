@@ -1,0 +1,261 @@
+//! The libp2p peer: one task owns the `Swarm`; everything else talks to it through a
+//! cloneable [`P2p`] handle that sends commands over a bounded channel, each with a
+//! oneshot for its reply. Swarm happenings go out as [`NodeEvent`]s on a broadcast
+//! channel. Bitswap runs beside the swarm on `libp2p-stream` streams ([`crate::bitswap`]).
+
+mod behaviour;
+mod worker;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use self::behaviour::Behaviour;
+use self::worker::{Command, Worker};
+
+/// Commands waiting for the swarm task.
+const COMMAND_CHANNEL_CAPACITY: usize = 256;
+/// Events buffered for slow subscribers before they start missing some.
+const EVENT_CHANNEL_CAPACITY: usize = 1024;
+/// Longest a DHT query may run.
+pub const DHT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Kubo's public DHT protocol; `/ipfs/lan/kad/1.0.0` is its LAN DHT.
+pub const DEFAULT_DHT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+/// Provider records we keep for content we provide: far above libp2p's default of
+/// 1024, since every block of a pinned model may be announced.
+pub const PROVIDED_KEYS_LIMIT: usize = 1 << 20;
+/// Largest gossipsub message (model announcements and user pubsub).
+pub const GOSSIP_MESSAGE_LIMIT: usize = 1024 * 1024;
+
+/// Settings of the libp2p peer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub dht_protocol: StreamProtocol,
+    /// Agent version sent in identify.
+    pub agent_version: String,
+}
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("building the libp2p transport: {0}")]
+    Transport(String),
+    #[error("listening on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("dialing {0}")]
+    Dial(String),
+    #[error("DHT: {0}")]
+    Dht(String),
+    #[error("pubsub: {0}")]
+    Pubsub(String),
+    #[error("the node is shutting down")]
+    Closed,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Something that happened on the network.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    /// A gossipsub message on a topic we subscribed to.
+    PubsubMessage {
+        topic: String,
+        from: Option<PeerId>,
+        data: Vec<u8>,
+        seqno: Option<u64>,
+    },
+    /// A new address we listen on.
+    Listening(Multiaddr),
+}
+
+/// A connected peer as `swarm peers` shows it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+}
+
+/// Handle to the swarm task; cheap to clone.
+#[derive(Clone)]
+pub struct P2p {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    local_peer_id: PeerId,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for P2p {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2p")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl P2p {
+    /// Builds the swarm, starts listening and bootstrapping, and spawns its task.
+    pub async fn start(config: Config, keypair: Keypair) -> Result<P2p> {
+        let local_peer_id = keypair.public().to_peer_id();
+        let mut swarm = behaviour::build_swarm(&config, keypair)?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let streams = swarm.behaviour().streams.new_control();
+        let (commands, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let worker = Worker::new(swarm, command_rx, events.clone(), &config);
+        tokio::spawn(worker.run());
+        Ok(P2p {
+            commands,
+            events,
+            local_peer_id,
+            streams,
+        })
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Network events from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// A control for opening and accepting protocol streams (Bitswap uses it).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Addresses we listen on.
+    pub async fn listeners(&self) -> Result<Vec<Multiaddr>> {
+        self.call(|reply| Command::Listeners { reply }).await
+    }
+
+    /// Waits until at least one listen address is up.
+    pub async fn wait_listening(&self, timeout: Duration) -> Result<Vec<Multiaddr>> {
+        let mut events = self.subscribe_events();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let addrs = self.listeners().await?;
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(Error::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Connected peers with the address of one connection each.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    pub async fn connected_peer_ids(&self) -> Result<HashSet<PeerId>> {
+        Ok(self.peers().await?.into_iter().map(|p| p.peer).collect())
+    }
+
+    /// Dials an address (with `/p2p/<id>` it waits for that peer's connection).
+    pub async fn connect(&self, addr: Multiaddr) -> Result<PeerId> {
+        self.call(|reply| Command::Connect { addr, reply }).await?
+    }
+
+    /// Adds addresses of a peer to the DHT routing table and dials it.
+    pub async fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<()> {
+        self.call(|reply| Command::DialPeer { peer, addrs, reply })
+            .await?
+    }
+
+    /// Announces on the DHT that we provide `key` (a CID's multihash key).
+    pub async fn provide(&self, key: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::Provide { key, reply }).await?
+    }
+
+    /// Stops announcing `key`.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::StopProviding { key, reply })
+            .await
+    }
+
+    /// Finds up to `limit` providers of `key` on the DHT, with their addresses.
+    pub async fn find_providers(
+        &self,
+        key: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>> {
+        self.call(|reply| Command::FindProviders { key, limit, reply })
+            .await?
+    }
+
+    /// Finds a peer's addresses on the DHT.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>> {
+        self.call(|reply| Command::FindPeer { peer, reply }).await?
+    }
+
+    pub async fn pubsub_subscribe(&self, topic: String) -> Result<()> {
+        self.call(|reply| Command::Subscribe { topic, reply })
+            .await?
+    }
+
+    pub async fn pubsub_unsubscribe(&self, topic: String) -> Result<()> {
+        self.call(|reply| Command::Unsubscribe { topic, reply })
+            .await
+    }
+
+    pub async fn pubsub_publish(&self, topic: String, data: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// Topics we are subscribed to.
+    pub async fn pubsub_topics(&self) -> Result<Vec<String>> {
+        self.call(|reply| Command::Topics { reply }).await
+    }
+
+    /// Peers we know subscribe to `topic` (all topics when `None`).
+    pub async fn pubsub_peers(&self, topic: Option<String>) -> Result<Vec<PeerId>> {
+        self.call(|reply| Command::PubsubPeers { topic, reply })
+            .await
+    }
+
+    /// Closes every connection to `peer`.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.call(|reply| Command::Disconnect { peer, reply }).await
+    }
+
+    /// Stops the swarm task.
+    pub async fn shutdown(&self) {
+        let _ = self.call(|reply| Command::Shutdown { reply }).await;
+    }
+}

@@ -1,0 +1,561 @@
+//! The swarm task: one `select!` over commands, swarm events and a periodic tick. It
+//! never awaits slow work; replies go back on the oneshot each command carries, matched
+//! to DHT queries and dials by their ids.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{Config, Error, NodeEvent, PeerInfo, Result};
+
+/// How often the task logs a summary and refreshes the DHT.
+const TICK: Duration = Duration::from_secs(60);
+/// Listen addresses taken from one identify message.
+const IDENTIFY_ADDRS_LIMIT: usize = 16;
+
+pub(super) enum Command {
+    Listeners {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Connect {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId>>,
+    },
+    DialPeer {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Provide {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    StopProviding {
+        key: Vec<u8>,
+        reply: oneshot::Sender<()>,
+    },
+    FindProviders {
+        key: Vec<u8>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<(PeerId, Vec<Multiaddr>)>>>,
+    },
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
+    },
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Unsubscribe {
+        topic: String,
+        reply: oneshot::Sender<()>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Topics {
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    PubsubPeers {
+        topic: Option<String>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A dial someone waits on.
+enum PendingDial {
+    Connect(oneshot::Sender<Result<PeerId>>),
+    Peer(oneshot::Sender<Result<()>>),
+}
+
+/// A DHT query someone waits on.
+enum PendingQuery {
+    Provide(oneshot::Sender<Result<()>>),
+    Providers {
+        limit: usize,
+        found: Vec<PeerId>,
+        reply: oneshot::Sender<Result<Vec<(PeerId, Vec<Multiaddr>)>>>,
+    },
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
+    },
+}
+
+pub(super) struct Worker {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    /// Connected peers and the remote address of each connection.
+    connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    /// Listen addresses peers told us through identify (bounded per peer).
+    known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    dials: HashMap<ConnectionId, PendingDial>,
+    queries: HashMap<QueryId, PendingQuery>,
+    topics: HashSet<String>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<NodeEvent>,
+        config: &Config,
+    ) -> Self {
+        let mut worker = Worker {
+            swarm,
+            commands,
+            events,
+            connections: HashMap::new(),
+            known_addrs: HashMap::new(),
+            dials: HashMap::new(),
+            queries: HashMap::new(),
+            topics: HashSet::new(),
+        };
+        for addr in &config.bootstrap {
+            if let Err(error) = worker.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, %error, "p2p: bootstrap dial failed");
+            }
+            if let Some((peer, base)) = split_peer(addr) {
+                worker.swarm.behaviour_mut().kad.add_address(&peer, base);
+            }
+        }
+        worker
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("p2p: swarm task stopped");
+    }
+
+    fn on_tick(&mut self) {
+        tracing::info!(
+            peers = self.connections.len(),
+            queries = self.queries.len(),
+            "p2p: status"
+        );
+        if !self.connections.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Listeners { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Peers { reply } => {
+                let peers = self
+                    .connections
+                    .iter()
+                    .filter_map(|(peer, conns)| {
+                        conns.values().next().map(|addr| PeerInfo {
+                            peer: *peer,
+                            addr: addr.clone(),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Connect { addr, reply } => {
+                let opts = match split_peer(&addr) {
+                    Some((peer, base)) => DialOpts::peer_id(peer).addresses(vec![base]).build(),
+                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                };
+                if let Some(peer) = opts.get_peer_id()
+                    && self.connections.contains_key(&peer)
+                {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, PendingDial::Connect(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dial(format!("{addr}: {e}"))));
+                    }
+                }
+            }
+            Command::DialPeer { peer, addrs, reply } => {
+                if self.connections.contains_key(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                for addr in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
+                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, PendingDial::Peer(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dial(format!("{peer}: {e}"))));
+                    }
+                }
+            }
+            Command::Provide { key, reply } => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(RecordKey::new(&key))
+                {
+                    Ok(id) => {
+                        self.queries.insert(id, PendingQuery::Provide(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dht(e.to_string())));
+                    }
+                }
+            }
+            Command::StopProviding { key, reply } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&RecordKey::new(&key));
+                let _ = reply.send(());
+            }
+            Command::FindProviders { key, limit, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(RecordKey::new(&key));
+                self.queries.insert(
+                    id,
+                    PendingQuery::Providers {
+                        limit,
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.queries
+                    .insert(id, PendingQuery::FindPeer { peer, reply });
+            }
+            Command::Subscribe { topic, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(&topic))
+                    .map(|_| ())
+                    .map_err(|e| Error::Pubsub(e.to_string()));
+                if result.is_ok() {
+                    self.topics.insert(topic);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { topic, reply } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .unsubscribe(&gossipsub::IdentTopic::new(&topic));
+                self.topics.remove(&topic);
+                let _ = reply.send(());
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(&topic), data)
+                    .map(|_| ())
+                    .map_err(|e| Error::Pubsub(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Topics { reply } => {
+                let _ = reply.send(self.topics.iter().cloned().collect());
+            }
+            Command::PubsubPeers { topic, reply } => {
+                let gossipsub = &self.swarm.behaviour().gossipsub;
+                let peers = match topic {
+                    Some(topic) => {
+                        let hash = gossipsub::IdentTopic::new(&topic).hash();
+                        gossipsub
+                            .all_peers()
+                            .filter(|(_, topics)| topics.contains(&&hash))
+                            .map(|(peer, _)| *peer)
+                            .collect()
+                    }
+                    None => gossipsub.all_peers().map(|(peer, _)| *peer).collect(),
+                };
+                let _ = reply.send(peers);
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p: listening");
+                let _ = self.events.send(NodeEvent::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                let first = !self.connections.contains_key(&peer_id);
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, addr);
+                if first {
+                    let _ = self.events.send(NodeEvent::PeerConnected(peer_id));
+                }
+                match self.dials.remove(&connection_id) {
+                    Some(PendingDial::Connect(reply)) => {
+                        let _ = reply.send(Ok(peer_id));
+                    }
+                    Some(PendingDial::Peer(reply)) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    None => {}
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                        let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(?peer_id, %error, "p2p: dial failed");
+                let message = format!(
+                    "{}: {error}",
+                    peer_id.map(|p| p.to_string()).unwrap_or_default()
+                );
+                match self.dials.remove(&connection_id) {
+                    Some(PendingDial::Connect(reply)) => {
+                        let _ = reply.send(Err(Error::Dial(message)));
+                    }
+                    Some(PendingDial::Peer(reply)) => {
+                        let _ = reply.send(Err(Error::Dial(message)));
+                    }
+                    None => {}
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks_dht = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == self.swarm.behaviour().kad.protocol_names()[0].as_ref());
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(is_dialable)
+                    .take(IDENTIFY_ADDRS_LIMIT)
+                    .collect();
+                if speaks_dht {
+                    for addr in &addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                self.known_addrs.insert(peer_id, addrs);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.connections.contains_key(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let _ = self.events.send(NodeEvent::PubsubMessage {
+                    topic: message.topic.to_string(),
+                    from: message.source,
+                    data: message.data,
+                    seqno: message.sequence_number,
+                });
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                self.on_query(id, result, step.last);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::StartProviding(result) => {
+                if let Some(PendingQuery::Provide(reply)) = self.queries.remove(&id) {
+                    // With no other DHT peer the record is still stored locally, and
+                    // is served once peers appear; only a real error fails the call.
+                    let result = match result {
+                        Ok(_) | Err(kad::AddProviderError::Timeout { .. }) => Ok(()),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            QueryResult::GetProviders(result) => {
+                let Some(PendingQuery::Providers { limit, found, .. }) = self.queries.get_mut(&id)
+                else {
+                    return;
+                };
+                let limit = *limit;
+                let mut new = Vec::new();
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    for peer in providers {
+                        if !found.contains(&peer) && found.len() < limit {
+                            found.push(peer);
+                            new.push(peer);
+                        }
+                    }
+                }
+                let done = last || found.len() >= limit;
+                // Dial while the query still holds the providers' addresses.
+                let local = *self.swarm.local_peer_id();
+                for peer in new {
+                    if peer != local && !self.connections.contains_key(&peer) {
+                        let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+                    }
+                }
+                if done {
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                    if let Some(PendingQuery::Providers { found, reply, .. }) =
+                        self.queries.remove(&id)
+                    {
+                        let with_addrs = found
+                            .into_iter()
+                            .map(|p| (p, self.known_addrs.get(&p).cloned().unwrap_or_default()))
+                            .collect();
+                        let _ = reply.send(Ok(with_addrs));
+                    }
+                }
+            }
+            QueryResult::GetClosestPeers(result) => {
+                let Some(PendingQuery::FindPeer { peer, .. }) = self.queries.get(&id) else {
+                    return;
+                };
+                let peer = *peer;
+                let addrs = match &result {
+                    Ok(ok) => ok
+                        .peers
+                        .iter()
+                        .find(|info| info.peer_id == peer)
+                        .map(|info| info.addrs.clone()),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers
+                        .iter()
+                        .find(|info| info.peer_id == peer)
+                        .map(|info| info.addrs.clone()),
+                };
+                if addrs.is_some() || last {
+                    if let Some(PendingQuery::FindPeer { reply, .. }) = self.queries.remove(&id) {
+                        let result = addrs
+                            .or_else(|| self.known_addrs.get(&peer).cloned())
+                            .filter(|a| !a.is_empty())
+                            .ok_or_else(|| Error::Dht(format!("peer {peer} not found")));
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits `/ip4/.../p2p/<id>` into the peer id and the address before it.
+fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, base)),
+        _ => None,
+    }
+}
+
+/// Loopback and LAN addresses are dialable here; unspecified (0.0.0.0) ones are not.
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
