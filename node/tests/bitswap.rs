@@ -40,7 +40,7 @@ async fn node() -> TestNode {
         provider_search_delay: Duration::from_millis(200),
         ..bitswap::Config::default()
     };
-    let bitswap = Bitswap::start(store.clone(), p2p.clone(), config);
+    let bitswap = Bitswap::start(store.clone(), p2p.clone(), config).unwrap();
     TestNode {
         p2p,
         bitswap,

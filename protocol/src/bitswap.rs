@@ -168,7 +168,7 @@ impl Message {
                 send_dont_have: presences && e.send_dont_have,
             })
             .collect::<Vec<_>>();
-        let wantlist = (!entries.is_empty() || self.full_wantlist).then(|| pb::Wantlist {
+        let wantlist = (!entries.is_empty() || self.full_wantlist).then_some(pb::Wantlist {
             entries,
             full: self.full_wantlist,
         });

@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// Installs a log subscriber when `RUST_LOG` is set, for debugging a test.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Longest any single command may take in tests.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 

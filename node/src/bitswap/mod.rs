@@ -1,5 +1,5 @@
-//! Bitswap, written here: server and client on `libp2p-stream` streams, beside the
-//! swarm task rather than inside it.
+//! Bitswap, written here: server and client, beside the swarm task rather than inside
+//! it. The swarm side ([`Behaviour`], one handler per connection) only moves streams.
 //!
 //! - Inbound: every stream a peer opens to us (any number per connection) gets a reader
 //!   task; messages update that peer's ledger (server) and feed blocks and HAVE /
@@ -15,7 +15,14 @@
 //!   want is ever stored; anything else counts against the sender.
 //! - Disk work runs on blocking threads.
 
+mod behaviour;
+mod handler;
+mod protocol;
 mod wire;
+
+pub use behaviour::{Behaviour, Channels};
+pub use handler::{FromBehaviour, Handler, StreamReply, ToBehaviour};
+pub use protocol::Upgrade;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +35,7 @@ use ipfs_accelerate_protocol::Block;
 use ipfs_accelerate_protocol::bitswap::{
     self, MESSAGE_SIZE_LIMIT, Message, Presence, PresenceKind, ProtocolVersion, WantEntry, WantType,
 };
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::p2p::{NodeEvent, P2p};
@@ -119,6 +126,7 @@ impl std::fmt::Debug for Bitswap {
 struct Inner {
     store: Arc<Store>,
     p2p: P2p,
+    open: mpsc::Sender<behaviour::OpenRequest>,
     config: Config,
     state: Mutex<State>,
     inbound: Arc<Semaphore>,
@@ -189,32 +197,22 @@ pub fn provider_key(cid: &Cid) -> Vec<u8> {
 }
 
 impl Bitswap {
-    /// Starts accepting Bitswap streams and following peer connections.
-    pub fn start(store: Arc<Store>, p2p: P2p, config: Config) -> Bitswap {
+    /// Starts serving the streams of `p2p` and following its peer connections. Fails if
+    /// another engine already took the streams.
+    pub fn start(store: Arc<Store>, p2p: P2p, config: Config) -> Result<Bitswap> {
+        let channels = p2p.take_bitswap_channels().ok_or(Error::Closed)?;
         let inner = Arc::new(Inner {
             store,
             p2p: p2p.clone(),
+            open: channels.open,
             config,
             state: Mutex::new(State::default()),
             inbound: Arc::new(Semaphore::new(INBOUND_STREAMS_LIMIT)),
         });
-        let mut control = p2p.stream_control();
-        for name in [
-            bitswap::PROTOCOL_1_2_0,
-            bitswap::PROTOCOL_1_1_0,
-            bitswap::PROTOCOL_1_0_0,
-            bitswap::PROTOCOL_LEGACY,
-        ] {
-            match control.accept(StreamProtocol::new(name)) {
-                Ok(incoming) => {
-                    tokio::spawn(accept_loop(Arc::downgrade(&inner), incoming));
-                }
-                Err(_) => tracing::warn!(protocol = name, "bitswap: protocol already registered"),
-            }
-        }
+        tokio::spawn(accept_loop(Arc::downgrade(&inner), channels.inbound));
         tokio::spawn(follow_peers(Arc::downgrade(&inner), p2p.subscribe_events()));
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
-        Bitswap { inner }
+        Ok(Bitswap { inner })
     }
 
     pub fn stats(&self) -> Stats {
@@ -750,8 +748,11 @@ impl Inner {
     }
 }
 
-async fn accept_loop(inner: std::sync::Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
-    while let Some((peer, stream)) = incoming.next().await {
+async fn accept_loop(
+    inner: std::sync::Weak<Inner>,
+    mut incoming: mpsc::Receiver<(PeerId, libp2p::Stream, ProtocolVersion)>,
+) {
+    while let Some((peer, stream, _version)) = incoming.recv().await {
         let Some(this) = inner.upgrade() else { return };
         let Ok(permit) = this.inbound.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "bitswap: too many inbound streams, refusing one");
@@ -789,11 +790,11 @@ async fn peer_sender(
     while let Some(message) = queue.recv().await {
         let Some(this) = inner.upgrade() else { return };
         let timeout = this.config.write_timeout;
-        let mut control = this.p2p.stream_control();
+        let open = this.open.clone();
         drop(this);
         for _attempt in 0..2 {
             if stream.is_none() {
-                stream = open_stream(&mut control, peer).await;
+                stream = open_stream(&open, peer).await;
             }
             let Some((s, version)) = stream.as_mut() else {
                 break;
@@ -809,32 +810,25 @@ async fn peer_sender(
     }
 }
 
-/// Opens a Bitswap stream, preferring the newest version the peer speaks.
+/// Opens a Bitswap stream on an existing connection, in the newest version the peer
+/// speaks.
 async fn open_stream(
-    control: &mut libp2p_stream::Control,
+    open: &mpsc::Sender<behaviour::OpenRequest>,
     peer: PeerId,
 ) -> Option<(libp2p::Stream, ProtocolVersion)> {
-    for (name, version) in [
-        (bitswap::PROTOCOL_1_2_0, ProtocolVersion::V1_2_0),
-        (bitswap::PROTOCOL_1_1_0, ProtocolVersion::V1_1_0),
-        (bitswap::PROTOCOL_1_0_0, ProtocolVersion::V1_0_0),
-    ] {
-        let opened = tokio::time::timeout(
-            Duration::from_secs(15),
-            control.open_stream(peer, StreamProtocol::new(name)),
-        )
-        .await;
-        match opened {
-            Ok(Ok(stream)) => return Some((stream, version)),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => continue,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "bitswap: cannot open stream");
-                return None;
-            }
-            Err(_) => return None,
+    let (reply, opened) = oneshot::channel();
+    open.send(behaviour::OpenRequest { peer, reply })
+        .await
+        .ok()?;
+    match tokio::time::timeout(Duration::from_secs(30), opened).await {
+        Ok(Ok(Ok(stream))) => Some(stream),
+        Ok(Ok(Err(error))) => {
+            tracing::debug!(%peer, %error, "bitswap: cannot open stream");
+            None
         }
+        // Not connected (the request was dropped) or timed out.
+        _ => None,
     }
-    None
 }
 
 async fn follow_peers(

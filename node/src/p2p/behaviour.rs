@@ -22,8 +22,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Raw protocol streams: Bitswap runs on these outside the swarm task.
-    pub streams: libp2p_stream::Behaviour,
+    /// Moves Bitswap streams to and from the engine, which runs outside this task.
+    pub bitswap: crate::bitswap::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -32,8 +32,13 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
-pub(super) fn build_swarm(config: &Config, keypair: Keypair) -> Result<Swarm<Behaviour>> {
+pub(super) fn build_swarm(
+    config: &Config,
+    keypair: Keypair,
+) -> Result<(Swarm<Behaviour>, crate::bitswap::Channels)> {
     let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
+    let (bitswap, channels) = crate::bitswap::Behaviour::new();
+    let mut bitswap = Some(bitswap);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -45,17 +50,19 @@ pub(super) fn build_swarm(config: &Config, keypair: Keypair) -> Result<Swarm<Beh
         .with_quic()
         .with_dns()
         .map_err(|e| transport(&e))?
-        .with_behaviour(|key| behaviour(config, key))
+        .with_behaviour(|key| behaviour(config, key, bitswap.take()))
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
-    Ok(swarm)
+    Ok((swarm, channels))
 }
 
 fn behaviour(
     config: &Config,
     key: &Keypair,
+    bitswap: Option<crate::bitswap::Behaviour>,
 ) -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let bitswap = bitswap.ok_or("the behaviour is built once")?;
     let peer_id = key.public().to_peer_id();
     let identify = identify::Behaviour::new(
         identify::Config::new("ipfs/0.1.0".to_string(), key.public())
@@ -96,6 +103,6 @@ fn behaviour(
         kad,
         gossipsub,
         mdns: mdns.into(),
-        streams: libp2p_stream::Behaviour::new(),
+        bitswap,
     })
 }

