@@ -52,6 +52,59 @@ pub(crate) enum Command {
     /// DAGs as CAR v1 files
     #[command(subcommand)]
     Dag(DagCommand),
+    /// Run the peer: libp2p swarm, Bitswap, DHT, pubsub and the HTTP RPC API
+    Daemon(DaemonArgs),
+    /// Connections to other peers (needs a running daemon)
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// The DHT: provider records (needs a running daemon)
+    #[command(subcommand)]
+    Routing(RoutingCommand),
+    /// Stop the running daemon
+    Shutdown,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// Swarm listen multiaddr (repeatable) [default: config network.listen]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<String>,
+    /// HTTP RPC API address [default: config network.api, 127.0.0.1:5001]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) api: Option<String>,
+    /// Peer to dial at start, ending in /p2p/<id> (repeatable)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<String>,
+    /// Do not discover peers on the local network
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Kademlia protocol, e.g. /ipfs/lan/kad/1.0.0 to join Kubo's LAN DHT
+    #[arg(long, value_name = "NAME")]
+    pub(crate) dht_protocol: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SwarmCommand {
+    /// Connected peers
+    Peers,
+    /// Dial a peer
+    Connect {
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoutingCommand {
+    /// Find peers that provide a CID
+    Findprovs {
+        cid: String,
+        /// Stop after this many providers
+        #[arg(short = 'n', long, default_value_t = 20)]
+        num_providers: usize,
+    },
+    /// Announce that we provide a CID
+    Provide { cid: String },
 }
 
 #[derive(Debug, Args)]

@@ -25,9 +25,22 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     if let Command::Init = cli.command {
         return init(&path, json);
     }
-    let repo = Repo::open(&path)?;
+    let repo = match Repo::open(&path) {
+        Ok(repo) => repo,
+        Err(repo::Error::InUse { .. }) if Repo::api_file(&path).exists() => {
+            let remote = crate::remote::Remote::from_repo(&path)?
+                .context("the daemon's API address disappeared; is it stopping?")?;
+            return crate::remote::run(&remote, cli.command, json);
+        }
+        Err(error) => return Err(error.into()),
+    };
     match cli.command {
         Command::Init => unreachable!("handled above"),
+        Command::Daemon(args) => crate::daemon::run(repo, args),
+        Command::Swarm(_) | Command::Routing(_) | Command::Shutdown => bail!(
+            "no daemon is running on {}; start one with `ipfs-accelerate daemon`",
+            path.display()
+        ),
         Command::Id => id(&repo, json),
         Command::Add(args) => add(&repo, &args, json),
         Command::Cat { cid } => cat(&repo, &parse_cid(&cid)?),

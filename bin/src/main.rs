@@ -2,7 +2,9 @@
 
 mod cli;
 mod commands;
+mod daemon;
 mod progress;
+mod remote;
 
 use std::process::ExitCode;
 

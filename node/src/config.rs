@@ -17,6 +17,7 @@ pub struct NodeConfig {
     pub identity: IdentityConfig,
     pub datastore: DatastoreConfig,
     pub import: ImportConfig,
+    pub network: NetworkConfig,
 }
 
 /// Who this node is. The private key lives in `identity.key` beside the config.
@@ -64,6 +65,43 @@ impl DatastoreConfig {
 
 fn percent_of(total: u64, percent: u8) -> u64 {
     (u128::from(total) * u128::from(percent.min(100)) / 100) as u64
+}
+
+/// The daemon's network: swarm addresses, discovery, DHT, and the HTTP endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Swarm listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Peers dialed at start (multiaddrs ending in `/p2p/<id>`).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Kademlia protocol: `/ipfs/kad/1.0.0`, or `/ipfs/lan/kad/1.0.0` for Kubo's LAN DHT.
+    pub dht_protocol: String,
+    /// HTTP RPC API address (Kubo's paths under /api/v0).
+    pub api: String,
+    /// HTTP gateway address.
+    pub gateway: String,
+    /// How often provider records of pinned roots are announced again, in seconds.
+    pub reprovide_interval_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".into(),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            dht_protocol: "/ipfs/kad/1.0.0".into(),
+            api: "127.0.0.1:5001".into(),
+            gateway: "127.0.0.1:8080".into(),
+            reprovide_interval_secs: 12 * 60 * 60,
+        }
+    }
 }
 
 /// Defaults for `add`; flags override them per call.

@@ -6,17 +6,20 @@
 //! export with Kubo-identical CIDs, and [`car`] import and export.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod bitswap;
 pub mod blockstore;
 pub mod car;
 pub mod config;
 pub mod gc;
 pub mod identity;
+pub mod node;
 pub mod p2p;
 pub mod pin;
 pub mod store;
 
 pub use config::NodeConfig;
+pub use node::Node;
 pub use store::Store;
 pub mod repo;
 pub use repo::Repo;

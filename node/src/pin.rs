@@ -117,6 +117,11 @@ impl Store {
         Ok(None)
     }
 
+    /// The first block of `root`'s DAG that is not in the repo, if any.
+    pub fn first_missing_block(&self, root: &Cid) -> Result<Option<Cid>> {
+        self.first_missing(root)
+    }
+
     /// Every stored CID reachable from `root` (root included), following the link index.
     pub(crate) fn dag(&self, root: &Cid) -> Result<HashSet<Cid>> {
         let mut seen = HashSet::new();

@@ -23,6 +23,7 @@ const CONFIG_FILE: &str = "config.toml";
 const IDENTITY_FILE: &str = "identity.key";
 const DATASTORE_FILE: &str = "datastore.redb";
 const LOCK_FILE: &str = "repo.lock";
+const API_FILE: &str = "api";
 
 /// Why a repo could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,7 @@ pub struct Repo {
     path: PathBuf,
     config: NodeConfig,
     identity: Identity,
-    store: Store,
+    store: Arc<Store>,
     _lock: File,
 }
 
@@ -123,7 +124,7 @@ impl Repo {
     /// Opens the datastore of a locked repo.
     fn assemble(path: &Path, config: NodeConfig, identity: Identity, lock: File) -> Result<Repo> {
         let blocks = RedbBlockstore::open(&path.join(DATASTORE_FILE))?;
-        let store = Store::new(Arc::new(blocks), config.datastore.clone());
+        let store = Arc::new(Store::new(Arc::new(blocks), config.datastore.clone()));
         Ok(Repo {
             path: path.to_path_buf(),
             config,
@@ -147,6 +148,17 @@ impl Repo {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, shared with the network tasks of a running node.
+    pub fn shared_store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The API address a running daemon on this repo listens on, if one does
+    /// (written by the daemon to `api`, like Kubo's `$IPFS_PATH/api`).
+    pub fn api_file(path: &Path) -> PathBuf {
+        path.join(API_FILE)
     }
 
     /// Size of the datastore file on disk.

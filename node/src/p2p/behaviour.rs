@@ -77,6 +77,9 @@ fn behaviour(
     );
     let mut kad_config = kad::Config::new(config.dht_protocol.clone());
     kad_config.set_query_timeout(super::DHT_QUERY_TIMEOUT);
+    // The swarm task bootstraps on its tick once it has peers; libp2p's own timer
+    // would only warn on a node that has none yet.
+    kad_config.set_periodic_bootstrap_interval(None);
     kad_config.set_parallelism(NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN));
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
     // Server mode from the start: answer DHT queries even before we learn our

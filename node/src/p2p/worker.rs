@@ -351,10 +351,13 @@ impl Worker {
                 endpoint,
                 ..
             } => {
-                let addr = match &endpoint {
+                let mut addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
+                if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                    addr.pop();
+                }
                 let first = !self.connections.contains_key(&peer_id);
                 self.connections
                     .entry(peer_id)

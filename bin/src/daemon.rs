@@ -1,0 +1,93 @@
+//! `ipfs-accelerate daemon`: starts the node and its HTTP API, and runs until Ctrl-C,
+//! SIGTERM or `ipfs-accelerate shutdown`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ipfs_accelerate_node::node::NetworkOverrides;
+use ipfs_accelerate_node::repo::Repo;
+use ipfs_accelerate_node::{Node, api};
+
+use crate::cli::DaemonArgs;
+
+pub(crate) fn run(repo: Repo, args: DaemonArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(repo, args))
+}
+
+async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
+    let api_addr = args
+        .api
+        .clone()
+        .unwrap_or_else(|| repo.config().network.api.clone());
+    let api_file = Repo::api_file(repo.path());
+    let overrides = NetworkOverrides {
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        no_mdns: args.no_mdns,
+        dht_protocol: args.dht_protocol,
+    };
+    let listener = tokio::net::TcpListener::bind(&api_addr)
+        .await
+        .with_context(|| format!("binding the API to {api_addr}"))?;
+    let bound = api::local_addr(&listener)?;
+    let node = Arc::new(Node::start(repo, overrides).await?);
+    let addrs = node
+        .p2p()
+        .wait_listening(std::time::Duration::from_secs(10))
+        .await?;
+    for addr in &addrs {
+        println!("Swarm listening on {addr}");
+    }
+    println!("Peer ID: {}", node.peer_id());
+    println!(
+        "RPC API server listening on /ip4/{}/tcp/{}",
+        bound.ip(),
+        bound.port()
+    );
+    // Like Kubo's $IPFS_PATH/api: tells commands where the daemon holding the repo is.
+    std::fs::write(
+        &api_file,
+        format!("/ip4/{}/tcp/{}", bound.ip(), bound.port()),
+    )
+    .with_context(|| format!("writing {}", api_file.display()))?;
+    println!("Daemon is ready");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(api::serve(
+        node.clone(),
+        listener,
+        stop_rx.clone(),
+        stop_tx.clone(),
+    ));
+    let mut api_stop = stop_rx.clone();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+        _ = api_stop.wait_for(|stopped| *stopped) => {}
+    }
+    println!("Received interrupt, shutting down...");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    node.shutdown().await;
+    let _ = std::fs::remove_file(&api_file);
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await
+}

@@ -1,0 +1,470 @@
+//! HTTP RPC API with Kubo's paths, parameter names and JSON shapes (`/api/v0/...`),
+//! so Kubo's RPC clients work. The only module that knows HTTP and JSON; every
+//! endpoint calls the same [`Node`] methods as the CLI.
+//!
+//! Kubo answers RPC calls to POST only (`/api/v0/version` also answers GET here, so a
+//! plain health probe works). Errors are `{"Message", "Code", "Type"}` with a 4xx/5xx
+//! status.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Multipart, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cid::{Cid, Version};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::node::Node;
+use crate::pin::PinType;
+use crate::unixfs::{self, ImportOptions};
+
+/// Chunks of a response body (or an upload) buffered between the disk thread and HTTP.
+const BODY_CHANNEL_CAPACITY: usize = 16;
+/// Largest upload accepted in one `add` request.
+pub const ADD_BODY_LIMIT: usize = 64 * 1024 * 1024 * 1024;
+
+/// Kubo-style query parameters: `arg` may repeat.
+type Params = Query<Vec<(String, String)>>;
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// An error as Kubo's API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "Message": self.message, "Code": 0, "Type": "error" });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+fn params<'a>(q: &'a [(String, String)], name: &str) -> impl Iterator<Item = &'a str> {
+    q.iter()
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params(q, name).next()
+}
+
+fn flag(q: &[(String, String)], name: &str, default: bool) -> ApiResult<bool> {
+    match param(q, name) {
+        None => Ok(default),
+        Some("" | "true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid {name}={other}: use true or false"
+        ))),
+    }
+}
+
+fn cid_arg(q: &[(String, String)]) -> ApiResult<Cid> {
+    let arg =
+        param(q, "arg").ok_or_else(|| ApiError::bad_request("argument \"arg\" is required"))?;
+    let trimmed = arg.trim_start_matches("/ipfs/");
+    let trimmed = trimmed.split('/').next().unwrap_or(trimmed);
+    Cid::try_from(trimmed).map_err(|e| ApiError::bad_request(format!("invalid CID {arg:?}: {e}")))
+}
+
+/// Serves the API on `addr` until `/api/v0/shutdown` or `stop` fires.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let api = Api { node, shutdown };
+    let app = Router::new()
+        .route("/api/v0/version", get(version).post(version))
+        .route("/api/v0/id", post(id))
+        .route("/api/v0/swarm/peers", post(swarm_peers))
+        .route("/api/v0/swarm/connect", post(swarm_connect))
+        .route("/api/v0/add", post(add))
+        .route("/api/v0/cat", post(cat))
+        .route("/api/v0/block/get", post(block_get))
+        .route("/api/v0/block/stat", post(block_stat))
+        .route("/api/v0/pin/add", post(pin_add))
+        .route("/api/v0/pin/rm", post(pin_rm))
+        .route("/api/v0/pin/ls", post(pin_ls))
+        .route("/api/v0/routing/findprovs", post(findprovs))
+        .route("/api/v0/routing/provide", post(provide))
+        .route("/api/v0/shutdown", post(shutdown_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT))
+        .with_state(api);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+}
+
+/// The address a listener bound to, for writing into the repo's `api` file.
+pub fn local_addr(listener: &tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({
+        "Version": env!("CARGO_PKG_VERSION"),
+        "Commit": "",
+        "Repo": "1",
+        "System": format!("{}/{}", std::env::consts::ARCH, std::env::consts::OS),
+        "Golang": "",
+    }))
+}
+
+async fn id(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let identity = api.node.repo().identity();
+    let addrs = api.node.addresses().await.map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "ID": identity.peer_id().to_string(),
+        "PublicKey": identity.public_key_base64(),
+        "Addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "AgentVersion": concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/"),
+        "ProtocolVersion": "ipfs/0.1.0",
+        "Protocols": [
+            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_2_0,
+            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_1_0,
+            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_0_0,
+            "/ipfs/id/1.0.0",
+            "/ipfs/ping/1.0.0",
+        ],
+    })))
+}
+
+async fn swarm_peers(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
+    let peers: Vec<Value> = peers
+        .into_iter()
+        .map(|p| json!({ "Addr": p.addr.to_string(), "Peer": p.peer.to_string(), "Latency": "", "Muxer": "", "Direction": 0, "Streams": null }))
+        .collect();
+    Ok(Json(json!({ "Peers": peers })))
+}
+
+async fn swarm_connect(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let mut strings = Vec::new();
+    for arg in params(&q, "arg") {
+        let addr = arg
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("invalid multiaddr {arg:?}: {e}")))?;
+        let peer = api
+            .node
+            .p2p()
+            .connect(addr)
+            .await
+            .map_err(ApiError::internal)?;
+        strings.push(format!("connect {peer} success"));
+    }
+    if strings.is_empty() {
+        return Err(ApiError::bad_request("argument \"address\" is required"));
+    }
+    Ok(Json(json!({ "Strings": strings })))
+}
+
+fn import_options(api: &Api, q: &[(String, String)]) -> ApiResult<ImportOptions> {
+    let mut options = ImportOptions::from(&api.node.repo().config().import);
+    if let Some(v) = param(q, "cid-version") {
+        options.cid_version = match v {
+            "0" => Version::V0,
+            "1" => Version::V1,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid cid-version {other}"
+                )));
+            }
+        };
+        options.raw_leaves = v == "1";
+    }
+    options.raw_leaves = flag(q, "raw-leaves", options.raw_leaves)?;
+    if let Some(chunker) = param(q, "chunker") {
+        options.chunk_size = chunker
+            .strip_prefix("size-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("unsupported chunker {chunker:?}: use size-N"))
+            })?;
+    }
+    if let Some(links) = param(q, "max-file-links") {
+        options.max_links = links
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid max-file-links {links}")))?;
+    }
+    options.pin = flag(q, "pin", true)?;
+    Ok(options)
+}
+
+/// A blocking `Read` over chunks that an async task feeds through a channel.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> ApiResult {
+    let options = import_options(&api, &q)?;
+    let mut lines = Vec::new();
+    while let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        let name = field.file_name().map(str::to_string).unwrap_or_default();
+        if field.content_type() == Some("application/x-directory") {
+            return Err(ApiError::bad_request(
+                "directory uploads are not supported yet; add files one by one",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
+        let store = api.node.store();
+        let import_options = options.clone();
+        let import_name = name.clone();
+        let import = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+            };
+            unixfs::add_reader(&store, reader, &import_name, &import_options, &mut |_| {})
+        });
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+        {
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let added = import
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        if options.pin {
+            api.node.provide(added.cid).await;
+        }
+        let shown = if name.is_empty() {
+            added.cid.to_string()
+        } else {
+            name
+        };
+        lines.push(
+            json!({ "Name": shown, "Hash": added.cid.to_string(), "Size": added.size.to_string() }),
+        );
+    }
+    let mut body = Vec::new();
+    for line in lines {
+        let _ = writeln!(body, "{line}");
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Writes into the response body from a blocking thread.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn streamed(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let cid = cid_arg(&q)?;
+    api.node.fetch(cid).await.map_err(ApiError::internal)?;
+    let store = api.node.store();
+    // Fail before the 200 if it is not a file.
+    let check = store.clone();
+    let size = tokio::task::spawn_blocking(move || unixfs::export::file_size(&check, &cid))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if size.is_none() {
+        return Err(ApiError::internal(format!(
+            "{cid} is a directory, not a file"
+        )));
+    }
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
+    tokio::task::spawn_blocking(move || {
+        let mut out =
+            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
+        if let Err(error) = unixfs::cat(&store, &cid, &mut out, &mut |_| {}) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(error.to_string())));
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        streamed(rx),
+    )
+        .into_response())
+}
+
+async fn block_get(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let cid = cid_arg(&q)?;
+    let block = api
+        .node
+        .bitswap()
+        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        block.data().clone(),
+    )
+        .into_response())
+}
+
+async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    let block = api
+        .node
+        .bitswap()
+        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "Key": cid.to_string(), "Size": block.len() })))
+}
+
+async fn pin_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    let recursive = flag(&q, "recursive", true)?;
+    api.node
+        .pin(cid, recursive)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "Pins": [cid.to_string()] })))
+}
+
+async fn pin_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    let store = api.node.store();
+    tokio::task::spawn_blocking(move || store.pin_rm(&cid))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "Pins": [cid.to_string()] })))
+}
+
+async fn pin_ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let types = match param(&q, "type").unwrap_or("all") {
+        "all" => vec![],
+        "direct" => vec![PinType::Direct],
+        "recursive" => vec![PinType::Recursive],
+        "indirect" => vec![PinType::Indirect],
+        other => return Err(ApiError::bad_request(format!("invalid type {other:?}"))),
+    };
+    let store = api.node.store();
+    let pins = tokio::task::spawn_blocking(move || store.pin_ls(&types))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let keys: serde_json::Map<String, Value> = pins
+        .into_iter()
+        .map(|(cid, t)| (cid.to_string(), json!({ "Type": t.as_str() })))
+        .collect();
+    Ok(Json(json!({ "Keys": keys })))
+}
+
+async fn findprovs(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let cid = cid_arg(&q)?;
+    let limit = param(&q, "num-providers")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let providers = api
+        .node
+        .find_providers(cid, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut body = Vec::new();
+    for (peer, addrs) in providers {
+        // Kubo's routing event type 4 is "Provider".
+        let line = json!({
+            "Extra": "", "ID": "", "Type": 4,
+            "Responses": [{ "ID": peer.to_string(), "Addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() }],
+        });
+        let _ = writeln!(body, "{line}");
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    let store = api.node.store();
+    let present = tokio::task::spawn_blocking(move || store.has(&cid))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if !present {
+        return Err(ApiError::internal(format!(
+            "block {cid} is not in the local repo; cannot provide it"
+        )));
+    }
+    api.node.provide(cid).await;
+    Ok(Json(
+        json!({ "Extra": "", "ID": "", "Responses": null, "Type": 0 }),
+    ))
+}
+
+async fn shutdown_handler(State(api): State<Api>) -> StatusCode {
+    let _ = api.shutdown.send(true);
+    StatusCode::OK
+}

@@ -1,0 +1,213 @@
+//! `Node`: one place that wires the components together — the repo (store, pins,
+//! identity), the libp2p swarm ([`crate::p2p`]) and Bitswap ([`crate::bitswap`]) — and
+//! offers the operations the CLI and the HTTP API share. Disk work runs on blocking
+//! threads; nothing here blocks the async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cid::Cid;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+
+use crate::bitswap::{self, Bitswap, provider_key};
+use crate::p2p::{self, P2p};
+use crate::pin::PinType;
+use crate::repo::Repo;
+use crate::store::Store;
+
+/// Longest wait for one block from the network while fetching a DAG.
+pub const BLOCK_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    P2p(#[from] p2p::Error),
+    #[error(transparent)]
+    Bitswap(#[from] bitswap::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("invalid network setting {what} {value:?}: {reason}")]
+    Config {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Flags that override the repo's `[network]` config for one run of the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOverrides {
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub no_mdns: bool,
+    pub dht_protocol: Option<String>,
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct Node {
+    repo: Repo,
+    p2p: P2p,
+    bitswap: Bitswap,
+}
+
+fn parse_addrs(what: &'static str, values: &[String]) -> Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|e: libp2p::multiaddr::Error| Error::Config {
+                    what,
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+impl Node {
+    /// Starts the swarm and Bitswap on an open repo.
+    pub async fn start(repo: Repo, overrides: NetworkOverrides) -> Result<Node> {
+        let network = repo.config().network.clone();
+        let listen = if overrides.listen.is_empty() {
+            network.listen.clone()
+        } else {
+            overrides.listen.clone()
+        };
+        let mut bootstrap = network.bootstrap.clone();
+        bootstrap.extend(overrides.bootstrap.iter().cloned());
+        let dht = overrides
+            .dht_protocol
+            .clone()
+            .unwrap_or(network.dht_protocol.clone());
+        let dht_protocol =
+            StreamProtocol::try_from_owned(dht.clone()).map_err(|e| Error::Config {
+                what: "dht protocol",
+                value: dht,
+                reason: e.to_string(),
+            })?;
+        let config = p2p::Config {
+            listen: parse_addrs("listen address", &listen)?,
+            bootstrap: parse_addrs("bootstrap address", &bootstrap)?,
+            mdns: network.mdns && !overrides.no_mdns,
+            dht_protocol,
+            agent_version: concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/").into(),
+        };
+        let keypair = repo.identity().keypair().clone();
+        let p2p = P2p::start(config, keypair).await?;
+        let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
+        let node = Node { repo, p2p, bitswap };
+        node.spawn_reprovider(Duration::from_secs(network.reprovide_interval_secs.max(60)));
+        Ok(node)
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.repo.shared_store()
+    }
+
+    pub fn p2p(&self) -> &P2p {
+        &self.p2p
+    }
+
+    pub fn bitswap(&self) -> &Bitswap {
+        &self.bitswap
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.p2p.local_peer_id()
+    }
+
+    /// Listen addresses with our `/p2p/<id>` appended, as `id` prints them.
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>> {
+        Ok(self
+            .p2p
+            .listeners()
+            .await?
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(self.peer_id())))
+            .collect())
+    }
+
+    /// Makes the whole DAG under `root` local, fetching what is missing from peers.
+    pub async fn fetch(&self, root: Cid) -> Result<()> {
+        let store = self.store();
+        let complete = tokio::task::spawn_blocking(move || store.first_missing_block(&root))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+            .is_none();
+        if !complete {
+            self.bitswap
+                .fetch_dag(root, BLOCK_FETCH_TIMEOUT, |_, _| {})
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the DAG if needed, pins it, and announces it on the DHT.
+    pub async fn pin(&self, root: Cid, recursive: bool) -> Result<()> {
+        if recursive {
+            self.fetch(root).await?;
+        } else {
+            self.bitswap.get(root, BLOCK_FETCH_TIMEOUT).await?;
+        }
+        let store = self.store();
+        tokio::task::spawn_blocking(move || store.pin_add(&root, recursive))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        self.provide(root).await;
+        Ok(())
+    }
+
+    /// Announces `cid` on the DHT; failures are logged, not fatal (no peers yet).
+    pub async fn provide(&self, cid: Cid) {
+        if let Err(error) = self.p2p.provide(provider_key(&cid)).await {
+            tracing::debug!(%cid, %error, "node: provide failed");
+        }
+    }
+
+    /// Providers of `cid` on the DHT.
+    pub async fn find_providers(
+        &self,
+        cid: Cid,
+        limit: usize,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>> {
+        Ok(self.p2p.find_providers(provider_key(&cid), limit).await?)
+    }
+
+    /// Announces every recursively pinned root now and every `interval` after.
+    fn spawn_reprovider(&self, interval: Duration) {
+        let store = self.store();
+        let p2p = self.p2p.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                let roots =
+                    tokio::task::spawn_blocking(move || store.pin_ls(&[PinType::Recursive])).await;
+                let Ok(Ok(roots)) = roots else { continue };
+                for (root, _) in roots {
+                    if let Err(p2p::Error::Closed) = p2p.provide(provider_key(&root)).await {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops the swarm.
+    pub async fn shutdown(&self) {
+        self.p2p.shutdown().await;
+    }
+}
