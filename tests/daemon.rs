@@ -2,87 +2,9 @@
 //! bootstrap address), fetch from each other over Bitswap through the CLI routed to
 //! their APIs, find providers on the DHT, and carry on when one is killed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use ipfs_accelerate_tests::{TestRepo, deterministic_file};
-
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running daemon; killed on drop.
-struct Daemon {
-    repo: TestRepo,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Daemon {
-        let repo = TestRepo::new();
-        let mut args = vec![
-            "daemon",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--dht-protocol",
-            "/ipfs/lan/kad/1.0.0",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = repo
-            .command(&args)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        loop {
-            match rx.recv_timeout(READY_TIMEOUT) {
-                Ok(line) if line == "Daemon is ready" => break,
-                Ok(_) => {}
-                Err(_) => panic!("daemon did not become ready in {READY_TIMEOUT:?}"),
-            }
-        }
-        Daemon {
-            repo,
-            child: Some(child),
-        }
-    }
-
-    /// Waits for the process to exit by itself.
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let child = self.child.take().expect("running");
-        ipfs_accelerate_tests::wait_with_timeout(child, timeout)
-            .expect("daemon exited in time")
-            .status
-    }
-
-    fn addr(&self) -> String {
-        let id: serde_json::Value = serde_json::from_str(&self.repo.ok(&["id", "--json"])).unwrap();
-        id["Addresses"][0].as_str().unwrap().to_string()
-    }
-
-    fn peer_id(&self) -> String {
-        self.repo.ok(&["id"])
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use ipfs_accelerate_tests::{Daemon, deterministic_file};
 
 #[test]
 fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
@@ -90,7 +12,7 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
     let b = Daemon::start(&[]);
     let file = a.repo.path("model.bin");
     deterministic_file(&file, 12 * 1024 * 1024 + 7, 9).unwrap();
-    let cid = a.add_file(&file);
+    let cid = a.repo.add(&file, &[]);
     let content = std::fs::read(&file).unwrap();
 
     // b dials a explicitly and fetches through its CLI, routed to its daemon.
@@ -145,10 +67,4 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
             .fails(&["swarm", "peers"])
             .contains("no daemon is running")
     );
-}
-
-impl Daemon {
-    fn add_file(&self, path: &std::path::Path) -> String {
-        self.repo.add(path, &[])
-    }
 }

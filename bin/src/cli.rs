@@ -60,8 +60,27 @@ pub(crate) enum Command {
     /// The DHT: provider records (needs a running daemon)
     #[command(subcommand)]
     Routing(RoutingCommand),
+    /// Publish and subscribe on gossipsub topics (needs a running daemon)
+    #[command(subcommand)]
+    Pubsub(PubsubCommand),
     /// Stop the running daemon
     Shutdown,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PubsubCommand {
+    /// Publish a message read from FILE or stdin
+    Pub {
+        topic: String,
+        /// File with the message; stdin when absent or `-`
+        file: Option<std::path::PathBuf>,
+    },
+    /// Print messages on a topic as they arrive, until interrupted
+    Sub { topic: String },
+    /// Topics this node is subscribed to
+    Ls,
+    /// Peers subscribed to a topic (all topics when absent)
+    Peers { topic: Option<String> },
 }
 
 #[derive(Debug, Args)]

@@ -37,7 +37,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init => unreachable!("handled above"),
         Command::Daemon(args) => crate::daemon::run(repo, args),
-        Command::Swarm(_) | Command::Routing(_) | Command::Shutdown => bail!(
+        Command::Swarm(_) | Command::Routing(_) | Command::Pubsub(_) | Command::Shutdown => bail!(
             "no daemon is running on {}; start one with `ipfs-accelerate daemon`",
             path.display()
         ),

@@ -2,7 +2,7 @@
 //! command goes through it (as Kubo's CLI does), so `cat` of a block we lack fetches it
 //! from the swarm.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use ipfs_accelerate_node::repo::Repo;
 use serde_json::Value;
 
-use crate::cli::{Command, PinCommand, RoutingCommand, SwarmCommand};
+use base64::Engine;
+
+use crate::cli::{Command, PinCommand, PubsubCommand, RoutingCommand, SwarmCommand};
 
 /// The daemon's API, found through the repo's `api` file.
 #[derive(Debug)]
@@ -102,6 +104,24 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Kubo's RPC carries pubsub topics and data as multibase base64url.
+fn multibase(bytes: &[u8]) -> String {
+    format!(
+        "u{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn from_multibase(text: &str) -> Vec<u8> {
+    text.strip_prefix('u')
+        .and_then(|b| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn print(value: &Value) -> Result<()> {
@@ -276,6 +296,66 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
         }
         Command::Routing(RoutingCommand::Provide { cid }) => {
             remote.json("routing/provide", &[("arg", cid)])?;
+        }
+        Command::Pubsub(PubsubCommand::Pub { topic, file }) => {
+            let mut data: Box<dyn Read> = match file {
+                Some(path) if path != Path::new("-") => Box::new(
+                    std::fs::File::open(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                _ => Box::new(std::io::stdin().lock()),
+            };
+            let boundary = "ipfs-accelerate-boundary-7c1f2a";
+            let head = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            );
+            let tail = format!("\r\n--{boundary}--\r\n");
+            let mut body = head.as_bytes().chain(&mut data).chain(tail.as_bytes());
+            let content_type = format!("multipart/form-data; boundary={boundary}");
+            remote.call(
+                "pubsub/pub",
+                &[("arg", multibase(topic.as_bytes()))],
+                Some((&content_type, &mut body)),
+            )?;
+        }
+        Command::Pubsub(PubsubCommand::Sub { topic }) => {
+            let body = remote.call("pubsub/sub", &[("arg", multibase(topic.as_bytes()))], None)?;
+            let mut out = std::io::stdout().lock();
+            for line in std::io::BufReader::new(body).lines() {
+                let line = line?;
+                if json {
+                    writeln!(out, "{line}")?;
+                } else {
+                    let message: Value = serde_json::from_str(&line)?;
+                    out.write_all(&from_multibase(
+                        message["data"].as_str().unwrap_or_default(),
+                    ))?;
+                }
+                out.flush()?;
+            }
+        }
+        Command::Pubsub(PubsubCommand::Ls) => {
+            let answer = remote.json("pubsub/ls", &[])?;
+            if json {
+                return print(&answer);
+            }
+            for topic in answer["Strings"].as_array().into_iter().flatten() {
+                let topic = from_multibase(topic.as_str().unwrap_or_default());
+                println!("{}", String::from_utf8_lossy(&topic));
+            }
+        }
+        Command::Pubsub(PubsubCommand::Peers { topic }) => {
+            let args: Vec<(&str, String)> = topic
+                .map(|t| ("arg", multibase(t.as_bytes())))
+                .into_iter()
+                .collect();
+            let answer = remote.json("pubsub/peers", &args)?;
+            if json {
+                return print(&answer);
+            }
+            for peer in answer["Strings"].as_array().into_iter().flatten() {
+                println!("{}", peer.as_str().unwrap_or_default());
+            }
         }
         Command::Shutdown => {
             remote.call("shutdown", &[], None)?;

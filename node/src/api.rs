@@ -121,6 +121,10 @@ pub async fn serve(
         .route("/api/v0/pin/ls", post(pin_ls))
         .route("/api/v0/routing/findprovs", post(findprovs))
         .route("/api/v0/routing/provide", post(provide))
+        .route("/api/v0/pubsub/pub", post(pubsub_pub))
+        .route("/api/v0/pubsub/sub", post(pubsub_sub))
+        .route("/api/v0/pubsub/ls", post(pubsub_ls))
+        .route("/api/v0/pubsub/peers", post(pubsub_peers))
         .route("/api/v0/shutdown", post(shutdown_handler))
         .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT))
         .with_state(api);
@@ -461,6 +465,126 @@ async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Val
     api.node.provide(cid).await;
     Ok(Json(
         json!({ "Extra": "", "ID": "", "Responses": null, "Type": 0 }),
+    ))
+}
+
+/// Kubo's RPC carries pubsub topics and data as multibase base64url (`u...`).
+fn multibase_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "u{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn topic_arg(q: &[(String, String)]) -> ApiResult<String> {
+    use base64::Engine;
+    let arg =
+        param(q, "arg").ok_or_else(|| ApiError::bad_request("argument \"topic\" is required"))?;
+    let decoded = arg
+        .strip_prefix('u')
+        .and_then(|b| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b)
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "topic {arg:?} is not multibase (base64url, 'u' prefix) as Kubo's RPC requires"
+            ))
+        })?;
+    Ok(decoded)
+}
+
+async fn pubsub_pub(
+    State(api): State<Api>,
+    Query(q): Params,
+    mut form: Multipart,
+) -> ApiResult<Json<Value>> {
+    let topic = topic_arg(&q)?;
+    let mut data = Vec::new();
+    if let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading message: {e}")))?
+    {
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading message: {e}")))?
+        {
+            data.extend_from_slice(&chunk);
+            if data.len() > crate::p2p::GOSSIP_MESSAGE_LIMIT {
+                return Err(ApiError::bad_request(format!(
+                    "pubsub message is over the {}-byte limit",
+                    crate::p2p::GOSSIP_MESSAGE_LIMIT
+                )));
+            }
+        }
+    }
+    api.node
+        .pubsub_publish(topic, data)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({})))
+}
+
+async fn pubsub_sub(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let topic = topic_arg(&q)?;
+    let subscription = api
+        .node
+        .pubsub_subscribe(topic)
+        .await
+        .map_err(ApiError::internal)?;
+    // The stream ends (and the subscription drops) when the client goes away.
+    let body = futures::stream::unfold(subscription, |mut sub| async move {
+        let message = sub.next().await?;
+        let line = json!({
+            "from": message.from.map(|p| p.to_string()).unwrap_or_default(),
+            "data": multibase_encode(&message.data),
+            "seqno": multibase_encode(&message.seqno.unwrap_or_default().to_be_bytes()),
+            "topicIDs": [multibase_encode(message.topic.as_bytes())],
+        });
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))),
+            sub,
+        ))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn pubsub_ls(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let topics = api
+        .node
+        .p2p()
+        .pubsub_topics()
+        .await
+        .map_err(ApiError::internal)?;
+    let encoded: Vec<String> = topics
+        .iter()
+        .map(|t| multibase_encode(t.as_bytes()))
+        .collect();
+    Ok(Json(json!({ "Strings": encoded })))
+}
+
+async fn pubsub_peers(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let topic = match param(&q, "arg") {
+        Some(_) => Some(topic_arg(&q)?),
+        None => None,
+    };
+    let peers = api
+        .node
+        .p2p()
+        .pubsub_peers(topic)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "Strings": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
     ))
 }
 

@@ -3,7 +3,8 @@
 //! offers the operations the CLI and the HTTP API share. Disk work runs on blocking
 //! threads; nothing here blocks the async runtime.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cid::Cid;
@@ -56,6 +57,76 @@ pub struct Node {
     repo: Repo,
     p2p: P2p,
     bitswap: Bitswap,
+    /// Local subscribers per pubsub topic; the swarm leaves a topic when none remain.
+    topics: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A pubsub message as subscribers receive it.
+#[derive(Debug, Clone)]
+pub struct PubsubMessage {
+    pub topic: String,
+    pub from: Option<PeerId>,
+    pub data: Vec<u8>,
+    pub seqno: Option<u64>,
+}
+
+/// Messages on one topic; leaves the topic (if nobody else listens) when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    topic: String,
+    events: tokio::sync::broadcast::Receiver<p2p::NodeEvent>,
+    topics: Arc<Mutex<HashMap<String, usize>>>,
+    p2p: P2p,
+}
+
+impl Subscription {
+    /// The next message, or `None` once the node stops. Messages a slow reader
+    /// missed are skipped.
+    pub async fn next(&mut self) -> Option<PubsubMessage> {
+        loop {
+            match self.events.recv().await {
+                Ok(p2p::NodeEvent::PubsubMessage {
+                    topic,
+                    from,
+                    data,
+                    seqno,
+                }) if topic == self.topic => {
+                    return Some(PubsubMessage {
+                        topic,
+                        from,
+                        data,
+                        seqno,
+                    });
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let last = {
+            let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+            match topics.get_mut(&self.topic) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    topics.remove(&self.topic);
+                    true
+                }
+            }
+        };
+        if last {
+            let (p2p, topic) = (self.p2p.clone(), self.topic.clone());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { p2p.pubsub_unsubscribe(topic).await });
+            }
+        }
+    }
 }
 
 fn parse_addrs(what: &'static str, values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -103,7 +174,12 @@ impl Node {
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start(config, keypair).await?;
         let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
-        let node = Node { repo, p2p, bitswap };
+        let node = Node {
+            repo,
+            p2p,
+            bitswap,
+            topics: Arc::default(),
+        };
         node.spawn_reprovider(Duration::from_secs(network.reprovide_interval_secs.max(60)));
         Ok(node)
     }
@@ -183,6 +259,32 @@ impl Node {
         limit: usize,
     ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>> {
         Ok(self.p2p.find_providers(provider_key(&cid), limit).await?)
+    }
+
+    /// Subscribes to a pubsub topic.
+    pub async fn pubsub_subscribe(&self, topic: String) -> Result<Subscription> {
+        // Listen before joining so no early message is missed.
+        let events = self.p2p.subscribe_events();
+        let first = {
+            let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+            let count = topics.entry(topic.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        let subscription = Subscription {
+            topic: topic.clone(),
+            events,
+            topics: self.topics.clone(),
+            p2p: self.p2p.clone(),
+        };
+        if first {
+            self.p2p.pubsub_subscribe(topic).await?;
+        }
+        Ok(subscription)
+    }
+
+    pub async fn pubsub_publish(&self, topic: String, data: Vec<u8>) -> Result<()> {
+        Ok(self.p2p.pubsub_publish(topic, data).await?)
     }
 
     /// Announces every recursively pinned root now and every `interval` after.

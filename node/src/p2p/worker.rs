@@ -304,13 +304,16 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Publish { topic, data, reply } => {
-                let result = self
+                let result = match self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
                     .publish(gossipsub::IdentTopic::new(&topic), data)
-                    .map(|_| ())
-                    .map_err(|e| Error::Pubsub(e.to_string()));
+                {
+                    // As in Kubo, publishing where nobody listens yet is not an error.
+                    Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                    Err(e) => Err(Error::Pubsub(e.to_string())),
+                };
                 let _ = reply.send(result);
             }
             Command::Topics { reply } => {

