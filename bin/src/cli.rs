@@ -91,6 +91,9 @@ pub(crate) struct DaemonArgs {
     /// HTTP RPC API address [default: config network.api, 127.0.0.1:5001]
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) api: Option<String>,
+    /// HTTP gateway address [default: config network.gateway, 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) gateway: Option<String>,
     /// Peer to dial at start, ending in /p2p/<id> (repeatable)
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) bootstrap: Vec<String>,

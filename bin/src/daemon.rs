@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::repo::Repo;
-use ipfs_accelerate_node::{Node, api};
+use ipfs_accelerate_node::{Node, api, gateway};
 
 use crate::cli::DaemonArgs;
 
@@ -23,6 +23,10 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .api
         .clone()
         .unwrap_or_else(|| repo.config().network.api.clone());
+    let gateway_addr = args
+        .gateway
+        .clone()
+        .unwrap_or_else(|| repo.config().network.gateway.clone());
     let api_file = Repo::api_file(repo.path());
     let overrides = NetworkOverrides {
         listen: args.listen,
@@ -34,6 +38,10 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the API to {api_addr}"))?;
     let bound = api::local_addr(&listener)?;
+    let gateway_listener = tokio::net::TcpListener::bind(&gateway_addr)
+        .await
+        .with_context(|| format!("binding the gateway to {gateway_addr}"))?;
+    let gateway_bound = gateway_listener.local_addr()?;
     let node = Arc::new(Node::start(repo, overrides).await?);
     let addrs = node
         .p2p()
@@ -47,6 +55,11 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         "RPC API server listening on /ip4/{}/tcp/{}",
         bound.ip(),
         bound.port()
+    );
+    println!(
+        "Gateway server listening on /ip4/{}/tcp/{}",
+        gateway_bound.ip(),
+        gateway_bound.port()
     );
     // Like Kubo's $IPFS_PATH/api: tells commands where the daemon holding the repo is.
     std::fs::write(
@@ -63,6 +76,11 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         stop_rx.clone(),
         stop_tx.clone(),
     ));
+    let gateway_server = tokio::spawn(gateway::serve(
+        node.clone(),
+        gateway_listener,
+        stop_rx.clone(),
+    ));
     let mut api_stop = stop_rx.clone();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -72,6 +90,7 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
     println!("Received interrupt, shutting down...");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = gateway_server.await;
     node.shutdown().await;
     let _ = std::fs::remove_file(&api_file);
     Ok(())

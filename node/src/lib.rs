@@ -11,6 +11,7 @@ pub mod bitswap;
 pub mod blockstore;
 pub mod car;
 pub mod config;
+pub mod gateway;
 pub mod gc;
 pub mod identity;
 pub mod node;

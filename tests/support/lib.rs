@@ -368,17 +368,38 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Daemon {
     pub repo: TestRepo,
     child: Option<Child>,
+    /// The gateway's HOST:PORT.
+    pub gateway: String,
+}
+
+impl Daemon {
+    /// The API's `http://HOST:PORT`, from the repo's `api` file.
+    pub fn api_url(&self) -> String {
+        let text = std::fs::read_to_string(self.repo.repo_path().join("api")).unwrap_or_default();
+        let parts: Vec<&str> = text.trim().split('/').collect();
+        format!(
+            "http://{}:{}",
+            parts.get(2).unwrap_or(&""),
+            parts.get(4).unwrap_or(&"")
+        )
+    }
 }
 
 impl Daemon {
     /// Starts a daemon (no mDNS, LAN DHT) with extra flags and waits until it is ready.
     pub fn start(extra: &[&str]) -> Daemon {
-        let repo = TestRepo::new();
+        Daemon::start_on(TestRepo::new(), extra)
+    }
+
+    /// Like [`Daemon::start`], on a repo prepared beforehand.
+    pub fn start_on(repo: TestRepo, extra: &[&str]) -> Daemon {
         let mut args = vec![
             "daemon",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--api",
+            "127.0.0.1:0",
+            "--gateway",
             "127.0.0.1:0",
             "--no-mdns",
             "--dht-protocol",
@@ -399,16 +420,26 @@ impl Daemon {
                 }
             }
         });
+        let mut gateway = String::new();
         loop {
             match rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) if line == "Daemon is ready" => break,
-                Ok(_) => {}
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("Gateway server listening on ") {
+                        // /ip4/127.0.0.1/tcp/PORT -> 127.0.0.1:PORT
+                        let parts: Vec<&str> = addr.split('/').collect();
+                        if parts.len() == 5 {
+                            gateway = format!("{}:{}", parts[2], parts[4]);
+                        }
+                    }
+                }
                 Err(_) => panic!("daemon did not become ready in {READY_TIMEOUT:?}"),
             }
         }
         Daemon {
             repo,
             child: Some(child),
+            gateway,
         }
     }
 

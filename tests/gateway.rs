@@ -1,0 +1,159 @@
+//! The daemon's HTTP surfaces as plain HTTP clients use them: the API's GET health probe
+//! and Kubo-style errors, and the gateway's files, directories, ranges, trustless
+//! formats, caching headers and the always-served empty directory.
+
+use ipfs_accelerate_tests::{Daemon, TestRepo};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let agent = agent();
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = agent.run(builder.body(()).unwrap()).expect("request");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let body = response.into_body().read_to_vec().unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[test]
+fn gateway_and_api_answer_plain_http() {
+    let repo = TestRepo::new();
+    let site = repo.path("site");
+    std::fs::create_dir_all(site.join("docs")).unwrap();
+    std::fs::write(site.join("docs/readme.txt"), b"read me\n").unwrap();
+    std::fs::write(site.join("page.html"), b"<h1>hi</h1>").unwrap();
+    let root = repo.ok(&["add", "-r", "-Q", site.to_str().unwrap()]);
+    let daemon = Daemon::start_on(repo, &[]);
+    let gw = format!("http://{}", daemon.gateway);
+
+    // The seed's diagnostics: GET on the API's version, GET of the empty directory.
+    let version = request("GET", &format!("{}/api/v0/version", daemon.api_url()), &[]);
+    assert_eq!(version.status, 200);
+    let version: serde_json::Value = serde_json::from_slice(&version.body).unwrap();
+    assert!(version["Version"].is_string());
+    let empty = request(
+        "GET",
+        &format!("{gw}/ipfs/QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"),
+        &[],
+    );
+    assert_eq!(empty.status, 200);
+
+    // Kubo-style errors from the API.
+    let bad = request(
+        "POST",
+        &format!("{}/api/v0/cat?arg=not-a-cid", daemon.api_url()),
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&bad.body).unwrap();
+    assert_eq!(error["Type"], "error");
+    assert!(error["Message"].as_str().unwrap().contains("invalid CID"));
+
+    // Files by path, with content types and immutable caching.
+    let readme = request("GET", &format!("{gw}/ipfs/{root}/docs/readme.txt"), &[]);
+    assert_eq!(readme.status, 200);
+    assert_eq!(readme.body, b"read me\n");
+    assert!(
+        readme
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(
+        readme
+            .header("cache-control")
+            .unwrap()
+            .contains("immutable")
+    );
+    let etag = readme.header("etag").unwrap().to_string();
+    let page = request("GET", &format!("{gw}/ipfs/{root}/page.html"), &[]);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    // Conditional requests, HEAD and ranges.
+    let again = request(
+        "GET",
+        &format!("{gw}/ipfs/{root}/docs/readme.txt"),
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(again.status, 304);
+    let head = request("HEAD", &format!("{gw}/ipfs/{root}/docs/readme.txt"), &[]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), Some("8"));
+    let part = request(
+        "GET",
+        &format!("{gw}/ipfs/{root}/docs/readme.txt"),
+        &[("Range", "bytes=5-6")],
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, b"me");
+    assert_eq!(part.header("content-range"), Some("bytes 5-6/8"));
+
+    // A directory without index.html is listed.
+    let listing = request("GET", &format!("{gw}/ipfs/{root}/"), &[]);
+    let html = String::from_utf8_lossy(&listing.body);
+    assert!(
+        html.contains("page.html") && html.contains("docs"),
+        "{html}"
+    );
+    let missing = request("GET", &format!("{gw}/ipfs/{root}/nope.txt"), &[]);
+    assert_eq!(missing.status, 404);
+
+    // Trustless formats: a raw block, and a CAR another repo imports.
+    let raw = request("GET", &format!("{gw}/ipfs/{root}?format=raw"), &[]);
+    assert_eq!(raw.header("content-type"), Some("application/vnd.ipld.raw"));
+    let block = daemon.repo.run(&["block", "get", &root]);
+    assert_eq!(raw.body, block.stdout);
+    let car = request(
+        "GET",
+        &format!("{gw}/ipfs/{root}"),
+        &[("Accept", "application/vnd.ipld.car")],
+    );
+    assert!(
+        car.header("content-type")
+            .unwrap()
+            .starts_with("application/vnd.ipld.car")
+    );
+    let other = TestRepo::new();
+    let car_path = other.path("site.car");
+    std::fs::write(&car_path, &car.body).unwrap();
+    let imported = other.ok(&["dag", "import", car_path.to_str().unwrap()]);
+    assert_eq!(imported, format!("pinned root {root} success"));
+}
