@@ -283,8 +283,23 @@ impl Node {
         Ok(subscription)
     }
 
+    /// Publishes to the topic's peers and, as Kubo does, to our own subscribers.
     pub async fn pubsub_publish(&self, topic: String, data: Vec<u8>) -> Result<()> {
-        Ok(self.p2p.pubsub_publish(topic, data).await?)
+        let local = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&topic);
+        self.p2p.pubsub_publish(topic.clone(), data.clone()).await?;
+        if local {
+            self.p2p.emit_local(p2p::NodeEvent::PubsubMessage {
+                topic,
+                from: Some(self.peer_id()),
+                data,
+                seqno: None,
+            });
+        }
+        Ok(())
     }
 
     /// Announces every recursively pinned root now and every `interval` after.

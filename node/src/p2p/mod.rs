@@ -138,6 +138,11 @@ impl P2p {
         self.local_peer_id
     }
 
+    /// Sends an event to local subscribers only (e.g. our own pubsub message).
+    pub(crate) fn emit_local(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Network events from now on.
     pub fn subscribe_events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
