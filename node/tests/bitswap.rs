@@ -169,3 +169,72 @@ async fn a_block_nobody_has_times_out() {
         "the want is dropped after the timeout"
     );
 }
+
+/// A bare swarm that can open raw streams: plays a misbehaving peer.
+async fn raw_peer() -> (
+    libp2p::Swarm<libp2p_stream::Behaviour>,
+    libp2p_stream::Control,
+) {
+    let swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    (swarm, control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_is_disconnected_and_the_node_keeps_serving() {
+    use futures::{AsyncWriteExt, StreamExt};
+
+    let (honest, target) = (node().await, node().await);
+    let (root, data) = add(&target.store, 300_000, 3);
+    let (mut swarm, mut control) = raw_peer().await;
+    let target_id = target.p2p.local_peer_id();
+    swarm.dial(target.addr.clone()).unwrap();
+    let mut events = target.p2p.subscribe_events();
+    // Drive the bad peer's swarm in the background.
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = tokio::time::timeout(
+        WAIT,
+        control.open_stream(target_id, StreamProtocol::new("/ipfs/bitswap/1.2.0")),
+    )
+    .await
+    .expect("stream opened in time")
+    .expect("stream opened");
+    // A length prefix announcing 100 bytes, then bytes that are not a protobuf.
+    stream.write_all(&[100]).await.unwrap();
+    stream.write_all(&[0xff; 100]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(p2p::NodeEvent::PeerDisconnected(_)) = events.recv().await {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the garbage sender was disconnected");
+    assert_eq!(target.bitswap.stats().peers_dropped, 1);
+    driver.abort();
+
+    // The node still serves honest peers.
+    honest.p2p.connect(target.addr.clone()).await.unwrap();
+    tokio::time::timeout(WAIT, honest.bitswap.fetch_dag(root, WAIT, |_, _| {}))
+        .await
+        .expect("fetch finished in time")
+        .unwrap();
+    assert_eq!(cat(&honest.store, &root), data);
+}
