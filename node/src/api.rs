@@ -20,11 +20,12 @@ use cid::{Cid, Version};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use crate::http_body::stream_from_blocking;
 use crate::node::Node;
 use crate::pin::PinType;
 use crate::unixfs::{self, ImportOptions};
 
-/// Chunks of a response body (or an upload) buffered between the disk thread and HTTP.
+/// Upload chunks buffered between HTTP and the importing thread.
 const BODY_CHANNEL_CAPACITY: usize = 16;
 /// Largest upload accepted in one `add` request.
 pub const ADD_BODY_LIMIT: usize = 64 * 1024 * 1024 * 1024;
@@ -308,30 +309,6 @@ async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> A
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Writes into the response body from a blocking thread.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn streamed(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
-}
-
 async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let cid = cid_arg(&q)?;
     api.node.fetch(cid).await.map_err(ApiError::internal)?;
@@ -347,19 +324,12 @@ async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
             "{cid} is a directory, not a file"
         )));
     }
-    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
-    tokio::task::spawn_blocking(move || {
-        let mut out =
-            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
-        if let Err(error) = unixfs::cat(&store, &cid, &mut out, &mut |_| {}) {
-            let _ = tx.blocking_send(Err(std::io::Error::other(error.to_string())));
-        }
+    let body = stream_from_blocking(move |out| {
+        unixfs::cat(&store, &cid, out, &mut |_| {})
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        streamed(rx),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 async fn block_get(State(api): State<Api>, Query(q): Params) -> ApiResult {

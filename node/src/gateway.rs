@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cid::Cid;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::http_body::stream_from_blocking;
 use crate::node::{BLOCK_FETCH_TIMEOUT, Node};
 use crate::unixfs::{self, export::EntryKind};
 
@@ -201,42 +202,6 @@ async fn raw(node: &Node, cid: Cid) -> Response {
     match block(node, cid).await {
         Ok(block) => ([(header::CONTENT_TYPE, RAW)], block.data().clone()).into_response(),
         Err(response) => response,
-    }
-}
-
-/// Streams bytes written on a blocking thread as the response body.
-fn stream_from_blocking(
-    write: impl FnOnce(&mut dyn std::io::Write) -> Result<(), String> + Send + 'static,
-) -> Body {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::task::spawn_blocking(move || {
-        let mut writer = ChannelWriter { tx: tx.clone() };
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut writer);
-        let result = write(&mut out);
-        drop(out);
-        if let Err(error) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(error)));
-        }
-    });
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
-}
-
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod car;
 pub mod config;
 pub mod gateway;
 pub mod gc;
+mod http_body;
 pub mod identity;
 pub mod node;
 pub mod p2p;
