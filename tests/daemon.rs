@@ -68,3 +68,43 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
             .contains("no daemon is running")
     );
 }
+
+#[test]
+fn repo_commands_go_through_a_running_daemon() {
+    use ipfs_accelerate_tests::TestRepo;
+
+    let repo = TestRepo::new();
+    let dir = repo.path("tree");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), b"alpha\n").unwrap();
+    deterministic_file(&dir.join("sub/big.bin"), 3 * 1024 * 1024, 4).unwrap();
+    let root = repo.ok(&["add", "-r", "-Q", dir.to_str().unwrap()]);
+    let daemon = Daemon::start_on(repo, &[]);
+    let cli = &daemon.repo;
+
+    let listing = cli.ok(&["ls", &root]);
+    assert!(listing.contains(" 6 a.txt") && listing.contains(" - sub/"), "{listing}");
+
+    let block_file = cli.path("block");
+    std::fs::write(&block_file, b"a raw block").unwrap();
+    let block = cli.ok(&["block", "put", block_file.to_str().unwrap()]);
+    assert!(cli.ok(&["block", "stat", &block]).contains("Size: 11"));
+    assert_eq!(cli.run(&["block", "get", &block]).stdout, b"a raw block");
+    cli.ok(&["block", "rm", &block]);
+
+    let car = cli.run(&["dag", "export", &root]);
+    assert!(car.status.success());
+    let car_path = cli.path("tree.car");
+    std::fs::write(&car_path, &car.stdout).unwrap();
+    cli.ok(&["pin", "rm", &root]);
+    let gc = cli.ok(&["repo", "gc"]);
+    assert!(gc.contains(&format!("removed {root}")), "{gc}");
+    let stat: serde_json::Value = serde_json::from_str(&cli.ok(&["repo", "stat", "--json"])).unwrap();
+    assert_eq!(stat["NumObjects"], 0, "{stat}");
+    assert_eq!(
+        cli.ok(&["dag", "import", car_path.to_str().unwrap()]),
+        format!("pinned root {root} success")
+    );
+    assert!(cli.ok(&["pin", "ls", "--type", "recursive"]).contains(&root));
+    assert!(cli.fails(&["get", &root]).contains("not available while a daemon holds the repo"));
+}

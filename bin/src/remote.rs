@@ -12,7 +12,10 @@ use serde_json::Value;
 
 use base64::Engine;
 
-use crate::cli::{Command, PinCommand, PubsubCommand, RoutingCommand, SwarmCommand};
+use crate::cli::{
+    BlockCommand, Command, DagCommand, PinCommand, PubsubCommand, RepoCommand, RoutingCommand,
+    SwarmCommand,
+};
 
 /// The daemon's API, found through the repo's `api` file.
 #[derive(Debug)]
@@ -86,6 +89,28 @@ impl Remote {
         Ok(reader)
     }
 
+    /// POSTs `data` as the one file of a multipart form (how Kubo's RPC takes uploads)
+    /// and returns the answer's text.
+    fn upload(
+        &self,
+        path: &str,
+        args: &[(&str, String)],
+        filename: &str,
+        data: &mut dyn Read,
+    ) -> Result<String> {
+        const BOUNDARY: &str = "ipfs-accelerate-boundary-7c1f2a";
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        );
+        let tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let mut body = head.as_bytes().chain(data).chain(tail.as_bytes());
+        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        let mut text = String::new();
+        self.call(path, args, Some((&content_type, &mut body)))?
+            .read_to_string(&mut text)?;
+        Ok(text)
+    }
+
     fn json(&self, path: &str, args: &[(&str, String)]) -> Result<Value> {
         let mut text = String::new();
         self.call(path, args, None)?.read_to_string(&mut text)?;
@@ -143,7 +168,7 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             let mut body = remote.call("cat", &[("arg", cid)], None)?;
             std::io::copy(&mut body, &mut std::io::stdout().lock())?;
         }
-        Command::Block(crate::cli::BlockCommand::Get { cid }) => {
+        Command::Block(BlockCommand::Get { cid }) => {
             let mut body = remote.call("block/get", &[("arg", cid)], None)?;
             std::io::copy(&mut body, &mut std::io::stdout().lock())?;
         }
@@ -357,6 +382,139 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 println!("{}", peer.as_str().unwrap_or_default());
             }
         }
+        Command::Ls { cid } => {
+            let answer = remote.json("ls", &[("arg", cid)])?;
+            if json {
+                return print(&answer);
+            }
+            for link in answer["Objects"][0]["Links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let (hash, name) = (
+                    link["Hash"].as_str().unwrap_or_default(),
+                    link["Name"].as_str().unwrap_or_default(),
+                );
+                if link["Type"] == 1 {
+                    println!("{hash} - {name}/");
+                } else {
+                    println!("{hash} {} {name}", link["Size"]);
+                }
+            }
+        }
+        Command::Block(BlockCommand::Stat { cid }) => {
+            let answer = remote.json("block/stat", &[("arg", cid)])?;
+            if json {
+                return print(&answer);
+            }
+            println!(
+                "Key: {}\nSize: {}",
+                answer["Key"].as_str().unwrap_or_default(),
+                answer["Size"]
+            );
+        }
+        Command::Block(BlockCommand::Put {
+            file,
+            cid_codec,
+            mhtype,
+            pin,
+            allow_big_block,
+        }) => {
+            let path = file
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "-".into());
+            let (_, mut data) = open_input(&path)?;
+            let args = [
+                ("cid-codec", cid_codec),
+                ("mhtype", mhtype),
+                ("pin", pin.to_string()),
+                ("allow-big-block", allow_big_block.to_string()),
+            ];
+            let answer: Value =
+                serde_json::from_str(&remote.upload("block/put", &args, "", &mut data)?)?;
+            if json {
+                return print(&answer);
+            }
+            println!("{}", answer["Key"].as_str().unwrap_or_default());
+        }
+        Command::Block(BlockCommand::Rm { cids }) => {
+            for cid in cids {
+                let answer = remote.json("block/rm", &[("arg", cid.clone())])?;
+                if json {
+                    print(&answer)?;
+                } else {
+                    println!("removed {cid}");
+                }
+            }
+        }
+        Command::Repo(RepoCommand::Stat { human: _ }) => {
+            let answer = remote.json("repo/stat", &[])?;
+            if json {
+                return print(&answer);
+            }
+            println!("NumObjects: {}", answer["NumObjects"]);
+            println!("RepoSize:   {}", answer["RepoSize"]);
+            println!("StorageMax: {}", answer["StorageMax"]);
+            println!(
+                "RepoPath:   {}",
+                answer["RepoPath"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Repo(RepoCommand::Gc { quiet }) => {
+            let mut text = String::new();
+            remote
+                .call("repo/gc", &[], None)?
+                .read_to_string(&mut text)?;
+            for line in text.lines() {
+                if json {
+                    println!("{line}");
+                } else if !quiet {
+                    let entry: Value = serde_json::from_str(line)?;
+                    println!("removed {}", entry["Key"]["/"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        Command::Dag(DagCommand::Export { cid }) => {
+            let mut body = remote.call("dag/export", &[("arg", cid)], None)?;
+            std::io::copy(&mut body, &mut std::io::stdout().lock())?;
+        }
+        Command::Dag(DagCommand::Import {
+            files,
+            pin_roots,
+            stats: _,
+        }) => {
+            let inputs: Vec<String> = if files.is_empty() {
+                vec!["-".into()]
+            } else {
+                files
+                    .iter()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .collect()
+            };
+            for path in inputs {
+                let (name, mut data) = open_input(&path)?;
+                let text = remote.upload(
+                    "dag/import",
+                    &[("pin-roots", pin_roots.to_string())],
+                    &name,
+                    &mut data,
+                )?;
+                for line in text.lines() {
+                    if json {
+                        println!("{line}");
+                        continue;
+                    }
+                    let entry: Value = serde_json::from_str(line)?;
+                    if pin_roots {
+                        println!(
+                            "pinned root {} success",
+                            entry["Root"]["Cid"]["/"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
         Command::Shutdown => {
             remote.call("shutdown", &[], None)?;
             std::io::stdout().flush()?;
@@ -372,11 +530,22 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Get { .. } => "get",
-        Command::Ls { .. } => "ls",
-        Command::Block(_) => "this block command",
-        Command::Repo(_) => "repo maintenance",
-        Command::Dag(_) => "dag export/import",
+        Command::Repo(RepoCommand::Verify) => "repo verify",
         Command::Daemon(_) => "a second daemon",
         _ => "this command",
     }
+}
+
+/// A file, or stdin for `-`, with the name uploads carry.
+fn open_input(path: &str) -> Result<(String, Box<dyn Read>)> {
+    if path == "-" {
+        return Ok((String::new(), Box::new(std::io::stdin().lock())));
+    }
+    let p = Path::new(path);
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = std::fs::File::open(p).with_context(|| format!("cannot read {path}"))?;
+    Ok((name, Box::new(file)))
 }

@@ -122,6 +122,13 @@ pub async fn serve(
         .route("/api/v0/pin/ls", post(pin_ls))
         .route("/api/v0/routing/findprovs", post(findprovs))
         .route("/api/v0/routing/provide", post(provide))
+        .route("/api/v0/ls", post(ls))
+        .route("/api/v0/block/put", post(block_put))
+        .route("/api/v0/block/rm", post(block_rm))
+        .route("/api/v0/repo/stat", post(repo_stat))
+        .route("/api/v0/repo/gc", post(repo_gc))
+        .route("/api/v0/dag/export", post(dag_export))
+        .route("/api/v0/dag/import", post(dag_import))
         .route("/api/v0/pubsub/pub", post(pubsub_pub))
         .route("/api/v0/pubsub/sub", post(pubsub_sub))
         .route("/api/v0/pubsub/ls", post(pubsub_ls))
@@ -436,6 +443,189 @@ async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Val
     Ok(Json(
         json!({ "Extra": "", "ID": "", "Responses": null, "Type": 0 }),
     ))
+}
+
+/// Runs store work on a blocking thread, mapping both failure layers to 500s.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// Reads the first multipart field whole, refusing more than `limit` bytes.
+async fn first_field(form: &mut Multipart, limit: usize) -> ApiResult<Vec<u8>> {
+    let mut data = Vec::new();
+    if let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+        {
+            data.extend_from_slice(&chunk);
+            if data.len() > limit {
+                return Err(ApiError::bad_request(format!(
+                    "upload is over the {limit}-byte limit"
+                )));
+            }
+        }
+    }
+    Ok(data)
+}
+
+async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    api.node
+        .bitswap()
+        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .await
+        .map_err(ApiError::internal)?;
+    let store = api.node.store();
+    let entries = blocking(move || unixfs::ls(&store, &cid)).await?;
+    let links: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let kind = match e.kind {
+                unixfs::export::EntryKind::Directory => 1,
+                unixfs::export::EntryKind::File => 2,
+                unixfs::export::EntryKind::Symlink => 4,
+                unixfs::export::EntryKind::Unknown => 0,
+            };
+            json!({ "Name": e.name, "Hash": e.cid.to_string(), "Size": e.size, "Type": kind, "Target": "" })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "Objects": [{ "Hash": cid.to_string(), "Links": links }] }),
+    ))
+}
+
+async fn block_put(
+    State(api): State<Api>,
+    Query(q): Params,
+    mut form: Multipart,
+) -> ApiResult<Json<Value>> {
+    use ipfs_accelerate_protocol::{Block, codec, limits};
+    let codec_name = param(&q, "cid-codec").unwrap_or("raw");
+    let codec = codec::codec_from_name(codec_name)
+        .ok_or_else(|| ApiError::bad_request(format!("unsupported cid-codec {codec_name:?}")))?;
+    let hash_name = param(&q, "mhtype").unwrap_or("sha2-256");
+    let hash = codec::hash_from_name(hash_name)
+        .ok_or_else(|| ApiError::bad_request(format!("unsupported mhtype {hash_name:?}")))?;
+    let limit = if flag(&q, "allow-big-block", false)? {
+        limits::BLOCK_SIZE_LIMIT
+    } else {
+        limits::BLOCK_PUT_SOFT_LIMIT
+    };
+    let data = first_field(&mut form, limit).await?;
+    let block = Block::from_data(Version::V1, codec, hash, data)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    block
+        .links()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let pin = flag(&q, "pin", false)?;
+    let (cid, size) = (*block.cid(), block.len());
+    let store = api.node.store();
+    blocking(move || {
+        store.put_many(std::slice::from_ref(&block))?;
+        if pin {
+            store.pin_add(block.cid(), false)?;
+        }
+        Ok::<_, crate::store::Error>(())
+    })
+    .await?;
+    Ok(Json(json!({ "Key": cid.to_string(), "Size": size })))
+}
+
+async fn block_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let cid = cid_arg(&q)?;
+    let store = api.node.store();
+    blocking(move || store.remove_block(&cid)).await?;
+    Ok(Json(json!({ "Hash": cid.to_string(), "Error": "" })))
+}
+
+async fn repo_stat(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let store = api.node.store();
+    let stat = blocking(move || store.stat()).await?;
+    Ok(Json(json!({
+        "RepoSize": stat.bytes,
+        "StorageMax": api.node.repo().config().datastore.storage_max,
+        "NumObjects": stat.blocks,
+        "RepoPath": api.node.repo().path(),
+        "Version": "ipfs-accelerate-repo@1",
+    })))
+}
+
+async fn repo_gc(State(api): State<Api>) -> ApiResult {
+    let store = api.node.store();
+    let report = blocking(move || store.gc()).await?;
+    let mut body = Vec::new();
+    for cid in report.removed {
+        let _ = writeln!(body, "{}", json!({ "Key": { "/": cid.to_string() } }));
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let cid = cid_arg(&q)?;
+    api.node.fetch(cid).await.map_err(ApiError::internal)?;
+    let store = api.node.store();
+    let body = stream_from_blocking(move |out| {
+        crate::car::export(&store, &cid, out)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], body).into_response())
+}
+
+async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> ApiResult {
+    let pin_roots = flag(&q, "pin-roots", true)?;
+    let mut lines = Vec::new();
+    while let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
+        let store = api.node.store();
+        let import = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+            };
+            crate::car::import(&store, reader, pin_roots, &mut |_| {})
+        });
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+        {
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let stats = import
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        for root in stats.roots {
+            if pin_roots {
+                api.node.provide(root).await;
+            }
+            lines.push(json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }));
+        }
+    }
+    let mut body = Vec::new();
+    for line in lines {
+        let _ = writeln!(body, "{line}");
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Kubo's RPC carries pubsub topics and data as multibase base64url (`u...`).
