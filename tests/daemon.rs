@@ -83,7 +83,10 @@ fn repo_commands_go_through_a_running_daemon() {
     let cli = &daemon.repo;
 
     let listing = cli.ok(&["ls", &root]);
-    assert!(listing.contains(" 6 a.txt") && listing.contains(" - sub/"), "{listing}");
+    assert!(
+        listing.contains(" 6 a.txt") && listing.contains(" - sub/"),
+        "{listing}"
+    );
 
     let block_file = cli.path("block");
     std::fs::write(&block_file, b"a raw block").unwrap();
@@ -99,12 +102,19 @@ fn repo_commands_go_through_a_running_daemon() {
     cli.ok(&["pin", "rm", &root]);
     let gc = cli.ok(&["repo", "gc"]);
     assert!(gc.contains(&format!("removed {root}")), "{gc}");
-    let stat: serde_json::Value = serde_json::from_str(&cli.ok(&["repo", "stat", "--json"])).unwrap();
+    let stat: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["repo", "stat", "--json"])).unwrap();
     assert_eq!(stat["NumObjects"], 0, "{stat}");
     assert_eq!(
         cli.ok(&["dag", "import", car_path.to_str().unwrap()]),
         format!("pinned root {root} success")
     );
-    assert!(cli.ok(&["pin", "ls", "--type", "recursive"]).contains(&root));
-    assert!(cli.fails(&["get", &root]).contains("not available while a daemon holds the repo"));
+    assert!(
+        cli.ok(&["pin", "ls", "--type", "recursive"])
+            .contains(&root)
+    );
+    assert!(
+        cli.fails(&["get", &root])
+            .contains("not available while a daemon holds the repo")
+    );
 }
