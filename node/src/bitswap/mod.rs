@@ -36,7 +36,7 @@ use ipfs_accelerate_protocol::bitswap::{
     self, MESSAGE_SIZE_LIMIT, Message, Presence, PresenceKind, ProtocolVersion, WantEntry, WantType,
 };
 use libp2p::PeerId;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::p2p::{NodeEvent, P2p};
 use crate::store::Store;
@@ -45,6 +45,9 @@ pub use wire::WireError;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE_CAPACITY: usize = 256;
+/// Messages carrying blocks (each under 4 MiB) queued or being written for one peer;
+/// serving a large wantlist waits for a slot, which bounds its memory.
+const BLOCK_MESSAGES_IN_FLIGHT: usize = 4;
 /// Streams peers may have open to us at once, over all peers.
 const INBOUND_STREAMS_LIMIT: usize = 4096;
 /// Wants we remember per peer for blocks we do not have yet.
@@ -132,10 +135,23 @@ struct Inner {
     inbound: Arc<Semaphore>,
 }
 
+/// A queued message; a block message holds one of its peer's block slots until written.
+struct Outgoing {
+    message: Message,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A peer's sender task queue and its block slots.
+#[derive(Clone)]
+struct PeerQueue {
+    tx: mpsc::Sender<Outgoing>,
+    block_slots: Arc<Semaphore>,
+}
+
 #[derive(Default)]
 struct State {
     wants: HashMap<Cid, Want>,
-    senders: HashMap<PeerId, mpsc::Sender<Message>>,
+    senders: HashMap<PeerId, PeerQueue>,
     ledgers: HashMap<PeerId, HashSet<Cid>>,
     recent: VecDeque<PeerId>,
     next_recent: usize,
@@ -357,18 +373,33 @@ impl Inner {
         }
     }
 
-    /// Queues a message for a peer, starting its sender task if needed.
+    /// The queue of a peer's sender task, starting the task if needed.
+    fn sender_for(self: &Arc<Self>, peer: PeerId) -> PeerQueue {
+        let mut state = lock(&self.state);
+        state
+            .senders
+            .entry(peer)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+                tokio::spawn(peer_sender(Arc::downgrade(self), peer, rx));
+                PeerQueue {
+                    tx,
+                    block_slots: Arc::new(Semaphore::new(BLOCK_MESSAGES_IN_FLIGHT)),
+                }
+            })
+            .clone()
+    }
+
+    /// Queues a message for a peer, dropping it if the peer's queue is full.
     fn send(self: &Arc<Self>, peer: PeerId, message: Message) {
         if message.is_empty() {
             return;
         }
-        let mut state = lock(&self.state);
-        let sender = state.senders.entry(peer).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            tokio::spawn(peer_sender(Arc::downgrade(self), peer, rx));
-            tx
-        });
-        if sender.try_send(message).is_err() {
+        let outgoing = Outgoing {
+            message,
+            _slot: None,
+        };
+        if self.sender_for(peer).tx.try_send(outgoing).is_err() {
             tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
         }
     }
@@ -429,55 +460,80 @@ impl Inner {
             return;
         }
         let store = self.store.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            let mut blocks = Vec::new();
-            let mut presences = Vec::new();
+        let queue = self.sender_for(peer);
+        // Blocks are read and sent one message at a time, each holding one of the
+        // peer's block slots until written: a large wantlist waits instead of piling
+        // blocks up in memory.
+        let send_blocks = move |message: Message| -> bool {
+            let Ok(slot) = futures::executor::block_on(queue.block_slots.clone().acquire_owned())
+            else {
+                return false;
+            };
+            queue
+                .tx
+                .blocking_send(Outgoing {
+                    message,
+                    _slot: Some(slot),
+                })
+                .is_ok()
+        };
+        let served = tokio::task::spawn_blocking(move || {
+            let budget = MESSAGE_SIZE_LIMIT - 64 * 1024;
+            let (mut message, mut size) = (Message::default(), 0usize);
+            let (mut count, mut bytes) = (0u64, 0u64);
             let mut missing = Vec::new();
             for entry in wants {
                 let have = store.has(&entry.cid).unwrap_or(false);
                 match (entry.want_type, have) {
                     (WantType::Block, true) => match store.get(&entry.cid) {
-                        Ok(block) => blocks.push(block),
+                        Ok(block) => {
+                            let cost = bitswap::block_wire_size(&block);
+                            if size + cost > budget && !message.blocks.is_empty() {
+                                if !send_blocks(std::mem::take(&mut message)) {
+                                    break;
+                                }
+                                size = 0;
+                            }
+                            size += cost;
+                            count += 1;
+                            bytes += block.len() as u64;
+                            message.blocks.push(block);
+                        }
                         Err(_) => missing.push(entry),
                     },
-                    (WantType::Have, true) => presences.push(Presence {
+                    (WantType::Have, true) => message.presences.push(Presence {
                         cid: entry.cid,
                         kind: PresenceKind::Have,
                     }),
-                    (_, false) => missing.push(entry),
+                    (_, false) => {
+                        if entry.send_dont_have {
+                            message.presences.push(Presence {
+                                cid: entry.cid,
+                                kind: PresenceKind::DontHave,
+                            });
+                        }
+                        missing.push(entry);
+                    }
                 }
             }
-            let presences_dont: Vec<Presence> = missing
-                .iter()
-                .filter(|e| e.send_dont_have)
-                .map(|e| Presence {
-                    cid: e.cid,
-                    kind: PresenceKind::DontHave,
-                })
-                .collect();
-            (
-                blocks,
-                presences
-                    .into_iter()
-                    .chain(presences_dont)
-                    .collect::<Vec<_>>(),
-                missing,
-            )
+            if !message.is_empty() {
+                send_blocks(message);
+            }
+            (missing, count, bytes)
         })
         .await;
-        let Ok((blocks, presences, missing)) = answered else {
+        let Ok((missing, count, bytes)) = served else {
             return;
         };
-        {
-            let mut state = lock(&self.state);
-            let ledger = state.ledgers.entry(peer).or_default();
-            for entry in missing {
-                if ledger.len() < LEDGER_LIMIT {
-                    ledger.insert(entry.cid);
-                }
+        let mut state = lock(&self.state);
+        state.stats.blocks_sent += count;
+        state.stats.bytes_sent += bytes;
+        let ledger = state.ledgers.entry(peer).or_default();
+        for entry in missing {
+            if ledger.len() < LEDGER_LIMIT {
+                ledger.insert(entry.cid);
             }
         }
-        self.send_blocks(peer, blocks, presences);
     }
 
     /// Splits blocks and presences into messages under the size limit and queues them.
@@ -784,10 +840,12 @@ async fn accept_loop(
 async fn peer_sender(
     inner: std::sync::Weak<Inner>,
     peer: PeerId,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
 ) {
     let mut stream: Option<(libp2p::Stream, ProtocolVersion)> = None;
-    while let Some(message) = queue.recv().await {
+    // The block slot (if any) is released when `outgoing` drops, after the write.
+    while let Some(outgoing) = queue.recv().await {
+        let message = &outgoing.message;
         let Some(this) = inner.upgrade() else { return };
         let timeout = this.config.write_timeout;
         let open = this.open.clone();
@@ -799,7 +857,7 @@ async fn peer_sender(
             let Some((s, version)) = stream.as_mut() else {
                 break;
             };
-            match wire::write_message(s, &message, *version, timeout).await {
+            match wire::write_message(s, message, *version, timeout).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::debug!(%peer, %error, "bitswap: write failed, reopening");
