@@ -258,6 +258,47 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// Streams one upload field into `consume`, which reads it as a blocking `Read` on a
+/// blocking thread; the upload is never held whole in memory.
+async fn consume_field<T, E>(
+    field: &mut axum::extract::multipart::Field<'_>,
+    consume: impl FnOnce(ChannelReader) -> Result<T, E> + Send + 'static,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
+    let task = tokio::task::spawn_blocking(move || {
+        consume(ChannelReader {
+            rx,
+            current: Bytes::new(),
+        })
+    });
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    task.await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// One JSON value per line, as Kubo streams results.
+fn ndjson(lines: impl IntoIterator<Item = Value>) -> Response {
+    let mut body = Vec::new();
+    for line in lines {
+        let _ = writeln!(body, "{line}");
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> ApiResult {
     let options = import_options(&api, &q)?;
     let mut lines = Vec::new();
@@ -272,31 +313,13 @@ async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> A
                 "directory uploads are not supported yet; add files one by one",
             ));
         }
-        let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
         let store = api.node.store();
         let import_options = options.clone();
         let import_name = name.clone();
-        let import = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx,
-                current: Bytes::new(),
-            };
+        let added = consume_field(&mut field, move |reader| {
             unixfs::add_reader(&store, reader, &import_name, &import_options, &mut |_| {})
-        });
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-        {
-            if tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
-        drop(tx);
-        let added = import
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        })
+        .await?;
         if options.pin {
             api.node.provide(added.cid).await;
         }
@@ -309,11 +332,7 @@ async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> A
             json!({ "Name": shown, "Hash": added.cid.to_string(), "Size": added.size.to_string() }),
         );
     }
-    let mut body = Vec::new();
-    for line in lines {
-        let _ = writeln!(body, "{line}");
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(ndjson(lines))
 }
 
 async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -415,16 +434,13 @@ async fn findprovs(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .find_providers(cid, limit)
         .await
         .map_err(ApiError::internal)?;
-    let mut body = Vec::new();
-    for (peer, addrs) in providers {
-        // Kubo's routing event type 4 is "Provider".
-        let line = json!({
+    // Kubo's routing event type 4 is "Provider".
+    Ok(ndjson(providers.into_iter().map(|(peer, addrs)| {
+        json!({
             "Extra": "", "ID": "", "Type": 4,
             "Responses": [{ "ID": peer.to_string(), "Addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() }],
-        });
-        let _ = writeln!(body, "{line}");
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        })
+    })))
 }
 
 async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
@@ -564,11 +580,12 @@ async fn repo_stat(State(api): State<Api>) -> ApiResult<Json<Value>> {
 async fn repo_gc(State(api): State<Api>) -> ApiResult {
     let store = api.node.store();
     let report = blocking(move || store.gc()).await?;
-    let mut body = Vec::new();
-    for cid in report.removed {
-        let _ = writeln!(body, "{}", json!({ "Key": { "/": cid.to_string() } }));
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(ndjson(
+        report
+            .removed
+            .iter()
+            .map(|cid| json!({ "Key": { "/": cid.to_string() } })),
+    ))
 }
 
 async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -591,29 +608,11 @@ async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipar
         .await
         .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
     {
-        let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
         let store = api.node.store();
-        let import = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx,
-                current: Bytes::new(),
-            };
+        let stats = consume_field(&mut field, move |reader| {
             crate::car::import(&store, reader, pin_roots, &mut |_| {})
-        });
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-        {
-            if tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
-        drop(tx);
-        let stats = import
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        })
+        .await?;
         for root in stats.roots {
             if pin_roots {
                 api.node.provide(root).await;
@@ -621,11 +620,7 @@ async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipar
             lines.push(json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }));
         }
     }
-    let mut body = Vec::new();
-    for line in lines {
-        let _ = writeln!(body, "{line}");
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(ndjson(lines))
 }
 
 /// Kubo's RPC carries pubsub topics and data as multibase base64url (`u...`).
