@@ -658,26 +658,7 @@ async fn pubsub_pub(
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
     let topic = topic_arg(&q)?;
-    let mut data = Vec::new();
-    if let Some(mut field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading message: {e}")))?
-    {
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading message: {e}")))?
-        {
-            data.extend_from_slice(&chunk);
-            if data.len() > crate::p2p::GOSSIP_MESSAGE_LIMIT {
-                return Err(ApiError::bad_request(format!(
-                    "pubsub message is over the {}-byte limit",
-                    crate::p2p::GOSSIP_MESSAGE_LIMIT
-                )));
-            }
-        }
-    }
+    let data = first_field(&mut form, crate::p2p::GOSSIP_MESSAGE_LIMIT).await?;
     api.node
         .pubsub_publish(topic, data)
         .await

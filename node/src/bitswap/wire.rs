@@ -100,22 +100,12 @@ mod tests {
             ..Message::default()
         };
         let mut buf = Vec::new();
-        write_message(
-            &mut buf,
-            &message,
-            ProtocolVersion::V1_2_0,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
-        write_message(
-            &mut buf,
-            &message,
-            ProtocolVersion::V1_2_0,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
+        for _ in 0..2 {
+            let timeout = Duration::from_secs(1);
+            write_message(&mut buf, &message, ProtocolVersion::V1_2_0, timeout)
+                .await
+                .unwrap();
+        }
         let mut reader = futures::io::Cursor::new(buf.clone());
         let idle = Duration::from_secs(1);
         assert_eq!(read_message(&mut reader, idle).await.unwrap(), message);
