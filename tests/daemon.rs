@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ipfs_accelerate_tests::{Daemon, deterministic_file};
+use ipfs_accelerate_tests::{Daemon, deterministic_file, poll_until};
 
 #[test]
 fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
@@ -45,6 +45,17 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
         "c found no provider of {cid}: {providers:?}"
     );
 
+    // c finds a through the DHT (b knows a), and b lists a's address.
+    let a_addrs = c.repo.ok(&["routing", "findpeer", &a.peer_id()]);
+    assert!(a_addrs.contains("/ip4/127.0.0.1/tcp/"), "{a_addrs}");
+    let known = b.repo.ok(&["swarm", "addrs"]);
+    assert!(known.contains(&a.peer_id()), "{known}");
+    assert!(
+        c.repo
+            .ok(&["swarm", "addrs", "local"])
+            .contains("/ip4/127.0.0.1/tcp/")
+    );
+
     // Kill a: b still has the pinned copy, and c fetches it from b.
     drop(a);
     let from_b = c.repo.run(&["cat", &cid]);
@@ -70,6 +81,31 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
 }
 
 #[test]
+fn three_daemons_find_each_other_with_mdns() {
+    let daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start_with_mdns()).collect();
+    let ids: Vec<String> = daemons.iter().map(Daemon::peer_id).collect();
+    let everyone_connected = || {
+        daemons.iter().enumerate().all(|(i, d)| {
+            let peers = d.repo.ok(&["swarm", "peers"]);
+            ids.iter()
+                .enumerate()
+                .all(|(j, id)| i == j || peers.contains(id.as_str()))
+        })
+    };
+    assert!(
+        poll_until(Duration::from_secs(30), everyone_connected),
+        "the daemons did not all find each other over mDNS"
+    );
+    // Nobody dialed anybody: the last fetches what the first added.
+    let file = daemons[0].repo.path("weights.bin");
+    deterministic_file(&file, 3 * 1024 * 1024, 5).unwrap();
+    let cid = daemons[0].repo.add(&file, &[]);
+    let fetched = daemons[2].repo.run(&["cat", &cid]);
+    assert!(fetched.status.success());
+    assert!(fetched.stdout == std::fs::read(&file).unwrap());
+}
+
+#[test]
 fn repo_commands_go_through_a_running_daemon() {
     use ipfs_accelerate_tests::TestRepo;
 
@@ -78,13 +114,44 @@ fn repo_commands_go_through_a_running_daemon() {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("a.txt"), b"alpha\n").unwrap();
     deterministic_file(&dir.join("sub/big.bin"), 3 * 1024 * 1024, 4).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join(".hidden"), b"secret").unwrap();
+    std::os::unix::fs::symlink("sub/big.bin", dir.join("link")).unwrap();
     let root = repo.ok(&["add", "-r", "-Q", dir.to_str().unwrap()]);
+    let with_hidden = repo.ok(&["add", "-r", "-Q", "--hidden", dir.to_str().unwrap()]);
     let daemon = Daemon::start_on(repo, &[]);
     let cli = &daemon.repo;
 
+    // add -r streams the tree through the API's multipart upload: same CIDs.
+    let dir_arg = dir.to_str().unwrap();
+    assert_eq!(cli.ok(&["add", "-r", "-Q", dir_arg]), root);
+    assert_eq!(
+        cli.ok(&["add", "-r", "-Q", "--hidden", dir_arg]),
+        with_hidden
+    );
+    assert_ne!(root, with_hidden);
+    let lines = cli.ok(&["add", "-r", dir_arg]);
+    for name in [
+        "tree/a.txt",
+        "tree/sub/big.bin",
+        "tree/empty",
+        "tree/link",
+        "tree/sub",
+    ] {
+        assert!(
+            lines.contains(&format!(" {name}\n")),
+            "{name} missing: {lines}"
+        );
+    }
+    assert!(lines.ends_with(&format!("added {root} tree")), "{lines}");
+    assert!(cli.fails(&["add", dir_arg]).contains("add it with -r"));
+    assert!(cli.ok(&["repo", "verify"]).contains("repo is intact"));
+
     let listing = cli.ok(&["ls", &root]);
     assert!(
-        listing.contains(" 6 a.txt") && listing.contains(" - sub/"),
+        listing.contains(" 6 a.txt")
+            && listing.contains(" - sub/")
+            && listing.contains(" - empty/"),
         "{listing}"
     );
 
@@ -100,6 +167,7 @@ fn repo_commands_go_through_a_running_daemon() {
     let car_path = cli.path("tree.car");
     std::fs::write(&car_path, &car.stdout).unwrap();
     cli.ok(&["pin", "rm", &root]);
+    cli.ok(&["pin", "rm", &with_hidden]);
     let gc = cli.ok(&["repo", "gc"]);
     assert!(gc.contains(&format!("removed {root}")), "{gc}");
     let stat: serde_json::Value =
@@ -113,8 +181,33 @@ fn repo_commands_go_through_a_running_daemon() {
         cli.ok(&["pin", "ls", "--type", "recursive"])
             .contains(&root)
     );
+
+    // get and cat by IPFS path, through the daemon's tar stream.
+    let out = cli.path("restored");
+    cli.ok(&["get", &root, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        std::fs::read(out.join("sub/big.bin")).unwrap(),
+        std::fs::read(dir.join("sub/big.bin")).unwrap()
+    );
+    let single = cli.path("big.bin");
+    cli.ok(&[
+        "get",
+        &format!("/ipfs/{root}/sub/big.bin"),
+        "-o",
+        single.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&single).unwrap(),
+        std::fs::read(dir.join("sub/big.bin")).unwrap()
+    );
+    assert_eq!(cli.ok(&["cat", &format!("{root}/a.txt")]), "alpha");
     assert!(
-        cli.fails(&["get", &root])
-            .contains("not available while a daemon holds the repo")
+        cli.fails(&["cat", &format!("{root}/missing.txt")])
+            .contains("no link named \"missing.txt\"")
+    );
+    assert!(
+        cli.fails(&["get", &root, "-o", out.to_str().unwrap()])
+            .contains("already exists")
     );
 }

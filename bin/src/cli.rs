@@ -114,6 +114,11 @@ pub(crate) enum SwarmCommand {
         #[arg(required = true)]
         addrs: Vec<String>,
     },
+    /// Addresses of connected peers; `local` for our own listen addresses
+    Addrs {
+        #[arg(value_parser = ["local"])]
+        which: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +132,8 @@ pub(crate) enum RoutingCommand {
     },
     /// Announce that we provide a CID
     Provide { cid: String },
+    /// Find a peer's addresses (connections first, then the DHT)
+    Findpeer { peer: String },
 }
 
 #[derive(Debug, Args)]

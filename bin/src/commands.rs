@@ -11,7 +11,7 @@ use ipfs_accelerate_node::unixfs::{self, AddedEntry, ImportOptions};
 use ipfs_accelerate_node::{NodeConfig, car};
 use ipfs_accelerate_protocol::limits::{BLOCK_PUT_SOFT_LIMIT, BLOCK_SIZE_LIMIT};
 use ipfs_accelerate_protocol::{Block, codec};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cli::{AddArgs, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand};
 use crate::progress;
@@ -447,35 +447,42 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
         }
         RepoCommand::Verify => {
             let report = store.verify(|_| {})?;
-            if json {
-                print_json(&json!({
-                    "Blocks": report.blocks,
-                    "Bytes": report.bytes,
-                    "Corrupt": report.corrupt.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-                    "Missing": report.missing.iter().map(|(root, c)| json!({ "Pin": root.to_string(), "Cid": c.to_string() })).collect::<Vec<_>>(),
-                }))?;
-            } else {
-                for cid in &report.corrupt {
-                    println!("corrupt block {cid}");
-                }
-                for (root, cid) in &report.missing {
-                    println!("pin {root} is missing block {cid}");
-                }
-            }
-            if !report.is_clean() {
-                bail!(
-                    "repo verify found {} corrupt and {} missing blocks",
-                    report.corrupt.len(),
-                    report.missing.len()
-                );
-            }
-            if !json {
-                println!(
-                    "verified {} blocks ({} bytes): repo is intact",
-                    report.blocks, report.bytes
-                );
-            }
+            print_verify_report(&report.to_json(), json)?;
         }
+    }
+    Ok(())
+}
+
+/// Prints a `repo verify` report (see `VerifyReport::to_json`); fails unless clean.
+pub(crate) fn print_verify_report(report: &Value, json: bool) -> Result<()> {
+    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+    let (corrupt, missing) = (list("Corrupt"), list("Missing"));
+    if json {
+        print_json(report)?;
+    } else {
+        for cid in &corrupt {
+            println!("corrupt block {}", cid.as_str().unwrap_or_default());
+        }
+        for entry in &missing {
+            println!(
+                "pin {} is missing block {}",
+                entry["Pin"].as_str().unwrap_or_default(),
+                entry["Cid"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    if !corrupt.is_empty() || !missing.is_empty() {
+        bail!(
+            "repo verify found {} corrupt and {} missing blocks",
+            corrupt.len(),
+            missing.len()
+        );
+    }
+    if !json {
+        println!(
+            "verified {} blocks ({} bytes): repo is intact",
+            report["Blocks"], report["Bytes"]
+        );
     }
     Ok(())
 }

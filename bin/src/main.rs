@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod daemon;
+mod multipart;
 mod progress;
 mod remote;
 

@@ -3,7 +3,7 @@
 //! from the swarm.
 
 use std::io::{BufRead, Read, Write};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +16,7 @@ use crate::cli::{
     BlockCommand, Command, DagCommand, PinCommand, PubsubCommand, RepoCommand, RoutingCommand,
     SwarmCommand,
 };
+use crate::multipart::MultipartBody;
 
 /// The daemon's API, found through the repo's `api` file.
 #[derive(Debug)]
@@ -89,22 +90,15 @@ impl Remote {
         Ok(reader)
     }
 
-    /// POSTs `data` as the one file of a multipart form (how Kubo's RPC takes uploads)
-    /// and returns the answer's text.
+    /// POSTs a multipart upload (how Kubo's RPC takes files) and returns the answer's
+    /// text.
     fn upload(
         &self,
         path: &str,
         args: &[(&str, String)],
-        filename: &str,
-        data: &mut dyn Read,
+        mut body: MultipartBody,
     ) -> Result<String> {
-        const BOUNDARY: &str = "ipfs-accelerate-boundary-7c1f2a";
-        let head = format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        );
-        let tail = format!("\r\n--{BOUNDARY}--\r\n");
-        let mut body = head.as_bytes().chain(data).chain(tail.as_bytes());
-        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        let content_type = MultipartBody::content_type();
         let mut text = String::new();
         self.call(path, args, Some((&content_type, &mut body)))?
             .read_to_string(&mut text)?;
@@ -168,16 +162,26 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             let mut body = remote.call("cat", &[("arg", cid)], None)?;
             std::io::copy(&mut body, &mut std::io::stdout().lock())?;
         }
+        Command::Get { cid, output } => {
+            let target = output.unwrap_or_else(|| PathBuf::from(&cid));
+            if target.exists() {
+                bail!(
+                    "{} already exists; remove it or choose another -o PATH",
+                    target.display()
+                );
+            }
+            let body = remote.call("get", &[("arg", cid.clone())], None)?;
+            unpack_tar(body, &target).with_context(|| format!("saving {cid}"))?;
+            if json {
+                return print(&serde_json::json!({ "Hash": cid, "Path": target }));
+            }
+            println!("Saving file(s) to {}", target.display());
+        }
         Command::Block(BlockCommand::Get { cid }) => {
             let mut body = remote.call("block/get", &[("arg", cid)], None)?;
             std::io::copy(&mut body, &mut std::io::stdout().lock())?;
         }
         Command::Add(args) => {
-            if args.recursive {
-                bail!(
-                    "add -r is not available through the daemon yet; stop the daemon to add directories"
-                );
-            }
             let mut query = vec![("pin", args.pin.to_string())];
             if let Some(v) = args.cid_version {
                 query.push(("cid-version", v.to_string()));
@@ -191,46 +195,35 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             if let Some(links) = args.max_file_links {
                 query.push(("max-file-links", links.to_string()));
             }
-            let mut last = None;
+            let mut body = MultipartBody::new();
             for path in &args.paths {
-                let (name, file): (String, Box<dyn Read>) = if path == "-" {
-                    (String::new(), Box::new(std::io::stdin().lock()))
-                } else {
-                    let p = Path::new(path);
-                    let name = p
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    (
-                        name,
-                        Box::new(
-                            std::fs::File::open(p).with_context(|| format!("cannot add {path}"))?,
-                        ),
-                    )
-                };
-                let boundary = "ipfs-accelerate-boundary-7c1f2a";
-                let head = format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                );
-                let tail = format!("\r\n--{boundary}--\r\n");
-                let mut body = head.as_bytes().chain(file).chain(tail.as_bytes());
-                let content_type = format!("multipart/form-data; boundary={boundary}");
-                let mut text = String::new();
-                remote
-                    .call("add", &query, Some((&content_type, &mut body)))?
-                    .read_to_string(&mut text)?;
-                for line in text.lines() {
-                    let entry: Value = serde_json::from_str(line)?;
-                    let cid = entry["Hash"].as_str().unwrap_or_default().to_string();
-                    if json {
-                        println!("{line}");
-                    } else if args.quiet {
-                        println!("{cid}");
-                    } else if !args.quieter {
-                        println!("added {cid} {}", entry["Name"].as_str().unwrap_or_default());
-                    }
-                    last = Some(cid);
+                if path == "-" {
+                    body = body.reader("", Box::new(std::io::stdin()));
+                    continue;
                 }
+                let p = Path::new(path);
+                if p.is_dir() && !args.recursive {
+                    bail!("{path} is a directory; add it with -r");
+                }
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.clone());
+                body = body.path(&name, p, args.hidden)?;
+            }
+            let text = remote.upload("add", &query, body)?;
+            let mut last = None;
+            for line in text.lines() {
+                let entry: Value = serde_json::from_str(line)?;
+                let cid = entry["Hash"].as_str().unwrap_or_default().to_string();
+                if json {
+                    println!("{line}");
+                } else if args.quiet {
+                    println!("{cid}");
+                } else if !args.quieter {
+                    println!("added {cid} {}", entry["Name"].as_str().unwrap_or_default());
+                }
+                last = Some(cid);
             }
             if let (true, false, Some(root)) = (args.quieter, json, last) {
                 println!("{root}");
@@ -319,28 +312,61 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 }
             }
         }
+        Command::Swarm(SwarmCommand::Addrs { which: Some(_) }) => {
+            let answer = remote.json("swarm/addrs/local", &[])?;
+            if json {
+                return print(&answer);
+            }
+            for addr in answer["Strings"].as_array().into_iter().flatten() {
+                println!("{}", addr.as_str().unwrap_or_default());
+            }
+        }
+        Command::Swarm(SwarmCommand::Addrs { which: None }) => {
+            let answer = remote.json("swarm/addrs", &[])?;
+            if json {
+                return print(&answer);
+            }
+            for (peer, addrs) in answer["Addrs"].as_object().into_iter().flatten() {
+                let addrs = addrs.as_array().cloned().unwrap_or_default();
+                println!("{peer} ({})", addrs.len());
+                for addr in addrs {
+                    println!("\t{}", addr.as_str().unwrap_or_default());
+                }
+            }
+        }
+        Command::Routing(RoutingCommand::Findpeer { peer }) => {
+            let mut text = String::new();
+            remote
+                .call("routing/findpeer", &[("arg", peer)], None)?
+                .read_to_string(&mut text)?;
+            for line in text.lines() {
+                if json {
+                    println!("{line}");
+                    continue;
+                }
+                let event: Value = serde_json::from_str(line)?;
+                for response in event["Responses"].as_array().into_iter().flatten() {
+                    for addr in response["Addrs"].as_array().into_iter().flatten() {
+                        println!("{}", addr.as_str().unwrap_or_default());
+                    }
+                }
+            }
+        }
         Command::Routing(RoutingCommand::Provide { cid }) => {
             remote.json("routing/provide", &[("arg", cid)])?;
         }
         Command::Pubsub(PubsubCommand::Pub { topic, file }) => {
-            let mut data: Box<dyn Read> = match file {
+            let data: Box<dyn Read> = match file {
                 Some(path) if path != Path::new("-") => Box::new(
                     std::fs::File::open(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?,
                 ),
-                _ => Box::new(std::io::stdin().lock()),
+                _ => Box::new(std::io::stdin()),
             };
-            let boundary = "ipfs-accelerate-boundary-7c1f2a";
-            let head = format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            );
-            let tail = format!("\r\n--{boundary}--\r\n");
-            let mut body = head.as_bytes().chain(&mut data).chain(tail.as_bytes());
-            let content_type = format!("multipart/form-data; boundary={boundary}");
-            remote.call(
+            remote.upload(
                 "pubsub/pub",
                 &[("arg", multibase(topic.as_bytes()))],
-                Some((&content_type, &mut body)),
+                MultipartBody::new().reader("", data),
             )?;
         }
         Command::Pubsub(PubsubCommand::Sub { topic }) => {
@@ -424,15 +450,18 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             let path = file
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "-".into());
-            let (_, mut data) = open_input(&path)?;
+            let (_, data) = open_input(&path)?;
             let args = [
                 ("cid-codec", cid_codec),
                 ("mhtype", mhtype),
                 ("pin", pin.to_string()),
                 ("allow-big-block", allow_big_block.to_string()),
             ];
-            let answer: Value =
-                serde_json::from_str(&remote.upload("block/put", &args, "", &mut data)?)?;
+            let answer: Value = serde_json::from_str(&remote.upload(
+                "block/put",
+                &args,
+                MultipartBody::new().reader("", data),
+            )?)?;
             if json {
                 return print(&answer);
             }
@@ -493,12 +522,11 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                     .collect()
             };
             for path in inputs {
-                let (name, mut data) = open_input(&path)?;
+                let (name, data) = open_input(&path)?;
                 let text = remote.upload(
                     "dag/import",
                     &[("pin-roots", pin_roots.to_string())],
-                    &name,
-                    &mut data,
+                    MultipartBody::new().reader(&name, data),
                 )?;
                 for line in text.lines() {
                     if json {
@@ -515,6 +543,10 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 }
             }
         }
+        Command::Repo(RepoCommand::Verify) => {
+            let report = remote.json("repo/verify", &[])?;
+            crate::commands::print_verify_report(&report, json)?;
+        }
         Command::Shutdown => {
             remote.call("shutdown", &[], None)?;
             std::io::stdout().flush()?;
@@ -529,17 +561,46 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
 
 fn command_name(command: &Command) -> &'static str {
     match command {
-        Command::Get { .. } => "get",
-        Command::Repo(RepoCommand::Verify) => "repo verify",
         Command::Daemon(_) => "a second daemon",
         _ => "this command",
     }
 }
 
+/// Unpacks `get`'s tar stream at `target`: the archive's root entry becomes `target`,
+/// and no entry may land outside it.
+fn unpack_tar(body: impl Read, target: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(body);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        let mut dest = target.to_path_buf();
+        let mut components = name.components();
+        let root = components.next();
+        if !matches!(root, Some(Component::Normal(_))) {
+            bail!("the daemon sent an unsafe path {}", name.display());
+        }
+        for component in components {
+            match component {
+                Component::Normal(part) => dest.push(part),
+                Component::CurDir => {}
+                _ => bail!("the daemon sent an unsafe path {}", name.display()),
+            }
+        }
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        entry
+            .unpack(&dest)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(())
+}
+
 /// A file, or stdin for `-`, with the name uploads carry.
 fn open_input(path: &str) -> Result<(String, Box<dyn Read>)> {
     if path == "-" {
-        return Ok((String::new(), Box::new(std::io::stdin().lock())));
+        return Ok((String::new(), Box::new(std::io::stdin())));
     }
     let p = Path::new(path);
     let name = p

@@ -173,29 +173,11 @@ async fn block(node: &Node, cid: Cid) -> Result<ipfs_accelerate_protocol::Block,
 
 /// Follows `path` through directory links from `root`.
 async fn resolve(node: &Node, root: Cid, path: &str) -> Result<Cid, Response> {
-    let mut current = root;
-    for name in path.split('/').filter(|s| !s.is_empty()) {
-        let parent = block(node, current).await?;
-        let links = ipfs_accelerate_protocol::block::decode_dag_pb(&current, parent.data())
-            .map_err(|_| {
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("no link named {name:?} under {current}"),
-                )
-            })?
-            .links;
-        current = links
-            .into_iter()
-            .find(|l| l.name.as_deref() == Some(name))
-            .map(|l| l.cid)
-            .ok_or_else(|| {
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("no link named {name:?} under {current}"),
-                )
-            })?;
-    }
-    Ok(current)
+    store_if_empty_dir(node, root).await;
+    node.resolve(root, path).await.map_err(|e| match e {
+        crate::node::Error::NoLink { .. } => error(StatusCode::NOT_FOUND, e),
+        _ => error(StatusCode::GATEWAY_TIMEOUT, e),
+    })
 }
 
 async fn raw(node: &Node, cid: Cid) -> Response {

@@ -37,6 +37,8 @@ pub enum Error {
     },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("no link named {name:?} under {parent}")]
+    NoLink { parent: Cid, name: String },
 }
 
 /// Result alias for this module.
@@ -230,6 +232,27 @@ impl Node {
         Ok(())
     }
 
+    /// Follows `path` (`a/b/c`, empty for `root` itself) through dag-pb links from
+    /// `root`, fetching the blocks on the way.
+    pub async fn resolve(&self, root: Cid, path: &str) -> Result<Cid> {
+        let mut current = root;
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            let parent = self.bitswap.get(current, BLOCK_FETCH_TIMEOUT).await?;
+            let no_link = || Error::NoLink {
+                parent: current,
+                name: name.to_string(),
+            };
+            current = ipfs_accelerate_protocol::block::decode_dag_pb(&current, parent.data())
+                .map_err(|_| no_link())?
+                .links
+                .into_iter()
+                .find(|l| l.name.as_deref() == Some(name))
+                .map(|l| l.cid)
+                .ok_or_else(no_link)?;
+        }
+        Ok(current)
+    }
+
     /// Fetches the DAG if needed, pins it, and announces it on the DHT.
     pub async fn pin(&self, root: Cid, recursive: bool) -> Result<()> {
         if recursive {
@@ -250,6 +273,22 @@ impl Node {
         if let Err(error) = self.p2p.provide(provider_key(&cid)).await {
             tracing::debug!(%cid, %error, "node: provide failed");
         }
+    }
+
+    /// Addresses of `peer`: those we are connected on, else a DHT lookup.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>> {
+        let connected: Vec<Multiaddr> = self
+            .p2p
+            .peers()
+            .await?
+            .into_iter()
+            .filter(|p| p.peer == peer)
+            .map(|p| p.addr)
+            .collect();
+        if !connected.is_empty() {
+            return Ok(connected);
+        }
+        Ok(self.p2p.find_peer(peer).await?)
     }
 
     /// Providers of `cid` on the DHT.

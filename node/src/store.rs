@@ -90,6 +90,19 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.corrupt.is_empty() && self.missing.is_empty()
     }
+
+    /// The report as `repo verify --json` and `/api/v0/repo/verify` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let missing = self.missing.iter().map(
+            |(root, cid)| serde_json::json!({ "Pin": root.to_string(), "Cid": cid.to_string() }),
+        );
+        serde_json::json!({
+            "Blocks": self.blocks,
+            "Bytes": self.bytes,
+            "Corrupt": self.corrupt.iter().map(Cid::to_string).collect::<Vec<_>>(),
+            "Missing": missing.collect::<Vec<_>>(),
+        })
+    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +163,13 @@ impl Store {
         let added = session.put_many(blocks)?;
         session.sync()?;
         Ok(added)
+    }
+
+    /// Stores blocks without waiting for the disk: for blocks fetched from the network,
+    /// which are a cache until pinned. Pinning commits durably, which persists them too;
+    /// a crash before that loses only blocks that can be fetched again.
+    pub fn put_many_unsynced(&self, blocks: &[Block]) -> Result<u64> {
+        self.import_session().put_many(blocks)
     }
 
     /// Starts an import whose blocks are protected from GC and eviction until the

@@ -15,6 +15,7 @@
 //! decoded [`Block`] always matches its CID; whether anyone asked for that CID is the
 //! receiver's check.
 
+use bytes::Bytes;
 use cid::{Cid, Version};
 use multihash::Multihash;
 use multihash_codetable::{Code, MultihashDigest};
@@ -178,7 +179,7 @@ impl Message {
                 .iter()
                 .map(|b| pb::PayloadBlock {
                     prefix: prefix_of(b.cid()),
-                    data: b.data().to_vec(),
+                    data: b.data().clone(),
                 })
                 .collect();
             (Vec::new(), payload)
@@ -187,7 +188,7 @@ impl Message {
                 .blocks
                 .iter()
                 .filter(|b| b.cid().version() == Version::V0)
-                .map(|b| b.data().to_vec())
+                .map(|b| b.data().clone())
                 .collect();
             (blocks, Vec::new())
         };
@@ -215,8 +216,10 @@ impl Message {
         .encode_to_vec()
     }
 
-    /// Decodes a protobuf body (no length prefix), hashing every block.
-    pub fn decode(bytes: &[u8]) -> Result<Message> {
+    /// Decodes a protobuf body (no length prefix), hashing every block. Block data is
+    /// sliced out of `bytes`, not copied.
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Message> {
+        let bytes = bytes.into();
         if bytes.len() > MESSAGE_SIZE_LIMIT {
             return Err(Error::TooLarge(bytes.len()));
         }
@@ -312,7 +315,7 @@ pub fn prefix_of(cid: &Cid) -> Vec<u8> {
 }
 
 /// Names `data` with the CID its prefix describes, by hashing it.
-fn block_from_prefix(prefix: &[u8], data: Vec<u8>) -> Result<Block> {
+fn block_from_prefix(prefix: &[u8], data: Bytes) -> Result<Block> {
     let bad = |why: &str| Error::InvalidPrefix(why.to_string());
     let (version, rest) = unsigned_varint::decode::u64(prefix).map_err(|_| bad("version"))?;
     let (codec, rest) = unsigned_varint::decode::u64(rest).map_err(|_| bad("codec"))?;
@@ -341,6 +344,8 @@ fn block_from_prefix(prefix: &[u8], data: Vec<u8>) -> Result<Block> {
 
 /// The protobuf schema, written out by hand (no protoc at build time).
 mod pb {
+    use bytes::Bytes;
+
     pub(super) const WANT_BLOCK: i32 = 0;
     pub(super) const WANT_HAVE: i32 = 1;
     pub(super) const HAVE: i32 = 0;
@@ -350,8 +355,8 @@ mod pb {
     pub(super) struct Message {
         #[prost(message, optional, tag = "1")]
         pub(super) wantlist: Option<Wantlist>,
-        #[prost(bytes = "vec", repeated, tag = "2")]
-        pub(super) blocks: Vec<Vec<u8>>,
+        #[prost(bytes = "bytes", repeated, tag = "2")]
+        pub(super) blocks: Vec<Bytes>,
         #[prost(message, repeated, tag = "3")]
         pub(super) payload: Vec<PayloadBlock>,
         #[prost(message, repeated, tag = "4")]
@@ -386,8 +391,8 @@ mod pb {
     pub(super) struct PayloadBlock {
         #[prost(bytes = "vec", tag = "1")]
         pub(super) prefix: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub(super) data: Vec<u8>,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub(super) data: Bytes,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -455,14 +460,14 @@ mod tests {
     fn v1_2_round_trips_everything() {
         let msg = sample();
         assert_eq!(
-            Message::decode(&msg.encode(ProtocolVersion::V1_2_0)).unwrap(),
+            Message::decode(msg.encode(ProtocolVersion::V1_2_0)).unwrap(),
             msg
         );
     }
 
     #[test]
     fn v1_1_drops_what_it_cannot_say() {
-        let decoded = Message::decode(&sample().encode(ProtocolVersion::V1_1_0)).unwrap();
+        let decoded = Message::decode(sample().encode(ProtocolVersion::V1_1_0)).unwrap();
         assert_eq!(decoded.wantlist.len(), 1, "want-have is 1.2.0 only");
         assert!(decoded.presences.is_empty());
         assert_eq!(decoded.blocks, sample().blocks);
@@ -470,7 +475,7 @@ mod tests {
 
     #[test]
     fn v1_0_sends_bare_cidv0_blocks() {
-        let decoded = Message::decode(&sample().encode(ProtocolVersion::V1_0_0)).unwrap();
+        let decoded = Message::decode(sample().encode(ProtocolVersion::V1_0_0)).unwrap();
         assert_eq!(decoded.blocks, vec![v0(b"legacy")]);
     }
 
@@ -489,7 +494,7 @@ mod tests {
         // Flip a data byte: the block decodes under a different CID, never the old one.
         let at = bytes.len() - 1;
         bytes[at] ^= 1;
-        let decoded = Message::decode(&bytes).unwrap();
+        let decoded = Message::decode(bytes.clone()).unwrap();
         assert_ne!(decoded.blocks[0].cid(), raw(b"genuine").cid());
         assert!(crate::block::verify(decoded.blocks[0].cid(), decoded.blocks[0].data()).is_ok());
     }
@@ -498,11 +503,14 @@ mod tests {
     fn garbage_truncated_and_oversized_input_are_errors() {
         let bytes = sample().encode(ProtocolVersion::V1_2_0);
         for cut in [1, 5, bytes.len() / 2, bytes.len() - 1] {
-            assert!(Message::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Message::decode(bytes[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
         }
-        assert!(Message::decode(&[0xff; 64]).is_err());
+        assert!(Message::decode(vec![0xff; 64]).is_err());
         let huge = vec![0u8; MESSAGE_SIZE_LIMIT + 1];
-        assert!(matches!(Message::decode(&huge), Err(Error::TooLarge(_))));
+        assert!(matches!(Message::decode(huge), Err(Error::TooLarge(_))));
     }
 
     #[test]
@@ -515,7 +523,7 @@ mod tests {
             &[0x02, 0x55, 0x12, 0x20][..],
         ] {
             assert!(
-                block_from_prefix(prefix, b"x".to_vec()).is_err(),
+                block_from_prefix(prefix, Bytes::from_static(b"x")).is_err(),
                 "{prefix:?}"
             );
         }
@@ -534,7 +542,7 @@ mod tests {
             wantlist: vec![entry; WANTLIST_ENTRIES_LIMIT + 1],
             ..Message::default()
         };
-        let err = Message::decode(&msg.encode(ProtocolVersion::V1_2_0)).unwrap_err();
+        let err = Message::decode(msg.encode(ProtocolVersion::V1_2_0)).unwrap_err();
         assert!(matches!(err, Error::TooMany { .. }), "{err}");
     }
 }

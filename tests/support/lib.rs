@@ -51,6 +51,20 @@ pub fn binary() -> PathBuf {
     candidate
 }
 
+/// Checks `condition` every 200 ms until it holds or `timeout` passes; says which.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits for a child with a timeout, killing it if it runs over.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output> {
     let deadline = Instant::now() + timeout;
@@ -393,18 +407,32 @@ impl Daemon {
 
     /// Like [`Daemon::start`], on a repo prepared beforehand.
     pub fn start_on(repo: TestRepo, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--no-mdns"];
+        args.extend_from_slice(extra);
+        Daemon::spawn(repo, &args)
+    }
+
+    /// A daemon that finds peers on the local network with mDNS. It listens on every
+    /// interface: mDNS answers carry the address a query came from, not loopback.
+    pub fn start_with_mdns() -> Daemon {
+        Daemon::spawn(TestRepo::new(), &["--listen", "/ip4/0.0.0.0/tcp/0"])
+    }
+
+    fn spawn(repo: TestRepo, extra: &[&str]) -> Daemon {
+        let listen = match extra.contains(&"--listen") {
+            true => None,
+            false => Some(["--listen", "/ip4/127.0.0.1/tcp/0"]),
+        };
         let mut args = vec![
             "daemon",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
             "--api",
             "127.0.0.1:0",
             "--gateway",
             "127.0.0.1:0",
-            "--no-mdns",
             "--dht-protocol",
             "/ipfs/lan/kad/1.0.0",
         ];
+        args.extend(listen.into_iter().flatten());
         args.extend_from_slice(extra);
         let mut child = repo
             .command(&args)

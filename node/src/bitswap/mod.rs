@@ -45,9 +45,9 @@ pub use wire::WireError;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE_CAPACITY: usize = 256;
-/// Messages carrying blocks (each under 4 MiB) queued or being written for one peer;
-/// serving a large wantlist waits for a slot, which bounds its memory.
-const BLOCK_MESSAGES_IN_FLIGHT: usize = 4;
+/// KiB of blocks queued or being written for one peer; serving a large wantlist waits
+/// for room, which bounds its memory while keeping the connection busy.
+const BLOCK_KIB_IN_FLIGHT: usize = 16 * 1024;
 /// Streams peers may have open to us at once, over all peers.
 const INBOUND_STREAMS_LIMIT: usize = 4096;
 /// Wants we remember per peer for blocks we do not have yet.
@@ -56,6 +56,9 @@ const LEDGER_LIMIT: usize = 8192;
 const RECENT_PROVIDERS: usize = 8;
 /// Strikes (garbage, unwanted blocks) before a peer is disconnected.
 const STRIKES_LIMIT: u32 = 16;
+/// Received block messages waiting for the store writer (each under 4 MiB); a full
+/// queue slows the readers, so a fast sender cannot grow memory.
+const RECEIVED_QUEUE_CAPACITY: usize = 8;
 /// How often wants are checked for timeouts and provider searches.
 const TICK: Duration = Duration::from_millis(250);
 /// Providers asked for per DHT lookup.
@@ -133,23 +136,27 @@ struct Inner {
     config: Config,
     state: Mutex<State>,
     inbound: Arc<Semaphore>,
+    received: mpsc::Sender<(PeerId, Vec<Block>)>,
 }
 
-/// A queued message; a block message holds one of its peer's block slots until written.
+/// A queued message; a block message holds room in its peer's budget until written.
 struct Outgoing {
     message: Message,
-    _slot: Option<OwnedSemaphorePermit>,
+    _room: Option<OwnedSemaphorePermit>,
 }
 
-/// A peer's sender task queue and its block slots.
+/// A peer's sender task queue and its room for block messages.
 #[derive(Clone)]
 struct PeerQueue {
     tx: mpsc::Sender<Outgoing>,
-    block_slots: Arc<Semaphore>,
+    /// One permit per KiB of [`BLOCK_KIB_IN_FLIGHT`].
+    block_room: Arc<Semaphore>,
 }
 
 #[derive(Default)]
 struct State {
+    /// Peers with an open connection, as the swarm reported them.
+    connected: HashSet<PeerId>,
     wants: HashMap<Cid, Want>,
     senders: HashMap<PeerId, PeerQueue>,
     ledgers: HashMap<PeerId, HashSet<Cid>>,
@@ -217,6 +224,7 @@ impl Bitswap {
     /// another engine already took the streams.
     pub fn start(store: Arc<Store>, p2p: P2p, config: Config) -> Result<Bitswap> {
         let channels = p2p.take_bitswap_channels().ok_or(Error::Closed)?;
+        let (received, received_rx) = mpsc::channel(RECEIVED_QUEUE_CAPACITY);
         let inner = Arc::new(Inner {
             store,
             p2p: p2p.clone(),
@@ -224,7 +232,9 @@ impl Bitswap {
             config,
             state: Mutex::new(State::default()),
             inbound: Arc::new(Semaphore::new(INBOUND_STREAMS_LIMIT)),
+            received,
         });
+        tokio::spawn(store_received(Arc::downgrade(&inner), received_rx));
         tokio::spawn(accept_loop(Arc::downgrade(&inner), channels.inbound));
         tokio::spawn(follow_peers(Arc::downgrade(&inner), p2p.subscribe_events()));
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
@@ -310,10 +320,11 @@ impl Bitswap {
 impl Inner {
     /// Sends the first requests for a new want.
     async fn request(self: &Arc<Self>, cid: Cid) {
-        let peers = self.p2p.connected_peer_ids().await.unwrap_or_default();
         let mut sends = Vec::new();
+        let peers: Vec<PeerId>;
         {
             let mut state = lock(&self.state);
+            peers = state.connected.iter().copied().collect();
             let direct = if state.recent.is_empty() {
                 None
             } else {
@@ -384,7 +395,7 @@ impl Inner {
                 tokio::spawn(peer_sender(Arc::downgrade(self), peer, rx));
                 PeerQueue {
                     tx,
-                    block_slots: Arc::new(Semaphore::new(BLOCK_MESSAGES_IN_FLIGHT)),
+                    block_room: Arc::new(Semaphore::new(BLOCK_KIB_IN_FLIGHT)),
                 }
             })
             .clone()
@@ -397,7 +408,7 @@ impl Inner {
         }
         let outgoing = Outgoing {
             message,
-            _slot: None,
+            _room: None,
         };
         if self.sender_for(peer).tx.try_send(outgoing).is_err() {
             tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
@@ -461,19 +472,21 @@ impl Inner {
         }
         let store = self.store.clone();
         let queue = self.sender_for(peer);
-        // Blocks are read and sent one message at a time, each holding one of the
-        // peer's block slots until written: a large wantlist waits instead of piling
-        // blocks up in memory.
+        // Blocks are read and sent one message at a time, each holding room in the
+        // peer's in-flight budget until written: a large wantlist waits instead of
+        // piling blocks up in memory.
         let send_blocks = move |message: Message| -> bool {
-            let Ok(slot) = futures::executor::block_on(queue.block_slots.clone().acquire_owned())
-            else {
+            let bytes: usize = message.blocks.iter().map(Block::len).sum();
+            let kib = bytes.div_ceil(1024).clamp(1, BLOCK_KIB_IN_FLIGHT) as u32;
+            let room = queue.block_room.clone().acquire_many_owned(kib);
+            let Ok(room) = futures::executor::block_on(room) else {
                 return false;
             };
             queue
                 .tx
                 .blocking_send(Outgoing {
                     message,
-                    _slot: Some(slot),
+                    _room: Some(room),
                 })
                 .is_ok()
         };
@@ -562,7 +575,8 @@ impl Inner {
         state.stats.bytes_sent += bytes;
     }
 
-    /// Client side: store wanted blocks, wake their waiters, cancel elsewhere.
+    /// Client side: queue wanted blocks for the store writer ([`store_received`]), so
+    /// the stream reader goes on to the next message while the last one is written.
     async fn receive_blocks(self: &Arc<Self>, peer: PeerId, blocks: Vec<Block>) {
         let (wanted, unwanted): (Vec<Block>, Vec<Block>) = {
             let state = lock(&self.state);
@@ -574,16 +588,14 @@ impl Inner {
             lock(&self.state).stats.duplicate_blocks += unwanted.len() as u64;
             self.strike(peer, "sent blocks nobody asked for");
         }
-        if wanted.is_empty() {
-            return;
+        if !wanted.is_empty() {
+            let _ = self.received.send((peer, wanted)).await;
         }
-        let store = self.store.clone();
-        let to_store = wanted.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put_many(&to_store)).await;
-        if !matches!(stored, Ok(Ok(_))) {
-            tracing::warn!(%peer, "bitswap: could not store received blocks");
-            return;
-        }
+    }
+
+    /// Client side, once blocks are stored: wake their waiters, cancel elsewhere, and
+    /// serve peers that asked us for them.
+    fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
         let mut cancels: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
         let mut serve_later: Vec<(PeerId, Block)> = Vec::new();
         {
@@ -769,6 +781,7 @@ impl Inner {
     fn on_connected(self: &Arc<Self>, peer: PeerId) {
         let wantlist: Vec<WantEntry> = {
             let mut state = lock(&self.state);
+            state.connected.insert(peer);
             state
                 .wants
                 .iter_mut()
@@ -792,6 +805,7 @@ impl Inner {
 
     fn on_disconnected(&self, peer: PeerId) {
         let mut state = lock(&self.state);
+        state.connected.remove(&peer);
         state.senders.remove(&peer);
         state.ledgers.remove(&peer);
         state.recent.retain(|p| *p != peer);
@@ -843,7 +857,7 @@ async fn peer_sender(
     mut queue: mpsc::Receiver<Outgoing>,
 ) {
     let mut stream: Option<(libp2p::Stream, ProtocolVersion)> = None;
-    // The block slot (if any) is released when `outgoing` drops, after the write.
+    // The room (if any) is given back when `outgoing` drops, after the write.
     while let Some(outgoing) = queue.recv().await {
         let message = &outgoing.message;
         let Some(this) = inner.upgrade() else { return };
@@ -896,7 +910,13 @@ async fn follow_peers(
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some connects or disconnects: ask the swarm who is there.
+                let Some(this) = inner.upgrade() else { return };
+                let peers = this.p2p.connected_peer_ids().await.unwrap_or_default();
+                lock(&this.state).connected = peers.into_iter().collect();
+                continue;
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let Some(this) = inner.upgrade() else { return };
@@ -904,6 +924,33 @@ async fn follow_peers(
             NodeEvent::PeerConnected(peer) => this.on_connected(peer),
             NodeEvent::PeerDisconnected(peer) => this.on_disconnected(peer),
             _ => {}
+        }
+    }
+}
+
+/// Writes received blocks in batches (everything queued when the last write ended, in
+/// one transaction) on a blocking thread, then hands them to [`Inner::on_stored`].
+async fn store_received(
+    inner: std::sync::Weak<Inner>,
+    mut received: mpsc::Receiver<(PeerId, Vec<Block>)>,
+) {
+    while let Some(first) = received.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECEIVED_QUEUE_CAPACITY
+            && let Ok(next) = received.try_recv()
+        {
+            batch.push(next);
+        }
+        let Some(this) = inner.upgrade() else { return };
+        let store = this.store.clone();
+        let blocks: Vec<Block> = batch.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
+        let stored = tokio::task::spawn_blocking(move || store.put_many_unsynced(&blocks)).await;
+        if !matches!(stored, Ok(Ok(_))) {
+            tracing::warn!("bitswap: could not store received blocks");
+            continue;
+        }
+        for (peer, blocks) in batch {
+            this.on_stored(peer, blocks);
         }
     }
 }

@@ -36,7 +36,7 @@ pub(crate) async fn read_message(
     tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut body))
         .await
         .map_err(|_| WireError::Timeout)??;
-    Ok(Message::decode(&body)?)
+    Ok(Message::decode(body)?)
 }
 
 /// Writes one message with its length prefix.

@@ -130,6 +130,86 @@ pub fn get(store: &Store, cid: &Cid, target: &Path, progress: &mut dyn FnMut(u64
     })
 }
 
+/// Streams the file or directory tree `cid` as a tar archive (Kubo's `get` answer), its
+/// entries named under `root_name`. A file's header carries its size from the root
+/// block, so no file is ever buffered.
+pub fn tar(store: &Store, cid: &Cid, root_name: &str, out: &mut dyn Write) -> Result<()> {
+    let mut builder = tar::Builder::new(out);
+    let name_of = |path: &Path| -> Result<PathBuf> {
+        let relative = safe_join(Path::new(""), path, cid)?;
+        // join("") would add a trailing slash, which tar readers take for a directory.
+        Ok(match relative.as_os_str().is_empty() {
+            true => PathBuf::from(root_name),
+            false => Path::new(root_name).join(relative),
+        })
+    };
+    let io_error = || Error::io("writing tar for", cid);
+    let mut remaining = 0u64;
+    walk(store, cid, |step| {
+        match step {
+            ContinuedWalk::RootDirectory(_, path, _) | ContinuedWalk::Directory(_, path, _) => {
+                let mut header = tar_header(tar::EntryType::Directory, 0o755, 0);
+                builder
+                    .append_data(&mut header, name_of(path)?, std::io::empty())
+                    .map_err(io_error())?;
+            }
+            ContinuedWalk::File(segment, _, path, _, size) => {
+                if segment.is_first() {
+                    let mut header = tar_header(tar::EntryType::Regular, 0o644, size);
+                    // The header alone: the bytes follow segment by segment.
+                    builder
+                        .append_data(&mut header, name_of(path)?, std::io::empty())
+                        .map_err(io_error())?;
+                    remaining = size;
+                }
+                let bytes = segment.as_bytes();
+                remaining =
+                    remaining
+                        .checked_sub(bytes.len() as u64)
+                        .ok_or_else(|| Error::NotUnixFs {
+                            cid: *cid,
+                            reason: format!("{} holds more bytes than its size", path.display()),
+                        })?;
+                let out = builder.get_mut();
+                out.write_all(bytes).map_err(io_error())?;
+                if segment.is_last() {
+                    if remaining != 0 {
+                        return Err(Error::NotUnixFs {
+                            cid: *cid,
+                            reason: format!("{} holds fewer bytes than its size", path.display()),
+                        });
+                    }
+                    let padding = (512 - size % 512) % 512;
+                    out.write_all(&[0; 512][..padding as usize])
+                        .map_err(io_error())?;
+                }
+            }
+            ContinuedWalk::Symlink(link_target, _, path, _) => {
+                let mut header = tar_header(tar::EntryType::Symlink, 0o777, 0);
+                let link_target = String::from_utf8_lossy(link_target).into_owned();
+                builder
+                    .append_link(&mut header, name_of(path)?, link_target)
+                    .map_err(io_error())?;
+            }
+            ContinuedWalk::Bucket(..) => {}
+        }
+        Ok(())
+    })?;
+    builder
+        .into_inner()
+        .map_err(io_error())?
+        .flush()
+        .map_err(io_error())
+}
+
+fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header
+}
+
 /// Joins a path from a DAG under `target`, refusing anything that could escape it.
 fn safe_join(target: &Path, relative: &Path, cid: &Cid) -> Result<PathBuf> {
     let mut out = target.to_path_buf();

@@ -110,6 +110,15 @@ pub fn add_reader(
     })
 }
 
+/// One entry of a directory tree being imported; paths are relative to the tree's
+/// root, `/`-separated, and a directory may come before or after its children.
+#[derive(Debug)]
+pub enum TreeEntry<R> {
+    Directory(String),
+    File(String, R),
+    Symlink { path: String, target: String },
+}
+
 /// Imports a file, or a directory tree when `path` is a directory, reporting every
 /// entry (children before parents) to `on_added`; returns the root entry.
 pub fn add_path(
@@ -123,11 +132,25 @@ pub fn add_path(
     let name = display_name(path);
     let meta = std::fs::symlink_metadata(path).map_err(Error::io("reading", path.display()))?;
     if meta.is_dir() {
-        return with_writer(
-            store,
-            |sink| import_dir(sink, path, &name, options, on_added, progress),
-            |store, root| pin_root(store, options, &root.cid),
-        );
+        let entries = walk_dir(path, options.hidden)?;
+        let opened = entries.into_iter().map(|(rel, kind)| {
+            let full = path.join(&rel);
+            Ok(match kind {
+                FsKind::Directory => TreeEntry::Directory(rel),
+                FsKind::File => TreeEntry::File(
+                    rel,
+                    std::fs::File::open(&full).map_err(Error::io("opening", full.display()))?,
+                ),
+                FsKind::Symlink => TreeEntry::Symlink {
+                    path: rel,
+                    target: std::fs::read_link(&full)
+                        .map_err(Error::io("reading link", full.display()))?
+                        .to_string_lossy()
+                        .into_owned(),
+                },
+            })
+        });
+        return add_tree(store, &name, opened, options, on_added, progress);
     }
     let file = std::fs::File::open(path).map_err(Error::io("opening", path.display()))?;
     let (cid, size) = with_writer(
@@ -138,6 +161,74 @@ pub fn add_path(
     let entry = AddedEntry { name, cid, size };
     on_added(&entry);
     Ok(entry)
+}
+
+/// Imports a directory tree named `name` from its entries (files are read as they
+/// come, never buffered), reporting every entry, children before parents, to
+/// `on_added`; returns the root entry.
+pub fn add_tree<R: Read>(
+    store: &Store,
+    name: &str,
+    entries: impl IntoIterator<Item = Result<TreeEntry<R>>>,
+    options: &ImportOptions,
+    on_added: &mut dyn FnMut(&AddedEntry),
+    progress: &mut dyn FnMut(u64),
+) -> Result<AddedEntry> {
+    options.validate()?;
+    with_writer(
+        store,
+        |sink| import_tree(sink, name, entries, options, on_added, progress),
+        |store, root| pin_root(store, options, &root.cid),
+    )
+}
+
+/// What [`walk_dir`] found at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Directory,
+    File,
+    Symlink,
+}
+
+/// Every entry under `dir` (relative paths, sorted depth-first), skipping hidden
+/// names unless asked; fails on anything but files, directories and symlinks.
+pub fn walk_dir(dir: &Path, hidden: bool) -> Result<Vec<(String, FsKind)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, rel)) = stack.pop() {
+        let mut children = std::fs::read_dir(&path)
+            .map_err(Error::io("reading directory", path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(Error::io("reading directory", path.display()))?;
+        children.sort();
+        for child in children {
+            let child_name = display_name(&child);
+            if child_name.starts_with('.') && !hidden {
+                continue;
+            }
+            let child_rel = match rel.is_empty() {
+                true => child_name,
+                false => format!("{rel}/{child_name}"),
+            };
+            let meta =
+                std::fs::symlink_metadata(&child).map_err(Error::io("reading", child.display()))?;
+            let kind = if meta.is_dir() {
+                stack.push((child, child_rel.clone()));
+                FsKind::Directory
+            } else if meta.is_file() {
+                FsKind::File
+            } else if meta.file_type().is_symlink() {
+                FsKind::Symlink
+            } else {
+                return Err(Error::UnsupportedFileType {
+                    path: child.display().to_string(),
+                });
+            };
+            out.push((child_rel, kind));
+        }
+    }
+    Ok(out)
 }
 
 fn pin_root(store: &Store, options: &ImportOptions, root: &Cid) -> Result<()> {
@@ -196,11 +287,24 @@ fn import_file(
     Ok((root, dag_size))
 }
 
-/// Imports a directory tree, reporting file bytes read so far to `progress`.
-fn import_dir(
+/// Checks a relative path from an upload or a walk: no empty, `.` or `..` parts.
+fn check_relative(path: &str) -> Result<()> {
+    let bad = path.is_empty()
+        || path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    match bad {
+        true => Err(Error::Directory(format!("invalid path {path:?} in a tree"))),
+        false => Ok(()),
+    }
+}
+
+/// Imports a directory tree from its entries, reporting file bytes read so far to
+/// `progress`.
+fn import_tree<R: Read>(
     sink: &mut BlockSink,
-    dir: &Path,
     name: &str,
+    entries: impl IntoIterator<Item = Result<TreeEntry<R>>>,
     options: &ImportOptions,
     on_added: &mut dyn FnMut(&AddedEntry),
     progress: &mut dyn FnMut(u64),
@@ -210,64 +314,56 @@ fn import_dir(
     tree_options.wrap_with_directory();
     tree_options.cid_version(options.cid_version);
     let mut tree = BufferingTreeBuilder::new(tree_options);
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    let mut empty_dirs = Vec::new();
-    while let Some((path, rel)) = stack.pop() {
-        let mut children = std::fs::read_dir(&path)
-            .map_err(Error::io("reading directory", path.display()))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(Error::io("reading directory", path.display()))?;
-        children.sort();
-        let mut has_children = false;
-        for child in children {
-            let child_name = display_name(&child);
-            if child_name.starts_with('.') && !options.hidden {
+    // Directories seen, and those with something in them; the rest are empty.
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut parents = std::collections::HashSet::new();
+    for entry in entries {
+        let (rel, cid, size) = match entry? {
+            TreeEntry::Directory(rel) => {
+                check_relative(&rel)?;
+                dirs.insert(rel);
                 continue;
             }
-            has_children = true;
-            let child_rel = if rel.is_empty() {
-                child_name
-            } else {
-                format!("{rel}/{child_name}")
-            };
-            let shown = format!("{name}/{child_rel}");
-            let meta =
-                std::fs::symlink_metadata(&child).map_err(Error::io("reading", child.display()))?;
-            let (cid, size) = if meta.is_dir() {
-                stack.push((child, child_rel));
-                continue;
-            } else if meta.is_file() {
-                let file =
-                    std::fs::File::open(&child).map_err(Error::io("opening", child.display()))?;
+            TreeEntry::File(rel, reader) => {
+                check_relative(&rel)?;
+                let shown = format!("{name}/{rel}");
                 let base = done;
-                let out = import_file(sink, file, &shown, options, &mut |n| progress(base + n))?;
-                done += meta.len();
-                out
-            } else if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&child)
-                    .map_err(Error::io("reading link", child.display()))?;
-                symlink_block(sink, &target.to_string_lossy(), options)?
-            } else {
-                return Err(Error::UnsupportedFileType {
-                    path: child.display().to_string(),
-                });
-            };
-            tree.put_link(&child_rel, cid, size)
-                .map_err(|e| Error::Directory(e.to_string()))?;
-            on_added(&AddedEntry {
-                name: shown,
-                cid,
-                size,
-            });
+                let (cid, size) = import_file(sink, reader, &shown, options, &mut |n| {
+                    done = base + n;
+                    progress(done)
+                })?;
+                (rel, cid, size)
+            }
+            TreeEntry::Symlink { path, target } => {
+                check_relative(&path)?;
+                let (cid, size) = symlink_block(sink, &target, options)?;
+                (path, cid, size)
+            }
+        };
+        let mut parent = rel.as_str();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            parents.insert(up.to_string());
+            parent = up;
         }
-        if !has_children && !rel.is_empty() {
-            empty_dirs.push(rel);
+        tree.put_link(&rel, cid, size)
+            .map_err(|e| Error::Directory(e.to_string()))?;
+        on_added(&AddedEntry {
+            name: format!("{name}/{rel}"),
+            cid,
+            size,
+        });
+    }
+    // A directory is a parent if anything (a file or a non-empty subdirectory) is in it.
+    for dir in &dirs {
+        let mut parent = dir.as_str();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            parents.insert(up.to_string());
+            parent = up;
         }
     }
     let (empty_cid, empty_size) = empty_directory(sink, options)?;
-    for rel in empty_dirs {
-        tree.put_link(&rel, empty_cid, empty_size)
+    for rel in dirs.iter().filter(|d| !parents.contains(*d)) {
+        tree.put_link(rel, empty_cid, empty_size)
             .map_err(|e| Error::Directory(e.to_string()))?;
         on_added(&AddedEntry {
             name: format!("{name}/{rel}"),

@@ -8,8 +8,10 @@
 pub mod export;
 pub mod import;
 
-pub use export::{LsEntry, cat, get, ls};
-pub use import::{AddedEntry, ImportOptions, add_path, add_reader};
+pub use export::{LsEntry, cat, get, ls, tar};
+pub use import::{
+    AddedEntry, FsKind, ImportOptions, TreeEntry, add_path, add_reader, add_tree, walk_dir,
+};
 
 use cid::Cid;
 

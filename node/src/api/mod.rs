@@ -12,13 +12,15 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cid::{Cid, Version};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+
+mod add;
 
 use crate::http_body::stream_from_blocking;
 use crate::node::Node;
@@ -93,11 +95,33 @@ fn flag(q: &[(String, String)], name: &str, default: bool) -> ApiResult<bool> {
 }
 
 fn cid_arg(q: &[(String, String)]) -> ApiResult<Cid> {
+    let (cid, path) = split_path_arg(q)?;
+    if !path.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "this command takes a CID, not the path {cid}/{path}"
+        )));
+    }
+    Ok(cid)
+}
+
+/// `arg` as `CID`, `CID/a/b` or `/ipfs/CID/a/b`: the root and the path under it.
+fn split_path_arg(q: &[(String, String)]) -> ApiResult<(Cid, String)> {
     let arg =
         param(q, "arg").ok_or_else(|| ApiError::bad_request("argument \"arg\" is required"))?;
-    let trimmed = arg.trim_start_matches("/ipfs/");
-    let trimmed = trimmed.split('/').next().unwrap_or(trimmed);
-    Cid::try_from(trimmed).map_err(|e| ApiError::bad_request(format!("invalid CID {arg:?}: {e}")))
+    let trimmed = arg.strip_prefix("/ipfs/").unwrap_or(arg);
+    let (root, path) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    let cid = Cid::try_from(root)
+        .map_err(|e| ApiError::bad_request(format!("invalid CID {arg:?}: {e}")))?;
+    Ok((cid, path.trim_matches('/').to_string()))
+}
+
+/// `arg` as an IPFS path, resolved to the CID it names (fetching on the way).
+async fn path_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
+    let (root, path) = split_path_arg(q)?;
+    api.node.resolve(root, &path).await.map_err(|e| match e {
+        crate::node::Error::NoLink { .. } => ApiError::bad_request(e.to_string()),
+        _ => ApiError::internal(e),
+    })
 }
 
 /// Serves the API on `addr` until `/api/v0/shutdown` or `stop` fires.
@@ -113,8 +137,11 @@ pub async fn serve(
         .route("/api/v0/id", post(id))
         .route("/api/v0/swarm/peers", post(swarm_peers))
         .route("/api/v0/swarm/connect", post(swarm_connect))
-        .route("/api/v0/add", post(add))
+        .route("/api/v0/swarm/addrs", post(swarm_addrs))
+        .route("/api/v0/swarm/addrs/local", post(swarm_addrs_local))
+        .route("/api/v0/add", post(add::add))
         .route("/api/v0/cat", post(cat))
+        .route("/api/v0/get", post(get_tar))
         .route("/api/v0/block/get", post(block_get))
         .route("/api/v0/block/stat", post(block_stat))
         .route("/api/v0/pin/add", post(pin_add))
@@ -122,11 +149,13 @@ pub async fn serve(
         .route("/api/v0/pin/ls", post(pin_ls))
         .route("/api/v0/routing/findprovs", post(findprovs))
         .route("/api/v0/routing/provide", post(provide))
+        .route("/api/v0/routing/findpeer", post(findpeer))
         .route("/api/v0/ls", post(ls))
         .route("/api/v0/block/put", post(block_put))
         .route("/api/v0/block/rm", post(block_rm))
         .route("/api/v0/repo/stat", post(repo_stat))
         .route("/api/v0/repo/gc", post(repo_gc))
+        .route("/api/v0/repo/verify", post(repo_verify))
         .route("/api/v0/dag/export", post(dag_export))
         .route("/api/v0/dag/import", post(dag_import))
         .route("/api/v0/pubsub/pub", post(pubsub_pub))
@@ -299,44 +328,8 @@ fn ndjson(lines: impl IntoIterator<Item = Value>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn add(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> ApiResult {
-    let options = import_options(&api, &q)?;
-    let mut lines = Vec::new();
-    while let Some(mut field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
-        let name = field.file_name().map(str::to_string).unwrap_or_default();
-        if field.content_type() == Some("application/x-directory") {
-            return Err(ApiError::bad_request(
-                "directory uploads are not supported yet; add files one by one",
-            ));
-        }
-        let store = api.node.store();
-        let import_options = options.clone();
-        let import_name = name.clone();
-        let added = consume_field(&mut field, move |reader| {
-            unixfs::add_reader(&store, reader, &import_name, &import_options, &mut |_| {})
-        })
-        .await?;
-        if options.pin {
-            api.node.provide(added.cid).await;
-        }
-        let shown = if name.is_empty() {
-            added.cid.to_string()
-        } else {
-            name
-        };
-        lines.push(
-            json!({ "Name": shown, "Hash": added.cid.to_string(), "Size": added.size.to_string() }),
-        );
-    }
-    Ok(ndjson(lines))
-}
-
 async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
-    let cid = cid_arg(&q)?;
+    let cid = path_arg(&api, &q).await?;
     api.node.fetch(cid).await.map_err(ApiError::internal)?;
     let store = api.node.store();
     // Fail before the 200 if it is not a file.
@@ -356,6 +349,35 @@ async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
             .map_err(|e| e.to_string())
     });
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Kubo's `get`: the file or tree as a tar stream, entries named after the last
+/// component of the argument.
+async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    if flag(&q, "compress", false)? {
+        return Err(ApiError::bad_request(
+            "compressed output is not supported; fetch without compress",
+        ));
+    }
+    let cid = path_arg(&api, &q).await?;
+    let root_name = param(&q, "arg")
+        .and_then(|arg| arg.trim_end_matches('/').rsplit('/').next())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| cid.to_string());
+    api.node.fetch(cid).await.map_err(ApiError::internal)?;
+    let store = api.node.store();
+    let body = stream_from_blocking(move |out| {
+        unixfs::tar(&store, &cid, &root_name, out).map_err(|e| e.to_string())
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar"),
+            (HeaderName::from_static("x-stream-output"), "1"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn block_get(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -385,7 +407,7 @@ async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<
 }
 
 async fn pin_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
-    let cid = cid_arg(&q)?;
+    let cid = path_arg(&api, &q).await?;
     let recursive = flag(&q, "recursive", true)?;
     api.node
         .pin(cid, recursive)
@@ -443,6 +465,39 @@ async fn findprovs(State(api): State<Api>, Query(q): Params) -> ApiResult {
     })))
 }
 
+async fn findpeer(State(api): State<Api>, Query(q): Params) -> ApiResult {
+    let peer: libp2p::PeerId = param(&q, "arg")
+        .ok_or_else(|| ApiError::bad_request("argument \"arg\" is required"))?
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid peer ID: {e}")))?;
+    let addrs = api.node.find_peer(peer).await.map_err(ApiError::internal)?;
+    // Kubo's routing event type 2 is "FinalPeer".
+    Ok(ndjson([json!({
+        "Extra": "", "ID": "", "Type": 2,
+        "Responses": [{ "ID": peer.to_string(), "Addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() }],
+    })]))
+}
+
+async fn swarm_addrs(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
+    let mut addrs = serde_json::Map::new();
+    for info in peers {
+        let list = addrs
+            .entry(info.peer.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = list {
+            list.push(Value::String(info.addr.to_string()));
+        }
+    }
+    Ok(Json(json!({ "Addrs": addrs })))
+}
+
+async fn swarm_addrs_local(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let addrs = api.node.addresses().await.map_err(ApiError::internal)?;
+    let strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    Ok(Json(json!({ "Strings": strings })))
+}
+
 async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
     let cid = cid_arg(&q)?;
     let store = api.node.store();
@@ -473,30 +528,39 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 
 /// Reads the first multipart field whole, refusing more than `limit` bytes.
 async fn first_field(form: &mut Multipart, limit: usize) -> ApiResult<Vec<u8>> {
-    let mut data = Vec::new();
-    if let Some(mut field) = form
+    match form
         .next_field()
         .await
         .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
     {
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-        {
-            data.extend_from_slice(&chunk);
-            if data.len() > limit {
-                return Err(ApiError::bad_request(format!(
-                    "upload is over the {limit}-byte limit"
-                )));
-            }
+        Some(mut field) => field_bytes(&mut field, limit).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Reads a multipart field whole, refusing more than `limit` bytes.
+async fn field_bytes(
+    field: &mut axum::extract::multipart::Field<'_>,
+    limit: usize,
+) -> ApiResult<Vec<u8>> {
+    let mut data = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        data.extend_from_slice(&chunk);
+        if data.len() > limit {
+            return Err(ApiError::bad_request(format!(
+                "upload is over the {limit}-byte limit"
+            )));
         }
     }
     Ok(data)
 }
 
 async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
-    let cid = cid_arg(&q)?;
+    let cid = path_arg(&api, &q).await?;
     api.node
         .bitswap()
         .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
@@ -577,6 +641,12 @@ async fn repo_stat(State(api): State<Api>) -> ApiResult<Json<Value>> {
     })))
 }
 
+async fn repo_verify(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let store = api.node.store();
+    let report = blocking(move || store.verify(|_| {})).await?;
+    Ok(Json(report.to_json()))
+}
+
 async fn repo_gc(State(api): State<Api>) -> ApiResult {
     let store = api.node.store();
     let report = blocking(move || store.gc()).await?;
@@ -589,7 +659,7 @@ async fn repo_gc(State(api): State<Api>) -> ApiResult {
 }
 
 async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
-    let cid = cid_arg(&q)?;
+    let cid = path_arg(&api, &q).await?;
     api.node.fetch(cid).await.map_err(ApiError::internal)?;
     let store = api.node.store();
     let body = stream_from_blocking(move |out| {

@@ -1,0 +1,127 @@
+//! A multipart/form-data request body the way Kubo's clients build uploads: one part
+//! per file, directory (`application/x-directory`) or symlink (`application/symlink`),
+//! each named by its URL-escaped path. Files are opened only when their part is read,
+//! so a tree of any size streams with one file open at a time.
+
+use std::collections::VecDeque;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ipfs_accelerate_node::unixfs::{self, FsKind};
+
+const BOUNDARY: &str = "ipfs-accelerate-boundary-7c1f2a";
+
+/// Where a part's content comes from.
+enum Content {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+    Reader(Box<dyn Read>),
+}
+
+/// A streaming multipart body; add parts, then read it.
+pub(crate) struct MultipartBody {
+    parts: VecDeque<(String, Content)>,
+    current: Box<dyn Read>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for MultipartBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MultipartBody({} parts left)", self.parts.len())
+    }
+}
+
+impl MultipartBody {
+    pub(crate) fn new() -> MultipartBody {
+        MultipartBody {
+            parts: VecDeque::new(),
+            current: Box::new(std::io::empty()),
+            finished: false,
+        }
+    }
+
+    pub(crate) fn content_type() -> String {
+        format!("multipart/form-data; boundary={BOUNDARY}")
+    }
+
+    /// One part with the bytes of `reader` (a file, stdin).
+    pub(crate) fn reader(mut self, name: &str, reader: Box<dyn Read>) -> Self {
+        self.push(name, "application/octet-stream", Content::Reader(reader));
+        self
+    }
+
+    /// `path` as `name`: a file, or a directory and everything under it (hidden names
+    /// only with `hidden`).
+    pub(crate) fn path(mut self, name: &str, path: &Path, hidden: bool) -> Result<Self> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot add {}", path.display()))?;
+        if !meta.is_dir() {
+            self.push(name, "application/octet-stream", Content::File(path.into()));
+            return Ok(self);
+        }
+        self.push(name, "application/x-directory", Content::Bytes(Vec::new()));
+        for (rel, kind) in unixfs::walk_dir(path, hidden)? {
+            let part = format!("{name}/{rel}");
+            let full = path.join(&rel);
+            match kind {
+                FsKind::Directory => {
+                    self.push(&part, "application/x-directory", Content::Bytes(Vec::new()))
+                }
+                FsKind::File => self.push(&part, "application/octet-stream", Content::File(full)),
+                FsKind::Symlink => {
+                    let target = std::fs::read_link(&full)
+                        .with_context(|| format!("reading link {}", full.display()))?;
+                    let target = target.to_string_lossy().into_owned().into_bytes();
+                    self.push(&part, "application/symlink", Content::Bytes(target));
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    fn push(&mut self, name: &str, content_type: &str, content: Content) {
+        let escaped: String =
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{escaped}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        );
+        self.parts.push_back((head, content));
+    }
+
+    /// Moves to the next part (its head, content and line break), or the closing line.
+    fn advance(&mut self) -> std::io::Result<bool> {
+        let Some((head, content)) = self.parts.pop_front() else {
+            if self.finished {
+                return Ok(false);
+            }
+            self.finished = true;
+            self.current = Box::new(Cursor::new(format!("--{BOUNDARY}--\r\n")));
+            return Ok(true);
+        };
+        let body: Box<dyn Read> = match content {
+            Content::Bytes(bytes) => Box::new(Cursor::new(bytes)),
+            Content::Reader(reader) => reader,
+            Content::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot add {}: {e}", path.display()))
+            })?),
+        };
+        self.current = Box::new(Cursor::new(head).chain(body).chain(&b"\r\n"[..]));
+        Ok(true)
+    }
+}
+
+impl Read for MultipartBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
+    }
+}

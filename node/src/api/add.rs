@@ -1,0 +1,191 @@
+//! `/api/v0/add`: files and whole directory trees from a multipart upload, the way
+//! Kubo's clients send them. Each part is a file, a directory
+//! (`application/x-directory`) or a symlink (`application/symlink`), named by its
+//! URL-escaped path; a top-level directory and the parts under it make one tree. Bytes
+//! stream from the request into the importer; nothing is buffered whole.
+
+use axum::body::Bytes;
+use axum::extract::multipart::Field;
+use axum::extract::{Multipart, Query, State};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{
+    Api, ApiError, ApiResult, BODY_CHANNEL_CAPACITY, ChannelReader, Params, consume_field,
+    import_options, ndjson,
+};
+use crate::unixfs::{self, AddedEntry, ImportOptions, TreeEntry};
+
+/// Longest symlink target accepted.
+const SYMLINK_TARGET_LIMIT: usize = 4096;
+
+type Entries = mpsc::Sender<TreeEntry<ChannelReader>>;
+
+/// A tree being imported on a blocking thread, fed entry by entry.
+struct TreeUpload {
+    name: String,
+    entries: Entries,
+    task: JoinHandle<Result<Vec<AddedEntry>, unixfs::Error>>,
+}
+
+impl TreeUpload {
+    fn start(api: &Api, name: String, options: &ImportOptions) -> TreeUpload {
+        let (entries, mut rx) = mpsc::channel(1);
+        let store = api.node.store();
+        let (tree_name, options) = (name.clone(), options.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let mut added = Vec::new();
+            let incoming = std::iter::from_fn(|| rx.blocking_recv().map(Ok));
+            unixfs::add_tree(
+                &store,
+                &tree_name,
+                incoming,
+                &options,
+                &mut |entry| added.push(entry.clone()),
+                &mut |_| {},
+            )?;
+            Ok(added)
+        });
+        TreeUpload {
+            name,
+            entries,
+            task,
+        }
+    }
+
+    /// Waits for the import; an error there explains a failed send better than the
+    /// send does.
+    async fn finish(self) -> ApiResult<Vec<AddedEntry>> {
+        drop(self.entries);
+        self.task
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+pub(super) async fn add(
+    State(api): State<Api>,
+    Query(q): Params,
+    mut form: Multipart,
+) -> ApiResult {
+    let options = import_options(&api, &q)?;
+    let mut added: Vec<AddedEntry> = Vec::new();
+    let mut tree: Option<TreeUpload> = None;
+    while let Some(mut field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        let path = part_path(&field)?;
+        let kind = field.content_type().unwrap_or_default().to_string();
+        let (top, rel) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        if kind != "application/x-directory" && rel.is_empty() {
+            // A top-level file: imported on its own.
+            if let Some(done) = tree.take() {
+                added.extend(done.finish().await?);
+            }
+            added.push(add_file(&api, &mut field, path.clone(), &options).await?);
+            continue;
+        }
+        let upload = match tree.take() {
+            Some(current) if current.name == top => current,
+            previous => {
+                if let Some(done) = previous {
+                    added.extend(done.finish().await?);
+                }
+                TreeUpload::start(&api, top.to_string(), &options)
+            }
+        };
+        let sent = match kind.as_str() {
+            "application/x-directory" if rel.is_empty() => true,
+            "application/x-directory" => {
+                send(&upload.entries, TreeEntry::Directory(rel.into())).await
+            }
+            "application/symlink" => {
+                let target = super::field_bytes(&mut field, SYMLINK_TARGET_LIMIT).await?;
+                let target = String::from_utf8(target)
+                    .map_err(|_| ApiError::bad_request(format!("symlink {path} is not UTF-8")))?;
+                let entry = TreeEntry::Symlink {
+                    path: rel.into(),
+                    target,
+                };
+                send(&upload.entries, entry).await
+            }
+            _ => send_file(&upload.entries, rel, &mut field).await?,
+        };
+        if !sent {
+            // The importer stopped: its error says why.
+            return Err(match upload.finish().await {
+                Err(error) => error,
+                Ok(_) => ApiError::internal("the directory import stopped early"),
+            });
+        }
+        tree = Some(upload);
+    }
+    if let Some(done) = tree.take() {
+        added.extend(done.finish().await?);
+    }
+    if options.pin {
+        for root in added.iter().filter(|e| !e.name.contains('/')) {
+            api.node.provide(root.cid).await;
+        }
+    }
+    Ok(ndjson(added.into_iter().map(|entry| {
+        let shown = match entry.name.is_empty() {
+            true => entry.cid.to_string(),
+            false => entry.name,
+        };
+        json!({ "Name": shown, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() })
+    })))
+}
+
+/// The part's path: its filename, URL-unescaped as Kubo's clients escape it.
+fn part_path(field: &Field<'_>) -> ApiResult<String> {
+    let raw = field.file_name().unwrap_or_default();
+    let path = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request(format!("part name {raw:?} is not UTF-8")))?;
+    Ok(path.trim_matches('/').to_string())
+}
+
+async fn add_file(
+    api: &Api,
+    field: &mut Field<'_>,
+    name: String,
+    options: &ImportOptions,
+) -> ApiResult<AddedEntry> {
+    let store = api.node.store();
+    let options = options.clone();
+    consume_field(field, move |reader| {
+        unixfs::add_reader(&store, reader, &name, &options, &mut |_| {})
+    })
+    .await
+}
+
+async fn send(entries: &Entries, entry: TreeEntry<ChannelReader>) -> bool {
+    entries.send(entry).await.is_ok()
+}
+
+/// Hands the importer a reader for this part, then pumps the part's bytes into it.
+async fn send_file(entries: &Entries, rel: &str, field: &mut Field<'_>) -> ApiResult<bool> {
+    let (tx, rx) = mpsc::channel::<Bytes>(BODY_CHANNEL_CAPACITY);
+    let reader = ChannelReader {
+        rx,
+        current: Bytes::new(),
+    };
+    if !send(entries, TreeEntry::File(rel.into(), reader)).await {
+        return Ok(false);
+    }
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        if tx.send(chunk).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

