@@ -211,3 +211,55 @@ fn repo_commands_go_through_a_running_daemon() {
             .contains("already exists")
     );
 }
+
+#[test]
+fn provide_strategy_decides_which_blocks_are_announced() {
+    let file_blocks = |daemon: &Daemon| {
+        let file = daemon.repo.path("weights.bin");
+        deterministic_file(&file, 3 * 256 * 1024, 11).unwrap();
+        let root = daemon.repo.add(&file, &[]);
+        let listing = daemon.repo.ok(&["ls", &root]);
+        let first_chunk = listing.split_whitespace().next().unwrap().to_string();
+        (root, first_chunk)
+    };
+    let finds = |seeker: &Daemon, cid: &str, provider: &Daemon| {
+        seeker
+            .repo
+            .ok(&["routing", "findprovs", cid])
+            .contains(&provider.peer_id())
+    };
+
+    // The default, `all`: a chunk deep in the file leads to its holder.
+    let all = Daemon::start(&[]);
+    let seeker = Daemon::start(&["--bootstrap", &all.addr()]);
+    let (root, chunk) = file_blocks(&all);
+    assert!(finds(&seeker, &root, &all));
+    assert!(
+        poll_until(Duration::from_secs(20), || finds(&seeker, &chunk, &all)),
+        "no provider record for chunk {chunk} under the `all` strategy"
+    );
+
+    // `roots`: the root is announced, its chunks are not.
+    let repo = ipfs_accelerate_tests::TestRepo::new();
+    let config = repo.repo_path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("provide_strategy = \"all\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("provide_strategy = \"all\"", "provide_strategy = \"roots\""),
+    )
+    .unwrap();
+    let roots_only = Daemon::start_on(repo, &["--bootstrap", &seeker.addr()]);
+    let (root, chunk) = file_blocks(&roots_only);
+    assert!(poll_until(Duration::from_secs(20), || finds(
+        &seeker,
+        &root,
+        &roots_only
+    )));
+    // Absence can only be watched for: give the records as long as `all` needed above.
+    assert!(!poll_until(Duration::from_secs(3), || finds(
+        &seeker,
+        &chunk,
+        &roots_only
+    )));
+}

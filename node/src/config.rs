@@ -83,8 +83,24 @@ pub struct NetworkConfig {
     pub api: String,
     /// HTTP gateway address.
     pub gateway: String,
-    /// How often provider records of pinned roots are announced again, in seconds.
+    /// What goes on the DHT as provider records: `all` blocks (Kubo's default),
+    /// the blocks of `pinned` DAGs, or pin `roots` only.
+    pub provide_strategy: ProvideStrategy,
+    /// How often provider records are announced again, in seconds.
     pub reprovide_interval_secs: u64,
+}
+
+/// Which blocks a node announces on the DHT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvideStrategy {
+    /// Every stored block, so any block of a DAG leads peers here.
+    #[default]
+    All,
+    /// Every block of recursively pinned DAGs, and directly pinned blocks.
+    Pinned,
+    /// Only pinned roots: fewest records; peers find us by the root CID.
+    Roots,
 }
 
 impl Default for NetworkConfig {
@@ -99,6 +115,7 @@ impl Default for NetworkConfig {
             dht_protocol: "/ipfs/kad/1.0.0".into(),
             api: "127.0.0.1:5001".into(),
             gateway: "127.0.0.1:8080".into(),
+            provide_strategy: ProvideStrategy::default(),
             reprovide_interval_secs: 12 * 60 * 60,
         }
     }

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod node;
 pub mod p2p;
 pub mod pin;
+mod provider;
 pub mod store;
 
 pub use config::NodeConfig;

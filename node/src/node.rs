@@ -13,7 +13,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 use crate::bitswap::{self, Bitswap, provider_key};
 use crate::p2p::{self, P2p};
-use crate::pin::PinType;
+use crate::provider;
 use crate::repo::Repo;
 use crate::store::Store;
 
@@ -264,8 +264,25 @@ impl Node {
         tokio::task::spawn_blocking(move || store.pin_add(&root, recursive))
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
-        self.provide(root).await;
+        self.provide_root(root).await;
         Ok(())
+    }
+
+    /// Announces a newly added or pinned `root` on the DHT, and (by the configured
+    /// strategy) the blocks under it in the background.
+    pub async fn provide_root(&self, root: Cid) {
+        self.provide(root).await;
+        let strategy = self.repo.config().network.provide_strategy;
+        let (store, p2p) = (self.store(), self.p2p.clone());
+        tokio::spawn(async move {
+            let under = tokio::task::spawn_blocking(move || {
+                provider::blocks_under(&store, strategy, &root)
+            })
+            .await;
+            if let Ok(Ok(keys)) = under {
+                let _ = provider::announce(&p2p, keys).await;
+            }
+        });
     }
 
     /// Announces `cid` on the DHT; failures are logged, not fatal (no peers yet).
@@ -345,18 +362,16 @@ impl Node {
     fn spawn_reprovider(&self, interval: Duration) {
         let store = self.store();
         let p2p = self.p2p.clone();
+        let strategy = self.repo.config().network.provide_strategy;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let store = store.clone();
-                let roots =
-                    tokio::task::spawn_blocking(move || store.pin_ls(&[PinType::Recursive])).await;
-                let Ok(Ok(roots)) = roots else { continue };
-                for (root, _) in roots {
-                    if let Err(p2p::Error::Closed) = p2p.provide(provider_key(&root)).await {
-                        return;
-                    }
+                if provider::reprovide(store.clone(), &p2p, strategy)
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
         });

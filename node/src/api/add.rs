@@ -129,7 +129,7 @@ pub(super) async fn add(
     }
     if options.pin {
         for root in added.iter().filter(|e| !e.name.contains('/')) {
-            api.node.provide(root.cid).await;
+            api.node.provide_root(root.cid).await;
         }
     }
     Ok(ndjson(added.into_iter().map(|entry| {

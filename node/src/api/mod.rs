@@ -685,7 +685,7 @@ async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipar
         .await?;
         for root in stats.roots {
             if pin_roots {
-                api.node.provide(root).await;
+                api.node.provide_root(root).await;
             }
             lines.push(json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }));
         }

@@ -491,7 +491,7 @@ impl Inner {
                 .is_ok()
         };
         let served = tokio::task::spawn_blocking(move || {
-            let budget = MESSAGE_SIZE_LIMIT - 64 * 1024;
+            let budget = 1024 * 1024;
             let (mut message, mut size) = (Message::default(), 0usize);
             let (mut count, mut bytes) = (0u64, 0u64);
             let mut missing = Vec::new();
