@@ -1,7 +1,8 @@
 //! A real Kubo RPC client (npm `kubo-rpc-client`) drives our daemon's API: version, id,
-//! add, cat, pin rm/ls/add and pubsub subscribe/ls/publish.
+//! add (a file and a directory tree), cat, get, pin rm/ls/add and pubsub
+//! subscribe/ls/publish.
 
-use ipfs_accelerate_tests::{Daemon, harness, node_script};
+use ipfs_accelerate_tests::{Daemon, TestRepo, harness, node_script};
 
 #[test]
 fn kubo_rpc_client_drives_the_daemon() {
@@ -19,6 +20,16 @@ fn kubo_rpc_client_drives_the_daemon() {
     assert_eq!(report["pinned"], true, "{report}");
     assert_eq!(report["subscribed"], true, "{report}");
     assert_eq!(report["pubsubSelf"], "ping", "{report}");
+    assert_eq!(report["tarHasEntries"], true, "{report}");
+    // The tree the JS client uploaded part by part has the CID `add -r` gives it here.
+    let local = TestRepo::new();
+    let dir = local.path("tree");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(dir.join("sub/b.txt"), "beta\n".repeat(100_000)).unwrap();
+    let expected = local.ok(&["add", "-r", "-Q", "--cid-version=1", dir.to_str().unwrap()]);
+    assert_eq!(report["treeRoot"], expected.as_str(), "{report}");
     // The CLI, routed to the same daemon, sees what the JS client added.
     let cid = report["added"].as_str().unwrap();
     assert!(

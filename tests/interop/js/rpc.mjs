@@ -1,5 +1,6 @@
 // Drives an ipfs-accelerate daemon through the real Kubo RPC client (npm kubo-rpc-client),
-// the way applications do: version, id, add, cat, pin add/ls/rm, pubsub pub/sub.
+// the way applications do: version, id, add (a file and a directory tree), cat, get,
+// pin add/ls/rm, pubsub pub/sub.
 //
 //   node rpc.mjs API_URL     prints a JSON report; exits non-zero on any failure
 import { create } from 'kubo-rpc-client'
@@ -22,6 +23,25 @@ const joined = new Uint8Array(total)
 let at = 0
 for (const c of chunks) { joined.set(c, at); at += c.length }
 report.catMatches = total === content.length && joined.every((b, i) => b === content[i])
+
+// A directory tree, as applications upload one: the last entry is the root.
+const text = (t) => new TextEncoder().encode(t)
+const tree = [
+  { path: 'tree/a.txt', content: text('alpha\n') },
+  { path: 'tree/sub/b.txt', content: text('beta\n'.repeat(100000)) },
+  { path: 'tree/empty' },
+]
+let treeRoot
+for await (const entry of api.addAll(tree, { cidVersion: 1, rawLeaves: true })) {
+  if (entry.path === 'tree') treeRoot = entry.cid.toString()
+}
+report.treeRoot = treeRoot ?? null
+// get answers a tar stream with the tree under its CID.
+const tarChunks = []
+for await (const chunk of api.get(treeRoot)) tarChunks.push(Buffer.from(chunk))
+const tar = Buffer.concat(tarChunks).toString('latin1')
+report.tarHasEntries = [`${treeRoot}/a.txt`, `${treeRoot}/sub/b.txt`, `${treeRoot}/empty`]
+  .every((name) => tar.includes(name)) && tar.includes('alpha\n')
 
 await api.pin.rm(added.cid)
 const pinnedAfterRm = []
