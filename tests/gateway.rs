@@ -157,3 +157,69 @@ fn gateway_and_api_answer_plain_http() {
     let imported = other.ok(&["dag", "import", car_path.to_str().unwrap()]);
     assert_eq!(imported, format!("pinned root {root} success"));
 }
+
+/// Starts an `add` upload of `parts` (each `(content type, name)` with 64 KiB of data)
+/// that claims more bytes than it sends, as a client that dies mid-upload does.
+fn start_cut_off_add(api: &str, parts: &[(&str, &str)]) -> std::net::TcpStream {
+    use std::io::Write;
+    let boundary = "cut-off-boundary";
+    let mut body = Vec::new();
+    for (content_type, name) in parts {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .unwrap();
+        if *content_type != "application/x-directory" {
+            body.extend(std::iter::repeat_n(b'x', 64 * 1024));
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    let host = api.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST /api/v0/add HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len() + 10_000_000
+    )
+    .unwrap();
+    stream.write_all(&body).unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+#[test]
+fn cut_off_uploads_pin_nothing() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.api_url();
+    let file = start_cut_off_add(&api, &[("application/octet-stream", "weights.bin")]);
+    let tree = start_cut_off_add(
+        &api,
+        &[
+            ("application/x-directory", "model"),
+            ("application/octet-stream", "model%2Fconfig.json"),
+            ("application/octet-stream", "model%2Fweights.bin"),
+        ],
+    );
+    // Let the daemon read what was sent, then vanish mid-file.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop((file, tree));
+    let pinned = || {
+        !daemon
+            .repo
+            .ok(&["pin", "ls", "--type", "recursive"])
+            .is_empty()
+    };
+    assert!(
+        !ipfs_accelerate_tests::poll_until(std::time::Duration::from_secs(3), pinned),
+        "a cut-off upload was imported and pinned"
+    );
+    // The daemon is fine and still takes whole uploads.
+    let whole = daemon.repo.path("whole.txt");
+    std::fs::write(&whole, b"whole").unwrap();
+    let cid = daemon.repo.add(&whole, &[]);
+    assert_eq!(
+        daemon.repo.ok(&["pin", "ls", "--type", "recursive"]),
+        format!("{cid} recursive")
+    );
+}

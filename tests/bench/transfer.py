@@ -127,19 +127,31 @@ class Ours:
         self.proc.wait(timeout=60)
 
 
-def transfer(make_server, make_client, path, tmp, flags=()):
-    """Seconds for a fresh client to fetch `path` from a fresh server; checks the bytes."""
+def cpu_seconds(pid):
+    """User + system CPU time of a process, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def transfer(make_server, make_client, path, tmp):
+    """A fresh client fetches `path` from a fresh server; checks the bytes. Returns the
+    seconds it took, the CPU seconds each side used meanwhile, and both nodes."""
+    # Start from clean page cache state: the last pair's writeback must not slow this one.
+    os.sync()
     server, client = make_server(), make_client()
     try:
-        cid = server.add(path, flags) if flags else server.add(path)
+        cid = server.add(path)
         client.connect(server.addr)
         dest = os.path.join(tmp, "fetched")
+        cpu_before = [cpu_seconds(n.proc.pid) for n in (server, client)]
         start = time.perf_counter()
         client.fetch(cid, dest)
         seconds = time.perf_counter() - start
+        cpu = [cpu_seconds(n.proc.pid) - b for n, b in zip((server, client), cpu_before)]
         assert filecmp.cmp(path, dest, shallow=False), "fetched file differs"
         os.remove(dest)
-        return seconds, (server, client)
+        return seconds, cpu, (server, client)
     finally:
         for node in (server, client):
             if isinstance(node, Ours):
@@ -176,11 +188,14 @@ def main():
         }
         pairs = {name: every_pair[name] for name in args.pairs.split(",")}
         seconds = {name: [] for name in pairs}
+        cpu = {name: [] for name in pairs}
         for run in range(args.runs):
             for name, (server, client) in pairs.items():
-                took, _ = transfer(server, client, path, tmp)
+                took, used, _ = transfer(server, client, path, tmp)
                 seconds[name].append(took)
-                print(f"run {run + 1} {name}: {size / took / 1e6:.0f} MB/s", file=sys.stderr)
+                cpu[name].append(used)
+                print(f"run {run + 1} {name}: {size / took / 1e6:.0f} MB/s, CPU s "
+                      f"server {used[0]:.2f} client {used[1]:.2f}", file=sys.stderr)
         os.remove(path)
         result = {"bytes": size, "runs": args.runs, "pairs": {}}
         kubo_median = statistics.median(seconds.get("kubo->kubo") or [float("nan")])
@@ -190,10 +205,14 @@ def main():
                 "seconds": values,
                 "median_mb_per_s": round(size / median / 1e6, 1),
                 "vs_kubo_kubo": round(kubo_median / median, 2),
+                "median_cpu_s": {
+                    side: round(statistics.median(c[i] for c in cpu[name]), 2)
+                    for i, side in enumerate(("server", "client"))
+                },
             }
         if args.rss_size_mib:
             big = random_file(tmp, args.rss_size_mib)
-            took, (server, client) = transfer(ours, ours, big, tmp)
+            took, _, (server, client) = transfer(ours, ours, big, tmp)
             result["rss"] = {
                 "bytes": os.path.getsize(big),
                 "mb_per_s": round(os.path.getsize(big) / took / 1e6, 1),

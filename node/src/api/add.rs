@@ -4,7 +4,6 @@
 //! URL-escaped path; a top-level directory and the parts under it make one tree. Bytes
 //! stream from the request into the importer; nothing is buffered whole.
 
-use axum::body::Bytes;
 use axum::extract::multipart::Field;
 use axum::extract::{Multipart, Query, State};
 use serde_json::json;
@@ -12,15 +11,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Api, ApiError, ApiResult, BODY_CHANNEL_CAPACITY, ChannelReader, Params, consume_field,
-    import_options, ndjson,
+    Api, ApiError, ApiResult, ChannelReader, Params, consume_field, import_options, ndjson,
 };
 use crate::unixfs::{self, AddedEntry, ImportOptions, TreeEntry};
 
 /// Longest symlink target accepted.
 const SYMLINK_TARGET_LIMIT: usize = 4096;
 
-type Entries = mpsc::Sender<TreeEntry<ChannelReader>>;
+/// Entries for the importer, then `None` once the tree is complete; closing the channel
+/// without it fails the import, so a broken upload never pins a partial tree.
+type Entries = mpsc::Sender<Option<TreeEntry<ChannelReader>>>;
 
 /// A tree being imported on a blocking thread, fed entry by entry.
 struct TreeUpload {
@@ -36,7 +36,13 @@ impl TreeUpload {
         let (tree_name, options) = (name.clone(), options.clone());
         let task = tokio::task::spawn_blocking(move || {
             let mut added = Vec::new();
-            let incoming = std::iter::from_fn(|| rx.blocking_recv().map(Ok));
+            let incoming = std::iter::from_fn(|| match rx.blocking_recv() {
+                Some(Some(entry)) => Some(Ok(entry)),
+                Some(None) => None,
+                None => Some(Err(unixfs::Error::Directory(
+                    "the upload ended early".into(),
+                ))),
+            });
             unixfs::add_tree(
                 &store,
                 &tree_name,
@@ -57,6 +63,7 @@ impl TreeUpload {
     /// Waits for the import; an error there explains a failed send better than the
     /// send does.
     async fn finish(self) -> ApiResult<Vec<AddedEntry>> {
+        let _ = self.entries.send(None).await;
         drop(self.entries);
         self.task
             .await
@@ -165,27 +172,14 @@ async fn add_file(
 }
 
 async fn send(entries: &Entries, entry: TreeEntry<ChannelReader>) -> bool {
-    entries.send(entry).await.is_ok()
+    entries.send(Some(entry)).await.is_ok()
 }
 
 /// Hands the importer a reader for this part, then pumps the part's bytes into it.
 async fn send_file(entries: &Entries, rel: &str, field: &mut Field<'_>) -> ApiResult<bool> {
-    let (tx, rx) = mpsc::channel::<Bytes>(BODY_CHANNEL_CAPACITY);
-    let reader = ChannelReader {
-        rx,
-        current: Bytes::new(),
-    };
+    let (tx, reader) = ChannelReader::channel();
     if !send(entries, TreeEntry::File(rel.into(), reader)).await {
         return Ok(false);
     }
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
-        if tx.send(chunk).await.is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    super::pump_field(field, &tx).await
 }

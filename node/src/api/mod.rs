@@ -267,24 +267,60 @@ fn import_options(api: &Api, q: &[(String, String)]) -> ApiResult<ImportOptions>
     Ok(options)
 }
 
-/// A blocking `Read` over chunks that an async task feeds through a channel.
+/// A blocking `Read` over chunks that an async task feeds through a channel. The feeder
+/// ends with `None`; a channel closed without it (the request failed or was dropped)
+/// reads as an error, so a cut-off upload is never imported as if it were whole.
 struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Option<Bytes>>,
     current: Bytes,
+    ended: bool,
+}
+
+/// Where upload chunks go: `Some(chunk)`, then `None` at the end.
+type ChunkSender = mpsc::Sender<Option<Bytes>>;
+
+impl ChannelReader {
+    fn channel() -> (ChunkSender, ChannelReader) {
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        };
+        (tx, reader)
+    }
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
+        while self.current.is_empty() && !self.ended {
             match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
+                Some(Some(chunk)) => self.current = chunk,
+                Some(None) => self.ended = true,
+                None => return Err(std::io::Error::other("the upload ended early")),
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
     }
+}
+
+/// Sends a field's chunks and the end marker; false if the reader went away.
+async fn pump_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    tx: &ChunkSender,
+) -> ApiResult<bool> {
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
+    {
+        if tx.send(Some(chunk)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(tx.send(None).await.is_ok())
 }
 
 /// Streams one upload field into `consume`, which reads it as a blocking `Read` on a
@@ -297,22 +333,10 @@ where
     T: Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CAPACITY);
-    let task = tokio::task::spawn_blocking(move || {
-        consume(ChannelReader {
-            rx,
-            current: Bytes::new(),
-        })
-    });
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-    }
+    let (tx, reader) = ChannelReader::channel();
+    let task = tokio::task::spawn_blocking(move || consume(reader));
+    // On a failed read the sender drops unfinished, so the import fails too.
+    pump_field(field, &tx).await?;
     drop(tx);
     task.await
         .map_err(ApiError::internal)?
