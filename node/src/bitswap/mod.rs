@@ -448,6 +448,20 @@ impl Inner {
     }
 
     async fn on_message(self: &Arc<Self>, peer: PeerId, message: Message) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let count =
+                |f: fn(&WantEntry) -> bool| message.wantlist.iter().filter(|e| f(e)).count();
+            tracing::trace!(
+                %peer,
+                want_block = count(|e| !e.cancel && e.want_type == WantType::Block),
+                want_have = count(|e| !e.cancel && e.want_type == WantType::Have),
+                cancel = count(|e| e.cancel),
+                full = message.full_wantlist,
+                blocks = message.blocks.len(),
+                presences = message.presences.len(),
+                "bitswap: message in"
+            );
+        }
         if !message.wantlist.is_empty() || message.full_wantlist {
             self.serve(peer, message.wantlist, message.full_wantlist)
                 .await;
@@ -504,7 +518,7 @@ impl Inner {
             for entry in wants {
                 let have = store.has(&entry.cid).unwrap_or(false);
                 match (entry.want_type, have) {
-                    (WantType::Block, true) => match store.get(&entry.cid) {
+                    (WantType::Block, true) => match store.get_for_peer(&entry.cid) {
                         Ok(block) => {
                             let cost = bitswap::block_wire_size(&block);
                             if size + cost > budget && !message.blocks.is_empty() {
