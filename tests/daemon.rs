@@ -201,6 +201,20 @@ fn repo_commands_go_through_a_running_daemon() {
         std::fs::read(&single).unwrap(),
         std::fs::read(dir.join("sub/big.bin")).unwrap()
     );
+    // Without -o, `get` of a path writes its last component into the working directory.
+    let workdir = cli.path("workdir");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let got = cli
+        .command(&["get", &format!("/ipfs/{root}/a.txt")])
+        .current_dir(&workdir)
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(workdir.join("a.txt")).unwrap(), b"alpha\n");
     assert_eq!(cli.ok(&["cat", &format!("{root}/a.txt")]), "alpha");
     assert!(
         cli.fails(&["cat", &format!("{root}/missing.txt")])

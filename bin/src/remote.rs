@@ -163,7 +163,13 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             std::io::copy(&mut body, &mut std::io::stdout().lock())?;
         }
         Command::Get { cid, output } => {
-            let target = output.unwrap_or_else(|| PathBuf::from(&cid));
+            // Like Kubo: by default the last component of the path, in this directory.
+            let base = cid
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            let target = output.unwrap_or_else(|| PathBuf::from(base));
             if target.exists() {
                 bail!(
                     "{} already exists; remove it or choose another -o PATH",
