@@ -299,24 +299,10 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             }
         }
         Command::Routing(RoutingCommand::Findprovs { cid, num_providers }) => {
-            let mut text = String::new();
-            remote
-                .call(
-                    "routing/findprovs",
-                    &[("arg", cid), ("num-providers", num_providers.to_string())],
-                    None,
-                )?
-                .read_to_string(&mut text)?;
-            for line in text.lines() {
-                if json {
-                    println!("{line}");
-                    continue;
-                }
-                let event: Value = serde_json::from_str(line)?;
-                for response in event["Responses"].as_array().into_iter().flatten() {
-                    println!("{}", response["ID"].as_str().unwrap_or_default());
-                }
-            }
+            let args = [("arg", cid), ("num-providers", num_providers.to_string())];
+            routing_events(remote, "routing/findprovs", &args, json, |response| {
+                println!("{}", response["ID"].as_str().unwrap_or_default());
+            })?;
         }
         Command::Swarm(SwarmCommand::Addrs { which: Some(_) }) => {
             let answer = remote.json("swarm/addrs/local", &[])?;
@@ -341,22 +327,17 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             }
         }
         Command::Routing(RoutingCommand::Findpeer { peer }) => {
-            let mut text = String::new();
-            remote
-                .call("routing/findpeer", &[("arg", peer)], None)?
-                .read_to_string(&mut text)?;
-            for line in text.lines() {
-                if json {
-                    println!("{line}");
-                    continue;
-                }
-                let event: Value = serde_json::from_str(line)?;
-                for response in event["Responses"].as_array().into_iter().flatten() {
+            routing_events(
+                remote,
+                "routing/findpeer",
+                &[("arg", peer)],
+                json,
+                |response| {
                     for addr in response["Addrs"].as_array().into_iter().flatten() {
                         println!("{}", addr.as_str().unwrap_or_default());
                     }
-                }
-            }
+                },
+            )?;
         }
         Command::Routing(RoutingCommand::Provide { cid }) => {
             remote.json("routing/provide", &[("arg", cid)])?;
@@ -561,6 +542,32 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             "{} is not available while a daemon holds the repo; stop the daemon (ipfs-accelerate shutdown) and run it again",
             command_name(&other)
         ),
+    }
+    Ok(())
+}
+
+/// Runs a routing call answering Kubo's NDJSON routing events: prints each line with
+/// `--json`, else hands every response in them to `show`.
+fn routing_events(
+    remote: &Remote,
+    path: &str,
+    args: &[(&str, String)],
+    json: bool,
+    show: impl Fn(&Value),
+) -> Result<()> {
+    let mut text = String::new();
+    remote.call(path, args, None)?.read_to_string(&mut text)?;
+    for line in text.lines() {
+        if json {
+            println!("{line}");
+            continue;
+        }
+        let event: Value = serde_json::from_str(line)?;
+        event["Responses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .for_each(&show);
     }
     Ok(())
 }

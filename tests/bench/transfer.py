@@ -29,19 +29,11 @@ import tempfile
 import time
 import filecmp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from add_vs_kubo import ROOT, build_release  # same folder: one way to build
+
 KUBO = os.path.join(ROOT, "tests/interop/kubo/kubo.py")
 DHT = "/ipfs/lan/kad/1.0.0"
 TIMEOUT = 600
-
-
-def build_release():
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/ipfs-accelerate-target"))
-    subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "-p", "ipfs-accelerate"],
-        cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": target},
-    )
-    return os.path.join(target, "release", "ipfs-accelerate")
 
 
 class Kubo:
