@@ -65,6 +65,80 @@ pub(crate) enum Command {
     Pubsub(PubsubCommand),
     /// Stop the running daemon
     Shutdown,
+    /// Models: import a model folder, list imported models
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Embed texts with a model (a CID or an imported name)
+    Infer(InferArgs),
+    /// Benchmarks
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Add a model folder (Hugging Face layout) as UnixFS, pin it, print its root CID
+    Import {
+        dir: PathBuf,
+        /// Name to call it by [default: the folder's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Version label
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Comma-separated tags
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+    },
+    /// Models imported into this repo
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EngineArgs {
+    /// Backend: cpu (burn flex), ndarray, or wgpu (GPU; builds with --features wgpu)
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+    /// CPU threads [default: all cores]
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InferArgs {
+    /// Model: root CID, NAME or NAME@VERSION
+    pub(crate) model: String,
+    /// Text to embed (repeatable; one embedding each)
+    #[arg(long = "text", required = true, value_name = "TEXT")]
+    pub(crate) texts: Vec<String>,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Sentence embeddings per second (median of runs after warm-up)
+    Embed(BenchEmbedArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchEmbedArgs {
+    /// Model: root CID, NAME or NAME@VERSION, or a model folder on disk
+    pub(crate) model: String,
+    /// File with one sentence per line
+    #[arg(long)]
+    pub(crate) sentences: PathBuf,
+    /// Sentences per batch
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    /// Timed runs over all sentences
+    #[arg(long, default_value_t = 20)]
+    pub(crate) runs: usize,
+    /// Untimed runs first
+    #[arg(long, default_value_t = 3)]
+    pub(crate) warmup: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Subcommand)]

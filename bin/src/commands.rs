@@ -13,7 +13,9 @@ use ipfs_accelerate_protocol::limits::{BLOCK_PUT_SOFT_LIMIT, BLOCK_SIZE_LIMIT};
 use ipfs_accelerate_protocol::{Block, codec};
 use serde_json::{Value, json};
 
-use crate::cli::{AddArgs, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand};
+use crate::cli::{
+    AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand,
+};
 use crate::progress;
 
 /// Agent version reported by `id`, in Kubo's `name/version/` form.
@@ -24,6 +26,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     if let Command::Init = cli.command {
         return init(&path, json);
+    }
+    // A benchmark of a model folder on disk needs no repo.
+    if let Command::Bench(BenchCommand::Embed(args)) = &cli.command
+        && Path::new(&args.model).is_dir()
+    {
+        let Command::Bench(BenchCommand::Embed(args)) = cli.command else {
+            unreachable!("matched above")
+        };
+        return crate::model::bench_embed(None, args, json);
     }
     let repo = match Repo::open(&path) {
         Ok(repo) => repo,
@@ -50,6 +61,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Pin(cmd) => pin(&repo, cmd, json),
         Command::Repo(cmd) => repo_cmd(&repo, cmd, json),
         Command::Dag(cmd) => dag(&repo, cmd, json),
+        Command::Model(cmd) => crate::model::model(&repo, cmd, json),
+        Command::Infer(args) => crate::model::infer(&repo, args, json),
+        Command::Bench(BenchCommand::Embed(args)) => {
+            crate::model::bench_embed(Some(&repo), args, json)
+        }
     }
 }
 
@@ -59,7 +75,7 @@ fn parse_cid(text: &str) -> Result<Cid> {
     Cid::try_from(trimmed).with_context(|| format!("invalid CID {text:?}"))
 }
 
-fn print_json(value: &serde_json::Value) -> Result<()> {
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
     writeln!(out)?;

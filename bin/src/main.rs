@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod daemon;
+mod model;
 mod multipart;
 mod progress;
 mod remote;
@@ -10,6 +11,10 @@ mod remote;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// Inference allocates and frees megabyte-sized tensors per layer; mimalloc reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -8,7 +8,7 @@
 pub mod export;
 pub mod import;
 
-pub use export::{LsEntry, cat, get, ls, tar};
+pub use export::{EntryKind, LsEntry, cat, file_size, get, ls, tar};
 pub use import::{
     AddedEntry, FsKind, ImportOptions, TreeEntry, add_path, add_reader, add_tree, walk_dir,
 };

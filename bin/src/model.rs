@@ -1,0 +1,230 @@
+//! `model import`, `model ls`, `infer` and `bench embed`: models in the repo and the
+//! inference engine run in this process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cid::Cid;
+use ipfs_accelerate_node::engine::{DeviceKind, Embedder, ModelFiles};
+use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
+use ipfs_accelerate_node::repo::Repo;
+use ipfs_accelerate_node::unixfs::{self, ImportOptions};
+use serde_json::json;
+
+use crate::cli::{BenchEmbedArgs, EngineArgs, InferArgs, ModelCommand};
+use crate::commands::print_json;
+use crate::progress;
+
+pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()> {
+    match command {
+        ModelCommand::Import {
+            dir,
+            name,
+            version,
+            tags,
+        } => import(repo, &dir, name, version, tags, json),
+        ModelCommand::Ls => list(repo, json),
+    }
+}
+
+fn import(
+    repo: &Repo,
+    dir: &Path,
+    name: Option<String>,
+    version: String,
+    tags: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    if !dir.join("config.json").is_file() {
+        bail!(
+            "{} is not a model folder: it has no config.json (Hugging Face layout expected)",
+            dir.display()
+        );
+    }
+    let name = match name {
+        Some(name) => name,
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .context("the folder has no name to use; pass --name")?,
+    };
+    let options = ImportOptions {
+        pin: true,
+        ..ImportOptions::from(&repo.config().import)
+    };
+    let size = folder_size(dir);
+    let bar = progress::bytes(Some(size), false);
+    let root = unixfs::add_path(repo.store(), dir, &options, &mut |_| {}, &mut |n| {
+        bar.set_position(n)
+    })
+    .with_context(|| format!("importing {}", dir.display()))?;
+    bar.finish_and_clear();
+    let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
+    let record = ModelRecord::new(name, version, tags, root.cid)?;
+    LocalModels::new(repo.path()).record(record.clone())?;
+    if json {
+        return print_json(&record_json(&record));
+    }
+    println!("{}", root.cid);
+    eprintln!(
+        "imported {}@{} ({} bytes), pinned",
+        record.name, record.version, root.size
+    );
+    Ok(())
+}
+
+fn folder_size(dir: &Path) -> u64 {
+    unixfs::walk_dir(dir, false)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|(rel, _)| std::fs::metadata(dir.join(rel)).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn record_json(record: &ModelRecord) -> serde_json::Value {
+    json!({
+        "name": record.name,
+        "version": record.version,
+        "tags": record.tags,
+        "cid": record.root.to_string(),
+        "imported_at": record.imported_at,
+    })
+}
+
+fn list(repo: &Repo, json: bool) -> Result<()> {
+    let records = LocalModels::new(repo.path()).list()?;
+    if json {
+        let models: Vec<_> = records.iter().map(record_json).collect();
+        return print_json(&json!({ "models": models }));
+    }
+    for r in records {
+        println!("{}@{}\t{}\t{}", r.name, r.version, r.root, r.tags.join(","));
+    }
+    Ok(())
+}
+
+/// The engine's settings from the command line: the device, and the CPU thread pool.
+fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the CPU thread count")?;
+    }
+    Ok(args.device.parse()?)
+}
+
+/// Loads `model` (a CID or an imported name) from the repo.
+fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Embedder)> {
+    let root = LocalModels::new(repo.path()).resolve(model)?;
+    if !repo.store().has(&root)? {
+        bail!("model {root} is not in this repo; import it with `model import DIR`");
+    }
+    let files = ModelFiles::from_store(repo.store(), &root)?;
+    let embedder =
+        Embedder::load(files, device).with_context(|| format!("loading model {root}"))?;
+    Ok((root, embedder))
+}
+
+pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
+    let device = engine_device(&args.engine)?;
+    let started = Instant::now();
+    let (root, embedder) = load(repo, &args.model, device)?;
+    let load_time = started.elapsed();
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let (embeddings, timings) = embedder.embed_texts(&texts)?;
+    if json {
+        return print_json(&json!({
+            "model": root.to_string(),
+            "device": device.name(),
+            "dim": embeddings.dim,
+            "embeddings": embeddings.to_rows(),
+            "timings": {
+                "load_ms": millis(load_time),
+                "tokenize_ms": millis(timings.tokenize),
+                "compute_ms": millis(timings.compute),
+            },
+        }));
+    }
+    for (i, text) in texts.iter().enumerate() {
+        let row = embeddings.row(i);
+        let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:+.4}")).collect();
+        println!("{text:?}\t[{}, ...] ({} dims)", head.join(", "), row.len());
+    }
+    eprintln!(
+        "model {root} on {device}: loaded in {:.0} ms, tokenized in {:.2} ms, ran in {:.2} ms",
+        millis(load_time),
+        millis(timings.tokenize),
+        millis(timings.compute)
+    );
+    Ok(())
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `bench embed`: every sentence of the file embedded in batches, `runs` times after
+/// `warmup` untimed runs; the figure is sentences per second over the median run.
+pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool) -> Result<()> {
+    let device = engine_device(&args.engine)?;
+    let text = std::fs::read_to_string(&args.sentences)
+        .with_context(|| format!("reading {}", args.sentences.display()))?;
+    let sentences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if sentences.is_empty() || args.batch == 0 || args.runs == 0 {
+        bail!("need at least one sentence, --batch >= 1 and --runs >= 1");
+    }
+    let folder = Path::new(&args.model);
+    let (model, embedder) = if folder.is_dir() {
+        let embedder = Embedder::load(ModelFiles::from_dir(folder)?, device)?;
+        (folder.display().to_string(), embedder)
+    } else {
+        let repo = repo.context("no repo to load the model from")?;
+        let (root, embedder) = load(repo, &args.model, device)?;
+        (root.to_string(), embedder)
+    };
+    let run = || -> Result<Duration> {
+        let started = Instant::now();
+        for batch in sentences.chunks(args.batch) {
+            embedder.embed_texts(batch)?;
+        }
+        Ok(started.elapsed())
+    };
+    for _ in 0..args.warmup {
+        run()?;
+    }
+    let mut times = (0..args.runs).map(|_| run()).collect::<Result<Vec<_>>>()?;
+    times.sort();
+    let median = times[times.len() / 2];
+    let per_second = sentences.len() as f64 / median.as_secs_f64();
+    let threads = rayon::current_num_threads();
+    if json {
+        return print_json(&json!({
+            "model": model,
+            "device": device.name(),
+            "threads": threads,
+            "batch": args.batch,
+            "sentences": sentences.len(),
+            "runs": args.runs,
+            "median_ms": millis(median),
+            "min_ms": millis(times[0]),
+            "max_ms": millis(times[times.len() - 1]),
+            "sentences_per_second": per_second,
+        }));
+    }
+    println!(
+        "{per_second:.1} sentences/s on {device} ({threads} threads, batch {}, median of {} runs: {:.2} ms for {} sentences)",
+        args.batch,
+        args.runs,
+        millis(median),
+        sentences.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The BERT encoder. [`BertWeights`] are burn modules named after Hugging Face's
+//! parameters (after `weights.rs` renames `LayerNorm` and `self`), so loading is a
+//! name-for-name match; [`Bert`] is the same encoder laid out to run fast.
+//!
+//! Where the time goes on a CPU is the dense layers, so the runtime layout serves them:
+//! - tokens are packed, with no padding, into one `[tokens, hidden]` matrix, so every
+//!   dense layer is one large matrix product and none is spent on padding; only attention
+//!   sees the batch padded, through an index gather and back;
+//! - query, key and value are one fused projection.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::activation::gelu_cpu;
+use super::config::{Activation, BertConfig};
+
+/// The encoder's parameters as a checkpoint holds them.
+#[derive(Module, Debug)]
+pub(super) struct BertWeights {
+    embeddings: Embeddings,
+    encoder: Encoder,
+}
+
+#[derive(Module, Debug)]
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+struct Encoder {
+    layer: Vec<LayerWeights>,
+}
+
+#[derive(Module, Debug)]
+struct LayerWeights {
+    attention: Attention,
+    intermediate: Intermediate,
+    output: DenseNorm,
+}
+
+#[derive(Module, Debug)]
+struct Attention {
+    self_attention: SelfAttention,
+    output: DenseNorm,
+}
+
+#[derive(Module, Debug)]
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+}
+
+#[derive(Module, Debug)]
+struct Intermediate {
+    dense: Linear,
+}
+
+/// A projection followed by a residual add and layer norm.
+#[derive(Module, Debug)]
+struct DenseNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+impl BertWeights {
+    /// An encoder of the configured shape with uninitialised weights: loading fills them.
+    pub(super) fn new(config: &BertConfig, device: &Device) -> Self {
+        let h = config.hidden_size;
+        let norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device)
+        };
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let embedding = |n| EmbeddingConfig::new(n, h).init(device);
+        let layer = (0..config.num_layers)
+            .map(|_| LayerWeights {
+                attention: Attention {
+                    self_attention: SelfAttention {
+                        query: linear(h, h),
+                        key: linear(h, h),
+                        value: linear(h, h),
+                    },
+                    output: DenseNorm {
+                        dense: linear(h, h),
+                        layer_norm: norm(),
+                    },
+                },
+                intermediate: Intermediate {
+                    dense: linear(h, config.intermediate_size),
+                },
+                output: DenseNorm {
+                    dense: linear(config.intermediate_size, h),
+                    layer_norm: norm(),
+                },
+            })
+            .collect();
+        Self {
+            embeddings: Embeddings {
+                word_embeddings: embedding(config.vocab_size),
+                position_embeddings: embedding(config.max_position_embeddings),
+                token_type_embeddings: embedding(config.type_vocab_size),
+                layer_norm: norm(),
+            },
+            encoder: Encoder { layer },
+        }
+    }
+}
+
+/// The encoder, ready to run.
+#[derive(Debug)]
+pub(super) struct Bert {
+    config: BertConfig,
+    word: Tensor<2>,
+    position: Tensor<2>,
+    /// Token type 0's embedding; every input here is a single segment.
+    token_type: Tensor<1>,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    /// On a CPU backend, GELU runs as our vectorised kernel.
+    cpu: bool,
+}
+
+#[derive(Debug)]
+struct Layer {
+    /// `[hidden, 3 * hidden]`: query, key and value side by side.
+    qkv: Tensor<2>,
+    qkv_bias: Tensor<1>,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// A batch of rows of token ids, packed into one sequence of tokens.
+#[derive(Debug)]
+pub(super) struct PackedBatch {
+    /// `[tokens]` ids of every row, one row after another.
+    pub(super) ids: Tensor<1, Int>,
+    /// `[tokens]` each token's position in its row.
+    pub(super) positions: Tensor<1, Int>,
+    /// `[rows * longest]` for each padded slot, the packed token it holds (0 for padding,
+    /// which attention masks out).
+    pub(super) to_padded: Tensor<1, Int>,
+    /// `[tokens]` for each packed token, its padded slot.
+    pub(super) from_padded: Tensor<1, Int>,
+    /// `[rows, 1, 1, longest]` true where a key must not be attended to.
+    pub(super) key_mask: Tensor<4, Bool>,
+    pub(super) rows: usize,
+    pub(super) longest: usize,
+}
+
+impl Bert {
+    pub(super) fn new(config: BertConfig, weights: BertWeights, cpu: bool) -> Self {
+        let embeddings = weights.embeddings;
+        let layers = weights
+            .encoder
+            .layer
+            .into_iter()
+            .map(|layer| {
+                let attn = layer.attention.self_attention;
+                let bias = |l: &Linear| l.bias.as_ref().map(|b| b.val());
+                let qkv = Tensor::cat(
+                    vec![
+                        attn.query.weight.val(),
+                        attn.key.weight.val(),
+                        attn.value.weight.val(),
+                    ],
+                    1,
+                );
+                let qkv_bias = match (bias(&attn.query), bias(&attn.key), bias(&attn.value)) {
+                    (Some(q), Some(k), Some(v)) => Tensor::cat(vec![q, k, v], 0),
+                    _ => Tensor::zeros([3 * config.hidden_size], &qkv.device()),
+                };
+                Layer {
+                    qkv,
+                    qkv_bias,
+                    attention_out: layer.attention.output.dense,
+                    attention_norm: layer.attention.output.layer_norm,
+                    intermediate: layer.intermediate.dense,
+                    output: layer.output.dense,
+                    output_norm: layer.output.layer_norm,
+                }
+            })
+            .collect();
+        let token_type = embeddings
+            .token_type_embeddings
+            .weight
+            .val()
+            .narrow(0, 0, 1)
+            .reshape([config.hidden_size]);
+        Self {
+            word: embeddings.word_embeddings.weight.val(),
+            position: embeddings.position_embeddings.weight.val(),
+            token_type,
+            embedding_norm: embeddings.layer_norm,
+            layers,
+            config,
+            cpu,
+        }
+    }
+
+    /// The last hidden state of every packed token, `[tokens, hidden]`.
+    pub(super) fn forward(&self, batch: &PackedBatch) -> Tensor<2> {
+        let x = self.word.clone().select(0, batch.ids.clone())
+            + self.position.clone().select(0, batch.positions.clone())
+            + self.token_type.clone().unsqueeze::<2>();
+        let mut x = self.embedding_norm.forward(x);
+        for layer in &self.layers {
+            x = self.layer(layer, x, batch);
+        }
+        x
+    }
+
+    fn layer(&self, layer: &Layer, x: Tensor<2>, batch: &PackedBatch) -> Tensor<2> {
+        let config = &self.config;
+        let (rows, longest) = (batch.rows, batch.longest);
+        let (heads, head_dim, hidden) = (config.num_heads, config.head_dim(), config.hidden_size);
+        let qkv = linear(x.clone(), layer.qkv.clone(), Some(layer.qkv_bias.clone()))
+            .select(0, batch.to_padded.clone())
+            .reshape([rows, longest, 3, heads, head_dim]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([rows, longest, heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let key_mask = batch
+            .key_mask
+            .clone()
+            .expand([rows, heads, longest, longest]);
+        let context = attention(
+            part(0),
+            part(1),
+            part(2),
+            Some(key_mask),
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .swap_dims(1, 2)
+        .reshape([rows * longest, hidden])
+        .select(0, batch.from_padded.clone());
+        let x = layer
+            .attention_norm
+            .forward(layer.attention_out.forward(context) + x);
+        let inner = layer.intermediate.forward(x.clone());
+        let inner = match config.activation {
+            Activation::Gelu if self.cpu => gelu_cpu(inner),
+            Activation::Gelu => gelu(inner),
+            Activation::GeluTanh => gelu_approximate(inner),
+        };
+        layer.output_norm.forward(layer.output.forward(inner) + x)
+    }
+}

@@ -1,0 +1,381 @@
+//! What a model folder declares: the encoder's architecture (config.json), and for
+//! sentence-transformers folders the pooling, normalisation and maximum sequence length
+//! (modules.json, the pooling module's config.json, sentence_bert_config.json).
+
+use serde::Deserialize;
+
+use super::{EngineError, Result};
+
+/// Architectures this engine runs, as config.json names them.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "BertModel",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "BertForSequenceClassification",
+];
+
+/// The encoder's shape and numerics, read from config.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+}
+
+/// The feed-forward activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU with erf (`gelu`).
+    Gelu,
+    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Average of the non-padding tokens.
+    Mean,
+    /// The first token's vector ([CLS]).
+    Cls,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+/// What sentence-transformers adds on top of the encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentenceConfig {
+    pub pooling: Pooling,
+    /// L2-normalise each embedding (a `Normalize` module in modules.json).
+    pub normalize: bool,
+    /// Longest input in tokens, [CLS] and [SEP] included; longer inputs are truncated.
+    pub max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_hidden_act")]
+    hidden_act: String,
+    position_embedding_type: Option<String>,
+}
+
+fn default_type_vocab_size() -> usize {
+    2
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+
+fn default_hidden_act() -> String {
+    "gelu".to_owned()
+}
+
+impl BertConfig {
+    /// Parses config.json; an architecture other than BERT is an error that names it.
+    pub fn parse(json: &[u8]) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| EngineError::Config {
+            file: "config.json",
+            reason: e.to_string(),
+        })?;
+        let is_bert = raw.model_type.as_deref() == Some("bert")
+            || raw
+                .architectures
+                .iter()
+                .any(|a| SUPPORTED_ARCHITECTURES.contains(&a.as_str()));
+        if !is_bert {
+            let named = raw
+                .architectures
+                .first()
+                .cloned()
+                .or(raw.model_type.clone())
+                .unwrap_or_else(|| "(none given)".to_owned());
+            return Err(EngineError::UnsupportedArchitecture(named));
+        }
+        if let Some(other) = raw
+            .architectures
+            .iter()
+            .find(|a| !SUPPORTED_ARCHITECTURES.contains(&a.as_str()))
+        {
+            return Err(EngineError::UnsupportedArchitecture(other.clone()));
+        }
+        if let Some(kind) = raw.position_embedding_type.as_deref()
+            && kind != "absolute"
+        {
+            return Err(EngineError::Config {
+                file: "config.json",
+                reason: format!(
+                    "position_embedding_type {kind:?} is not supported (only \"absolute\")"
+                ),
+            });
+        }
+        let activation = match raw.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            other => {
+                return Err(EngineError::Config {
+                    file: "config.json",
+                    reason: format!("hidden_act {other:?} is not supported (gelu, gelu_new)"),
+                });
+            }
+        };
+        if raw.num_attention_heads == 0 || raw.hidden_size % raw.num_attention_heads != 0 {
+            return Err(EngineError::Config {
+                file: "config.json",
+                reason: format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    raw.hidden_size, raw.num_attention_heads
+                ),
+            });
+        }
+        Ok(Self {
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            intermediate_size: raw.intermediate_size,
+            max_position_embeddings: raw.max_position_embeddings,
+            type_vocab_size: raw.type_vocab_size,
+            layer_norm_eps: raw.layer_norm_eps,
+            activation,
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// Weights in the encoder, for the model's size in memory.
+    pub fn parameter_count(&self) -> usize {
+        let h = self.hidden_size;
+        let embeddings =
+            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let attention = 4 * (h * h + h) + 2 * h;
+        let feed_forward = 2 * h * self.intermediate_size + self.intermediate_size + h + 2 * h;
+        embeddings + self.num_layers * (attention + feed_forward)
+    }
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+const POOLING_MODULE: &str = "sentence_transformers.models.Pooling";
+const NORMALIZE_MODULE: &str = "sentence_transformers.models.Normalize";
+
+impl SentenceConfig {
+    /// A plain Hugging Face encoder: mean pooling, no normalisation (what
+    /// sentence-transformers builds around a model folder without modules.json).
+    pub fn plain() -> Self {
+        Self {
+            pooling: Pooling::Mean,
+            normalize: false,
+            max_seq_length: None,
+        }
+    }
+
+    /// The pooling module's folder named in modules.json, if any.
+    pub fn pooling_dir(modules_json: &[u8]) -> Result<Option<String>> {
+        let modules = parse_modules(modules_json)?;
+        Ok(modules
+            .into_iter()
+            .find(|m| m.kind == POOLING_MODULE)
+            .map(|m| m.path))
+    }
+
+    /// Reads modules.json, the pooling module's config.json (when modules.json names one)
+    /// and sentence_bert_config.json.
+    pub fn parse(
+        modules_json: &[u8],
+        pooling_json: Option<&[u8]>,
+        sentence_bert_json: Option<&[u8]>,
+    ) -> Result<Self> {
+        let modules = parse_modules(modules_json)?;
+        for module in &modules {
+            let known = module.kind == POOLING_MODULE
+                || module.kind == NORMALIZE_MODULE
+                || module.kind == "sentence_transformers.models.Transformer";
+            if !known {
+                return Err(EngineError::Config {
+                    file: "modules.json",
+                    reason: format!("module {:?} is not supported", module.kind),
+                });
+            }
+        }
+        let pooling = match (
+            modules.iter().any(|m| m.kind == POOLING_MODULE),
+            pooling_json,
+        ) {
+            (false, _) => Pooling::Mean,
+            (true, None) => {
+                return Err(EngineError::Config {
+                    file: "modules.json",
+                    reason: "names a pooling module whose config.json is missing".to_owned(),
+                });
+            }
+            (true, Some(json)) => parse_pooling(json)?,
+        };
+        let max_seq_length = match sentence_bert_json {
+            Some(json) => {
+                let config: SentenceBertConfig =
+                    serde_json::from_slice(json).map_err(|e| EngineError::Config {
+                        file: "sentence_bert_config.json",
+                        reason: e.to_string(),
+                    })?;
+                config.max_seq_length
+            }
+            None => None,
+        };
+        Ok(Self {
+            pooling,
+            normalize: modules.iter().any(|m| m.kind == NORMALIZE_MODULE),
+            max_seq_length,
+        })
+    }
+}
+
+fn parse_modules(json: &[u8]) -> Result<Vec<ModuleEntry>> {
+    serde_json::from_slice(json).map_err(|e| EngineError::Config {
+        file: "modules.json",
+        reason: e.to_string(),
+    })
+}
+
+fn parse_pooling(json: &[u8]) -> Result<Pooling> {
+    let config: PoolingConfig = serde_json::from_slice(json).map_err(|e| EngineError::Config {
+        file: "pooling config.json",
+        reason: e.to_string(),
+    })?;
+    let unsupported = [
+        (config.pooling_mode_max_tokens, "max"),
+        (config.pooling_mode_mean_sqrt_len_tokens, "mean_sqrt_len"),
+        (config.pooling_mode_weightedmean_tokens, "weightedmean"),
+        (config.pooling_mode_lasttoken, "lasttoken"),
+    ];
+    if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
+        return Err(EngineError::Config {
+            file: "pooling config.json",
+            reason: format!("pooling mode {name} is not supported (mean, cls)"),
+        });
+    }
+    match (
+        config.pooling_mode_mean_tokens,
+        config.pooling_mode_cls_token,
+    ) {
+        (true, false) => Ok(Pooling::Mean),
+        (false, true) => Ok(Pooling::Cls),
+        _ => Err(EngineError::Config {
+            file: "pooling config.json",
+            reason:
+                "exactly one of pooling_mode_mean_tokens and pooling_mode_cls_token must be true"
+                    .to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINILM: &str = r#"{"architectures":["BertModel"],"hidden_size":384,"num_hidden_layers":6,
+        "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512,
+        "vocab_size":30522,"model_type":"bert","hidden_act":"gelu","layer_norm_eps":1e-12}"#;
+
+    #[test]
+    fn reads_bert_config() {
+        let config = BertConfig::parse(MINILM.as_bytes()).unwrap();
+        assert_eq!(config.hidden_size, 384);
+        assert_eq!(config.head_dim(), 32);
+        assert_eq!(config.activation, Activation::Gelu);
+        // all-MiniLM-L6-v2: 22.7 M with the pooler, which embeddings do not use.
+        assert_eq!(config.parameter_count(), 22_565_376);
+    }
+
+    #[test]
+    fn names_unsupported_architecture() {
+        let gpt2 = r#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2","hidden_size":768,
+            "num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072,
+            "max_position_embeddings":1024,"vocab_size":50257}"#;
+        let err = BertConfig::parse(gpt2.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
+    }
+
+    #[test]
+    fn reads_sentence_modules() {
+        let modules = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+            {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+            {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#;
+        assert_eq!(
+            SentenceConfig::pooling_dir(modules.as_bytes())
+                .unwrap()
+                .as_deref(),
+            Some("1_Pooling")
+        );
+        let cls = r#"{"word_embedding_dimension":384,"pooling_mode_cls_token":true}"#;
+        let config = SentenceConfig::parse(
+            modules.as_bytes(),
+            Some(cls.as_bytes()),
+            Some(br#"{"max_seq_length":256,"do_lower_case":false}"#),
+        )
+        .unwrap();
+        assert_eq!(config.pooling, Pooling::Cls);
+        assert!(config.normalize);
+        assert_eq!(config.max_seq_length, Some(256));
+
+        let max = r#"{"pooling_mode_max_tokens":true}"#;
+        let err =
+            SentenceConfig::parse(modules.as_bytes(), Some(max.as_bytes()), None).unwrap_err();
+        assert!(err.to_string().contains("max"), "{err}");
+    }
+}

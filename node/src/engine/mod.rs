@@ -1,0 +1,643 @@
+//! The inference engine: BERT-family sentence encoders on burn, loaded from a model folder
+//! in Hugging Face layout (on disk or a UnixFS directory in the repo), run on a backend
+//! chosen at run time.
+//!
+//! An [`Embedder`] takes a batch of texts (or token ids with their attention mask) and
+//! returns one embedding per input. Batches are padded to their longest input, never to a
+//! fixed length, and truncated at the model's maximum sequence length.
+
+mod activation;
+mod bert;
+pub mod cache;
+pub mod config;
+pub mod source;
+mod tokenize;
+mod weights;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+
+use self::bert::{Bert, BertWeights, PackedBatch};
+pub use self::cache::ModelCache;
+pub use self::config::{BertConfig, Pooling, SentenceConfig};
+pub use self::source::ModelFiles;
+use self::tokenize::TextTokenizer;
+
+/// Errors of loading a model or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A file the model needs is not in its folder.
+    #[error("the model folder has no {0}")]
+    MissingFile(String),
+    /// A configuration file could not be read or asks for something unsupported.
+    #[error("{file}: {reason}")]
+    Config { file: &'static str, reason: String },
+    /// config.json names an architecture this engine does not run.
+    #[error(
+        "unsupported model architecture {0:?}: this engine runs BERT encoders ({supported})",
+        supported = config::SUPPORTED_ARCHITECTURES.join(", ")
+    )]
+    UnsupportedArchitecture(String),
+    /// The weights do not fit the architecture: missing, unused or mis-shaped tensors.
+    #[error("model.safetensors does not match config.json: {0}")]
+    Weights(String),
+    /// tokenizer.json could not be loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The inputs cannot be run: empty, ragged, ids out of range, too long.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The requested backend is not built in or has no device here.
+    #[error("{0}")]
+    Device(String),
+    /// Reading the model's files failed.
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceKind {
+    /// burn's flex backend: pure Rust, SIMD, multi-threaded with rayon.
+    #[default]
+    Cpu,
+    /// burn's ndarray backend.
+    Ndarray,
+    /// burn's wgpu backend (Vulkan, Metal, DX12; lavapipe in software), when built with
+    /// the `wgpu` feature.
+    Wgpu,
+}
+
+impl DeviceKind {
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Ndarray, DeviceKind::Wgpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Ndarray => "ndarray",
+            DeviceKind::Wgpu => "wgpu",
+        }
+    }
+
+    /// Whether this build can run on it.
+    pub fn is_built(self) -> bool {
+        match self {
+            DeviceKind::Cpu | DeviceKind::Ndarray => true,
+            DeviceKind::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+
+    fn device(self) -> Result<Device> {
+        match self {
+            DeviceKind::Cpu => Ok(Device::flex()),
+            #[allow(deprecated)] // named in the design; flex is its successor
+            DeviceKind::Ndarray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(not(feature = "wgpu"))]
+            DeviceKind::Wgpu => Err(EngineError::Device(
+                "this build has no wgpu backend; rebuild with `--features wgpu`".to_owned(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        DeviceKind::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                EngineError::Device(format!("unknown device {s:?}: use cpu, ndarray or wgpu"))
+            })
+    }
+}
+
+/// Token ids of a batch with their attention masks, as a caller may send them instead of
+/// text. Rows may differ in length; they are padded to the longest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenInput {
+    pub ids: Vec<Vec<u32>>,
+    /// 1 for tokens to attend to, 0 for padding; same shape as `ids`.
+    pub mask: Vec<Vec<u32>>,
+}
+
+/// `rows` embeddings of `dim` floats each, row after row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub rows: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Embeddings {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn to_rows(&self) -> Vec<Vec<f32>> {
+        self.data
+            .chunks(self.dim.max(1))
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+}
+
+/// Where the time of one call went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub tokenize: Duration,
+    pub compute: Duration,
+}
+
+/// How a batch's token vectors become sentence vectors.
+enum Pool {
+    /// `[rows, longest, 1]` weight of each padded slot: 1/attended tokens, 0 elsewhere.
+    Mean(Tensor<3>),
+    /// `[rows]` the packed index of each row's first token.
+    Cls(Tensor<1, Int>),
+}
+
+/// A loaded sentence encoder on one device.
+#[derive(Debug)]
+pub struct Embedder {
+    config: BertConfig,
+    sentence: SentenceConfig,
+    model: Bert,
+    tokenizer: TextTokenizer,
+    max_seq_length: usize,
+    device: Device,
+    kind: DeviceKind,
+}
+
+impl Embedder {
+    /// Builds the encoder that `files` describe and loads its weights onto `kind`.
+    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+        let config = BertConfig::parse(&files.config)?;
+        let sentence = match &files.modules {
+            Some(modules) => SentenceConfig::parse(
+                modules,
+                files.pooling.as_deref(),
+                files.sentence_bert.as_deref(),
+            )?,
+            None => SentenceConfig::plain(),
+        };
+        let max_seq_length = sentence
+            .max_seq_length
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        let tokenizer = TextTokenizer::new(&files.tokenizer, max_seq_length)?;
+        let device = kind.device()?;
+        let mut loaded = BertWeights::new(&config, &device);
+        weights::load(&mut loaded, files.weights)?;
+        let model = Bert::new(config.clone(), loaded, kind != DeviceKind::Wgpu);
+        Ok(Self {
+            config,
+            sentence,
+            model,
+            tokenizer,
+            max_seq_length,
+            device,
+            kind,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn sentence_config(&self) -> &SentenceConfig {
+        &self.sentence
+    }
+
+    pub fn device(&self) -> DeviceKind {
+        self.kind
+    }
+
+    /// Length of each embedding.
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Bytes the weights take in memory (f32).
+    pub fn memory_bytes(&self) -> usize {
+        self.config.parameter_count() * std::mem::size_of::<f32>()
+    }
+
+    /// Token ids and masks for `texts`, as the model's tokenizer makes them.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenInput> {
+        self.tokenizer.encode(texts)
+    }
+
+    /// Embeds a batch of texts.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<(Embeddings, Timings)> {
+        let started = Instant::now();
+        let tokens = self.tokenize(texts)?;
+        let tokenize = started.elapsed();
+        let (embeddings, compute) = self.run(&tokens)?;
+        Ok((embeddings, Timings { tokenize, compute }))
+    }
+
+    /// Embeds a batch given as token ids and attention masks.
+    pub fn embed_tokens(&self, tokens: &TokenInput) -> Result<(Embeddings, Timings)> {
+        let (embeddings, compute) = self.run(tokens)?;
+        Ok((
+            embeddings,
+            Timings {
+                tokenize: Duration::ZERO,
+                compute,
+            },
+        ))
+    }
+
+    fn run(&self, tokens: &TokenInput) -> Result<(Embeddings, Duration)> {
+        let started = Instant::now();
+        self.check(tokens)?;
+        let rows = tokens.ids.len();
+        let dim = self.dim();
+        if rows == 0 {
+            let empty = Embeddings {
+                rows,
+                dim,
+                data: Vec::new(),
+            };
+            return Ok((empty, started.elapsed()));
+        }
+        let (batch, pool) = self.pack(tokens);
+        let hidden = self.model.forward(&batch);
+        let pooled = match pool {
+            Pool::Mean(weights) => hidden
+                .select(0, batch.to_padded)
+                .reshape([rows, batch.longest, dim])
+                .mul(weights)
+                .sum_dim(1)
+                .reshape([rows, dim]),
+            Pool::Cls(starts) => hidden.select(0, starts),
+        };
+        let pooled = if self.sentence.normalize {
+            let norms = pooled
+                .clone()
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .clamp_min(1e-12);
+            pooled / norms
+        } else {
+            pooled
+        };
+        let data = pooled
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| EngineError::Device(format!("reading embeddings back: {e:?}")))?;
+        Ok((Embeddings { rows, dim, data }, started.elapsed()))
+    }
+
+    /// Checks that ids and masks are well formed and within the model's limits.
+    fn check(&self, tokens: &TokenInput) -> Result<()> {
+        if tokens.ids.len() != tokens.mask.len() {
+            return Err(EngineError::BadInput(format!(
+                "{} rows of ids but {} rows of attention mask",
+                tokens.ids.len(),
+                tokens.mask.len()
+            )));
+        }
+        for (i, (ids, mask)) in tokens.ids.iter().zip(&tokens.mask).enumerate() {
+            if ids.len() != mask.len() {
+                return Err(EngineError::BadInput(format!(
+                    "row {i}: {} ids but {} mask entries",
+                    ids.len(),
+                    mask.len()
+                )));
+            }
+            if ids.is_empty() {
+                return Err(EngineError::BadInput(format!("row {i} has no tokens")));
+            }
+            if ids.len() > self.max_seq_length {
+                return Err(EngineError::BadInput(format!(
+                    "row {i} has {} tokens; this model takes at most {}",
+                    ids.len(),
+                    self.max_seq_length
+                )));
+            }
+            if let Some(id) = ids
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(EngineError::BadInput(format!(
+                    "row {i}: token id {id} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            if let Some(m) = mask.iter().find(|&&m| m > 1) {
+                return Err(EngineError::BadInput(format!(
+                    "row {i}: attention mask value {m} is not 0 or 1"
+                )));
+            }
+            if mask.iter().all(|&m| m == 0) {
+                return Err(EngineError::BadInput(format!("row {i} masks every token")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Packs the rows into one token sequence, with the indices attention uses to see
+    /// them padded, and what pooling needs to turn token vectors into sentence vectors.
+    fn pack(&self, tokens: &TokenInput) -> (PackedBatch, Pool) {
+        let rows = tokens.ids.len();
+        let longest = tokens.ids.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = tokens.ids.iter().map(Vec::len).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut to_padded = vec![0i64; rows * longest];
+        let mut from_padded = Vec::with_capacity(total);
+        let mut key_mask = vec![true; rows * longest];
+        let mut mean_weights = vec![0f32; rows * longest];
+        let mut starts = Vec::with_capacity(rows);
+        for (row, (row_ids, row_mask)) in tokens.ids.iter().zip(&tokens.mask).enumerate() {
+            let start = ids.len();
+            let attended: u32 = row_mask.iter().sum();
+            for (col, (&id, &m)) in row_ids.iter().zip(row_mask).enumerate() {
+                let packed = ids.len();
+                let slot = row * longest + col;
+                ids.push(i64::from(id));
+                positions.push(col as i64);
+                to_padded[slot] = packed as i64;
+                from_padded.push(slot as i64);
+                key_mask[slot] = m == 0;
+                mean_weights[slot] = m as f32 / attended as f32;
+            }
+            starts.push(start as i64);
+        }
+        let device = &self.device;
+        let int = |v: Vec<i64>| {
+            let len = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [len]), device)
+        };
+        let batch = PackedBatch {
+            ids: int(ids),
+            positions: int(positions),
+            to_padded: int(to_padded),
+            from_padded: int(from_padded),
+            key_mask: Tensor::from_data(TensorData::new(key_mask, [rows, 1, 1, longest]), device),
+            rows,
+            longest,
+        };
+        let pool = match self.sentence.pooling {
+            Pooling::Mean => Pool::Mean(Tensor::from_data(
+                TensorData::new(mean_weights, [rows, longest, 1]),
+                device,
+            )),
+            Pooling::Cls => Pool::Cls(int(starts)),
+        };
+        (batch, pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use cid::Cid;
+    use multihash_codetable::MultihashDigest;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    fn reference() -> Value {
+        let text = std::fs::read(fixtures().join("tiny-bert-reference.json")).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    fn floats(value: &Value) -> Vec<f32> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    }
+
+    /// A copy of the tiny BERT folder with `edit` applied, in a temporary directory.
+    fn tiny_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixtures().join("tiny-bert")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        edit(dir.path());
+        dir
+    }
+
+    fn edit_config(dir: &Path, key: &str, value: Value) {
+        let path = dir.join("config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config[key] = value;
+        std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+    }
+
+    fn load(dir: &Path, device: DeviceKind) -> Result<Embedder> {
+        Embedder::load(ModelFiles::from_dir(dir).unwrap(), device)
+    }
+
+    fn assert_matches(embeddings: &Embeddings, expected: &Value) {
+        let expected = expected.as_array().unwrap();
+        assert_eq!(embeddings.rows, expected.len());
+        for (i, want) in expected.iter().enumerate() {
+            let want = floats(want);
+            let got = embeddings.row(i);
+            let similarity = cosine(got, &want);
+            assert!(similarity >= 0.9999, "row {i}: cosine {similarity}");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "row {i}: largest difference {worst}");
+        }
+    }
+
+    fn sentences(reference: &Value) -> Vec<String> {
+        reference["sentences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tiny_bert_matches_pytorch_on_every_cpu_backend() {
+        let reference = reference();
+        let texts = sentences(&reference);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        for device in [DeviceKind::Cpu, DeviceKind::Ndarray] {
+            let model = load(&fixtures().join("tiny-bert"), device).unwrap();
+            let tokens = model.tokenize(&texts).unwrap();
+            let want_ids: Vec<Vec<u32>> =
+                serde_json::from_value(reference["input_ids"].clone()).unwrap();
+            assert_eq!(tokens.ids, want_ids);
+            let (embeddings, _) = model.embed_texts(&texts).unwrap();
+            assert_eq!(embeddings.dim, 32);
+            assert_matches(&embeddings, &reference["mean_pooled"]);
+            // Token ids in give the same as text in.
+            let (from_ids, _) = model.embed_tokens(&tokens).unwrap();
+            assert_eq!(from_ids, embeddings);
+        }
+    }
+
+    #[test]
+    fn pooling_comes_from_the_folder() {
+        let reference = reference();
+        let dir = tiny_copy(|dir| {
+            std::fs::write(
+                dir.join("modules.json"),
+                r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                   {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+            )
+            .unwrap();
+            std::fs::create_dir(dir.join("1_Pooling")).unwrap();
+            std::fs::write(
+                dir.join("1_Pooling/config.json"),
+                r#"{"word_embedding_dimension":32,"pooling_mode_cls_token":true,"pooling_mode_mean_tokens":false}"#,
+            )
+            .unwrap();
+        });
+        let model = load(dir.path(), DeviceKind::Cpu).unwrap();
+        assert_eq!(model.sentence_config().pooling, Pooling::Cls);
+        let texts = sentences(&reference);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (embeddings, _) = model.embed_texts(&texts).unwrap();
+        assert_matches(&embeddings, &reference["cls_pooled"]);
+    }
+
+    #[test]
+    fn batch_results_do_not_depend_on_padding() {
+        let model = load(&fixtures().join("tiny-bert"), DeviceKind::Cpu).unwrap();
+        let short = "a";
+        let long = "Peers fetch model weights from each other over Bitswap.";
+        let (alone, _) = model.embed_texts(&[short]).unwrap();
+        let (padded, _) = model.embed_texts(&[long, short]).unwrap();
+        let similarity = cosine(alone.row(0), padded.row(1));
+        assert!(similarity > 0.99999, "cosine {similarity}");
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_are_refused_by_name() {
+        // One layer more than the file has: its weights are missing.
+        let dir = tiny_copy(|dir| edit_config(dir, "num_hidden_layers", 3.into()));
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("encoder.layer.2.") && err.contains("missing"),
+            "{err}"
+        );
+
+        // One layer less: the second layer's weights would be silently unused.
+        let dir = tiny_copy(|dir| edit_config(dir, "num_hidden_layers", 1.into()));
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("not used") && err.contains("encoder.layer.1."),
+            "{err}"
+        );
+
+        // A wider feed-forward than the file's: shapes differ.
+        let dir = tiny_copy(|dir| edit_config(dir, "intermediate_size", 128.into()));
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(err.contains("intermediate.dense.weight"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_architectures_and_missing_files_are_named() {
+        let dir = tiny_copy(|dir| {
+            edit_config(dir, "architectures", serde_json::json!(["GPT2LMHeadModel"]));
+            edit_config(dir, "model_type", "gpt2".into());
+        });
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(err.contains("GPT2LMHeadModel"), "{err}");
+
+        let dir = tiny_copy(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap());
+        let err = ModelFiles::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+
+    #[test]
+    fn bad_token_input_is_an_error() {
+        let model = load(&fixtures().join("tiny-bert"), DeviceKind::Cpu).unwrap();
+        let bad = |ids: Vec<Vec<u32>>, mask: Vec<Vec<u32>>| {
+            model
+                .embed_tokens(&TokenInput { ids, mask })
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(vec![vec![101, 5000]], vec![vec![1, 1]]).contains("vocabulary"));
+        assert!(bad(vec![vec![101, 102]], vec![vec![1]]).contains("mask"));
+        assert!(bad(vec![vec![101]], vec![]).contains("rows"));
+        assert!(bad(vec![vec![]], vec![vec![]]).contains("no tokens"));
+        assert!(bad(vec![vec![101; 65]], vec![vec![1; 65]]).contains("at most 64"));
+        assert!(bad(vec![vec![101, 102]], vec![vec![0, 0]]).contains("masks every token"));
+        // Texts past the limit are truncated, not refused.
+        let long = "word ".repeat(200);
+        let (embeddings, _) = model.embed_texts(&[long.as_str()]).unwrap();
+        assert_eq!(embeddings.rows, 1);
+        assert_eq!(model.tokenize(&[long.as_str()]).unwrap().ids[0].len(), 64);
+    }
+
+    #[test]
+    fn cache_keeps_models_under_its_cap() {
+        let dir = fixtures().join("tiny-bert");
+        let one = load(&dir, DeviceKind::Cpu).unwrap().memory_bytes();
+        let cache = ModelCache::new(one * 2);
+        let cid = |n: u8| {
+            let hash = multihash_codetable::Code::Sha2_256.digest(&[n]);
+            Cid::new_v1(0x55, hash)
+        };
+        let mut loads = 0;
+        let mut get = |n: u8| {
+            cache
+                .get_or_load(&cid(n), DeviceKind::Cpu, || {
+                    loads += 1;
+                    load(&dir, DeviceKind::Cpu)
+                })
+                .unwrap();
+        };
+        get(1);
+        get(2);
+        get(1); // hit; 2 becomes the least recently used
+        get(3); // evicts 2
+        get(1); // still loaded
+        drop(get);
+        assert_eq!(loads, 3);
+        let mut loaded: Vec<_> = cache.loaded().into_iter().map(|(c, _)| c).collect();
+        loaded.sort();
+        let mut want = vec![cid(1), cid(3)];
+        want.sort();
+        assert_eq!(loaded, want);
+        assert!(cache.bytes() <= one * 2);
+    }
+}

