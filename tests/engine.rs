@@ -177,3 +177,14 @@ fn model_errors_are_clear() {
     ]);
     assert!(err.contains("not in this repo"), "{err}");
 }
+
+/// The wgpu backend gives the same embeddings as sentence-transformers. Without a GPU
+/// this runs on Mesa's lavapipe (installed by tests/setup.sh); the first call compiles
+/// its shaders, which takes a while on a small CPU.
+#[test]
+fn minilm_on_wgpu_matches_sentence_transformers() {
+    let reference = read_json(&fixture("minilm-reference.json"));
+    let repo = TestRepo::new();
+    let cid = repo.ok(&["model", "import", minilm_dir().to_str().unwrap()]);
+    assert_infer_matches(&repo, &cid, "wgpu", &reference);
+}

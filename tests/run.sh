@@ -7,5 +7,6 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 
 bash tests/setup.sh
 cargo fmt --all --check
-cargo build --locked -p ipfs-accelerate
-cargo nextest run --locked --workspace --no-fail-fast
+# The wgpu backend is built in so its tests run (on Mesa's lavapipe when there is no GPU).
+cargo build --locked -p ipfs-accelerate --features wgpu
+cargo nextest run --locked --workspace --features ipfs-accelerate/wgpu --no-fail-fast

