@@ -65,11 +65,13 @@ pub(crate) enum Command {
     Pubsub(PubsubCommand),
     /// Stop the running daemon
     Shutdown,
-    /// Models: import a model folder, list imported models
+    /// Models: import, publish, discover, pull and serve them
     #[command(subcommand)]
     Model(ModelCommand),
-    /// Embed texts with a model (a CID or an imported name)
+    /// Embed texts with a model (a CID or a name), here or on a peer serving it
     Infer(InferArgs),
+    /// Peers serving a model, each probed for round-trip and load (needs a running daemon)
+    Providers { model: String },
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -90,8 +92,47 @@ pub(crate) enum ModelCommand {
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
     },
-    /// Models imported into this repo
-    Ls,
+    /// Models known here: imported, pulled, and announced by peers (with a daemon)
+    Ls {
+        /// Only models with this tag
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Sign and announce a model: provide it on the DHT, serve it, gossip its manifest
+    /// (needs a running daemon)
+    Publish {
+        /// A model folder, or the root CID or name of one already imported
+        model: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Comma-separated tags
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Backend that serves it
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Fetch a model from every peer that has it, pin it and provide it (needs a
+    /// running daemon)
+    Pull {
+        /// NAME, NAME@VERSION or root CID
+        model: String,
+        /// Serve inference for it once pulled
+        #[arg(long)]
+        serve: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Serve inference for a model in the repo (needs a running daemon)
+    Serve {
+        model: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// A model's manifest: publisher, architecture, shapes, tags (needs a running daemon)
+    Info { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +152,12 @@ pub(crate) struct InferArgs {
     /// Text to embed (repeatable; one embedding each)
     #[arg(long = "text", required = true, value_name = "TEXT")]
     pub(crate) texts: Vec<String>,
+    /// Send it to a peer serving the model even if it is here (needs a running daemon)
+    #[arg(long)]
+    pub(crate) remote: bool,
+    /// Longest to wait for an answer, in milliseconds
+    #[arg(long, value_name = "MS")]
+    pub(crate) deadline: Option<u64>,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
 }
@@ -119,6 +166,35 @@ pub(crate) struct InferArgs {
 pub(crate) enum BenchCommand {
     /// Sentence embeddings per second (median of runs after warm-up)
     Embed(BenchEmbedArgs),
+    /// Inference between peers on loopback, in one process: the overhead of a remote
+    /// batch-1 request, and many clients' throughput against the server's own
+    Infer(BenchInferArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchInferArgs {
+    /// A model folder on disk
+    pub(crate) model: PathBuf,
+    /// File with one sentence per line
+    #[arg(long)]
+    pub(crate) sentences: PathBuf,
+    /// Client peers calling the server at once
+    #[arg(long, default_value_t = 8)]
+    pub(crate) clients: usize,
+    /// Requests each client keeps in flight
+    #[arg(long, default_value_t = 8)]
+    pub(crate) concurrency: usize,
+    /// Batch-1 requests timed for the latency figures (each way)
+    #[arg(long, default_value_t = 300)]
+    pub(crate) requests: usize,
+    /// Seconds each throughput run lasts
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: u64,
+    /// Texts per request in the server's own batched run
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +253,24 @@ pub(crate) struct DaemonArgs {
     /// Kademlia protocol, e.g. /ipfs/lan/kad/1.0.0 to join Kubo's LAN DHT
     #[arg(long, value_name = "NAME")]
     pub(crate) dht_protocol: Option<String>,
+    /// Serve inference for a model in the repo: NAME, NAME@VERSION or CID (repeatable)
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) serve: Vec<String>,
+    /// Backend for served models: cpu, ndarray or wgpu
+    #[arg(long, default_value = "cpu")]
+    pub(crate) serve_device: String,
+    /// Requests queued per served model before peers get Busy
+    #[arg(long, default_value_t = 256)]
+    pub(crate) serve_queue: usize,
+    /// Most texts in one batch
+    #[arg(long, default_value_t = 64)]
+    pub(crate) serve_batch: usize,
+    /// Batches of one model run at once
+    #[arg(long, default_value_t = 1)]
+    pub(crate) serve_workers: usize,
+    /// Only these peers may send inference requests (repeatable)
+    #[arg(long, value_name = "PEER_ID")]
+    pub(crate) allow_peer: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,6 +27,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     if let Command::Init = cli.command {
         return init(&path, json);
     }
+    if let Command::Bench(BenchCommand::Infer(_)) = &cli.command {
+        let Command::Bench(BenchCommand::Infer(args)) = cli.command else {
+            unreachable!("matched above")
+        };
+        return crate::bench_infer::bench_infer(args, json);
+    }
     // A benchmark of a model folder on disk needs no repo.
     if let Command::Bench(BenchCommand::Embed(args)) = &cli.command
         && Path::new(&args.model).is_dir()
@@ -48,7 +54,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init => unreachable!("handled above"),
         Command::Daemon(args) => crate::daemon::run(repo, args),
-        Command::Swarm(_) | Command::Routing(_) | Command::Pubsub(_) | Command::Shutdown => bail!(
+        Command::Swarm(_)
+        | Command::Routing(_)
+        | Command::Pubsub(_)
+        | Command::Shutdown
+        | Command::Providers { .. } => bail!(
             "no daemon is running on {}; start one with `ipfs-accelerate daemon`",
             path.display()
         ),
@@ -66,6 +76,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => {
             crate::model::bench_embed(Some(&repo), args, json)
         }
+        Command::Bench(BenchCommand::Infer(_)) => unreachable!("handled above"),
     }
 }
 

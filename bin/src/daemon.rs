@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use ipfs_accelerate_node::engine::DeviceKind;
+use ipfs_accelerate_node::infer::ServeConfig;
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::repo::Repo;
 use ipfs_accelerate_node::{Node, api, gateway};
@@ -34,6 +36,24 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         no_mdns: args.no_mdns,
         dht_protocol: args.dht_protocol,
     };
+    let serve_device: DeviceKind = args.serve_device.parse()?;
+    let allow = if args.allow_peer.is_empty() {
+        None
+    } else {
+        Some(
+            args.allow_peer
+                .iter()
+                .map(|p| p.parse().with_context(|| format!("invalid peer id {p:?}")))
+                .collect::<Result<_>>()?,
+        )
+    };
+    let serve_config = ServeConfig {
+        queue_capacity: args.serve_queue.max(1),
+        max_batch_rows: args.serve_batch.max(1),
+        workers: args.serve_workers.max(1),
+        allow,
+        ..ServeConfig::default()
+    };
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
         .with_context(|| format!("binding the API to {api_addr}"))?;
@@ -42,7 +62,14 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {gateway_addr}"))?;
     let gateway_bound = gateway_listener.local_addr()?;
-    let node = Arc::new(Node::start(repo, overrides).await?);
+    let node = Arc::new(Node::start(repo, overrides, serve_config).await?);
+    for model in &args.serve {
+        let root = node.resolve_model(model)?;
+        node.serve_model(root, serve_device)
+            .await
+            .with_context(|| format!("serving {model}"))?;
+        println!("Serving {model} ({root}) on {serve_device}");
+    }
     let addrs = node
         .p2p()
         .wait_listening(std::time::Duration::from_secs(10))

@@ -1,9 +1,11 @@
 //! The `ipfs-accelerate` binary: parses arguments, installs tracing, calls `node`.
 
+mod bench_infer;
 mod cli;
 mod commands;
 mod daemon;
 mod model;
+mod model_remote;
 mod multipart;
 mod progress;
 mod remote;

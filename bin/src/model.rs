@@ -24,7 +24,13 @@ pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()
             version,
             tags,
         } => import(repo, &dir, name, version, tags, json),
-        ModelCommand::Ls => list(repo, json),
+        ModelCommand::Ls { tag } => list(repo, tag.as_deref(), json),
+        ModelCommand::Publish { .. }
+        | ModelCommand::Pull { .. }
+        | ModelCommand::Serve { .. }
+        | ModelCommand::Info { .. } => {
+            bail!("this model command works on the network: start `ipfs-accelerate daemon` first")
+        }
     }
 }
 
@@ -98,8 +104,9 @@ fn record_json(record: &ModelRecord) -> serde_json::Value {
     })
 }
 
-fn list(repo: &Repo, json: bool) -> Result<()> {
-    let records = LocalModels::new(repo.path()).list()?;
+fn list(repo: &Repo, tag: Option<&str>, json: bool) -> Result<()> {
+    let mut records = LocalModels::new(repo.path()).list()?;
+    records.retain(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)));
     if json {
         let models: Vec<_> = records.iter().map(record_json).collect();
         return print_json(&json!({ "models": models }));
@@ -111,7 +118,7 @@ fn list(repo: &Repo, json: bool) -> Result<()> {
 }
 
 /// The engine's settings from the command line: the device, and the CPU thread pool.
-fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
+pub(crate) fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -134,6 +141,9 @@ fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Embedder)>
 }
 
 pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
+    if args.remote {
+        bail!("--remote sends the request to peers: start `ipfs-accelerate daemon` first");
+    }
     let device = engine_device(&args.engine)?;
     let started = Instant::now();
     let (root, embedder) = load(repo, &args.model, device)?;

@@ -62,7 +62,7 @@ impl Remote {
     }
 
     /// POSTs and returns the body reader, turning Kubo-style errors into one line.
-    fn call(
+    pub(crate) fn call(
         &self,
         path: &str,
         args: &[(&str, String)],
@@ -92,7 +92,7 @@ impl Remote {
 
     /// POSTs a multipart upload (how Kubo's RPC takes files) and returns the answer's
     /// text.
-    fn upload(
+    pub(crate) fn upload(
         &self,
         path: &str,
         args: &[(&str, String)],
@@ -105,9 +105,20 @@ impl Remote {
         Ok(text)
     }
 
-    fn json(&self, path: &str, args: &[(&str, String)]) -> Result<Value> {
+    pub(crate) fn json(&self, path: &str, args: &[(&str, String)]) -> Result<Value> {
         let mut text = String::new();
         self.call(path, args, None)?.read_to_string(&mut text)?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("reading the daemon's answer to {path}"))
+    }
+
+    /// POSTs a JSON body and reads a JSON answer.
+    pub(crate) fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let bytes = serde_json::to_vec(body)?;
+        let mut reader = std::io::Cursor::new(bytes);
+        let mut text = String::new();
+        self.call(path, &[], Some(("application/json", &mut reader)))?
+            .read_to_string(&mut text)?;
         serde_json::from_str(&text)
             .with_context(|| format!("reading the daemon's answer to {path}"))
     }
@@ -538,6 +549,9 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             remote.call("shutdown", &[], None)?;
             std::io::stdout().flush()?;
         }
+        Command::Model(cmd) => crate::model_remote::model(remote, cmd, json)?,
+        Command::Infer(args) => crate::model_remote::infer(remote, args, json)?,
+        Command::Providers { model } => crate::model_remote::providers(remote, model, json)?,
         other => bail!(
             "{} is not available while a daemon holds the repo; stop the daemon (ipfs-accelerate shutdown) and run it again",
             command_name(&other)

@@ -6,6 +6,7 @@
 //! export with Kubo-identical CIDs, and [`car`] import and export.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod announce;
 pub mod api;
 pub mod bitswap;
 pub mod blockstore;
@@ -16,11 +17,13 @@ pub mod gateway;
 pub mod gc;
 mod http_body;
 pub mod identity;
+pub mod infer;
 pub mod models;
 pub mod node;
 pub mod p2p;
 pub mod pin;
 mod provider;
+pub mod serving;
 pub mod store;
 
 pub use config::NodeConfig;

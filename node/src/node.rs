@@ -39,6 +39,8 @@ pub enum Error {
     Task(String),
     #[error("no link named {name:?} under {parent}")]
     NoLink { parent: Cid, name: String },
+    #[error("{0}")]
+    Model(String),
 }
 
 /// Result alias for this module.
@@ -61,6 +63,8 @@ pub struct Node {
     bitswap: Bitswap,
     /// Local subscribers per pubsub topic; the swarm leaves a topic when none remain.
     topics: Arc<Mutex<HashMap<String, usize>>>,
+    /// Serving, publishing, discovering and calling models ([`crate::serving`]).
+    pub(crate) models: crate::serving::Models,
 }
 
 /// A pubsub message as subscribers receive it.
@@ -147,7 +151,11 @@ fn parse_addrs(what: &'static str, values: &[String]) -> Result<Vec<Multiaddr>> 
 
 impl Node {
     /// Starts the swarm and Bitswap on an open repo.
-    pub async fn start(repo: Repo, overrides: NetworkOverrides) -> Result<Node> {
+    pub async fn start(
+        repo: Repo,
+        overrides: NetworkOverrides,
+        serve: crate::infer::ServeConfig,
+    ) -> Result<Node> {
         let network = repo.config().network.clone();
         let listen = if overrides.listen.is_empty() {
             network.listen.clone()
@@ -176,11 +184,18 @@ impl Node {
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start(config, keypair).await?;
         let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
+        let models = crate::serving::Models::new(p2p.clone(), serve);
+        models.start(&p2p).await?;
         let node = Node {
             repo,
             p2p,
             bitswap,
-            topics: Arc::default(),
+            // The node itself listens to model announcements, whoever else subscribes.
+            topics: Arc::new(Mutex::new(HashMap::from([(
+                ipfs_accelerate_protocol::manifest::MODELS_TOPIC.to_owned(),
+                1,
+            )]))),
+            models,
         };
         node.spawn_reprovider(Duration::from_secs(network.reprovide_interval_secs.max(60)));
         Ok(node)

@@ -9,7 +9,10 @@
 //!   network or a file always verifies the hash.
 //! - [`car`]: CAR v1 framing (header and block frames).
 //! - [`codec`]: multicodec and multihash numbers we understand.
+//! - [`infer`]: the `/ipfs-accelerate/infer/1.0.0` messages and the DHT service key of a
+//!   model.
 //! - [`limits`]: size limits shared by every component.
+//! - [`manifest`]: signed model manifests, registry entries and gossip topics.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -17,7 +20,9 @@ pub mod bitswap;
 pub mod block;
 pub mod car;
 pub mod codec;
+pub mod infer;
 pub mod limits;
+pub mod manifest;
 
 pub use block::Block;
 pub use cid::Cid;

@@ -19,3 +19,13 @@ pub const CAR_FRAME_LIMIT: usize = BLOCK_SIZE_LIMIT + 256;
 
 /// Longest encoded CID we accept (a CIDv1 with a 64-byte digest is 70 bytes).
 pub const CID_LENGTH_LIMIT: usize = 128;
+
+/// Largest encoded inference request (`/ipfs-accelerate/infer/1.0.0`): room for a batch of
+/// texts or token ids, or a modest input tensor.
+pub const INFER_REQUEST_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Largest encoded inference response: e.g. 2,048 embeddings of 2,048 f32 values.
+pub const INFER_RESPONSE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Largest encoded manifest, which is also the largest model announcement.
+pub const MANIFEST_LIMIT: usize = 64 * 1024;

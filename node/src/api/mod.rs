@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 mod add;
+mod models;
 
 use crate::http_body::stream_from_blocking;
 use crate::node::Node;
@@ -163,6 +164,13 @@ pub async fn serve(
         .route("/api/v0/pubsub/ls", post(pubsub_ls))
         .route("/api/v0/pubsub/peers", post(pubsub_peers))
         .route("/api/v0/shutdown", post(shutdown_handler))
+        .route("/api/v0/accelerate/infer", post(models::infer))
+        .route("/api/v0/accelerate/model/publish", post(models::publish))
+        .route("/api/v0/accelerate/model/serve", post(models::serve))
+        .route("/api/v0/accelerate/model/pull", post(models::pull))
+        .route("/api/v0/accelerate/model/ls", post(models::ls))
+        .route("/api/v0/accelerate/model/info", post(models::info))
+        .route("/api/v0/accelerate/providers", post(models::providers))
         .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT))
         .with_state(api);
     axum::serve(listener, app)

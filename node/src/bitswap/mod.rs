@@ -67,6 +67,8 @@ const STRIKES_LIMIT: u32 = 16;
 const RECEIVED_QUEUE_CAPACITY: usize = 8;
 /// How often wants are checked for timeouts and provider searches.
 const TICK: Duration = Duration::from_millis(250);
+/// Peers whose delivered blocks are counted (see [`Bitswap::received_from`]).
+const SOURCES_TRACKED: usize = 4096;
 /// Providers asked for per DHT lookup.
 const PROVIDERS_PER_SEARCH: usize = 8;
 
@@ -170,6 +172,8 @@ struct State {
     next_recent: usize,
     strikes: HashMap<PeerId, u32>,
     stats: Stats,
+    /// Wanted blocks and bytes each peer delivered.
+    received_from: HashMap<PeerId, (u64, u64)>,
 }
 
 struct Want {
@@ -249,6 +253,11 @@ impl Bitswap {
 
     pub fn stats(&self) -> Stats {
         lock(&self.inner.state).stats
+    }
+
+    /// Wanted blocks and bytes received from each peer since the node started.
+    pub fn received_from(&self) -> HashMap<PeerId, (u64, u64)> {
+        lock(&self.inner.state).received_from.clone()
     }
 
     /// CIDs we are currently looking for.
@@ -615,6 +624,13 @@ impl Inner {
                 };
                 state.stats.blocks_received += 1;
                 state.stats.bytes_received += block.len() as u64;
+                if state.received_from.len() < SOURCES_TRACKED
+                    || state.received_from.contains_key(&peer)
+                {
+                    let source = state.received_from.entry(peer).or_default();
+                    source.0 += 1;
+                    source.1 += block.len() as u64;
+                }
                 for waiter in want.waiters {
                     let _ = waiter.send(block.clone());
                 }

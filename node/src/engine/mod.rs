@@ -156,6 +156,14 @@ impl Embeddings {
     }
 }
 
+/// Scales each row of `rows` to unit L2 length, as sentence-transformers' Normalize does.
+pub fn l2_normalize(rows: &mut [f32], dim: usize) {
+    for row in rows.chunks_mut(dim.max(1)) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
 /// Where the time of one call went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
@@ -267,7 +275,22 @@ impl Embedder {
         ))
     }
 
+    /// Embeds a batch of token ids without the model's L2 normalisation, for callers
+    /// that normalise each request of a shared batch their own way ([`l2_normalize`]).
+    pub fn embed_tokens_unnormalized(&self, tokens: &TokenInput) -> Result<(Embeddings, Duration)> {
+        self.run_with(tokens, false)
+    }
+
+    /// Whether the model's own configuration normalises its embeddings.
+    pub fn normalizes(&self) -> bool {
+        self.sentence.normalize
+    }
+
     fn run(&self, tokens: &TokenInput) -> Result<(Embeddings, Duration)> {
+        self.run_with(tokens, self.sentence.normalize)
+    }
+
+    fn run_with(&self, tokens: &TokenInput, normalize: bool) -> Result<(Embeddings, Duration)> {
         let started = Instant::now();
         self.check(tokens)?;
         let rows = tokens.ids.len();
@@ -291,7 +314,7 @@ impl Embedder {
                 .reshape([rows, dim]),
             Pool::Cls(starts) => hidden.select(0, starts),
         };
-        let pooled = if self.sentence.normalize {
+        let pooled = if normalize {
             let norms = pooled
                 .clone()
                 .powi_scalar(2)
@@ -310,7 +333,7 @@ impl Embedder {
     }
 
     /// Checks that ids and masks are well formed and within the model's limits.
-    fn check(&self, tokens: &TokenInput) -> Result<()> {
+    pub fn check(&self, tokens: &TokenInput) -> Result<()> {
         if tokens.ids.len() != tokens.mask.len() {
             return Err(EngineError::BadInput(format!(
                 "{} rows of ids but {} rows of attention mask",

@@ -71,29 +71,14 @@ impl ModelFiles {
 
     /// Reads the model folder that is the UnixFS directory `root` in `store`.
     pub fn from_store(store: &Store, root: &Cid) -> Result<Self, SourceError> {
-        let folder = root.to_string();
-        Self::read(&folder, |file, limit| {
-            let repo_error = |source| SourceError::Repo {
-                root: *root,
-                file: file.to_owned(),
-                source,
-            };
-            let Some(cid) = find(store, root, file).map_err(repo_error)? else {
-                return Ok(None);
-            };
-            let size = unixfs::file_size(store, &cid)
-                .map_err(repo_error)?
-                .unwrap_or(0);
-            if size > limit {
-                return Err(SourceError::TooLarge {
-                    file: file.to_owned(),
-                    size,
-                });
-            }
-            let mut bytes = Vec::with_capacity(size as usize);
-            unixfs::cat(store, &cid, &mut bytes, &mut |_| {}).map_err(repo_error)?;
-            Ok(Some(bytes))
+        Self::read(&root.to_string(), |file, limit| {
+            read_from_store(store, root, file, limit)
         })
+    }
+
+    /// One small file (`config.json`, ...) of the model folder `root`, if it has it.
+    pub fn read_one(store: &Store, root: &Cid, file: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        read_from_store(store, root, file, SMALL_FILE_LIMIT)
     }
 
     fn read(
@@ -129,6 +114,35 @@ impl ModelFiles {
             sentence_bert,
         })
     }
+}
+
+/// The file at `file` under the UnixFS directory `root`, refused if over `limit` bytes.
+fn read_from_store(
+    store: &Store,
+    root: &Cid,
+    file: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, SourceError> {
+    let repo_error = |source| SourceError::Repo {
+        root: *root,
+        file: file.to_owned(),
+        source,
+    };
+    let Some(cid) = find(store, root, file).map_err(repo_error)? else {
+        return Ok(None);
+    };
+    let size = unixfs::file_size(store, &cid)
+        .map_err(repo_error)?
+        .unwrap_or(0);
+    if size > limit {
+        return Err(SourceError::TooLarge {
+            file: file.to_owned(),
+            size,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    unixfs::cat(store, &cid, &mut bytes, &mut |_| {}).map_err(repo_error)?;
+    Ok(Some(bytes))
 }
 
 /// The CID of `path` (`a/b`) inside the UnixFS directory `root`, if it is a file there.

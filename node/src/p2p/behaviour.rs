@@ -4,12 +4,24 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use ipfs_accelerate_protocol::infer::{INFER_PROTOCOL, InferRequest, InferResponse};
+use ipfs_accelerate_protocol::limits::{INFER_REQUEST_LIMIT, INFER_RESPONSE_LIMIT};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp,
+    yamux,
+};
 
 use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, PROVIDED_KEYS_LIMIT, Result};
+
+/// Longest an inference request may take end to end on the wire, queueing included;
+/// callers give up sooner by their own deadlines.
+pub(super) const INFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Inference requests in flight on one connection, both ways together.
+const INFER_STREAMS_PER_CONNECTION: usize = 512;
 
 /// Connections with no open streams close after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,6 +36,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Moves Bitswap streams to and from the engine, which runs outside this task.
     pub bitswap: crate::bitswap::Behaviour,
+    /// `/ipfs-accelerate/infer/1.0.0`: CBOR requests and responses, size-limited.
+    pub infer: request_response::cbor::Behaviour<InferRequest, InferResponse>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -90,6 +104,9 @@ fn behaviour(
         gossipsub::ConfigBuilder::default()
             .max_transmit_size(GOSSIP_MESSAGE_LIMIT)
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Model announcements are checked (signature, publisher) before they are
+            // forwarded; the swarm task reports every message's verdict.
+            .validate_messages()
             .build()?,
     )?;
     let mdns = if config.mdns {
@@ -100,6 +117,16 @@ fn behaviour(
     } else {
         None
     };
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(INFER_REQUEST_LIMIT as u64)
+        .set_response_size_maximum(INFER_RESPONSE_LIMIT as u64);
+    let infer = request_response::Behaviour::with_codec(
+        codec,
+        [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(INFER_REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(INFER_STREAMS_PER_CONNECTION),
+    );
     Ok(Behaviour {
         identify,
         ping: ping::Behaviour::default(),
@@ -107,5 +134,6 @@ fn behaviour(
         gossipsub,
         mdns: mdns.into(),
         bitswap,
+        infer,
     })
 }

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipfs_accelerate_protocol::infer::{InferRequest, InferResponse};
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -28,6 +30,8 @@ pub const DEFAULT_DHT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
 /// Provider records we keep for content we provide: far above libp2p's default of
 /// 1024, since every block of a pinned model may be announced.
 pub const PROVIDED_KEYS_LIMIT: usize = 1 << 20;
+/// Inbound inference requests waiting for the server to take them; more get `Busy`.
+const INFER_INBOUND_CAPACITY: usize = 1024;
 /// Largest gossipsub message (model announcements and user pubsub).
 pub const GOSSIP_MESSAGE_LIMIT: usize = 1024 * 1024;
 
@@ -59,6 +63,16 @@ pub enum Error {
     Closed,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("inference request to {0}")]
+    Infer(String),
+}
+
+/// An inference request from a peer; answer it with [`P2p::infer_respond`].
+#[derive(Debug)]
+pub struct InboundInfer {
+    pub peer: PeerId,
+    pub request: InferRequest,
+    pub channel: ResponseChannel<InferResponse>,
 }
 
 /// Result alias for this module.
@@ -95,6 +109,8 @@ pub struct P2p {
     local_peer_id: PeerId,
     /// Taken once by the Bitswap engine.
     bitswap: Arc<Mutex<Option<crate::bitswap::Channels>>>,
+    /// Taken once by the inference server.
+    infer_inbound: Arc<Mutex<Option<mpsc::Receiver<InboundInfer>>>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -124,13 +140,15 @@ impl P2p {
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let worker = Worker::new(swarm, command_rx, events.clone(), &config);
+        let (infer_tx, infer_rx) = mpsc::channel(INFER_INBOUND_CAPACITY);
+        let worker = Worker::new(swarm, command_rx, events.clone(), infer_tx, &config);
         tokio::spawn(worker.run());
         Ok(P2p {
             commands,
             events,
             local_peer_id,
             bitswap: Arc::new(Mutex::new(Some(bitswap))),
+            infer_inbound: Arc::new(Mutex::new(Some(infer_rx))),
         })
     }
 
@@ -154,6 +172,37 @@ impl P2p {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Inbound inference requests; `None` once taken.
+    pub fn take_infer_requests(&self) -> Option<mpsc::Receiver<InboundInfer>> {
+        self.infer_inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Sends an inference request to `peer` (dialing it if needed) and waits for the
+    /// answer, or the protocol's timeout.
+    pub async fn infer(&self, peer: PeerId, request: InferRequest) -> Result<InferResponse> {
+        self.call(|reply| Command::Infer {
+            peer,
+            request,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers an inbound inference request.
+    pub async fn infer_respond(
+        &self,
+        channel: ResponseChannel<InferResponse>,
+        response: InferResponse,
+    ) -> Result<()> {
+        self.commands
+            .send(Command::InferRespond { channel, response })
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

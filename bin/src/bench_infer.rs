@@ -1,0 +1,215 @@
+//! `bench infer`: inference between peers on loopback, in one process. One node serves
+//! the model; client nodes call it over `/ipfs-accelerate/infer/1.0.0`. It measures
+//! - the overhead of the network for batch-1 requests: p50 of a remote call minus p50
+//!   of the same call answered by the server for itself (same queue, same engine);
+//! - the throughput of many clients sending batch-1 requests at once, against the
+//!   server's own throughput when it is handed full batches.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cid::Cid;
+use futures::future::join_all;
+use ipfs_accelerate_node::config::NodeConfig;
+use ipfs_accelerate_node::infer::ServeConfig;
+use ipfs_accelerate_node::node::NetworkOverrides;
+use ipfs_accelerate_node::serving::InferCall;
+use ipfs_accelerate_node::unixfs::{self, ImportOptions};
+use ipfs_accelerate_node::{Node, Repo};
+use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
+use serde_json::json;
+
+use crate::cli::BenchInferArgs;
+use crate::commands::print_json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
+    let device = crate::model::engine_device(&args.engine)?;
+    let text = std::fs::read_to_string(&args.sentences)
+        .with_context(|| format!("reading {}", args.sentences.display()))?;
+    let sentences: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if sentences.is_empty() || args.clients == 0 || args.requests == 0 || args.batch == 0 {
+        bail!("need sentences, --clients >= 1, --requests >= 1 and --batch >= 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let dir = tempfile::tempdir()?;
+        let server = start_node(&dir.path().join("server"), Vec::new()).await?;
+        let root = import(&server, &args.model).await?;
+        server.serve_model(root, device).await?;
+        let address = server.addresses().await?[0].to_string();
+        let mut clients = Vec::new();
+        for i in 0..args.clients {
+            let client = start_node(
+                &dir.path().join(format!("client-{i}")),
+                vec![address.clone()],
+            )
+            .await?;
+            clients.push(Arc::new(client));
+        }
+        let server = Arc::new(server);
+        let call = |texts: Vec<String>, remote: bool| InferCall {
+            model: root,
+            inputs: Inputs::Texts(texts),
+            options: InferOptions::default(),
+            remote,
+            deadline: DEADLINE,
+        };
+
+        // Latency of batch-1 requests, here and from a client, interleaved so that
+        // both see the same machine.
+        let warmup = 20.min(args.requests);
+        let (mut here, mut remote) = (Vec::new(), Vec::new());
+        for i in 0..warmup + args.requests {
+            let text = vec![sentences[i % sentences.len()].clone()];
+            let started = Instant::now();
+            server.infer(call(text.clone(), false)).await?;
+            let local_time = started.elapsed();
+            let started = Instant::now();
+            let answer = clients[0].infer(call(text, true)).await?;
+            let remote_time = started.elapsed();
+            if answer.provider != server.peer_id() {
+                bail!("the remote call was answered by {}", answer.provider);
+            }
+            if i >= warmup {
+                here.push(local_time);
+                remote.push(remote_time);
+            }
+        }
+        let (p50_here, p50_remote) = (percentile(&mut here, 0.5), percentile(&mut remote, 0.5));
+
+        // The server's own throughput, handed full batches.
+        let seconds = Duration::from_secs(args.seconds.max(1));
+        let batched = {
+            let started = Instant::now();
+            let mut done = 0usize;
+            let mut i = 0;
+            while started.elapsed() < seconds {
+                let texts: Vec<String> = (0..args.batch)
+                    .map(|k| sentences[(i + k) % sentences.len()].clone())
+                    .collect();
+                i += args.batch;
+                server.infer(call(texts, false)).await?;
+                done += args.batch;
+            }
+            done as f64 / started.elapsed().as_secs_f64()
+        };
+
+        // Many clients, each with `concurrency` batch-1 requests in flight.
+        let completed = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let end = started + seconds;
+        let loops = clients.iter().flat_map(|client| {
+            (0..args.concurrency).map(|j| {
+                let (client, completed, sentences) = (
+                    Arc::clone(client),
+                    Arc::clone(&completed),
+                    sentences.clone(),
+                );
+                let call = call.clone();
+                async move {
+                    let mut i = j;
+                    while Instant::now() < end {
+                        let text = vec![sentences[i % sentences.len()].clone()];
+                        i += args.concurrency;
+                        client.infer(call(text, true)).await?;
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    anyhow::Ok(())
+                }
+            })
+        });
+        for result in join_all(loops).await {
+            result?;
+        }
+        let many = completed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        for client in &clients {
+            client.shutdown().await;
+        }
+        server.shutdown().await;
+        anyhow::Ok(json!({
+            "model": root.to_string(),
+            "device": device.name(),
+            "threads": rayon::current_num_threads(),
+            "requests": args.requests,
+            "p50_local_ms": millis(p50_here),
+            "p50_remote_ms": millis(p50_remote),
+            "p99_local_ms": millis(percentile(&mut here, 0.99)),
+            "p99_remote_ms": millis(percentile(&mut remote, 0.99)),
+            "remote_overhead_ms": millis(p50_remote) - millis(p50_here),
+            "local_batched_per_second": batched,
+            "batch": args.batch,
+            "clients": args.clients,
+            "concurrency": args.concurrency,
+            "clients_per_second": many,
+            "clients_vs_local": many / batched,
+        }))
+    })?;
+    if json {
+        return print_json(&report);
+    }
+    println!(
+        "batch-1 p50: {:.3} ms here, {:.3} ms from a peer: {:.3} ms overhead",
+        report["p50_local_ms"].as_f64().unwrap_or(0.0),
+        report["p50_remote_ms"].as_f64().unwrap_or(0.0),
+        report["remote_overhead_ms"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "throughput: {:.0} sentences/s from {} peers ({} in flight each) vs {:.0} here in batches of {}: {:.0}%",
+        report["clients_per_second"].as_f64().unwrap_or(0.0),
+        args.clients,
+        args.concurrency,
+        report["local_batched_per_second"].as_f64().unwrap_or(0.0),
+        args.batch,
+        report["clients_vs_local"].as_f64().unwrap_or(0.0) * 100.0,
+    );
+    Ok(())
+}
+
+/// A node on loopback with a fresh repo, bootstrapped to `bootstrap`.
+async fn start_node(path: &Path, bootstrap: Vec<String>) -> Result<Node> {
+    let repo = Repo::init(path, NodeConfig::default())?;
+    let overrides = NetworkOverrides {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap,
+        no_mdns: true,
+        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
+    };
+    let node = Node::start(repo, overrides, ServeConfig::default()).await?;
+    node.p2p().wait_listening(Duration::from_secs(10)).await?;
+    Ok(node)
+}
+
+/// Adds the model folder to the node's repo, pinned.
+async fn import(node: &Node, folder: &Path) -> Result<Cid> {
+    let (store, folder) = (node.store(), folder.to_owned());
+    let options = ImportOptions {
+        pin: true,
+        ..ImportOptions::default()
+    };
+    let added = tokio::task::spawn_blocking(move || {
+        unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
+    })
+    .await??;
+    Ok(added.cid)
+}
+
+fn percentile(times: &mut [Duration], q: f64) -> Duration {
+    times.sort();
+    let index = ((times.len() as f64 - 1.0) * q).round() as usize;
+    times[index.min(times.len() - 1)]
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

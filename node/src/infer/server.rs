@@ -1,0 +1,576 @@
+//! Serving inference: each served model has a bounded queue and a batcher. The batcher
+//! takes what is queued (up to a batch size) and hands it to one of a fixed number of
+//! workers on blocking threads; while every worker is busy, new requests gather into
+//! the next batch, so batches grow with load and an idle server adds no delay.
+//! A full queue answers `Busy` at once; peers are rate-limited and may be restricted
+//! to an allowlist.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use ipfs_accelerate_protocol::infer::{
+    DType, ErrorCode, InferError, InferOutput, InferRequest, InferResponse, Inputs, Load, Task,
+    Tensor,
+};
+use libp2p::PeerId;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::engine::{Embedder, TokenInput, l2_normalize};
+
+/// How a node serves the models it serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Requests waiting per model before new ones get `Busy`.
+    pub queue_capacity: usize,
+    /// Most rows (texts) run in one batch.
+    pub max_batch_rows: usize,
+    /// Batches of one model run at once.
+    pub workers: usize,
+    /// How long an idle worker waits for more requests before running a batch; zero
+    /// runs at once (batches still form while the workers are busy).
+    pub batch_delay: Duration,
+    /// Most rows one request may carry.
+    pub max_rows_per_request: usize,
+    /// Requests per second one peer may send, sustained.
+    pub peer_rate: f64,
+    /// Requests one peer may send in a burst.
+    pub peer_burst: f64,
+    /// When set, only these peers may use this machine.
+    pub allow: Option<HashSet<PeerId>>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            max_batch_rows: 64,
+            workers: 1,
+            batch_delay: Duration::ZERO,
+            max_rows_per_request: 256,
+            peer_rate: 2000.0,
+            peer_burst: 4000.0,
+            allow: None,
+        }
+    }
+}
+
+/// Peers tracked by the rate limiter before idle ones are forgotten.
+const RATE_LIMITER_PEERS: usize = 10_000;
+
+/// The models this node serves and their queues.
+#[derive(Debug)]
+pub struct Server {
+    config: ServeConfig,
+    models: RwLock<HashMap<Cid, Arc<Served>>>,
+    limiter: Mutex<RateLimiter>,
+}
+
+/// A served model: its queue's sending side, and what the batcher shares. The batcher
+/// holds no sender, so it stops once the model is no longer served and drained.
+#[derive(Debug)]
+struct Served {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    embedder: Arc<Embedder>,
+    queued: AtomicU32,
+    /// Moving average of a batch's run time, in microseconds (for `retry_after`).
+    batch_us: AtomicU64,
+    capacity: u32,
+    workers: u32,
+}
+
+impl Shared {
+    fn load(&self) -> Load {
+        Load {
+            queued: self.queued.load(Ordering::Relaxed),
+            capacity: self.capacity,
+            workers: self.workers,
+        }
+    }
+}
+
+/// One request waiting in a model's queue.
+#[derive(Debug)]
+struct Job {
+    input: JobInput,
+    rows: usize,
+    normalize: bool,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<Done, (ErrorCode, String)>>,
+}
+
+#[derive(Debug)]
+enum JobInput {
+    Texts(Vec<String>),
+    Tokens(TokenInput),
+}
+
+/// A finished request: its rows of the batch's output.
+#[derive(Debug)]
+struct Done {
+    data: Vec<f32>,
+    rows: usize,
+    dim: usize,
+    queue: Duration,
+    compute: Duration,
+}
+
+impl Server {
+    pub fn new(config: ServeConfig) -> Self {
+        Self {
+            config,
+            models: RwLock::new(HashMap::new()),
+            limiter: Mutex::new(RateLimiter::default()),
+        }
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    /// Starts serving `model`; its batcher runs until [`Server::stop`]. Must be called
+    /// inside a tokio runtime.
+    pub fn serve(&self, model: Cid, embedder: Arc<Embedder>) {
+        let (jobs, queue) = mpsc::channel(self.config.queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            embedder,
+            queued: AtomicU32::new(0),
+            batch_us: AtomicU64::new(0),
+            capacity: u32::try_from(self.config.queue_capacity).unwrap_or(u32::MAX),
+            workers: u32::try_from(self.config.workers.max(1)).unwrap_or(u32::MAX),
+        });
+        tokio::spawn(run_batches(Arc::clone(&shared), queue, self.config.clone()));
+        self.write()
+            .insert(model, Arc::new(Served { jobs, shared }));
+    }
+
+    /// Stops serving `model`; requests already queued still finish.
+    pub fn stop(&self, model: &Cid) -> bool {
+        self.write().remove(model).is_some()
+    }
+
+    pub fn is_serving(&self, model: &Cid) -> bool {
+        self.read().contains_key(model)
+    }
+
+    /// Models served, with their current load.
+    pub fn served(&self) -> Vec<(Cid, Load)> {
+        self.read()
+            .iter()
+            .map(|(cid, s)| (*cid, s.shared.load()))
+            .collect()
+    }
+
+    /// The engine serving `model`, if it is served here.
+    pub fn embedder(&self, model: &Cid) -> Option<Arc<Embedder>> {
+        self.read()
+            .get(model)
+            .map(|s| Arc::clone(&s.shared.embedder))
+    }
+
+    /// Answers one request; `peer` is `None` for local callers, who skip the allowlist
+    /// and the rate limit.
+    pub async fn handle(&self, peer: Option<PeerId>, request: InferRequest) -> InferResponse {
+        let id = request.id;
+        match self.run(peer, request).await {
+            Ok(output) => InferResponse::Ok(output),
+            Err(Refusal {
+                code,
+                message,
+                retry_after,
+                load,
+            }) => InferResponse::Err(InferError {
+                id,
+                code,
+                message,
+                retry_after_ms: retry_after
+                    .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                load,
+            }),
+        }
+    }
+
+    async fn run(
+        &self,
+        peer: Option<PeerId>,
+        request: InferRequest,
+    ) -> Result<InferOutput, Refusal> {
+        if let Some(peer) = peer {
+            if let Some(allow) = &self.config.allow
+                && !allow.contains(&peer)
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthorized,
+                    format!("peer {peer} is not allowed to use this machine"),
+                ));
+            }
+            if let Err(wait) = self.limiter().admit(peer, &self.config) {
+                let mut refusal = Refusal::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "rate limit of {} requests/s for this peer",
+                        self.config.peer_rate
+                    ),
+                );
+                refusal.retry_after = Some(wait);
+                return Err(refusal);
+            }
+        }
+        let served = self.read().get(&request.model).cloned();
+        let served = served.ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::UnknownModel,
+                format!("model {} is not served here", request.model),
+            )
+        })?;
+        let Task::Embed = request.task;
+        let shared = &served.shared;
+        let (input, rows) = self.job_input(&shared.embedder, request.inputs)?;
+        let normalize = request
+            .options
+            .normalize
+            .unwrap_or_else(|| shared.embedder.normalizes());
+        let enqueued = Instant::now();
+        let deadline = (request.deadline_ms > 0)
+            .then(|| enqueued + Duration::from_millis(u64::from(request.deadline_ms)));
+        let (reply, done) = oneshot::channel();
+        let job = Job {
+            input,
+            rows,
+            normalize,
+            enqueued,
+            deadline,
+            reply,
+        };
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        if served.jobs.try_send(job).is_err() {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let batches = u64::from(shared.capacity) / self.config.max_batch_rows.max(1) as u64;
+            let wait =
+                Duration::from_micros(shared.batch_us.load(Ordering::Relaxed) * batches.max(1));
+            let mut refusal = Refusal::new(ErrorCode::Busy, "the model's queue is full".into());
+            refusal.retry_after = Some(wait.max(Duration::from_millis(1)));
+            refusal.load = Some(shared.load());
+            return Err(refusal);
+        }
+        let done = match done.await {
+            Ok(Ok(done)) => done,
+            Ok(Err((code, message))) => return Err(Refusal::new(code, message)),
+            Err(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the worker stopped before answering".into(),
+                ));
+            }
+        };
+        let output = Tensor::from_f32(vec![done.rows as u64, done.dim as u64], &done.data)
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(InferOutput {
+            id: request.id,
+            model: request.model,
+            output,
+            backend: shared.embedder.device().name().to_owned(),
+            queue_us: micros(done.queue),
+            compute_us: micros(done.compute),
+            load: shared.load(),
+        })
+    }
+
+    /// Checks the inputs against the model before they take a place in the queue.
+    fn job_input(&self, embedder: &Embedder, inputs: Inputs) -> Result<(JobInput, usize), Refusal> {
+        let bad = |message: String| Refusal::new(ErrorCode::BadInput, message);
+        let limit = self.config.max_rows_per_request;
+        let (input, rows) = match inputs {
+            Inputs::Texts(texts) => {
+                let rows = texts.len();
+                (JobInput::Texts(texts), rows)
+            }
+            Inputs::Tokens {
+                ids,
+                attention_mask,
+            } => {
+                let tokens = TokenInput {
+                    ids,
+                    mask: attention_mask,
+                };
+                let rows = tokens.ids.len();
+                (JobInput::Tokens(tokens), rows)
+            }
+            Inputs::Tensor(tensor) => {
+                let tokens = token_tensor(&tensor).map_err(bad)?;
+                let rows = tokens.ids.len();
+                (JobInput::Tokens(tokens), rows)
+            }
+        };
+        if rows == 0 {
+            return Err(bad("no inputs".into()));
+        }
+        if rows > limit {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("{rows} inputs in one request; this server takes at most {limit}"),
+            ));
+        }
+        if let JobInput::Tokens(tokens) = &input {
+            embedder.check(tokens).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok((input, rows))
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Cid, Arc<Served>>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Cid, Arc<Served>>> {
+        self.models.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a request was not run.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<Duration>,
+    load: Option<Load>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retry_after: None,
+            load: None,
+        }
+    }
+}
+
+/// Token ids sent as a raw 2-D integer tensor, every token attended.
+fn token_tensor(tensor: &Tensor) -> Result<TokenInput, String> {
+    tensor.check().map_err(|e| e.to_string())?;
+    let [rows, cols] = tensor.shape[..] else {
+        return Err(format!(
+            "a token tensor has shape [rows, tokens], not {:?}",
+            tensor.shape
+        ));
+    };
+    let (rows, cols) = (rows as usize, cols as usize);
+    let width = tensor.dtype.size_bytes();
+    let id = |bytes: &[u8]| -> Result<u32, String> {
+        let value: i128 = match tensor.dtype {
+            DType::I64 => i64::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
+            DType::I32 => i32::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
+            DType::U32 => u32::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
+            other => return Err(format!("token ids must be i64, i32 or u32, not {other}")),
+        };
+        u32::try_from(value).map_err(|_| format!("token id {value} is out of range"))
+    };
+    let mut ids = Vec::with_capacity(rows);
+    for row in tensor.data.chunks(cols.max(1) * width).take(rows) {
+        ids.push(
+            row.chunks(width)
+                .map(id)
+                .collect::<Result<Vec<u32>, String>>()?,
+        );
+    }
+    let mask = ids.iter().map(|row| vec![1; row.len()]).collect();
+    Ok(TokenInput { ids, mask })
+}
+
+/// The batcher of one model: takes jobs as they come, runs a batch as soon as a worker
+/// is free, and keeps adding to the batch while it waits for one.
+async fn run_batches(served: Arc<Shared>, mut queue: mpsc::Receiver<Job>, config: ServeConfig) {
+    let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let max_rows = config.max_batch_rows.max(1);
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        let delay_end = tokio::time::Instant::now() + config.batch_delay;
+        let permit = loop {
+            if rows >= max_rows {
+                match Arc::clone(&workers).acquire_owned().await {
+                    Ok(permit) => break permit,
+                    Err(_) => return,
+                }
+            }
+            tokio::select! {
+                biased;
+                job = queue.recv() => match job {
+                    Some(job) if rows + job.rows > max_rows => {
+                        held = Some(job);
+                        rows = max_rows;
+                    }
+                    Some(job) => {
+                        rows += job.rows;
+                        batch.push(job);
+                    }
+                    None => rows = max_rows,
+                },
+                permit = Arc::clone(&workers).acquire_owned(),
+                    if tokio::time::Instant::now() >= delay_end =>
+                {
+                    match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => return,
+                    }
+                }
+                () = tokio::time::sleep_until(delay_end), if tokio::time::Instant::now() < delay_end => {}
+            }
+        };
+        served.queued.fetch_sub(
+            u32::try_from(batch.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        let served = Arc::clone(&served);
+        tokio::task::spawn_blocking(move || {
+            run_batch(&served, batch);
+            drop(permit);
+        });
+    }
+}
+
+/// Runs one batch on this (blocking) thread and answers each job with its rows.
+fn run_batch(served: &Shared, batch: Vec<Job>) {
+    let started = Instant::now();
+    let (live, late): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .partition(|job| job.deadline.is_none_or(|d| d > started));
+    for job in late {
+        let _ = job.reply.send(Err((
+            ErrorCode::Busy,
+            "the deadline passed while the request was queued".into(),
+        )));
+    }
+    if live.is_empty() {
+        return;
+    }
+    let embedder = &served.embedder;
+    let result = tokens_of(embedder, &live).and_then(|tokens| {
+        embedder
+            .embed_tokens_unnormalized(&tokens)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))
+    });
+    let compute = started.elapsed();
+    let micros_now = micros(compute);
+    let old = served.batch_us.load(Ordering::Relaxed);
+    let average = if old == 0 {
+        micros_now
+    } else {
+        (old * 7 + micros_now) / 8
+    };
+    served.batch_us.store(average, Ordering::Relaxed);
+    match result {
+        Ok((embeddings, _)) => {
+            let dim = embeddings.dim;
+            let mut rest = &embeddings.data[..];
+            for job in live {
+                let (mine, after) = rest.split_at((job.rows * dim).min(rest.len()));
+                rest = after;
+                let mut data = mine.to_vec();
+                if job.normalize {
+                    l2_normalize(&mut data, dim);
+                }
+                let _ = job.reply.send(Ok(Done {
+                    data,
+                    rows: job.rows,
+                    dim,
+                    queue: started.saturating_duration_since(job.enqueued),
+                    compute,
+                }));
+            }
+        }
+        Err((code, message)) => {
+            for job in live {
+                let _ = job.reply.send(Err((code, message.clone())));
+            }
+        }
+    }
+}
+
+/// The token ids of every job in the batch, in job order: texts are tokenized together.
+fn tokens_of(embedder: &Embedder, jobs: &[Job]) -> Result<TokenInput, (ErrorCode, String)> {
+    let texts: Vec<&str> = jobs
+        .iter()
+        .filter_map(|job| match &job.input {
+            JobInput::Texts(texts) => Some(texts.iter().map(String::as_str)),
+            JobInput::Tokens(_) => None,
+        })
+        .flatten()
+        .collect();
+    let mut encoded = embedder
+        .tokenize(&texts)
+        .map_err(|e| (ErrorCode::BadInput, e.to_string()))?;
+    let (mut text_ids, mut text_mask) = (encoded.ids.drain(..), encoded.mask.drain(..));
+    let mut tokens = TokenInput::default();
+    for job in jobs {
+        match &job.input {
+            JobInput::Texts(texts) => {
+                tokens.ids.extend(text_ids.by_ref().take(texts.len()));
+                tokens.mask.extend(text_mask.by_ref().take(texts.len()));
+            }
+            JobInput::Tokens(input) => {
+                tokens.ids.extend(input.ids.iter().cloned());
+                tokens.mask.extend(input.mask.iter().cloned());
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A token bucket per peer.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: HashMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// Takes a token for `peer`, or says how long until one is available.
+    fn admit(&mut self, peer: PeerId, config: &ServeConfig) -> Result<(), Duration> {
+        let now = Instant::now();
+        if self.buckets.len() >= RATE_LIMITER_PEERS && !self.buckets.contains_key(&peer) {
+            // Peers whose bucket refilled completely have nothing to remember.
+            let full = config.peer_burst / config.peer_rate.max(f64::MIN_POSITIVE);
+            self.buckets
+                .retain(|_, (_, last)| now.duration_since(*last).as_secs_f64() < full);
+            if self.buckets.len() >= RATE_LIMITER_PEERS {
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let (tokens, last) = self.buckets.entry(peer).or_insert((config.peer_burst, now));
+        let refill = now.duration_since(*last).as_secs_f64() * config.peer_rate;
+        *tokens = (*tokens + refill).min(config.peer_burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - *tokens) / config.peer_rate.max(f64::MIN_POSITIVE);
+            Err(Duration::from_secs_f64(wait.min(60.0)))
+        }
+    }
+}

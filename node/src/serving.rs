@@ -1,0 +1,597 @@
+//! The node's model operations on the network: serve a model to peers, publish it
+//! (signed manifest, DHT records, gossip), hear what others announce, pull a model
+//! from its providers, and run inference here or on the best peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cid::Cid;
+use ipfs_accelerate_protocol::infer::{
+    InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Task, service_key,
+};
+use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, model_topic};
+use libp2p::PeerId;
+use tokio::sync::Semaphore;
+
+use crate::announce::{self, Directory};
+use crate::bitswap::provider_key;
+use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
+use crate::infer::{self, Client, Server};
+use crate::models::{LocalModels, ModelRecord};
+use crate::node::{Error, Node, Result};
+use crate::p2p::{InboundInfer, NodeEvent, P2p};
+
+/// How often our own announcements are repeated, for peers that joined since.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
+/// Inbound requests being answered at once; more get `Busy` straight away.
+const INBOUND_IN_FLIGHT: usize = 4096;
+/// How long DHT providers of a model's service key are reused before asking again.
+const PROVIDER_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Longest a DHT lookup for inference providers may hold up a call.
+const PROVIDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Providers asked for on the DHT.
+const PROVIDER_LOOKUP_LIMIT: usize = 20;
+
+/// The model side of a node: the inference server and client, the directory of
+/// announced models, and our own announcements.
+#[derive(Debug)]
+pub(crate) struct Models {
+    pub(crate) server: Arc<Server>,
+    pub(crate) client: Client,
+    pub(crate) directory: Arc<Directory>,
+    /// Manifests we published, re-announced on a timer.
+    published: Arc<Mutex<Vec<Manifest>>>,
+    /// DHT providers of a model's service key, with when we asked.
+    dht_providers: Mutex<HashMap<Cid, (Instant, Vec<PeerId>)>>,
+    /// Models run for local calls without being served to peers (a few at most).
+    local: Server,
+}
+
+/// Models kept loaded for local calls that are not served to peers.
+const LOCAL_MODELS: usize = 4;
+
+impl Models {
+    pub(crate) fn new(p2p: P2p, config: infer::ServeConfig) -> Self {
+        Self {
+            server: Arc::new(Server::new(config)),
+            client: Client::new(p2p),
+            directory: Arc::default(),
+            published: Arc::default(),
+            dht_providers: Mutex::default(),
+            local: Server::new(infer::ServeConfig::default()),
+        }
+    }
+
+    /// Joins the announcement topic and starts the tasks that hear announcements,
+    /// answer inference requests and repeat our announcements.
+    pub(crate) async fn start(&self, p2p: &P2p) -> Result<()> {
+        p2p.pubsub_subscribe(MODELS_TOPIC.to_owned()).await?;
+        let mut events = p2p.subscribe_events();
+        let directory = Arc::clone(&self.directory);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::PubsubMessage {
+                        topic, from, data, ..
+                    }) if announce::is_model_topic(&topic) => {
+                        // The swarm task validated it; this only decodes it again.
+                        if let Ok(manifest) = announce::check(&topic, &data, from)
+                            && let Some(publisher) = from
+                            && directory.insert(manifest.clone(), publisher)
+                        {
+                            tracing::info!(name = %manifest.body.name, version = %manifest.body.version, weights = %manifest.body.weights, %publisher, "models: heard an announcement");
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        if let Some(mut inbound) = p2p.take_infer_requests() {
+            let (server, p2p) = (Arc::clone(&self.server), p2p.clone());
+            let slots = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
+            tokio::spawn(async move {
+                while let Some(InboundInfer {
+                    peer,
+                    request,
+                    channel,
+                }) = inbound.recv().await
+                {
+                    let (server, p2p) = (Arc::clone(&server), p2p.clone());
+                    let slot = Arc::clone(&slots).try_acquire_owned();
+                    tokio::spawn(async move {
+                        let response = match slot {
+                            Ok(_slot) => server.handle(Some(peer), request).await,
+                            Err(_) => busy(request.id),
+                        };
+                        let _ = p2p.infer_respond(channel, response).await;
+                    });
+                }
+            });
+        }
+        let (published, p2p) = (Arc::clone(&self.published), p2p.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let manifests = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for manifest in manifests {
+                    if announce_manifest(&p2p, &manifest).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+fn busy(id: u64) -> InferResponse {
+    InferResponse::Err(ipfs_accelerate_protocol::infer::InferError {
+        id,
+        code: ipfs_accelerate_protocol::infer::ErrorCode::Busy,
+        message: "too many requests in flight".into(),
+        retry_after_ms: Some(10),
+        load: None,
+    })
+}
+
+/// Sends a manifest on the announcement topic and its model's own topic.
+async fn announce_manifest(p2p: &P2p, manifest: &Manifest) -> Result<()> {
+    let data = manifest.encode().map_err(|e| Error::Model(e.to_string()))?;
+    p2p.pubsub_publish(MODELS_TOPIC.to_owned(), data.clone())
+        .await?;
+    p2p.pubsub_publish(model_topic(&manifest.body.weights), data)
+        .await?;
+    Ok(())
+}
+
+/// What `model publish` records besides the weights.
+#[derive(Debug, Clone, Default)]
+pub struct PublishMeta {
+    pub name: String,
+    pub version: String,
+    pub tags: Vec<String>,
+}
+
+/// A published model.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub manifest: Manifest,
+    pub manifest_cid: Cid,
+}
+
+/// An inference call as the CLI and the HTTP API make it.
+#[derive(Debug, Clone)]
+pub struct InferCall {
+    pub model: Cid,
+    pub inputs: Inputs,
+    pub options: InferOptions,
+    /// Only peers, even when the model is served here.
+    pub remote: bool,
+    pub deadline: Duration,
+}
+
+/// The answer to an [`InferCall`], and who gave it.
+#[derive(Debug, Clone)]
+pub struct InferAnswer {
+    pub output: InferOutput,
+    /// The peer that answered (our own id when it ran here).
+    pub provider: PeerId,
+    pub local: bool,
+    pub round_trip: Duration,
+    pub attempts: Vec<(PeerId, Option<String>)>,
+}
+
+/// A peer serving a model, as `providers` shows it.
+#[derive(Debug, Clone)]
+pub struct ProviderInfo {
+    pub peer: PeerId,
+    /// Round-trip of a probe request, when it answered.
+    pub round_trip: Option<Duration>,
+    pub stats: infer::PeerStats,
+    pub error: Option<String>,
+}
+
+impl Node {
+    /// Models announced on the network.
+    pub fn directory(&self) -> &Directory {
+        &self.models.directory
+    }
+
+    pub fn infer_server(&self) -> &Server {
+        &self.models.server
+    }
+
+    pub fn infer_client(&self) -> &Client {
+        &self.models.client
+    }
+
+    fn local_models(&self) -> LocalModels {
+        LocalModels::new(self.repo().path())
+    }
+
+    /// The root CID `model` names: a CID, a name imported here (`NAME[@VERSION]`), or
+    /// a name someone announced.
+    pub fn resolve_model(&self, model: &str) -> Result<Cid> {
+        match self.local_models().resolve(model) {
+            Ok(cid) => Ok(cid),
+            Err(crate::models::Error::Unknown(_)) => {
+                let (name, version) = match model.split_once('@') {
+                    Some((name, version)) => (name, Some(version)),
+                    None => (model, None),
+                };
+                self.models
+                    .directory
+                    .find(name, version)
+                    .map(|a| a.manifest.body.weights)
+                    .ok_or_else(|| {
+                        Error::Model(format!(
+                            "no model named {model:?} here or announced by peers; give a CID, or `model pull` it"
+                        ))
+                    })
+            }
+            Err(e) => Err(Error::Model(e.to_string())),
+        }
+    }
+
+    /// Loads the model under `root` (it must be here) onto `device`.
+    async fn load_model(&self, root: Cid, device: DeviceKind) -> Result<Arc<Embedder>> {
+        let store = self.store();
+        let started = Instant::now();
+        let embedder = tokio::task::spawn_blocking(move || {
+            let files = ModelFiles::from_store(&store, &root).map_err(engine::EngineError::from)?;
+            Embedder::load(files, device)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|e| Error::Model(e.to_string()))?;
+        tracing::info!(model = %root, %device, elapsed = ?started.elapsed(), "models: loaded");
+        Ok(Arc::new(embedder))
+    }
+
+    /// Serves inference for `root` to peers (and to local calls), and says so on the
+    /// DHT under the model's service key. The model must be in the repo.
+    pub async fn serve_model(&self, root: Cid, device: DeviceKind) -> Result<()> {
+        if !self.models.server.is_serving(&root) {
+            let embedder = self.load_model(root, device).await?;
+            self.models.server.serve(root, embedder);
+        }
+        self.provide(service_key(&root)).await;
+        Ok(())
+    }
+
+    /// Publishes the model folder `root` (imported here): a signed manifest stored and
+    /// pinned, the weights and the service key provided on the DHT, and announcements
+    /// on gossip, repeated while the node runs. The model is served from here too.
+    pub async fn publish_model(
+        &self,
+        root: Cid,
+        meta: PublishMeta,
+        device: DeviceKind,
+    ) -> Result<Published> {
+        self.pin(root, true).await?;
+        let record = ModelRecord::new(
+            meta.name.clone(),
+            meta.version.clone(),
+            meta.tags.clone(),
+            root,
+        )
+        .map_err(|e| Error::Model(e.to_string()))?;
+        let store = self.store();
+        let config = tokio::task::spawn_blocking(move || read_config(&store, &root))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let summary = BertConfig::parse(&config).map_err(|e| Error::Model(e.to_string()))?;
+        let architecture = serde_json::from_slice::<serde_json::Value>(&config)
+            .ok()
+            .and_then(|v| v["architectures"][0].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "BertModel".into());
+        let hardware = [DeviceKind::Cpu, DeviceKind::Ndarray, DeviceKind::Wgpu]
+            .into_iter()
+            .filter(|d| d.is_built())
+            .map(|d| d.name().to_owned())
+            .collect();
+        let body = ManifestBody {
+            name: meta.name,
+            task: "embed".into(),
+            version: meta.version,
+            architecture,
+            parameters: summary.parameter_count() as u64,
+            input_shape: vec![-1, -1],
+            output_shape: vec![-1, summary.hidden_size as i64],
+            hardware,
+            precision: "f32".into(),
+            tags: meta.tags,
+            created_at: unix_now(),
+            weights: root,
+            publisher: String::new(),
+            publisher_key: Vec::new(),
+        };
+        let manifest = Manifest::sign(body, self.repo().identity().keypair())
+            .map_err(|e| Error::Model(e.to_string()))?;
+        let block = manifest
+            .to_block()
+            .map_err(|e| Error::Model(e.to_string()))?;
+        let manifest_cid = *block.cid();
+        let store = self.store();
+        tokio::task::spawn_blocking(move || {
+            store.put_many(&[block])?;
+            store.pin_add(&manifest_cid, true)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        let models = self.local_models();
+        tokio::task::spawn_blocking(move || models.record(record))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|e| Error::Model(e.to_string()))?;
+        self.serve_model(root, device).await?;
+        self.provide(manifest_cid).await;
+        self.models
+            .directory
+            .insert(manifest.clone(), self.peer_id());
+        announce_manifest(self.p2p(), &manifest).await?;
+        self.models
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(manifest.clone());
+        Ok(Published {
+            manifest,
+            manifest_cid,
+        })
+    }
+
+    /// Fetches every block of the model from its providers (whatever is here already
+    /// is not fetched again), pins it, records its announced name, and provides it so
+    /// the next peer has one more source. `progress` gets (blocks, bytes) fetched.
+    pub async fn pull_model(&self, root: Cid, progress: impl FnMut(u64, u64)) -> Result<()> {
+        let store = self.store();
+        let complete = tokio::task::spawn_blocking(move || store.first_missing_block(&root))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+            .is_none();
+        if !complete {
+            self.bitswap()
+                .fetch_dag(root, crate::node::BLOCK_FETCH_TIMEOUT, progress)
+                .await?;
+        }
+        self.pin(root, true).await?;
+        if let Some(announced) = self
+            .models
+            .directory
+            .by_weights(&root)
+            .into_iter()
+            .max_by_key(|a| a.manifest.body.created_at)
+        {
+            let body = &announced.manifest.body;
+            if let Ok(record) = ModelRecord::new(
+                body.name.clone(),
+                body.version.clone(),
+                body.tags.clone(),
+                root,
+            ) {
+                let models = self.local_models();
+                let _ = tokio::task::spawn_blocking(move || models.record(record)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Peers that serve `model`: publishers that announced it and DHT providers of its
+    /// service key (looked up at most every 30 s), without ourselves.
+    pub async fn inference_candidates(&self, model: Cid) -> Vec<PeerId> {
+        self.candidates(model, false).await
+    }
+
+    /// Like [`Node::inference_candidates`]; `fresh` skips the cached DHT answer.
+    async fn candidates(&self, model: Cid, fresh: bool) -> Vec<PeerId> {
+        let me = self.peer_id();
+        let mut candidates: Vec<PeerId> = self
+            .models
+            .directory
+            .by_weights(&model)
+            .into_iter()
+            .map(|a| a.publisher)
+            .collect();
+        let cached = self
+            .models
+            .dht_providers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&model)
+            .filter(|(at, _)| !fresh && at.elapsed() < PROVIDER_CACHE_TTL)
+            .map(|(_, peers)| peers.clone());
+        let from_dht = match cached {
+            Some(peers) => peers,
+            None => {
+                let key = provider_key(&service_key(&model));
+                let found = tokio::time::timeout(
+                    PROVIDER_LOOKUP_TIMEOUT,
+                    self.p2p().find_providers(key, PROVIDER_LOOKUP_LIMIT),
+                )
+                .await;
+                let peers: Vec<PeerId> = match found {
+                    Ok(Ok(found)) => found.into_iter().map(|(peer, _)| peer).collect(),
+                    _ => Vec::new(),
+                };
+                self.models
+                    .dht_providers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(model, (Instant::now(), peers.clone()));
+                peers
+            }
+        };
+        candidates.extend(from_dht);
+        candidates.retain(|p| *p != me);
+        candidates.sort();
+        candidates.dedup();
+        candidates
+    }
+
+    /// Runs inference: here when the model is served or stored here (unless `remote`),
+    /// otherwise on the best peer serving it, with hedging and failover.
+    pub async fn infer(&self, call: InferCall) -> Result<InferAnswer> {
+        let request = InferRequest {
+            id: next_request_id(),
+            model: call.model,
+            task: Task::Embed,
+            inputs: call.inputs,
+            options: call.options,
+            deadline_ms: u32::try_from(call.deadline.as_millis()).unwrap_or(u32::MAX),
+        };
+        if !call.remote
+            && let Some(answer) = self.infer_here(request.clone()).await?
+        {
+            return Ok(answer);
+        }
+        let end = Instant::now() + call.deadline;
+        let mut candidates = self.candidates(call.model, false).await;
+        for round in 0..2 {
+            if candidates.is_empty() {
+                // Nobody announced it and the DHT knows nobody: ask who we are connected to.
+                candidates = self.p2p().connected_peer_ids().await?.into_iter().collect();
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self
+                .models
+                .client
+                .call(request.clone(), &candidates, left)
+                .await
+            {
+                Ok(answer) => {
+                    return Ok(InferAnswer {
+                        output: answer.output,
+                        provider: answer.provider,
+                        local: false,
+                        round_trip: answer.round_trip,
+                        attempts: answer.attempts,
+                    });
+                }
+                Err(error) => {
+                    let last = round == 1
+                        || matches!(
+                            error,
+                            infer::CallError::Refused { .. } | infer::CallError::Deadline { .. }
+                        );
+                    if last {
+                        return Err(Error::Model(format!(
+                            "inference for {}: {error}",
+                            call.model
+                        )));
+                    }
+                    // The providers we knew failed: ask the DHT again, without them.
+                    tracing::debug!(%error, "infer: looking for other providers");
+                    let failed = std::mem::take(&mut candidates);
+                    candidates = self.candidates(call.model, true).await;
+                    candidates.retain(|p| !failed.contains(p));
+                    if candidates.is_empty() {
+                        return Err(Error::Model(format!(
+                            "inference for {}: {error}",
+                            call.model
+                        )));
+                    }
+                }
+            }
+        }
+        Err(Error::Model(format!(
+            "inference for {}: no provider answered",
+            call.model
+        )))
+    }
+
+    /// Runs `request` on this machine if the model is served or stored here.
+    async fn infer_here(&self, request: InferRequest) -> Result<Option<InferAnswer>> {
+        let started = Instant::now();
+        let model = request.model;
+        let response = if self.models.server.is_serving(&model) {
+            self.models.server.handle(None, request).await
+        } else if self.models.local.is_serving(&model) {
+            self.models.local.handle(None, request).await
+        } else {
+            let store = self.store();
+            let here = tokio::task::spawn_blocking(move || store.first_missing_block(&model))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+                .is_none();
+            if !here {
+                return Ok(None);
+            }
+            let embedder = self.load_model(model, DeviceKind::Cpu).await?;
+            let local = &self.models.local;
+            for (old, _) in local.served().into_iter().skip(LOCAL_MODELS - 1) {
+                local.stop(&old);
+            }
+            local.serve(model, embedder);
+            local.handle(None, request).await
+        };
+        match response {
+            InferResponse::Ok(output) => Ok(Some(InferAnswer {
+                output,
+                provider: self.peer_id(),
+                local: true,
+                round_trip: started.elapsed(),
+                attempts: Vec::new(),
+            })),
+            InferResponse::Err(error) => {
+                Err(Error::Model(format!("{}: {}", error.code, error.message)))
+            }
+        }
+    }
+
+    /// Every peer serving `model`, each probed with one small request to measure its
+    /// round-trip and learn its load.
+    pub async fn providers(&self, model: Cid) -> Result<Vec<ProviderInfo>> {
+        let candidates = self.inference_candidates(model).await;
+        let probes = candidates.into_iter().map(|peer| async move {
+            let request = InferRequest {
+                id: next_request_id(),
+                model,
+                task: Task::Embed,
+                inputs: Inputs::Texts(vec!["ping".into()]),
+                options: InferOptions::default(),
+                deadline_ms: 5000,
+            };
+            let answer = self
+                .models
+                .client
+                .call(request, &[peer], Duration::from_secs(5))
+                .await;
+            let (round_trip, error) = match answer {
+                Ok(answer) => (Some(answer.round_trip), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let stats = self.models.client.stats().remove(&peer).unwrap_or_default();
+            ProviderInfo {
+                peer,
+                round_trip,
+                stats,
+                error,
+            }
+        });
+        Ok(futures::future::join_all(probes).await)
+    }
+}
+
+/// config.json of the model folder `root`.
+fn read_config(store: &crate::store::Store, root: &Cid) -> Result<Vec<u8>> {
+    let files = ModelFiles::read_one(store, root, "config.json")
+        .map_err(|e| Error::Model(e.to_string()))?;
+    files.ok_or_else(|| Error::Model(format!("{root} has no config.json: is it a model folder?")))
+}
+
+/// Request ids only need to be unique among our requests in flight.
+fn next_request_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,688 @@
+//! The inference protocol, `/ipfs-accelerate/infer/1.0.0`: messages and the DHT service key.
+//!
+//! # Spec
+//!
+//! A client opens a request-response stream to a peer that serves a model and sends one
+//! [`InferRequest`]; the server answers with one [`InferResponse`]. Both are encoded as CBOR
+//! with serde (libp2p's request-response `cbor` codec).
+//!
+//! - Limits: a request is at most [`INFER_REQUEST_LIMIT`] encoded bytes, a response at most
+//!   [`INFER_RESPONSE_LIMIT`]; either side drops a larger message.
+//! - Tensors carry little-endian bytes with a dtype and shape; [`Tensor::check`] verifies
+//!   that the byte length matches before any element is read.
+//! - Errors carry an [`ErrorCode`]; `Busy` comes with `retry_after_ms` and the server's
+//!   [`Load`], so the client can pick another provider or wait.
+//! - Discovery: a server provides [`service_key`] of each model it serves on the DHT, which
+//!   is distinct from the model's root CID (that key means "I have the blocks").
+//!
+//! [`INFER_REQUEST_LIMIT`]: crate::limits::INFER_REQUEST_LIMIT
+//! [`INFER_RESPONSE_LIMIT`]: crate::limits::INFER_RESPONSE_LIMIT
+
+use std::fmt;
+
+use cid::Cid;
+use multihash_codetable::{Code, MultihashDigest};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::RAW;
+
+/// The libp2p protocol id of inference requests.
+pub const INFER_PROTOCOL: &str = "/ipfs-accelerate/infer/1.0.0";
+
+/// Prefix hashed with a model's CID bytes to derive its [`service_key`].
+pub const SERVICE_KEY_PREFIX: &[u8] = b"/ipfs-accelerate/infer-service/1/";
+
+/// The DHT key meaning "this peer serves inference for `model`", distinct from the content
+/// key (the root CID itself): a raw CIDv1 whose sha2-256 multihash is over
+/// [`SERVICE_KEY_PREFIX`] followed by `model.to_bytes()`.
+pub fn service_key(model: &Cid) -> Cid {
+    let model = model.to_bytes();
+    let mut preimage = Vec::with_capacity(SERVICE_KEY_PREFIX.len() + model.len());
+    preimage.extend_from_slice(SERVICE_KEY_PREFIX);
+    preimage.extend_from_slice(&model);
+    Cid::new_v1(RAW, Code::Sha2_256.digest(&preimage))
+}
+
+/// One inference call: run `task` of `model` on `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// Chosen by the client; echoed in the response.
+    pub id: u64,
+    /// Root CID of the model's folder.
+    pub model: Cid,
+    pub task: Task,
+    pub inputs: Inputs,
+    #[serde(default)]
+    pub options: InferOptions,
+    /// ms the caller still waits; 0 = no deadline stated
+    #[serde(default)]
+    pub deadline_ms: u32,
+}
+
+/// What the model is asked to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// One embedding vector per input.
+    Embed,
+}
+
+/// The inputs of a request, in the most convenient form the client has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inputs {
+    /// Raw texts; the server tokenizes them with the model's tokenizer.
+    Texts(Vec<String>),
+    /// Already tokenized: one row of ids and one attention-mask row per input.
+    Tokens {
+        ids: Vec<Vec<u32>>,
+        attention_mask: Vec<Vec<u32>>,
+    },
+    /// A ready input tensor.
+    Tensor(Tensor),
+}
+
+/// Options of a request; `None` means the model's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InferOptions {
+    /// L2-normalize embeddings.
+    pub normalize: Option<bool>,
+}
+
+/// A dense tensor: dtype, shape and little-endian element bytes in row-major order.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// Little-endian bytes; a CBOR byte string on the wire, not a list of numbers.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Element types a [`Tensor`] can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    U32,
+    U8,
+}
+
+/// Why a [`Tensor`]'s bytes cannot be read as its dtype and shape says.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TensorError {
+    /// Multiplying the dimensions (or the element count by the element size) overflows.
+    #[error("tensor shape {shape:?} has more elements than this machine can address")]
+    ShapeOverflow { shape: Vec<u64> },
+    /// [`Tensor::from_f32`] got a different number of values than the shape holds.
+    #[error("tensor shape {shape:?} holds {expected} values but {actual} were given")]
+    ValueCount {
+        shape: Vec<u64>,
+        expected: usize,
+        actual: usize,
+    },
+    /// The data is not exactly element count times element size bytes.
+    #[error("{dtype} tensor of shape {shape:?} needs {expected} bytes but has {actual}")]
+    DataLength {
+        dtype: DType,
+        shape: Vec<u64>,
+        expected: usize,
+        actual: usize,
+    },
+    /// The tensor holds another element type than the caller reads.
+    #[error("expected a {expected} tensor, got {actual}")]
+    WrongDType { expected: DType, actual: DType },
+    /// Rows were asked of a tensor that is not 2-D.
+    #[error("expected a 2-D tensor [rows, width], got shape {shape:?}")]
+    NotMatrix { shape: Vec<u64> },
+    /// Rows of width 0 carry no data, and a huge row count of them would only waste memory.
+    #[error("tensor shape {shape:?} has rows of width 0")]
+    ZeroWidth { shape: Vec<u64> },
+}
+
+/// The server's answer to one [`InferRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferResponse {
+    Ok(InferOutput),
+    Err(InferError),
+}
+
+/// A successful inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferOutput {
+    /// The request's id.
+    pub id: u64,
+    /// The model that ran.
+    pub model: Cid,
+    /// For [`Task::Embed`]: F32 of shape `[inputs, dimensions]`.
+    pub output: Tensor,
+    /// e.g. "cpu", "wgpu"
+    pub backend: String,
+    /// Time the request waited in the queue.
+    pub queue_us: u64,
+    /// Time the model computed (for the whole batch this request ran in).
+    pub compute_us: u64,
+    pub load: Load,
+}
+
+/// A server's load for one model, so clients can spread their requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// requests waiting in this model's queue
+    pub queued: u32,
+    /// Requests the queue holds before the server answers `Busy`.
+    pub capacity: u32,
+    /// Workers running this model.
+    pub workers: u32,
+}
+
+/// A failed inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("inference request {id} failed ({code}): {message}")]
+pub struct InferError {
+    /// The request's id.
+    pub id: u64,
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// For `Busy`: when trying this server again is worthwhile.
+    pub retry_after_ms: Option<u32>,
+    pub load: Option<Load>,
+}
+
+/// What kind of failure an [`InferError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The server does not serve this model (any more).
+    UnknownModel,
+    /// The model's queue is full.
+    Busy,
+    /// The inputs do not fit the model or the task.
+    BadInput,
+    /// The request or its output is over a limit.
+    TooLarge,
+    /// This peer may not use the server.
+    Unauthorized,
+    /// The server failed on its own.
+    Internal,
+}
+
+impl DType {
+    /// Bytes of one element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::I64 => 8,
+        }
+    }
+
+    /// The name used on the wire, e.g. `f32`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+            DType::U8 => "u8",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Tensor {
+    /// An F32 tensor of `shape` holding `values` in row-major order.
+    pub fn from_f32(shape: Vec<u64>, values: &[f32]) -> Result<Tensor, TensorError> {
+        let expected = element_count(&shape)?;
+        if expected != values.len() {
+            return Err(TensorError::ValueCount {
+                shape,
+                expected,
+                actual: values.len(),
+            });
+        }
+        let mut data = Vec::with_capacity(values.len() * DType::F32.size_bytes());
+        for value in values {
+            data.extend_from_slice(&value.to_le_bytes());
+        }
+        Ok(Tensor {
+            dtype: DType::F32,
+            shape,
+            data,
+        })
+    }
+
+    /// The number of elements the shape holds.
+    pub fn element_count(&self) -> Result<usize, TensorError> {
+        element_count(&self.shape)
+    }
+
+    /// Checks that the data is exactly element count times element size bytes; a tensor
+    /// from a peer must pass this before anything reads its elements.
+    pub fn check(&self) -> Result<(), TensorError> {
+        let expected = self
+            .element_count()?
+            .checked_mul(self.dtype.size_bytes())
+            .ok_or_else(|| TensorError::ShapeOverflow {
+                shape: self.shape.clone(),
+            })?;
+        if expected != self.data.len() {
+            return Err(TensorError::DataLength {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+                expected,
+                actual: self.data.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The elements of an F32 tensor, in row-major order.
+    pub fn to_f32(&self) -> Result<Vec<f32>, TensorError> {
+        if self.dtype != DType::F32 {
+            return Err(TensorError::WrongDType {
+                expected: DType::F32,
+                actual: self.dtype,
+            });
+        }
+        self.check()?;
+        Ok(self
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// The rows of a 2-D F32 tensor: shape `[n, d]` gives `n` rows of `d` values.
+    pub fn rows_f32(&self) -> Result<Vec<Vec<f32>>, TensorError> {
+        let &[rows, width] = self.shape.as_slice() else {
+            return Err(TensorError::NotMatrix {
+                shape: self.shape.clone(),
+            });
+        };
+        let values = self.to_f32()?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if width == 0 {
+            return Err(TensorError::ZeroWidth {
+                shape: self.shape.clone(),
+            });
+        }
+        // `check` passed, so the width fits in usize.
+        let width = usize::try_from(width).map_err(|_| TensorError::ShapeOverflow {
+            shape: self.shape.clone(),
+        })?;
+        Ok(values.chunks_exact(width).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl fmt::Debug for Tensor {
+    // The data can be megabytes; a log line needs its size, not its bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+impl InferResponse {
+    /// The id of the request this answers.
+    pub fn id(&self) -> u64 {
+        match self {
+            InferResponse::Ok(out) => out.id,
+            InferResponse::Err(err) => err.id,
+        }
+    }
+}
+
+impl ErrorCode {
+    /// whether another provider might succeed where this one failed
+    pub fn is_retryable_elsewhere(self) -> bool {
+        match self {
+            ErrorCode::UnknownModel
+            | ErrorCode::Busy
+            | ErrorCode::Unauthorized
+            | ErrorCode::Internal => true,
+            ErrorCode::BadInput | ErrorCode::TooLarge => false,
+        }
+    }
+
+    /// Lower-case words, e.g. `unknown model`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownModel => "unknown model",
+            ErrorCode::Busy => "busy",
+            ErrorCode::BadInput => "bad input",
+            ErrorCode::TooLarge => "too large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The product of the dimensions; overflow of any partial product is an error.
+fn element_count(shape: &[u64]) -> Result<usize, TensorError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &dim| {
+            usize::try_from(dim).ok().and_then(|d| acc.checked_mul(d))
+        })
+        .ok_or_else(|| TensorError::ShapeOverflow {
+            shape: shape.to_vec(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{INFER_REQUEST_LIMIT, INFER_RESPONSE_LIMIT};
+
+    fn model(seed: &[u8]) -> Cid {
+        Cid::new_v1(crate::codec::DAG_PB, Code::Sha2_256.digest(seed))
+    }
+
+    fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+        cbor4ii::serde::to_vec(Vec::new(), value).unwrap()
+    }
+
+    fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+        cbor4ii::serde::from_slice(bytes).unwrap()
+    }
+
+    fn request(inputs: Inputs) -> InferRequest {
+        InferRequest {
+            id: 7,
+            model: model(b"minilm"),
+            task: Task::Embed,
+            inputs,
+            options: InferOptions {
+                normalize: Some(true),
+            },
+            deadline_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_cbor() {
+        let tensor = Tensor::from_f32(vec![1, 3], &[1.0, -2.5, 3.25]).unwrap();
+        for inputs in [
+            Inputs::Texts(vec!["hello".into(), "wörld".into()]),
+            Inputs::Tokens {
+                ids: vec![vec![101, 7592, 102]],
+                attention_mask: vec![vec![1, 1, 1]],
+            },
+            Inputs::Tensor(tensor),
+        ] {
+            let req = request(inputs);
+            let bytes = to_cbor(&req);
+            assert!(bytes.len() < INFER_REQUEST_LIMIT);
+            assert_eq!(from_cbor::<InferRequest>(&bytes), req);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_through_cbor() {
+        let load = Load {
+            queued: 3,
+            capacity: 64,
+            workers: 2,
+        };
+        let ok = InferResponse::Ok(InferOutput {
+            id: 9,
+            model: model(b"minilm"),
+            output: Tensor::from_f32(vec![2, 2], &[0.0, 1.0, 2.0, 3.0]).unwrap(),
+            backend: "cpu".into(),
+            queue_us: 120,
+            compute_us: 4500,
+            load,
+        });
+        let err = InferResponse::Err(InferError {
+            id: 10,
+            code: ErrorCode::Busy,
+            message: "queue full".into(),
+            retry_after_ms: Some(50),
+            load: Some(load),
+        });
+        for resp in [ok, err] {
+            let bytes = to_cbor(&resp);
+            assert_eq!(from_cbor::<InferResponse>(&bytes), resp);
+        }
+    }
+
+    #[test]
+    fn wire_names_are_stable() {
+        // Another implementation must be able to write these by hand.
+        let bytes = to_cbor(&(Task::Embed, DType::BF16, ErrorCode::UnknownModel));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("embed"));
+        assert!(text.contains("bf16"));
+        assert!(text.contains("unknown_model"));
+    }
+
+    #[test]
+    fn tensor_data_is_a_cbor_byte_string() {
+        let values = vec![0.5f32; 256 * 1024];
+        let tensor = Tensor::from_f32(vec![256, 1024], &values).unwrap();
+        let resp = InferResponse::Ok(InferOutput {
+            id: 1,
+            model: model(b"m"),
+            output: tensor.clone(),
+            backend: "cpu".into(),
+            queue_us: 0,
+            compute_us: 0,
+            load: Load::default(),
+        });
+        let bytes = to_cbor(&resp);
+        // A list of numbers would take about two bytes per data byte.
+        assert!(
+            bytes.len() < tensor.data.len() + 256,
+            "{} bytes",
+            bytes.len()
+        );
+        assert!(bytes.len() < INFER_RESPONSE_LIMIT);
+        assert_eq!(from_cbor::<InferResponse>(&bytes), resp);
+    }
+
+    #[test]
+    fn missing_options_and_deadline_default() {
+        #[derive(Serialize)]
+        struct Old {
+            id: u64,
+            model: Cid,
+            task: Task,
+            inputs: Inputs,
+        }
+        let bytes = to_cbor(&Old {
+            id: 1,
+            model: model(b"m"),
+            task: Task::Embed,
+            inputs: Inputs::Texts(vec!["a".into()]),
+        });
+        let req: InferRequest = from_cbor(&bytes);
+        assert_eq!(req.options, InferOptions::default());
+        assert_eq!(req.deadline_ms, 0);
+    }
+
+    #[test]
+    fn garbage_and_truncated_cbor_are_errors() {
+        let bytes = to_cbor(&request(Inputs::Texts(vec!["hello".into()])));
+        for cut in 0..bytes.len() {
+            assert!(cbor4ii::serde::from_slice::<InferRequest>(&bytes[..cut]).is_err());
+        }
+        assert!(cbor4ii::serde::from_slice::<InferRequest>(&[0xff; 64]).is_err());
+        // Deep nesting is refused by the decoder's depth limit, not a stack overflow.
+        let deep = vec![0x81u8; 100_000];
+        assert!(cbor4ii::serde::from_slice::<InferRequest>(&deep).is_err());
+        assert!(cbor4ii::serde::from_slice::<InferResponse>(&deep).is_err());
+    }
+
+    #[test]
+    fn tensor_f32_round_trip_and_rows() {
+        let t = Tensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+        assert_eq!(t.data.len(), 24);
+        t.check().unwrap();
+        assert_eq!(t.to_f32().unwrap(), vec![1., 2., 3., 4., 5., 6.]);
+        assert_eq!(
+            t.rows_f32().unwrap(),
+            vec![vec![1., 2., 3.], vec![4., 5., 6.]]
+        );
+        let empty = Tensor::from_f32(vec![0, 384], &[]).unwrap();
+        assert_eq!(empty.rows_f32().unwrap(), Vec::<Vec<f32>>::new());
+    }
+
+    #[test]
+    fn from_f32_checks_the_value_count() {
+        let err = Tensor::from_f32(vec![2, 3], &[1.0; 5]).unwrap_err();
+        assert_eq!(
+            err,
+            TensorError::ValueCount {
+                shape: vec![2, 3],
+                expected: 6,
+                actual: 5
+            }
+        );
+        assert!(err.to_string().contains('6') && err.to_string().contains('5'));
+    }
+
+    #[test]
+    fn wrong_data_length_is_refused() {
+        let mut t = Tensor::from_f32(vec![2, 2], &[1.0; 4]).unwrap();
+        t.data.pop();
+        let err = t.check().unwrap_err();
+        assert_eq!(
+            err,
+            TensorError::DataLength {
+                dtype: DType::F32,
+                shape: vec![2, 2],
+                expected: 16,
+                actual: 15
+            }
+        );
+        assert!(err.to_string().contains("16") && err.to_string().contains("15"));
+        assert!(matches!(t.to_f32(), Err(TensorError::DataLength { .. })));
+        assert!(matches!(t.rows_f32(), Err(TensorError::DataLength { .. })));
+    }
+
+    #[test]
+    fn shape_overflow_is_an_error_not_a_panic() {
+        let t = Tensor {
+            dtype: DType::F32,
+            shape: vec![u64::MAX, 2],
+            data: Vec::new(),
+        };
+        assert!(matches!(t.check(), Err(TensorError::ShapeOverflow { .. })));
+        assert!(matches!(t.to_f32(), Err(TensorError::ShapeOverflow { .. })));
+        // The element count fits, but times 4 bytes it does not.
+        let t = Tensor {
+            dtype: DType::F32,
+            shape: vec![u64::MAX / 2],
+            data: Vec::new(),
+        };
+        assert!(matches!(t.check(), Err(TensorError::ShapeOverflow { .. })));
+        assert!(matches!(
+            Tensor::from_f32(vec![1 << 40, 1 << 40], &[]),
+            Err(TensorError::ShapeOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_dtype_is_refused() {
+        let t = Tensor {
+            dtype: DType::I64,
+            shape: vec![1, 2],
+            data: vec![0; 16],
+        };
+        t.check().unwrap();
+        let err = t.to_f32().unwrap_err();
+        assert_eq!(
+            err,
+            TensorError::WrongDType {
+                expected: DType::F32,
+                actual: DType::I64
+            }
+        );
+        assert_eq!(err.to_string(), "expected a f32 tensor, got i64");
+        assert!(matches!(t.rows_f32(), Err(TensorError::WrongDType { .. })));
+    }
+
+    #[test]
+    fn rows_need_two_dimensions_and_a_width() {
+        let t = Tensor::from_f32(vec![4], &[1.0; 4]).unwrap();
+        assert!(matches!(t.rows_f32(), Err(TensorError::NotMatrix { .. })));
+        let t = Tensor::from_f32(vec![1, 2, 2], &[1.0; 4]).unwrap();
+        assert!(matches!(t.rows_f32(), Err(TensorError::NotMatrix { .. })));
+        let t = Tensor {
+            dtype: DType::F32,
+            shape: vec![u64::MAX, 0],
+            data: Vec::new(),
+        };
+        t.check().unwrap();
+        assert!(matches!(t.rows_f32(), Err(TensorError::ZeroWidth { .. })));
+    }
+
+    #[test]
+    fn dtype_sizes() {
+        assert_eq!(DType::F32.size_bytes(), 4);
+        assert_eq!(DType::F16.size_bytes(), 2);
+        assert_eq!(DType::BF16.size_bytes(), 2);
+        assert_eq!(DType::I64.size_bytes(), 8);
+        assert_eq!(DType::I32.size_bytes(), 4);
+        assert_eq!(DType::U32.size_bytes(), 4);
+        assert_eq!(DType::U8.size_bytes(), 1);
+    }
+
+    #[test]
+    fn error_codes_display_and_retry() {
+        assert_eq!(ErrorCode::UnknownModel.to_string(), "unknown model");
+        assert_eq!(ErrorCode::BadInput.to_string(), "bad input");
+        assert!(ErrorCode::Busy.is_retryable_elsewhere());
+        assert!(ErrorCode::UnknownModel.is_retryable_elsewhere());
+        assert!(ErrorCode::Unauthorized.is_retryable_elsewhere());
+        assert!(ErrorCode::Internal.is_retryable_elsewhere());
+        assert!(!ErrorCode::BadInput.is_retryable_elsewhere());
+        assert!(!ErrorCode::TooLarge.is_retryable_elsewhere());
+    }
+
+    #[test]
+    fn service_key_is_derived_and_distinct() {
+        let a = model(b"a");
+        let b = model(b"b");
+        let key = service_key(&a);
+        assert_eq!(key, service_key(&a));
+        assert_ne!(key, a);
+        assert_ne!(key, service_key(&b));
+        assert_eq!(key.codec(), RAW);
+        assert_eq!(key.version(), cid::Version::V1);
+        assert_eq!(key.hash().code(), crate::codec::SHA2_256);
+        let mut preimage = SERVICE_KEY_PREFIX.to_vec();
+        preimage.extend_from_slice(&a.to_bytes());
+        assert_eq!(
+            key.hash().digest(),
+            Code::Sha2_256.digest(&preimage).digest()
+        );
+    }
+}
