@@ -234,14 +234,29 @@ impl Node {
 
     /// Makes the whole DAG under `root` local, fetching what is missing from peers.
     pub async fn fetch(&self, root: Cid) -> Result<()> {
+        self.fetch_with_progress(root, |_, _| {}).await
+    }
+
+    /// Whether every block of the DAG under `root` is here.
+    pub async fn is_complete(&self, root: Cid) -> Result<bool> {
         let store = self.store();
-        let complete = tokio::task::spawn_blocking(move || store.first_missing_block(&root))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
-            .is_none();
-        if !complete {
+        Ok(
+            tokio::task::spawn_blocking(move || store.first_missing_block(&root))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+                .is_none(),
+        )
+    }
+
+    /// Like [`Node::fetch`]; `progress` gets (blocks, bytes) fetched so far.
+    pub async fn fetch_with_progress(
+        &self,
+        root: Cid,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<()> {
+        if !self.is_complete(root).await? {
             self.bitswap
-                .fetch_dag(root, BLOCK_FETCH_TIMEOUT, |_, _| {})
+                .fetch_dag(root, BLOCK_FETCH_TIMEOUT, progress)
                 .await?;
         }
         Ok(())

@@ -75,8 +75,9 @@ impl Models {
                     Ok(NodeEvent::PubsubMessage {
                         topic, from, data, ..
                     }) if announce::is_model_topic(&topic) => {
-                        // The swarm task validated it; this only decodes it again.
-                        if let Ok(manifest) = announce::check(&topic, &data, from)
+                        // The swarm task verified it and its publisher (the source);
+                        // only decode it here.
+                        if let Ok(manifest) = Manifest::decode(&data)
                             && let Some(publisher) = from
                             && directory.insert(manifest.clone(), publisher)
                         {
@@ -349,16 +350,7 @@ impl Node {
     /// is not fetched again), pins it, records its announced name, and provides it so
     /// the next peer has one more source. `progress` gets (blocks, bytes) fetched.
     pub async fn pull_model(&self, root: Cid, progress: impl FnMut(u64, u64)) -> Result<()> {
-        let store = self.store();
-        let complete = tokio::task::spawn_blocking(move || store.first_missing_block(&root))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
-            .is_none();
-        if !complete {
-            self.bitswap()
-                .fetch_dag(root, crate::node::BLOCK_FETCH_TIMEOUT, progress)
-                .await?;
-        }
+        self.fetch_with_progress(root, progress).await?;
         self.pin(root, true).await?;
         if let Some(announced) = self
             .models
@@ -513,12 +505,7 @@ impl Node {
         } else if self.models.local.is_serving(&model) {
             self.models.local.handle(None, request).await
         } else {
-            let store = self.store();
-            let here = tokio::task::spawn_blocking(move || store.first_missing_block(&model))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??
-                .is_none();
-            if !here {
+            if !self.is_complete(model).await? {
                 return Ok(None);
             }
             let embedder = self.load_model(model, DeviceKind::Cpu).await?;
