@@ -1,6 +1,7 @@
 //! Models on the network, with real daemons on loopback and the real all-MiniLM-L6-v2
 //! weights: A publishes, B hears the signed announcement and has A run its inference,
-//! C pulls the model and serves it, and when A dies B's requests go to C.
+//! C pulls the model and serves it, D pulls from A and C at once, and when A dies B's
+//! requests go to C.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,6 @@ fn infer_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
-#[ignore = "issue 5 in progress: not yet run against real daemons"]
 fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     let dir = minilm_dir();
     let a = Daemon::start(&[]);
@@ -112,18 +112,31 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
             .ok(&["pin", "ls", "--type", "recursive"])
             .contains(&weights)
     );
-    let providers = json(&b.repo.ok(&["providers", "minilm", "--json"]));
-    let listed: Vec<&str> = providers["Providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["round_trip_ms"].is_number())
-        .map(|p| p["peer"].as_str().unwrap())
-        .collect();
+    // B finds both on the DHT's service key, each answering a probe.
+    let mut providers = Value::Null;
+    let both = poll_until(Duration::from_secs(10), || {
+        providers = json(&b.repo.ok(&["providers", "minilm", "--json"]));
+        let answering: Vec<&str> = providers["Providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["round_trip_ms"].is_number())
+            .map(|p| p["peer"].as_str().unwrap())
+            .collect();
+        answering.contains(&a_id.as_str()) && answering.contains(&c_id.as_str())
+    });
+    assert!(both, "B does not see A and C serving: {providers}");
+
+    // D pulls while A and C both provide: blocks come from both.
+    let d = Daemon::start(&["--bootstrap", &a_addr]);
+    d.repo.ok(&["swarm", "connect", &c.addr()]);
+    let pulled = json(&d.repo.ok(&["model", "pull", &weights, "--json"]));
+    let sources = pulled["Sources"].as_object().unwrap();
     assert!(
-        listed.contains(&a_id.as_str()) && listed.contains(&c_id.as_str()),
-        "{providers}"
+        sources.contains_key(&a_id) && sources.contains_key(&c_id),
+        "D's blocks came from {sources:?}"
     );
+    eprintln!("D pulled from {sources:?}");
 
     // A dies while B sends a stream of requests: every one succeeds, C takes over.
     let mut a = Some(a);

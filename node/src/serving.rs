@@ -530,10 +530,10 @@ impl Node {
         }
     }
 
-    /// Every peer serving `model`, each probed with one small request to measure its
-    /// round-trip and learn its load.
+    /// Every peer serving `model` (the DHT asked afresh), each probed with one small
+    /// request to measure its round-trip and learn its load.
     pub async fn providers(&self, model: Cid) -> Result<Vec<ProviderInfo>> {
-        let candidates = self.inference_candidates(model).await;
+        let candidates = self.candidates(model, true).await;
         let probes = candidates.into_iter().map(|peer| async move {
             let request = InferRequest {
                 id: next_request_id(),

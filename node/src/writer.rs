@@ -12,7 +12,7 @@ use ipfs_accelerate_protocol::Block;
 use crate::store::{self, ImportSession, Store};
 
 /// Bytes handed to the writer thread at a time.
-const WRITE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches in flight between producing and writing.
 const WRITE_QUEUE_CAPACITY: usize = 2;
 

@@ -6,9 +6,10 @@
 //!   DONT_HAVE answers to our wants (client). A peer that sends garbage is disconnected.
 //! - Outbound: one sender task per peer keeps a stream open (1.2.0, falling back to
 //!   1.1.0 and 1.0.0) and writes queued messages in order.
-//! - Client: a want asks every connected peer want-have (with send-dont-have), and the
-//!   peers that recently delivered blocks want-block directly, so a DAG fetch pipelines
-//!   across several providers. The first HAVE gets a want-block; a want-block that times
+//! - Client: a want asks every connected peer want-have (with send-dont-have), and one
+//!   of the peers that recently had what we wanted (the one with the fewest want-blocks
+//!   outstanding) want-block directly, so a DAG fetch pipelines across every provider
+//!   at once. The first HAVE gets a want-block; a want-block that times
 //!   out moves to another HAVE peer; when nobody has it, providers are looked up on the
 //!   DHT and dialed, and new connections receive our wantlist.
 //! - Blocks are named by hashing their data on decode, so only a block whose CID we
@@ -58,7 +59,7 @@ const BLOCK_KIB_IN_FLIGHT: usize = 16 * 1024;
 const INBOUND_STREAMS_LIMIT: usize = 4096;
 /// Wants we remember per peer for blocks we do not have yet.
 const LEDGER_LIMIT: usize = 8192;
-/// Peers remembered as recent block sources.
+/// Peers remembered as recent block sources (they answered HAVE or sent a block).
 const RECENT_PROVIDERS: usize = 8;
 /// Strikes (garbage, unwanted blocks) before a peer is disconnected.
 const STRIKES_LIMIT: u32 = 16;
@@ -204,6 +205,33 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Remembers `peer` as one that has blocks we want.
+fn remember_source(state: &mut State, peer: PeerId) {
+    if !state.recent.contains(&peer) {
+        state.recent.push_front(peer);
+        state.recent.truncate(RECENT_PROVIDERS);
+    }
+}
+
+/// The connected recent source with the fewest want-blocks outstanding (ties taken in
+/// turn), so blocks come from every provider at once and faster ones send more.
+fn least_busy_source(state: &mut State, connected: &[PeerId]) -> Option<PeerId> {
+    let sources = state.recent.len();
+    if sources == 0 {
+        return None;
+    }
+    let start = state.next_recent;
+    state.next_recent = state.next_recent.wrapping_add(1);
+    let mut outstanding: HashMap<PeerId, usize> = HashMap::new();
+    for (peer, _) in state.wants.values().filter_map(|w| w.block_from) {
+        *outstanding.entry(peer).or_default() += 1;
+    }
+    (0..sources)
+        .map(|k| state.recent[(start + k) % sources])
+        .filter(|peer| connected.contains(peer))
+        .min_by_key(|peer| outstanding.get(peer).copied().unwrap_or(0))
+}
+
 fn want_entry(cid: Cid, want_type: WantType) -> WantEntry {
     WantEntry {
         cid,
@@ -340,13 +368,7 @@ impl Inner {
         {
             let mut state = lock(&self.state);
             peers = state.connected.iter().copied().collect();
-            let direct = if state.recent.is_empty() {
-                None
-            } else {
-                let i = state.next_recent % state.recent.len();
-                state.next_recent = state.next_recent.wrapping_add(1);
-                state.recent.get(i).copied().filter(|p| peers.contains(p))
-            };
+            let direct = least_busy_source(&mut state, &peers);
             let Some(want) = state.wants.get_mut(&cid) else {
                 return;
             };
@@ -646,10 +668,7 @@ impl Inner {
                     }
                 }
             }
-            if !state.recent.contains(&peer) {
-                state.recent.push_front(peer);
-                state.recent.truncate(RECENT_PROVIDERS);
-            }
+            remember_source(&mut state, peer);
         }
         for (other, wantlist) in cancels {
             self.send(
@@ -693,6 +712,11 @@ impl Inner {
                         }
                     }
                 }
+            }
+            // Direct want-blocks go to peers that had what we asked for last.
+            match presence.kind {
+                PresenceKind::Have => remember_source(&mut state, peer),
+                PresenceKind::DontHave => state.recent.retain(|p| *p != peer),
             }
         }
         if let Some(from) = request_from {
