@@ -392,6 +392,8 @@ fn storage_max_evicts_least_recently_used_unpinned_content() {
     assert!(!present(&cids[1]), "least recently used goes first");
     let stat: serde_json::Value =
         serde_json::from_str(&repo.ok(&["repo", "stat", "--json"])).unwrap();
-    assert!(stat["RepoSize"].as_u64().unwrap() <= 7_000_000, "{stat}");
+    // Eviction freed down to 7 MB while the newest file was being written; the rest
+    // of it landed afterwards, still under the 9 MB mark that starts eviction.
+    assert!(stat["RepoSize"].as_u64().unwrap() <= 9_000_000, "{stat}");
     repo.ok(&["repo", "verify"]);
 }

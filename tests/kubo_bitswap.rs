@@ -24,6 +24,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
         mdns: false,
         dht_protocol: StreamProtocol::new(p2p::DEFAULT_DHT_PROTOCOL),
         agent_version: "ipfs-accelerate-test".into(),
+        infer_limits: p2p::InferLimits::default(),
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

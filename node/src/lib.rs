@@ -23,10 +23,13 @@ pub mod node;
 pub mod p2p;
 pub mod pin;
 mod provider;
+mod registry;
 pub mod serving;
 pub mod store;
 
 pub use config::NodeConfig;
+/// Peers are named by libp2p's id, which callers need without depending on libp2p.
+pub use libp2p::PeerId;
 pub use node::Node;
 pub use store::Store;
 pub mod repo;

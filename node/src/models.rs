@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
+use ipfs_accelerate_protocol::manifest::{RegistryEntry, RegistryVersion};
 use serde::{Deserialize, Serialize};
 
 const MODELS_FILE: &str = "models.json";
@@ -47,6 +48,13 @@ pub struct ModelRecord {
     pub root: Cid,
     /// Seconds since the Unix epoch.
     pub imported_at: u64,
+    /// CID of the signed manifest, once this version is published from here.
+    #[serde(
+        default,
+        with = "optional_cid_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manifest: Option<Cid>,
 }
 
 impl ModelRecord {
@@ -68,6 +76,7 @@ impl ModelRecord {
             tags,
             root,
             imported_at,
+            manifest: None,
         })
     }
 }
@@ -116,6 +125,27 @@ impl LocalModels {
         std::fs::rename(&temporary, &self.path).map_err(io)
     }
 
+    /// The registry entry for `name`: every version of it published from here.
+    pub fn registry_entry(&self, name: &str) -> Result<RegistryEntry> {
+        let versions = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.name == name)
+            .filter_map(|r| {
+                let version = RegistryVersion {
+                    manifest: r.manifest?,
+                    weights: r.root,
+                    updated_at: r.imported_at,
+                };
+                Some((r.version, version))
+            })
+            .collect();
+        Ok(RegistryEntry {
+            name: name.to_owned(),
+            versions,
+        })
+    }
+
     /// The root CID that `model` names: a CID, `NAME` (its latest import) or
     /// `NAME@VERSION`.
     pub fn resolve(&self, model: &str) -> Result<Cid> {
@@ -132,6 +162,24 @@ impl LocalModels {
             .max_by_key(|r| r.imported_at)
             .map(|r| r.root)
             .ok_or_else(|| Error::Unknown(model.to_owned()))
+    }
+}
+
+mod optional_cid_string {
+    use cid::Cid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(cid: &Option<Cid>, s: S) -> Result<S::Ok, S::Error> {
+        match cid {
+            Some(cid) => s.collect_str(cid),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| Cid::try_from(text.as_str()).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -182,5 +230,23 @@ mod tests {
         assert_eq!(models.resolve("minilm@1").unwrap(), cid(3));
         assert!(ModelRecord::new("a b".into(), "1".into(), vec![], cid(1)).is_err());
         assert!(ModelRecord::new("a@b".into(), "1".into(), vec![], cid(1)).is_err());
+    }
+
+    #[test]
+    fn the_registry_entry_lists_published_versions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = LocalModels::new(dir.path());
+        let mut published = ModelRecord::new("minilm".into(), "1".into(), vec![], cid(1)).unwrap();
+        published.manifest = Some(cid(11));
+        models.record(published).unwrap();
+        let imported = ModelRecord::new("minilm".into(), "2".into(), vec![], cid(2)).unwrap();
+        models.record(imported).unwrap();
+        let entry = models.registry_entry("minilm").unwrap();
+        assert_eq!(entry.name, "minilm");
+        assert_eq!(entry.versions.len(), 1);
+        assert_eq!(entry.versions["1"].manifest, cid(11));
+        assert_eq!(entry.versions["1"].weights, cid(1));
+        // The manifest CID survives models.json.
+        assert_eq!(models.list().unwrap()[0].manifest, Some(cid(11)));
     }
 }

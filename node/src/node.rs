@@ -180,6 +180,10 @@ impl Node {
             mdns: network.mdns && !overrides.no_mdns,
             dht_protocol,
             agent_version: concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/").into(),
+            infer_limits: p2p::InferLimits {
+                request: network.infer_request_limit,
+                response: network.infer_response_limit,
+            },
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start(config, keypair).await?;
@@ -260,6 +264,21 @@ impl Node {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The DAG's size as its dag-pb root declares it (the root's bytes plus its links'
+    /// cumulative sizes), fetching the root if needed; `None` for other codecs. A hint
+    /// for progress bars, not verified.
+    pub async fn dag_size_hint(&self, root: Cid) -> Result<Option<u64>> {
+        if root.codec() != ipfs_accelerate_protocol::codec::DAG_PB {
+            return Ok(None);
+        }
+        let block = self.bitswap.get(root, BLOCK_FETCH_TIMEOUT).await?;
+        let Ok(node) = ipfs_accelerate_protocol::block::decode_dag_pb(&root, block.data()) else {
+            return Ok(None);
+        };
+        let links: u64 = node.links.iter().filter_map(|l| l.size).sum();
+        Ok(Some(block.data().len() as u64 + links))
     }
 
     /// Follows `path` (`a/b/c`, empty for `root` itself) through dag-pb links from
@@ -371,6 +390,14 @@ impl Node {
 
     /// Publishes to the topic's peers and, as Kubo does, to our own subscribers.
     pub async fn pubsub_publish(&self, topic: String, data: Vec<u8>) -> Result<()> {
+        // Peers reject anything else on the model topics; say so instead of sending it.
+        if crate::announce::is_model_topic(&topic) {
+            crate::announce::check(&topic, &data, Some(self.peer_id())).map_err(|reason| {
+                Error::Model(format!(
+                    "not sent: messages on {topic} must be model manifests signed by this node ({reason})"
+                ))
+            })?;
+        }
         let local = self
             .topics
             .lock()

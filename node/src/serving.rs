@@ -14,7 +14,7 @@ use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, m
 use libp2p::PeerId;
 use tokio::sync::Semaphore;
 
-use crate::announce::{self, Directory};
+use crate::announce::{self, Directory, Source};
 use crate::bitswap::provider_key;
 use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
 use crate::infer::{self, Client, Server};
@@ -79,7 +79,7 @@ impl Models {
                         // only decode it here.
                         if let Ok(manifest) = Manifest::decode(&data)
                             && let Some(publisher) = from
-                            && directory.insert(manifest.clone(), publisher)
+                            && directory.insert(manifest.clone(), publisher, Source::Announced)
                         {
                             tracing::info!(name = %manifest.body.name, version = %manifest.body.version, weights = %manifest.body.weights, %publisher, "models: heard an announcement");
                         }
@@ -162,6 +162,8 @@ pub struct PublishMeta {
 pub struct Published {
     pub manifest: Manifest,
     pub manifest_cid: Cid,
+    /// The name's registry entry, listing this version and those published before.
+    pub registry: Cid,
 }
 
 /// An inference call as the CLI and the HTTP API make it.
@@ -265,7 +267,8 @@ impl Node {
     }
 
     /// Publishes the model folder `root` (imported here): a signed manifest stored and
-    /// pinned, the weights and the service key provided on the DHT, and announcements
+    /// pinned, the name's registry entry rewritten to list it, the weights and the
+    /// service key provided on the DHT, and announcements
     /// on gossip, repeated while the node runs. The model is served from here too.
     pub async fn publish_model(
         &self,
@@ -274,7 +277,7 @@ impl Node {
         device: DeviceKind,
     ) -> Result<Published> {
         self.pin(root, true).await?;
-        let record = ModelRecord::new(
+        let mut record = ModelRecord::new(
             meta.name.clone(),
             meta.version.clone(),
             meta.tags.clone(),
@@ -324,16 +327,20 @@ impl Node {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
+        record.manifest = Some(manifest_cid);
         let models = self.local_models();
         tokio::task::spawn_blocking(move || models.record(record))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
             .map_err(|e| Error::Model(e.to_string()))?;
+        let registry = self
+            .write_registry_entry(manifest.body.name.clone())
+            .await?;
         self.serve_model(root, device).await?;
         self.provide(manifest_cid).await;
         self.models
             .directory
-            .insert(manifest.clone(), self.peer_id());
+            .insert(manifest.clone(), self.peer_id(), Source::Announced);
         announce_manifest(self.p2p(), &manifest).await?;
         self.models
             .published
@@ -343,6 +350,7 @@ impl Node {
         Ok(Published {
             manifest,
             manifest_cid,
+            registry,
         })
     }
 
@@ -406,10 +414,17 @@ impl Node {
                     self.p2p().find_providers(key, PROVIDER_LOOKUP_LIMIT),
                 )
                 .await;
-                let peers: Vec<PeerId> = match found {
-                    Ok(Ok(found)) => found.into_iter().map(|(peer, _)| peer).collect(),
+                let found = match found {
+                    Ok(Ok(found)) => found,
                     _ => Vec::new(),
                 };
+                // Teach the swarm their addresses (the DHT's routing table may not
+                // hold them), so that the request can dial them.
+                for (peer, addrs) in found.iter().filter(|(p, a)| *p != me && !a.is_empty()) {
+                    let (p2p, peer, addrs) = (self.p2p().clone(), *peer, addrs.clone());
+                    tokio::spawn(async move { p2p.dial_peer(peer, addrs).await });
+                }
+                let peers: Vec<PeerId> = found.into_iter().map(|(peer, _)| peer).collect();
                 self.models
                     .dht_providers
                     .lock()

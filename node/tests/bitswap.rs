@@ -11,6 +11,9 @@ use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, StreamProtocol};
 
+mod common;
+use common::raw_peer;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 struct TestNode {
@@ -27,6 +30,7 @@ async fn node() -> TestNode {
         mdns: false,
         dht_protocol: StreamProtocol::new("/ipfs/lan/kad/1.0.0"),
         agent_version: "ipfs-accelerate-test".into(),
+        infer_limits: p2p::InferLimits::default(),
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await
@@ -168,27 +172,6 @@ async fn a_block_nobody_has_times_out() {
         b.bitswap.wantlist().is_empty(),
         "the want is dropped after the timeout"
     );
-}
-
-/// A bare swarm that can open raw streams: plays a misbehaving peer.
-async fn raw_peer() -> (
-    libp2p::Swarm<libp2p_stream::Behaviour>,
-    libp2p_stream::Control,
-) {
-    let swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    let control = swarm.behaviour().new_control();
-    (swarm, control)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

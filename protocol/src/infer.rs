@@ -343,6 +343,56 @@ impl fmt::Debug for Tensor {
     }
 }
 
+impl InferRequest {
+    /// Bytes the request takes on the wire, in the CBOR that libp2p's codec writes.
+    pub fn encoded_len(&self) -> usize {
+        cbor4ii::serde::to_vec(Vec::new(), self).map_or(usize::MAX, |bytes| bytes.len())
+    }
+}
+
+impl Inputs {
+    /// How many inputs the request carries; an embedding answer has one row for each.
+    pub fn rows(&self) -> u64 {
+        match self {
+            Inputs::Texts(texts) => texts.len() as u64,
+            Inputs::Tokens { ids, .. } => ids.len() as u64,
+            Inputs::Tensor(tensor) => tensor.shape.first().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl InferOutput {
+    /// Checks an answer against the request it claims to answer: its id, its model,
+    /// and for [`Task::Embed`] a well-formed F32 matrix with one non-empty row per
+    /// input. A peer's answer must pass this before it is used.
+    pub fn check_answers(&self, request: &InferRequest) -> Result<(), String> {
+        if self.id != request.id {
+            return Err(format!("answer to request {}, not {}", self.id, request.id));
+        }
+        if self.model != request.model {
+            return Err(format!(
+                "answer from model {}, not {}",
+                self.model, request.model
+            ));
+        }
+        self.output.check().map_err(|e| e.to_string())?;
+        match request.task {
+            Task::Embed => {
+                let rows = request.inputs.rows();
+                let fits = self.output.dtype == DType::F32
+                    && matches!(self.output.shape[..], [n, width] if n == rows && width > 0);
+                if !fits {
+                    return Err(format!(
+                        "a {} tensor of shape {:?} for {rows} inputs; expected f32 [{rows}, dimensions]",
+                        self.output.dtype, self.output.shape
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl InferResponse {
     /// The id of the request this answers.
     pub fn id(&self) -> u64 {

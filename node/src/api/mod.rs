@@ -170,6 +170,7 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/pull", post(models::pull))
         .route("/api/v0/accelerate/model/ls", post(models::ls))
         .route("/api/v0/accelerate/model/info", post(models::info))
+        .route("/api/v0/accelerate/model/discover", post(models::discover))
         .route("/api/v0/accelerate/providers", post(models::providers))
         .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT))
         .with_state(api);

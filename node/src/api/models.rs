@@ -1,21 +1,31 @@
 //! `/api/v0/accelerate/...`: models and inference over HTTP, the same operations the
 //! CLI runs against a daemon.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
 use cid::Cid;
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use ipfs_accelerate_protocol::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use super::{Api, ApiError, ApiResult, Params, flag, param};
+use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
-use crate::infer::DEFAULT_DEADLINE;
+use crate::infer::{DEFAULT_DEADLINE, Server};
 use crate::models::LocalModels;
 use crate::serving::{InferCall, PublishMeta};
+
+/// How often a pull with `progress=true` reports.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Progress lines queued for a slow reader.
+const PROGRESS_LINES: usize = 16;
 
 /// The body of `accelerate/infer`.
 #[derive(Debug, Deserialize)]
@@ -131,10 +141,9 @@ pub(super) async fn publish(State(api): State<Api>, Query(q): Params) -> ApiResu
         .publish_model(root, meta, device_arg(&q)?)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(manifest_json(
-        &published.manifest,
-        &published.manifest_cid,
-    )))
+    let mut answer = manifest_json(&published.manifest, &published.manifest_cid);
+    answer["registry"] = json!(published.registry.to_string());
+    Ok(Json(answer))
 }
 
 pub(super) async fn serve(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
@@ -146,15 +155,68 @@ pub(super) async fn serve(State(api): State<Api>, Query(q): Params) -> ApiResult
     Ok(Json(json!({ "Serving": root.to_string() })))
 }
 
-pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+/// Pulls a model. With `progress=true` the answer is newline-delimited JSON: first
+/// `{"Total"}` (bytes, from the root's links), then `{"Blocks", "Bytes"}` now and then,
+/// and last the result or `{"Message", "Type": "error"}`.
+pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let root = model_arg(&api, &q)?;
-    let started = std::time::Instant::now();
+    let serve = flag(&q, "serve", false)?
+        .then(|| device_arg(&q))
+        .transpose()?;
+    if !flag(&q, "progress", false)? {
+        let answer = run_pull(&api, root, serve, |_, _| {})
+            .await
+            .map_err(ApiError::internal)?;
+        return Ok(Json(answer).into_response());
+    }
+    let (lines, receiver) = mpsc::channel::<Value>(PROGRESS_LINES);
+    tokio::spawn(async move {
+        if let Ok(Some(total)) = api.node.dag_size_hint(root).await {
+            let _ = lines.send(json!({ "Total": total })).await;
+        }
+        let mut last = Instant::now();
+        let result = run_pull(&api, root, serve, |blocks, bytes| {
+            if last.elapsed() >= PROGRESS_INTERVAL {
+                last = Instant::now();
+                // A slow reader misses some updates rather than holding up the pull.
+                let _ = lines.try_send(json!({ "Blocks": blocks, "Bytes": bytes }));
+            }
+        })
+        .await;
+        let end = result.unwrap_or_else(|e| json!({ "Message": e.to_string(), "Type": "error" }));
+        let _ = lines.send(end).await;
+    });
+    let body = futures::stream::unfold(receiver, |mut receiver| async move {
+        let line = receiver.recv().await?;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))),
+            receiver,
+        ))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Fetches, pins and provides `root` (serving it on `serve` when given) and says
+/// what came from where.
+async fn run_pull(
+    api: &Api,
+    root: Cid,
+    serve: Option<DeviceKind>,
+    mut progress: impl FnMut(u64, u64),
+) -> crate::node::Result<Value> {
+    let started = Instant::now();
     let before = api.node.bitswap().received_from();
     let mut fetched = (0, 0);
     api.node
-        .pull_model(root, |blocks, bytes| fetched = (blocks, bytes))
-        .await
-        .map_err(ApiError::internal)?;
+        .pull_model(root, |blocks, bytes| {
+            fetched = (blocks, bytes);
+            progress(blocks, bytes);
+        })
+        .await?;
     // Which peers the blocks came from (a pull takes them from every provider at once).
     let sources: serde_json::Map<String, Value> = api
         .node
@@ -171,22 +233,20 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult<
             })
         })
         .collect();
-    if flag(&q, "serve", false)? {
-        api.node
-            .serve_model(root, device_arg(&q)?)
-            .await
-            .map_err(ApiError::internal)?;
+    if let Some(device) = serve {
+        api.node.serve_model(root, device).await?;
     }
-    Ok(Json(json!({
+    Ok(json!({
         "Root": root.to_string(),
         "Blocks": fetched.0,
         "Bytes": fetched.1,
         "Seconds": started.elapsed().as_secs_f64(),
         "Sources": sources,
-    })))
+    }))
 }
 
-/// Models known here: imported or pulled ones, and those peers announced.
+/// Models known here: imported or pulled ones, those peers announced, and those read
+/// from registries.
 pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
     let tag = param(&q, "tag");
     let local = LocalModels::new(api.node.repo().path());
@@ -209,20 +269,54 @@ pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
             })
         })
         .collect();
-    for announced in api.node.directory().list(tag) {
-        let body = &announced.manifest.body;
-        models.push(json!({
-            "name": body.name,
-            "version": body.version,
-            "tags": body.tags,
-            "weights": body.weights.to_string(),
-            "manifest": announced.manifest_cid.to_string(),
-            "publisher": announced.publisher.to_string(),
-            "source": "announced",
-            "serving": server.is_serving(&body.weights),
-        }));
-    }
+    models.extend(
+        api.node
+            .directory()
+            .list(tag)
+            .iter()
+            .map(|a| announced_json(a, server)),
+    );
     Ok(Json(json!({ "Models": models })))
+}
+
+/// Reads a registry entry and lists the versions it names (now in the directory too).
+pub(super) async fn discover(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let registry = param(&q, "registry")
+        .ok_or_else(|| ApiError::bad_request("argument \"registry\" is required"))?;
+    let registry = Cid::try_from(registry)
+        .map_err(|e| ApiError::bad_request(format!("invalid registry CID {registry:?}: {e}")))?;
+    let found = api
+        .node
+        .discover_registry(registry)
+        .await
+        .map_err(ApiError::internal)?;
+    let server = api.node.infer_server();
+    let models: Vec<Value> = found.iter().map(|a| announced_json(a, server)).collect();
+    Ok(Json(
+        json!({ "Registry": registry.to_string(), "Models": models }),
+    ))
+}
+
+/// A model from the directory as `ls` and `discover` list it.
+fn announced_json(announced: &Announced, server: &Server) -> Value {
+    let body = &announced.manifest.body;
+    let mut entry = json!({
+        "name": body.name,
+        "version": body.version,
+        "tags": body.tags,
+        "weights": body.weights.to_string(),
+        "manifest": announced.manifest_cid.to_string(),
+        "publisher": announced.publisher.to_string(),
+        "serving": server.is_serving(&body.weights),
+    });
+    match announced.source {
+        Source::Announced => entry["source"] = json!("announced"),
+        Source::Registry(registry) => {
+            entry["source"] = json!("registry");
+            entry["registry"] = json!(registry.to_string());
+        }
+    }
+    entry
 }
 
 pub(super) async fn info(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {

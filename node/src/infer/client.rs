@@ -138,6 +138,14 @@ impl Client {
         candidates: &[PeerId],
         deadline: Duration,
     ) -> Result<Answer, CallError> {
+        let size = request.encoded_len();
+        let limit = self.p2p.infer_limits().request;
+        if size > limit {
+            return Err(CallError::Refused {
+                code: ErrorCode::TooLarge,
+                message: format!("the request is {size} bytes; peers read at most {limit}"),
+            });
+        }
         let ranked = self.rank(candidates);
         if ranked.is_empty() {
             return Err(CallError::NoProviders);
@@ -166,10 +174,16 @@ impl Client {
                 Some((peer, sent, result)) = in_flight.next() => {
                     let round_trip = sent.elapsed();
                     let failure = match result {
-                        Ok(InferResponse::Ok(output)) => {
-                            self.record_success(peer, round_trip, output.load);
-                            return Ok(Answer { provider: peer, output, round_trip, attempts });
-                        }
+                        Ok(InferResponse::Ok(output)) => match output.check_answers(&request) {
+                            Ok(()) => {
+                                self.record_success(peer, round_trip, output.load);
+                                return Ok(Answer { provider: peer, output, round_trip, attempts });
+                            }
+                            Err(garbage) => {
+                                self.record_failure(peer);
+                                format!("a malformed answer: {garbage}")
+                            }
+                        },
                         Ok(InferResponse::Err(error)) => {
                             if !error.code.is_retryable_elsewhere() {
                                 return Err(CallError::Refused { code: error.code, message: error.message });

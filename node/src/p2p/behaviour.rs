@@ -5,7 +5,6 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use ipfs_accelerate_protocol::infer::{INFER_PROTOCOL, InferRequest, InferResponse};
-use ipfs_accelerate_protocol::limits::{INFER_REQUEST_LIMIT, INFER_RESPONSE_LIMIT};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
@@ -118,8 +117,8 @@ fn behaviour(
         None
     };
     let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(INFER_REQUEST_LIMIT as u64)
-        .set_response_size_maximum(INFER_RESPONSE_LIMIT as u64);
+        .set_request_size_maximum(config.infer_limits.request as u64)
+        .set_response_size_maximum(config.infer_limits.response as u64);
     let infer = request_response::Behaviour::with_codec(
         codec,
         [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],

@@ -44,6 +44,24 @@ pub struct Config {
     pub dht_protocol: StreamProtocol,
     /// Agent version sent in identify.
     pub agent_version: String,
+    /// Largest inference request read from a peer, and largest response, in bytes.
+    pub infer_limits: InferLimits,
+}
+
+/// Size limits of `/ipfs-accelerate/infer/1.0.0` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InferLimits {
+    pub request: usize,
+    pub response: usize,
+}
+
+impl Default for InferLimits {
+    fn default() -> Self {
+        InferLimits {
+            request: ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT,
+            response: ipfs_accelerate_protocol::limits::INFER_RESPONSE_LIMIT,
+        }
+    }
 }
 
 /// Why a network operation failed.
@@ -111,6 +129,7 @@ pub struct P2p {
     bitswap: Arc<Mutex<Option<crate::bitswap::Channels>>>,
     /// Taken once by the inference server.
     infer_inbound: Arc<Mutex<Option<mpsc::Receiver<InboundInfer>>>>,
+    infer_limits: InferLimits,
 }
 
 impl std::fmt::Debug for P2p {
@@ -149,11 +168,17 @@ impl P2p {
             local_peer_id,
             bitswap: Arc::new(Mutex::new(Some(bitswap))),
             infer_inbound: Arc::new(Mutex::new(Some(infer_rx))),
+            infer_limits: config.infer_limits,
         })
     }
 
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The inference message limits this swarm was built with.
+    pub fn infer_limits(&self) -> InferLimits {
+        self.infer_limits
     }
 
     /// Sends an event to local subscribers only (e.g. our own pubsub message).

