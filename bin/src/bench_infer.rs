@@ -110,7 +110,6 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
                     Arc::clone(&completed),
                     sentences.clone(),
                 );
-                let call = call.clone();
                 async move {
                     let mut i = j;
                     while Instant::now() < end {

@@ -182,7 +182,7 @@ fn add_folder(remote: &Remote, dir: &Path) -> Result<String> {
     answer
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .last()
+        .next_back()
         .and_then(|entry| entry["Hash"].as_str().map(str::to_owned))
         .context("the daemon returned no CID for the folder")
 }

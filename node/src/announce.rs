@@ -136,7 +136,7 @@ impl Directory {
             .filter(|a| tag.is_none_or(|t| a.manifest.body.tags.iter().any(|x| x == t)))
             .cloned()
             .collect();
-        all.sort_by(|a, b| b.manifest.body.created_at.cmp(&a.manifest.body.created_at));
+        all.sort_by_key(|a| std::cmp::Reverse(a.manifest.body.created_at));
         all
     }
 

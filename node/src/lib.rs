@@ -1,9 +1,10 @@
 //! The ipfs-accelerate peer library.
 //!
-//! Today it holds everything one peer does with content before it talks to anyone:
-//! the [`repo`] on disk (identity, config, datastore, lock), the [`blockstore`], the
-//! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] import and
-//! export with Kubo-identical CIDs, and [`car`] import and export.
+//! The [`repo`] on disk (identity, config, datastore, lock), the [`blockstore`], the
+//! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] and [`car`]
+//! import and export with Kubo-identical CIDs; the [`Node`] on the network ([`p2p`],
+//! [`bitswap`], the HTTP [`api`] and [`gateway`]); the inference [`engine`]; and models
+//! on the network: [`announce`]ments, registries, [`serving`] and calling [`infer`]ence.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod announce;

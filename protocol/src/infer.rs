@@ -695,6 +695,55 @@ mod tests {
     }
 
     #[test]
+    fn answers_must_fit_their_request() {
+        let model = super::tests::model(b"model");
+        let request = InferRequest {
+            id: 7,
+            model,
+            task: Task::Embed,
+            inputs: Inputs::Texts(vec!["a".into(), "b".into()]),
+            options: InferOptions::default(),
+            deadline_ms: 0,
+        };
+        let answer = |id, model, tensor| InferOutput {
+            id,
+            model,
+            output: tensor,
+            backend: "cpu".into(),
+            queue_us: 0,
+            compute_us: 0,
+            load: Load::default(),
+        };
+        let good = Tensor::from_f32(vec![2, 3], &[0.0; 6]).unwrap();
+        assert!(
+            answer(7, model, good.clone())
+                .check_answers(&request)
+                .is_ok()
+        );
+        assert!(
+            answer(8, model, good.clone())
+                .check_answers(&request)
+                .is_err()
+        );
+        let other = super::tests::model(b"other");
+        assert!(answer(7, other, good).check_answers(&request).is_err());
+        let one_row = Tensor::from_f32(vec![1, 3], &[0.0; 3]).unwrap();
+        assert!(answer(7, model, one_row).check_answers(&request).is_err());
+        let flat = Tensor::from_f32(vec![6], &[0.0; 6]).unwrap();
+        assert!(answer(7, model, flat).check_answers(&request).is_err());
+        let mut short = Tensor::from_f32(vec![2, 3], &[0.0; 6]).unwrap();
+        short.data.truncate(20);
+        assert!(answer(7, model, short).check_answers(&request).is_err());
+        let empty_rows = Tensor::from_f32(vec![2, 0], &[]).unwrap();
+        assert!(
+            answer(7, model, empty_rows)
+                .check_answers(&request)
+                .is_err()
+        );
+        assert!(request.encoded_len() > 0 && request.encoded_len() < 200);
+    }
+
+    #[test]
     fn dtype_sizes() {
         assert_eq!(DType::F32.size_bytes(), 4);
         assert_eq!(DType::F16.size_bytes(), 2);

@@ -654,7 +654,6 @@ mod tests {
         get(1); // hit; 2 becomes the least recently used
         get(3); // evicts 2
         get(1); // still loaded
-        drop(get);
         assert_eq!(loads, 3);
         let mut loaded: Vec<_> = cache.loaded().into_iter().map(|(c, _)| c).collect();
         loaded.sort();
