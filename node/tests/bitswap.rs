@@ -8,11 +8,10 @@ use ipfs_accelerate_node::Store;
 use ipfs_accelerate_node::bitswap::{self, Bitswap, provider_key};
 use ipfs_accelerate_node::p2p::{self, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
-use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, StreamProtocol};
 
 mod common;
-use common::raw_peer;
+use common::{loopback_swarm, raw_peer};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -24,21 +23,7 @@ struct TestNode {
 }
 
 async fn node() -> TestNode {
-    let config = p2p::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        mdns: false,
-        dht_protocol: StreamProtocol::new("/ipfs/lan/kad/1.0.0"),
-        agent_version: "ipfs-accelerate-test".into(),
-        infer_limits: p2p::InferLimits::default(),
-    };
-    let p2p = P2p::start(config, Keypair::generate_ed25519())
-        .await
-        .unwrap();
-    let addrs = p2p.wait_listening(WAIT).await.unwrap();
-    let addr = addrs[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(p2p.local_peer_id()));
+    let (p2p, addr) = loopback_swarm().await;
     let store = Arc::new(Store::in_memory());
     let config = bitswap::Config {
         provider_search_delay: Duration::from_millis(200),

@@ -12,7 +12,7 @@ use ipfs_accelerate_node::config::NodeConfig;
 use ipfs_accelerate_node::engine::DeviceKind;
 use ipfs_accelerate_node::infer::{CallError, ServeConfig};
 use ipfs_accelerate_node::node::NetworkOverrides;
-use ipfs_accelerate_node::p2p::{self, InboundInfer, P2p};
+use ipfs_accelerate_node::p2p::{InboundInfer, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{
@@ -24,7 +24,7 @@ use libp2p::{Multiaddr, StreamProtocol};
 use multihash_codetable::{Code, MultihashDigest};
 
 mod common;
-use common::raw_peer;
+use common::{loopback_swarm, raw_peer};
 
 const WAIT: Duration = Duration::from_secs(30);
 const INFER_PROTOCOL: &str = "/ipfs-accelerate/infer/1.0.0";
@@ -271,18 +271,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
 
 /// A peer that answers every inference request with `answer(request)`.
 async fn lying_provider(answer: fn(&InferRequest) -> InferResponse) -> (P2p, Multiaddr) {
-    let config = p2p::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: vec![],
-        mdns: false,
-        dht_protocol: StreamProtocol::new("/ipfs/lan/kad/1.0.0"),
-        agent_version: "ipfs-accelerate-test".into(),
-        infer_limits: p2p::InferLimits::default(),
-    };
-    let p2p = P2p::start(config, Keypair::generate_ed25519())
-        .await
-        .unwrap();
-    let addr = p2p.wait_listening(WAIT).await.unwrap().remove(0);
+    let (p2p, addr) = loopback_swarm().await;
     let mut inbound = p2p.take_infer_requests().unwrap();
     let responder = p2p.clone();
     tokio::spawn(async move {

@@ -2,6 +2,29 @@
 
 use std::time::Duration;
 
+use ipfs_accelerate_node::p2p::{self, P2p};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, StreamProtocol};
+
+/// A bare swarm on loopback TCP (no Bitswap engine, no node) and its dial address.
+pub(crate) async fn loopback_swarm() -> (P2p, Multiaddr) {
+    let config = p2p::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![],
+        mdns: false,
+        dht_protocol: StreamProtocol::new("/ipfs/lan/kad/1.0.0"),
+        agent_version: "ipfs-accelerate-test".into(),
+        infer_limits: p2p::InferLimits::default(),
+    };
+    let p2p = P2p::start(config, Keypair::generate_ed25519())
+        .await
+        .unwrap();
+    let addr = p2p.wait_listening(Duration::from_secs(30)).await.unwrap()[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(p2p.local_peer_id()));
+    (p2p, addr)
+}
+
 /// A bare swarm that can open raw streams: plays a misbehaving peer.
 pub(crate) async fn raw_peer() -> (
     libp2p::Swarm<libp2p_stream::Behaviour>,
