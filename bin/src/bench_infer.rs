@@ -64,10 +64,11 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
         // both see the same machine.
         let warmup = 20.min(args.requests);
         let (mut here, mut remote) = (Vec::new(), Vec::new());
+        let (mut here_server, mut remote_server) = (Vec::new(), Vec::new());
         for i in 0..warmup + args.requests {
             let text = vec![sentences[i % sentences.len()].clone()];
             let started = Instant::now();
-            server.infer(call(text.clone(), false)).await?;
+            let local_answer = server.infer(call(text.clone(), false)).await?;
             let local_time = started.elapsed();
             let started = Instant::now();
             let answer = clients[0].infer(call(text, true)).await?;
@@ -78,6 +79,8 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
             if i >= warmup {
                 here.push(local_time);
                 remote.push(remote_time);
+                here_server.push(server_time(&local_answer.output));
+                remote_server.push(server_time(&answer.output));
             }
         }
         let (p50_here, p50_remote) = (percentile(&mut here, 0.5), percentile(&mut remote, 0.5));
@@ -137,6 +140,8 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
             "requests": args.requests,
             "p50_local_ms": millis(p50_here),
             "p50_remote_ms": millis(p50_remote),
+            "p50_local_server_ms": millis(percentile(&mut here_server, 0.5)),
+            "p50_remote_server_ms": millis(percentile(&mut remote_server, 0.5)),
             "p99_local_ms": millis(percentile(&mut here, 0.99)),
             "p99_remote_ms": millis(percentile(&mut remote, 0.99)),
             "remote_overhead_ms": millis(p50_remote) - millis(p50_here),
@@ -173,6 +178,11 @@ fn percentile(times: &mut [Duration], q: f64) -> Duration {
     times.sort();
     let index = ((times.len() as f64 - 1.0) * q).round() as usize;
     times[index.min(times.len() - 1)]
+}
+
+/// Time the request spent in the server: queued and computing.
+fn server_time(output: &ipfs_accelerate_protocol::infer::InferOutput) -> Duration {
+    Duration::from_micros(output.queue_us + output.compute_us)
 }
 
 fn millis(d: Duration) -> f64 {

@@ -20,7 +20,7 @@ use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
 use crate::infer::{self, Client, Server};
 use crate::models::{LocalModels, ModelRecord};
 use crate::node::{Error, Node, Result};
-use crate::p2p::{InboundInfer, NodeEvent, P2p};
+use crate::p2p::{NodeEvent, P2p};
 
 /// How often our own announcements are repeated, for peers that joined since.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -89,28 +89,18 @@ impl Models {
                 }
             }
         });
-        if let Some(mut inbound) = p2p.take_infer_requests() {
-            let (server, p2p) = (Arc::clone(&self.server), p2p.clone());
-            let slots = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
-            tokio::spawn(async move {
-                while let Some(InboundInfer {
-                    peer,
-                    request,
-                    channel,
-                }) = inbound.recv().await
-                {
-                    let (server, p2p) = (Arc::clone(&server), p2p.clone());
-                    let slot = Arc::clone(&slots).try_acquire_owned();
-                    tokio::spawn(async move {
-                        let response = match slot {
-                            Ok(_slot) => server.handle(Some(peer), request).await,
-                            Err(_) => busy(request.id),
-                        };
-                        let _ = p2p.infer_respond(channel, response).await;
-                    });
+        let server = Arc::clone(&self.server);
+        let slots = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
+        p2p.serve_infer(Arc::new(move |peer, request| {
+            let server = Arc::clone(&server);
+            let slot = Arc::clone(&slots).try_acquire_owned();
+            Box::pin(async move {
+                match slot {
+                    Ok(_slot) => server.handle(Some(peer), request).await,
+                    Err(_) => busy(request.id),
                 }
-            });
-        }
+            })
+        }))?;
         let (published, p2p) = (Arc::clone(&self.published), p2p.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);

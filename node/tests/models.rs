@@ -4,6 +4,7 @@
 //! honest peers are still served.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cid::Cid;
@@ -12,7 +13,7 @@ use ipfs_accelerate_node::config::NodeConfig;
 use ipfs_accelerate_node::engine::DeviceKind;
 use ipfs_accelerate_node::infer::{CallError, ServeConfig};
 use ipfs_accelerate_node::node::NetworkOverrides;
-use ipfs_accelerate_node::p2p::{InboundInfer, P2p};
+use ipfs_accelerate_node::p2p::P2p;
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{
@@ -189,8 +190,9 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     client.p2p().connect(server_addr.clone()).await.unwrap();
     let server_id = server.peer_id();
 
-    // Bytes that are not CBOR, and a request past the 4 MiB limit, on raw streams: no
-    // answer comes back, and nothing breaks.
+    // A frame that is not CBOR, a frame announced past the 4 MiB limit, and a length
+    // that is no varint, on raw streams: the server closes the stream without an
+    // answer, and nothing breaks.
     let (mut swarm, mut control) = raw_peer().await;
     swarm.dial(server_addr.clone()).unwrap();
     let driver = tokio::spawn(async move {
@@ -198,7 +200,11 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             swarm.select_next_some().await;
         }
     });
-    for payload in [vec![0xff; 1000], vec![0x61; 5 << 20]] {
+    let mut not_cbor = vec![0xe8, 0x07];
+    not_cbor.extend([0xff; 1000]);
+    let mut oversized = vec![0x80, 0x80, 0xc0, 0x02];
+    oversized.extend(vec![0x61; 5 << 20]);
+    for payload in [not_cbor, oversized, vec![0xff; 16]] {
         let mut stream = tokio::time::timeout(
             WAIT,
             control.open_stream(server_id, StreamProtocol::new(INFER_PROTOCOL)),
@@ -272,16 +278,10 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
 /// A peer that answers every inference request with `answer(request)`.
 async fn lying_provider(answer: fn(&InferRequest) -> InferResponse) -> (P2p, Multiaddr) {
     let (p2p, addr) = loopback_swarm().await;
-    let mut inbound = p2p.take_infer_requests().unwrap();
-    let responder = p2p.clone();
-    tokio::spawn(async move {
-        while let Some(InboundInfer {
-            request, channel, ..
-        }) = inbound.recv().await
-        {
-            let _ = responder.infer_respond(channel, answer(&request)).await;
-        }
-    });
+    p2p.serve_infer(Arc::new(move |_, request| {
+        Box::pin(std::future::ready(answer(&request)))
+    }))
+    .unwrap();
     (p2p, addr)
 }
 
@@ -338,7 +338,9 @@ async fn garbage_answers_are_refused_and_the_call_fails_over() {
         .unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, CallError::AllFailed(_)), "{text}");
-    assert_eq!(text.matches("a malformed answer").count(), 3, "{text}");
+    assert_eq!(text.matches("a malformed answer").count(), 2, "{text}");
+    // An answer to another request breaks the stream's protocol: the stream is closed.
+    assert!(text.contains("answered a request never sent"), "{text}");
 
     // With an honest provider among them, the call ends there, whatever the ranking.
     let mut candidates = liar_ids.clone();

@@ -2,12 +2,16 @@
 //!
 //! # Spec
 //!
-//! A client opens a request-response stream to a peer that serves a model and sends one
-//! [`InferRequest`]; the server answers with one [`InferResponse`]. Both are encoded as CBOR
-//! with serde (libp2p's request-response `cbor` codec).
+//! A client opens one stream to a peer that serves a model and keeps it: it sends its
+//! [`InferRequest`]s on it back to back, and the server answers each with an
+//! [`InferResponse`] as soon as it is done, in any order; the request id pairs them. Every
+//! message is one frame ([`encode_frame`]): an unsigned varint length, then that many bytes
+//! of CBOR (serde). Keeping the stream saves a stream negotiation per request, which is
+//! most of a small request's latency.
 //!
 //! - Limits: a request is at most [`INFER_REQUEST_LIMIT`] encoded bytes, a response at most
-//!   [`INFER_RESPONSE_LIMIT`]; either side drops a larger message.
+//!   [`INFER_RESPONSE_LIMIT`]; a peer announcing a larger frame, or sending one that does
+//!   not decode, has its stream closed.
 //! - Tensors carry little-endian bytes with a dtype and shape; [`Tensor::check`] verifies
 //!   that the byte length matches before any element is read.
 //! - Errors carry an [`ErrorCode`]; `Busy` comes with `retry_after_ms` and the server's
@@ -343,8 +347,36 @@ impl fmt::Debug for Tensor {
     }
 }
 
+/// A message that could not be encoded (only when memory runs out).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding an inference message: {0}")]
+pub struct EncodeError(String);
+
+/// A frame's body that is not the CBOR of the expected message.
+#[derive(Debug, thiserror::Error)]
+#[error("decoding an inference message: {0}")]
+pub struct DecodeError(String);
+
+/// One message as it goes on the stream: the length of its CBOR as an unsigned varint,
+/// then the CBOR.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, EncodeError> {
+    let body =
+        cbor4ii::serde::to_vec(Vec::new(), message).map_err(|e| EncodeError(e.to_string()))?;
+    let mut length = unsigned_varint::encode::usize_buffer();
+    let length = unsigned_varint::encode::usize(body.len(), &mut length);
+    let mut frame = Vec::with_capacity(length.len() + body.len());
+    frame.extend_from_slice(length);
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// A frame's body (without its length) as a message.
+pub fn decode_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    cbor4ii::serde::from_slice(body).map_err(|e| DecodeError(e.to_string()))
+}
+
 impl InferRequest {
-    /// Bytes the request takes on the wire, in the CBOR that libp2p's codec writes.
+    /// Bytes of the request's CBOR, which the server's request limit applies to.
     pub fn encoded_len(&self) -> usize {
         cbor4ii::serde::to_vec(Vec::new(), self).map_or(usize::MAX, |bytes| bytes.len())
     }

@@ -4,23 +4,16 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use ipfs_accelerate_protocol::infer::{INFER_PROTOCOL, InferRequest, InferResponse};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
-use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp,
-    yamux,
+    PeerId, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp, yamux,
 };
 
 use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, PROVIDED_KEYS_LIMIT, Result};
-
-/// Longest an inference request may take end to end on the wire, queueing included;
-/// callers give up sooner by their own deadlines.
-pub(super) const INFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Inference requests in flight on one connection, both ways together.
-const INFER_STREAMS_PER_CONNECTION: usize = 512;
 
 /// Connections with no open streams close after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,8 +28,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Moves Bitswap streams to and from the engine, which runs outside this task.
     pub bitswap: crate::bitswap::Behaviour,
-    /// `/ipfs-accelerate/infer/1.0.0`: CBOR requests and responses, size-limited.
-    pub infer: request_response::cbor::Behaviour<InferRequest, InferResponse>,
+    /// Hands `/ipfs-accelerate/infer/1.0.0` streams to [`super::infer`], outside this task.
+    pub infer: libp2p_stream::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -45,13 +38,29 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
+/// An authenticated, multiplexed transport, such as netsim's simulated network.
+pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// The swarm on TCP and QUIC, or on `custom` when given.
 pub(super) fn build_swarm(
     config: &Config,
     keypair: Keypair,
+    custom: Option<BoxedTransport>,
 ) -> Result<(Swarm<Behaviour>, crate::bitswap::Channels)> {
     let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let (bitswap, channels) = crate::bitswap::Behaviour::new();
     let mut bitswap = Some(bitswap);
+    if let Some(custom) = custom {
+        let behaviour = behaviour(config, &keypair, bitswap.take()).map_err(|e| transport(&e))?;
+        let swarm = Swarm::new(
+            custom,
+            behaviour,
+            keypair.public().to_peer_id(),
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT),
+        );
+        return Ok((swarm, channels));
+    }
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -116,16 +125,6 @@ fn behaviour(
     } else {
         None
     };
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(config.infer_limits.request as u64)
-        .set_response_size_maximum(config.infer_limits.response as u64);
-    let infer = request_response::Behaviour::with_codec(
-        codec,
-        [(StreamProtocol::new(INFER_PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(INFER_REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(INFER_STREAMS_PER_CONNECTION),
-    );
     Ok(Behaviour {
         identify,
         ping: ping::Behaviour::default(),
@@ -133,6 +132,6 @@ fn behaviour(
         gossipsub,
         mdns: mdns.into(),
         bitswap,
-        infer,
+        infer: libp2p_stream::Behaviour::new(),
     })
 }

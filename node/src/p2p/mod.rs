@@ -5,6 +5,7 @@
 //! ([`crate::bitswap`]).
 
 mod behaviour;
+mod infer;
 mod worker;
 
 use std::collections::HashSet;
@@ -12,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipfs_accelerate_protocol::infer::{InferRequest, InferResponse};
-use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use self::behaviour::Behaviour;
+pub use self::behaviour::{Behaviour, BoxedTransport};
+pub use self::infer::InferHandler;
+use self::infer::InferStreams;
 use self::worker::{Command, Worker};
 
 /// Commands waiting for the swarm task.
@@ -30,8 +32,6 @@ pub const DEFAULT_DHT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
 /// Provider records we keep for content we provide: far above libp2p's default of
 /// 1024, since every block of a pinned model may be announced.
 pub const PROVIDED_KEYS_LIMIT: usize = 1 << 20;
-/// Inbound inference requests waiting for the server to take them; more get `Busy`.
-const INFER_INBOUND_CAPACITY: usize = 1024;
 /// Largest gossipsub message (model announcements and user pubsub).
 pub const GOSSIP_MESSAGE_LIMIT: usize = 1024 * 1024;
 
@@ -85,14 +85,6 @@ pub enum Error {
     Infer(String),
 }
 
-/// An inference request from a peer; answer it with [`P2p::infer_respond`].
-#[derive(Debug)]
-pub struct InboundInfer {
-    pub peer: PeerId,
-    pub request: InferRequest,
-    pub channel: ResponseChannel<InferResponse>,
-}
-
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -127,8 +119,7 @@ pub struct P2p {
     local_peer_id: PeerId,
     /// Taken once by the Bitswap engine.
     bitswap: Arc<Mutex<Option<crate::bitswap::Channels>>>,
-    /// Taken once by the inference server.
-    infer_inbound: Arc<Mutex<Option<mpsc::Receiver<InboundInfer>>>>,
+    infer: Arc<InferStreams>,
     infer_limits: InferLimits,
 }
 
@@ -149,8 +140,26 @@ impl std::fmt::Debug for Command {
 impl P2p {
     /// Builds the swarm, starts listening and bootstrapping, and spawns its task.
     pub async fn start(config: Config, keypair: Keypair) -> Result<P2p> {
+        Self::start_on(config, keypair, None).await
+    }
+
+    /// Like [`P2p::start`], on `transport` instead of TCP and QUIC (netsim's simulated
+    /// network); everything above the transport is the same.
+    pub async fn start_with_transport(
+        config: Config,
+        keypair: Keypair,
+        transport: BoxedTransport,
+    ) -> Result<P2p> {
+        Self::start_on(config, keypair, Some(transport)).await
+    }
+
+    async fn start_on(
+        config: Config,
+        keypair: Keypair,
+        transport: Option<BoxedTransport>,
+    ) -> Result<P2p> {
         let local_peer_id = keypair.public().to_peer_id();
-        let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair)?;
+        let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair, transport)?;
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.clone(),
@@ -159,15 +168,15 @@ impl P2p {
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let (infer_tx, infer_rx) = mpsc::channel(INFER_INBOUND_CAPACITY);
-        let worker = Worker::new(swarm, command_rx, events.clone(), infer_tx, &config);
+        let infer = InferStreams::new(swarm.behaviour().infer.new_control(), config.infer_limits);
+        let worker = Worker::new(swarm, command_rx, events.clone(), &config);
         tokio::spawn(worker.run());
         Ok(P2p {
             commands,
             events,
             local_peer_id,
             bitswap: Arc::new(Mutex::new(Some(bitswap))),
-            infer_inbound: Arc::new(Mutex::new(Some(infer_rx))),
+            infer: Arc::new(infer),
             infer_limits: config.infer_limits,
         })
     }
@@ -199,35 +208,15 @@ impl P2p {
             .take()
     }
 
-    /// Inbound inference requests; `None` once taken.
-    pub fn take_infer_requests(&self) -> Option<mpsc::Receiver<InboundInfer>> {
-        self.infer_inbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    /// Serves inference streams from peers: `handler` answers each request. Once only.
+    pub fn serve_infer(&self, handler: InferHandler) -> Result<()> {
+        self.infer.serve(handler)
     }
 
     /// Sends an inference request to `peer` (dialing it if needed) and waits for the
-    /// answer, or the protocol's timeout.
+    /// answer, until the request's deadline.
     pub async fn infer(&self, peer: PeerId, request: InferRequest) -> Result<InferResponse> {
-        self.call(|reply| Command::Infer {
-            peer,
-            request,
-            reply,
-        })
-        .await?
-    }
-
-    /// Answers an inbound inference request.
-    pub async fn infer_respond(
-        &self,
-        channel: ResponseChannel<InferResponse>,
-        response: InferResponse,
-    ) -> Result<()> {
-        self.commands
-            .send(Command::InferRespond { channel, response })
-            .await
-            .map_err(|_| Error::Closed)
+        self.infer.call(peer, request).await
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
@@ -292,6 +281,12 @@ impl P2p {
             .await
     }
 
+    /// Runs a DHT bootstrap (a lookup of our own id, then of random ids in far
+    /// buckets) and waits until it is done; it fills the routing table.
+    pub async fn bootstrap(&self) -> Result<()> {
+        self.call(|reply| Command::Bootstrap { reply }).await?
+    }
+
     /// Finds up to `limit` providers of `key` on the DHT, with their addresses.
     pub async fn find_providers(
         &self,
@@ -340,6 +335,7 @@ impl P2p {
 
     /// Stops the swarm task.
     pub async fn shutdown(&self) {
+        self.infer.stop();
         let _ = self.call(|reply| Command::Shutdown { reply }).await;
     }
 }

@@ -6,18 +6,16 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipfs_accelerate_protocol::infer::{ErrorCode, InferError, InferRequest, InferResponse};
 use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{Config, Error, InboundInfer, NodeEvent, PeerInfo, Result};
+use super::{Config, Error, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
@@ -41,6 +39,9 @@ pub(super) enum Command {
     DialPeer {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Bootstrap {
         reply: oneshot::Sender<Result<()>>,
     },
     Provide {
@@ -84,15 +85,6 @@ pub(super) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
-    Infer {
-        peer: PeerId,
-        request: InferRequest,
-        reply: oneshot::Sender<Result<InferResponse>>,
-    },
-    InferRespond {
-        channel: ResponseChannel<InferResponse>,
-        response: InferResponse,
-    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -106,6 +98,7 @@ enum PendingDial {
 
 /// A DHT query someone waits on.
 enum PendingQuery {
+    Bootstrap(oneshot::Sender<Result<()>>),
     Provide(oneshot::Sender<Result<()>>),
     Providers {
         limit: usize,
@@ -129,10 +122,6 @@ pub(super) struct Worker {
     dials: HashMap<ConnectionId, PendingDial>,
     queries: HashMap<QueryId, PendingQuery>,
     topics: HashSet<String>,
-    /// Our inference requests waiting for their answers.
-    infer_calls: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse>>>,
-    /// Inbound inference requests go to the server through this bounded queue.
-    infer_inbound: mpsc::Sender<InboundInfer>,
 }
 
 impl Worker {
@@ -140,7 +129,6 @@ impl Worker {
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<NodeEvent>,
-        infer_inbound: mpsc::Sender<InboundInfer>,
         config: &Config,
     ) -> Self {
         let mut worker = Worker {
@@ -152,8 +140,6 @@ impl Worker {
             dials: HashMap::new(),
             queries: HashMap::new(),
             topics: HashSet::new(),
-            infer_calls: HashMap::new(),
-            infer_inbound,
         };
         for addr in &config.bootstrap {
             if let Err(error) = worker.swarm.dial(addr.clone()) {
@@ -258,6 +244,14 @@ impl Worker {
                     }
                 }
             }
+            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(id) => {
+                    self.queries.insert(id, PendingQuery::Bootstrap(reply));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(Error::Dht(error.to_string())));
+                }
+            },
             Command::Provide { key, reply } => {
                 match self
                     .swarm
@@ -355,26 +349,6 @@ impl Worker {
             Command::Disconnect { peer, reply } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
                 let _ = reply.send(());
-            }
-            Command::Infer {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .infer
-                    .send_request(&peer, request);
-                self.infer_calls.insert(id, reply);
-            }
-            Command::InferRespond { channel, response } => {
-                // Fails only when the requester is gone, which is its business.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .infer
-                    .send_response(channel, response);
             }
             Command::Shutdown { .. } => {}
         }
@@ -516,7 +490,7 @@ impl Worker {
                     seqno: message.sequence_number,
                 });
             }
-            BehaviourEvent::Infer(event) => self.on_infer_event(event),
+            BehaviourEvent::Infer(()) => {}
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             }) => {
@@ -526,78 +500,13 @@ impl Worker {
         }
     }
 
-    fn on_infer_event(&mut self, event: request_response::Event<InferRequest, InferResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let id = request.id;
-                let inbound = InboundInfer {
-                    peer,
-                    request,
-                    channel,
-                };
-                // The server's queue is full or it is not running: answer here, at once.
-                let (inbound, code, message) = match self.infer_inbound.try_send(inbound) {
-                    Ok(()) => return,
-                    Err(mpsc::error::TrySendError::Full(inbound)) => {
-                        (inbound, ErrorCode::Busy, "too many requests in flight")
-                    }
-                    Err(mpsc::error::TrySendError::Closed(inbound)) => (
-                        inbound,
-                        ErrorCode::UnknownModel,
-                        "this node serves no models",
-                    ),
-                };
-                let response = InferResponse::Err(InferError {
-                    id,
-                    code,
-                    message: message.into(),
-                    retry_after_ms: (code == ErrorCode::Busy).then_some(10),
-                    load: None,
-                });
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .infer
-                    .send_response(inbound.channel, response);
-            }
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.infer_calls.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.infer_calls.remove(&request_id) {
-                    let _ = reply.send(Err(Error::Infer(format!("{peer}: {error}"))));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "p2p: inbound inference request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
+            QueryResult::Bootstrap(result) => {
+                if last && let Some(PendingQuery::Bootstrap(reply)) = self.queries.remove(&id) {
+                    let _ = reply.send(result.map(|_| ()).map_err(|e| Error::Dht(e.to_string())));
+                }
+            }
             QueryResult::StartProviding(result) => {
                 if let Some(PendingQuery::Provide(reply)) = self.queries.remove(&id) {
                     // With no other DHT peer the record is still stored locally, and

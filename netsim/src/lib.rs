@@ -1,0 +1,8 @@
+//! netsim: many full ipfs-accelerate peers in one process over a simulated network
+//! (latency, bandwidth, loss, partitions, crashes), and scenarios that measure what the
+//! real behaviours do at scale: DHT lookups, gossip delivery, and more to come.
+
+pub mod network;
+pub mod scenario;
+pub mod sim;
+pub mod stats;

@@ -1,0 +1,169 @@
+//! `netsim SCENARIO --nodes N --latency-ms L ... [--json OUT]`: runs one scenario on a
+//! simulated swarm and prints its figures (and writes them as JSON).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use ipfs_accelerate_netsim::network::LinkConfig;
+use ipfs_accelerate_netsim::scenario::{dht, gossip};
+use ipfs_accelerate_netsim::sim::{Sim, SimConfig, resident_bytes};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Many ipfs-accelerate peers in one process over a simulated network")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Every node provides keys; random nodes look them up.
+    Dht {
+        #[command(flatten)]
+        common: Common,
+        /// Keys each node provides.
+        #[arg(long, default_value_t = 1)]
+        keys_per_node: usize,
+        /// Lookups, each by a random node for a random key.
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+    },
+    /// Random publishers send announcements on one topic every node subscribes to.
+    Gossip {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Milliseconds between two publications.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// One-way latency of every link.
+    #[arg(long, default_value_t = 50)]
+    latency_ms: u64,
+    /// Each connection's latency is up to this much more, drawn once.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Bandwidth of a connection each way, in Mbit/s (none: no cap).
+    #[arg(long)]
+    bandwidth_mbps: Option<f64>,
+    /// Chance a packet is lost (and retransmitted late).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Earlier nodes each node dials when it starts.
+    #[arg(long, default_value_t = 3)]
+    bootstrap_peers: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Common {
+    fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            nodes: self.nodes,
+            link: LinkConfig {
+                latency: Duration::from_millis(self.latency_ms),
+                jitter: Duration::from_millis(self.jitter_ms),
+                bandwidth: self.bandwidth_mbps.map(|m| (m * 1_000_000.0 / 8.0) as u64),
+                loss: self.loss,
+            },
+            seed: self.seed,
+            bootstrap_peers: self.bootstrap_peers,
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_gossipsub=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let common = match &cli.scenario {
+            Scenario::Dht { common, .. } | Scenario::Gossip { common, .. } => common,
+        };
+        let memory_before = resident_bytes();
+        let started = Instant::now();
+        let mut sim = Sim::start(&common.sim_config()).await?;
+        let start_seconds = started.elapsed().as_secs_f64();
+        let per_node = match (memory_before, resident_bytes()) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before) / common.nodes.max(1) as u64),
+            _ => None,
+        };
+        eprintln!(
+            "{} nodes up in {start_seconds:.1} s, {} KiB each",
+            common.nodes,
+            per_node.map_or(0, |b| b / 1024)
+        );
+        let (name, results) = match &cli.scenario {
+            Scenario::Dht { keys_per_node, lookups, .. } => {
+                let params = dht::DhtParams { keys_per_node: *keys_per_node, lookups: *lookups };
+                let report = dht::run(&mut sim, &params).await?;
+                println!(
+                    "dht: {}/{} lookups found the provider ({:.2}%); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+                    report.found,
+                    report.lookups,
+                    report.success_rate * 100.0,
+                    report.latency.p50_ms,
+                    report.latency.p95_ms,
+                    report.latency.p99_ms
+                );
+                ("dht", serde_json::to_value(report)?)
+            }
+            Scenario::Gossip { messages, interval_ms, .. } => {
+                let params = gossip::GossipParams {
+                    messages: *messages,
+                    interval: Duration::from_millis(*interval_ms),
+                };
+                let report = gossip::run(&mut sim, &params).await?;
+                println!(
+                    "gossip: {:.2}% delivered ({} of {} x {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+                    report.delivery_ratio * 100.0,
+                    report.delivered,
+                    report.messages,
+                    report.receivers,
+                    report.latency.p50_ms,
+                    report.latency.p95_ms,
+                    report.latency.p99_ms
+                );
+                ("gossip", serde_json::to_value(report)?)
+            }
+        };
+        sim.shutdown().await;
+        if let Some(path) = &common.json {
+            let report = json!({
+                "scenario": name,
+                "nodes": common.nodes,
+                "latency_ms": common.latency_ms,
+                "jitter_ms": common.jitter_ms,
+                "bandwidth_mbps": common.bandwidth_mbps,
+                "loss": common.loss,
+                "seed": common.seed,
+                "start_seconds": start_seconds,
+                "memory_per_node_bytes": per_node,
+                "results": results,
+            });
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,515 @@
+//! The simulated network: an in-memory libp2p transport whose connections deliver bytes
+//! after a per-link latency, at most at a link's bandwidth, with random loss costing a
+//! retransmission delay, and which break when a partition separates their ends. A node
+//! that crashes drops its transport: its listener disappears and its connections close.
+//!
+//! Addresses are `/memory/PORT`; node `i` listens on port `i + 1`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::{AsyncRead, AsyncWrite, FutureExt, SinkExt, StreamExt};
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, Transport};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::{Instant, Sleep};
+
+/// Largest piece of a write that travels as one packet.
+const PACKET_LIMIT: usize = 16 * 1024;
+/// Packets in flight on one direction of a connection before the writer waits.
+const PACKETS_IN_FLIGHT: usize = 128;
+/// Connections waiting for a listener to take them.
+const BACKLOG: usize = 128;
+/// Shortest retransmission timeout, as TCP's.
+const MIN_RETRANSMIT: Duration = Duration::from_millis(200);
+/// Ephemeral ports (a dialer's side of a connection) start here.
+const FIRST_EPHEMERAL_PORT: u64 = 1 << 32;
+
+/// How every link behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// One-way delay of a byte.
+    pub latency: Duration,
+    /// Each connection's latency is `latency` plus up to this much, drawn once.
+    pub jitter: Duration,
+    /// Bytes per second each way on one connection; `None` for no cap.
+    pub bandwidth: Option<u64>,
+    /// Chance that a packet is lost and arrives a retransmission timeout late.
+    pub loss: f64,
+}
+
+/// The network every simulated node's transport is attached to; cheap to clone.
+#[derive(Clone)]
+pub struct Network(Arc<Inner>);
+
+struct Inner {
+    link: LinkConfig,
+    /// Port -> the listening node and where its incoming connections go.
+    listeners: Mutex<HashMap<u64, (usize, mpsc::Sender<Incoming>)>>,
+    /// The partition group of each node: only nodes in the same group reach each other.
+    groups: Vec<AtomicU32>,
+    /// Bytes each node has sent.
+    egress: Vec<AtomicU64>,
+    rng: Mutex<StdRng>,
+    next_ephemeral: AtomicU64,
+}
+
+/// A connection on its way to a listener, with the dialer's address.
+type Incoming = (Pipe, u64);
+
+impl Network {
+    /// A network for `nodes` nodes, its random draws seeded by `seed`.
+    pub fn new(nodes: usize, link: LinkConfig, seed: u64) -> Self {
+        Network(Arc::new(Inner {
+            link,
+            listeners: Mutex::new(HashMap::new()),
+            groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
+            egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            next_ephemeral: AtomicU64::new(FIRST_EPHEMERAL_PORT),
+        }))
+    }
+
+    /// The address node `node` listens on.
+    pub fn address(node: usize) -> Multiaddr {
+        Protocol::Memory(node as u64 + 1).into()
+    }
+
+    /// A transport for node `node`.
+    pub fn transport(&self, node: usize) -> SimTransport {
+        SimTransport {
+            net: self.clone(),
+            node,
+            listeners: VecDeque::new(),
+        }
+    }
+
+    /// Puts `node` in partition `group`; connections to nodes in other groups break.
+    pub fn set_group(&self, node: usize, group: u32) {
+        self.0.groups[node].store(group, Ordering::Relaxed);
+    }
+
+    /// Joins every partition again.
+    pub fn heal(&self) {
+        for group in &self.0.groups {
+            group.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes node `node` has sent so far.
+    pub fn egress(&self, node: usize) -> u64 {
+        self.0.egress[node].load(Ordering::Relaxed)
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        self.0.groups[a].load(Ordering::Relaxed) == self.0.groups[b].load(Ordering::Relaxed)
+    }
+
+    /// A connection's one-way latency, drawn once for it.
+    fn draw_latency(&self) -> Duration {
+        let jitter = self.0.link.jitter;
+        if jitter.is_zero() {
+            return self.0.link.latency;
+        }
+        let extra = self.rng().gen_range(0..=jitter.as_micros() as u64);
+        self.0.link.latency + Duration::from_micros(extra)
+    }
+
+    fn lost(&self) -> bool {
+        self.0.link.loss > 0.0 && self.rng().gen_bool(self.0.link.loss.min(1.0))
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.0.rng.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, (usize, mpsc::Sender<Incoming>)>> {
+        self.0.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("link", &self.0.link)
+            .field("nodes", &self.0.groups.len())
+            .finish()
+    }
+}
+
+/// Why a simulated dial or listen failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("nobody listens there, or a partition is in the way")]
+    Unreachable,
+    #[error("the port is taken")]
+    AddressInUse,
+}
+
+/// One node's side of the network, as a libp2p transport.
+#[derive(Debug)]
+pub struct SimTransport {
+    net: Network,
+    node: usize,
+    listeners: VecDeque<Listener>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    id: ListenerId,
+    port: u64,
+    incoming: mpsc::Receiver<Incoming>,
+    announced: bool,
+    net: Network,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.net.listeners().remove(&self.port);
+    }
+}
+
+fn memory_port(addr: &Multiaddr) -> Option<u64> {
+    let mut parts = addr.iter();
+    match (parts.next(), parts.next()) {
+        (Some(Protocol::Memory(port)), None | Some(Protocol::P2p(_))) if port != 0 => Some(port),
+        _ => None,
+    }
+}
+
+impl Transport for SimTransport {
+    type Output = Pipe;
+    type Error = SimError;
+    type ListenerUpgrade = futures::future::Ready<Result<Pipe, SimError>>;
+    type Dial = BoxFuture<'static, Result<Pipe, SimError>>;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        let port = memory_port(&addr).ok_or(TransportError::MultiaddrNotSupported(addr))?;
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        {
+            let mut listeners = self.net.listeners();
+            if listeners.contains_key(&port) {
+                return Err(TransportError::Other(SimError::AddressInUse));
+            }
+            listeners.insert(port, (self.node, tx));
+        }
+        self.listeners.push_back(Listener {
+            id,
+            port,
+            incoming: rx,
+            announced: false,
+            net: self.net.clone(),
+        });
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        let before = self.listeners.len();
+        self.listeners.retain(|l| l.id != id);
+        self.listeners.len() != before
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        let port = memory_port(&addr).ok_or(TransportError::MultiaddrNotSupported(addr))?;
+        let (net, local) = (self.net.clone(), self.node);
+        Ok(async move {
+            let (remote, mut incoming) = net
+                .listeners()
+                .get(&port)
+                .cloned()
+                .ok_or(SimError::Unreachable)?;
+            if !net.reachable(local, remote) || net.lost() {
+                return Err(SimError::Unreachable);
+            }
+            let latency = net.draw_latency();
+            // The connection handshake: one trip before the listener hears of it.
+            tokio::time::sleep(latency).await;
+            let (ours, theirs) = Pipe::pair(&net, local, remote, latency);
+            let from = net.0.next_ephemeral.fetch_add(1, Ordering::Relaxed);
+            incoming
+                .send((theirs, from))
+                .await
+                .map_err(|_| SimError::Unreachable)?;
+            Ok(ours)
+        }
+        .boxed())
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        for listener in self.listeners.iter_mut() {
+            let local_addr: Multiaddr = Protocol::Memory(listener.port).into();
+            if !listener.announced {
+                listener.announced = true;
+                return Poll::Ready(TransportEvent::NewAddress {
+                    listener_id: listener.id,
+                    listen_addr: local_addr,
+                });
+            }
+            if let Poll::Ready(Some((pipe, from))) = listener.incoming.poll_next_unpin(cx) {
+                return Poll::Ready(TransportEvent::Incoming {
+                    listener_id: listener.id,
+                    upgrade: futures::future::ready(Ok(pipe)),
+                    local_addr,
+                    send_back_addr: Protocol::Memory(from).into(),
+                });
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Bytes in flight, delivered at `at`.
+#[derive(Debug)]
+struct Packet {
+    at: Instant,
+    data: Vec<u8>,
+}
+
+/// One end of a simulated connection.
+#[derive(Debug)]
+pub struct Pipe {
+    net: Network,
+    local: usize,
+    remote: usize,
+    latency: Duration,
+    outgoing: Option<mpsc::Sender<Packet>>,
+    incoming: mpsc::Receiver<Packet>,
+    /// When the link is free to send again (the bandwidth cap).
+    link_free: Instant,
+    /// Delivery time of our last packet: packets arrive in order.
+    last_delivery: Instant,
+    /// The packet being read, and how much of it was read.
+    reading: Option<(Packet, usize)>,
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl Pipe {
+    fn pair(net: &Network, a: usize, b: usize, latency: Duration) -> (Pipe, Pipe) {
+        let (a_tx, b_rx) = mpsc::channel(PACKETS_IN_FLIGHT);
+        let (b_tx, a_rx) = mpsc::channel(PACKETS_IN_FLIGHT);
+        let end = |local, remote, outgoing, incoming| Pipe {
+            net: net.clone(),
+            local,
+            remote,
+            latency,
+            outgoing: Some(outgoing),
+            incoming,
+            link_free: Instant::now(),
+            last_delivery: Instant::now(),
+            reading: None,
+            wait: None,
+        };
+        (end(a, b, a_tx, a_rx), end(b, a, b_tx, b_rx))
+    }
+
+    fn check_reachable(&self) -> io::Result<()> {
+        if self.net.reachable(self.local, self.remote) {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::ConnectionReset.into())
+        }
+    }
+
+    /// When `len` bytes written now arrive: after the link has sent what is queued and
+    /// these bytes at its bandwidth, plus the latency, plus a retransmission if lost.
+    fn delivery_time(&mut self, len: usize) -> Instant {
+        let now = Instant::now();
+        let start = self.link_free.max(now);
+        let transmit = match self.net.0.link.bandwidth {
+            Some(bytes_per_second) if bytes_per_second > 0 => {
+                Duration::from_secs_f64(len as f64 / bytes_per_second as f64)
+            }
+            _ => Duration::ZERO,
+        };
+        self.link_free = start + transmit;
+        let mut at = self.link_free + self.latency;
+        if self.net.lost() {
+            at += (self.latency * 2).max(MIN_RETRANSMIT);
+        }
+        self.last_delivery = at.max(self.last_delivery);
+        self.last_delivery
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check_reachable()?;
+        let outgoing = self.outgoing.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        if ready!(outgoing.poll_ready(cx)).is_err() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let len = buf.len().min(PACKET_LIMIT);
+        let at = self.delivery_time(len);
+        let packet = Packet {
+            at,
+            data: buf[..len].to_vec(),
+        };
+        let (local, net) = (self.local, self.net.clone());
+        let outgoing = self.outgoing.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
+        outgoing
+            .start_send(packet)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        net.0.egress[local].fetch_add(len as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(len))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.outgoing.take();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check_reachable()?;
+        if self.reading.is_none() {
+            match ready!(self.incoming.poll_next_unpin(cx)) {
+                None => return Poll::Ready(Ok(0)),
+                Some(packet) => {
+                    if packet.at > Instant::now() {
+                        self.wait = Some(Box::pin(tokio::time::sleep_until(packet.at)));
+                    }
+                    self.reading = Some((packet, 0));
+                }
+            }
+        }
+        if let Some(wait) = self.wait.as_mut() {
+            ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+        }
+        let Some((packet, offset)) = self.reading.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let n = buf.len().min(packet.data.len() - *offset);
+        buf[..n].copy_from_slice(&packet.data[*offset..*offset + n]);
+        *offset += n;
+        if *offset == packet.data.len() {
+            self.reading = None;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn link(latency_ms: u64, bandwidth: Option<u64>) -> LinkConfig {
+        LinkConfig {
+            latency: Duration::from_millis(latency_ms),
+            jitter: Duration::ZERO,
+            bandwidth,
+            loss: 0.0,
+        }
+    }
+
+    async fn connect(net: &Network) -> (Pipe, Pipe) {
+        let mut listener = net.transport(1);
+        listener
+            .listen_on(ListenerId::next(), Network::address(1))
+            .unwrap();
+        let mut dialer = net.transport(0);
+        let dial = dialer
+            .dial(
+                Network::address(1),
+                DialOpts {
+                    role: libp2p::core::Endpoint::Dialer,
+                    port_use: libp2p::core::transport::PortUse::New,
+                },
+            )
+            .unwrap();
+        let ours = dial.await.unwrap();
+        let theirs = loop {
+            match futures::future::poll_fn(|cx| Pin::new(&mut listener).poll(cx)).await {
+                TransportEvent::Incoming { upgrade, .. } => break upgrade.await.unwrap(),
+                _ => continue,
+            }
+        };
+        (ours, theirs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_arrive_after_the_latency_and_at_the_bandwidth() {
+        let net = Network::new(2, link(50, Some(1_000_000)), 1);
+        let (mut a, mut b) = connect(&net).await;
+        let started = Instant::now();
+        a.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut got = vec![0u8; 100_000];
+        b.read_exact(&mut got).await.unwrap();
+        // 100 kB at 1 MB/s takes 100 ms, plus 50 ms of latency.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_millis(170), "{took:?}");
+        assert!(got.iter().all(|&x| x == 7));
+        assert_eq!(net.egress(0), 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_breaks_connections_and_dials() {
+        let net = Network::new(2, link(10, None), 1);
+        let (mut a, _b) = connect(&net).await;
+        net.set_group(1, 1);
+        assert!(a.write_all(b"x").await.is_err());
+        let mut dialer = net.transport(0);
+        let opts = DialOpts {
+            role: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::New,
+        };
+        assert!(
+            dialer
+                .dial(Network::address(1), opts)
+                .unwrap()
+                .await
+                .is_err()
+        );
+        net.heal();
+        assert!(a.write_all(b"x").await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_end_reads_as_the_end_of_the_stream() {
+        let net = Network::new(2, link(5, None), 1);
+        let (mut a, mut b) = connect(&net).await;
+        a.write_all(b"bye").await.unwrap();
+        a.close().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+    }
+}

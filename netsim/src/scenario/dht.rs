@@ -1,0 +1,97 @@
+//! `dht`: every node provides some keys; random nodes look them up.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt;
+use rand::Rng;
+use serde::Serialize;
+
+use crate::sim::Sim;
+use crate::stats::{Percentiles, millis};
+
+/// Provide queries, and lookups, running at once.
+const QUERIES_AT_ONCE: usize = 64;
+/// Longest one lookup may take before it counts as failed.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct DhtParams {
+    pub keys_per_node: usize,
+    pub lookups: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DhtReport {
+    pub keys: usize,
+    pub provide_ms: f64,
+    pub lookups: usize,
+    pub found: usize,
+    pub success_rate: f64,
+    pub latency: Percentiles,
+}
+
+/// A key as the DHT sees it: 32 random bytes.
+pub(crate) fn random_key(rng: &mut impl Rng) -> Vec<u8> {
+    let key: [u8; 32] = rng.r#gen();
+    key.to_vec()
+}
+
+pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
+    let mut keys = Vec::new();
+    for node in sim.up() {
+        for _ in 0..params.keys_per_node {
+            keys.push((random_key(&mut sim.rng), node));
+        }
+    }
+    let started = Instant::now();
+    let provides = keys.iter().filter_map(|(key, node)| {
+        let p2p = sim.node(*node)?.clone();
+        let key = key.clone();
+        Some(async move { p2p.provide(key).await })
+    });
+    let provided: Vec<_> = futures::stream::iter(provides)
+        .buffer_unordered(QUERIES_AT_ONCE)
+        .collect()
+        .await;
+    let provide_ms = millis(started.elapsed());
+    let failed = provided.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        tracing::warn!(failed, "netsim: some provide queries failed");
+    }
+
+    let mut lookups = Vec::new();
+    for _ in 0..params.lookups {
+        let (key, provider) = keys[sim.rng.gen_range(0..keys.len())].clone();
+        if let Some(searcher) = sim.random_up(Some(provider)) {
+            lookups.push((searcher, key, sim.peer_id(provider)));
+        }
+    }
+    let searches = lookups.into_iter().filter_map(|(searcher, key, provider)| {
+        let p2p = sim.node(searcher)?.clone();
+        Some(async move {
+            let started = Instant::now();
+            let found = tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await;
+            let found = matches!(found, Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider));
+            (found, started.elapsed())
+        })
+    });
+    let results: Vec<(bool, Duration)> = futures::stream::iter(searches)
+        .buffer_unordered(QUERIES_AT_ONCE)
+        .collect()
+        .await;
+    let found = results.iter().filter(|(ok, _)| *ok).count();
+    let times: Vec<Duration> = results
+        .iter()
+        .filter(|(ok, _)| *ok)
+        .map(|(_, t)| *t)
+        .collect();
+    Ok(DhtReport {
+        keys: keys.len(),
+        provide_ms,
+        lookups: results.len(),
+        found,
+        success_rate: found as f64 / results.len().max(1) as f64,
+        latency: Percentiles::of(&times),
+    })
+}

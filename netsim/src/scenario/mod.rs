@@ -1,0 +1,4 @@
+//! The scenarios, each a subcommand of the `netsim` binary and a test at small scale.
+
+pub mod dht;
+pub mod gossip;

@@ -1,0 +1,160 @@
+//! A swarm of full libp2p peers (the node's own `P2p`: identify, ping, Kademlia,
+//! gossipsub, Bitswap's streams, inference streams) on the simulated network, started,
+//! crashed and restarted by index. Keys and bootstrap choices come from the seed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use ipfs_accelerate_node::p2p::{self, P2p};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Transport};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::network::{LinkConfig, Network};
+
+/// Longest a connection may take to set up (handshakes included).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest one node's DHT bootstrap may take.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Nodes bootstrapping at once while the swarm starts.
+const BOOTSTRAPS_AT_ONCE: usize = 32;
+
+/// What a simulated swarm is made of.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub link: LinkConfig,
+    pub seed: u64,
+    /// Earlier nodes each node dials when it starts.
+    pub bootstrap_peers: usize,
+}
+
+/// The running swarm.
+#[derive(Debug)]
+pub struct Sim {
+    pub net: Network,
+    nodes: Vec<Option<P2p>>,
+    keys: Vec<Keypair>,
+    bootstrap: Vec<Vec<usize>>,
+    pub rng: StdRng,
+}
+
+impl Sim {
+    /// Starts every node, each dialing a few earlier ones, then runs a DHT bootstrap
+    /// on each so that routing tables are filled before a scenario begins.
+    pub async fn start(config: &SimConfig) -> Result<Sim> {
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let net = Network::new(config.nodes, config.link, rng.r#gen());
+        let keys: Vec<Keypair> = (0..config.nodes)
+            .map(|_| {
+                let mut secret: [u8; 32] = rng.r#gen();
+                Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes make a key")
+            })
+            .collect();
+        let bootstrap = (0..config.nodes)
+            .map(|i| {
+                let mut earlier: Vec<usize> = (0..i).collect();
+                earlier.shuffle(&mut rng);
+                earlier.truncate(config.bootstrap_peers);
+                earlier
+            })
+            .collect();
+        let mut sim = Sim {
+            net,
+            nodes: (0..config.nodes).map(|_| None).collect(),
+            keys,
+            bootstrap,
+            rng,
+        };
+        for i in 0..config.nodes {
+            sim.start_node(i).await?;
+        }
+        let bootstraps = futures::stream::iter(sim.nodes.iter().flatten().cloned())
+            .map(|node| async move {
+                let _ = tokio::time::timeout(BOOTSTRAP_TIMEOUT, node.bootstrap()).await;
+            })
+            .buffer_unordered(BOOTSTRAPS_AT_ONCE);
+        bootstraps.collect::<Vec<()>>().await;
+        Ok(sim)
+    }
+
+    pub fn peer_id(&self, i: usize) -> PeerId {
+        self.keys[i].public().to_peer_id()
+    }
+
+    /// Node `i`, unless it is down.
+    pub fn node(&self, i: usize) -> Option<&P2p> {
+        self.nodes[i].as_ref()
+    }
+
+    /// Indices of the nodes that are up.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
+    }
+
+    /// A random node that is up, other than `not`.
+    pub fn random_up(&mut self, not: Option<usize>) -> Option<usize> {
+        let up: Vec<usize> = self.up().into_iter().filter(|&i| Some(i) != not).collect();
+        up.get(self.rng.gen_range(0..up.len().max(1))).copied()
+    }
+
+    /// Starts node `i` (again, after a crash) with its key and address.
+    pub async fn start_node(&mut self, i: usize) -> Result<()> {
+        let key = self.keys[i].clone();
+        let transport = self
+            .net
+            .transport(i)
+            .upgrade(Version::V1)
+            .authenticate(libp2p::noise::Config::new(&key)?)
+            .multiplex(libp2p::yamux::Config::default())
+            .timeout(CONNECT_TIMEOUT)
+            .boxed();
+        let bootstrap = self.bootstrap[i].iter().map(|&j| self.address(j)).collect();
+        let config = p2p::Config {
+            listen: vec![Network::address(i)],
+            bootstrap,
+            mdns: false,
+            dht_protocol: StreamProtocol::new(p2p::DEFAULT_DHT_PROTOCOL),
+            agent_version: "ipfs-accelerate-netsim".into(),
+            infer_limits: p2p::InferLimits::default(),
+        };
+        let node = P2p::start_with_transport(config, key, transport)
+            .await
+            .with_context(|| format!("starting node {i}"))?;
+        self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    /// Stops node `i` at once, as a crash: its connections drop and its records go.
+    pub async fn crash(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.crash(i).await;
+        }
+    }
+
+    /// Node `j`'s dial address, with its peer id.
+    fn address(&self, j: usize) -> Multiaddr {
+        Network::address(j).with(Protocol::P2p(self.peer_id(j)))
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux), for memory per simulated node.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

@@ -1,0 +1,550 @@
+//! `/ipfs-accelerate/infer/1.0.0` on long-lived streams. A client keeps one stream per
+//! peer and writes its requests on it from the caller's task; one reader task per
+//! stream hands each answer to its caller by request id. A server reads requests off
+//! each stream and runs each in its own task, so answers go back in the order they
+//! finish. Neither side goes through the swarm task once the stream is open, and no
+//! request pays for a stream negotiation: that is most of a small request's latency.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use futures::{AsyncRead, StreamExt};
+use ipfs_accelerate_protocol::infer::{
+    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, decode_message,
+    encode_frame,
+};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::{OnceCell, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, InferLimits, Result};
+
+/// Longest a call waits for its answer when the request states no deadline.
+pub(super) const INFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest opening a stream (dialing included) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream with no message for this long is closed (by either side).
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Once a frame has begun, the rest of it must arrive within this.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests one client may have in flight to one peer.
+const CALLS_PER_PEER: usize = 512;
+/// Requests a server runs at once for one inbound stream; the stream is not read
+/// further until one finishes.
+const REQUESTS_PER_STREAM: usize = 256;
+/// Inbound inference streams served at once; more are closed at once.
+const INBOUND_STREAMS: usize = 4096;
+/// Longest varint length prefix of a frame.
+const LENGTH_PREFIX_LIMIT: usize = 10;
+/// Peers whose closed streams are remembered before they are swept out.
+const SESSIONS_KEPT: usize = 1024;
+/// Read buffer of a stream: a small request's frame arrives in one read.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Runs one inbound request and says what to answer.
+pub type InferHandler =
+    Arc<dyn Fn(PeerId, InferRequest) -> BoxFuture<'static, InferResponse> + Send + Sync>;
+
+fn protocol() -> StreamProtocol {
+    StreamProtocol::new(INFER_PROTOCOL)
+}
+
+/// Our side of inference streams: the ones we opened to call peers, and the serving of
+/// the ones peers open to us.
+pub(super) struct InferStreams {
+    control: libp2p_stream::Control,
+    limits: InferLimits,
+    sessions: Mutex<HashMap<PeerId, Arc<OnceCell<Arc<Session>>>>>,
+    /// Cancelled when the node shuts down: ends every stream task.
+    stopped: CancellationToken,
+}
+
+impl InferStreams {
+    pub(super) fn new(control: libp2p_stream::Control, limits: InferLimits) -> Self {
+        Self {
+            control,
+            limits,
+            sessions: Mutex::new(HashMap::new()),
+            stopped: CancellationToken::new(),
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.stopped.cancel();
+    }
+
+    /// Sends `request` to `peer` on our stream to it (opened if needed) and waits for
+    /// the answer, the request's deadline, or [`INFER_REQUEST_TIMEOUT`].
+    pub(super) async fn call(&self, peer: PeerId, request: InferRequest) -> Result<InferResponse> {
+        let wait = match request.deadline_ms {
+            0 => INFER_REQUEST_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)).min(INFER_REQUEST_TIMEOUT),
+        };
+        let failed = |reason: String| Error::Infer(format!("{peer}: {reason}"));
+        let frame = encode_frame(&request).map_err(|e| failed(e.to_string()))?;
+        if frame.len() > self.limits.request + LENGTH_PREFIX_LIMIT {
+            return Err(failed(format!(
+                "the request is {} bytes; peers read at most {}",
+                frame.len(),
+                self.limits.request
+            )));
+        }
+        // A stream can die under a request (its connection closed, e.g. a duplicate
+        // one); inference has no side effects, so it is sent once more on a new one.
+        let call = async {
+            match self.call_once(peer, request.id, &frame).await {
+                Err(Failure::StreamClosed(_)) => self.call_once(peer, request.id, &frame).await,
+                result => result,
+            }
+        };
+        match tokio::time::timeout(wait, call).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(Failure::StreamClosed(reason) | Failure::Other(reason))) => Err(failed(reason)),
+            Err(_) => Err(failed(format!("no answer within {wait:?}"))),
+        }
+    }
+
+    async fn call_once(
+        &self,
+        peer: PeerId,
+        id: u64,
+        frame: &[u8],
+    ) -> std::result::Result<InferResponse, Failure> {
+        let session = self
+            .session(peer)
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let answer = session.expect(id)?;
+        let _forget = Forget {
+            session: &session,
+            id,
+        };
+        if let Err(error) = session.send(frame).await {
+            session.close(Closed::by_network(format!("writing the request: {error}")));
+        }
+        answer.await.map_err(|_| session.failure())
+    }
+
+    /// Our open stream to `peer`, or a new one.
+    async fn session(&self, peer: PeerId) -> Result<Arc<Session>> {
+        let cell = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.len() > SESSIONS_KEPT {
+                sessions.retain(|_, cell| cell.get().is_none_or(|s| !s.is_closed()));
+            }
+            let cell = sessions.entry(peer).or_default();
+            if cell.get().is_some_and(|s| s.is_closed()) {
+                *cell = Arc::default();
+            }
+            Arc::clone(cell)
+        };
+        let session = cell
+            .get_or_try_init(|| async {
+                let mut control = self.control.clone();
+                let stream =
+                    tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol()))
+                        .await
+                        .map_err(|_| {
+                            Error::Infer(format!("{peer}: no stream within {OPEN_TIMEOUT:?}"))
+                        })?
+                        .map_err(|e| Error::Infer(format!("{peer}: {e}")))?;
+                let (reader, writer) = stream.split();
+                let session = Arc::new(Session {
+                    writer: tokio::sync::Mutex::new(Some(writer)),
+                    pending: Mutex::new(Ok(Pending::default())),
+                });
+                tokio::spawn(read_answers(
+                    Arc::clone(&session),
+                    reader,
+                    self.limits.response,
+                    self.stopped.clone(),
+                ));
+                Ok::<_, Error>(session)
+            })
+            .await?;
+        Ok(Arc::clone(session))
+    }
+
+    /// Serves every inbound inference stream with `handler`, until the node stops.
+    pub(super) fn serve(&self, handler: InferHandler) -> Result<()> {
+        let mut incoming = self
+            .control
+            .clone()
+            .accept(protocol())
+            .map_err(|_| Error::Infer("inference is already served".into()))?;
+        let (stopped, limits) = (self.stopped.clone(), self.limits);
+        let streams = Arc::new(Semaphore::new(INBOUND_STREAMS));
+        tokio::spawn(async move {
+            loop {
+                let (peer, stream) = tokio::select! {
+                    () = stopped.cancelled() => break,
+                    next = incoming.next() => match next {
+                        Some(next) => next,
+                        None => break,
+                    },
+                };
+                let Ok(slot) = Arc::clone(&streams).try_acquire_owned() else {
+                    tracing::debug!(%peer, "infer: too many inbound streams; closing one");
+                    continue;
+                };
+                let (handler, stopped) = (Arc::clone(&handler), stopped.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = stopped.cancelled() => {}
+                        () = serve_stream(peer, stream, handler, limits) => {}
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Why one try of a call failed.
+enum Failure {
+    /// The stream closed before the answer came: another stream may do.
+    StreamClosed(String),
+    Other(String),
+}
+
+/// One stream we opened to a peer: its write half, and the callers waiting for answers.
+struct Session {
+    /// `None` once the stream is closed.
+    writer: tokio::sync::Mutex<Option<WriteHalf<Stream>>>,
+    /// Why the stream closed, once it has.
+    pending: Mutex<std::result::Result<Pending, Closed>>,
+}
+
+/// Why a stream we opened closed.
+#[derive(Debug, Clone)]
+struct Closed {
+    reason: String,
+    /// The peer broke the protocol, so a new stream to it would fare no better.
+    broken: bool,
+}
+
+impl Closed {
+    fn by_network(reason: String) -> Self {
+        Closed {
+            reason,
+            broken: false,
+        }
+    }
+
+    fn by_peer(reason: String) -> Self {
+        Closed {
+            reason,
+            broken: true,
+        }
+    }
+
+    fn failure(&self) -> Failure {
+        if self.broken {
+            Failure::Other(self.reason.clone())
+        } else {
+            Failure::StreamClosed(self.reason.clone())
+        }
+    }
+}
+
+/// The calls waiting on one stream.
+#[derive(Default)]
+struct Pending {
+    callers: HashMap<u64, oneshot::Sender<InferResponse>>,
+    /// Requests whose callers gave up, newest last: their late answers are dropped,
+    /// while an answer to a request never sent is a broken peer.
+    abandoned: VecDeque<u64>,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::result::Result<Pending, Closed>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().is_err()
+    }
+
+    /// Fails every waiting caller; the next call opens a new stream.
+    fn close(&self, closed: Closed) {
+        let mut pending = self.lock();
+        if pending.is_ok() {
+            *pending = Err(closed);
+        }
+    }
+
+    /// What a caller whose answer will not come is told.
+    fn failure(&self) -> Failure {
+        match &*self.lock() {
+            Err(closed) => closed.failure(),
+            Ok(_) => Failure::StreamClosed("the stream closed before the answer came".into()),
+        }
+    }
+
+    /// Registers a caller for the answer to request `id`.
+    fn expect(&self, id: u64) -> std::result::Result<oneshot::Receiver<InferResponse>, Failure> {
+        let mut pending = self.lock();
+        let pending = pending.as_mut().map_err(|closed| closed.failure())?;
+        if pending.callers.len() >= CALLS_PER_PEER {
+            return Err(Failure::Other(format!(
+                "{CALLS_PER_PEER} requests already in flight"
+            )));
+        }
+        if pending.callers.contains_key(&id) {
+            return Err(Failure::Other(format!("request {id} is already in flight")));
+        }
+        let (tx, rx) = oneshot::channel();
+        pending.callers.insert(id, tx);
+        Ok(rx)
+    }
+
+    /// Drops the caller of request `id` if it still waits (it gave up).
+    fn forget(&self, id: u64) {
+        if let Ok(pending) = self.lock().as_mut()
+            && pending.callers.remove(&id).is_some()
+        {
+            if pending.abandoned.len() >= CALLS_PER_PEER {
+                pending.abandoned.pop_front();
+            }
+            pending.abandoned.push_back(id);
+        }
+    }
+
+    /// Hands `response` to its caller; false when it answers no request we sent.
+    fn answer(&self, response: InferResponse) -> bool {
+        let id = response.id();
+        let mut pending = self.lock();
+        let Ok(pending) = pending.as_mut() else {
+            return true;
+        };
+        match pending.callers.remove(&id) {
+            Some(caller) => {
+                let _ = caller.send(response);
+                true
+            }
+            None => pending.abandoned.contains(&id),
+        }
+    }
+
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut writer = self.writer.lock().await;
+        let writer = writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))?;
+        write_frame(writer, frame).await
+    }
+}
+
+/// Forgets a call's request when the call ends, answered or not (e.g. timed out).
+struct Forget<'a> {
+    session: &'a Session,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.session.forget(self.id);
+    }
+}
+
+/// Writes one frame, within [`FRAME_TIMEOUT`] (a peer that stops reading is dropped).
+async fn write_frame(writer: &mut WriteHalf<Stream>, frame: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        writer.write_all(frame).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, write)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Hands each answer on a stream we opened to its caller, until the stream ends or
+/// breaks the protocol; then fails whoever still waits.
+async fn read_answers(
+    session: Arc<Session>,
+    reader: ReadHalf<Stream>,
+    limit: usize,
+    stopped: CancellationToken,
+) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let closed = loop {
+        let frame = tokio::select! {
+            () = stopped.cancelled() => break Closed::by_network("the node is shutting down".into()),
+            frame = read_frame(&mut reader, limit) => frame,
+        };
+        let body = match frame {
+            Ok(Some(body)) => body,
+            Ok(None) => break Closed::by_network("the peer closed the stream".into()),
+            Err(error @ (FrameError::Io(_) | FrameError::Timeout(_))) => {
+                break Closed::by_network(format!("the stream ended: {error}"));
+            }
+            Err(error) => break Closed::by_peer(format!("the peer broke the protocol: {error}")),
+        };
+        let response = match decode_message::<InferResponse>(&body) {
+            Ok(response) => response,
+            Err(error) => break Closed::by_peer(format!("the peer sent garbage: {error}")),
+        };
+        if !session.answer(response) {
+            break Closed::by_peer("the peer answered a request never sent".into());
+        }
+    };
+    tracing::debug!(reason = %closed.reason, "infer: a stream to a provider closed");
+    session.close(closed);
+    if let Some(mut writer) = session.writer.lock().await.take() {
+        let _ = writer.close().await;
+    }
+}
+
+/// Reads requests off one inbound stream and answers each from its own task.
+async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limits: InferLimits) {
+    let (reader, writer) = stream.split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let slots = Arc::new(Semaphore::new(REQUESTS_PER_STREAM));
+    loop {
+        let body = match read_frame(&mut reader, limits.request).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
+                break;
+            }
+        };
+        let request = match decode_message::<InferRequest>(&body) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "infer: a peer sent garbage; closing its stream");
+                break;
+            }
+        };
+        // A peer with this many requests running waits before its next is read.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (writer, handler) = (Arc::clone(&writer), Arc::clone(&handler));
+        tokio::spawn(async move {
+            let id = request.id;
+            let response = handler(peer, request).await;
+            let frame = match encode_frame(&response) {
+                Ok(frame) if frame.len() <= limits.response + LENGTH_PREFIX_LIMIT => frame,
+                Ok(frame) => {
+                    let message = format!(
+                        "the answer is {} bytes, over the limit of {}",
+                        frame.len(),
+                        limits.response
+                    );
+                    let refusal = InferResponse::Err(InferError {
+                        id,
+                        code: ErrorCode::TooLarge,
+                        message,
+                        retry_after_ms: None,
+                        load: None,
+                    });
+                    match encode_frame(&refusal) {
+                        Ok(frame) => frame,
+                        Err(_) => return,
+                    }
+                }
+                Err(_) => return,
+            };
+            // Fails only when the caller is gone or stopped reading, its business.
+            let _ = write_frame(&mut *writer.lock().await, &frame).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a frame of {size} bytes, over the limit of {limit}")]
+    TooLarge { size: u64, limit: usize },
+    #[error("a frame length that is not a varint")]
+    BadLength,
+    #[error("nothing for {0:?}")]
+    Timeout(Duration),
+}
+
+/// The next frame's body; `None` when the stream ends cleanly between frames. The
+/// length is checked against `limit` before anything is allocated; a stream silent
+/// for [`STREAM_IDLE_TIMEOUT`], or a frame slower than [`FRAME_TIMEOUT`], is an error.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(STREAM_IDLE_TIMEOUT, reader.read(&mut first))
+        .await
+        .map_err(|_| FrameError::Timeout(STREAM_IDLE_TIMEOUT))??;
+    if read == 0 {
+        return Ok(None);
+    }
+    let rest = async {
+        let mut length = u64::from(first[0] & 0x7f);
+        let mut byte = first[0];
+        let mut shift = 7;
+        while byte & 0x80 != 0 {
+            if shift > 56 {
+                return Err(FrameError::BadLength);
+            }
+            let mut next = [0u8; 1];
+            reader.read_exact(&mut next).await?;
+            byte = next[0];
+            length |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+        }
+        if length > limit as u64 {
+            return Err(FrameError::TooLarge {
+                size: length,
+                limit,
+            });
+        }
+        let mut body = vec![0u8; length as usize];
+        reader.read_exact(&mut body).await?;
+        Ok(Some(body))
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, rest)
+        .await
+        .map_err(|_| FrameError::Timeout(FRAME_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(bytes: &[u8], limit: usize) -> std::result::Result<Option<Vec<u8>>, FrameError> {
+        read_frame(&mut futures::io::Cursor::new(bytes.to_vec()), limit).await
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_within_their_limit() {
+        let frame = encode_frame(&"hello".to_string()).unwrap();
+        let body = read(&frame, 64).await.unwrap().unwrap();
+        assert_eq!(decode_message::<String>(&body).unwrap(), "hello");
+        assert!(read(&[], 64).await.unwrap().is_none());
+        assert!(matches!(
+            read(&frame, 3).await,
+            Err(FrameError::TooLarge { size: 6, limit: 3 })
+        ));
+        // A huge announced length is refused before anything is allocated.
+        assert!(matches!(
+            read(&[0xff, 0xff, 0xff, 0xff, 0x0f], 1 << 20).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read(&[0xff; 12], usize::MAX).await,
+            Err(FrameError::BadLength)
+        ));
+        // Cut short: the stream ended inside the frame.
+        assert!(matches!(
+            read(&frame[..4], 64).await,
+            Err(FrameError::Io(_))
+        ));
+    }
+}
