@@ -3,6 +3,7 @@
 //! real behaviours do at scale: DHT lookups, gossip delivery, and more to come.
 
 pub mod network;
+pub mod plot;
 pub mod scenario;
 pub mod sim;
 pub mod stats;

@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures::StreamExt;
+use ipfs_accelerate_node::p2p::P2p;
+use libp2p::PeerId;
 use rand::Rng;
 use serde::Serialize;
 
@@ -29,12 +31,36 @@ pub struct DhtReport {
     pub found: usize,
     pub success_rate: f64,
     pub latency: Percentiles,
+    /// Latency of each successful lookup, for the plot.
+    #[serde(skip)]
+    pub samples: Vec<Duration>,
 }
 
 /// A key as the DHT sees it: 32 random bytes.
 pub(crate) fn random_key(rng: &mut impl Rng) -> Vec<u8> {
     let key: [u8; 32] = rng.r#gen();
     key.to_vec()
+}
+
+/// Provides each key from its node, a bounded number at once; returns how many failed.
+pub(crate) async fn provide_all(sim: &Sim, keys: &[(Vec<u8>, usize)]) -> usize {
+    let provides = keys.iter().filter_map(|(key, node)| {
+        let (p2p, key) = (sim.node(*node)?.clone(), key.clone());
+        Some(async move { p2p.provide(key).await })
+    });
+    let provided: Vec<_> = futures::stream::iter(provides)
+        .buffer_unordered(QUERIES_AT_ONCE)
+        .collect()
+        .await;
+    provided.iter().filter(|r| r.is_err()).count()
+}
+
+/// One lookup of `key` from `p2p`: whether it found `provider`, and how long it took.
+pub(crate) async fn lookup(p2p: P2p, key: Vec<u8>, provider: PeerId) -> (bool, Duration) {
+    let started = Instant::now();
+    let found = tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await;
+    let found = matches!(found, Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider));
+    (found, started.elapsed())
 }
 
 pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
@@ -45,17 +71,8 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
         }
     }
     let started = Instant::now();
-    let provides = keys.iter().filter_map(|(key, node)| {
-        let p2p = sim.node(*node)?.clone();
-        let key = key.clone();
-        Some(async move { p2p.provide(key).await })
-    });
-    let provided: Vec<_> = futures::stream::iter(provides)
-        .buffer_unordered(QUERIES_AT_ONCE)
-        .collect()
-        .await;
+    let failed = provide_all(sim, &keys).await;
     let provide_ms = millis(started.elapsed());
-    let failed = provided.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         tracing::warn!(failed, "netsim: some provide queries failed");
     }
@@ -69,12 +86,7 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
     }
     let searches = lookups.into_iter().filter_map(|(searcher, key, provider)| {
         let p2p = sim.node(searcher)?.clone();
-        Some(async move {
-            let started = Instant::now();
-            let found = tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await;
-            let found = matches!(found, Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider));
-            (found, started.elapsed())
-        })
+        Some(lookup(p2p, key, provider))
     });
     let results: Vec<(bool, Duration)> = futures::stream::iter(searches)
         .buffer_unordered(QUERIES_AT_ONCE)
@@ -93,5 +105,6 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
         found,
         success_rate: found as f64 / results.len().max(1) as f64,
         latency: Percentiles::of(&times),
+        samples: times,
     })
 }

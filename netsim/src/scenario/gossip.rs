@@ -31,12 +31,16 @@ pub struct GossipReport {
     pub latency: Percentiles,
     /// Copies of one message handed to one node's subscribers more than once.
     pub duplicates_per_node: f64,
+    /// Latency of each delivery to a node other than the publisher, for the plot.
+    #[serde(skip)]
+    pub samples: Vec<Duration>,
 }
 
 /// When each message was published, and each (message, node) delivery.
 #[derive(Default)]
 struct Log {
-    sent: HashMap<u64, Instant>,
+    /// Each message's publisher and when it published.
+    sent: HashMap<u64, (usize, Instant)>,
     received: Vec<(u64, usize, Instant)>,
 }
 
@@ -87,7 +91,7 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         log.lock()
             .unwrap_or_else(|e| e.into_inner())
             .sent
-            .insert(id, Instant::now());
+            .insert(id, (publisher, Instant::now()));
         // The publisher's own copy counts as delivered at once.
         log.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,7 +117,8 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
     let mut latencies = Vec::new();
     for (id, node, at) in &log.received {
         if seen.insert((*id, *node))
-            && let Some(sent) = log.sent.get(id)
+            && let Some((publisher, sent)) = log.sent.get(id)
+            && publisher != node
         {
             latencies.push(at.saturating_duration_since(*sent));
         }
@@ -124,6 +129,7 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         delivered,
         delivery_ratio: delivered as f64 / expected.max(1) as f64,
         latency: Percentiles::of(&latencies),
+        samples: latencies,
         duplicates_per_node: (log.received.len() - delivered) as f64 / up.len().max(1) as f64,
     })
 }

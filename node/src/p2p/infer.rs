@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Error, InferLimits, Result};
 
 /// Longest a call waits for its answer when the request states no deadline.
-pub(super) const INFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const INFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest opening a stream (dialing included) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A stream with no message for this long is closed (by either side).

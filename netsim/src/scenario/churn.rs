@@ -1,0 +1,117 @@
+//! `churn`: nodes crash and come back (same key, same address, empty memory) at a
+//! steady rate while random nodes keep looking up keys on the DHT.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt;
+use rand::Rng;
+use serde::Serialize;
+
+use crate::scenario::dht::{self, random_key};
+use crate::sim::Sim;
+use crate::stats::Percentiles;
+
+/// How long a crashed node stays down before it comes back.
+const DOWNTIME: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ChurnParams {
+    /// Share of the nodes that crash per minute (each comes back after a while).
+    pub churn_per_minute: f64,
+    pub duration: Duration,
+    pub lookups_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnReport {
+    pub crashes: usize,
+    pub restarts: usize,
+    pub lookups: usize,
+    pub found: usize,
+    pub success_rate: f64,
+    pub latency: Percentiles,
+    #[serde(skip)]
+    pub samples: Vec<Duration>,
+}
+
+pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
+    // One key per node, provided before the churn starts.
+    let keys: Vec<(Vec<u8>, usize)> = sim
+        .up()
+        .into_iter()
+        .map(|node| (random_key(&mut sim.rng), node))
+        .collect();
+    dht::provide_all(sim, &keys).await;
+
+    let nodes = sim.up().len();
+    let crash_every =
+        Duration::from_secs_f64(60.0 / (params.churn_per_minute * nodes as f64).max(1e-9));
+    let lookup_every = Duration::from_secs_f64(1.0 / params.lookups_per_second.max(1e-9));
+    let (mut crash_tick, mut lookup_tick) = (
+        tokio::time::interval(crash_every),
+        tokio::time::interval(lookup_every),
+    );
+    crash_tick.tick().await;
+    let mut down: VecDeque<(usize, Instant)> = VecDeque::new();
+    let (mut crashes, mut restarts) = (0, 0);
+    let mut lookups = futures::stream::FuturesUnordered::new();
+    let mut results: Vec<(bool, Duration)> = Vec::new();
+    let end = Instant::now() + params.duration;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = crash_tick.tick() => {
+                if let Some(node) = sim.random_up(None) {
+                    sim.crash(node).await;
+                    down.push_back((node, Instant::now()));
+                    crashes += 1;
+                }
+                while let Some(&(node, at)) = down.front() {
+                    if at.elapsed() < DOWNTIME {
+                        break;
+                    }
+                    down.pop_front();
+                    sim.start_node(node).await?;
+                    restarts += 1;
+                    // Back with an empty memory: it rejoins the DHT and provides its key again.
+                    if let Some(p2p) = sim.node(node).cloned() {
+                        let key = keys[node].0.clone();
+                        tokio::spawn(async move {
+                            let _ = p2p.bootstrap().await;
+                            let _ = p2p.provide(key).await;
+                        });
+                    }
+                }
+            }
+            _ = lookup_tick.tick() => {
+                let (key, provider) = keys[sim.rng.gen_range(0..keys.len())].clone();
+                if let Some(searcher) = sim.random_up(Some(provider))
+                    && let Some(p2p) = sim.node(searcher).cloned()
+                {
+                    let provider = sim.peer_id(provider);
+                    lookups.push(dht::lookup(p2p, key, provider));
+                }
+            }
+            Some(result) = lookups.next() => results.push(result),
+        }
+    }
+    while let Some(result) = lookups.next().await {
+        results.push(result);
+    }
+    let found = results.iter().filter(|(ok, _)| *ok).count();
+    let samples: Vec<Duration> = results
+        .iter()
+        .filter(|(ok, _)| *ok)
+        .map(|(_, t)| *t)
+        .collect();
+    Ok(ChurnReport {
+        crashes,
+        restarts,
+        lookups: results.len(),
+        found,
+        success_rate: found as f64 / results.len().max(1) as f64,
+        latency: Percentiles::of(&samples),
+        samples,
+    })
+}

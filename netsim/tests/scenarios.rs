@@ -1,0 +1,108 @@
+//! Each scenario at small scale, with the README's bars as assertions: real nodes (the
+//! node's P2p with every behaviour) on the simulated network with 50 ms links.
+
+use std::time::Duration;
+
+use ipfs_accelerate_netsim::network::LinkConfig;
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip};
+use ipfs_accelerate_netsim::sim::{Sim, SimConfig};
+
+/// Longest a whole scenario may take here.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
+const LATENCY: Duration = Duration::from_millis(50);
+
+fn config(nodes: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        nodes,
+        link: LinkConfig {
+            latency: LATENCY,
+            jitter: Duration::from_millis(10),
+            bandwidth: Some(12_500_000),
+            loss: 0.0,
+        },
+        seed,
+        bootstrap_peers: 3,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_lookups_find_every_provider_within_the_bars() {
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        let mut sim = Sim::start(&config(40, 7)).await.unwrap();
+        let params = dht::DhtParams {
+            keys_per_node: 2,
+            lookups: 100,
+        };
+        let report = dht::run(&mut sim, &params).await.unwrap();
+        sim.shutdown().await;
+        report
+    })
+    .await
+    .expect("the scenario finished in time");
+    assert_eq!(report.keys, 80);
+    assert_eq!(report.lookups, 100);
+    assert_eq!(report.success_rate, 1.0, "{report:?}");
+    // A lookup needs at least one round trip; the bar is 600 ms at p95.
+    assert!(report.latency.p50_ms >= 100.0, "{report:?}");
+    assert!(report.latency.p95_ms <= 600.0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_reaches_every_node_within_six_link_latencies() {
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        let mut sim = Sim::start(&config(40, 11)).await.unwrap();
+        let params = gossip::GossipParams {
+            messages: 20,
+            interval: Duration::from_millis(50),
+        };
+        let report = gossip::run(&mut sim, &params).await.unwrap();
+        sim.shutdown().await;
+        report
+    })
+    .await
+    .expect("the scenario finished in time");
+    assert_eq!(report.receivers, 40);
+    assert_eq!(report.delivery_ratio, 1.0, "{report:?}");
+    // Other nodes hear a message one link later at the earliest. The bar (6 link
+    // latencies) is held at p95 here: the network runs in real time, so a test
+    // machine busy with other tests stretches the slowest few deliveries.
+    assert!(report.latency.p50_ms >= 50.0, "{report:?}");
+    assert!(report.latency.p95_ms <= 300.0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_keep_succeeding_while_nodes_crash_and_return() {
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        let mut sim = Sim::start(&config(40, 13)).await.unwrap();
+        // A quarter of the nodes per minute, for 30 s: 5 crashes, and the first ones back.
+        let params = churn::ChurnParams {
+            churn_per_minute: 0.25,
+            duration: Duration::from_secs(30),
+            lookups_per_second: 5.0,
+        };
+        let report = churn::run(&mut sim, &params).await.unwrap();
+        sim.shutdown().await;
+        report
+    })
+    .await
+    .expect("the scenario finished in time");
+    assert!(report.crashes >= 4, "{report:?}");
+    assert!(report.restarts >= 1, "{report:?}");
+    assert!(report.lookups >= 100, "{report:?}");
+    assert!(report.success_rate >= 0.99, "{report:?}");
+}
+
+#[test]
+fn latency_plots_are_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cdf.svg");
+    let samples: Vec<Duration> = (1..=50).map(|ms| Duration::from_millis(ms * 10)).collect();
+    ipfs_accelerate_netsim::plot::latency_cdf(&path, "test", &[("lookup", &samples)]).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "no curve drawn"
+    );
+    assert!(svg.contains("latency (ms)"));
+}
