@@ -25,6 +25,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
         dht_protocol: StreamProtocol::new(p2p::DEFAULT_DHT_PROTOCOL),
         agent_version: "ipfs-accelerate-test".into(),
         infer_limits: p2p::InferLimits::default(),
+        connections: p2p::ConnectionLimits::default(),
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

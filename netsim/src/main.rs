@@ -10,6 +10,7 @@ use ipfs_accelerate_netsim::network::LinkConfig;
 use ipfs_accelerate_netsim::plot;
 use ipfs_accelerate_netsim::scenario::{churn, dht, gossip};
 use ipfs_accelerate_netsim::sim::{Sim, SimConfig, resident_bytes};
+use ipfs_accelerate_node::p2p;
 use serde_json::json;
 
 /// Thousands of swarms allocate and free small buffers on every stream from both
@@ -81,6 +82,12 @@ struct Common {
     /// Earlier nodes each node dials when it starts.
     #[arg(long, default_value_t = 3)]
     bootstrap_peers: usize,
+    /// Connected peers each node's connection manager trims down to.
+    #[arg(long, default_value_t = 32)]
+    low_water: usize,
+    /// Connected peers above which it trims.
+    #[arg(long, default_value_t = 96)]
+    high_water: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the figures here as JSON.
@@ -103,6 +110,11 @@ impl Common {
             },
             seed: self.seed,
             bootstrap_peers: self.bootstrap_peers,
+            connections: p2p::ConnectionLimits {
+                low_water: self.low_water,
+                high_water: self.high_water,
+                ..p2p::ConnectionLimits::default()
+            },
         }
     }
 }

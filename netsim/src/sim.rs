@@ -32,6 +32,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Earlier nodes each node dials when it starts.
     pub bootstrap_peers: usize,
+    /// Each node's connection manager.
+    pub connections: p2p::ConnectionLimits,
 }
 
 /// The running swarm.
@@ -41,6 +43,7 @@ pub struct Sim {
     nodes: Vec<Option<P2p>>,
     keys: Vec<Keypair>,
     bootstrap: Vec<Vec<usize>>,
+    connections: p2p::ConnectionLimits,
     pub rng: StdRng,
 }
 
@@ -68,6 +71,7 @@ impl Sim {
             nodes: (0..config.nodes).map(|_| None).collect(),
             keys,
             bootstrap,
+            connections: config.connections,
             rng,
         };
         for i in 0..config.nodes {
@@ -137,6 +141,7 @@ impl Sim {
             dht_protocol: StreamProtocol::new(p2p::DEFAULT_DHT_PROTOCOL),
             agent_version: "ipfs-accelerate-netsim".into(),
             infer_limits: p2p::InferLimits::default(),
+            connections: self.connections,
         };
         let node = P2p::start_with_transport(config, key, transport)
             .await

@@ -22,6 +22,7 @@ fn config(nodes: usize, seed: u64) -> SimConfig {
         },
         seed,
         bootstrap_peers: 3,
+        connections: ipfs_accelerate_node::p2p::ConnectionLimits::default(),
     }
 }
 

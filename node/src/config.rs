@@ -92,6 +92,12 @@ pub struct NetworkConfig {
     pub infer_request_limit: usize,
     /// Largest inference response read from a peer, in bytes.
     pub infer_response_limit: usize,
+    /// Connected peers the connection manager trims down to (Kubo's LowWater).
+    pub low_water: usize,
+    /// Connected peers above which it trims (Kubo's HighWater).
+    pub high_water: usize,
+    /// Seconds a new connection is safe from trimming (Kubo's GracePeriod).
+    pub grace_period_secs: u64,
 }
 
 /// Which blocks a node announces on the DHT.
@@ -123,6 +129,9 @@ impl Default for NetworkConfig {
             reprovide_interval_secs: 12 * 60 * 60,
             infer_request_limit: ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT,
             infer_response_limit: ipfs_accelerate_protocol::limits::INFER_RESPONSE_LIMIT,
+            low_water: 32,
+            high_water: 96,
+            grace_period_secs: 20,
         }
     }
 }

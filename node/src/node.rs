@@ -184,6 +184,11 @@ impl Node {
                 request: network.infer_request_limit,
                 response: network.infer_response_limit,
             },
+            connections: p2p::ConnectionLimits {
+                low_water: network.low_water,
+                high_water: network.high_water,
+                grace: Duration::from_secs(network.grace_period_secs),
+            },
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start(config, keypair).await?;

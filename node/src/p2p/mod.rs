@@ -46,6 +46,29 @@ pub struct Config {
     pub agent_version: String,
     /// Largest inference request read from a peer, and largest response, in bytes.
     pub infer_limits: InferLimits,
+    /// How many peers we stay connected to.
+    pub connections: ConnectionLimits,
+}
+
+/// The connection manager's marks, as Kubo's: above `high_water` connected peers, the
+/// ones connected longer than `grace` and not in a gossip mesh are closed, newest
+/// first, down to `low_water`. Without it every peer a DHT query touched stays
+/// connected until idle, and a node in a large network holds thousands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub low_water: usize,
+    pub high_water: usize,
+    pub grace: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            low_water: 32,
+            high_water: 96,
+            grace: Duration::from_secs(20),
+        }
+    }
 }
 
 /// Size limits of `/ipfs-accelerate/infer/1.0.0` messages.

@@ -3,7 +3,7 @@
 //! to DHT queries and dials by their ids.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
@@ -15,13 +15,15 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{Config, Error, NodeEvent, PeerInfo, Result};
+use super::{Config, ConnectionLimits, Error, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
 
 /// How often the task logs a summary and refreshes the DHT.
 const TICK: Duration = Duration::from_secs(60);
+/// How often the connection manager checks the number of connected peers.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Listen addresses taken from one identify message.
 const IDENTIFY_ADDRS_LIMIT: usize = 16;
 
@@ -117,6 +119,9 @@ pub(super) struct Worker {
     events: broadcast::Sender<NodeEvent>,
     /// Connected peers and the remote address of each connection.
     connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    /// When each connected peer's first open connection was established.
+    connected_since: HashMap<PeerId, Instant>,
+    limits: ConnectionLimits,
     /// Listen addresses peers told us through identify (bounded per peer).
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     dials: HashMap<ConnectionId, PendingDial>,
@@ -136,6 +141,8 @@ impl Worker {
             commands,
             events,
             connections: HashMap::new(),
+            connected_since: HashMap::new(),
+            limits: config.connections,
             known_addrs: HashMap::new(),
             dials: HashMap::new(),
             queries: HashMap::new(),
@@ -155,6 +162,8 @@ impl Worker {
     pub(super) async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK);
         tick.tick().await;
+        let mut trim = tokio::time::interval(TRIM_INTERVAL);
+        trim.tick().await;
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -167,9 +176,42 @@ impl Worker {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => self.on_tick(),
+                _ = trim.tick() => self.trim_connections(),
             }
         }
         tracing::debug!("p2p: swarm task stopped");
+    }
+
+    /// Closes connections above the high water mark, down to the low one: peers past
+    /// their grace period and outside every gossip mesh, the newest first (a DHT query
+    /// touches many peers once; long-lived connections are the ones in use).
+    fn trim_connections(&mut self) {
+        if self.connections.len() <= self.limits.high_water {
+            return;
+        }
+        let in_mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let mut candidates: Vec<(Instant, PeerId)> = self
+            .connected_since
+            .iter()
+            .filter(|(peer, since)| !in_mesh.contains(peer) && since.elapsed() >= self.limits.grace)
+            .map(|(peer, since)| (*since, *peer))
+            .collect();
+        candidates.sort_unstable_by_key(|&(since, _)| std::cmp::Reverse(since));
+        let excess = self.connections.len() - self.limits.low_water.min(self.limits.high_water);
+        tracing::debug!(
+            peers = self.connections.len(),
+            closing = excess.min(candidates.len()),
+            "p2p: trimming connections"
+        );
+        for (_, peer) in candidates.into_iter().take(excess) {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -374,6 +416,9 @@ impl Worker {
                     addr.pop();
                 }
                 let first = !self.connections.contains_key(&peer_id);
+                if first {
+                    self.connected_since.insert(peer_id, Instant::now());
+                }
                 self.connections
                     .entry(peer_id)
                     .or_default()
@@ -400,6 +445,7 @@ impl Worker {
                     conns.remove(&connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.connected_since.remove(&peer_id);
                         let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                     }
                 }

@@ -1,4 +1,6 @@
 //! What several test files share.
+// Each test file is its own crate and uses some of these.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -8,6 +10,11 @@ use libp2p::{Multiaddr, StreamProtocol};
 
 /// A bare swarm on loopback TCP (no Bitswap engine, no node) and its dial address.
 pub(crate) async fn loopback_swarm() -> (P2p, Multiaddr) {
+    loopback_swarm_with(p2p::ConnectionLimits::default()).await
+}
+
+/// Like [`loopback_swarm`], with its connection manager's marks.
+pub(crate) async fn loopback_swarm_with(connections: p2p::ConnectionLimits) -> (P2p, Multiaddr) {
     let config = p2p::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![],
@@ -15,6 +22,7 @@ pub(crate) async fn loopback_swarm() -> (P2p, Multiaddr) {
         dht_protocol: StreamProtocol::new("/ipfs/lan/kad/1.0.0"),
         agent_version: "ipfs-accelerate-test".into(),
         infer_limits: p2p::InferLimits::default(),
+        connections,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

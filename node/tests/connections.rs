@@ -1,0 +1,75 @@
+//! The connection manager, with real swarms on loopback: above its high water mark a
+//! node closes connections down to its low one, and keeps the peers of its gossip mesh.
+
+use std::time::{Duration, Instant};
+
+use ipfs_accelerate_node::p2p::{ConnectionLimits, P2p};
+
+mod common;
+use common::loopback_swarm_with;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn connected(p2p: &P2p) -> usize {
+    p2p.peers().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh() {
+    let limits = ConnectionLimits {
+        low_water: 2,
+        high_water: 4,
+        grace: Duration::ZERO,
+    };
+    let (hub, hub_addr) = loopback_swarm_with(limits).await;
+    // One spoke shares a topic with the hub: it joins the hub's gossip mesh.
+    let topic = "connections-test".to_string();
+    hub.pubsub_subscribe(topic.clone()).await.unwrap();
+    let mut spokes = Vec::new();
+    for _ in 0..7 {
+        let (spoke, _) = loopback_swarm_with(ConnectionLimits::default()).await;
+        spoke.connect(hub_addr.clone()).await.unwrap();
+        spokes.push(spoke);
+    }
+    let meshed = spokes[0].local_peer_id();
+    spokes[0].pubsub_subscribe(topic.clone()).await.unwrap();
+    let started = Instant::now();
+    while !hub
+        .pubsub_peers(Some(topic.clone()))
+        .await
+        .unwrap()
+        .contains(&meshed)
+    {
+        assert!(started.elapsed() < WAIT, "the spoke never joined the topic");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connected(&hub).await, 7);
+
+    // The manager checks every 10 s.
+    let started = Instant::now();
+    while connected(&hub).await > limits.high_water {
+        assert!(
+            started.elapsed() < WAIT,
+            "the hub kept {} peers",
+            connected(&hub).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peers: Vec<_> = hub
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer)
+        .collect();
+    assert_eq!(peers.len(), limits.low_water, "{peers:?}");
+    assert!(
+        peers.contains(&meshed),
+        "the mesh peer was closed: {peers:?}"
+    );
+
+    for spoke in &spokes {
+        spoke.shutdown().await;
+    }
+    hub.shutdown().await;
+}
