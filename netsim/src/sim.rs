@@ -127,8 +127,8 @@ impl Sim {
             .net
             .transport(i)
             .upgrade(Version::V1)
-            // The simulation has no eavesdropper: plaintext authenticates the peer ids
-            // without noise's handshake and ciphers, which would cost most of the CPU.
+            // The simulation has no eavesdropper: plaintext exchanges the peer ids
+            // without noise's handshake, ciphers and per-connection buffers.
             .authenticate(libp2p::plaintext::Config::new(&key))
             .multiplex(libp2p::yamux::Config::default())
             .timeout(CONNECT_TIMEOUT)
