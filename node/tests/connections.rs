@@ -43,6 +43,16 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
         assert!(started.elapsed() < WAIT, "the spoke never joined the topic");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The hub hears of each connection a moment after the spoke does.
+    let started = Instant::now();
+    while connected(&hub).await < 7 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the hub saw {} spokes",
+            connected(&hub).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(connected(&hub).await, 7);
 
     // The manager checks every 10 s.

@@ -99,18 +99,13 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     while let Some(result) = lookups.next().await {
         results.push(result);
     }
-    let found = results.iter().filter(|(ok, _)| *ok).count();
-    let samples: Vec<Duration> = results
-        .iter()
-        .filter(|(ok, _)| *ok)
-        .map(|(_, t)| *t)
-        .collect();
+    let samples = dht::successful(&results);
     Ok(ChurnReport {
         crashes,
         restarts,
         lookups: results.len(),
-        found,
-        success_rate: found as f64 / results.len().max(1) as f64,
+        found: samples.len(),
+        success_rate: samples.len() as f64 / results.len().max(1) as f64,
         latency: Percentiles::of(&samples),
         samples,
     })

@@ -63,6 +63,15 @@ pub(crate) async fn lookup(p2p: P2p, key: Vec<u8>, provider: PeerId) -> (bool, D
     (found, started.elapsed())
 }
 
+/// The times of the lookups that found their provider.
+pub(crate) fn successful(results: &[(bool, Duration)]) -> Vec<Duration> {
+    results
+        .iter()
+        .filter(|(found, _)| *found)
+        .map(|(_, took)| *took)
+        .collect()
+}
+
 pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
     let mut keys = Vec::new();
     for node in sim.up() {
@@ -92,18 +101,13 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
         .buffer_unordered(QUERIES_AT_ONCE)
         .collect()
         .await;
-    let found = results.iter().filter(|(ok, _)| *ok).count();
-    let times: Vec<Duration> = results
-        .iter()
-        .filter(|(ok, _)| *ok)
-        .map(|(_, t)| *t)
-        .collect();
+    let times = successful(&results);
     Ok(DhtReport {
         keys: keys.len(),
         provide_ms,
         lookups: results.len(),
-        found,
-        success_rate: found as f64 / results.len().max(1) as f64,
+        found: times.len(),
+        success_rate: times.len() as f64 / results.len().max(1) as f64,
         latency: Percentiles::of(&times),
         samples: times,
     })

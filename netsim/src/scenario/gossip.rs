@@ -36,12 +36,26 @@ pub struct GossipReport {
     pub samples: Vec<Duration>,
 }
 
-/// When each message was published, and each (message, node) delivery.
+/// When each message was published, and when each node first got it.
 #[derive(Default)]
 struct Log {
     /// Each message's publisher and when it published.
     sent: HashMap<u64, (usize, Instant)>,
-    received: Vec<(u64, usize, Instant)>,
+    /// (message, node) -> first delivery.
+    received: HashMap<(u64, usize), Instant>,
+    /// Deliveries of a message to a node that already had it.
+    duplicates: usize,
+}
+
+impl Log {
+    fn deliver(&mut self, id: u64, node: usize) {
+        match self.received.entry((id, node)) {
+            std::collections::hash_map::Entry::Occupied(_) => self.duplicates += 1,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Instant::now());
+            }
+        }
+    }
 }
 
 pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
@@ -60,8 +74,7 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
                     && let Ok(id) = <[u8; 8]>::try_from(&data[..8.min(data.len())])
                 {
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.received
-                        .push((u64::from_le_bytes(id), i, Instant::now()));
+                    log.deliver(u64::from_le_bytes(id), i);
                 }
             }
         }));
@@ -95,15 +108,14 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         // The publisher's own copy counts as delivered at once.
         log.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .received
-            .push((id, publisher, Instant::now()));
+            .deliver(id, publisher);
         node.pubsub_publish(TOPIC.into(), data).await?;
     }
     let expected = params.messages * up.len();
     let end = Instant::now() + SETTLE_TIMEOUT;
     while Instant::now() < end {
-        let unique = distinct(&log.lock().unwrap_or_else(|e| e.into_inner()).received);
-        if unique >= expected {
+        let delivered = log.lock().unwrap_or_else(|e| e.into_inner()).received.len();
+        if delivered >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -112,17 +124,15 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         listener.abort();
     }
     let log = log.lock().unwrap_or_else(|e| e.into_inner());
-    let delivered = distinct(&log.received);
-    let mut seen = std::collections::HashSet::new();
-    let mut latencies = Vec::new();
-    for (id, node, at) in &log.received {
-        if seen.insert((*id, *node))
-            && let Some((publisher, sent)) = log.sent.get(id)
-            && publisher != node
-        {
-            latencies.push(at.saturating_duration_since(*sent));
-        }
-    }
+    let delivered = log.received.len();
+    let latencies: Vec<Duration> = log
+        .received
+        .iter()
+        .filter_map(|((id, node), at)| {
+            let (publisher, sent) = log.sent.get(id)?;
+            (publisher != node).then(|| at.saturating_duration_since(*sent))
+        })
+        .collect();
     Ok(GossipReport {
         messages: params.messages,
         receivers: up.len(),
@@ -130,14 +140,6 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         delivery_ratio: delivered as f64 / expected.max(1) as f64,
         latency: Percentiles::of(&latencies),
         samples: latencies,
-        duplicates_per_node: (log.received.len() - delivered) as f64 / up.len().max(1) as f64,
+        duplicates_per_node: log.duplicates as f64 / up.len().max(1) as f64,
     })
-}
-
-fn distinct(received: &[(u64, usize, Instant)]) -> usize {
-    received
-        .iter()
-        .map(|(id, node, _)| (*id, *node))
-        .collect::<std::collections::HashSet<_>>()
-        .len()
 }

@@ -138,14 +138,6 @@ impl Client {
         candidates: &[PeerId],
         deadline: Duration,
     ) -> Result<Answer, CallError> {
-        let size = request.encoded_len();
-        let limit = self.p2p.infer_limits().request;
-        if size > limit {
-            return Err(CallError::Refused {
-                code: ErrorCode::TooLarge,
-                message: format!("the request is {size} bytes; peers read at most {limit}"),
-            });
-        }
         let ranked = self.rank(candidates);
         if ranked.is_empty() {
             return Err(CallError::NoProviders);
@@ -195,6 +187,10 @@ impl Client {
                                 self.record_failure(peer);
                             }
                             format!("{}: {}", error.code, error.message)
+                        }
+                        // Sized on encoding, before it was sent: no peer would read it.
+                        Err(error @ crate::p2p::Error::RequestTooLarge { .. }) => {
+                            return Err(CallError::Refused { code: ErrorCode::TooLarge, message: error.to_string() });
                         }
                         Err(error) => {
                             self.record_failure(peer);

@@ -37,8 +37,6 @@ const CALLS_PER_PEER: usize = 512;
 const REQUESTS_PER_STREAM: usize = 256;
 /// Inbound inference streams served at once; more are closed at once.
 const INBOUND_STREAMS: usize = 4096;
-/// Longest varint length prefix of a frame.
-const LENGTH_PREFIX_LIMIT: usize = 10;
 /// Peers whose closed streams are remembered before they are swept out.
 const SESSIONS_KEPT: usize = 1024;
 /// Read buffer of a stream: a small request's frame arrives in one read.
@@ -85,12 +83,12 @@ impl InferStreams {
         };
         let failed = |reason: String| Error::Infer(format!("{peer}: {reason}"));
         let frame = encode_frame(&request).map_err(|e| failed(e.to_string()))?;
-        if frame.len() > self.limits.request + LENGTH_PREFIX_LIMIT {
-            return Err(failed(format!(
-                "the request is {} bytes; peers read at most {}",
-                frame.len(),
-                self.limits.request
-            )));
+        let size = body_len(&frame);
+        if size > self.limits.request {
+            return Err(Error::RequestTooLarge {
+                size,
+                limit: self.limits.request,
+            });
         }
         // A stream can die under a request (its connection closed, e.g. a duplicate
         // one); inference has no side effects, so it is sent once more on a new one.
@@ -430,11 +428,11 @@ async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limit
             let id = request.id;
             let response = handler(peer, request).await;
             let frame = match encode_frame(&response) {
-                Ok(frame) if frame.len() <= limits.response + LENGTH_PREFIX_LIMIT => frame,
+                Ok(frame) if body_len(&frame) <= limits.response => frame,
                 Ok(frame) => {
                     let message = format!(
                         "the answer is {} bytes, over the limit of {}",
-                        frame.len(),
+                        body_len(&frame),
                         limits.response
                     );
                     let refusal = InferResponse::Err(InferError {
@@ -456,6 +454,11 @@ async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limit
             drop(slot);
         });
     }
+}
+
+/// The length of a frame's body, which the size limits apply to.
+fn body_len(frame: &[u8]) -> usize {
+    unsigned_varint::decode::usize(frame).map_or(frame.len(), |(len, _)| len)
 }
 
 /// Why a frame could not be read.

@@ -106,6 +106,9 @@ pub enum Error {
     Timeout(Duration),
     #[error("inference request to {0}")]
     Infer(String),
+    /// Refused before sending: no peer would read it.
+    #[error("the request is {size} bytes; peers read at most {limit}")]
+    RequestTooLarge { size: usize, limit: usize },
 }
 
 /// Result alias for this module.
