@@ -37,6 +37,9 @@ enum Scenario {
         /// Lookups, each by a random node for a random key.
         #[arg(long, default_value_t = 1000)]
         lookups: usize,
+        /// Lookups running at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Nodes crash and come back at a steady rate while random nodes look up keys.
     Churn {
@@ -123,7 +126,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_gossipsub=error".into()),
+                .unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_gossipsub=error,yamux=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -152,21 +155,17 @@ fn main() -> Result<()> {
             per_node.map_or(0, |b| b / 1024)
         );
         let (name, results) = match &cli.scenario {
-            Scenario::Dht { keys_per_node, lookups, .. } => {
-                let params = dht::DhtParams { keys_per_node: *keys_per_node, lookups: *lookups };
+            Scenario::Dht { keys_per_node, lookups, concurrency, .. } => {
+                let params = dht::DhtParams {
+                    keys_per_node: *keys_per_node,
+                    lookups: *lookups,
+                    concurrency: *concurrency,
+                };
                 let report = dht::run(&mut sim, &params).await?;
-                println!(
-                    "dht: {}/{} lookups found the provider ({:.2}%); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
-                    report.found,
-                    report.lookups,
-                    report.success_rate * 100.0,
-                    report.latency.p50_ms,
-                    report.latency.p95_ms,
-                    report.latency.p99_ms
-                );
+                println!("dht: {}", describe(&report.lookups));
                 if let Some(path) = &common.plot {
                     let title = format!("DHT lookups, {} nodes, {} ms links", common.nodes, common.latency_ms);
-                    plot::latency_cdf(path, &title, &[("lookup", &report.samples)])?;
+                    plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
                 }
                 ("dht", serde_json::to_value(report)?)
             }
@@ -178,18 +177,14 @@ fn main() -> Result<()> {
                 };
                 let report = churn::run(&mut sim, &params).await?;
                 println!(
-                    "churn: {} crashes, {} restarts; {}/{} lookups found the provider ({:.2}%); latency p50 {:.0} ms, p95 {:.0} ms",
+                    "churn: {} crashes, {} restarts; {}",
                     report.crashes,
                     report.restarts,
-                    report.found,
-                    report.lookups,
-                    report.success_rate * 100.0,
-                    report.latency.p50_ms,
-                    report.latency.p95_ms
+                    describe(&report.lookups)
                 );
                 if let Some(path) = &common.plot {
                     let title = format!("DHT lookups under churn, {} nodes, {} ms links", common.nodes, common.latency_ms);
-                    plot::latency_cdf(path, &title, &[("lookup", &report.samples)])?;
+                    plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
                 }
                 ("churn", serde_json::to_value(report)?)
             }
@@ -235,4 +230,20 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// One line on a set of DHT lookups.
+fn describe(lookups: &dht::Lookups) -> String {
+    format!(
+        "{}/{} lookups found the provider ({:.2}%; missed {}, failed {}, timed out {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+        lookups.found,
+        lookups.lookups,
+        lookups.success_rate * 100.0,
+        lookups.missed,
+        lookups.failed,
+        lookups.timed_out,
+        lookups.latency.p50_ms,
+        lookups.latency.p95_ms,
+        lookups.latency.p99_ms
+    )
 }

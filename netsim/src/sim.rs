@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use ipfs_accelerate_node::p2p::{self, P2p};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
@@ -21,8 +20,8 @@ use crate::network::{LinkConfig, Network};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest one node's DHT bootstrap may take.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Nodes bootstrapping at once while the swarm starts.
-const BOOTSTRAPS_AT_ONCE: usize = 32;
+/// Nodes started (and bootstrapping) at once while the swarm starts.
+const STARTS_AT_ONCE: usize = 32;
 
 /// What a simulated swarm is made of.
 #[derive(Debug, Clone)]
@@ -48,8 +47,9 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts every node, each dialing a few earlier ones, then runs a DHT bootstrap
-    /// on each so that routing tables are filled before a scenario begins.
+    /// Starts the nodes a wave at a time, each dialing a few earlier ones, and waits
+    /// for each wave's DHT bootstraps (which a node starts on its first connection),
+    /// so that routing tables are filled before a scenario begins.
     pub async fn start(config: &SimConfig) -> Result<Sim> {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let net = Network::new(config.nodes, config.link, rng.r#gen());
@@ -74,15 +74,15 @@ impl Sim {
             connections: config.connections,
             rng,
         };
-        for i in 0..config.nodes {
-            sim.start_node(i).await?;
-        }
-        let bootstraps = futures::stream::iter(sim.nodes.iter().flatten().cloned())
-            .map(|node| async move {
+        for wave in (0..config.nodes).collect::<Vec<_>>().chunks(STARTS_AT_ONCE) {
+            for &i in wave {
+                sim.start_node(i).await?;
+            }
+            let bootstraps = wave.iter().filter_map(|&i| sim.node(i).cloned()).map(|node| async move {
                 let _ = tokio::time::timeout(BOOTSTRAP_TIMEOUT, node.bootstrap()).await;
-            })
-            .buffer_unordered(BOOTSTRAPS_AT_ONCE);
-        bootstraps.collect::<Vec<()>>().await;
+            });
+            futures::future::join_all(bootstraps).await;
+        }
         Ok(sim)
     }
 
@@ -123,10 +123,12 @@ impl Sim {
     /// Starts node `i` (again, after a crash) with its key and address.
     pub async fn start_node(&mut self, i: usize) -> Result<()> {
         let key = self.keys[i].clone();
+        // As the node's TCP transport: V1Lazy sends the first message with its
+        // protocol proposal instead of waiting a round trip for the answer.
         let transport = self
             .net
             .transport(i)
-            .upgrade(Version::V1)
+            .upgrade(Version::V1Lazy)
             // The simulation has no eavesdropper: plaintext exchanges the peer ids
             // without noise's handshake, ciphers and per-connection buffers.
             .authenticate(libp2p::plaintext::Config::new(&key))

@@ -9,9 +9,8 @@ use futures::StreamExt;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::scenario::dht::{self, random_key};
+use crate::scenario::dht::{self, Lookups, Outcome, random_key};
 use crate::sim::Sim;
-use crate::stats::Percentiles;
 
 /// How long a crashed node stays down before it comes back.
 const DOWNTIME: Duration = Duration::from_secs(10);
@@ -28,12 +27,8 @@ pub struct ChurnParams {
 pub struct ChurnReport {
     pub crashes: usize,
     pub restarts: usize,
-    pub lookups: usize,
-    pub found: usize,
-    pub success_rate: f64,
-    pub latency: Percentiles,
-    #[serde(skip)]
-    pub samples: Vec<Duration>,
+    #[serde(flatten)]
+    pub lookups: Lookups,
 }
 
 pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
@@ -57,7 +52,7 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     let mut down: VecDeque<(usize, Instant)> = VecDeque::new();
     let (mut crashes, mut restarts) = (0, 0);
     let mut lookups = futures::stream::FuturesUnordered::new();
-    let mut results: Vec<(bool, Duration)> = Vec::new();
+    let mut results: Vec<(Outcome, Duration)> = Vec::new();
     let end = Instant::now() + params.duration;
     while Instant::now() < end {
         tokio::select! {
@@ -99,14 +94,9 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     while let Some(result) = lookups.next().await {
         results.push(result);
     }
-    let samples = dht::successful(&results);
     Ok(ChurnReport {
         crashes,
         restarts,
-        lookups: results.len(),
-        found: samples.len(),
-        success_rate: samples.len() as f64 / results.len().max(1) as f64,
-        latency: Percentiles::of(&samples),
-        samples,
+        lookups: Lookups::of(&results),
     })
 }

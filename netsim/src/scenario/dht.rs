@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::sim::Sim;
 use crate::stats::{Percentiles, millis};
 
-/// Provide queries, and lookups, running at once.
-const QUERIES_AT_ONCE: usize = 64;
+/// Provide queries running at once.
+const PROVIDES_AT_ONCE: usize = 64;
 /// Longest one lookup may take before it counts as failed.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -21,19 +21,64 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct DhtParams {
     pub keys_per_node: usize,
     pub lookups: usize,
+    /// Lookups running at once.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DhtReport {
     pub keys: usize,
     pub provide_ms: f64,
+    #[serde(flatten)]
+    pub lookups: Lookups,
+}
+
+/// How one lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Found,
+    /// The query ended without the provider.
+    Missed,
+    /// The DHT returned an error.
+    Failed,
+    /// No answer within [`LOOKUP_TIMEOUT`].
+    TimedOut,
+}
+
+/// What a set of lookups came to.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lookups {
     pub lookups: usize,
     pub found: usize,
+    pub missed: usize,
+    pub failed: usize,
+    pub timed_out: usize,
     pub success_rate: f64,
     pub latency: Percentiles,
     /// Latency of each successful lookup, for the plot.
     #[serde(skip)]
     pub samples: Vec<Duration>,
+}
+
+impl Lookups {
+    pub fn of(results: &[(Outcome, Duration)]) -> Lookups {
+        let count = |outcome| results.iter().filter(|(o, _)| *o == outcome).count();
+        let samples: Vec<Duration> = results
+            .iter()
+            .filter(|(outcome, _)| *outcome == Outcome::Found)
+            .map(|(_, took)| *took)
+            .collect();
+        Lookups {
+            lookups: results.len(),
+            found: samples.len(),
+            missed: count(Outcome::Missed),
+            failed: count(Outcome::Failed),
+            timed_out: count(Outcome::TimedOut),
+            success_rate: samples.len() as f64 / results.len().max(1) as f64,
+            latency: Percentiles::of(&samples),
+            samples,
+        }
+    }
 }
 
 /// A key as the DHT sees it: 32 random bytes.
@@ -49,27 +94,22 @@ pub(crate) async fn provide_all(sim: &Sim, keys: &[(Vec<u8>, usize)]) -> usize {
         Some(async move { p2p.provide(key).await })
     });
     let provided: Vec<_> = futures::stream::iter(provides)
-        .buffer_unordered(QUERIES_AT_ONCE)
+        .buffer_unordered(PROVIDES_AT_ONCE)
         .collect()
         .await;
     provided.iter().filter(|r| r.is_err()).count()
 }
 
-/// One lookup of `key` from `p2p`: whether it found `provider`, and how long it took.
-pub(crate) async fn lookup(p2p: P2p, key: Vec<u8>, provider: PeerId) -> (bool, Duration) {
+/// One lookup of `key` from `p2p` for `provider`: how it ended, and how long it took.
+pub(crate) async fn lookup(p2p: P2p, key: Vec<u8>, provider: PeerId) -> (Outcome, Duration) {
     let started = Instant::now();
-    let found = tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await;
-    let found = matches!(found, Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider));
-    (found, started.elapsed())
-}
-
-/// The times of the lookups that found their provider.
-pub(crate) fn successful(results: &[(bool, Duration)]) -> Vec<Duration> {
-    results
-        .iter()
-        .filter(|(found, _)| *found)
-        .map(|(_, took)| *took)
-        .collect()
+    let outcome = match tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await {
+        Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider) => Outcome::Found,
+        Ok(Ok(_)) => Outcome::Missed,
+        Ok(Err(_)) => Outcome::Failed,
+        Err(_) => Outcome::TimedOut,
+    };
+    (outcome, started.elapsed())
 }
 
 pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
@@ -97,18 +137,13 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
         let p2p = sim.node(searcher)?.clone();
         Some(lookup(p2p, key, provider))
     });
-    let results: Vec<(bool, Duration)> = futures::stream::iter(searches)
-        .buffer_unordered(QUERIES_AT_ONCE)
+    let results: Vec<(Outcome, Duration)> = futures::stream::iter(searches)
+        .buffer_unordered(params.concurrency.max(1))
         .collect()
         .await;
-    let times = successful(&results);
     Ok(DhtReport {
         keys: keys.len(),
         provide_ms,
-        lookups: results.len(),
-        found: times.len(),
-        success_rate: times.len() as f64 / results.len().max(1) as f64,
-        latency: Percentiles::of(&times),
-        samples: times,
+        lookups: Lookups::of(&results),
     })
 }

@@ -20,8 +20,11 @@ use super::{Config, ConnectionLimits, Error, NodeEvent, PeerInfo, Result};
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
 
-/// How often the task logs a summary and refreshes the DHT.
+/// How often the task logs a summary.
 const TICK: Duration = Duration::from_secs(60);
+/// How often the routing table is refreshed by a DHT bootstrap (libp2p's default; Kubo
+/// refreshes every 10 minutes). The first one runs as soon as a peer connects.
+const DHT_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// How often the connection manager checks the number of connected peers.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Listen addresses taken from one identify message.
@@ -100,7 +103,8 @@ enum PendingDial {
 
 /// A DHT query someone waits on.
 enum PendingQuery {
-    Bootstrap(oneshot::Sender<Result<()>>),
+    /// The one bootstrap running, and everyone waiting for it.
+    Bootstrap(Vec<oneshot::Sender<Result<()>>>),
     Provide(oneshot::Sender<Result<()>>),
     Providers {
         limit: usize,
@@ -126,6 +130,8 @@ pub(super) struct Worker {
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     dials: HashMap<ConnectionId, PendingDial>,
     queries: HashMap<QueryId, PendingQuery>,
+    /// The DHT bootstrap running, if one is: a second caller waits for it.
+    bootstrap: Option<QueryId>,
     topics: HashSet<String>,
 }
 
@@ -146,6 +152,7 @@ impl Worker {
             known_addrs: HashMap::new(),
             dials: HashMap::new(),
             queries: HashMap::new(),
+            bootstrap: None,
             topics: HashSet::new(),
         };
         for addr in &config.bootstrap {
@@ -164,6 +171,8 @@ impl Worker {
         tick.tick().await;
         let mut trim = tokio::time::interval(TRIM_INTERVAL);
         trim.tick().await;
+        let mut refresh = tokio::time::interval(DHT_REFRESH_INTERVAL);
+        refresh.tick().await;
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -177,6 +186,7 @@ impl Worker {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => self.on_tick(),
                 _ = trim.tick() => self.trim_connections(),
+                _ = refresh.tick() => self.start_bootstrap(None),
             }
         }
         tracing::debug!("p2p: swarm task stopped");
@@ -214,14 +224,33 @@ impl Worker {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&self) {
         tracing::info!(
             peers = self.connections.len(),
             queries = self.queries.len(),
             "p2p: status"
         );
-        if !self.connections.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    /// Starts a DHT bootstrap unless one is running; `reply` hears when it ends.
+    fn start_bootstrap(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
+        if let Some(id) = self.bootstrap
+            && let Some(PendingQuery::Bootstrap(waiting)) = self.queries.get_mut(&id)
+        {
+            waiting.extend(reply);
+            return;
+        }
+        match self.swarm.behaviour_mut().kad.bootstrap() {
+            Ok(id) => {
+                self.bootstrap = Some(id);
+                self.queries
+                    .insert(id, PendingQuery::Bootstrap(reply.into_iter().collect()));
+            }
+            Err(error) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::Dht(error.to_string())));
+                }
+            }
         }
     }
 
@@ -286,14 +315,7 @@ impl Worker {
                     }
                 }
             }
-            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
-                Ok(id) => {
-                    self.queries.insert(id, PendingQuery::Bootstrap(reply));
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(Error::Dht(error.to_string())));
-                }
-            },
+            Command::Bootstrap { reply } => self.start_bootstrap(Some(reply)),
             Command::Provide { key, reply } => {
                 match self
                     .swarm
@@ -400,7 +422,14 @@ impl Worker {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "p2p: listening");
+                // Announced as Kubo does with no Addresses.Announce set: every listen
+                // address. Provider records carry these; without them a record holder
+                // returns us only if we happen to be in its routing table.
+                self.swarm.add_external_address(address.clone());
                 let _ = self.events.send(NodeEvent::Listening(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -425,6 +454,10 @@ impl Worker {
                     .insert(connection_id, addr);
                 if first {
                     let _ = self.events.send(NodeEvent::PeerConnected(peer_id));
+                    if self.connections.len() == 1 {
+                        // Our first peer: fill the routing table now, not at the refresh.
+                        self.start_bootstrap(None);
+                    }
                 }
                 match self.dials.remove(&connection_id) {
                     Some(PendingDial::Connect(reply)) => {
@@ -549,8 +582,12 @@ impl Worker {
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::Bootstrap(result) => {
-                if last && let Some(PendingQuery::Bootstrap(reply)) = self.queries.remove(&id) {
-                    let _ = reply.send(result.map(|_| ()).map_err(|e| Error::Dht(e.to_string())));
+                if last && let Some(PendingQuery::Bootstrap(waiting)) = self.queries.remove(&id) {
+                    self.bootstrap = None;
+                    let result = result.map(|_| ()).map_err(|e| e.to_string());
+                    for reply in waiting {
+                        let _ = reply.send(result.clone().map_err(Error::Dht));
+                    }
                 }
             }
             QueryResult::StartProviding(result) => {
