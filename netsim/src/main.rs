@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use ipfs_accelerate_netsim::network::LinkConfig;
 use ipfs_accelerate_netsim::plot;
-use ipfs_accelerate_netsim::scenario::{churn, dht, gossip};
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, pull};
 use ipfs_accelerate_netsim::sim::{Sim, SimConfig, resident_bytes};
 use ipfs_accelerate_node::p2p;
 use serde_json::json;
@@ -64,6 +64,22 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
     },
+    /// Peers pull one model over Bitswap from one origin, each providing it when done.
+    SwarmPull {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 50)]
+        pullers: usize,
+        /// Size of the model file, in MiB.
+        #[arg(long, default_value_t = 100)]
+        size_mib: u64,
+        /// Milliseconds between two pullers starting (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        stagger_ms: u64,
+        /// Longest one pull may take, in seconds.
+        #[arg(long, default_value_t = 1200)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +95,9 @@ struct Common {
     /// Bandwidth of a connection each way, in Mbit/s (none: no cap).
     #[arg(long)]
     bandwidth_mbps: Option<f64>,
+    /// What a node sends over all its connections together, in Mbit/s (none: no cap).
+    #[arg(long)]
+    uplink_mbps: Option<f64>,
     /// Chance a packet is lost (and retransmitted late).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -102,13 +121,14 @@ struct Common {
 }
 
 impl Common {
-    fn sim_config(&self) -> SimConfig {
+    fn sim_config(&self, bitswap: bool) -> SimConfig {
         SimConfig {
             nodes: self.nodes,
             link: LinkConfig {
                 latency: Duration::from_millis(self.latency_ms),
                 jitter: Duration::from_millis(self.jitter_ms),
-                bandwidth: self.bandwidth_mbps.map(|m| (m * 1_000_000.0 / 8.0) as u64),
+                bandwidth: self.bandwidth_mbps.map(bytes_per_second),
+                uplink: self.uplink_mbps.map(bytes_per_second),
                 loss: self.loss,
             },
             seed: self.seed,
@@ -118,6 +138,7 @@ impl Common {
                 high_water: self.high_water,
                 ..p2p::ConnectionLimits::default()
             },
+            bitswap,
         }
     }
 }
@@ -126,7 +147,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_gossipsub=error,yamux=error".into()),
+                .unwrap_or_else(|_| "warn,ipfs_accelerate_netsim=info,libp2p_kad=error,libp2p_gossipsub=error,yamux=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -138,11 +159,13 @@ fn main() -> Result<()> {
         let common = match &cli.scenario {
             Scenario::Dht { common, .. }
             | Scenario::Churn { common, .. }
-            | Scenario::Gossip { common, .. } => common,
+            | Scenario::Gossip { common, .. }
+            | Scenario::SwarmPull { common, .. } => common,
         };
+        let bitswap = matches!(cli.scenario, Scenario::SwarmPull { .. });
         let memory_before = resident_bytes();
         let started = Instant::now();
-        let mut sim = Sim::start(&common.sim_config()).await?;
+        let mut sim = Sim::start(&common.sim_config(bitswap)).await?;
         let start_seconds = started.elapsed().as_secs_f64();
         let per_node = match (memory_before, resident_bytes()) {
             (Some(before), Some(after)) => Some(after.saturating_sub(before) / common.nodes.max(1) as u64),
@@ -210,6 +233,24 @@ fn main() -> Result<()> {
                 }
                 ("gossip", serde_json::to_value(report)?)
             }
+            Scenario::SwarmPull { pullers, size_mib, stagger_ms, timeout_secs, .. } => {
+                let params = pull::PullParams {
+                    pullers: *pullers,
+                    size: size_mib * 1024 * 1024,
+                    stagger: Duration::from_millis(*stagger_ms),
+                    timeout: Duration::from_secs(*timeout_secs),
+                };
+                let report = pull::run(&mut sim, &params).await?;
+                println!("swarm-pull: {}", pull::describe(&report));
+                if let Some(path) = &common.plot {
+                    let title = format!(
+                        "{} peers pulling {} MiB, {} nodes, {} ms links",
+                        pullers, size_mib, common.nodes, common.latency_ms
+                    );
+                    plot::latency_cdf(path, &title, &[("completion", &report.samples)])?;
+                }
+                ("swarm-pull", serde_json::to_value(report)?)
+            }
         };
         sim.shutdown().await;
         if let Some(path) = &common.json {
@@ -219,6 +260,7 @@ fn main() -> Result<()> {
                 "latency_ms": common.latency_ms,
                 "jitter_ms": common.jitter_ms,
                 "bandwidth_mbps": common.bandwidth_mbps,
+                "uplink_mbps": common.uplink_mbps,
                 "loss": common.loss,
                 "seed": common.seed,
                 "start_seconds": start_seconds,
@@ -230,6 +272,10 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+fn bytes_per_second(mbit_per_second: f64) -> u64 {
+    (mbit_per_second * 1_000_000.0 / 8.0) as u64
 }
 
 /// One line on a set of DHT lookups.

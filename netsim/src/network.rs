@@ -43,6 +43,9 @@ pub struct LinkConfig {
     pub jitter: Duration,
     /// Bytes per second each way on one connection; `None` for no cap.
     pub bandwidth: Option<u64>,
+    /// Bytes per second a node sends over all its connections together (its uplink,
+    /// what limits a popular origin); `None` for no cap.
+    pub uplink: Option<u64>,
     /// Chance that a packet is lost and arrives a retransmission timeout late.
     pub loss: f64,
 }
@@ -59,6 +62,8 @@ struct Inner {
     groups: Vec<AtomicU32>,
     /// Bytes each node has sent.
     egress: Vec<AtomicU64>,
+    /// When each node's uplink is free to send again.
+    uplink_free: Vec<Mutex<Instant>>,
     rng: Mutex<StdRng>,
     next_ephemeral: AtomicU64,
 }
@@ -74,6 +79,7 @@ impl Network {
             listeners: Mutex::new(HashMap::new()),
             groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
             egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            uplink_free: (0..nodes).map(|_| Mutex::new(Instant::now())).collect(),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             next_ephemeral: AtomicU64::new(FIRST_EPHEMERAL_PORT),
         }))
@@ -332,24 +338,36 @@ impl Pipe {
         }
     }
 
-    /// When `len` bytes written now arrive: after the link has sent what is queued and
-    /// these bytes at its bandwidth, plus the latency, plus a retransmission if lost.
+    /// When `len` bytes written now arrive: after the link, and the node's uplink, have
+    /// sent what is queued and these bytes at their bandwidth, plus the latency, plus a
+    /// retransmission if lost.
     fn delivery_time(&mut self, len: usize) -> Instant {
-        let now = Instant::now();
-        let start = self.link_free.max(now);
-        let transmit = match self.net.0.link.bandwidth {
-            Some(bytes_per_second) if bytes_per_second > 0 => {
-                Duration::from_secs_f64(len as f64 / bytes_per_second as f64)
-            }
-            _ => Duration::ZERO,
-        };
-        self.link_free = start + transmit;
+        let link = self.net.0.link;
+        let mut start = self.link_free.max(Instant::now());
+        let on_link = transmit_time(len, link.bandwidth);
+        let on_uplink = transmit_time(len, link.uplink);
+        if !on_uplink.is_zero() {
+            let mut uplink_free = self.net.0.uplink_free[self.local]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            start = start.max(*uplink_free);
+            *uplink_free = start + on_uplink;
+        }
+        self.link_free = start + on_link.max(on_uplink);
         let mut at = self.link_free + self.latency;
         if self.net.lost() {
             at += (self.latency * 2).max(MIN_RETRANSMIT);
         }
         self.last_delivery = at.max(self.last_delivery);
         self.last_delivery
+    }
+}
+
+/// How long `len` bytes take at `bytes_per_second` (none: no time).
+fn transmit_time(len: usize, bytes_per_second: Option<u64>) -> Duration {
+    match bytes_per_second {
+        Some(rate) if rate > 0 => Duration::from_secs_f64(len as f64 / rate as f64),
+        _ => Duration::ZERO,
     }
 }
 
@@ -435,19 +453,24 @@ mod tests {
             latency: Duration::from_millis(latency_ms),
             jitter: Duration::ZERO,
             bandwidth,
+            uplink: None,
             loss: 0.0,
         }
     }
 
     async fn connect(net: &Network) -> (Pipe, Pipe) {
-        let mut listener = net.transport(1);
+        connect_nodes(net, 0, 1).await
+    }
+
+    async fn connect_nodes(net: &Network, from: usize, to: usize) -> (Pipe, Pipe) {
+        let mut listener = net.transport(to);
         listener
-            .listen_on(ListenerId::next(), Network::address(1))
+            .listen_on(ListenerId::next(), Network::address(to))
             .unwrap();
-        let mut dialer = net.transport(0);
+        let mut dialer = net.transport(from);
         let dial = dialer
             .dial(
-                Network::address(1),
+                Network::address(to),
                 DialOpts {
                     role: libp2p::core::Endpoint::Dialer,
                     port_use: libp2p::core::transport::PortUse::New,
@@ -478,6 +501,28 @@ mod tests {
         assert!(took < Duration::from_millis(170), "{took:?}");
         assert!(got.iter().all(|&x| x == 7));
         assert_eq!(net.egress(0), 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_of_one_node_share_its_uplink() {
+        let config = LinkConfig {
+            uplink: Some(1_000_000),
+            ..link(50, None)
+        };
+        let net = Network::new(3, config, 1);
+        let (mut to_1, mut at_1) = connect_nodes(&net, 0, 1).await;
+        let (mut to_2, mut at_2) = connect_nodes(&net, 0, 2).await;
+        let started = Instant::now();
+        to_1.write_all(&[1u8; 100_000]).await.unwrap();
+        to_2.write_all(&[2u8; 100_000]).await.unwrap();
+        let mut got = vec![0u8; 100_000];
+        at_1.read_exact(&mut got).await.unwrap();
+        at_2.read_exact(&mut got).await.unwrap();
+        // 200 kB through one 1 MB/s uplink takes 200 ms, plus 50 ms of latency.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_millis(270), "{took:?}");
+        assert_eq!(net.egress(0), 200_000);
     }
 
     #[tokio::test(start_paused = true)]

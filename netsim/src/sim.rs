@@ -1,10 +1,16 @@
 //! A swarm of full libp2p peers (the node's own `P2p`: identify, ping, Kademlia,
 //! gossipsub, Bitswap's streams, inference streams) on the simulated network, started,
-//! crashed and restarted by index. Keys and bootstrap choices come from the seed.
+//! crashed and restarted by index, each with the node's Bitswap engine over an
+//! in-memory block store when a scenario moves blocks. Keys and bootstrap choices come
+//! from the seed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use ipfs_accelerate_node::Store;
+use ipfs_accelerate_node::bitswap::{self, Bitswap};
 use ipfs_accelerate_node::p2p::{self, P2p};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
@@ -20,8 +26,11 @@ use crate::network::{LinkConfig, Network};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest one node's DHT bootstrap may take.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Nodes started (and bootstrapping) at once while the swarm starts.
-const STARTS_AT_ONCE: usize = 32;
+/// Nodes bootstrapping at once while the swarm starts; the next node starts as soon
+/// as one finishes.
+const STARTS_AT_ONCE: usize = 64;
+/// Started nodes between two progress lines.
+const PROGRESS_EVERY: usize = 100;
 
 /// What a simulated swarm is made of.
 #[derive(Debug, Clone)]
@@ -33,23 +42,34 @@ pub struct SimConfig {
     pub bootstrap_peers: usize,
     /// Each node's connection manager.
     pub connections: p2p::ConnectionLimits,
+    /// Whether nodes run Bitswap over an in-memory store (a restart empties it).
+    pub bitswap: bool,
+}
+
+/// A node that is up.
+#[derive(Debug)]
+struct SimNode {
+    p2p: P2p,
+    blocks: Option<(Arc<Store>, Bitswap)>,
 }
 
 /// The running swarm.
 #[derive(Debug)]
 pub struct Sim {
     pub net: Network,
-    nodes: Vec<Option<P2p>>,
+    nodes: Vec<Option<SimNode>>,
     keys: Vec<Keypair>,
     bootstrap: Vec<Vec<usize>>,
     connections: p2p::ConnectionLimits,
+    bitswap: bool,
     pub rng: StdRng,
 }
 
 impl Sim {
-    /// Starts the nodes a wave at a time, each dialing a few earlier ones, and waits
-    /// for each wave's DHT bootstraps (which a node starts on its first connection),
-    /// so that routing tables are filled before a scenario begins.
+    /// Starts the nodes in order, each dialing a few earlier ones, with a bounded
+    /// number bootstrapping at once, and waits for every node's DHT bootstrap (which
+    /// a node starts on its first connection) so that routing tables are filled
+    /// before a scenario begins.
     pub async fn start(config: &SimConfig) -> Result<Sim> {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let net = Network::new(config.nodes, config.link, rng.r#gen());
@@ -72,16 +92,28 @@ impl Sim {
             keys,
             bootstrap,
             connections: config.connections,
+            bitswap: config.bitswap,
             rng,
         };
-        for wave in (0..config.nodes).collect::<Vec<_>>().chunks(STARTS_AT_ONCE) {
-            for &i in wave {
-                sim.start_node(i).await?;
-            }
-            let bootstraps = wave.iter().filter_map(|&i| sim.node(i).cloned()).map(|node| async move {
-                let _ = tokio::time::timeout(BOOTSTRAP_TIMEOUT, node.bootstrap()).await;
-            });
-            futures::future::join_all(bootstraps).await;
+        let started = std::time::Instant::now();
+        let bootstrapped = std::sync::atomic::AtomicUsize::new(0);
+        let launches = futures::stream::iter(0..config.nodes)
+            .map(|i| {
+                let (sim, bootstrapped) = (&sim, &bootstrapped);
+                async move {
+                    let node = sim.launch(i).await?;
+                    let _ = tokio::time::timeout(BOOTSTRAP_TIMEOUT, node.p2p.bootstrap()).await;
+                    let done = bootstrapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if done % PROGRESS_EVERY == 0 {
+                        tracing::info!(done, elapsed = ?started.elapsed(), "netsim: nodes bootstrapped");
+                    }
+                    anyhow::Ok((i, node))
+                }
+            })
+            .buffer_unordered(STARTS_AT_ONCE);
+        let launched: Vec<(usize, SimNode)> = launches.try_collect().await?;
+        for (i, node) in launched {
+            sim.nodes[i] = Some(node);
         }
         Ok(sim)
     }
@@ -92,7 +124,12 @@ impl Sim {
 
     /// Node `i`, unless it is down.
     pub fn node(&self, i: usize) -> Option<&P2p> {
-        self.nodes[i].as_ref()
+        self.nodes[i].as_ref().map(|node| &node.p2p)
+    }
+
+    /// Node `i`'s Bitswap engine and block store, if it is up and runs them.
+    pub fn blocks(&self, i: usize) -> Option<&(Arc<Store>, Bitswap)> {
+        self.nodes[i].as_ref()?.blocks.as_ref()
     }
 
     /// Connections per node that is up, on average.
@@ -122,6 +159,13 @@ impl Sim {
 
     /// Starts node `i` (again, after a crash) with its key and address.
     pub async fn start_node(&mut self, i: usize) -> Result<()> {
+        let node = self.launch(i).await?;
+        self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    /// Node `i`'s swarm (and Bitswap) started, listening and dialing its bootstrap peers.
+    async fn launch(&self, i: usize) -> Result<SimNode> {
         let key = self.keys[i].clone();
         // As the node's TCP transport: V1Lazy sends the first message with its
         // protocol proposal instead of waiting a round trip for the answer.
@@ -145,17 +189,24 @@ impl Sim {
             infer_limits: p2p::InferLimits::default(),
             connections: self.connections,
         };
-        let node = P2p::start_with_transport(config, key, transport)
+        let p2p = P2p::start_with_transport(config, key, transport)
             .await
             .with_context(|| format!("starting node {i}"))?;
-        self.nodes[i] = Some(node);
-        Ok(())
+        let blocks = if self.bitswap {
+            let store = Arc::new(Store::in_memory());
+            let engine = Bitswap::start(store.clone(), p2p.clone(), bitswap::Config::default())
+                .with_context(|| format!("starting Bitswap on node {i}"))?;
+            Some((store, engine))
+        } else {
+            None
+        };
+        Ok(SimNode { p2p, blocks })
     }
 
     /// Stops node `i` at once, as a crash: its connections drop and its records go.
     pub async fn crash(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
-            node.shutdown().await;
+            node.p2p.shutdown().await;
         }
     }
 

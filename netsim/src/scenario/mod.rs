@@ -3,3 +3,4 @@
 pub mod churn;
 pub mod dht;
 pub mod gossip;
+pub mod pull;

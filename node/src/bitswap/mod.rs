@@ -37,6 +37,7 @@ use ipfs_accelerate_protocol::bitswap::{
     self, MESSAGE_SIZE_LIMIT, Message, Presence, PresenceKind, ProtocolVersion, WantEntry, WantType,
 };
 use libp2p::PeerId;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::p2p::{NodeEvent, P2p};
@@ -61,6 +62,8 @@ const INBOUND_STREAMS_LIMIT: usize = 4096;
 const LEDGER_LIMIT: usize = 8192;
 /// Peers remembered as recent block sources (they answered HAVE or sent a block).
 const RECENT_PROVIDERS: usize = 8;
+/// Received blocks remembered, so that late copies count as duplicates, not strikes.
+const RECENTLY_RECEIVED: usize = 4096;
 /// Strikes (garbage, unwanted blocks) before a peer is disconnected.
 const STRIKES_LIMIT: u32 = 16;
 /// Received block messages waiting for the store writer (each under 4 MiB); a full
@@ -168,7 +171,11 @@ struct State {
     connected: HashSet<PeerId>,
     wants: HashMap<Cid, Want>,
     senders: HashMap<PeerId, PeerQueue>,
-    ledgers: HashMap<PeerId, HashSet<Cid>>,
+    /// What each peer asked for that we did not have yet, and how it asked.
+    ledgers: HashMap<PeerId, HashMap<Cid, WantType>>,
+    /// Blocks we wanted and received lately: a copy arriving after its want ended is a
+    /// duplicate of a race (two peers answered), not a peer sending junk.
+    recently_received: VecDeque<Cid>,
     recent: VecDeque<PeerId>,
     next_recent: usize,
     strikes: HashMap<PeerId, u32>,
@@ -328,6 +335,9 @@ impl Bitswap {
 
     /// Fetches every block of the DAG under `root` that is not stored yet, with up to
     /// `config.window` blocks in flight; `progress` gets (blocks, bytes) fetched so far.
+    /// Blocks whose CIDs are known are asked for in random order: peers pulling the
+    /// same DAG at once then hold different blocks and can serve each other, instead
+    /// of all asking the origin for the same block at the same time.
     pub async fn fetch_dag(
         &self,
         root: Cid,
@@ -335,12 +345,16 @@ impl Bitswap {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<()> {
         let mut seen = HashSet::from([root]);
-        let mut queue = VecDeque::from([root]);
+        let mut queue = vec![root];
+        let mut rng = rand::rngs::StdRng::from_entropy();
         let mut in_flight = FuturesUnordered::new();
         let (mut blocks, mut bytes) = (0u64, 0u64);
         loop {
             while in_flight.len() < self.inner.config.window.max(1) {
-                let Some(cid) = queue.pop_front() else { break };
+                if queue.is_empty() {
+                    break;
+                }
+                let cid = queue.swap_remove(rng.gen_range(0..queue.len()));
                 let this = self.clone();
                 in_flight.push(async move { this.get(cid, block_timeout).await });
             }
@@ -353,7 +367,7 @@ impl Bitswap {
             progress(blocks, bytes);
             for link in block.links().map_err(crate::store::Error::from)? {
                 if seen.insert(link) {
-                    queue.push_back(link);
+                    queue.push(link);
                 }
             }
         }
@@ -595,7 +609,7 @@ impl Inner {
         let ledger = state.ledgers.entry(peer).or_default();
         for entry in missing {
             if ledger.len() < LEDGER_LIMIT {
-                ledger.insert(entry.cid);
+                ledger.insert(entry.cid, entry.want_type);
             }
         }
     }
@@ -624,8 +638,16 @@ impl Inner {
                 .partition(|b| state.wants.contains_key(b.cid()))
         };
         if !unwanted.is_empty() {
-            lock(&self.state).stats.duplicate_blocks += unwanted.len() as u64;
-            self.strike(peer, "sent blocks nobody asked for");
+            let junk = {
+                let mut state = lock(&self.state);
+                state.stats.duplicate_blocks += unwanted.len() as u64;
+                unwanted
+                    .iter()
+                    .any(|b| !state.recently_received.contains(b.cid()))
+            };
+            if junk {
+                self.strike(peer, "sent blocks nobody asked for");
+            }
         }
         if !wanted.is_empty() {
             let _ = self.received.send((peer, wanted)).await;
@@ -636,7 +658,7 @@ impl Inner {
     /// serve peers that asked us for them.
     fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
         let mut cancels: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
-        let mut serve_later: Vec<(PeerId, Block)> = Vec::new();
+        let mut serve_later: Vec<(PeerId, WantType, Block)> = Vec::new();
         {
             let mut state = lock(&self.state);
             for block in &wanted {
@@ -663,10 +685,14 @@ impl Inner {
                         .push(cancel_entry(*block.cid()));
                 }
                 for (wanter, ledger) in state.ledgers.iter_mut() {
-                    if ledger.remove(block.cid()) {
-                        serve_later.push((*wanter, block.clone()));
+                    if let Some(want_type) = ledger.remove(block.cid()) {
+                        serve_later.push((*wanter, want_type, block.clone()));
                     }
                 }
+                if state.recently_received.len() >= RECENTLY_RECEIVED {
+                    state.recently_received.pop_front();
+                }
+                state.recently_received.push_back(*block.cid());
             }
             remember_source(&mut state, peer);
         }
@@ -679,8 +705,20 @@ impl Inner {
                 },
             );
         }
-        for (wanter, block) in serve_later {
-            self.send_block(wanter, block);
+        for (wanter, want_type, block) in serve_later {
+            match want_type {
+                WantType::Block => self.send_block(wanter, block),
+                WantType::Have => self.send(
+                    wanter,
+                    Message {
+                        presences: vec![Presence {
+                            cid: *block.cid(),
+                            kind: PresenceKind::Have,
+                        }],
+                        ..Message::default()
+                    },
+                ),
+            }
         }
     }
 
@@ -741,7 +779,10 @@ impl Inner {
                 want.waiters.retain(|w| !w.is_closed());
                 !want.waiters.is_empty()
             });
-            for (cid, want) in state.wants.iter_mut() {
+            let State {
+                wants, connected, ..
+            } = &mut *state;
+            for (cid, want) in wants.iter_mut() {
                 if let Some((peer, since)) = want.block_from
                     && now.duration_since(since) > self.config.block_timeout
                 {
@@ -749,7 +790,7 @@ impl Inner {
                     want.block_from = None;
                     if let Some(next) = want.have.first().copied() {
                         want.block_from = Some((next, now));
-                        requests.push((next, *cid));
+                        requests.push((next, want_entry(*cid, WantType::Block)));
                     }
                 }
                 let unanswered = want.block_from.is_none() && want.have.is_empty();
@@ -762,14 +803,22 @@ impl Inner {
                 if unanswered && !searched_recently && (everyone_said_no || waited) {
                     want.last_search = Some(now);
                     searches.push(*cid);
+                    // Ask every connected peer again: one that said DONT_HAVE may have
+                    // it by now (a peer pulling the same DAG), and a message to a
+                    // peer whose queue was full was dropped.
+                    want.dont_have.clear();
+                    for peer in connected.iter() {
+                        want.asked.insert(*peer);
+                        requests.push((*peer, want_entry(*cid, WantType::Have)));
+                    }
                 }
             }
         }
-        for (peer, cid) in requests {
+        for (peer, entry) in requests {
             self.send(
                 peer,
                 Message {
-                    wantlist: vec![want_entry(cid, WantType::Block)],
+                    wantlist: vec![entry],
                     ..Message::default()
                 },
             );

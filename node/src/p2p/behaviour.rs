@@ -17,6 +17,10 @@ use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, PROVIDED_KEYS_LIMIT, Result};
 
 /// Connections with no open streams close after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often we ping each connected peer. Nothing here reads the round trips (Kubo
+/// sends no periodic pings at all); libp2p's 15 s default cost a node with a hundred
+/// peers a timer and a stream write every 150 ms.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Every protocol a node speaks on the swarm.
 #[derive(NetworkBehaviour)]
@@ -127,7 +131,7 @@ fn behaviour(
     };
     Ok(Behaviour {
         identify,
-        ping: ping::Behaviour::default(),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         kad,
         gossipsub,
         mdns: mdns.into(),
