@@ -17,7 +17,8 @@ use crate::provider;
 use crate::repo::Repo;
 use crate::store::Store;
 
-/// Longest wait for one block from the network while fetching a DAG.
+/// Longest wait for a single block from the network, and longest a DAG fetch may go
+/// without receiving any block.
 pub const BLOCK_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a node operation failed.

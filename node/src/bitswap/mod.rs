@@ -73,6 +73,8 @@ const RECEIVED_QUEUE_CAPACITY: usize = 8;
 const TICK: Duration = Duration::from_millis(250);
 /// Peers whose delivered blocks are counted (see [`Bitswap::received_from`]).
 const SOURCES_TRACKED: usize = 4096;
+/// Longest one block of a DAG fetch may take while other blocks keep arriving.
+const FETCH_BLOCK_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Providers asked for per DHT lookup.
 const PROVIDERS_PER_SEARCH: usize = 8;
 
@@ -109,6 +111,12 @@ impl Default for Config {
 pub enum Error {
     #[error("block {cid} was not found on the network within {timeout:?}")]
     Timeout { cid: Cid, timeout: Duration },
+    #[error("no block of {root} arrived for {timeout:?} ({wanted} blocks still wanted)")]
+    Stalled {
+        root: Cid,
+        timeout: Duration,
+        wanted: usize,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error("bitswap is shut down")]
@@ -335,13 +343,15 @@ impl Bitswap {
 
     /// Fetches every block of the DAG under `root` that is not stored yet, with up to
     /// `config.window` blocks in flight; `progress` gets (blocks, bytes) fetched so far.
-    /// Blocks whose CIDs are known are asked for in random order: peers pulling the
-    /// same DAG at once then hold different blocks and can serve each other, instead
-    /// of all asking the origin for the same block at the same time.
+    /// Fails when no block arrives for `stall_timeout`: one block may wait longer
+    /// behind a busy provider's queue while others arrive. Blocks whose CIDs are known
+    /// are asked for in random order: peers pulling the same DAG at once then hold
+    /// different blocks and can serve each other, instead of all asking the origin
+    /// for the same block at the same time.
     pub async fn fetch_dag(
         &self,
         root: Cid,
-        block_timeout: Duration,
+        stall_timeout: Duration,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<()> {
         let mut seen = HashSet::from([root]);
@@ -356,9 +366,15 @@ impl Bitswap {
                 }
                 let cid = queue.swap_remove(rng.gen_range(0..queue.len()));
                 let this = self.clone();
-                in_flight.push(async move { this.get(cid, block_timeout).await });
+                in_flight.push(async move { this.get(cid, FETCH_BLOCK_LIMIT).await });
             }
-            let Some(result) = in_flight.next().await else {
+            let next = tokio::time::timeout(stall_timeout, in_flight.next()).await;
+            let Some(result) = next.map_err(|_| Error::Stalled {
+                root,
+                timeout: stall_timeout,
+                wanted: in_flight.len() + queue.len(),
+            })?
+            else {
                 return Ok(());
             };
             let block = result?;

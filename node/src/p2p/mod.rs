@@ -308,7 +308,8 @@ impl P2p {
     }
 
     /// Runs a DHT bootstrap (a lookup of our own id, then of random ids in far
-    /// buckets) and waits until it is done; it fills the routing table.
+    /// buckets) and waits until it is done; it fills the routing table. If one is
+    /// already running (the node starts one at its first connection), waits for it.
     pub async fn bootstrap(&self) -> Result<()> {
         self.call(|reply| Command::Bootstrap { reply }).await?
     }
