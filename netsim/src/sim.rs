@@ -29,6 +29,8 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Nodes bootstrapping at once while the swarm starts; the next node starts as soon
 /// as one finishes.
 const STARTS_AT_ONCE: usize = 64;
+/// Longest a node may take to list its peers for the connection count.
+const PEERS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Started nodes between two progress lines.
 const PROGRESS_EVERY: usize = 100;
 
@@ -138,7 +140,9 @@ impl Sim {
         let up = self.up();
         for &i in &up {
             if let Some(node) = self.node(i) {
-                total += node.peers().await.map_or(0, |peers| peers.len());
+                // A node too busy to answer counts as none, rather than hanging the run.
+                let peers = tokio::time::timeout(PEERS_TIMEOUT, node.peers()).await;
+                total += peers.map_or(0, |peers| peers.map_or(0, |p| p.len()));
             }
         }
         total as f64 / up.len().max(1) as f64
