@@ -8,5 +8,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 bash tests/setup.sh
 cargo fmt --all --check
 # The wgpu backend is built in so its tests run (on Mesa's lavapipe when there is no GPU).
-cargo build --locked -p ipfs-accelerate --features wgpu
+# Every target at once, with the features the tests use, so that the binary the
+# integration tests run and the tests themselves share one build of the dependencies.
+cargo build --locked --workspace --all-targets --features ipfs-accelerate/wgpu
 cargo nextest run --locked --workspace --features ipfs-accelerate/wgpu --no-fail-fast

@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use ipfs_accelerate_netsim::network::LinkConfig;
 use ipfs_accelerate_netsim::plot;
-use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, pull};
-use ipfs_accelerate_netsim::sim::{Sim, SimConfig, resident_bytes};
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, pull};
+use ipfs_accelerate_netsim::sim::{Sim, SimConfig, Stack, resident_bytes};
 use ipfs_accelerate_node::p2p;
 use serde_json::json;
 
@@ -80,6 +80,43 @@ enum Scenario {
         #[arg(long, default_value_t = 1200)]
         timeout_secs: u64,
     },
+    /// dht, gossip and churn in turn on one swarm, whose start is most of a
+    /// 1000-node run (keys per node 1, 16 lookups at once, a message every 50 ms).
+    Suite {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        #[arg(long, default_value_t = 0.1)]
+        churn_per_minute: f64,
+        /// How long the churn lasts, in seconds.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10.0)]
+        lookups_per_second: f64,
+    },
+    /// Providers serve a small model, clients call it, the busiest provider crashes halfway.
+    InferenceLoad {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 3)]
+        providers: usize,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        requests_per_client: usize,
+        /// Calls each client keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        /// The model folder the providers serve (default: the repo's tiny BERT fixture).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Longest one call may take, failovers included, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        deadline_ms: u64,
+    },
 }
 
 #[derive(Args)]
@@ -121,7 +158,7 @@ struct Common {
 }
 
 impl Common {
-    fn sim_config(&self, bitswap: bool) -> SimConfig {
+    fn sim_config(&self, stack: Stack) -> SimConfig {
         SimConfig {
             nodes: self.nodes,
             link: LinkConfig {
@@ -138,7 +175,7 @@ impl Common {
                 high_water: self.high_water,
                 ..p2p::ConnectionLimits::default()
             },
-            bitswap,
+            stack,
         }
     }
 }
@@ -160,15 +197,25 @@ fn main() -> Result<()> {
             Scenario::Dht { common, .. }
             | Scenario::Churn { common, .. }
             | Scenario::Gossip { common, .. }
-            | Scenario::SwarmPull { common, .. } => common,
+            | Scenario::SwarmPull { common, .. }
+            | Scenario::Suite { common, .. }
+            | Scenario::InferenceLoad { common, .. } => common,
         };
-        let bitswap = matches!(cli.scenario, Scenario::SwarmPull { .. });
+        // Whole nodes keep their repos here, removed when the run ends.
+        let repos = tempfile::tempdir()?;
+        let stack = match cli.scenario {
+            Scenario::SwarmPull { .. } => Stack::Bitswap,
+            Scenario::InferenceLoad { .. } => Stack::Node(repos.path().to_path_buf()),
+            _ => Stack::Swarm,
+        };
         let memory_before = resident_bytes();
         let started = Instant::now();
-        let mut sim = Sim::start(&common.sim_config(bitswap)).await?;
+        let mut sim = Sim::start(&common.sim_config(stack)).await?;
         let start_seconds = started.elapsed().as_secs_f64();
         let per_node = match (memory_before, resident_bytes()) {
-            (Some(before), Some(after)) => Some(after.saturating_sub(before) / common.nodes.max(1) as u64),
+            (Some(before), Some(after)) => {
+                Some(after.saturating_sub(before) / common.nodes.max(1) as u64)
+            }
             _ => None,
         };
         let connections = sim.mean_connections().await;
@@ -178,7 +225,12 @@ fn main() -> Result<()> {
             per_node.map_or(0, |b| b / 1024)
         );
         let (name, results) = match &cli.scenario {
-            Scenario::Dht { keys_per_node, lookups, concurrency, .. } => {
+            Scenario::Dht {
+                keys_per_node,
+                lookups,
+                concurrency,
+                ..
+            } => {
                 let params = dht::DhtParams {
                     keys_per_node: *keys_per_node,
                     lookups: *lookups,
@@ -187,53 +239,63 @@ fn main() -> Result<()> {
                 let report = dht::run(&mut sim, &params).await?;
                 println!("dht: {}", describe(&report.lookups));
                 if let Some(path) = &common.plot {
-                    let title = format!("DHT lookups, {} nodes, {} ms links", common.nodes, common.latency_ms);
+                    let title = format!(
+                        "DHT lookups, {} nodes, {} ms links",
+                        common.nodes, common.latency_ms
+                    );
                     plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
                 }
                 ("dht", serde_json::to_value(report)?)
             }
-            Scenario::Churn { churn_per_minute, seconds, lookups_per_second, .. } => {
+            Scenario::Churn {
+                churn_per_minute,
+                seconds,
+                lookups_per_second,
+                ..
+            } => {
                 let params = churn::ChurnParams {
                     churn_per_minute: *churn_per_minute,
                     duration: Duration::from_secs(*seconds),
                     lookups_per_second: *lookups_per_second,
                 };
                 let report = churn::run(&mut sim, &params).await?;
-                println!(
-                    "churn: {} crashes, {} restarts; {}",
-                    report.crashes,
-                    report.restarts,
-                    describe(&report.lookups)
-                );
+                println!("churn: {}", describe_churn(&report));
                 if let Some(path) = &common.plot {
-                    let title = format!("DHT lookups under churn, {} nodes, {} ms links", common.nodes, common.latency_ms);
+                    let title = format!(
+                        "DHT lookups under churn, {} nodes, {} ms links",
+                        common.nodes, common.latency_ms
+                    );
                     plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
                 }
                 ("churn", serde_json::to_value(report)?)
             }
-            Scenario::Gossip { messages, interval_ms, .. } => {
+            Scenario::Gossip {
+                messages,
+                interval_ms,
+                ..
+            } => {
                 let params = gossip::GossipParams {
                     messages: *messages,
                     interval: Duration::from_millis(*interval_ms),
                 };
                 let report = gossip::run(&mut sim, &params).await?;
-                println!(
-                    "gossip: {:.2}% delivered ({} of {} x {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
-                    report.delivery_ratio * 100.0,
-                    report.delivered,
-                    report.messages,
-                    report.receivers,
-                    report.latency.p50_ms,
-                    report.latency.p95_ms,
-                    report.latency.p99_ms
-                );
+                println!("gossip: {}", describe_gossip(&report));
                 if let Some(path) = &common.plot {
-                    let title = format!("Gossip delivery, {} nodes, {} ms links", common.nodes, common.latency_ms);
+                    let title = format!(
+                        "Gossip delivery, {} nodes, {} ms links",
+                        common.nodes, common.latency_ms
+                    );
                     plot::latency_cdf(path, &title, &[("delivery", &report.samples)])?;
                 }
                 ("gossip", serde_json::to_value(report)?)
             }
-            Scenario::SwarmPull { pullers, size_mib, stagger_ms, timeout_secs, .. } => {
+            Scenario::SwarmPull {
+                pullers,
+                size_mib,
+                stagger_ms,
+                timeout_secs,
+                ..
+            } => {
                 let params = pull::PullParams {
                     pullers: *pullers,
                     size: size_mib * 1024 * 1024,
@@ -250,6 +312,90 @@ fn main() -> Result<()> {
                     plot::latency_cdf(path, &title, &[("completion", &report.samples)])?;
                 }
                 ("swarm-pull", serde_json::to_value(report)?)
+            }
+            Scenario::Suite {
+                lookups,
+                messages,
+                churn_per_minute,
+                seconds,
+                lookups_per_second,
+                ..
+            } => {
+                let dht = dht::run(
+                    &mut sim,
+                    &dht::DhtParams {
+                        keys_per_node: 1,
+                        lookups: *lookups,
+                        concurrency: 16,
+                    },
+                )
+                .await?;
+                println!("dht: {}", describe(&dht.lookups));
+                let gossip = gossip::run(
+                    &mut sim,
+                    &gossip::GossipParams {
+                        messages: *messages,
+                        interval: Duration::from_millis(50),
+                    },
+                )
+                .await?;
+                println!("gossip: {}", describe_gossip(&gossip));
+                let churn = churn::run(
+                    &mut sim,
+                    &churn::ChurnParams {
+                        churn_per_minute: *churn_per_minute,
+                        duration: Duration::from_secs(*seconds),
+                        lookups_per_second: *lookups_per_second,
+                    },
+                )
+                .await?;
+                println!("churn: {}", describe_churn(&churn));
+                if let Some(path) = &common.plot {
+                    let title = format!("{} nodes, {} ms links", common.nodes, common.latency_ms);
+                    let series = [
+                        ("DHT lookup", &dht.lookups.samples[..]),
+                        ("gossip delivery", &gossip.samples[..]),
+                        ("DHT lookup under churn", &churn.lookups.samples[..]),
+                    ];
+                    plot::latency_cdf(path, &title, &series)?;
+                }
+                (
+                    "suite",
+                    json!({ "dht": dht, "gossip": gossip, "churn": churn }),
+                )
+            }
+            Scenario::InferenceLoad {
+                providers,
+                clients,
+                requests_per_client,
+                in_flight,
+                model_dir,
+                deadline_ms,
+                ..
+            } => {
+                let params = inference::InferParams {
+                    providers: *providers,
+                    clients: *clients,
+                    requests_per_client: *requests_per_client,
+                    in_flight: *in_flight,
+                    model_dir: model_dir.clone().unwrap_or_else(|| {
+                        PathBuf::from(concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/../tests/fixtures/tiny-bert"
+                        ))
+                    }),
+                    deadline: Duration::from_millis(*deadline_ms),
+                };
+                let report = inference::run(&mut sim, &params).await?;
+                println!("inference-load: {}", inference::describe(&report));
+                if let Some(path) = &common.plot {
+                    let title = format!(
+                        "{clients} clients calling {providers} providers, {} nodes, {} ms links",
+                        common.nodes, common.latency_ms
+                    );
+                    plot::latency_cdf(path, &title, &[("call", &report.samples)])?;
+                }
+                ("inference-load", serde_json::to_value(report)?)
             }
         };
         sim.shutdown().await;
@@ -276,6 +422,28 @@ fn main() -> Result<()> {
 
 fn bytes_per_second(mbit_per_second: f64) -> u64 {
     (mbit_per_second * 1_000_000.0 / 8.0) as u64
+}
+
+fn describe_gossip(report: &gossip::GossipReport) -> String {
+    format!(
+        "{:.2}% delivered ({} of {} x {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+        report.delivery_ratio * 100.0,
+        report.delivered,
+        report.messages,
+        report.receivers,
+        report.latency.p50_ms,
+        report.latency.p95_ms,
+        report.latency.p99_ms
+    )
+}
+
+fn describe_churn(report: &churn::ChurnReport) -> String {
+    format!(
+        "{} crashes, {} restarts; {}",
+        report.crashes,
+        report.restarts,
+        describe(&report.lookups)
+    )
 }
 
 /// One line on a set of DHT lookups.

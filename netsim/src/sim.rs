@@ -1,17 +1,21 @@
 //! A swarm of full libp2p peers (the node's own `P2p`: identify, ping, Kademlia,
 //! gossipsub, Bitswap's streams, inference streams) on the simulated network, started,
-//! crashed and restarted by index, each with the node's Bitswap engine over an
-//! in-memory block store when a scenario moves blocks. Keys and bootstrap choices come
-//! from the seed.
+//! crashed and restarted by index. A scenario picks how much of the node each one
+//! runs: the swarm alone, the swarm with the Bitswap engine over an in-memory block
+//! store, or the whole `Node` (repo on disk, Bitswap, model serving and calling). Keys
+//! and bootstrap choices come from the seed.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use ipfs_accelerate_node::Store;
 use ipfs_accelerate_node::bitswap::{self, Bitswap};
+use ipfs_accelerate_node::identity::Identity;
+use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::p2p::{self, P2p};
+use ipfs_accelerate_node::{Node, NodeConfig, Repo, Store};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -44,8 +48,19 @@ pub struct SimConfig {
     pub bootstrap_peers: usize,
     /// Each node's connection manager.
     pub connections: p2p::ConnectionLimits,
-    /// Whether nodes run Bitswap over an in-memory store (a restart empties it).
-    pub bitswap: bool,
+    pub stack: Stack,
+}
+
+/// How much of the node each simulated peer runs.
+#[derive(Debug, Clone, Default)]
+pub enum Stack {
+    /// The libp2p swarm alone.
+    #[default]
+    Swarm,
+    /// The swarm and Bitswap over an in-memory store (a restart empties it).
+    Bitswap,
+    /// The whole node, node `i`'s repo in `dir/i` (a restart keeps it).
+    Node(PathBuf),
 }
 
 /// A node that is up.
@@ -53,6 +68,7 @@ pub struct SimConfig {
 struct SimNode {
     p2p: P2p,
     blocks: Option<(Arc<Store>, Bitswap)>,
+    node: Option<Arc<Node>>,
 }
 
 /// The running swarm.
@@ -63,7 +79,7 @@ pub struct Sim {
     keys: Vec<Keypair>,
     bootstrap: Vec<Vec<usize>>,
     connections: p2p::ConnectionLimits,
-    bitswap: bool,
+    stack: Stack,
     pub rng: StdRng,
 }
 
@@ -94,7 +110,7 @@ impl Sim {
             keys,
             bootstrap,
             connections: config.connections,
-            bitswap: config.bitswap,
+            stack: config.stack.clone(),
             rng,
         };
         let started = std::time::Instant::now();
@@ -134,6 +150,11 @@ impl Sim {
         self.nodes[i].as_ref()?.blocks.as_ref()
     }
 
+    /// Node `i` whole, if it is up and the swarm runs whole nodes.
+    pub fn full_node(&self, i: usize) -> Option<&Arc<Node>> {
+        self.nodes[i].as_ref()?.node.as_ref()
+    }
+
     /// Connections per node that is up, on average.
     pub async fn mean_connections(&self) -> f64 {
         let mut total = 0usize;
@@ -168,7 +189,8 @@ impl Sim {
         Ok(())
     }
 
-    /// Node `i`'s swarm (and Bitswap) started, listening and dialing its bootstrap peers.
+    /// Node `i` started as the swarm's [`Stack`] says, listening and dialing its
+    /// bootstrap peers.
     async fn launch(&self, i: usize) -> Result<SimNode> {
         let key = self.keys[i].clone();
         // As the node's TCP transport: V1Lazy sends the first message with its
@@ -183,7 +205,25 @@ impl Sim {
             .multiplex(libp2p::yamux::Config::default())
             .timeout(CONNECT_TIMEOUT)
             .boxed();
-        let bootstrap = self.bootstrap[i].iter().map(|&j| self.address(j)).collect();
+        let bootstrap: Vec<Multiaddr> =
+            self.bootstrap[i].iter().map(|&j| self.address(j)).collect();
+        if let Stack::Node(dir) = &self.stack {
+            let repo = self.open_repo(&dir.join(i.to_string()), &key).await?;
+            let overrides = NetworkOverrides {
+                listen: vec![Network::address(i).to_string()],
+                bootstrap: bootstrap.iter().map(ToString::to_string).collect(),
+                no_mdns: true,
+                dht_protocol: None,
+            };
+            let node = Node::start_with_transport(repo, overrides, Default::default(), transport)
+                .await
+                .with_context(|| format!("starting node {i}"))?;
+            return Ok(SimNode {
+                p2p: node.p2p().clone(),
+                blocks: None,
+                node: Some(Arc::new(node)),
+            });
+        }
         let config = p2p::Config {
             listen: vec![Network::address(i)],
             bootstrap,
@@ -196,7 +236,7 @@ impl Sim {
         let p2p = P2p::start_with_transport(config, key, transport)
             .await
             .with_context(|| format!("starting node {i}"))?;
-        let blocks = if self.bitswap {
+        let blocks = if matches!(self.stack, Stack::Bitswap) {
             let store = Arc::new(Store::in_memory());
             let engine = Bitswap::start(store.clone(), p2p.clone(), bitswap::Config::default())
                 .with_context(|| format!("starting Bitswap on node {i}"))?;
@@ -204,12 +244,35 @@ impl Sim {
         } else {
             None
         };
-        Ok(SimNode { p2p, blocks })
+        Ok(SimNode {
+            p2p,
+            blocks,
+            node: None,
+        })
+    }
+
+    /// The repo at `path`: created with `key` as its identity and this swarm's
+    /// connection limits, or opened again after a crash.
+    async fn open_repo(&self, path: &Path, key: &Keypair) -> Result<Repo> {
+        let (path, key, limits) = (path.to_path_buf(), key.clone(), self.connections);
+        let repo = tokio::task::spawn_blocking(move || {
+            if path.exists() {
+                return Repo::open(&path);
+            }
+            let mut config = NodeConfig::default();
+            config.network.low_water = limits.low_water;
+            config.network.high_water = limits.high_water;
+            config.network.grace_period_secs = limits.grace.as_secs();
+            Repo::init_with_identity(&path, config, Identity::from_keypair(key))
+        })
+        .await??;
+        Ok(repo)
     }
 
     /// Stops node `i` at once, as a crash: its connections drop and its records go.
     pub async fn crash(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
+            // Shuts the whole node's swarm down too: it is the same `P2p`.
             node.p2p.shutdown().await;
         }
     }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ipfs_accelerate_netsim::network::LinkConfig;
-use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, pull};
-use ipfs_accelerate_netsim::sim::{Sim, SimConfig};
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, pull};
+use ipfs_accelerate_netsim::sim::{Sim, SimConfig, Stack};
 
 /// Longest a whole scenario may take here.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
@@ -24,7 +24,7 @@ fn config(nodes: usize, seed: u64) -> SimConfig {
         seed,
         bootstrap_peers: 3,
         connections: ipfs_accelerate_node::p2p::ConnectionLimits::default(),
-        bitswap: false,
+        stack: Stack::Swarm,
     }
 }
 
@@ -100,7 +100,7 @@ async fn lookups_keep_succeeding_while_nodes_crash_and_return() {
 async fn peers_pulling_one_model_take_most_of_it_from_each_other() {
     let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
         let mut config = config(11, 17);
-        config.bitswap = true;
+        config.stack = Stack::Bitswap;
         // Every node sends at most 50 Mbit/s in all: the origin cannot send ten copies
         // at once as fast as the pullers can pass blocks on.
         config.link.uplink = Some(6_250_000);
@@ -125,6 +125,51 @@ async fn peers_pulling_one_model_take_most_of_it_from_each_other() {
     // 50-peer run holds the bar of 3). Everyone asking the origin gave 10.0.
     assert!(report.origin_egress_multiple >= 1.0, "{report:?}");
     assert!(report.origin_egress_multiple <= 6.0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_over_when_the_busiest_provider_crashes() {
+    let repos = tempfile::tempdir().unwrap();
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        let mut config = config(16, 19);
+        config.stack = Stack::Node(repos.path().to_path_buf());
+        let mut sim = Sim::start(&config).await.unwrap();
+        let params = inference::InferParams {
+            providers: 3,
+            clients: 6,
+            requests_per_client: 30,
+            in_flight: 2,
+            model_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-bert").into(),
+            deadline: Duration::from_secs(10),
+        };
+        let report = inference::run(&mut sim, &params).await.unwrap();
+        sim.shutdown().await;
+        report
+    })
+    .await
+    .expect("the scenario finished in time");
+    assert_eq!(report.calls, 180, "{report:?}");
+    // The crash costs the callers nothing but time: every call is answered.
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.calls_after_crash > 0, "{report:?}");
+    let shares = &report.answers_per_provider;
+    assert_eq!(shares.iter().map(|p| p.answered).sum::<usize>(), 180);
+    // The crashed provider answered before it went; the calls after it went to the others.
+    assert!(
+        shares.iter().any(|p| p.crashed && p.answered > 0),
+        "{report:?}"
+    );
+    assert!(
+        shares
+            .iter()
+            .filter(|p| !p.crashed)
+            .map(|p| p.answered)
+            .sum::<usize>()
+            >= report.calls_after_crash,
+        "{report:?}"
+    );
+    // A call needs a round trip over two 50 ms links.
+    assert!(report.latency.p50_ms >= 100.0, "{report:?}");
 }
 
 #[test]

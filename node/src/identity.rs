@@ -41,6 +41,11 @@ impl Identity {
         }
     }
 
+    /// An identity with a key made elsewhere (netsim derives its nodes' keys from a seed).
+    pub fn from_keypair(keypair: Keypair) -> Self {
+        Identity { keypair }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
             path: path.display().to_string(),

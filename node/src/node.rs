@@ -157,6 +157,26 @@ impl Node {
         overrides: NetworkOverrides,
         serve: crate::infer::ServeConfig,
     ) -> Result<Node> {
+        Node::launch(repo, overrides, serve, None).await
+    }
+
+    /// Like [`Node::start`], over `transport` instead of TCP and QUIC: netsim runs
+    /// whole nodes on its simulated network this way.
+    pub async fn start_with_transport(
+        repo: Repo,
+        overrides: NetworkOverrides,
+        serve: crate::infer::ServeConfig,
+        transport: p2p::BoxedTransport,
+    ) -> Result<Node> {
+        Node::launch(repo, overrides, serve, Some(transport)).await
+    }
+
+    async fn launch(
+        repo: Repo,
+        overrides: NetworkOverrides,
+        serve: crate::infer::ServeConfig,
+        transport: Option<p2p::BoxedTransport>,
+    ) -> Result<Node> {
         let network = repo.config().network.clone();
         let listen = if overrides.listen.is_empty() {
             network.listen.clone()
@@ -192,7 +212,10 @@ impl Node {
             },
         };
         let keypair = repo.identity().keypair().clone();
-        let p2p = P2p::start(config, keypair).await?;
+        let p2p = match transport {
+            Some(transport) => P2p::start_with_transport(config, keypair, transport).await?,
+            None => P2p::start(config, keypair).await?,
+        };
         let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
         let models = crate::serving::Models::new(p2p.clone(), serve);
         models.start(&p2p).await?;

@@ -84,13 +84,21 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error +
 
 impl Repo {
     /// Creates a repo with a fresh identity; fails if one exists there.
-    pub fn init(path: &Path, mut config: NodeConfig) -> Result<Repo> {
+    pub fn init(path: &Path, config: NodeConfig) -> Result<Repo> {
+        Repo::init_with_identity(path, config, Identity::generate())
+    }
+
+    /// Creates a repo with the given identity; fails if one exists there.
+    pub fn init_with_identity(
+        path: &Path,
+        mut config: NodeConfig,
+        identity: Identity,
+    ) -> Result<Repo> {
         if path.join(CONFIG_FILE).exists() {
             return Err(Error::AlreadyInitialized(path.to_path_buf()));
         }
         std::fs::create_dir_all(path).map_err(io("creating repo directory", path))?;
         let lock = take_lock(path)?;
-        let identity = Identity::generate();
         identity.save(&path.join(IDENTITY_FILE))?;
         config.identity.peer_id = identity.peer_id().to_string();
         let text = toml::to_string_pretty(&config).map_err(|e| Error::Config {

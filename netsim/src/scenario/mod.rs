@@ -3,4 +3,5 @@
 pub mod churn;
 pub mod dht;
 pub mod gossip;
+pub mod inference;
 pub mod pull;

@@ -181,6 +181,9 @@ struct State {
     senders: HashMap<PeerId, PeerQueue>,
     /// What each peer asked for that we did not have yet, and how it asked.
     ledgers: HashMap<PeerId, HashMap<Cid, WantType>>,
+    /// Blocks each peer asked for that we have and are about to send (waiting for room
+    /// in its budget); a cancel takes a block out, and it is not sent.
+    to_send: HashMap<PeerId, HashSet<Cid>>,
     /// Blocks we wanted and received lately: a copy arriving after its want ended is a
     /// duplicate of a race (two peers answered), not a peer sending junk.
     recently_received: VecDeque<Cid>,
@@ -537,60 +540,101 @@ impl Inner {
 
     /// Server side: answer a peer's wants from the store.
     async fn serve(self: &Arc<Self>, peer: PeerId, entries: Vec<WantEntry>, full: bool) {
-        {
+        let wants: Vec<WantEntry> = {
             let mut state = lock(&self.state);
-            let ledger = state.ledgers.entry(peer).or_default();
+            let State {
+                ledgers, to_send, ..
+            } = &mut *state;
+            let (ledger, to_send) = (
+                ledgers.entry(peer).or_default(),
+                to_send.entry(peer).or_default(),
+            );
             if full {
                 ledger.clear();
+                to_send.clear();
             }
-            for entry in entries.iter().filter(|e| e.cancel) {
-                ledger.remove(&entry.cid);
+            for entry in entries.iter() {
+                if entry.cancel {
+                    ledger.remove(&entry.cid);
+                    to_send.remove(&entry.cid);
+                } else if entry.want_type == WantType::Block {
+                    to_send.insert(entry.cid);
+                }
             }
-        }
-        let wants: Vec<WantEntry> = entries.into_iter().filter(|e| !e.cancel).collect();
+            entries.into_iter().filter(|e| !e.cancel).collect()
+        };
         if wants.is_empty() {
             return;
         }
         let store = self.store.clone();
         let queue = self.sender_for(peer);
+        let this = self.clone();
+        // Whether `peer` still wants `cid` from this task: takes it off the list, so a
+        // block asked for twice is sent once.
+        let still_wanted = move |cid: &Cid| -> bool {
+            lock(&this.state)
+                .to_send
+                .get_mut(&peer)
+                .is_some_and(|to_send| to_send.remove(cid))
+        };
+        let is_wanted = {
+            let this = self.clone();
+            move |cid: &Cid| -> bool {
+                lock(&this.state)
+                    .to_send
+                    .get(&peer)
+                    .is_some_and(|to_send| to_send.contains(cid))
+            }
+        };
         // Blocks are read and sent one message at a time, each holding room in the
         // peer's in-flight budget until written: a large wantlist waits instead of
-        // piling blocks up in memory.
-        let send_blocks = move |message: Message| -> bool {
+        // piling blocks up in memory. Blocks cancelled while the message waited for
+        // room are left out: a slow link does not carry blocks the peer got elsewhere.
+        // Returns the blocks and bytes sent, or `None` once the peer's queue is gone.
+        let send_blocks = move |mut message: Message| -> Option<(u64, u64)> {
             let bytes: usize = message.blocks.iter().map(Block::len).sum();
             let kib = bytes.div_ceil(1024).clamp(1, BLOCK_KIB_IN_FLIGHT) as u32;
             let room = queue.block_room.clone().acquire_many_owned(kib);
-            let Ok(room) = futures::executor::block_on(room) else {
-                return false;
-            };
-            queue
-                .tx
-                .blocking_send(Outgoing {
+            let room = futures::executor::block_on(room).ok()?;
+            message.blocks.retain(|block| still_wanted(block.cid()));
+            let sent = (
+                message.blocks.len() as u64,
+                message.blocks.iter().map(|b| b.len() as u64).sum(),
+            );
+            if !message.is_empty() {
+                let outgoing = Outgoing {
                     message,
                     _room: Some(room),
-                })
-                .is_ok()
+                };
+                queue.tx.blocking_send(outgoing).ok()?;
+            }
+            Some(sent)
         };
         let served = tokio::task::spawn_blocking(move || {
             let budget = SERVE_MESSAGE_BYTES;
             let (mut message, mut size) = (Message::default(), 0usize);
             let (mut count, mut bytes) = (0u64, 0u64);
+            let mut tally = |sent: (u64, u64)| {
+                count += sent.0;
+                bytes += sent.1;
+            };
             let mut missing = Vec::new();
             for entry in wants {
                 let have = store.has(&entry.cid).unwrap_or(false);
                 match (entry.want_type, have) {
+                    // Cancelled (or sent by another task) before we got to it.
+                    (WantType::Block, true) if !is_wanted(&entry.cid) => {}
                     (WantType::Block, true) => match store.get_for_peer(&entry.cid) {
                         Ok(block) => {
                             let cost = bitswap::block_wire_size(&block);
                             if size + cost > budget && !message.blocks.is_empty() {
-                                if !send_blocks(std::mem::take(&mut message)) {
-                                    break;
+                                match send_blocks(std::mem::take(&mut message)) {
+                                    Some(sent) => tally(sent),
+                                    None => break,
                                 }
                                 size = 0;
                             }
                             size += cost;
-                            count += 1;
-                            bytes += block.len() as u64;
                             message.blocks.push(block);
                         }
                         Err(_) => missing.push(entry),
@@ -610,8 +654,10 @@ impl Inner {
                     }
                 }
             }
-            if !message.is_empty() {
-                send_blocks(message);
+            if !message.is_empty()
+                && let Some(sent) = send_blocks(message)
+            {
+                tally(sent);
             }
             (missing, count, bytes)
         })
@@ -622,6 +668,11 @@ impl Inner {
         let mut state = lock(&self.state);
         state.stats.blocks_sent += count;
         state.stats.bytes_sent += bytes;
+        if let Some(to_send) = state.to_send.get_mut(&peer) {
+            for entry in &missing {
+                to_send.remove(&entry.cid);
+            }
+        }
         let ledger = state.ledgers.entry(peer).or_default();
         for entry in missing {
             if ledger.len() < LEDGER_LIMIT {
@@ -921,6 +972,7 @@ impl Inner {
         state.connected.remove(&peer);
         state.senders.remove(&peer);
         state.ledgers.remove(&peer);
+        state.to_send.remove(&peer);
         state.recent.retain(|p| *p != peer);
         for want in state.wants.values_mut() {
             want.have.retain(|p| *p != peer);
