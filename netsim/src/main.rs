@@ -147,6 +147,11 @@ struct Common {
     /// Connected peers above which it trims.
     #[arg(long, default_value_t = 96)]
     high_water: usize,
+    /// Seconds between two DHT refreshes of each node (the node's default: 600). Two
+    /// cores cannot run a thousand nodes' refreshes and a scenario at once; real nodes
+    /// each have their own CPU.
+    #[arg(long, default_value_t = 600)]
+    dht_refresh_secs: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the figures here as JSON.
@@ -158,6 +163,15 @@ struct Common {
 }
 
 impl Common {
+    /// Draws the latency distributions to `--plot`, if given, titled with the swarm.
+    fn plot(&self, what: &str, series: &[(&str, &[Duration])]) -> Result<()> {
+        let Some(path) = &self.plot else {
+            return Ok(());
+        };
+        let title = format!("{what}, {} nodes, {} ms links", self.nodes, self.latency_ms);
+        plot::latency_cdf(path, &title, series)
+    }
+
     fn sim_config(&self, stack: Stack) -> SimConfig {
         SimConfig {
             nodes: self.nodes,
@@ -175,6 +189,7 @@ impl Common {
                 high_water: self.high_water,
                 ..p2p::ConnectionLimits::default()
             },
+            dht_refresh: Duration::from_secs(self.dht_refresh_secs),
             stack,
         }
     }
@@ -238,13 +253,7 @@ fn main() -> Result<()> {
                 };
                 let report = dht::run(&mut sim, &params).await?;
                 println!("dht: {}", describe(&report.lookups));
-                if let Some(path) = &common.plot {
-                    let title = format!(
-                        "DHT lookups, {} nodes, {} ms links",
-                        common.nodes, common.latency_ms
-                    );
-                    plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
-                }
+                common.plot("DHT lookups", &[("lookup", &report.lookups.samples)])?;
                 ("dht", serde_json::to_value(report)?)
             }
             Scenario::Churn {
@@ -260,13 +269,10 @@ fn main() -> Result<()> {
                 };
                 let report = churn::run(&mut sim, &params).await?;
                 println!("churn: {}", describe_churn(&report));
-                if let Some(path) = &common.plot {
-                    let title = format!(
-                        "DHT lookups under churn, {} nodes, {} ms links",
-                        common.nodes, common.latency_ms
-                    );
-                    plot::latency_cdf(path, &title, &[("lookup", &report.lookups.samples)])?;
-                }
+                common.plot(
+                    "DHT lookups under churn",
+                    &[("lookup", &report.lookups.samples)],
+                )?;
                 ("churn", serde_json::to_value(report)?)
             }
             Scenario::Gossip {
@@ -280,13 +286,7 @@ fn main() -> Result<()> {
                 };
                 let report = gossip::run(&mut sim, &params).await?;
                 println!("gossip: {}", describe_gossip(&report));
-                if let Some(path) = &common.plot {
-                    let title = format!(
-                        "Gossip delivery, {} nodes, {} ms links",
-                        common.nodes, common.latency_ms
-                    );
-                    plot::latency_cdf(path, &title, &[("delivery", &report.samples)])?;
-                }
+                common.plot("Gossip delivery", &[("delivery", &report.samples)])?;
                 ("gossip", serde_json::to_value(report)?)
             }
             Scenario::SwarmPull {
@@ -304,13 +304,10 @@ fn main() -> Result<()> {
                 };
                 let report = pull::run(&mut sim, &params).await?;
                 println!("swarm-pull: {}", pull::describe(&report));
-                if let Some(path) = &common.plot {
-                    let title = format!(
-                        "{} peers pulling {} MiB, {} nodes, {} ms links",
-                        pullers, size_mib, common.nodes, common.latency_ms
-                    );
-                    plot::latency_cdf(path, &title, &[("completion", &report.samples)])?;
-                }
+                common.plot(
+                    &format!("{pullers} peers pulling {size_mib} MiB"),
+                    &[("completion", &report.samples)],
+                )?;
                 ("swarm-pull", serde_json::to_value(report)?)
             }
             Scenario::Suite {
@@ -350,15 +347,12 @@ fn main() -> Result<()> {
                 )
                 .await?;
                 println!("churn: {}", describe_churn(&churn));
-                if let Some(path) = &common.plot {
-                    let title = format!("{} nodes, {} ms links", common.nodes, common.latency_ms);
-                    let series = [
-                        ("DHT lookup", &dht.lookups.samples[..]),
-                        ("gossip delivery", &gossip.samples[..]),
-                        ("DHT lookup under churn", &churn.lookups.samples[..]),
-                    ];
-                    plot::latency_cdf(path, &title, &series)?;
-                }
+                let series = [
+                    ("DHT lookup", &dht.lookups.samples[..]),
+                    ("gossip delivery", &gossip.samples[..]),
+                    ("DHT lookup under churn", &churn.lookups.samples[..]),
+                ];
+                common.plot("dht, gossip and churn", &series)?;
                 (
                     "suite",
                     json!({ "dht": dht, "gossip": gossip, "churn": churn }),
@@ -388,13 +382,10 @@ fn main() -> Result<()> {
                 };
                 let report = inference::run(&mut sim, &params).await?;
                 println!("inference-load: {}", inference::describe(&report));
-                if let Some(path) = &common.plot {
-                    let title = format!(
-                        "{clients} clients calling {providers} providers, {} nodes, {} ms links",
-                        common.nodes, common.latency_ms
-                    );
-                    plot::latency_cdf(path, &title, &[("call", &report.samples)])?;
-                }
+                common.plot(
+                    &format!("{clients} clients calling {providers} providers"),
+                    &[("call", &report.samples)],
+                )?;
                 ("inference-load", serde_json::to_value(report)?)
             }
         };

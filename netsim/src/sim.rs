@@ -48,6 +48,9 @@ pub struct SimConfig {
     pub bootstrap_peers: usize,
     /// Each node's connection manager.
     pub connections: p2p::ConnectionLimits,
+    /// Time between two DHT refreshes of each node (swarm and Bitswap stacks; whole
+    /// nodes refresh as the node does).
+    pub dht_refresh: Duration,
     pub stack: Stack,
 }
 
@@ -79,6 +82,7 @@ pub struct Sim {
     keys: Vec<Keypair>,
     bootstrap: Vec<Vec<usize>>,
     connections: p2p::ConnectionLimits,
+    dht_refresh: Duration,
     stack: Stack,
     pub rng: StdRng,
 }
@@ -110,6 +114,7 @@ impl Sim {
             keys,
             bootstrap,
             connections: config.connections,
+            dht_refresh: config.dht_refresh,
             stack: config.stack.clone(),
             rng,
         };
@@ -155,17 +160,18 @@ impl Sim {
         self.nodes[i].as_ref()?.node.as_ref()
     }
 
-    /// Connections per node that is up, on average.
+    /// Connections per node that is up, on average, every node asked at once.
     pub async fn mean_connections(&self) -> f64 {
-        let mut total = 0usize;
         let up = self.up();
-        for &i in &up {
-            if let Some(node) = self.node(i) {
-                // A node too busy to answer counts as none, rather than hanging the run.
+        let counts = up
+            .iter()
+            .filter_map(|&i| self.node(i))
+            .map(|node| async move {
+                // A node too busy to answer counts as none, rather than holding the run up.
                 let peers = tokio::time::timeout(PEERS_TIMEOUT, node.peers()).await;
-                total += peers.map_or(0, |peers| peers.map_or(0, |p| p.len()));
-            }
-        }
+                peers.map_or(0, |peers| peers.map_or(0, |p| p.len()))
+            });
+        let total: usize = futures::future::join_all(counts).await.into_iter().sum();
         total as f64 / up.len().max(1) as f64
     }
 
@@ -232,6 +238,7 @@ impl Sim {
             agent_version: "ipfs-accelerate-netsim".into(),
             infer_limits: p2p::InferLimits::default(),
             connections: self.connections,
+            dht_refresh: self.dht_refresh,
         };
         let p2p = P2p::start_with_transport(config, key, transport)
             .await

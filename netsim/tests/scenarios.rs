@@ -24,6 +24,7 @@ fn config(nodes: usize, seed: u64) -> SimConfig {
         seed,
         bootstrap_peers: 3,
         connections: ipfs_accelerate_node::p2p::ConnectionLimits::default(),
+        dht_refresh: ipfs_accelerate_node::p2p::DEFAULT_DHT_REFRESH,
         stack: Stack::Swarm,
     }
 }

@@ -210,6 +210,7 @@ impl Node {
                 high_water: network.high_water,
                 grace: Duration::from_secs(network.grace_period_secs),
             },
+            dht_refresh: p2p::DEFAULT_DHT_REFRESH,
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = match transport {

@@ -29,6 +29,9 @@ const EVENT_CHANNEL_CAPACITY: usize = 1024;
 pub const DHT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Kubo's public DHT protocol; `/ipfs/lan/kad/1.0.0` is its LAN DHT.
 pub const DEFAULT_DHT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+/// How often the routing table is refreshed by a DHT bootstrap, as Kubo's
+/// `RoutingTableRefreshPeriod`. The first one runs as soon as a peer connects.
+pub const DEFAULT_DHT_REFRESH: Duration = Duration::from_secs(10 * 60);
 /// Provider records we keep for content we provide: far above libp2p's default of
 /// 1024, since every block of a pinned model may be announced.
 pub const PROVIDED_KEYS_LIMIT: usize = 1 << 20;
@@ -48,6 +51,8 @@ pub struct Config {
     pub infer_limits: InferLimits,
     /// How many peers we stay connected to.
     pub connections: ConnectionLimits,
+    /// Time between two DHT bootstraps that refresh the routing table.
+    pub dht_refresh: Duration,
 }
 
 /// The connection manager's marks, as Kubo's: above `high_water` connected peers, the

@@ -22,9 +22,6 @@ type Provider = (PeerId, Vec<Multiaddr>);
 
 /// How often the task logs a summary.
 const TICK: Duration = Duration::from_secs(60);
-/// How often the routing table is refreshed by a DHT bootstrap (libp2p's default; Kubo
-/// refreshes every 10 minutes). The first one runs as soon as a peer connects.
-const DHT_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// How often the connection manager checks the number of connected peers.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Listen addresses taken from one identify message.
@@ -126,6 +123,7 @@ pub(super) struct Worker {
     /// When each connected peer's first open connection was established.
     connected_since: HashMap<PeerId, Instant>,
     limits: ConnectionLimits,
+    dht_refresh: Duration,
     /// Listen addresses peers told us through identify (bounded per peer).
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     dials: HashMap<ConnectionId, PendingDial>,
@@ -149,6 +147,7 @@ impl Worker {
             connections: HashMap::new(),
             connected_since: HashMap::new(),
             limits: config.connections,
+            dht_refresh: config.dht_refresh,
             known_addrs: HashMap::new(),
             dials: HashMap::new(),
             queries: HashMap::new(),
@@ -171,7 +170,8 @@ impl Worker {
         tick.tick().await;
         let mut trim = tokio::time::interval(TRIM_INTERVAL);
         trim.tick().await;
-        let mut refresh = tokio::time::interval(DHT_REFRESH_INTERVAL);
+        // A zero period would make tokio's interval panic.
+        let mut refresh = tokio::time::interval(self.dht_refresh.max(Duration::from_secs(1)));
         refresh.tick().await;
         loop {
             tokio::select! {
