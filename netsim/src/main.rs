@@ -372,12 +372,9 @@ fn main() -> Result<()> {
                     clients: *clients,
                     requests_per_client: *requests_per_client,
                     in_flight: *in_flight,
-                    model_dir: model_dir.clone().unwrap_or_else(|| {
-                        PathBuf::from(concat!(
-                            env!("CARGO_MANIFEST_DIR"),
-                            "/../tests/fixtures/tiny-bert"
-                        ))
-                    }),
+                    model_dir: model_dir
+                        .clone()
+                        .unwrap_or_else(|| inference::DEFAULT_MODEL_DIR.into()),
                     deadline: Duration::from_millis(*deadline_ms),
                 };
                 let report = inference::run(&mut sim, &params).await?;

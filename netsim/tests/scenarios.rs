@@ -140,7 +140,7 @@ async fn calls_fail_over_when_the_busiest_provider_crashes() {
             clients: 6,
             requests_per_client: 30,
             in_flight: 2,
-            model_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-bert").into(),
+            model_dir: inference::DEFAULT_MODEL_DIR.into(),
             deadline: Duration::from_secs(10),
         };
         let report = inference::run(&mut sim, &params).await.unwrap();

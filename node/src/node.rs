@@ -213,10 +213,7 @@ impl Node {
             dht_refresh: p2p::DEFAULT_DHT_REFRESH,
         };
         let keypair = repo.identity().keypair().clone();
-        let p2p = match transport {
-            Some(transport) => P2p::start_with_transport(config, keypair, transport).await?,
-            None => P2p::start(config, keypair).await?,
-        };
+        let p2p = P2p::start_on(config, keypair, transport).await?;
         let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
         let models = crate::serving::Models::new(p2p.clone(), serve);
         models.start(&p2p).await?;

@@ -24,6 +24,10 @@ use tokio::sync::Notify;
 use crate::sim::Sim;
 use crate::stats::Percentiles;
 
+/// The tiny BERT the repository's tests use, served when no model folder is given.
+pub const DEFAULT_MODEL_DIR: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-bert");
+
 #[derive(Debug, Clone)]
 pub struct InferParams {
     pub providers: usize,

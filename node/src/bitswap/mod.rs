@@ -568,24 +568,7 @@ impl Inner {
         }
         let store = self.store.clone();
         let queue = self.sender_for(peer);
-        let this = self.clone();
-        // Whether `peer` still wants `cid` from this task: takes it off the list, so a
-        // block asked for twice is sent once.
-        let still_wanted = move |cid: &Cid| -> bool {
-            lock(&this.state)
-                .to_send
-                .get_mut(&peer)
-                .is_some_and(|to_send| to_send.remove(cid))
-        };
-        let is_wanted = {
-            let this = self.clone();
-            move |cid: &Cid| -> bool {
-                lock(&this.state)
-                    .to_send
-                    .get(&peer)
-                    .is_some_and(|to_send| to_send.contains(cid))
-            }
-        };
+        let (this, reader) = (self.clone(), self.clone());
         // Blocks are read and sent one message at a time, each holding room in the
         // peer's in-flight budget until written: a large wantlist waits instead of
         // piling blocks up in memory. Blocks cancelled while the message waited for
@@ -596,7 +579,9 @@ impl Inner {
             let kib = bytes.div_ceil(1024).clamp(1, BLOCK_KIB_IN_FLIGHT) as u32;
             let room = queue.block_room.clone().acquire_many_owned(kib);
             let room = futures::executor::block_on(room).ok()?;
-            message.blocks.retain(|block| still_wanted(block.cid()));
+            message
+                .blocks
+                .retain(|block| this.take_to_send(peer, block.cid()));
             let sent = (
                 message.blocks.len() as u64,
                 message.blocks.iter().map(|b| b.len() as u64).sum(),
@@ -623,7 +608,7 @@ impl Inner {
                 let have = store.has(&entry.cid).unwrap_or(false);
                 match (entry.want_type, have) {
                     // Cancelled (or sent by another task) before we got to it.
-                    (WantType::Block, true) if !is_wanted(&entry.cid) => {}
+                    (WantType::Block, true) if !reader.is_to_send(peer, &entry.cid) => {}
                     (WantType::Block, true) => match store.get_for_peer(&entry.cid) {
                         Ok(block) => {
                             let cost = bitswap::block_wire_size(&block);
@@ -679,6 +664,23 @@ impl Inner {
                 ledger.insert(entry.cid, entry.want_type);
             }
         }
+    }
+
+    /// Whether `peer` still waits for `cid` from a serve task (not cancelled, not sent).
+    fn is_to_send(&self, peer: PeerId, cid: &Cid) -> bool {
+        lock(&self.state)
+            .to_send
+            .get(&peer)
+            .is_some_and(|to_send| to_send.contains(cid))
+    }
+
+    /// Like [`Inner::is_to_send`], and takes `cid` off the list, so that a block asked
+    /// for twice is sent once.
+    fn take_to_send(&self, peer: PeerId, cid: &Cid) -> bool {
+        lock(&self.state)
+            .to_send
+            .get_mut(&peer)
+            .is_some_and(|to_send| to_send.remove(cid))
     }
 
     /// Sends a peer a block it asked for before we had it.

@@ -184,7 +184,8 @@ impl P2p {
         Self::start_on(config, keypair, Some(transport)).await
     }
 
-    async fn start_on(
+    /// [`P2p::start`] on TCP and QUIC, or on `transport` when given.
+    pub(crate) async fn start_on(
         config: Config,
         keypair: Keypair,
         transport: Option<BoxedTransport>,
