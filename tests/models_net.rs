@@ -135,7 +135,8 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     let sources = pulled["Sources"].as_object().unwrap();
     assert!(
         sources.contains_key(&a_id) && sources.contains_key(&c_id),
-        "D's blocks came from {sources:?}"
+        "D's blocks came from {sources:?}; A is {a_id}, C is {c_id}; D's peers: {}",
+        d.repo.ok(&["swarm", "peers"])
     );
     eprintln!("D pulled from {sources:?}");
 

@@ -795,6 +795,17 @@ impl Inner {
         let mut request_from = None;
         {
             let mut state = lock(&self.state);
+            // Direct want-blocks go to peers that had what we asked for last. An
+            // answer that comes after the block arrived from elsewhere still counts:
+            // a provider slower to answer than the first one must not be left out of
+            // the rest of the DAG.
+            let asked_for = state.wants.contains_key(&presence.cid)
+                || state.recently_received.contains(&presence.cid);
+            match presence.kind {
+                PresenceKind::Have if asked_for => remember_source(&mut state, peer),
+                PresenceKind::DontHave if asked_for => state.recent.retain(|p| *p != peer),
+                _ => {}
+            }
             let Some(want) = state.wants.get_mut(&presence.cid) else {
                 return;
             };
@@ -819,11 +830,6 @@ impl Inner {
                         }
                     }
                 }
-            }
-            // Direct want-blocks go to peers that had what we asked for last.
-            match presence.kind {
-                PresenceKind::Have => remember_source(&mut state, peer),
-                PresenceKind::DontHave => state.recent.retain(|p| *p != peer),
             }
         }
         if let Some(from) = request_from {
