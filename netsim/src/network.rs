@@ -29,6 +29,10 @@ const PACKET_LIMIT: usize = 16 * 1024;
 const PACKETS_IN_FLIGHT: usize = 128;
 /// Connections waiting for a listener to take them.
 const BACKLOG: usize = 128;
+/// Sending a node's uplink may have queued: a writer beyond it waits, as a TCP sender
+/// whose window is full does, instead of committing minutes of data that can no longer
+/// be taken back (a home router buffers a fraction of a second).
+const UPLINK_QUEUE: Duration = Duration::from_millis(250);
 /// Shortest retransmission timeout, as TCP's.
 const MIN_RETRANSMIT: Duration = Duration::from_millis(200);
 /// Ephemeral ports (a dialer's side of a connection) start here.
@@ -309,6 +313,8 @@ pub struct Pipe {
     /// The packet being read, and how much of it was read.
     reading: Option<(Packet, usize)>,
     wait: Option<Pin<Box<Sleep>>>,
+    /// Until the node's uplink queue has room for a write.
+    write_wait: Option<Pin<Box<Sleep>>>,
 }
 
 impl Pipe {
@@ -326,6 +332,7 @@ impl Pipe {
             last_delivery: Instant::now(),
             reading: None,
             wait: None,
+            write_wait: None,
         };
         (end(a, b, a_tx, a_rx), end(b, a, b_tx, b_rx))
     }
@@ -336,6 +343,16 @@ impl Pipe {
         } else {
             Err(io::ErrorKind::ConnectionReset.into())
         }
+    }
+
+    /// When the node's uplink queue will have room again, if it is full now.
+    fn uplink_full_until(&self) -> Option<Instant> {
+        self.net.0.link.uplink?;
+        let uplink_free = *self.net.0.uplink_free[self.local]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let room_at = uplink_free.checked_sub(UPLINK_QUEUE)?;
+        (room_at > Instant::now()).then_some(room_at)
     }
 
     /// When `len` bytes written now arrive: after the link, and the node's uplink, have
@@ -378,6 +395,16 @@ impl AsyncWrite for Pipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check_reachable()?;
+        loop {
+            if let Some(wait) = self.write_wait.as_mut() {
+                ready!(wait.as_mut().poll(cx));
+                self.write_wait = None;
+            }
+            match self.uplink_full_until() {
+                Some(at) => self.write_wait = Some(Box::pin(tokio::time::sleep_until(at))),
+                None => break,
+            }
+        }
         let outgoing = self.outgoing.as_mut().ok_or(io::ErrorKind::BrokenPipe)?;
         if ready!(outgoing.poll_ready(cx)).is_err() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -523,6 +550,28 @@ mod tests {
         assert!(took >= Duration::from_millis(250), "{took:?}");
         assert!(took < Duration::from_millis(270), "{took:?}");
         assert_eq!(net.egress(0), 200_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_uplink_makes_the_writer_wait() {
+        let config = LinkConfig {
+            uplink: Some(1_000_000),
+            ..link(50, None)
+        };
+        let net = Network::new(2, config, 1);
+        let (mut to_1, mut at_1) = connect_nodes(&net, 0, 1).await;
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 1_000_000];
+            at_1.read_exact(&mut got).await.unwrap();
+        });
+        let started = Instant::now();
+        to_1.write_all(&[1u8; 1_000_000]).await.unwrap();
+        // 1 MB takes 1 s through the uplink, and only the last 250 ms of it may be
+        // queued when the write returns.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+        assert!(took < Duration::from_millis(760), "{took:?}");
+        reader.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -119,13 +119,15 @@ async fn peers_pulling_one_model_take_most_of_it_from_each_other() {
     })
     .await
     .expect("the scenario finished in time");
+    eprintln!("{}", pull::describe(&report));
     assert_eq!(report.completed, 10, "{report:?}");
     assert!(report.model_bytes > 32 * 1024 * 1024, "{report:?}");
     assert_eq!(report.peers_dropped, 0, "{report:?}");
-    // A central server sends 10 copies; here the origin sends 4 to 5 (the README's
-    // 50-peer run holds the bar of 3). Everyone asking the origin gave 10.0.
+    // A central server sends 10 copies; here the origin sends about 1.8, within the
+    // issue's bar of 3 (its 50-peer run is in the README). Everyone asking the origin
+    // gave 10.0, and Bitswap before per-peer limits and a wants-only stream 4 to 5.
     assert!(report.origin_egress_multiple >= 1.0, "{report:?}");
-    assert!(report.origin_egress_multiple <= 6.0, "{report:?}");
+    assert!(report.origin_egress_multiple <= 3.0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,18 @@
 //! - Inbound: every stream a peer opens to us (any number per connection) gets a reader
 //!   task; messages update that peer's ledger (server) and feed blocks and HAVE /
 //!   DONT_HAVE answers to our wants (client). A peer that sends garbage is disconnected.
-//! - Outbound: one sender task per peer keeps a stream open (1.2.0, falling back to
-//!   1.1.0 and 1.0.0) and writes queued messages in order.
+//! - Outbound: two sender tasks per peer, each keeping a stream open (1.2.0, falling
+//!   back to 1.1.0 and 1.0.0): one writes wants and presences, the other blocks, so
+//!   wants never wait behind megabytes of blocks. A block the peer cancelled before
+//!   its turn to be written is left out.
 //! - Client: a want asks every connected peer want-have (with send-dont-have), and one
 //!   of the peers that recently had what we wanted (the one with the fewest want-blocks
-//!   outstanding) want-block directly, so a DAG fetch pipelines across every provider
-//!   at once. The first HAVE gets a want-block; a want-block that times
-//!   out moves to another HAVE peer; when nobody has it, providers are looked up on the
-//!   DHT and dialed, and new connections receive our wantlist.
+//!   outstanding, at most [`BLOCKS_PER_PEER`]) want-block directly, so a DAG fetch
+//!   pipelines across every provider at once. Wants without a want-block go to the
+//!   least busy HAVE peer with room as soon as there is one; a want stuck behind a
+//!   long queue moves to a less busy peer that announces HAVE. A want-block times out
+//!   when its peer stops delivering; when nobody has a block, providers are looked up
+//!   on the DHT and dialed, and new connections receive our wantlist.
 //! - Blocks are named by hashing their data on decode, so only a block whose CID we
 //!   want is ever stored; anything else counts against the sender.
 //! - Disk work runs on blocking threads.
@@ -47,6 +51,8 @@ pub use wire::WireError;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE_CAPACITY: usize = 256;
+/// Wants and presences folded into one control message at most.
+const CONTROL_ENTRIES_LIMIT: usize = 1024;
 /// Blocks answering wants are packed into messages of up to this many bytes (one
 /// 256 KiB chunk, or many small blocks): a receiver starts verifying and storing the
 /// first block sooner than with 4 MiB messages, which made Kubo fetch faster from us.
@@ -62,6 +68,17 @@ const INBOUND_STREAMS_LIMIT: usize = 4096;
 const LEDGER_LIMIT: usize = 8192;
 /// Peers remembered as recent block sources (they answered HAVE or sent a block).
 const RECENT_PROVIDERS: usize = 8;
+/// Want-blocks outstanding at one peer at most (4 MiB of 256 KiB chunks); a fetch's
+/// other wants wait as want-haves. A slow peer (an origin serving many pullers) then
+/// holds a few of a fetch's blocks, not its whole window, and the rest go to whichever
+/// peers announce HAVE and have room.
+const BLOCKS_PER_PEER: usize = 16;
+/// A want-block that waited this long at a peer with more outstanding than another
+/// that just announced HAVE moves there (and is cancelled at the first).
+const MOVE_TO_LESS_BUSY_AFTER: Duration = Duration::from_secs(1);
+/// A want-block times out after this many block timeouts even while its peer keeps
+/// delivering other blocks (a request lost on the way).
+const BLOCK_TIMEOUTS_AT_MOST: u32 = 16;
 /// Received blocks remembered, so that late copies count as duplicates, not strikes.
 const RECENTLY_RECEIVED: usize = 4096;
 /// Strikes (garbage, unwanted blocks) before a peer is disconnected.
@@ -77,11 +94,14 @@ const SOURCES_TRACKED: usize = 4096;
 const FETCH_BLOCK_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Providers asked for per DHT lookup.
 const PROVIDERS_PER_SEARCH: usize = 8;
+/// DHT provider searches at once, over all wants: pullers of a DAG nobody else has
+/// yet would otherwise search for every block in their window every few seconds.
+const PROVIDER_SEARCHES_AT_ONCE: usize = 4;
 
 /// Tuning; the defaults suit both loopback tests and the internet.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// A want-block unanswered this long moves to another peer.
+    /// A want-block moves to another peer when its peer delivered no block this long.
     pub block_timeout: Duration,
     /// A want nobody has answered HAVE to this long triggers a DHT provider search.
     pub provider_search_delay: Duration,
@@ -165,12 +185,36 @@ struct Outgoing {
     _room: Option<OwnedSemaphorePermit>,
 }
 
-/// A peer's sender task queue and its room for block messages.
+impl Outgoing {
+    /// A message that holds no room.
+    fn new(message: Message) -> Self {
+        Outgoing {
+            message,
+            _room: None,
+        }
+    }
+}
+
+/// A peer's two sender queues, each written to its own stream by its own task, and
+/// its room for block messages. Wants and HAVEs do not wait behind megabytes of
+/// blocks on a slow link: they are what lets peers find each other's blocks.
 #[derive(Clone)]
 struct PeerQueue {
-    tx: mpsc::Sender<Outgoing>,
+    control: mpsc::Sender<Outgoing>,
+    blocks: mpsc::Sender<Outgoing>,
     /// One permit per KiB of [`BLOCK_KIB_IN_FLIGHT`].
     block_room: Arc<Semaphore>,
+    /// One permit: the turn to read and queue blocks for this peer.
+    serving: Arc<Semaphore>,
+}
+
+/// Which of a peer's two streams a sender task writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Wantlists and presences.
+    Control,
+    /// Blocks; those the peer cancelled before their turn are left out.
+    Blocks,
 }
 
 #[derive(Default)]
@@ -181,14 +225,22 @@ struct State {
     senders: HashMap<PeerId, PeerQueue>,
     /// What each peer asked for that we did not have yet, and how it asked.
     ledgers: HashMap<PeerId, HashMap<Cid, WantType>>,
-    /// Blocks each peer asked for that we have and are about to send (waiting for room
-    /// in its budget); a cancel takes a block out, and it is not sent.
+    /// Blocks each peer asked for that we are about to send (read, queued, or waiting
+    /// for room in its budget); a cancel takes a block out, and it is not written.
     to_send: HashMap<PeerId, HashSet<Cid>>,
     /// Blocks we wanted and received lately: a copy arriving after its want ended is a
     /// duplicate of a race (two peers answered), not a peer sending junk.
     recently_received: VecDeque<Cid>,
     recent: VecDeque<PeerId>,
     next_recent: usize,
+    /// When each peer last delivered a block we wanted or finished a message: a
+    /// want-block times out only when its peer stops delivering, not while it works
+    /// through a long queue.
+    delivered_at: HashMap<PeerId, Instant>,
+    /// Messages each peer is in the middle of sending us.
+    receiving: HashMap<PeerId, u32>,
+    /// DHT provider searches running.
+    searches: usize,
     strikes: HashMap<PeerId, u32>,
     stats: Stats,
     /// Wanted blocks and bytes each peer delivered.
@@ -231,8 +283,18 @@ fn remember_source(state: &mut State, peer: PeerId) {
     }
 }
 
+/// Want-blocks outstanding at each peer.
+fn outstanding(wants: &HashMap<Cid, Want>) -> HashMap<PeerId, usize> {
+    let mut counts: HashMap<PeerId, usize> = HashMap::new();
+    for (peer, _) in wants.values().filter_map(|w| w.block_from) {
+        *counts.entry(peer).or_default() += 1;
+    }
+    counts
+}
+
 /// The connected recent source with the fewest want-blocks outstanding (ties taken in
-/// turn), so blocks come from every provider at once and faster ones send more.
+/// turn) and room for one more, so blocks come from every provider at once and
+/// faster ones send more.
 fn least_busy_source(state: &mut State, connected: &[PeerId]) -> Option<PeerId> {
     let sources = state.recent.len();
     if sources == 0 {
@@ -240,14 +302,36 @@ fn least_busy_source(state: &mut State, connected: &[PeerId]) -> Option<PeerId> 
     }
     let start = state.next_recent;
     state.next_recent = state.next_recent.wrapping_add(1);
-    let mut outstanding: HashMap<PeerId, usize> = HashMap::new();
-    for (peer, _) in state.wants.values().filter_map(|w| w.block_from) {
-        *outstanding.entry(peer).or_default() += 1;
-    }
+    let counts = outstanding(&state.wants);
+    let count = |peer: &PeerId| counts.get(peer).copied().unwrap_or(0);
     (0..sources)
         .map(|k| state.recent[(start + k) % sources])
-        .filter(|peer| connected.contains(peer))
-        .min_by_key(|peer| outstanding.get(peer).copied().unwrap_or(0))
+        .filter(|peer| connected.contains(peer) && count(peer) < BLOCKS_PER_PEER)
+        .min_by_key(count)
+}
+
+/// Gives each want that waits for a source (peers said HAVE, none was asked for the
+/// block) to the least busy of its HAVE peers with room. Returns the want-blocks to send.
+fn assign_waiting(state: &mut State, now: Instant) -> Vec<(PeerId, WantEntry)> {
+    let mut counts = outstanding(&state.wants);
+    let mut requests = Vec::new();
+    for (cid, want) in state.wants.iter_mut() {
+        if want.block_from.is_some() {
+            continue;
+        }
+        let least_busy = want
+            .have
+            .iter()
+            .copied()
+            .min_by_key(|peer| counts.get(peer).copied().unwrap_or(0))
+            .filter(|peer| counts.get(peer).copied().unwrap_or(0) < BLOCKS_PER_PEER);
+        if let Some(peer) = least_busy {
+            want.block_from = Some((peer, now));
+            *counts.entry(peer).or_default() += 1;
+            requests.push((peer, want_entry(*cid, WantType::Block)));
+        }
+    }
+    requests
 }
 
 fn want_entry(cid: Cid, want_type: WantType) -> WantEntry {
@@ -461,26 +545,32 @@ impl Inner {
             .senders
             .entry(peer)
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
-                tokio::spawn(peer_sender(Arc::downgrade(self), peer, rx));
+                let (control, control_rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+                let (blocks, blocks_rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+                let weak = Arc::downgrade(self);
+                tokio::spawn(peer_sender(weak.clone(), peer, control_rx, Lane::Control));
+                tokio::spawn(peer_sender(weak, peer, blocks_rx, Lane::Blocks));
                 PeerQueue {
-                    tx,
+                    control,
+                    blocks,
                     block_room: Arc::new(Semaphore::new(BLOCK_KIB_IN_FLIGHT)),
+                    serving: Arc::new(Semaphore::new(1)),
                 }
             })
             .clone()
     }
 
-    /// Queues a message for a peer, dropping it if the peer's queue is full.
+    /// Queues wants or presences for a peer, dropping them if its queue is full.
     fn send(self: &Arc<Self>, peer: PeerId, message: Message) {
         if message.is_empty() {
             return;
         }
-        let outgoing = Outgoing {
-            message,
-            _room: None,
-        };
-        if self.sender_for(peer).tx.try_send(outgoing).is_err() {
+        if self
+            .sender_for(peer)
+            .control
+            .try_send(Outgoing::new(message))
+            .is_err()
+        {
             tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
         }
     }
@@ -538,7 +628,10 @@ impl Inner {
         }
     }
 
-    /// Server side: answer a peer's wants from the store.
+    /// Server side: answer a peer's wants from the store. Presences are sent at once;
+    /// blocks are read and queued by a task of their own ([`Inner::send_blocks_in_turn`]),
+    /// so that a peer whose budget is full does not hold up the reading of its later
+    /// messages, its cancels above all.
     async fn serve(self: &Arc<Self>, peer: PeerId, entries: Vec<WantEntry>, full: bool) {
         let wants: Vec<WantEntry> = {
             let mut state = lock(&self.state);
@@ -557,7 +650,7 @@ impl Inner {
                 if entry.cancel {
                     ledger.remove(&entry.cid);
                     to_send.remove(&entry.cid);
-                } else if entry.want_type == WantType::Block {
+                } else if entry.want_type == WantType::Block && to_send.len() < LEDGER_LIMIT {
                     to_send.insert(entry.cid);
                 }
             }
@@ -567,103 +660,108 @@ impl Inner {
             return;
         }
         let store = self.store.clone();
-        let queue = self.sender_for(peer);
-        let (this, reader) = (self.clone(), self.clone());
-        // Blocks are read and sent one message at a time, each holding room in the
-        // peer's in-flight budget until written: a large wantlist waits instead of
-        // piling blocks up in memory. Blocks cancelled while the message waited for
-        // room are left out: a slow link does not carry blocks the peer got elsewhere.
-        // Returns the blocks and bytes sent, or `None` once the peer's queue is gone.
-        let send_blocks = move |mut message: Message| -> Option<(u64, u64)> {
-            let bytes: usize = message.blocks.iter().map(Block::len).sum();
-            let kib = bytes.div_ceil(1024).clamp(1, BLOCK_KIB_IN_FLIGHT) as u32;
-            let room = queue.block_room.clone().acquire_many_owned(kib);
-            let room = futures::executor::block_on(room).ok()?;
-            message
-                .blocks
-                .retain(|block| this.take_to_send(peer, block.cid()));
-            let sent = (
-                message.blocks.len() as u64,
-                message.blocks.iter().map(|b| b.len() as u64).sum(),
-            );
-            if !message.is_empty() {
-                let outgoing = Outgoing {
-                    message,
-                    _room: Some(room),
-                };
-                queue.tx.blocking_send(outgoing).ok()?;
-            }
-            Some(sent)
-        };
-        let served = tokio::task::spawn_blocking(move || {
-            let budget = SERVE_MESSAGE_BYTES;
-            let (mut message, mut size) = (Message::default(), 0usize);
-            let (mut count, mut bytes) = (0u64, 0u64);
-            let mut tally = |sent: (u64, u64)| {
-                count += sent.0;
-                bytes += sent.1;
-            };
-            let mut missing = Vec::new();
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let (mut presences, mut missing, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
             for entry in wants {
-                let have = store.has(&entry.cid).unwrap_or(false);
-                match (entry.want_type, have) {
-                    // Cancelled (or sent by another task) before we got to it.
-                    (WantType::Block, true) if !reader.is_to_send(peer, &entry.cid) => {}
-                    (WantType::Block, true) => match store.get_for_peer(&entry.cid) {
-                        Ok(block) => {
-                            let cost = bitswap::block_wire_size(&block);
-                            if size + cost > budget && !message.blocks.is_empty() {
-                                match send_blocks(std::mem::take(&mut message)) {
-                                    Some(sent) => tally(sent),
-                                    None => break,
-                                }
-                                size = 0;
-                            }
-                            size += cost;
-                            message.blocks.push(block);
-                        }
-                        Err(_) => missing.push(entry),
-                    },
-                    (WantType::Have, true) => message.presences.push(Presence {
+                match (entry.want_type, store.has(&entry.cid).unwrap_or(false)) {
+                    (WantType::Block, true) => blocks.push(entry.cid),
+                    (WantType::Have, true) => presences.push(Presence {
                         cid: entry.cid,
                         kind: PresenceKind::Have,
                     }),
                     (_, false) => {
                         if entry.send_dont_have {
-                            message.presences.push(Presence {
+                            presences.push(Presence {
                                 cid: entry.cid,
                                 kind: PresenceKind::DontHave,
                             });
                         }
-                        missing.push(entry);
+                        missing.push((entry.cid, entry.want_type));
                     }
                 }
             }
-            if !message.is_empty()
-                && let Some(sent) = send_blocks(message)
-            {
-                tally(sent);
-            }
-            (missing, count, bytes)
+            (presences, missing, blocks)
         })
         .await;
-        let Ok((missing, count, bytes)) = served else {
+        let Ok((presences, missing, blocks)) = looked_up else {
             return;
         };
+        self.remember_missing(peer, missing);
+        self.send(
+            peer,
+            Message {
+                presences,
+                ..Message::default()
+            },
+        );
+        if !blocks.is_empty() {
+            self.send_blocks_in_turn(peer, blocks);
+        }
+    }
+
+    /// Wants of `peer` we cannot answer yet: they go to its ledger (answered when the
+    /// block arrives), and blocks among them are no longer about to be sent.
+    fn remember_missing(&self, peer: PeerId, missing: Vec<(Cid, WantType)>) {
+        if missing.is_empty() {
+            return;
+        }
         let mut state = lock(&self.state);
-        state.stats.blocks_sent += count;
-        state.stats.bytes_sent += bytes;
         if let Some(to_send) = state.to_send.get_mut(&peer) {
-            for entry in &missing {
-                to_send.remove(&entry.cid);
+            for (cid, _) in &missing {
+                to_send.remove(cid);
             }
         }
         let ledger = state.ledgers.entry(peer).or_default();
-        for entry in missing {
+        for (cid, want_type) in missing {
             if ledger.len() < LEDGER_LIMIT {
-                ledger.insert(entry.cid, entry.want_type);
+                ledger.insert(cid, want_type);
             }
         }
+    }
+
+    /// Reads the blocks `cids` and queues them for `peer`, after the blocks its earlier
+    /// messages asked for (one such task per peer runs at a time).
+    fn send_blocks_in_turn(self: &Arc<Self>, peer: PeerId, cids: Vec<Cid>) {
+        let queue = self.sender_for(peer);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_turn) = queue.serving.clone().acquire_owned().await else {
+                return;
+            };
+            let _ =
+                tokio::task::spawn_blocking(move || this.read_and_queue(peer, &queue, cids)).await;
+        });
+    }
+
+    /// Blocking: packs the blocks `peer` still waits for into messages of up to
+    /// [`SERVE_MESSAGE_BYTES`], each waiting for room in the peer's budget before it is
+    /// queued: a large wantlist waits instead of piling blocks up in memory.
+    fn read_and_queue(&self, peer: PeerId, queue: &PeerQueue, cids: Vec<Cid>) {
+        let (mut message, mut size) = (Message::default(), 0usize);
+        let mut missing = Vec::new();
+        for cid in cids {
+            // Cancelled (or sent by another task) before we got to it.
+            if !self.is_to_send(peer, &cid) {
+                continue;
+            }
+            let Ok(block) = self.store.get_for_peer(&cid) else {
+                missing.push((cid, WantType::Block));
+                continue;
+            };
+            let cost = bitswap::block_wire_size(&block);
+            if size + cost > SERVE_MESSAGE_BYTES && !message.blocks.is_empty() {
+                if queue_blocks(queue, std::mem::take(&mut message)).is_none() {
+                    return;
+                }
+                size = 0;
+            }
+            size += cost;
+            message.blocks.push(block);
+        }
+        if !message.blocks.is_empty() {
+            queue_blocks(queue, message);
+        }
+        self.remember_missing(peer, missing);
     }
 
     /// Whether `peer` still waits for `cid` from a serve task (not cancelled, not sent).
@@ -674,27 +772,36 @@ impl Inner {
             .is_some_and(|to_send| to_send.contains(cid))
     }
 
-    /// Like [`Inner::is_to_send`], and takes `cid` off the list, so that a block asked
-    /// for twice is sent once.
-    fn take_to_send(&self, peer: PeerId, cid: &Cid) -> bool {
-        lock(&self.state)
-            .to_send
-            .get_mut(&peer)
-            .is_some_and(|to_send| to_send.remove(cid))
+    /// Keeps the blocks of `message` that `peer` still waits for and takes them off
+    /// its list (a block asked for twice is written once), counting them as sent.
+    fn take_unsent(&self, peer: PeerId, message: &mut Message) {
+        let mut state = lock(&self.state);
+        let State { to_send, stats, .. } = &mut *state;
+        let to_send = to_send.entry(peer).or_default();
+        message.blocks.retain(|block| to_send.remove(block.cid()));
+        stats.blocks_sent += message.blocks.len() as u64;
+        stats.bytes_sent += message.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
     }
 
     /// Sends a peer a block it asked for before we had it.
     fn send_block(self: &Arc<Self>, peer: PeerId, block: Block) {
-        {
-            let mut state = lock(&self.state);
-            state.stats.blocks_sent += 1;
-            state.stats.bytes_sent += block.len() as u64;
-        }
+        lock(&self.state)
+            .to_send
+            .entry(peer)
+            .or_default()
+            .insert(*block.cid());
         let message = Message {
             blocks: vec![block],
             ..Message::default()
         };
-        self.send(peer, message);
+        if self
+            .sender_for(peer)
+            .blocks
+            .try_send(Outgoing::new(message))
+            .is_err()
+        {
+            tracing::debug!(%peer, "bitswap: peer queue full or closed, block dropped");
+        }
     }
 
     /// Client side: queue wanted blocks for the store writer ([`store_received`]), so
@@ -726,7 +833,7 @@ impl Inner {
     /// Client side, once blocks are stored: wake their waiters, cancel elsewhere, and
     /// serve peers that asked us for them.
     fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
-        let mut cancels: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
+        let mut wantlists: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
         let mut serve_later: Vec<(PeerId, WantType, Block)> = Vec::new();
         {
             let mut state = lock(&self.state);
@@ -748,7 +855,7 @@ impl Inner {
                     let _ = waiter.send(block.clone());
                 }
                 for other in want.asked.into_iter().filter(|p| *p != peer) {
-                    cancels
+                    wantlists
                         .entry(other)
                         .or_default()
                         .push(cancel_entry(*block.cid()));
@@ -764,8 +871,14 @@ impl Inner {
                 state.recently_received.push_back(*block.cid());
             }
             remember_source(&mut state, peer);
+            let now = Instant::now();
+            state.delivered_at.insert(peer, now);
+            // Its want-blocks are fewer now: waiting wants may go to it, or to others.
+            for (peer, entry) in assign_waiting(&mut state, now) {
+                wantlists.entry(peer).or_default().push(entry);
+            }
         }
-        for (other, wantlist) in cancels {
+        for (other, wantlist) in wantlists {
             self.send(
                 other,
                 Message {
@@ -792,21 +905,39 @@ impl Inner {
     }
 
     fn on_presence(self: &Arc<Self>, peer: PeerId, presence: Presence) {
-        let mut request_from = None;
+        let now = Instant::now();
+        let cid = presence.cid;
+        let mut sends = Vec::new();
         {
             let mut state = lock(&self.state);
             // Direct want-blocks go to peers that had what we asked for last. An
             // answer that comes after the block arrived from elsewhere still counts:
             // a provider slower to answer than the first one must not be left out of
             // the rest of the DAG.
-            let asked_for = state.wants.contains_key(&presence.cid)
-                || state.recently_received.contains(&presence.cid);
+            let asked_for =
+                state.wants.contains_key(&cid) || state.recently_received.contains(&cid);
             match presence.kind {
                 PresenceKind::Have if asked_for => remember_source(&mut state, peer),
                 PresenceKind::DontHave if asked_for => state.recent.retain(|p| *p != peer),
                 _ => {}
             }
-            let Some(want) = state.wants.get_mut(&presence.cid) else {
+            let counts = outstanding(&state.wants);
+            let count = |peer: &PeerId| counts.get(peer).copied().unwrap_or(0);
+            // The want-block a peer asked long ago is likely on the wire already:
+            // moving it would only bring the block twice.
+            let oldest_at = |busy: PeerId| {
+                state
+                    .wants
+                    .values()
+                    .filter_map(|w| w.block_from.filter(|(p, _)| *p == busy))
+                    .map(|(_, since)| since)
+                    .min()
+            };
+            let oldest = match state.wants.get(&cid).and_then(|w| w.block_from) {
+                Some((busy, _)) if presence.kind == PresenceKind::Have => oldest_at(busy),
+                _ => None,
+            };
+            let Some(want) = state.wants.get_mut(&cid) else {
                 return;
             };
             match presence.kind {
@@ -814,9 +945,25 @@ impl Inner {
                     if !want.have.contains(&peer) {
                         want.have.push(peer);
                     }
-                    if want.block_from.is_none() {
-                        want.block_from = Some((peer, Instant::now()));
-                        request_from = Some(peer);
+                    let room = count(&peer) < BLOCKS_PER_PEER;
+                    match want.block_from {
+                        None if room => {
+                            want.block_from = Some((peer, now));
+                            sends.push((peer, want_entry(cid, WantType::Block)));
+                        }
+                        // Waiting behind a longer queue than this peer's: move.
+                        Some((busy, since))
+                            if busy != peer
+                                && room
+                                && count(&peer) + 1 < count(&busy)
+                                && now.duration_since(since) > MOVE_TO_LESS_BUSY_AFTER
+                                && oldest != Some(since) =>
+                        {
+                            want.block_from = Some((peer, now));
+                            sends.push((busy, cancel_entry(cid)));
+                            sends.push((peer, want_entry(cid, WantType::Block)));
+                        }
+                        _ => {}
                     }
                 }
                 PresenceKind::DontHave => {
@@ -824,19 +971,19 @@ impl Inner {
                     want.have.retain(|p| *p != peer);
                     if want.block_from.is_some_and(|(p, _)| p == peer) {
                         want.block_from = None;
-                        if let Some(next) = want.have.first().copied() {
-                            want.block_from = Some((next, Instant::now()));
-                            request_from = Some(next);
-                        }
+                        // Our want-block stays on its list: turn it into a want-have,
+                        // or the block comes once the peer has it, from two peers then.
+                        sends.push((peer, want_entry(cid, WantType::Have)));
+                        sends.extend(assign_waiting(&mut state, now));
                     }
                 }
             }
         }
-        if let Some(from) = request_from {
+        for (peer, entry) in sends {
             self.send(
-                from,
+                peer,
                 Message {
-                    wantlist: vec![want_entry(presence.cid, WantType::Block)],
+                    wantlist: vec![entry],
                     ..Message::default()
                 },
             );
@@ -855,17 +1002,23 @@ impl Inner {
                 !want.waiters.is_empty()
             });
             let State {
-                wants, connected, ..
+                wants,
+                connected,
+                delivered_at,
+                receiving,
+                searches: searches_running,
+                ..
             } = &mut *state;
+            let timeout = self.config.block_timeout;
             for (cid, want) in wants.iter_mut() {
-                if let Some((peer, since)) = want.block_from
-                    && now.duration_since(since) > self.config.block_timeout
-                {
-                    want.have.retain(|p| *p != peer);
-                    want.block_from = None;
-                    if let Some(next) = want.have.first().copied() {
-                        want.block_from = Some((next, now));
-                        requests.push((next, want_entry(*cid, WantType::Block)));
+                if let Some((peer, since)) = want.block_from {
+                    let progress = delivered_at.get(&peer).map_or(since, |at| since.max(*at));
+                    let stopped =
+                        now.duration_since(progress) > timeout && !receiving.contains_key(&peer);
+                    if stopped || now.duration_since(since) > timeout * BLOCK_TIMEOUTS_AT_MOST {
+                        want.have.retain(|p| *p != peer);
+                        want.block_from = None;
+                        requests.push((peer, cancel_entry(*cid)));
                     }
                 }
                 let unanswered = want.block_from.is_none() && want.have.is_empty();
@@ -875,7 +1028,8 @@ impl Inner {
                 let everyone_said_no =
                     !want.asked.is_empty() && want.asked.iter().all(|p| want.dont_have.contains(p));
                 let waited = now.duration_since(want.created) > self.config.provider_search_delay;
-                if unanswered && !searched_recently && (everyone_said_no || waited) {
+                let room = *searches_running + searches.len() < PROVIDER_SEARCHES_AT_ONCE;
+                if unanswered && !searched_recently && (everyone_said_no || waited) && room {
                     want.last_search = Some(now);
                     searches.push(*cid);
                     // Ask every connected peer again: one that said DONT_HAVE may have
@@ -888,6 +1042,7 @@ impl Inner {
                     }
                 }
             }
+            requests.extend(assign_waiting(&mut state, now));
         }
         for (peer, entry) in requests {
             self.send(
@@ -907,12 +1062,14 @@ impl Inner {
     /// wantlist ([`follow_peers`]). Providers already connected are asked directly.
     fn search_providers(self: &Arc<Self>, cid: Cid) {
         let this = self.clone();
+        lock(&self.state).searches += 1;
         tokio::spawn(async move {
-            let providers = match this
+            let found = this
                 .p2p
                 .find_providers(provider_key(&cid), PROVIDERS_PER_SEARCH)
-                .await
-            {
+                .await;
+            lock(&this.state).searches -= 1;
+            let providers = match found {
                 Ok(providers) => providers,
                 Err(error) => {
                     tracing::debug!(%cid, %error, "bitswap: provider search failed");
@@ -982,6 +1139,7 @@ impl Inner {
         state.ledgers.remove(&peer);
         state.to_send.remove(&peer);
         state.recent.retain(|p| *p != peer);
+        state.delivered_at.remove(&peer);
         for want in state.wants.values_mut() {
             want.have.retain(|p| *p != peer);
             if want.block_from.is_some_and(|(p, _)| p == peer) {
@@ -989,6 +1147,54 @@ impl Inner {
             }
         }
     }
+}
+
+/// Marks a peer as in the middle of sending us a message, while it lives.
+struct Receiving {
+    inner: std::sync::Weak<Inner>,
+    peer: PeerId,
+}
+
+impl Receiving {
+    fn start(inner: &std::sync::Weak<Inner>, peer: PeerId) -> Receiving {
+        if let Some(inner) = inner.upgrade() {
+            *lock(&inner.state).receiving.entry(peer).or_default() += 1;
+        }
+        Receiving {
+            inner: inner.clone(),
+            peer,
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut state = lock(&inner.state);
+        state.delivered_at.insert(self.peer, Instant::now());
+        if let Some(count) = state.receiving.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                state.receiving.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Blocking: queues a block message once there is room for it in the peer's budget;
+/// `None` once the peer's queues are gone.
+fn queue_blocks(queue: &PeerQueue, message: Message) -> Option<()> {
+    let bytes: usize = message.blocks.iter().map(Block::len).sum();
+    let kib = bytes.div_ceil(1024).clamp(1, BLOCK_KIB_IN_FLIGHT) as u32;
+    let room = queue.block_room.clone().acquire_many_owned(kib);
+    let room = futures::executor::block_on(room).ok()?;
+    let outgoing = Outgoing {
+        message,
+        _room: Some(room),
+    };
+    queue.blocks.blocking_send(outgoing).ok()
 }
 
 async fn accept_loop(
@@ -1008,7 +1214,17 @@ async fn accept_loop(
             let _permit = permit;
             let mut stream = stream;
             loop {
-                let result = wire::read_message(&mut stream, idle).await;
+                let result = match wire::read_length(&mut stream, idle).await {
+                    Ok(len) => {
+                        // A long message on a slow link is a peer delivering, not one
+                        // that stopped: its want-blocks do not time out meanwhile.
+                        let receiving = Receiving::start(&weak, peer);
+                        let body = wire::read_body(&mut stream, len).await;
+                        drop(receiving);
+                        body
+                    }
+                    Err(error) => Err(error),
+                };
                 let Some(this) = weak.upgrade() else { return };
                 match result {
                     Ok(message) => this.on_message(peer, message).await,
@@ -1028,12 +1244,31 @@ async fn peer_sender(
     inner: std::sync::Weak<Inner>,
     peer: PeerId,
     mut queue: mpsc::Receiver<Outgoing>,
+    lane: Lane,
 ) {
     let mut stream: Option<(libp2p::Stream, ProtocolVersion)> = None;
+    let mut held_over: Option<Outgoing> = None;
     // The room (if any) is given back when `outgoing` drops, after the write.
-    while let Some(outgoing) = queue.recv().await {
-        let message = &outgoing.message;
+    loop {
+        let mut outgoing = match held_over.take() {
+            Some(outgoing) => outgoing,
+            None => match queue.recv().await {
+                Some(outgoing) => outgoing,
+                None => return,
+            },
+        };
         let Some(this) = inner.upgrade() else { return };
+        match lane {
+            Lane::Control => held_over = coalesce(&mut outgoing.message, &mut queue),
+            // A slow link does not carry blocks the peer got elsewhere meanwhile.
+            Lane::Blocks => {
+                this.take_unsent(peer, &mut outgoing.message);
+                if outgoing.message.is_empty() {
+                    continue;
+                }
+            }
+        }
+        let message = &outgoing.message;
         let timeout = this.config.write_timeout;
         let open = this.open.clone();
         drop(this);
@@ -1053,6 +1288,31 @@ async fn peer_sender(
             }
         }
     }
+}
+
+/// Folds the control messages queued behind `message` into it: one message instead of
+/// one per want when a fetch asks for many blocks at once. Stops at a CID that is
+/// already in (a want and its cancel must not share a message, whose entries a peer
+/// may apply in any order) and at [`CONTROL_ENTRIES_LIMIT`]; returns the message that
+/// stopped it.
+fn coalesce(message: &mut Message, queue: &mut mpsc::Receiver<Outgoing>) -> Option<Outgoing> {
+    let mut cids: HashSet<Cid> = message.wantlist.iter().map(|e| e.cid).collect();
+    cids.extend(message.presences.iter().map(|p| p.cid));
+    while cids.len() < CONTROL_ENTRIES_LIMIT {
+        let Ok(next) = queue.try_recv() else {
+            return None;
+        };
+        let entries = next.message.wantlist.iter().map(|e| e.cid);
+        let presences = next.message.presences.iter().map(|p| p.cid);
+        let fresh: HashSet<Cid> = entries.chain(presences).collect();
+        if next.message.full_wantlist || !fresh.is_disjoint(&cids) {
+            return Some(next);
+        }
+        cids.extend(fresh);
+        message.wantlist.extend(next.message.wantlist);
+        message.presences.extend(next.message.presences);
+    }
+    None
 }
 
 /// Opens a Bitswap stream on an existing connection, in the newest version the peer

@@ -21,17 +21,36 @@ pub enum WireError {
 }
 
 /// Reads one message; `Closed` at a clean end of stream.
+#[cfg(test)]
 pub(crate) async fn read_message(
     stream: &mut (impl AsyncRead + Unpin),
     idle: Duration,
 ) -> Result<Message, WireError> {
+    let len = read_length(stream, idle).await?;
+    read_body(stream, len).await
+}
+
+/// Waits up to `idle` for the next message's length prefix; `Closed` at a clean end of
+/// stream.
+pub(crate) async fn read_length(
+    stream: &mut (impl AsyncRead + Unpin),
+    idle: Duration,
+) -> Result<usize, WireError> {
     let len = tokio::time::timeout(idle, read_varint(stream))
         .await
         .map_err(|_| WireError::Timeout)??;
     if len > MESSAGE_SIZE_LIMIT as u64 {
         return Err(WireError::TooLarge(len));
     }
-    let mut body = vec![0u8; len as usize];
+    Ok(len as usize)
+}
+
+/// Reads and decodes a message body of `len` bytes (from [`read_length`]).
+pub(crate) async fn read_body(
+    stream: &mut (impl AsyncRead + Unpin),
+    len: usize,
+) -> Result<Message, WireError> {
+    let mut body = vec![0u8; len];
     // A message that started arriving must finish in reasonable time.
     tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut body))
         .await

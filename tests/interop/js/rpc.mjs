@@ -53,9 +53,11 @@ for await (const pin of api.pin.ls({ type: 'recursive' })) pinned.push(pin.cid.t
 report.pinned = pinned.includes(report.added)
 
 const topic = 'kubo-rpc-client-test'
-const received = new Promise((resolve) => {
-  api.pubsub.subscribe(topic, (msg) => resolve(new TextDecoder().decode(msg.data)))
-})
+let deliver
+const received = new Promise((resolve) => { deliver = resolve })
+// Resolves once the daemon answered the subscribe request, that is once it subscribed:
+// listing the topics before that raced the request.
+await api.pubsub.subscribe(topic, (msg) => deliver(new TextDecoder().decode(msg.data)))
 const topics = await api.pubsub.ls()
 report.subscribed = topics.includes(topic)
 // Our own messages come back to our subscriber once the subscription is live.
