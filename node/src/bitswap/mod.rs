@@ -53,6 +53,9 @@ pub use wire::WireError;
 const PEER_QUEUE_CAPACITY: usize = 256;
 /// Wants and presences folded into one control message at most.
 const CONTROL_ENTRIES_LIMIT: usize = 1024;
+/// A message at least this large carries blocks (1024 wants or presences take about
+/// 40 KiB): while one arrives, its sender counts as delivering.
+const BLOCKS_MESSAGE_BYTES: usize = 64 * 1024;
 /// Blocks answering wants are packed into messages of up to this many bytes (one
 /// 256 KiB chunk, or many small blocks): a receiver starts verifying and storing the
 /// first block sooner than with 4 MiB messages, which made Kubo fetch faster from us.
@@ -233,11 +236,11 @@ struct State {
     recently_received: VecDeque<Cid>,
     recent: VecDeque<PeerId>,
     next_recent: usize,
-    /// When each peer last delivered a block we wanted or finished a message: a
-    /// want-block times out only when its peer stops delivering, not while it works
-    /// through a long queue.
+    /// When each peer last delivered a block we wanted or finished a message of
+    /// blocks: a want-block times out only when its peer stops delivering, not while it
+    /// works through a long queue.
     delivered_at: HashMap<PeerId, Instant>,
-    /// Messages each peer is in the middle of sending us.
+    /// Messages of blocks each peer is in the middle of sending us.
     receiving: HashMap<PeerId, u32>,
     /// DHT provider searches running.
     searches: usize,
@@ -1149,7 +1152,8 @@ impl Inner {
     }
 }
 
-/// Marks a peer as in the middle of sending us a message, while it lives.
+/// Marks a peer as in the middle of sending us blocks, while it lives; the peer has
+/// delivered when it ends.
 struct Receiving {
     inner: std::sync::Weak<Inner>,
     peer: PeerId,
@@ -1216,9 +1220,10 @@ async fn accept_loop(
             loop {
                 let result = match wire::read_length(&mut stream, idle).await {
                     Ok(len) => {
-                        // A long message on a slow link is a peer delivering, not one
-                        // that stopped: its want-blocks do not time out meanwhile.
-                        let receiving = Receiving::start(&weak, peer);
+                        // Blocks arriving slowly are a peer delivering, not one that
+                        // stopped: its want-blocks do not time out meanwhile.
+                        let receiving =
+                            (len >= BLOCKS_MESSAGE_BYTES).then(|| Receiving::start(&weak, peer));
                         let body = wire::read_body(&mut stream, len).await;
                         drop(receiving);
                         body
