@@ -568,14 +568,7 @@ impl Inner {
         if message.is_empty() {
             return;
         }
-        if self
-            .sender_for(peer)
-            .control
-            .try_send(Outgoing::new(message))
-            .is_err()
-        {
-            tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
-        }
+        try_queue(&self.sender_for(peer).control, peer, message);
     }
 
     fn strike(&self, peer: PeerId, why: &str) {
@@ -797,14 +790,7 @@ impl Inner {
             blocks: vec![block],
             ..Message::default()
         };
-        if self
-            .sender_for(peer)
-            .blocks
-            .try_send(Outgoing::new(message))
-            .is_err()
-        {
-            tracing::debug!(%peer, "bitswap: peer queue full or closed, block dropped");
-        }
+        try_queue(&self.sender_for(peer).blocks, peer, message);
     }
 
     /// Client side: queue wanted blocks for the store writer ([`store_received`]), so
@@ -1184,6 +1170,13 @@ impl Drop for Receiving {
                 state.receiving.remove(&self.peer);
             }
         }
+    }
+}
+
+/// Queues a message that holds no room, dropping it if the queue is full.
+fn try_queue(queue: &mpsc::Sender<Outgoing>, peer: PeerId, message: Message) {
+    if queue.try_send(Outgoing::new(message)).is_err() {
+        tracing::debug!(%peer, "bitswap: peer queue full or closed, message dropped");
     }
 }
 
