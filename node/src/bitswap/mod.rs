@@ -1163,7 +1163,10 @@ impl Drop for Receiving {
             return;
         };
         let mut state = lock(&inner.state);
-        state.delivered_at.insert(self.peer, Instant::now());
+        // A peer gone meanwhile is not remembered again.
+        if state.connected.contains(&self.peer) {
+            state.delivered_at.insert(self.peer, Instant::now());
+        }
         if let Some(count) = state.receiving.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {
