@@ -233,7 +233,7 @@ struct State {
     to_send: HashMap<PeerId, HashSet<Cid>>,
     /// Blocks we wanted and received lately: a copy arriving after its want ended is a
     /// duplicate of a race (two peers answered), not a peer sending junk.
-    recently_received: VecDeque<Cid>,
+    recently_received: RecentCids,
     recent: VecDeque<PeerId>,
     next_recent: usize,
     /// When each peer last delivered a block we wanted or finished a message of
@@ -271,6 +271,32 @@ impl Want {
             created: Instant::now(),
             last_search: None,
         }
+    }
+}
+
+/// The last [`RECENTLY_RECEIVED`] CIDs received, in order, with a set to look them up
+/// (presences and unwanted blocks ask it for every CID).
+#[derive(Default)]
+struct RecentCids {
+    order: VecDeque<Cid>,
+    set: HashSet<Cid>,
+}
+
+impl RecentCids {
+    fn insert(&mut self, cid: Cid) {
+        if !self.set.insert(cid) {
+            return;
+        }
+        if self.order.len() >= RECENTLY_RECEIVED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        self.order.push_back(cid);
+    }
+
+    fn contains(&self, cid: &Cid) -> bool {
+        self.set.contains(cid)
     }
 }
 
@@ -773,8 +799,11 @@ impl Inner {
     fn take_unsent(&self, peer: PeerId, message: &mut Message) {
         let mut state = lock(&self.state);
         let State { to_send, stats, .. } = &mut *state;
-        let to_send = to_send.entry(peer).or_default();
-        message.blocks.retain(|block| to_send.remove(block.cid()));
+        match to_send.get_mut(&peer) {
+            Some(to_send) => message.blocks.retain(|block| to_send.remove(block.cid())),
+            // A peer gone meanwhile (its list removed) waits for nothing.
+            None => message.blocks.clear(),
+        }
         stats.blocks_sent += message.blocks.len() as u64;
         stats.bytes_sent += message.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
     }
@@ -854,10 +883,7 @@ impl Inner {
                         serve_later.push((*wanter, want_type, block.clone()));
                     }
                 }
-                if state.recently_received.len() >= RECENTLY_RECEIVED {
-                    state.recently_received.pop_front();
-                }
-                state.recently_received.push_back(*block.cid());
+                state.recently_received.insert(*block.cid());
             }
             remember_source(&mut state, peer);
             let now = Instant::now();
