@@ -54,12 +54,32 @@ pub struct LinkConfig {
     pub loss: f64,
 }
 
+impl LinkConfig {
+    /// This link run `factor` times slower: latencies longer, bandwidths lower.
+    fn dilated(self, factor: u32) -> LinkConfig {
+        let slower = |rate: u64| (rate / u64::from(factor)).max(1);
+        LinkConfig {
+            latency: self.latency * factor,
+            jitter: self.jitter * factor,
+            bandwidth: self.bandwidth.map(slower),
+            uplink: self.uplink.map(slower),
+            loss: self.loss,
+        }
+    }
+}
+
 /// The network every simulated node's transport is attached to; cheap to clone.
 #[derive(Clone)]
 pub struct Network(Arc<Inner>);
 
 struct Inner {
+    /// The links as they run on the wall clock (dilated).
     link: LinkConfig,
+    /// [`UPLINK_QUEUE`] and [`MIN_RETRANSMIT`] on the wall clock.
+    uplink_queue: Duration,
+    min_retransmit: Duration,
+    /// Twice the latency without jitter, in simulated time.
+    shortest_round_trip: Duration,
     /// Port -> the listening node and where its incoming connections go.
     listeners: Mutex<HashMap<u64, (usize, mpsc::Sender<Incoming>)>>,
     /// The partition group of each node: only nodes in the same group reach each other.
@@ -76,10 +96,16 @@ struct Inner {
 type Incoming = (Pipe, u64);
 
 impl Network {
-    /// A network for `nodes` nodes, its random draws seeded by `seed`.
-    pub fn new(nodes: usize, link: LinkConfig, seed: u64) -> Self {
+    /// A network for `nodes` nodes, its random draws seeded by `seed`, running
+    /// `time_dilation` times slower than the wall clock (1: in real time): every
+    /// delay it adds is that many times longer, every rate that many times lower.
+    pub fn new(nodes: usize, link: LinkConfig, time_dilation: u32, seed: u64) -> Self {
+        let factor = time_dilation.max(1);
         Network(Arc::new(Inner {
-            link,
+            link: link.dilated(factor),
+            uplink_queue: UPLINK_QUEUE * factor,
+            min_retransmit: MIN_RETRANSMIT * factor,
+            shortest_round_trip: link.latency * 2,
             listeners: Mutex::new(HashMap::new()),
             groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
             egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
@@ -113,6 +139,11 @@ impl Network {
         for group in &self.0.groups {
             group.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// The shortest time a message and its answer take, in simulated time.
+    pub fn shortest_round_trip(&self) -> Duration {
+        self.0.shortest_round_trip
     }
 
     /// Bytes node `node` has sent so far.
@@ -351,7 +382,7 @@ impl Pipe {
         let uplink_free = *self.net.0.uplink_free[self.local]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let room_at = uplink_free.checked_sub(UPLINK_QUEUE)?;
+        let room_at = uplink_free.checked_sub(self.net.0.uplink_queue)?;
         (room_at > Instant::now()).then_some(room_at)
     }
 
@@ -373,7 +404,7 @@ impl Pipe {
         self.link_free = start + on_link.max(on_uplink);
         let mut at = self.link_free + self.latency;
         if self.net.lost() {
-            at += (self.latency * 2).max(MIN_RETRANSMIT);
+            at += (self.latency * 2).max(self.net.0.min_retransmit);
         }
         self.last_delivery = at.max(self.last_delivery);
         self.last_delivery
@@ -516,7 +547,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bytes_arrive_after_the_latency_and_at_the_bandwidth() {
-        let net = Network::new(2, link(50, Some(1_000_000)), 1);
+        let net = Network::new(2, link(50, Some(1_000_000)), 1, 1);
         let (mut a, mut b) = connect(&net).await;
         let started = Instant::now();
         a.write_all(&[7u8; 100_000]).await.unwrap();
@@ -531,12 +562,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_dilated_network_runs_as_many_times_slower() {
+        let net = Network::new(2, link(50, Some(1_000_000)), 10, 1);
+        let (mut a, mut b) = connect(&net).await;
+        let started = Instant::now();
+        a.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut got = vec![0u8; 100_000];
+        b.read_exact(&mut got).await.unwrap();
+        // 150 ms of simulated time (as above) on a clock ten times slower.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+        assert!(took < Duration::from_millis(1700), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn connections_of_one_node_share_its_uplink() {
         let config = LinkConfig {
             uplink: Some(1_000_000),
             ..link(50, None)
         };
-        let net = Network::new(3, config, 1);
+        let net = Network::new(3, config, 1, 1);
         let (mut to_1, mut at_1) = connect_nodes(&net, 0, 1).await;
         let (mut to_2, mut at_2) = connect_nodes(&net, 0, 2).await;
         let started = Instant::now();
@@ -558,7 +603,7 @@ mod tests {
             uplink: Some(1_000_000),
             ..link(50, None)
         };
-        let net = Network::new(2, config, 1);
+        let net = Network::new(2, config, 1, 1);
         let (mut to_1, mut at_1) = connect_nodes(&net, 0, 1).await;
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; 1_000_000];
@@ -576,7 +621,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_partition_breaks_connections_and_dials() {
-        let net = Network::new(2, link(10, None), 1);
+        let net = Network::new(2, link(10, None), 1, 1);
         let (mut a, _b) = connect(&net).await;
         net.set_group(1, 1);
         assert!(a.write_all(b"x").await.is_err());
@@ -598,7 +643,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_end_reads_as_the_end_of_the_stream() {
-        let net = Network::new(2, link(5, None), 1);
+        let net = Network::new(2, link(5, None), 1, 1);
         let (mut a, mut b) = connect(&net).await;
         a.write_all(b"bye").await.unwrap();
         a.close().await.unwrap();

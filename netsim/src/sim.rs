@@ -30,9 +30,13 @@ use crate::network::{LinkConfig, Network};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest one node's DHT bootstrap may take.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Nodes bootstrapping at once while the swarm starts; the next node starts as soon
-/// as one finishes.
+/// Nodes bootstrapping at once while the swarm starts, per unit of time dilation (a
+/// bootstrap takes that many times longer); the next node starts as soon as one
+/// finishes.
 const STARTS_AT_ONCE: usize = 64;
+/// At most this many at once, however dilated: each holds a few hundred connections
+/// until the connection manager's grace has passed.
+const STARTS_AT_ONCE_LIMIT: usize = 256;
 /// Longest a node may take to list its peers for the connection count.
 const PEERS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Started nodes between two progress lines.
@@ -51,7 +55,38 @@ pub struct SimConfig {
     /// Time between two DHT refreshes of each node (swarm and Bitswap stacks; whole
     /// nodes refresh as the node does).
     pub dht_refresh: Duration,
+    /// How many times slower than the wall clock the network and the nodes' protocol
+    /// timers run (1: real time). Only the swarm stack has every timer it runs
+    /// stretched; Bitswap and the whole node keep real-time ones.
+    pub time_dilation: u32,
     pub stack: Stack,
+}
+
+/// The simulation's clock. With a time dilation of `d` the network and every node's
+/// protocol timers run `d` times slower than the wall clock, so that each simulated
+/// second gets `d` seconds of this machine's CPU, as if each node had more of its own.
+/// Scenarios wait and time in simulated spans through it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    dilation: u32,
+}
+
+impl Clock {
+    pub fn new(dilation: u32) -> Clock {
+        Clock {
+            dilation: dilation.max(1),
+        }
+    }
+
+    /// A simulated span as it passes on the wall clock.
+    pub fn wall(self, simulated: Duration) -> Duration {
+        simulated * self.dilation
+    }
+
+    /// A span measured on the wall clock, in simulated time.
+    pub fn simulated(self, wall: Duration) -> Duration {
+        wall / self.dilation
+    }
 }
 
 /// How much of the node each simulated peer runs.
@@ -83,6 +118,7 @@ pub struct Sim {
     bootstrap: Vec<Vec<usize>>,
     connections: p2p::ConnectionLimits,
     dht_refresh: Duration,
+    pub clock: Clock,
     stack: Stack,
     pub rng: StdRng,
 }
@@ -93,8 +129,13 @@ impl Sim {
     /// a node starts on its first connection) so that routing tables are filled
     /// before a scenario begins.
     pub async fn start(config: &SimConfig) -> Result<Sim> {
+        anyhow::ensure!(
+            config.time_dilation <= 1 || matches!(config.stack, Stack::Swarm),
+            "time dilation runs only the swarm stack (dht, gossip, churn, suite): Bitswap \
+             and the whole node keep real-time timers"
+        );
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let net = Network::new(config.nodes, config.link, rng.r#gen());
+        let net = Network::new(config.nodes, config.link, config.time_dilation, rng.r#gen());
         let mut keys = Vec::with_capacity(config.nodes);
         for _ in 0..config.nodes {
             let mut secret: [u8; 32] = rng.r#gen();
@@ -115,6 +156,7 @@ impl Sim {
             bootstrap,
             connections: config.connections,
             dht_refresh: config.dht_refresh,
+            clock: Clock::new(config.time_dilation),
             stack: config.stack.clone(),
             rng,
         };
@@ -125,7 +167,8 @@ impl Sim {
                 let (sim, bootstrapped) = (&sim, &bootstrapped);
                 async move {
                     let node = sim.launch(i).await?;
-                    let _ = tokio::time::timeout(BOOTSTRAP_TIMEOUT, node.p2p.bootstrap()).await;
+                    let bootstrap = sim.clock.wall(BOOTSTRAP_TIMEOUT);
+                    let _ = tokio::time::timeout(bootstrap, node.p2p.bootstrap()).await;
                     let done = bootstrapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if done % PROGRESS_EVERY == 0 {
                         tracing::info!(done, elapsed = ?started.elapsed(), "netsim: nodes bootstrapped");
@@ -133,7 +176,9 @@ impl Sim {
                     anyhow::Ok((i, node))
                 }
             })
-            .buffer_unordered(STARTS_AT_ONCE);
+            .buffer_unordered(
+                (STARTS_AT_ONCE * config.time_dilation.max(1) as usize).min(STARTS_AT_ONCE_LIMIT),
+            );
         let launched: Vec<(usize, SimNode)> = launches.try_collect().await?;
         for (i, node) in launched {
             sim.nodes[i] = Some(node);
@@ -209,7 +254,7 @@ impl Sim {
             // without noise's handshake, ciphers and per-connection buffers.
             .authenticate(libp2p::plaintext::Config::new(&key))
             .multiplex(libp2p::yamux::Config::default())
-            .timeout(CONNECT_TIMEOUT)
+            .timeout(self.clock.wall(CONNECT_TIMEOUT))
             .boxed();
         let bootstrap: Vec<Multiaddr> =
             self.bootstrap[i].iter().map(|&j| self.address(j)).collect();
@@ -239,6 +284,7 @@ impl Sim {
             infer_limits: p2p::InferLimits::default(),
             connections: self.connections,
             dht_refresh: self.dht_refresh,
+            time_dilation: self.clock.dilation,
         };
         let p2p = P2p::start_with_transport(config, key, transport)
             .await

@@ -25,6 +25,7 @@ fn config(nodes: usize, seed: u64) -> SimConfig {
         bootstrap_peers: 3,
         connections: ipfs_accelerate_node::p2p::ConnectionLimits::default(),
         dht_refresh: ipfs_accelerate_node::p2p::DEFAULT_DHT_REFRESH,
+        time_dilation: 1,
         stack: Stack::Swarm,
     }
 }
@@ -55,7 +56,13 @@ async fn dht_lookups_find_every_provider_within_the_bars() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_reaches_every_node_within_six_link_latencies() {
     let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
-        let mut sim = Sim::start(&config(40, 11)).await.unwrap();
+        // On a clock four times slower, so that a test machine busy with other tests
+        // does not stretch the slowest deliveries past the bar.
+        let config = SimConfig {
+            time_dilation: 4,
+            ..config(40, 11)
+        };
+        let mut sim = Sim::start(&config).await.unwrap();
         let params = gossip::GossipParams {
             messages: 20,
             interval: Duration::from_millis(50),
@@ -68,11 +75,11 @@ async fn gossip_reaches_every_node_within_six_link_latencies() {
     .expect("the scenario finished in time");
     assert_eq!(report.receivers, 40);
     assert_eq!(report.delivery_ratio, 1.0, "{report:?}");
-    // Other nodes hear a message one link later at the earliest. The bar (6 link
-    // latencies) is held at p95 here: the network runs in real time, so a test
-    // machine busy with other tests stretches the slowest few deliveries.
+    // Other nodes hear a message one link later at the earliest: a network that ran
+    // faster than the scenario's clock would fail this, one slower the bar (6 link
+    // latencies at p99).
     assert!(report.latency.p50_ms >= 50.0, "{report:?}");
-    assert!(report.latency.p95_ms <= 300.0, "{report:?}");
+    assert!(report.latency.p99_ms <= 300.0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

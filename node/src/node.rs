@@ -211,6 +211,7 @@ impl Node {
                 grace: Duration::from_secs(network.grace_period_secs),
             },
             dht_refresh: p2p::DEFAULT_DHT_REFRESH,
+            time_dilation: 1,
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start_on(config, keypair, transport).await?;

@@ -41,9 +41,13 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     dht::provide_all(sim, &keys).await;
 
     let nodes = sim.up().len();
-    let crash_every =
-        Duration::from_secs_f64(60.0 / (params.churn_per_minute * nodes as f64).max(1e-9));
-    let lookup_every = Duration::from_secs_f64(1.0 / params.lookups_per_second.max(1e-9));
+    let clock = sim.clock;
+    let crash_every = clock.wall(Duration::from_secs_f64(
+        60.0 / (params.churn_per_minute * nodes as f64).max(1e-9),
+    ));
+    let lookup_every = clock.wall(Duration::from_secs_f64(
+        1.0 / params.lookups_per_second.max(1e-9),
+    ));
     let (mut crash_tick, mut lookup_tick) = (
         tokio::time::interval(crash_every),
         tokio::time::interval(lookup_every),
@@ -53,7 +57,7 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     let (mut crashes, mut restarts) = (0, 0);
     let mut lookups = futures::stream::FuturesUnordered::new();
     let mut results: Vec<(Outcome, Duration)> = Vec::new();
-    let end = Instant::now() + params.duration;
+    let end = Instant::now() + clock.wall(params.duration);
     while Instant::now() < end {
         tokio::select! {
             _ = crash_tick.tick() => {
@@ -63,7 +67,7 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
                     crashes += 1;
                 }
                 while let Some(&(node, at)) = down.front() {
-                    if at.elapsed() < DOWNTIME {
+                    if at.elapsed() < clock.wall(DOWNTIME) {
                         break;
                     }
                     down.pop_front();
@@ -85,7 +89,7 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
                     && let Some(p2p) = sim.node(searcher).cloned()
                 {
                     let provider = sim.peer_id(provider);
-                    lookups.push(dht::lookup(p2p, key, provider));
+                    lookups.push(dht::lookup(clock, p2p, key, provider));
                 }
             }
             Some(result) = lookups.next() => results.push(result),
@@ -97,6 +101,6 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     Ok(ChurnReport {
         crashes,
         restarts,
-        lookups: Lookups::of(&results),
+        lookups: Lookups::of(&results, sim.net.shortest_round_trip()),
     })
 }

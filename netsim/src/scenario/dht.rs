@@ -9,7 +9,7 @@ use libp2p::PeerId;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::sim::Sim;
+use crate::sim::{Clock, Sim};
 use crate::stats::{Percentiles, millis};
 
 /// Provide queries running at once.
@@ -55,19 +55,26 @@ pub struct Lookups {
     pub timed_out: usize,
     pub success_rate: f64,
     pub latency: Percentiles,
+    /// Hops at most of 95% of the successful lookups: their p95 latency in the
+    /// network's shortest round trips, since every hop (a request and its answer)
+    /// takes at least one. Connection set-ups and CPU take round trips' worth of time
+    /// as well, so the true count is lower; it is a bound only while the simulator
+    /// keeps up (see `--time-dilation`).
+    pub hops_p95_at_most: f64,
     /// Latency of each successful lookup, for the plot.
     #[serde(skip)]
     pub samples: Vec<Duration>,
 }
 
 impl Lookups {
-    pub fn of(results: &[(Outcome, Duration)]) -> Lookups {
+    pub fn of(results: &[(Outcome, Duration)], round_trip: Duration) -> Lookups {
         let count = |outcome| results.iter().filter(|(o, _)| *o == outcome).count();
         let samples: Vec<Duration> = results
             .iter()
             .filter(|(outcome, _)| *outcome == Outcome::Found)
             .map(|(_, took)| *took)
             .collect();
+        let latency = Percentiles::of(&samples);
         Lookups {
             lookups: results.len(),
             found: samples.len(),
@@ -75,7 +82,9 @@ impl Lookups {
             failed: count(Outcome::Failed),
             timed_out: count(Outcome::TimedOut),
             success_rate: samples.len() as f64 / results.len().max(1) as f64,
-            latency: Percentiles::of(&samples),
+            latency,
+            // Links with no latency give no bound: JSON writes the infinity as null.
+            hops_p95_at_most: latency.p95_ms / millis(round_trip),
             samples,
         }
     }
@@ -100,16 +109,23 @@ pub(crate) async fn provide_all(sim: &Sim, keys: &[(Vec<u8>, usize)]) -> usize {
     provided.iter().filter(|r| r.is_err()).count()
 }
 
-/// One lookup of `key` from `p2p` for `provider`: how it ended, and how long it took.
-pub(crate) async fn lookup(p2p: P2p, key: Vec<u8>, provider: PeerId) -> (Outcome, Duration) {
+/// One lookup of `key` from `p2p` for `provider`: how it ended, and how long it took
+/// in simulated time.
+pub(crate) async fn lookup(
+    clock: Clock,
+    p2p: P2p,
+    key: Vec<u8>,
+    provider: PeerId,
+) -> (Outcome, Duration) {
     let started = Instant::now();
-    let outcome = match tokio::time::timeout(LOOKUP_TIMEOUT, p2p.find_providers(key, 1)).await {
+    let search = p2p.find_providers(key, 1);
+    let outcome = match tokio::time::timeout(clock.wall(LOOKUP_TIMEOUT), search).await {
         Ok(Ok(peers)) if peers.iter().any(|(p, _)| *p == provider) => Outcome::Found,
         Ok(Ok(_)) => Outcome::Missed,
         Ok(Err(_)) => Outcome::Failed,
         Err(_) => Outcome::TimedOut,
     };
-    (outcome, started.elapsed())
+    (outcome, clock.simulated(started.elapsed()))
 }
 
 pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
@@ -121,7 +137,7 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
     }
     let started = Instant::now();
     let failed = provide_all(sim, &keys).await;
-    let provide_ms = millis(started.elapsed());
+    let provide_ms = millis(sim.clock.simulated(started.elapsed()));
     if failed > 0 {
         tracing::warn!(failed, "netsim: some provide queries failed");
     }
@@ -135,7 +151,7 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
     }
     let searches = lookups.into_iter().filter_map(|(searcher, key, provider)| {
         let p2p = sim.node(searcher)?.clone();
-        Some(lookup(p2p, key, provider))
+        Some(lookup(sim.clock, p2p, key, provider))
     });
     let results: Vec<(Outcome, Duration)> = futures::stream::iter(searches)
         .buffer_unordered(params.concurrency.max(1))
@@ -144,6 +160,23 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
     Ok(DhtReport {
         keys: keys.len(),
         provide_ms,
-        lookups: Lookups::of(&results),
+        lookups: Lookups::of(&results, sim.net.shortest_round_trip()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_has_at_most_as_many_hops_as_round_trips_fit_in_it() {
+        let mut results: Vec<(Outcome, Duration)> = (1..=100)
+            .map(|ms| (Outcome::Found, Duration::from_millis(4 * ms)))
+            .collect();
+        results.push((Outcome::Missed, Duration::from_secs(30)));
+        let lookups = Lookups::of(&results, Duration::from_millis(100));
+        assert_eq!((lookups.found, lookups.missed), (100, 1));
+        // p95 is 380 ms: 3.8 round trips of 100 ms, so at most 3.8 hops.
+        assert!((lookups.hops_p95_at_most - 3.8).abs() < 1e-9, "{lookups:?}");
+    }
 }

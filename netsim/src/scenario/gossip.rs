@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use ipfs_accelerate_node::p2p::NodeEvent;
+use libp2p::gossipsub;
 use serde::Serialize;
 
 use crate::sim::Sim;
@@ -60,6 +61,7 @@ impl Log {
 
 pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
     let up = sim.up();
+    let clock = sim.clock;
     let log = Arc::new(Mutex::new(Log::default()));
     let mut listeners = Vec::new();
     for &i in &up {
@@ -79,18 +81,29 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
             }
         }));
     }
-    // The mesh forms on gossipsub's heartbeats: wait until every node has topic peers.
-    let settle = Instant::now() + SETTLE_TIMEOUT;
+    // Meshes form on gossipsub's heartbeats. Until they have, messages spread by the
+    // publisher's flooding and the next heartbeat's gossip instead of along meshes, as
+    // they would in a swarm that has been up for a while: wait until every node keeps
+    // as many mesh peers as gossipsub aims for at least (or all its topic peers).
+    let mesh_low = gossipsub::Config::default().mesh_n_low();
+    let settle = Instant::now() + clock.wall(SETTLE_TIMEOUT);
     for &i in &up {
         let Some(node) = sim.node(i) else { continue };
-        while node.pubsub_peers(Some(TOPIC.into())).await?.is_empty() {
-            if Instant::now() > settle {
-                bail!("node {i} found no peer on the topic within {SETTLE_TIMEOUT:?}");
+        loop {
+            let peers = node.pubsub_peers(Some(TOPIC.into())).await?.len();
+            let mesh = node.pubsub_mesh_peers(TOPIC.into()).await?.len();
+            if peers > 0 && mesh >= mesh_low.min(peers) {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if Instant::now() > settle {
+                bail!(
+                    "node {i} has {mesh} mesh peers of {peers} on the topic after {SETTLE_TIMEOUT:?}"
+                );
+            }
+            tokio::time::sleep(clock.wall(Duration::from_millis(100))).await;
         }
     }
-    let mut tick = tokio::time::interval(params.interval);
+    let mut tick = tokio::time::interval(clock.wall(params.interval));
     for id in 0..params.messages as u64 {
         tick.tick().await;
         let Some(publisher) = sim.random_up(None) else {
@@ -112,7 +125,7 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         node.pubsub_publish(TOPIC.into(), data).await?;
     }
     let expected = params.messages * up.len();
-    let end = Instant::now() + SETTLE_TIMEOUT;
+    let end = Instant::now() + clock.wall(SETTLE_TIMEOUT);
     while Instant::now() < end {
         let delivered = log.lock().unwrap_or_else(|e| e.into_inner()).received.len();
         if delivered >= expected {
@@ -130,7 +143,7 @@ pub async fn run(sim: &mut Sim, params: &GossipParams) -> Result<GossipReport> {
         .iter()
         .filter_map(|((id, node), at)| {
             let (publisher, sent) = log.sent.get(id)?;
-            (publisher != node).then(|| at.saturating_duration_since(*sent))
+            (publisher != node).then(|| clock.simulated(at.saturating_duration_since(*sent)))
         })
         .collect();
     Ok(GossipReport {

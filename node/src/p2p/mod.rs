@@ -53,6 +53,18 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Time between two DHT bootstraps that refresh the routing table.
     pub dht_refresh: Duration,
+    /// How many times slower than real time the swarm's clocks run: every period and
+    /// timeout of its protocols, of its task and in this config (but the connection
+    /// manager's, which guards memory) is multiplied by it. 1 in a real node. netsim slows its network and its nodes by the same factor, so
+    /// that one simulated second gets that many seconds of CPU (`--time-dilation`).
+    pub time_dilation: u32,
+}
+
+impl Config {
+    /// `period` as this node's clocks run it (see [`Config::time_dilation`]).
+    pub(crate) fn dilated(&self, period: Duration) -> Duration {
+        period * self.time_dilation.max(1)
+    }
 }
 
 /// The connection manager's marks, as Kubo's: above `high_water` connected peers, the
@@ -359,6 +371,11 @@ impl P2p {
     pub async fn pubsub_peers(&self, topic: Option<String>) -> Result<Vec<PeerId>> {
         self.call(|reply| Command::PubsubPeers { topic, reply })
             .await
+    }
+
+    /// Peers in our gossip mesh for `topic`: the ones we forward its messages to.
+    pub async fn pubsub_mesh_peers(&self, topic: String) -> Result<Vec<PeerId>> {
+        self.call(|reply| Command::MeshPeers { topic, reply }).await
     }
 
     /// Closes every connection to `peer`.

@@ -83,6 +83,10 @@ pub(super) enum Command {
         topic: Option<String>,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    MeshPeers {
+        topic: String,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     Disconnect {
         peer: PeerId,
         reply: oneshot::Sender<()>,
@@ -124,6 +128,8 @@ pub(super) struct Worker {
     connected_since: HashMap<PeerId, Instant>,
     limits: ConnectionLimits,
     dht_refresh: Duration,
+    /// The status line's period, as this node's clocks run.
+    tick: Duration,
     /// Listen addresses peers told us through identify (bounded per peer).
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     dials: HashMap<ConnectionId, PendingDial>,
@@ -147,7 +153,8 @@ impl Worker {
             connections: HashMap::new(),
             connected_since: HashMap::new(),
             limits: config.connections,
-            dht_refresh: config.dht_refresh,
+            dht_refresh: config.dilated(config.dht_refresh),
+            tick: config.dilated(TICK),
             known_addrs: HashMap::new(),
             dials: HashMap::new(),
             queries: HashMap::new(),
@@ -166,8 +173,10 @@ impl Worker {
     }
 
     pub(super) async fn run(mut self) {
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(self.tick);
         tick.tick().await;
+        // Not dilated, as the grace is not: the connection manager guards memory,
+        // which a slower clock does not give more of.
         let mut trim = tokio::time::interval(TRIM_INTERVAL);
         trim.tick().await;
         // A zero period would make tokio's interval panic.
@@ -271,6 +280,11 @@ impl Worker {
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::MeshPeers { topic, reply } => {
+                let hash = gossipsub::IdentTopic::new(&topic).hash();
+                let gossipsub = &self.swarm.behaviour().gossipsub;
+                let _ = reply.send(gossipsub.mesh_peers(&hash).copied().collect());
             }
             Command::Connect { addr, reply } => {
                 let opts = match split_peer(&addr) {

@@ -24,6 +24,7 @@ pub(crate) async fn loopback_swarm_with(connections: p2p::ConnectionLimits) -> (
         infer_limits: p2p::InferLimits::default(),
         connections,
         dht_refresh: p2p::DEFAULT_DHT_REFRESH,
+        time_dilation: 1,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await
