@@ -10,6 +10,7 @@ use ipfs_accelerate_netsim::network::LinkConfig;
 use ipfs_accelerate_netsim::plot;
 use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, pull};
 use ipfs_accelerate_netsim::sim::{Sim, SimConfig, Stack, resident_bytes};
+use ipfs_accelerate_netsim::stats::CpuMeter;
 use ipfs_accelerate_node::p2p;
 use serde_json::json;
 
@@ -81,7 +82,7 @@ enum Scenario {
         timeout_secs: u64,
     },
     /// dht, gossip and churn in turn on one swarm, whose start is most of a
-    /// 1000-node run (keys per node 1, 16 lookups at once, a message every 50 ms).
+    /// 1000-node run (keys per node 1, 16 lookups at once).
     Suite {
         #[command(flatten)]
         common: Common,
@@ -89,6 +90,9 @@ enum Scenario {
         lookups: usize,
         #[arg(long, default_value_t = 100)]
         messages: usize,
+        /// Milliseconds between two gossip publications.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
         #[arg(long, default_value_t = 0.1)]
         churn_per_minute: f64,
         /// How long the churn lasts, in seconds.
@@ -258,10 +262,17 @@ fn main() -> Result<()> {
                     lookups: *lookups,
                     concurrency: *concurrency,
                 };
+                let meter = CpuMeter::start();
                 let report = dht::run(&mut sim, &params).await?;
-                println!("dht: {}", describe(&report.lookups));
+                let busy = meter.busy();
+                println!(
+                    "dht: {}; {}{}",
+                    describe(&report.lookups),
+                    describe_hops(&report.hops),
+                    describe_busy(busy)
+                );
                 common.plot("DHT lookups", &[("lookup", &report.lookups.samples)])?;
-                ("dht", serde_json::to_value(report)?)
+                ("dht", with_cpu(&report, busy)?)
             }
             Scenario::Churn {
                 churn_per_minute,
@@ -274,13 +285,15 @@ fn main() -> Result<()> {
                     duration: Duration::from_secs(*seconds),
                     lookups_per_second: *lookups_per_second,
                 };
+                let meter = CpuMeter::start();
                 let report = churn::run(&mut sim, &params).await?;
-                println!("churn: {}", describe_churn(&report));
+                let busy = meter.busy();
+                println!("churn: {}{}", describe_churn(&report), describe_busy(busy));
                 common.plot(
                     "DHT lookups under churn",
                     &[("lookup", &report.lookups.samples)],
                 )?;
-                ("churn", serde_json::to_value(report)?)
+                ("churn", with_cpu(&report, busy)?)
             }
             Scenario::Gossip {
                 messages,
@@ -291,10 +304,16 @@ fn main() -> Result<()> {
                     messages: *messages,
                     interval: Duration::from_millis(*interval_ms),
                 };
+                let meter = CpuMeter::start();
                 let report = gossip::run(&mut sim, &params).await?;
-                println!("gossip: {}", describe_gossip(&report));
+                let busy = meter.busy();
+                println!(
+                    "gossip: {}{}",
+                    describe_gossip(&report),
+                    describe_busy(busy)
+                );
                 common.plot("Gossip delivery", &[("delivery", &report.samples)])?;
-                ("gossip", serde_json::to_value(report)?)
+                ("gossip", with_cpu(&report, busy)?)
             }
             Scenario::SwarmPull {
                 pullers,
@@ -309,22 +328,30 @@ fn main() -> Result<()> {
                     stagger: Duration::from_millis(*stagger_ms),
                     timeout: Duration::from_secs(*timeout_secs),
                 };
+                let meter = CpuMeter::start();
                 let report = pull::run(&mut sim, &params).await?;
-                println!("swarm-pull: {}", pull::describe(&report));
+                let busy = meter.busy();
+                println!(
+                    "swarm-pull: {}{}",
+                    pull::describe(&report),
+                    describe_busy(busy)
+                );
                 common.plot(
                     &format!("{pullers} peers pulling {size_mib} MiB"),
                     &[("completion", &report.samples)],
                 )?;
-                ("swarm-pull", serde_json::to_value(report)?)
+                ("swarm-pull", with_cpu(&report, busy)?)
             }
             Scenario::Suite {
                 lookups,
                 messages,
+                interval_ms,
                 churn_per_minute,
                 seconds,
                 lookups_per_second,
                 ..
             } => {
+                let dht_meter = CpuMeter::start();
                 let dht = dht::run(
                     &mut sim,
                     &dht::DhtParams {
@@ -334,16 +361,29 @@ fn main() -> Result<()> {
                     },
                 )
                 .await?;
-                println!("dht: {}", describe(&dht.lookups));
+                let dht_busy = dht_meter.busy();
+                println!(
+                    "dht: {}; {}{}",
+                    describe(&dht.lookups),
+                    describe_hops(&dht.hops),
+                    describe_busy(dht_busy)
+                );
+                let gossip_meter = CpuMeter::start();
                 let gossip = gossip::run(
                     &mut sim,
                     &gossip::GossipParams {
                         messages: *messages,
-                        interval: Duration::from_millis(50),
+                        interval: Duration::from_millis(*interval_ms),
                     },
                 )
                 .await?;
-                println!("gossip: {}", describe_gossip(&gossip));
+                let gossip_busy = gossip_meter.busy();
+                println!(
+                    "gossip: {}{}",
+                    describe_gossip(&gossip),
+                    describe_busy(gossip_busy)
+                );
+                let churn_meter = CpuMeter::start();
                 let churn = churn::run(
                     &mut sim,
                     &churn::ChurnParams {
@@ -353,7 +393,12 @@ fn main() -> Result<()> {
                     },
                 )
                 .await?;
-                println!("churn: {}", describe_churn(&churn));
+                let churn_busy = churn_meter.busy();
+                println!(
+                    "churn: {}{}",
+                    describe_churn(&churn),
+                    describe_busy(churn_busy)
+                );
                 let series = [
                     ("DHT lookup", &dht.lookups.samples[..]),
                     ("gossip delivery", &gossip.samples[..]),
@@ -362,7 +407,11 @@ fn main() -> Result<()> {
                 common.plot("dht, gossip and churn", &series)?;
                 (
                     "suite",
-                    json!({ "dht": dht, "gossip": gossip, "churn": churn }),
+                    json!({
+                        "dht": with_cpu(&dht, dht_busy)?,
+                        "gossip": with_cpu(&gossip, gossip_busy)?,
+                        "churn": with_cpu(&churn, churn_busy)?,
+                    }),
                 )
             }
             Scenario::InferenceLoad {
@@ -384,13 +433,19 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|| inference::DEFAULT_MODEL_DIR.into()),
                     deadline: Duration::from_millis(*deadline_ms),
                 };
+                let meter = CpuMeter::start();
                 let report = inference::run(&mut sim, &params).await?;
-                println!("inference-load: {}", inference::describe(&report));
+                let busy = meter.busy();
+                println!(
+                    "inference-load: {}{}",
+                    inference::describe(&report),
+                    describe_busy(busy)
+                );
                 common.plot(
                     &format!("{clients} clients calling {providers} providers"),
                     &[("call", &report.samples)],
                 )?;
-                ("inference-load", serde_json::to_value(report)?)
+                ("inference-load", with_cpu(&report, busy)?)
             }
         };
         sim.shutdown().await;
@@ -413,6 +468,20 @@ fn main() -> Result<()> {
             std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
         }
         anyhow::Ok(())
+    })
+}
+
+/// A scenario's report as JSON, with the share of the cores it kept busy.
+fn with_cpu(report: &impl serde::Serialize, busy: Option<f64>) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(report)?;
+    value["cpu_busy"] = json!(busy);
+    Ok(value)
+}
+
+/// The end of a scenario's line: how busy it kept the cores.
+fn describe_busy(busy: Option<f64>) -> String {
+    busy.map_or_else(String::new, |busy| {
+        format!("; cores {:.0}% busy", busy * 100.0)
     })
 }
 
@@ -445,7 +514,7 @@ fn describe_churn(report: &churn::ChurnReport) -> String {
 /// One line on a set of DHT lookups.
 fn describe(lookups: &dht::Lookups) -> String {
     format!(
-        "{}/{} lookups found the provider ({:.2}%; missed {}, failed {}, timed out {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms; p95 at most {:.1} hops",
+        "{}/{} lookups found the provider ({:.2}%; missed {}, failed {}, timed out {}); latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
         lookups.found,
         lookups.lookups,
         lookups.success_rate * 100.0,
@@ -455,6 +524,13 @@ fn describe(lookups: &dht::Lookups) -> String {
         lookups.latency.p50_ms,
         lookups.latency.p95_ms,
         lookups.latency.p99_ms,
-        lookups.hops_p95_at_most
+    )
+}
+
+/// One line on the hops the lookups' searches take.
+fn describe_hops(hops: &dht::Hops) -> String {
+    format!(
+        "hops p50 {}, p95 {}, max {} ({} reached no record)",
+        hops.p50, hops.p95, hops.max, hops.unreached
     )
 }

@@ -78,8 +78,6 @@ struct Inner {
     /// [`UPLINK_QUEUE`] and [`MIN_RETRANSMIT`] on the wall clock.
     uplink_queue: Duration,
     min_retransmit: Duration,
-    /// Twice the latency without jitter, in simulated time.
-    shortest_round_trip: Duration,
     /// Port -> the listening node and where its incoming connections go.
     listeners: Mutex<HashMap<u64, (usize, mpsc::Sender<Incoming>)>>,
     /// The partition group of each node: only nodes in the same group reach each other.
@@ -105,7 +103,6 @@ impl Network {
             link: link.dilated(factor),
             uplink_queue: UPLINK_QUEUE * factor,
             min_retransmit: MIN_RETRANSMIT * factor,
-            shortest_round_trip: link.latency * 2,
             listeners: Mutex::new(HashMap::new()),
             groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
             egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
@@ -139,11 +136,6 @@ impl Network {
         for group in &self.0.groups {
             group.store(0, Ordering::Relaxed);
         }
-    }
-
-    /// The shortest time a message and its answer take, in simulated time.
-    pub fn shortest_round_trip(&self) -> Duration {
-        self.0.shortest_round_trip
     }
 
     /// Bytes node `node` has sent so far.

@@ -101,6 +101,6 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
     Ok(ChurnReport {
         crashes,
         restarts,
-        lookups: Lookups::of(&results, sim.net.shortest_round_trip()),
+        lookups: Lookups::of(&results),
     })
 }

@@ -27,10 +27,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const DHT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DHT_PENDING_ENTRY_TIMEOUT: Duration = Duration::from_secs(60);
-/// DHT requests one query keeps in flight: libp2p's 3. Kubo keeps 10; one 1000-node
-/// netsim run with 10 found 94.4% of providers against 100% with 3, but its start
-/// was starved of CPU by a test run beside it, so the comparison is not settled.
-const DHT_PARALLELISM: usize = 3;
 
 /// Every protocol a node speaks on the swarm.
 #[derive(NetworkBehaviour)]
@@ -121,7 +117,8 @@ fn behaviour(
     // The swarm task bootstraps on its tick once it has peers; libp2p's own timer
     // would only warn on a node that has none yet.
     kad_config.set_periodic_bootstrap_interval(None);
-    kad_config.set_parallelism(NonZeroUsize::new(DHT_PARALLELISM).unwrap_or(NonZeroUsize::MIN));
+    kad_config
+        .set_parallelism(NonZeroUsize::new(super::DHT_PARALLELISM).unwrap_or(NonZeroUsize::MIN));
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
     // Server mode from the start: answer DHT queries even before we learn our
     // external address (on a LAN there may never be one).

@@ -27,6 +27,10 @@ const COMMAND_CHANNEL_CAPACITY: usize = 256;
 const EVENT_CHANNEL_CAPACITY: usize = 1024;
 /// Longest a DHT query may run.
 pub const DHT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// DHT requests one query keeps in flight: libp2p's 3. Kubo keeps 10; one 1000-node
+/// netsim run with 10 found 94.4% of providers against 100% with 3, but its start
+/// was starved of CPU by a test run beside it, so the comparison is not settled.
+pub const DHT_PARALLELISM: usize = 3;
 /// Kubo's public DHT protocol; `/ipfs/lan/kad/1.0.0` is its LAN DHT.
 pub const DEFAULT_DHT_PROTOCOL: &str = "/ipfs/kad/1.0.0";
 /// How often the routing table is refreshed by a DHT bootstrap, as Kubo's
@@ -152,6 +156,15 @@ pub enum NodeEvent {
 pub struct PeerInfo {
     pub peer: PeerId,
     pub addr: Multiaddr,
+}
+
+/// What a node answers a DHT request for the providers of a key, from its own state.
+#[derive(Debug, Clone, Default)]
+pub struct DhtAnswer {
+    /// The peers closest to the key in its routing table (at most Kademlia's k).
+    pub closer_peers: Vec<PeerId>,
+    /// The providers whose records it stores.
+    pub providers: Vec<PeerId>,
 }
 
 /// Handle to the swarm task; cheap to clone.
@@ -340,6 +353,14 @@ impl P2p {
     ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>> {
         self.call(|reply| Command::FindProviders { key, limit, reply })
             .await?
+    }
+
+    /// What this node would answer `asker` requesting the providers of `key`, without
+    /// any network traffic (netsim walks the swarm's routing tables with it to count
+    /// a lookup's hops, which libp2p's queries do not report).
+    pub async fn dht_answer(&self, key: Vec<u8>, asker: PeerId) -> Result<DhtAnswer> {
+        self.call(|reply| Command::DhtAnswer { key, asker, reply })
+            .await
     }
 
     /// Finds a peer's addresses on the DHT.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -15,7 +16,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{Config, ConnectionLimits, Error, NodeEvent, PeerInfo, Result};
+use super::{Config, ConnectionLimits, DhtAnswer, Error, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
@@ -62,6 +63,11 @@ pub(super) enum Command {
     FindPeer {
         peer: PeerId,
         reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
+    },
+    DhtAnswer {
+        key: Vec<u8>,
+        asker: PeerId,
+        reply: oneshot::Sender<DhtAnswer>,
     },
     Subscribe {
         topic: String,
@@ -366,6 +372,24 @@ impl Worker {
                         reply,
                     },
                 );
+            }
+            Command::DhtAnswer { key, asker, reply } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let target = kad::KBucketKey::new(key.clone());
+                let closer_peers = kad
+                    .find_closest_local_peers(&target, &asker)
+                    .map(|peer| peer.node_id)
+                    .collect();
+                let providers = kad
+                    .store_mut()
+                    .providers(&RecordKey::new(&key))
+                    .into_iter()
+                    .map(|record| record.provider)
+                    .collect();
+                let _ = reply.send(DhtAnswer {
+                    closer_peers,
+                    providers,
+                });
             }
             Command::FindPeer { peer, reply } => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
