@@ -265,12 +265,7 @@ fn main() -> Result<()> {
                 let meter = CpuMeter::start();
                 let report = dht::run(&mut sim, &params).await?;
                 let busy = meter.busy();
-                println!(
-                    "dht: {}; {}{}",
-                    describe(&report.lookups),
-                    describe_hops(&report.hops),
-                    describe_busy(busy)
-                );
+                println!("dht: {}{}", describe_dht(&report), describe_busy(busy));
                 common.plot("DHT lookups", &[("lookup", &report.lookups.samples)])?;
                 ("dht", with_cpu(&report, busy)?)
             }
@@ -362,12 +357,7 @@ fn main() -> Result<()> {
                 )
                 .await?;
                 let dht_busy = dht_meter.busy();
-                println!(
-                    "dht: {}; {}{}",
-                    describe(&dht.lookups),
-                    describe_hops(&dht.hops),
-                    describe_busy(dht_busy)
-                );
+                println!("dht: {}{}", describe_dht(&dht), describe_busy(dht_busy));
                 let gossip_meter = CpuMeter::start();
                 let gossip = gossip::run(
                     &mut sim,
@@ -527,10 +517,15 @@ fn describe(lookups: &dht::Lookups) -> String {
     )
 }
 
-/// One line on the hops the lookups' searches take.
-fn describe_hops(hops: &dht::Hops) -> String {
+/// One line on the dht scenario: its lookups, and the hops their searches take.
+fn describe_dht(report: &dht::DhtReport) -> String {
+    let hops = &report.hops;
     format!(
-        "hops p50 {}, p95 {}, max {} ({} reached no record)",
-        hops.p50, hops.p95, hops.max, hops.unreached
+        "{}; hops p50 {}, p95 {}, max {} ({} reached no record)",
+        describe(&report.lookups),
+        hops.p50,
+        hops.p95,
+        hops.max,
+        hops.unreached
     )
 }
