@@ -66,8 +66,7 @@ pub(super) fn build_swarm(
             custom,
             behaviour,
             keypair.public().to_peer_id(),
-            libp2p::swarm::Config::with_tokio_executor()
-                .with_idle_connection_timeout(config.dilated(IDLE_CONNECTION_TIMEOUT)),
+            swarm_config(config, libp2p::swarm::Config::with_tokio_executor()),
         );
         return Ok((swarm, channels));
     }
@@ -84,11 +83,20 @@ pub(super) fn build_swarm(
         .map_err(|e| transport(&e))?
         .with_behaviour(|key| behaviour(config, key, bitswap.take()))
         .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(config.dilated(IDLE_CONNECTION_TIMEOUT))
-        })
+        .with_swarm_config(|c| swarm_config(config, c))
         .build();
     Ok((swarm, channels))
+}
+
+/// The swarm's settings on either transport.
+fn swarm_config(config: &Config, swarm: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    swarm
+        .with_idle_connection_timeout(config.dilated(IDLE_CONNECTION_TIMEOUT))
+        // A stream with one protocol to offer (a DHT request, an inference session)
+        // sends its first message with the proposal instead of waiting a round trip
+        // for the peer's yes, as go-libp2p's dialers do: a DHT request on an open
+        // connection then costs one round trip, not two. Listeners are unchanged.
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
 }
 
 fn behaviour(
