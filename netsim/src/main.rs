@@ -262,9 +262,7 @@ fn main() -> Result<()> {
                     lookups: *lookups,
                     concurrency: *concurrency,
                 };
-                let meter = CpuMeter::start();
-                let report = dht::run(&mut sim, &params).await?;
-                let busy = meter.busy();
+                let (report, busy) = metered(dht::run(&mut sim, &params)).await?;
                 println!("dht: {}{}", describe_dht(&report), describe_busy(busy));
                 common.plot("DHT lookups", &[("lookup", &report.lookups.samples)])?;
                 ("dht", with_cpu(&report, busy)?)
@@ -280,9 +278,7 @@ fn main() -> Result<()> {
                     duration: Duration::from_secs(*seconds),
                     lookups_per_second: *lookups_per_second,
                 };
-                let meter = CpuMeter::start();
-                let report = churn::run(&mut sim, &params).await?;
-                let busy = meter.busy();
+                let (report, busy) = metered(churn::run(&mut sim, &params)).await?;
                 println!("churn: {}{}", describe_churn(&report), describe_busy(busy));
                 common.plot(
                     "DHT lookups under churn",
@@ -299,9 +295,7 @@ fn main() -> Result<()> {
                     messages: *messages,
                     interval: Duration::from_millis(*interval_ms),
                 };
-                let meter = CpuMeter::start();
-                let report = gossip::run(&mut sim, &params).await?;
-                let busy = meter.busy();
+                let (report, busy) = metered(gossip::run(&mut sim, &params)).await?;
                 println!(
                     "gossip: {}{}",
                     describe_gossip(&report),
@@ -323,9 +317,7 @@ fn main() -> Result<()> {
                     stagger: Duration::from_millis(*stagger_ms),
                     timeout: Duration::from_secs(*timeout_secs),
                 };
-                let meter = CpuMeter::start();
-                let report = pull::run(&mut sim, &params).await?;
-                let busy = meter.busy();
+                let (report, busy) = metered(pull::run(&mut sim, &params)).await?;
                 println!(
                     "swarm-pull: {}{}",
                     pull::describe(&report),
@@ -346,44 +338,38 @@ fn main() -> Result<()> {
                 lookups_per_second,
                 ..
             } => {
-                let dht_meter = CpuMeter::start();
-                let dht = dht::run(
+                let (dht, dht_busy) = metered(dht::run(
                     &mut sim,
                     &dht::DhtParams {
                         keys_per_node: 1,
                         lookups: *lookups,
                         concurrency: 16,
                     },
-                )
+                ))
                 .await?;
-                let dht_busy = dht_meter.busy();
                 println!("dht: {}{}", describe_dht(&dht), describe_busy(dht_busy));
-                let gossip_meter = CpuMeter::start();
-                let gossip = gossip::run(
+                let (gossip, gossip_busy) = metered(gossip::run(
                     &mut sim,
                     &gossip::GossipParams {
                         messages: *messages,
                         interval: Duration::from_millis(*interval_ms),
                     },
-                )
+                ))
                 .await?;
-                let gossip_busy = gossip_meter.busy();
                 println!(
                     "gossip: {}{}",
                     describe_gossip(&gossip),
                     describe_busy(gossip_busy)
                 );
-                let churn_meter = CpuMeter::start();
-                let churn = churn::run(
+                let (churn, churn_busy) = metered(churn::run(
                     &mut sim,
                     &churn::ChurnParams {
                         churn_per_minute: *churn_per_minute,
                         duration: Duration::from_secs(*seconds),
                         lookups_per_second: *lookups_per_second,
                     },
-                )
+                ))
                 .await?;
-                let churn_busy = churn_meter.busy();
                 println!(
                     "churn: {}{}",
                     describe_churn(&churn),
@@ -423,9 +409,7 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|| inference::DEFAULT_MODEL_DIR.into()),
                     deadline: Duration::from_millis(*deadline_ms),
                 };
-                let meter = CpuMeter::start();
-                let report = inference::run(&mut sim, &params).await?;
-                let busy = meter.busy();
+                let (report, busy) = metered(inference::run(&mut sim, &params)).await?;
                 println!(
                     "inference-load: {}{}",
                     inference::describe(&report),
@@ -459,6 +443,13 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// Runs a scenario, measuring the share of the cores it kept busy.
+async fn metered<T>(scenario: impl Future<Output = Result<T>>) -> Result<(T, Option<f64>)> {
+    let meter = CpuMeter::start();
+    let report = scenario.await?;
+    Ok((report, meter.busy()))
 }
 
 /// A scenario's report as JSON, with the share of the cores it kept busy.

@@ -21,8 +21,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rounds after which a hop count gives up.
 const MAX_HOPS: usize = 20;
 /// Time for the last provide's records to land: a provide query ends once it has sent
-/// them, and nothing answers them (a new connection and the message take 2.5 round
-/// trips).
+/// them, and nothing answers them (the message may need a new connection first).
 const RECORDS_LAND: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
@@ -220,9 +219,8 @@ async fn hops_in_sim(
 /// as many as a node's query keeps requests in flight ([`p2p::DHT_PARALLELISM`]);
 /// each answers what it would send over the network (`ask`; None for a peer that is
 /// down). 0 when the searcher holds the record itself; None when [`MAX_HOPS`] rounds
-/// do not reach one. libp2p's own queries do not report
-/// their hops; their requests go to the same peers, but as answers arrive rather
-/// than in rounds.
+/// do not reach one. libp2p's own queries do not report their hops; their requests
+/// go to the same peers, but as answers arrive rather than in rounds.
 pub async fn hops_to_record(
     ask: impl AsyncFn(PeerId) -> Option<DhtAnswer>,
     searcher: PeerId,
