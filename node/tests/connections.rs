@@ -1,12 +1,13 @@
-//! The connection manager, with real swarms on loopback: above its high water mark a
-//! node closes connections down to its low one, and keeps the peers of its gossip mesh.
+//! Connections between real swarms on loopback: dials that race each other, and the
+//! connection manager (above its high water mark a node closes connections down to its
+//! low one, and keeps the peers of its gossip mesh).
 
 use std::time::{Duration, Instant};
 
 use ipfs_accelerate_node::p2p::{ConnectionLimits, P2p};
 
 mod common;
-use common::loopback_swarm_with;
+use common::{loopback_swarm, loopback_swarm_with};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -82,4 +83,27 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
         spoke.shutdown().await;
     }
     hub.shutdown().await;
+}
+
+/// A DHT query may be dialing a peer when someone asks to connect to it (the demo's
+/// third node met the second that way): the asked-for dial still goes out and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dials_to_one_peer_at_once_both_connect() {
+    let (target, target_addr) = loopback_swarm().await;
+    let (dialer, _) = loopback_swarm().await;
+    let mut base = target_addr.clone();
+    base.pop();
+    let (by_id, by_addr) = tokio::time::timeout(
+        WAIT,
+        futures::future::join(
+            dialer.dial_peer(target.local_peer_id(), vec![base]),
+            dialer.connect(target_addr),
+        ),
+    )
+    .await
+    .expect("the dials answered");
+    by_id.expect("dial_peer");
+    assert_eq!(by_addr.expect("connect"), target.local_peer_id());
+    dialer.shutdown().await;
+    target.shutdown().await;
 }

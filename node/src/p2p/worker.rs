@@ -10,7 +10,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -292,9 +292,15 @@ impl Worker {
                 let gossipsub = &self.swarm.behaviour().gossipsub;
                 let _ = reply.send(gossipsub.mesh_peers(&hash).copied().collect());
             }
+            // A dial someone asked for goes out even while another dial to the same
+            // peer is under way (a DHT query's, say): its address may be the one that
+            // works, and the caller waits for this dial, not for the other.
             Command::Connect { addr, reply } => {
                 let opts = match split_peer(&addr) {
-                    Some((peer, base)) => DialOpts::peer_id(peer).addresses(vec![base]).build(),
+                    Some((peer, base)) => DialOpts::peer_id(peer)
+                        .condition(PeerCondition::Disconnected)
+                        .addresses(vec![base])
+                        .build(),
                     None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
                 };
                 if let Some(peer) = opts.get_peer_id()
@@ -324,7 +330,10 @@ impl Worker {
                         .kad
                         .add_address(&peer, addr.clone());
                 }
-                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::Disconnected)
+                    .addresses(addrs)
+                    .build();
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
