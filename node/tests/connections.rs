@@ -1,10 +1,14 @@
 //! Connections between real swarms on loopback: dials that race each other, and the
 //! connection manager (above its high water mark a node closes connections down to its
-//! low one, and keeps the peers of its gossip mesh).
+//! low one, and keeps the peers of its gossip mesh and those it moves blocks with).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipfs_accelerate_node::Store;
+use ipfs_accelerate_node::bitswap::{self, Bitswap};
 use ipfs_accelerate_node::p2p::{ConnectionLimits, P2p};
+use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 
 mod common;
 use common::{loopback_swarm, loopback_swarm_with};
@@ -57,15 +61,7 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
     assert_eq!(connected(&hub).await, 7);
 
     // The manager checks every 10 s.
-    let started = Instant::now();
-    while connected(&hub).await > limits.high_water {
-        assert!(
-            started.elapsed() < WAIT,
-            "the hub kept {} peers",
-            connected(&hub).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    trimmed_to(&hub, limits.high_water).await;
     let peers: Vec<_> = hub
         .peers()
         .await
@@ -80,6 +76,76 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
     );
 
     for spoke in &spokes {
+        spoke.shutdown().await;
+    }
+    hub.shutdown().await;
+}
+
+/// Waits until `p2p` has at most `most` peers connected.
+async fn trimmed_to(p2p: &P2p, most: usize) {
+    let started = Instant::now();
+    while connected(p2p).await > most {
+        assert!(
+            started.elapsed() < WAIT,
+            "{} peers stayed connected",
+            connected(p2p).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_high_water_mark_keeps_the_peer_it_just_served_blocks() {
+    let limits = ConnectionLimits {
+        low_water: 1,
+        high_water: 3,
+        grace: Duration::ZERO,
+    };
+    let (hub, hub_addr) = loopback_swarm_with(limits).await;
+    let hub_store = Arc::new(Store::in_memory());
+    let _hub_bitswap =
+        Bitswap::start(hub_store.clone(), hub.clone(), bitswap::Config::default()).unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let root = unixfs::add_reader(
+        &hub_store,
+        &data[..],
+        "f",
+        &ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap()
+    .cid;
+    let mut spokes = Vec::new();
+    for _ in 0..4 {
+        let (spoke, _) = loopback_swarm().await;
+        spoke.connect(hub_addr.clone()).await.unwrap();
+        spokes.push(spoke);
+    }
+    // The newest connection, the first the manager would close but for its blocks.
+    let (fetcher, _) = loopback_swarm().await;
+    let fetcher_bitswap = Bitswap::start(
+        Arc::new(Store::in_memory()),
+        fetcher.clone(),
+        bitswap::Config::default(),
+    )
+    .unwrap();
+    fetcher.connect(hub_addr.clone()).await.unwrap();
+    tokio::time::timeout(WAIT, fetcher_bitswap.fetch_dag(root, WAIT, |_, _| {}))
+        .await
+        .expect("the fetch finished in time")
+        .unwrap();
+
+    // The manager checks every 10 s.
+    trimmed_to(&hub, limits.low_water).await;
+    let peers: Vec<_> = hub
+        .peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer)
+        .collect();
+    assert_eq!(peers, vec![fetcher.local_peer_id()]);
+    for spoke in spokes.iter().chain([&fetcher]) {
         spoke.shutdown().await;
     }
     hub.shutdown().await;

@@ -804,6 +804,9 @@ impl Inner {
             // A peer gone meanwhile (its list removed) waits for nothing.
             None => message.blocks.clear(),
         }
+        if !message.blocks.is_empty() {
+            self.p2p.mark_in_use(peer);
+        }
         stats.blocks_sent += message.blocks.len() as u64;
         stats.bytes_sent += message.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
     }
@@ -844,6 +847,7 @@ impl Inner {
             }
         }
         if !wanted.is_empty() {
+            self.p2p.mark_in_use(peer);
             let _ = self.received.send((peer, wanted)).await;
         }
     }

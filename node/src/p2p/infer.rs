@@ -20,6 +20,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::in_use::InUse;
 use super::{Error, InferLimits, Result};
 
 /// Longest a call waits for its answer when the request states no deadline.
@@ -56,16 +57,23 @@ pub(super) struct InferStreams {
     control: libp2p_stream::Control,
     limits: InferLimits,
     sessions: Mutex<HashMap<PeerId, Arc<OnceCell<Arc<Session>>>>>,
+    /// Marks the peers with requests running, which keeps their connections open.
+    in_use: Arc<InUse>,
     /// Cancelled when the node shuts down: ends every stream task.
     stopped: CancellationToken,
 }
 
 impl InferStreams {
-    pub(super) fn new(control: libp2p_stream::Control, limits: InferLimits) -> Self {
+    pub(super) fn new(
+        control: libp2p_stream::Control,
+        limits: InferLimits,
+        in_use: Arc<InUse>,
+    ) -> Self {
         Self {
             control,
             limits,
             sessions: Mutex::new(HashMap::new()),
+            in_use,
             stopped: CancellationToken::new(),
         }
     }
@@ -90,6 +98,7 @@ impl InferStreams {
                 limit: self.limits.request,
             });
         }
+        let _held = self.in_use.hold(peer);
         // A stream can die under a request (its connection closed, e.g. a duplicate
         // one); inference has no side effects, so it is sent once more on a new one.
         let call = async {
@@ -173,7 +182,8 @@ impl InferStreams {
             .clone()
             .accept(protocol())
             .map_err(|_| Error::Infer("inference is already served".into()))?;
-        let (stopped, limits) = (self.stopped.clone(), self.limits);
+        let (stopped, limits, in_use) =
+            (self.stopped.clone(), self.limits, Arc::clone(&self.in_use));
         let streams = Arc::new(Semaphore::new(INBOUND_STREAMS));
         tokio::spawn(async move {
             loop {
@@ -188,11 +198,12 @@ impl InferStreams {
                     tracing::debug!(%peer, "infer: too many inbound streams; closing one");
                     continue;
                 };
-                let (handler, stopped) = (Arc::clone(&handler), stopped.clone());
+                let (handler, stopped, in_use) =
+                    (Arc::clone(&handler), stopped.clone(), Arc::clone(&in_use));
                 tokio::spawn(async move {
                     tokio::select! {
                         () = stopped.cancelled() => {}
-                        () = serve_stream(peer, stream, handler, limits) => {}
+                        () = serve_stream(peer, stream, handler, limits, &in_use) => {}
                     }
                     drop(slot);
                 });
@@ -398,7 +409,13 @@ async fn read_answers(
 }
 
 /// Reads requests off one inbound stream and answers each from its own task.
-async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limits: InferLimits) {
+async fn serve_stream(
+    peer: PeerId,
+    stream: Stream,
+    handler: InferHandler,
+    limits: InferLimits,
+    in_use: &Arc<InUse>,
+) {
     let (reader, writer) = stream.split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
@@ -424,6 +441,7 @@ async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limit
             break;
         };
         let (writer, handler) = (Arc::clone(&writer), Arc::clone(&handler));
+        let held = in_use.hold(peer);
         tokio::spawn(async move {
             let id = request.id;
             let response = handler(peer, request).await;
@@ -451,7 +469,7 @@ async fn serve_stream(peer: PeerId, stream: Stream, handler: InferHandler, limit
             };
             // Fails only when the caller is gone or stopped reading, its business.
             let _ = write_frame(&mut *writer.lock().await, &frame).await;
-            drop(slot);
+            drop((slot, held));
         });
     }
 }

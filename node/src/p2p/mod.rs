@@ -5,6 +5,7 @@
 //! ([`crate::bitswap`]).
 
 mod behaviour;
+mod in_use;
 mod infer;
 mod worker;
 
@@ -17,6 +18,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use self::behaviour::{Behaviour, BoxedTransport};
+use self::in_use::InUse;
 pub use self::infer::InferHandler;
 use self::infer::InferStreams;
 use self::worker::{Command, Worker};
@@ -72,8 +74,8 @@ impl Config {
 }
 
 /// The connection manager's marks, as Kubo's: above `high_water` connected peers, the
-/// ones connected longer than `grace` and not in a gossip mesh are closed, newest
-/// first, down to `low_water`. Without it every peer a DHT query touched stays
+/// ones connected longer than `grace`, not in a gossip mesh and not in use (Bitswap
+/// blocks lately, inference running) are closed, newest first, down to `low_water`. Without it every peer a DHT query touched stays
 /// connected until idle, and a node in a large network holds thousands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -177,6 +179,8 @@ pub struct P2p {
     bitswap: Arc<Mutex<Option<crate::bitswap::Channels>>>,
     infer: Arc<InferStreams>,
     infer_limits: InferLimits,
+    /// Peers the connection manager leaves connected while they carry work.
+    in_use: Arc<InUse>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -225,8 +229,19 @@ impl P2p {
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let infer = InferStreams::new(swarm.behaviour().infer.new_control(), config.infer_limits);
-        let worker = Worker::new(swarm, command_rx, events.clone(), &config);
+        let in_use = Arc::new(InUse::default());
+        let infer = InferStreams::new(
+            swarm.behaviour().infer.new_control(),
+            config.infer_limits,
+            Arc::clone(&in_use),
+        );
+        let worker = Worker::new(
+            swarm,
+            command_rx,
+            events.clone(),
+            &config,
+            Arc::clone(&in_use),
+        );
         tokio::spawn(worker.run());
         Ok(P2p {
             commands,
@@ -235,6 +250,7 @@ impl P2p {
             bitswap: Arc::new(Mutex::new(Some(bitswap))),
             infer: Arc::new(infer),
             infer_limits: config.infer_limits,
+            in_use,
         })
     }
 
@@ -245,6 +261,12 @@ impl P2p {
     /// The inference message limits this swarm was built with.
     pub fn infer_limits(&self) -> InferLimits {
         self.infer_limits
+    }
+
+    /// `peer` moved blocks with us just now: the connection manager leaves it connected
+    /// a while ([`in_use::IN_USE_WINDOW`]).
+    pub(crate) fn mark_in_use(&self, peer: PeerId) {
+        self.in_use.touch(peer);
     }
 
     /// Sends an event to local subscribers only (e.g. our own pubsub message).

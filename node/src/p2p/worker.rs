@@ -3,6 +3,7 @@
 //! to DHT queries and dials by their ids.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,6 +17,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::in_use::InUse;
 use super::{Config, ConnectionLimits, DhtAnswer, Error, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
@@ -133,6 +135,8 @@ pub(super) struct Worker {
     /// When each connected peer's first open connection was established.
     connected_since: HashMap<PeerId, Instant>,
     limits: ConnectionLimits,
+    /// Peers carrying work, which the connection manager leaves connected.
+    in_use: Arc<InUse>,
     dht_refresh: Duration,
     /// The status line's period, as this node's clocks run.
     tick: Duration,
@@ -151,6 +155,7 @@ impl Worker {
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<NodeEvent>,
         config: &Config,
+        in_use: Arc<InUse>,
     ) -> Self {
         let mut worker = Worker {
             swarm,
@@ -159,6 +164,7 @@ impl Worker {
             connections: HashMap::new(),
             connected_since: HashMap::new(),
             limits: config.connections,
+            in_use,
             dht_refresh: config.dilated(config.dht_refresh),
             tick: config.dilated(TICK),
             known_addrs: HashMap::new(),
@@ -214,17 +220,12 @@ impl Worker {
         if self.connections.len() <= self.limits.high_water {
             return;
         }
-        let in_mesh: HashSet<PeerId> = self
-            .swarm
-            .behaviour()
-            .gossipsub
-            .all_mesh_peers()
-            .copied()
-            .collect();
+        let mut kept = self.in_use.busy();
+        kept.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
         let mut candidates: Vec<(Instant, PeerId)> = self
             .connected_since
             .iter()
-            .filter(|(peer, since)| !in_mesh.contains(peer) && since.elapsed() >= self.limits.grace)
+            .filter(|(peer, since)| !kept.contains(peer) && since.elapsed() >= self.limits.grace)
             .map(|(peer, since)| (*since, *peer))
             .collect();
         candidates.sort_unstable_by_key(|&(since, _)| std::cmp::Reverse(since));
@@ -526,6 +527,7 @@ impl Worker {
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.connected_since.remove(&peer_id);
+                        self.in_use.forget(&peer_id);
                         let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                     }
                 }
