@@ -1,5 +1,6 @@
 //! Bitswap between real swarms on loopback TCP in one process: a direct fetch, a fetch
-//! that finds its provider on the DHT through a third node, and a peer that never answers.
+//! that finds its provider on the DHT through a third node, a want answered once the
+//! block arrives, and a peer that never answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use ipfs_accelerate_node::Store;
 use ipfs_accelerate_node::bitswap::{self, Bitswap, provider_key};
 use ipfs_accelerate_node::p2p::{self, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
+use ipfs_accelerate_protocol::bitswap as wire;
 use libp2p::{Multiaddr, StreamProtocol};
 
 mod common;
@@ -138,6 +140,147 @@ async fn providers_are_found_on_the_dht_and_dialed() {
             .unwrap()
             .contains(&a.p2p.local_peer_id())
     );
+}
+
+/// A want for a block we do not have yet waits in our ledger; the block goes out as
+/// soon as we have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_wanted_before_we_had_it_is_sent_when_it_arrives() {
+    let (origin, relay, asker) = (node().await, node().await, node().await);
+    let (first, _) = add(&relay.store, 100_000, 3);
+    let (root, _) = add(&origin.store, 500_000, 4);
+    asker.p2p.connect(relay.addr.clone()).await.unwrap();
+    // A block from the relay makes it the asker's source: the next want goes to it as
+    // a want-block.
+    asker.bitswap.get(first, WAIT).await.unwrap();
+    let fetch = tokio::spawn({
+        let bitswap = asker.bitswap.clone();
+        async move { bitswap.get(root, WAIT).await }
+    });
+    let asker_id = asker.p2p.local_peer_id();
+    tokio::time::timeout(WAIT, async {
+        while !relay.bitswap.wantlist_of(&asker_id).contains(&root) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay holds the asker's want");
+
+    relay.p2p.connect(origin.addr.clone()).await.unwrap();
+    relay.bitswap.get(root, WAIT).await.unwrap();
+    let block = tokio::time::timeout(WAIT, fetch)
+        .await
+        .expect("the asker got the block in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(*block.cid(), root);
+    let from_relay = asker.bitswap.received_from()[&relay.p2p.local_peer_id()].0;
+    assert_eq!(from_relay, 2, "{:?}", asker.bitswap.received_from());
+    assert!(relay.bitswap.wantlist_of(&asker_id).is_empty());
+}
+
+/// Reads one length-prefixed Bitswap message off `stream`; `None` once it ends.
+async fn read_bitswap_message(stream: &mut libp2p::Stream) -> Option<wire::Message> {
+    use futures::AsyncReadExt;
+
+    let mut prefix = Vec::new();
+    loop {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.ok()?;
+        prefix.push(byte[0]);
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let (len, _) = unsigned_varint::decode::usize(&prefix).unwrap();
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(wire::Message::decode(body).unwrap())
+}
+
+/// A want-block for a block we do not have yet waits in our ledger; the block goes to
+/// the peer as soon as we have it, within its budget like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_block_held_in_the_ledger_is_answered_with_the_block() {
+    use futures::{AsyncWriteExt, StreamExt};
+
+    let (origin, relay) = (node().await, node().await);
+    let (root, _) = add(&origin.store, 500_000, 5);
+    let (mut swarm, mut control) = raw_peer().await;
+    let protocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+    let mut incoming = control.accept(protocol.clone()).unwrap();
+    let asker_id = *swarm.local_peer_id();
+    swarm.dial(relay.addr.clone()).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut wants = tokio::time::timeout(
+        WAIT,
+        control.open_stream(relay.p2p.local_peer_id(), protocol),
+    )
+    .await
+    .expect("stream opened in time")
+    .expect("stream opened");
+    let want = wire::Message {
+        wantlist: vec![wire::WantEntry {
+            cid: root,
+            priority: 1,
+            cancel: false,
+            want_type: wire::WantType::Block,
+            send_dont_have: false,
+        }],
+        ..wire::Message::default()
+    };
+    let body = want.encode(wire::ProtocolVersion::V1_2_0);
+    let mut prefix = unsigned_varint::encode::usize_buffer();
+    wants
+        .write_all(unsigned_varint::encode::usize(body.len(), &mut prefix))
+        .await
+        .unwrap();
+    wants.write_all(&body).await.unwrap();
+    wants.flush().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !relay.bitswap.wantlist_of(&asker_id).contains(&root) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay holds the want");
+
+    relay.p2p.connect(origin.addr.clone()).await.unwrap();
+    relay.bitswap.get(root, WAIT).await.unwrap();
+    // The relay's streams to us: one for wants (its own want for the block comes that
+    // way), one for blocks.
+    let (messages, mut received) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                while let Some(message) = read_bitswap_message(&mut stream).await {
+                    if messages.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let message = tokio::time::timeout(WAIT, async {
+        loop {
+            let message = received.recv().await.unwrap();
+            if !message.blocks.is_empty() {
+                break message;
+            }
+        }
+    })
+    .await
+    .expect("the block came in time");
+    let sent: Vec<_> = message.blocks.iter().map(|b| *b.cid()).collect();
+    assert_eq!(sent, vec![root]);
+    assert!(relay.bitswap.wantlist_of(&asker_id).is_empty());
+    reader.abort();
+    driver.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -424,6 +424,16 @@ impl Bitswap {
         lock(&self.inner.state).wants.keys().copied().collect()
     }
 
+    /// CIDs `peer` wants from us: blocks we are about to send it, and wants we keep
+    /// until we have the block (Kubo's `bitswap wantlist --peer`).
+    pub fn wantlist_of(&self, peer: &PeerId) -> Vec<Cid> {
+        let state = lock(&self.inner.state);
+        let waiting = state.ledgers.get(peer).into_iter().flat_map(|l| l.keys());
+        let sending = state.to_send.get(peer).into_iter().flatten();
+        let wants: HashSet<Cid> = waiting.chain(sending).copied().collect();
+        wants.into_iter().collect()
+    }
+
     /// A block from the local store, or from the network (then stored).
     pub async fn get(&self, cid: Cid, timeout: Duration) -> Result<Block> {
         let store = self.inner.store.clone();
@@ -811,18 +821,15 @@ impl Inner {
         stats.bytes_sent += message.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
     }
 
-    /// Sends a peer a block it asked for before we had it.
-    fn send_block(self: &Arc<Self>, peer: PeerId, block: Block) {
+    /// Sends a peer blocks it asked for before we had them, now stored: read back and
+    /// queued within its budget, in turn after what it asked for earlier.
+    fn send_stored(self: &Arc<Self>, peer: PeerId, cids: Vec<Cid>) {
         lock(&self.state)
             .to_send
             .entry(peer)
             .or_default()
-            .insert(*block.cid());
-        let message = Message {
-            blocks: vec![block],
-            ..Message::default()
-        };
-        try_queue(&self.sender_for(peer).blocks, peer, message);
+            .extend(cids.iter().copied());
+        self.send_blocks_in_turn(peer, cids);
     }
 
     /// Client side: queue wanted blocks for the store writer ([`store_received`]), so
@@ -856,7 +863,8 @@ impl Inner {
     /// serve peers that asked us for them.
     fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
         let mut wantlists: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
-        let mut serve_later: Vec<(PeerId, WantType, Block)> = Vec::new();
+        let mut blocks_later: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut haves_later: HashMap<PeerId, Vec<Presence>> = HashMap::new();
         {
             let mut state = lock(&self.state);
             for block in &wanted {
@@ -883,8 +891,17 @@ impl Inner {
                         .push(cancel_entry(*block.cid()));
                 }
                 for (wanter, ledger) in state.ledgers.iter_mut() {
-                    if let Some(want_type) = ledger.remove(block.cid()) {
-                        serve_later.push((*wanter, want_type, block.clone()));
+                    match ledger.remove(block.cid()) {
+                        Some(WantType::Block) => {
+                            blocks_later.entry(*wanter).or_default().push(*block.cid());
+                        }
+                        Some(WantType::Have) => {
+                            haves_later.entry(*wanter).or_default().push(Presence {
+                                cid: *block.cid(),
+                                kind: PresenceKind::Have,
+                            });
+                        }
+                        None => {}
                     }
                 }
                 state.recently_received.insert(*block.cid());
@@ -906,20 +923,17 @@ impl Inner {
                 },
             );
         }
-        for (wanter, want_type, block) in serve_later {
-            match want_type {
-                WantType::Block => self.send_block(wanter, block),
-                WantType::Have => self.send(
-                    wanter,
-                    Message {
-                        presences: vec![Presence {
-                            cid: *block.cid(),
-                            kind: PresenceKind::Have,
-                        }],
-                        ..Message::default()
-                    },
-                ),
-            }
+        for (wanter, presences) in haves_later {
+            self.send(
+                wanter,
+                Message {
+                    presences,
+                    ..Message::default()
+                },
+            );
+        }
+        for (wanter, cids) in blocks_later {
+            self.send_stored(wanter, cids);
         }
     }
 
