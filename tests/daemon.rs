@@ -29,6 +29,34 @@ fn three_daemons_fetch_from_each_other_and_survive_a_kill() {
         String::from_utf8_lossy(&fetched.stderr)
     );
     assert!(fetched.stdout == content, "b read other bytes");
+    // Bitswap's counters, in Kubo's shape: a sent b the file's blocks.
+    let stat = |d: &Daemon| -> serde_json::Value {
+        serde_json::from_str(&d.repo.ok(&["bitswap", "stat", "--json"])).unwrap()
+    };
+    let (sent, received) = (stat(&a), stat(&b));
+    let size = content.len() as u64;
+    assert!(sent["BlocksSent"].as_u64().unwrap() >= 48, "{sent}");
+    assert!(sent["DataSent"].as_u64().unwrap() >= size, "{sent}");
+    assert!(
+        received["BlocksReceived"].as_u64().unwrap() >= 48,
+        "{received}"
+    );
+    assert!(
+        received["DataReceived"].as_u64().unwrap() >= size,
+        "{received}"
+    );
+    assert!(
+        received["MessagesReceived"].as_u64().unwrap() > 0,
+        "{received}"
+    );
+    assert_eq!(sent["Peers"], serde_json::json!([b.peer_id()]), "{sent}");
+    assert_eq!(received["Wantlist"], serde_json::json!([]), "{received}");
+    assert_eq!(b.repo.ok(&["bitswap", "wantlist"]), "");
+    assert_eq!(
+        a.repo.ok(&["bitswap", "wantlist", "--peer", &b.peer_id()]),
+        ""
+    );
+    assert!(b.repo.ok(&["bitswap", "stat"]).contains("partners [1]"));
     b.repo.ok(&["pin", "add", &cid]);
     assert!(
         b.repo

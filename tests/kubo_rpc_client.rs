@@ -21,6 +21,12 @@ fn kubo_rpc_client_drives_the_daemon() {
     assert_eq!(report["subscribed"], true, "{report}");
     assert_eq!(report["pubsubSelf"], "ping", "{report}");
     assert_eq!(report["tarHasEntries"], true, "{report}");
+    // A daemon alone: nothing exchanged, nothing wanted, no partners.
+    let bitswap =
+        serde_json::json!({"blocksSent": 0, "blocksReceived": 0, "wantlist": 0, "peers": 0});
+    assert_eq!(report["bitswap"], bitswap, "{report}");
+    assert_eq!(report["wantlist"], 0, "{report}");
+    assert_eq!(report["wantlistForPeer"], 0, "{report}");
     // The tree the JS client uploaded part by part has the CID `add -r` gives it here.
     let local = TestRepo::new();
     let dir = local.path("tree");

@@ -57,6 +57,10 @@ pub(crate) enum Command {
     /// Connections to other peers (needs a running daemon)
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Bitswap: what we want, what peers want from us, blocks sent and received (needs
+    /// a running daemon)
+    #[command(subcommand)]
+    Bitswap(BitswapCommand),
     /// The DHT: provider records (needs a running daemon)
     #[command(subcommand)]
     Routing(RoutingCommand),
@@ -306,6 +310,17 @@ pub(crate) enum SwarmCommand {
         #[arg(value_parser = ["local"])]
         which: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BitswapCommand {
+    /// Blocks we are looking for, or those a peer wants from us
+    Wantlist {
+        #[arg(short, long, value_name = "PEER_ID")]
+        peer: Option<String>,
+    },
+    /// Blocks and bytes sent and received, duplicates, partners
+    Stat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         }
         Command::Daemon(args) => crate::daemon::run(repo, args),
         Command::Swarm(_)
+        | Command::Bitswap(_)
         | Command::Routing(_)
         | Command::Pubsub(_)
         | Command::Shutdown

@@ -13,8 +13,8 @@ use serde_json::Value;
 use base64::Engine;
 
 use crate::cli::{
-    BlockCommand, Command, DagCommand, PinCommand, PubsubCommand, RepoCommand, RoutingCommand,
-    SwarmCommand,
+    BitswapCommand, BlockCommand, Command, DagCommand, PinCommand, PubsubCommand, RepoCommand,
+    RoutingCommand, SwarmCommand,
 };
 use crate::multipart::MultipartBody;
 
@@ -308,6 +308,33 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             for line in answer["Strings"].as_array().into_iter().flatten() {
                 println!("{}", line.as_str().unwrap_or_default());
             }
+        }
+        Command::Bitswap(BitswapCommand::Wantlist { peer }) => {
+            let args: Vec<(&str, String)> = peer.map(|p| ("peer", p)).into_iter().collect();
+            let answer = remote.json("bitswap/wantlist", &args)?;
+            if json {
+                return print(&answer);
+            }
+            for key in answer["Keys"].as_array().into_iter().flatten() {
+                println!("{}", key["/"].as_str().unwrap_or_default());
+            }
+        }
+        Command::Bitswap(BitswapCommand::Stat) => {
+            let answer = remote.json("bitswap/stat", &[])?;
+            if json {
+                return print(&answer);
+            }
+            let count = |key: &str| answer[key].as_u64().unwrap_or_default();
+            let length = |key: &str| answer[key].as_array().map_or(0, Vec::len);
+            println!("bitswap status");
+            println!("\tblocks received: {}", count("BlocksReceived"));
+            println!("\tblocks sent: {}", count("BlocksSent"));
+            println!("\tdata received: {}", count("DataReceived"));
+            println!("\tdata sent: {}", count("DataSent"));
+            println!("\tdup blocks received: {}", count("DupBlksReceived"));
+            println!("\tdup data received: {}", count("DupDataReceived"));
+            println!("\twantlist [{} keys]", length("Wantlist"));
+            println!("\tpartners [{}]", length("Peers"));
         }
         Command::Routing(RoutingCommand::Findprovs { cid, num_providers }) => {
             let args = [("arg", cid), ("num-providers", num_providers.to_string())];

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 mod add;
+mod bitswap;
 mod models;
 
 use crate::http_body::stream_from_blocking;
@@ -143,6 +144,8 @@ pub async fn serve(
         .route("/api/v0/add", post(add::add))
         .route("/api/v0/cat", post(cat))
         .route("/api/v0/get", post(get_tar))
+        .route("/api/v0/bitswap/wantlist", post(bitswap::wantlist))
+        .route("/api/v0/bitswap/stat", post(bitswap::stat))
         .route("/api/v0/block/get", post(block_get))
         .route("/api/v0/block/stat", post(block_stat))
         .route("/api/v0/pin/add", post(pin_add))

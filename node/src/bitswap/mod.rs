@@ -152,9 +152,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Counters for `stats bitswap`-like reporting.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
+    /// Blocks we wanted, and their bytes.
     pub blocks_received: u64,
     pub bytes_received: u64,
+    /// Blocks that came when no one wanted them any more (another peer was faster).
     pub duplicate_blocks: u64,
+    pub duplicate_bytes: u64,
+    pub messages_received: u64,
     pub blocks_sent: u64,
     pub bytes_sent: u64,
     pub peers_dropped: u64,
@@ -424,6 +428,11 @@ impl Bitswap {
         lock(&self.inner.state).wants.keys().copied().collect()
     }
 
+    /// Peers with a connection Bitswap can use.
+    pub fn peers(&self) -> Vec<PeerId> {
+        lock(&self.inner.state).connected.iter().copied().collect()
+    }
+
     /// CIDs `peer` wants from us: blocks we are about to send it, and wants we keep
     /// until we have the block (Kubo's `bitswap wantlist --peer`).
     pub fn wantlist_of(&self, peer: &PeerId) -> Vec<Cid> {
@@ -648,6 +657,7 @@ impl Inner {
                 "bitswap: message in"
             );
         }
+        lock(&self.state).stats.messages_received += 1;
         if !message.wantlist.is_empty() || message.full_wantlist {
             self.serve(peer, message.wantlist, message.full_wantlist)
                 .await;
@@ -845,6 +855,7 @@ impl Inner {
             let junk = {
                 let mut state = lock(&self.state);
                 state.stats.duplicate_blocks += unwanted.len() as u64;
+                state.stats.duplicate_bytes += unwanted.iter().map(|b| b.len() as u64).sum::<u64>();
                 unwanted
                     .iter()
                     .any(|b| !state.recently_received.contains(b.cid()))
@@ -870,6 +881,7 @@ impl Inner {
             for block in &wanted {
                 let Some(want) = state.wants.remove(block.cid()) else {
                     state.stats.duplicate_blocks += 1;
+                    state.stats.duplicate_bytes += block.len() as u64;
                     continue;
                 };
                 state.stats.blocks_received += 1;

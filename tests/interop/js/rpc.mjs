@@ -1,6 +1,6 @@
 // Drives an ipfs-accelerate daemon through the real Kubo RPC client (npm kubo-rpc-client),
 // the way applications do: version, id, add (a file and a directory tree), cat, get,
-// pin add/ls/rm, pubsub pub/sub.
+// pin add/ls/rm, bitswap stat/wantlist, pubsub pub/sub.
 //
 //   node rpc.mjs API_URL     prints a JSON report; exits non-zero on any failure
 import { create } from 'kubo-rpc-client'
@@ -51,6 +51,17 @@ await api.pin.add(added.cid)
 const pinned = []
 for await (const pin of api.pin.ls({ type: 'recursive' })) pinned.push(pin.cid.toString())
 report.pinned = pinned.includes(report.added)
+
+// Bitswap's counters and wantlist, parsed by the client (it throws on a missing field).
+const bitswap = await api.bitswap.stat()
+report.bitswap = {
+  blocksSent: Number(bitswap.blocksSent),
+  blocksReceived: Number(bitswap.blocksReceived),
+  wantlist: bitswap.wantlist.length,
+  peers: bitswap.peers.length,
+}
+report.wantlist = (await api.bitswap.wantlist()).length
+report.wantlistForPeer = (await api.bitswap.wantlistForPeer(report.id)).length
 
 const topic = 'kubo-rpc-client-test'
 let deliver
