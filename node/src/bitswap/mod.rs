@@ -688,15 +688,28 @@ impl Inner {
                 ledger.clear();
                 to_send.clear();
             }
-            for entry in entries.iter() {
+            let (mut wants, mut ignored) = (Vec::new(), 0usize);
+            for entry in entries {
                 if entry.cancel {
                     ledger.remove(&entry.cid);
                     to_send.remove(&entry.cid);
-                } else if entry.want_type == WantType::Block && to_send.len() < LEDGER_LIMIT {
+                    continue;
+                }
+                if entry.want_type == WantType::Block {
+                    // Beyond the limit a want-block is ignored, as Kubo ignores wants
+                    // past its per-peer queue: the peer asks again later.
+                    if to_send.len() >= LEDGER_LIMIT && !to_send.contains(&entry.cid) {
+                        ignored += 1;
+                        continue;
+                    }
                     to_send.insert(entry.cid);
                 }
+                wants.push(entry);
             }
-            entries.into_iter().filter(|e| !e.cancel).collect()
+            if ignored > 0 {
+                tracing::debug!(%peer, ignored, "bitswap: a peer's want-blocks over the limit");
+            }
+            wants
         };
         if wants.is_empty() {
             return;
