@@ -96,10 +96,12 @@ async fn trimmed_to(p2p: &P2p, most: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_over_its_high_water_mark_keeps_the_peer_it_just_served_blocks() {
+    // The grace keeps a tick that lands while peers connect, or between the fetcher's
+    // connection and its first block, from closing anyone yet.
     let limits = ConnectionLimits {
         low_water: 1,
         high_water: 3,
-        grace: Duration::ZERO,
+        grace: Duration::from_secs(2),
     };
     let (hub, hub_addr) = loopback_swarm_with(limits).await;
     let hub_store = Arc::new(Store::in_memory());
