@@ -10,7 +10,7 @@ use ipfs_accelerate_node::bitswap::{self, Bitswap, provider_key};
 use ipfs_accelerate_node::p2p::{self, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use ipfs_accelerate_protocol::bitswap as wire;
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 mod common;
 use common::{loopback_swarm, raw_peer};
@@ -142,6 +142,20 @@ async fn providers_are_found_on_the_dht_and_dialed() {
     );
 }
 
+/// Waits until `relay` holds `asker`'s want for `cid`, then has it fetch the block
+/// from `origin`.
+async fn held_then_fetched(relay: &TestNode, asker: PeerId, cid: cid::Cid, origin: &TestNode) {
+    tokio::time::timeout(WAIT, async {
+        while !relay.bitswap.wantlist_of(&asker).contains(&cid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay holds the asker's want");
+    relay.p2p.connect(origin.addr.clone()).await.unwrap();
+    relay.bitswap.get(cid, WAIT).await.unwrap();
+}
+
 /// A want for a block we do not have yet waits in our ledger; the block goes out as
 /// soon as we have it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,16 +172,7 @@ async fn a_block_wanted_before_we_had_it_is_sent_when_it_arrives() {
         async move { bitswap.get(root, WAIT).await }
     });
     let asker_id = asker.p2p.local_peer_id();
-    tokio::time::timeout(WAIT, async {
-        while !relay.bitswap.wantlist_of(&asker_id).contains(&root) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the relay holds the asker's want");
-
-    relay.p2p.connect(origin.addr.clone()).await.unwrap();
-    relay.bitswap.get(root, WAIT).await.unwrap();
+    held_then_fetched(&relay, asker_id, root, &origin).await;
     let block = tokio::time::timeout(WAIT, fetch)
         .await
         .expect("the asker got the block in time")
@@ -241,16 +246,7 @@ async fn a_want_block_held_in_the_ledger_is_answered_with_the_block() {
         .unwrap();
     wants.write_all(&body).await.unwrap();
     wants.flush().await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while !relay.bitswap.wantlist_of(&asker_id).contains(&root) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the relay holds the want");
-
-    relay.p2p.connect(origin.addr.clone()).await.unwrap();
-    relay.bitswap.get(root, WAIT).await.unwrap();
+    held_then_fetched(&relay, asker_id, root, &origin).await;
     // The relay's streams to us: one for wants (its own want for the block comes that
     // way), one for blocks.
     let (messages, mut received) = tokio::sync::mpsc::channel(16);

@@ -9,6 +9,7 @@ use ipfs_accelerate_node::Store;
 use ipfs_accelerate_node::bitswap::{self, Bitswap};
 use ipfs_accelerate_node::p2p::{ConnectionLimits, P2p};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
+use libp2p::PeerId;
 
 mod common;
 use common::{loopback_swarm, loopback_swarm_with};
@@ -61,14 +62,7 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
     assert_eq!(connected(&hub).await, 7);
 
     // The manager checks every 10 s.
-    trimmed_to(&hub, limits.high_water).await;
-    let peers: Vec<_> = hub
-        .peers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.peer)
-        .collect();
+    let peers = trimmed_to(&hub, limits.high_water).await;
     assert_eq!(peers.len(), limits.low_water, "{peers:?}");
     assert!(
         peers.contains(&meshed),
@@ -81,8 +75,8 @@ async fn a_node_over_its_high_water_mark_trims_to_the_low_one_and_keeps_its_mesh
     hub.shutdown().await;
 }
 
-/// Waits until `p2p` has at most `most` peers connected.
-async fn trimmed_to(p2p: &P2p, most: usize) {
+/// Waits until `p2p` has at most `most` peers connected; returns them.
+async fn trimmed_to(p2p: &P2p, most: usize) -> Vec<PeerId> {
     let started = Instant::now();
     while connected(p2p).await > most {
         assert!(
@@ -92,6 +86,12 @@ async fn trimmed_to(p2p: &P2p, most: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    p2p.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,14 +138,7 @@ async fn a_node_over_its_high_water_mark_keeps_the_peer_it_just_served_blocks() 
         .unwrap();
 
     // The manager checks every 10 s.
-    trimmed_to(&hub, limits.low_water).await;
-    let peers: Vec<_> = hub
-        .peers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.peer)
-        .collect();
+    let peers = trimmed_to(&hub, limits.low_water).await;
     assert_eq!(peers, vec![fetcher.local_peer_id()]);
     for spoke in spokes.iter().chain([&fetcher]) {
         spoke.shutdown().await;
