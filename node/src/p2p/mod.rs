@@ -75,8 +75,9 @@ impl Config {
 
 /// The connection manager's marks, as Kubo's: above `high_water` connected peers, the
 /// ones connected longer than `grace`, not in a gossip mesh and not in use (Bitswap
-/// blocks lately, inference running) are closed, newest first, down to `low_water`. Without it every peer a DHT query touched stays
-/// connected until idle, and a node in a large network holds thousands.
+/// blocks lately, inference running) are closed, newest first, down to `low_water`.
+/// Without it every peer a DHT query touched stays connected until idle, and a node
+/// in a large network holds thousands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     pub low_water: usize,
