@@ -1,6 +1,6 @@
-//! The daemon's HTTP surfaces as plain HTTP clients use them: the API's GET health probe
-//! and Kubo-style errors, and the gateway's files, directories, ranges, trustless
-//! formats, caching headers and the always-served empty directory.
+//! The daemon's HTTP surfaces as plain HTTP clients use them: the API's GET health
+//! probe, Kubo-style errors and bearer token, and the gateway's files, directories,
+//! ranges, trustless formats, caching headers and the always-served empty directory.
 
 use ipfs_accelerate_tests::{Daemon, TestRepo};
 
@@ -186,6 +186,43 @@ fn start_cut_off_add(api: &str, parts: &[(&str, &str)]) -> std::net::TcpStream {
     stream.write_all(&body).unwrap();
     stream.flush().unwrap();
     stream
+}
+
+#[test]
+fn an_api_token_keeps_other_callers_out_of_the_api_but_not_the_gateway() {
+    let repo = TestRepo::new();
+    let config = repo.repo_path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[network]\n"), "{text}");
+    let with_token = text.replace("[network]\n", "[network]\napi_token = \"s3cret-token\"\n");
+    std::fs::write(&config, with_token).unwrap();
+    let daemon = Daemon::start_on(repo, &[]);
+    let id = format!("{}/api/v0/id", daemon.api_url());
+
+    for refused in [
+        vec![],
+        vec![("Authorization", "Bearer s3cret-tokeN")],
+        vec![("Authorization", "Basic s3cret-token")],
+    ] {
+        let reply = request("POST", &id, &refused);
+        assert_eq!(reply.status, 401, "{refused:?}");
+        let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(error["Type"], "error");
+        assert!(error["Message"].as_str().unwrap().contains("Bearer"));
+    }
+    let reply = request("POST", &id, &[("Authorization", "Bearer s3cret-token")]);
+    assert_eq!(reply.status, 200);
+    // The CLI on the repo sends the token from its config.
+    assert_eq!(daemon.repo.ok(&["swarm", "peers"]), "");
+    let empty = request(
+        "GET",
+        &format!(
+            "http://{}/ipfs/QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn",
+            daemon.gateway
+        ),
+        &[],
+    );
+    assert_eq!(empty.status, 200);
 }
 
 #[test]

@@ -23,6 +23,8 @@ use crate::multipart::MultipartBody;
 pub(crate) struct Remote {
     base: String,
     agent: ureq::Agent,
+    /// The repo's `network.api_token`, sent as a bearer token.
+    token: Option<String>,
 }
 
 impl Remote {
@@ -47,9 +49,11 @@ impl Remote {
             .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
+        let token = Repo::read_config(path)?.network.api_token;
         Ok(Some(Remote {
             base: format!("http://{host}:{port}/api/v0"),
             agent,
+            token,
         }))
     }
 
@@ -68,7 +72,10 @@ impl Remote {
         args: &[(&str, String)],
         body: Option<(&str, &mut dyn Read)>,
     ) -> Result<impl Read + use<>> {
-        let request = self.agent.post(&self.url(path, args));
+        let mut request = self.agent.post(&self.url(path, args));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
         let response = match body {
             Some((content_type, reader)) => request
                 .header("Content-Type", content_type)

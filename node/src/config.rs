@@ -98,6 +98,10 @@ pub struct NetworkConfig {
     pub high_water: usize,
     /// Seconds a new connection is safe from trimming (Kubo's GracePeriod).
     pub grace_period_secs: u64,
+    /// When set, the HTTP API answers only requests with `Authorization: Bearer
+    /// <token>`; the CLI on this repo sends it. The gateway stays open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
 }
 
 /// Which blocks a node announces on the DHT.
@@ -132,6 +136,7 @@ impl Default for NetworkConfig {
             low_water: 32,
             high_water: 96,
             grace_period_secs: 20,
+            api_token: None,
         }
     }
 }

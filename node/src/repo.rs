@@ -113,6 +113,17 @@ impl Repo {
         Ok(repo)
     }
 
+    /// The config of the repo at `path`, read without opening the repo (a running
+    /// daemon holds its lock).
+    pub fn read_config(path: &Path) -> Result<NodeConfig> {
+        let config_path = path.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(io("reading", &config_path))?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: config_path,
+            reason: e.to_string(),
+        })
+    }
+
     /// Opens and locks an existing repo.
     pub fn open(path: &Path) -> Result<Repo> {
         let config_path = path.join(CONFIG_FILE);
@@ -120,11 +131,7 @@ impl Repo {
             return Err(Error::NotInitialized(path.to_path_buf()));
         }
         let lock = take_lock(path)?;
-        let text = std::fs::read_to_string(&config_path).map_err(io("reading", &config_path))?;
-        let config: NodeConfig = toml::from_str(&text).map_err(|e| Error::Config {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let config = Repo::read_config(path)?;
         let identity = Identity::load(&path.join(IDENTITY_FILE))?;
         Repo::assemble(path, config, identity, lock)
     }

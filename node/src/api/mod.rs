@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 mod add;
+mod auth;
 mod bitswap;
 mod models;
 
@@ -175,8 +176,16 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/info", post(models::info))
         .route("/api/v0/accelerate/model/discover", post(models::discover))
         .route("/api/v0/accelerate/providers", post(models::providers))
-        .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT))
-        .with_state(api);
+        .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT));
+    let token = api.node.repo().config().network.api_token.clone();
+    let app = match token {
+        Some(token) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            auth::require_token,
+        )),
+        None => app,
+    }
+    .with_state(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
