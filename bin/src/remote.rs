@@ -49,7 +49,8 @@ impl Remote {
             .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
-        let token = Repo::read_config(path)?.network.api_token;
+        let config = Repo::read_config(path)?;
+        let token = config.network.api_token().map(str::to_owned);
         Ok(Some(Remote {
             base: format!("http://{host}:{port}/api/v0"),
             agent,

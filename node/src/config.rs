@@ -98,10 +98,17 @@ pub struct NetworkConfig {
     pub high_water: usize,
     /// Seconds a new connection is safe from trimming (Kubo's GracePeriod).
     pub grace_period_secs: u64,
-    /// When set, the HTTP API answers only requests with `Authorization: Bearer
-    /// <token>`; the CLI on this repo sends it. The gateway stays open.
+    /// When set (not empty), the HTTP API answers only requests with `Authorization:
+    /// Bearer <token>`; the CLI on this repo sends it. The gateway stays open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+}
+
+impl NetworkConfig {
+    /// The API's bearer token, if one is set (an empty one counts as none).
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_deref().filter(|token| !token.is_empty())
+    }
 }
 
 /// Which blocks a node announces on the DHT.
@@ -172,6 +179,17 @@ mod tests {
         let config = NodeConfig::default();
         let text = toml::to_string_pretty(&config).unwrap();
         assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn an_empty_api_token_is_no_token() {
+        let token = |text: &str| {
+            let config: NodeConfig = toml::from_str(text).unwrap();
+            config.network.api_token().map(str::to_owned)
+        };
+        assert_eq!(token(""), None);
+        assert_eq!(token("[network]\napi_token = \"\"\n"), None);
+        assert_eq!(token("[network]\napi_token = \"t\"\n"), Some("t".into()));
     }
 
     #[test]

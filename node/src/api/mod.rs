@@ -177,8 +177,7 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/discover", post(models::discover))
         .route("/api/v0/accelerate/providers", post(models::providers))
         .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT));
-    let token = api.node.repo().config().network.api_token.clone();
-    let app = match token {
+    let app = match api.node.repo().config().network.api_token() {
         Some(token) => app.layer(axum::middleware::from_fn_with_state(
             Arc::<str>::from(token),
             auth::require_token,
