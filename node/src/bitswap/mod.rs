@@ -886,9 +886,9 @@ impl Inner {
     /// Client side, once blocks are stored: wake their waiters, cancel elsewhere, and
     /// serve peers that asked us for them.
     fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
-        let mut wantlists: HashMap<PeerId, Vec<WantEntry>> = HashMap::new();
+        // Cancels, new want-blocks and HAVEs for the ledgers: one message per peer.
+        let mut control: HashMap<PeerId, Message> = HashMap::new();
         let mut blocks_later: HashMap<PeerId, Vec<Cid>> = HashMap::new();
-        let mut haves_later: HashMap<PeerId, Vec<Presence>> = HashMap::new();
         {
             let mut state = lock(&self.state);
             for block in &wanted {
@@ -910,9 +910,10 @@ impl Inner {
                     let _ = waiter.send(block.clone());
                 }
                 for other in want.asked.into_iter().filter(|p| *p != peer) {
-                    wantlists
+                    control
                         .entry(other)
                         .or_default()
+                        .wantlist
                         .push(cancel_entry(*block.cid()));
                 }
                 for (wanter, ledger) in state.ledgers.iter_mut() {
@@ -921,10 +922,14 @@ impl Inner {
                             blocks_later.entry(*wanter).or_default().push(*block.cid());
                         }
                         Some(WantType::Have) => {
-                            haves_later.entry(*wanter).or_default().push(Presence {
-                                cid: *block.cid(),
-                                kind: PresenceKind::Have,
-                            });
+                            control
+                                .entry(*wanter)
+                                .or_default()
+                                .presences
+                                .push(Presence {
+                                    cid: *block.cid(),
+                                    kind: PresenceKind::Have,
+                                });
                         }
                         None => {}
                     }
@@ -936,26 +941,11 @@ impl Inner {
             state.delivered_at.insert(peer, now);
             // Its want-blocks are fewer now: waiting wants may go to it, or to others.
             for (peer, entry) in assign_waiting(&mut state, now) {
-                wantlists.entry(peer).or_default().push(entry);
+                control.entry(peer).or_default().wantlist.push(entry);
             }
         }
-        for (other, wantlist) in wantlists {
-            self.send(
-                other,
-                Message {
-                    wantlist,
-                    ..Message::default()
-                },
-            );
-        }
-        for (wanter, presences) in haves_later {
-            self.send(
-                wanter,
-                Message {
-                    presences,
-                    ..Message::default()
-                },
-            );
+        for (peer, message) in control {
+            self.send(peer, message);
         }
         for (wanter, cids) in blocks_later {
             self.send_stored(wanter, cids);

@@ -37,10 +37,11 @@ impl InUse {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The map, with room for one more peer.
-    fn lock_for_one_more(&self) -> MutexGuard<'_, HashMap<PeerId, Use>> {
+    /// The map, with room for `peer`: a peer already there (the common case, every
+    /// block of a transfer) costs no sweep.
+    fn lock_for(&self, peer: &PeerId) -> MutexGuard<'_, HashMap<PeerId, Use>> {
         let mut peers = self.lock();
-        if peers.len() >= REMEMBERED {
+        if peers.len() >= REMEMBERED && !peers.contains_key(peer) {
             peers.retain(still_in_use);
         }
         peers
@@ -48,7 +49,7 @@ impl InUse {
 
     /// `peer` did some work with us just now.
     pub(crate) fn touch(&self, peer: PeerId) {
-        self.lock_for_one_more()
+        self.lock_for(&peer)
             .entry(peer)
             .and_modify(|u| u.last = Instant::now())
             .or_insert(Use {
@@ -59,7 +60,7 @@ impl InUse {
 
     /// `peer` is in use until the returned guard drops, and for a moment after.
     pub(crate) fn hold(self: &Arc<Self>, peer: PeerId) -> Held {
-        self.lock_for_one_more()
+        self.lock_for(&peer)
             .entry(peer)
             .and_modify(|u| u.running += 1)
             .or_insert(Use {
