@@ -212,6 +212,22 @@ async fn a_want_block_held_in_the_ledger_is_answered_with_the_block() {
     let (mut swarm, mut control) = raw_peer().await;
     let protocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
     let mut incoming = control.accept(protocol.clone()).unwrap();
+    // The relay's streams to us: one for wants (its own want for the block comes that
+    // way), one for blocks. Read from the start: libp2p-stream drops a stream that
+    // arrives while the last one waits to be taken.
+    let (messages, mut received) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                while let Some(message) = read_bitswap_message(&mut stream).await {
+                    if messages.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
     let asker_id = *swarm.local_peer_id();
     swarm.dial(relay.addr.clone()).unwrap();
     let driver = tokio::spawn(async move {
@@ -245,21 +261,6 @@ async fn a_want_block_held_in_the_ledger_is_answered_with_the_block() {
     wants.write_all(&body).await.unwrap();
     wants.flush().await.unwrap();
     held_then_fetched(&relay, asker_id, root, &origin).await;
-    // The relay's streams to us: one for wants (its own want for the block comes that
-    // way), one for blocks.
-    let (messages, mut received) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        while let Some((_, mut stream)) = incoming.next().await {
-            let messages = messages.clone();
-            tokio::spawn(async move {
-                while let Some(message) = read_bitswap_message(&mut stream).await {
-                    if messages.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
     let message = tokio::time::timeout(WAIT, async {
         loop {
             let message = received.recv().await.unwrap();
