@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: installs test dependencies, checks formatting, builds the
+# The whole test suite: installs test dependencies, checks formatting and lints, builds the
 # binary the integration tests run, then runs every test with nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 
 bash tests/setup.sh
 cargo fmt --all --check
+# Lints as errors, with the same features as the build, so one check covers the GPU code.
+cargo clippy --locked --workspace --all-targets --features ipfs-accelerate/wgpu -- -D warnings
 # The wgpu backend is built in so its tests run (on Mesa's lavapipe when there is no GPU).
 # Every target at once, with the features the tests use, so that the binary the
 # integration tests run and the tests themselves share one build of the dependencies.
