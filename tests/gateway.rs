@@ -865,3 +865,33 @@ fn clients_that_never_read_are_cut_and_others_still_answered() {
         );
     }
 }
+
+#[test]
+fn the_gateway_streams_a_file_it_fetches_from_a_peer() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&[]);
+    let file = a.repo.path("weights.bin");
+    deterministic_file(&file, 3 * 1024 * 1024 + 7, 11).unwrap();
+    let content = std::fs::read(&file).unwrap();
+    let cid = a.repo.add(&file, &[]);
+    assert!(
+        b.repo
+            .ok(&["swarm", "connect", &a.addr()])
+            .ends_with("success")
+    );
+    let gw = b.gateway.clone();
+    // A range first (only its blocks come over), then the whole file.
+    let tail = raw_http(
+        &gw,
+        "GET",
+        &format!("/ipfs/{cid}"),
+        &[("Host", &gw), ("Range", "bytes=-10")],
+        b"",
+    );
+    assert_eq!(tail.status, 206, "{}", tail.text());
+    assert_eq!(tail.body, &content[content.len() - 10..]);
+    let whole = raw_http(&gw, "GET", &format!("/ipfs/{cid}"), &[("Host", &gw)], b"");
+    assert_eq!(whole.status, 200);
+    assert!(whole.complete);
+    assert!(whole.body == content, "b's gateway sent other bytes");
+}
