@@ -1,6 +1,8 @@
 //! `NodeConfig`: the repo's `config.toml`. Every field has a default, so a config file
 //! only needs the settings a user changed; flags and environment override it.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Default cap on the repo's size: 10 GB, as Kubo's `Datastore.StorageMax`.
@@ -18,6 +20,8 @@ pub struct NodeConfig {
     pub datastore: DatastoreConfig,
     pub import: ImportConfig,
     pub network: NetworkConfig,
+    pub api: ApiConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// Who this node is. The private key lives in `identity.key` beside the config.
@@ -148,6 +152,108 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Default cap on connections the API serves at once.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 256;
+/// Default cap on connections the gateway serves at once.
+pub const DEFAULT_GATEWAY_MAX_CONNECTIONS: usize = 1024;
+/// Default seconds a client has to send a request's headers, and an idle keep-alive
+/// connection is kept (hyper's default header timeout).
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 30;
+/// Default seconds a response may wait on a client that does not read it.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// Default seconds an API answer may wait on a client that does not read: longer, as
+/// the API's clients are local programs (`cat | less` may pause).
+pub const DEFAULT_API_WRITE_TIMEOUT_SECS: u64 = 120;
+/// Default seconds the gateway may take to start an answer (its headers).
+pub const DEFAULT_GATEWAY_REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// The HTTP RPC API (`/api/v0`): who may call it from a browser, and its connection
+/// limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Web origins (`scheme://host[:port]`, or `*`) whose pages may call the API, as
+    /// Kubo's `API.HTTPHeaders.Access-Control-Allow-Origin`. A request with any other
+    /// `Origin` or `Referer` is refused with 403; programs send neither. Empty (the
+    /// default): no web page may call the API.
+    pub allowed_origins: Vec<String>,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Seconds to receive a request's headers, and to keep an idle connection.
+    pub header_timeout_secs: u64,
+    /// Seconds a response may wait on a client that stops reading before it is cut.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            allowed_origins: Vec::new(),
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            write_timeout_secs: DEFAULT_API_WRITE_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// The HTTP gateway (`/ipfs/...`): CORS and connection limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `Access-Control-Allow-Origin` on GET and HEAD answers: `*` (Kubo's default) lets
+    /// any page read public content; an origin limits it to that one; empty sends none.
+    pub cors_allow_origin: String,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Seconds to receive a request's headers, and to keep an idle connection.
+    pub header_timeout_secs: u64,
+    /// Seconds a response may wait on a client that stops reading before it is cut.
+    pub write_timeout_secs: u64,
+    /// Seconds to start an answer (find the content, send the headers).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            cors_allow_origin: "*".into(),
+            max_connections: DEFAULT_GATEWAY_MAX_CONNECTIONS,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
+            request_timeout_secs: DEFAULT_GATEWAY_REQUEST_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// `write_timeout_secs`, at least a second.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+
+    /// `header_timeout_secs`, at least a second.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+}
+
+impl GatewayConfig {
+    /// `write_timeout_secs`, at least a second.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+
+    /// `header_timeout_secs`, at least a second.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+
+    /// `request_timeout_secs`, at least a second.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+}
+
 /// Defaults for `add`; flags override them per call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -199,6 +305,20 @@ mod tests {
         assert_eq!(config.datastore.high_bytes(), 900);
         assert_eq!(config.datastore.low_bytes(), 700);
         assert_eq!(config.import, ImportConfig::default());
+    }
+
+    #[test]
+    fn http_sections_default_to_closed_api_and_open_gateway() {
+        let config: NodeConfig = toml::from_str("").unwrap();
+        assert!(config.api.allowed_origins.is_empty());
+        assert_eq!(config.gateway.cors_allow_origin, "*");
+        let config: NodeConfig = toml::from_str(
+            "[api]\nallowed_origins = [\"http://app.example\"]\n[gateway]\ncors_allow_origin = \"\"\nwrite_timeout_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.api.allowed_origins, vec!["http://app.example"]);
+        assert_eq!(config.gateway.cors_allow_origin, "");
+        assert_eq!(config.gateway.write_timeout(), Duration::from_secs(1));
     }
 
     #[test]

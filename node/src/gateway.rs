@@ -1,21 +1,32 @@
 //! HTTP gateway: `GET`/`HEAD /ipfs/{cid}[/path]` for people and browsers (files with
 //! content types, directory listings, byte ranges) and the trustless formats for
 //! programs (`?format=raw|car`, `Accept: application/vnd.ipld.raw|car`), with
-//! immutable caching headers and ETags. Blocks we lack are fetched from peers first.
-//! The empty directory is always served, stored or not.
+//! immutable caching headers and ETags. Blocks we lack are fetched from peers as the
+//! answer needs them: a file's first bytes go out once its first blocks are here, and a
+//! byte range fetches only the blocks it covers ([`file`]). The empty directory is
+//! always served, stored or not.
+//!
+//! Origins: as Kubo's subdomain gateway, `http://{cidv1}.ipfs.localhost:PORT/path`
+//! serves each root under an origin of its own, so one site's scripts cannot read
+//! another's data; a path request (`/ipfs/{cid}/...`) with `Host: localhost` is
+//! redirected there. Answers carry the configured CORS header
+//! (`gateway.cors_allow_origin`, `*` by default as in Kubo).
+
+mod file;
 
 use std::sync::Arc;
 
 use axum::Router;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use cid::Cid;
 use tokio::sync::watch;
 
+use crate::config::GatewayConfig;
 use crate::http_body::stream_from_blocking;
+use crate::http_server::{self, Limits};
 use crate::node::{BLOCK_FETCH_TIMEOUT, Node};
 use crate::unixfs::{self, export::EntryKind};
 
@@ -24,23 +35,44 @@ const CAR: &str = "application/vnd.ipld.car";
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 /// The empty UnixFS directory, always answerable (`QmUNLLs...`).
 const EMPTY_DIR: &[u8] = &[0x0a, 0x02, 0x08, 0x01];
+/// Host names under which each root gets an origin of its own.
+const SUBDOMAIN_SUFFIX: &str = ".ipfs.localhost";
+/// Longest DNS label: a CID longer than this cannot be a subdomain.
+const DNS_LABEL_LIMIT: usize = 63;
+/// Response headers a page on another origin may read (with CORS).
+const EXPOSED_HEADERS: &str = "Content-Length, Content-Range, X-Ipfs-Path";
+/// Characters escaped in a link built from a DAG name.
+const LINK_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+struct Gateway {
+    node: Arc<Node>,
+    config: Arc<GatewayConfig>,
+}
 
 /// Serves the gateway on `listener` until `stop` fires.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/ipfs/{cid}", get(root))
-        .route("/ipfs/{cid}/", get(root))
-        .route("/ipfs/{cid}/{*path}", get(with_path))
-        .with_state(node);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await
+    let config = node.repo().config().gateway.clone();
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout(),
+        write_timeout: config.write_timeout(),
+    };
+    let gateway = Gateway {
+        node,
+        config: Arc::new(config),
+    };
+    let app = Router::new().fallback(entry).with_state(gateway);
+    http_server::serve(listener, app, limits, stop).await
 }
 
 type Params = Query<Vec<(String, String)>>;
@@ -54,22 +86,150 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn root(
-    State(node): State<Arc<Node>>,
-    Path(cid): Path<String>,
-    q: Params,
+/// Every request: CORS preflight, GET and HEAD, within the request timeout.
+async fn entry(
+    State(gw): State<Gateway>,
+    method: Method,
+    uri: Uri,
+    Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    respond(node, cid, String::new(), q.0, headers).await
+    let mut response = if method == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else if method != Method::GET && method != Method::HEAD {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("the gateway answers GET and HEAD, not {method}"),
+        )
+    } else {
+        let timeout = gw.config.request_timeout();
+        let request = Request { method, q, headers };
+        match tokio::time::timeout(timeout, route(&gw, &uri, &request)).await {
+            Ok(response) => response,
+            Err(_) => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no answer for {uri} within {timeout:?}"),
+            ),
+        }
+    };
+    add_cors(&gw.config, response.headers_mut());
+    response
 }
 
-async fn with_path(
-    State(node): State<Arc<Node>>,
-    Path((cid, path)): Path<(String, String)>,
-    q: Params,
+/// What the answer depends on besides the content.
+struct Request {
+    method: Method,
+    q: Vec<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    respond(node, cid, path, q.0, headers).await
+}
+
+fn add_cors(config: &GatewayConfig, h: &mut HeaderMap) {
+    let Ok(origin) = HeaderValue::from_str(&config.cors_allow_origin) else {
+        return;
+    };
+    if origin.is_empty() {
+        return;
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Range, User-Agent, X-Requested-With"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED_HEADERS),
+    );
+}
+
+/// Picks the root from the host (subdomain) or the path, or redirects a path request
+/// on `localhost` to the root's own subdomain.
+async fn route(gw: &Gateway, uri: &Uri, request: &Request) -> Response {
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let (name, port) = split_host(host);
+    let name = name.to_ascii_lowercase();
+    if let Some(label) = name.strip_suffix(SUBDOMAIN_SUFFIX)
+        && !label.is_empty()
+        && !label.contains('.')
+    {
+        let path = match decode_path(uri.path()) {
+            Ok(path) => path,
+            Err(response) => return response,
+        };
+        return respond(gw, label, path, String::new(), request).await;
+    }
+    let Some(rest) = uri.path().strip_prefix("/ipfs/") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this gateway serves /ipfs/{cid}[/path]",
+        );
+    };
+    let (cid_text, raw_path) = rest.split_once('/').unwrap_or((rest, ""));
+    if name == "localhost"
+        && let Some(location) = subdomain_url(cid_text, raw_path, uri.query(), port)
+        && let Ok(location) = HeaderValue::from_str(&location)
+    {
+        return (
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, location)],
+        )
+            .into_response();
+    }
+    let path = match decode_path(raw_path) {
+        Ok(path) => path,
+        Err(response) => return response,
+    };
+    let base = format!("/ipfs/{cid_text}");
+    respond(gw, cid_text, path, base, request).await
+}
+
+/// `host[:port]` as the name and the `:port` part (empty without one).
+fn split_host(host: &str) -> (&str, &str) {
+    match host.rfind(':') {
+        Some(at) if !host.ends_with(']') && host[at + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            host.split_at(at)
+        }
+        _ => (host, ""),
+    }
+}
+
+/// Where a path request for `cid_text` lives on the subdomain gateway: the CID as
+/// base32 CIDv1 (DNS names ignore case), if it fits in a DNS label.
+fn subdomain_url(
+    cid_text: &str,
+    raw_path: &str,
+    query: Option<&str>,
+    port: &str,
+) -> Option<String> {
+    let cid = Cid::try_from(cid_text).ok()?;
+    let label = Cid::new_v1(cid.codec(), *cid.hash()).to_string();
+    if label.len() > DNS_LABEL_LIMIT {
+        return None;
+    }
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Some(format!(
+        "http://{label}{SUBDOMAIN_SUFFIX}{port}/{raw_path}{query}"
+    ))
+}
+
+/// The URL path, percent-decoded, without leading or trailing `/`.
+fn decode_path(raw: &str) -> Result<String, Response> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|path| path.trim_matches('/').to_string())
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("path {raw:?} is not UTF-8"),
+            )
+        })
 }
 
 /// Which representation the client asked for.
@@ -99,27 +259,29 @@ fn format_of(q: &[(String, String)], headers: &HeaderMap) -> Format {
 }
 
 async fn respond(
-    node: Arc<Node>,
-    cid_text: String,
+    gw: &Gateway,
+    cid_text: &str,
     path: String,
-    q: Vec<(String, String)>,
-    headers: HeaderMap,
+    base: String,
+    request: &Request,
 ) -> Response {
-    let Ok(root) = Cid::try_from(cid_text.as_str()) else {
+    let node = &gw.node;
+    let Ok(root) = Cid::try_from(cid_text) else {
         return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
     };
-    let target = match resolve(&node, root, &path).await {
+    let target = match resolve(node, root, &path).await {
         Ok(cid) => cid,
         Err(response) => return response,
     };
-    store_if_empty_dir(&node, target).await;
-    let format = format_of(&q, &headers);
+    store_if_empty_dir(node, target).await;
+    let format = format_of(&request.q, &request.headers);
     let etag = match format {
         Format::Raw => format!("\"{target}.raw\""),
         Format::Car => format!("\"{target}.car\""),
         Format::UnixFs => format!("\"{target}\""),
     };
-    if headers
+    if request
+        .headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
@@ -127,9 +289,9 @@ async fn respond(
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     let mut response = match format {
-        Format::Raw => raw(&node, target).await,
-        Format::Car => car(&node, target).await,
-        Format::UnixFs => unixfs_response(&node, target, &path, &headers).await,
+        Format::Raw => raw(node, target).await,
+        Format::Car => car(gw, target).await,
+        Format::UnixFs => unixfs_response(gw, target, &path, &base, request).await,
     };
     let success = response.status().is_success();
     let h = response.headers_mut();
@@ -187,12 +349,12 @@ async fn raw(node: &Node, cid: Cid) -> Response {
     }
 }
 
-async fn car(node: &Node, cid: Cid) -> Response {
-    if let Err(e) = node.fetch(cid).await {
+async fn car(gw: &Gateway, cid: Cid) -> Response {
+    if let Err(e) = gw.node.fetch(cid).await {
         return error(StatusCode::GATEWAY_TIMEOUT, e);
     }
-    let store = node.store();
-    let body = stream_from_blocking(move |out| {
+    let store = gw.node.store();
+    let body = stream_from_blocking(gw.config.write_timeout(), move |out| {
         crate::car::export(&store, &cid, out)
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -200,49 +362,73 @@ async fn car(node: &Node, cid: Cid) -> Response {
     ([(header::CONTENT_TYPE, format!("{CAR}; version=1"))], body).into_response()
 }
 
-async fn unixfs_response(node: &Node, cid: Cid, path: &str, headers: &HeaderMap) -> Response {
-    if let Err(e) = node.fetch(cid).await {
-        return error(StatusCode::GATEWAY_TIMEOUT, e);
-    }
-    let store = node.store();
-    let probe = store.clone();
-    let size =
-        match tokio::task::spawn_blocking(move || unixfs::export::file_size(&probe, &cid)).await {
-            Ok(Ok(size)) => size,
-            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        };
-    let Some(size) = size else {
-        return directory(node, cid, path).await;
+async fn unixfs_response(
+    gw: &Gateway,
+    cid: Cid,
+    path: &str,
+    base: &str,
+    request: &Request,
+) -> Response {
+    let root = match block(&gw.node, cid).await {
+        Ok(block) => block,
+        Err(response) => return response,
     };
-    let content_type = mime_guess::from_path(path)
-        .first_raw()
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let range = headers
+    if file::is_file(&root) {
+        let content_type = mime_guess::from_path(path)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        return file_response(gw, root, content_type, request);
+    }
+    directory(gw, cid, path, base, request).await
+}
+
+/// A file (or the byte range asked for), streamed as its blocks arrive.
+fn file_response(
+    gw: &Gateway,
+    root: ipfs_accelerate_protocol::Block,
+    content_type: &str,
+    request: &Request,
+) -> Response {
+    let size = match file::size(&root) {
+        Ok(size) => size,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let range = request
+        .headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_range(v, size));
+        .map_or(RangeAnswer::Whole, |v| parse_range(v, size));
     let (status, start, len) = match range {
-        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        None => (StatusCode::OK, 0, size),
+        RangeAnswer::Whole => (StatusCode::OK, 0, size),
+        RangeAnswer::Part(start, end) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeAnswer::Unsatisfiable => {
+            let mut response = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range asked for is outside the file's {size} bytes"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return response;
+        }
     };
-    let body = stream_from_blocking(move |out| {
-        let mut window = Window {
-            out,
-            skip: start,
-            left: len,
-        };
-        unixfs::cat(&store, &cid, &mut window, &mut |_| {})
-            .map(|_| ())
-            .or_else(|e| {
-                if window.left == 0 {
-                    Ok(())
-                } else {
-                    Err(e.to_string())
-                }
+    let body = match request.method {
+        Method::HEAD => Body::empty(),
+        _ => {
+            let mut blocks = BlockSource {
+                node: gw.node.clone(),
+                root: *root.cid(),
+                whole: status == StatusCode::OK,
+                runtime: tokio::runtime::Handle::current(),
+                prefetch: None,
+            };
+            stream_from_blocking(gw.config.write_timeout(), move |out| {
+                let mut get = |cid: &Cid| blocks.get(cid);
+                file::write_range(&root, start..start + len, &mut get, out)
+                    .map_err(|e| e.to_string())
             })
-    });
+        }
+    };
     let mut response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
     let h = response.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -255,76 +441,116 @@ async fn unixfs_response(node: &Node, cid: Cid, path: &str, headers: &HeaderMap)
     response
 }
 
-/// Passes through only bytes `skip..skip+left` of what is written.
-struct Window<'a> {
-    out: &'a mut dyn std::io::Write,
-    skip: u64,
-    left: u64,
+/// Blocks for a file being sent, on its blocking thread: from the store, else from
+/// peers. Once one is missing and the whole file is wanted, the rest of the DAG is
+/// fetched in the background (many blocks in flight) while the answer streams; the
+/// fetch stops when the answer ends.
+struct BlockSource {
+    node: Arc<Node>,
+    root: Cid,
+    whole: bool,
+    runtime: tokio::runtime::Handle,
+    prefetch: Option<AbortOnDrop>,
 }
 
-impl std::io::Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut data = buf;
-        let skipped = (self.skip as usize).min(data.len());
-        self.skip -= skipped as u64;
-        data = &data[skipped..];
-        let take = (self.left as usize).min(data.len());
-        if take > 0 {
-            self.out.write_all(&data[..take])?;
-            self.left -= take as u64;
-        } else if self.left == 0 && self.skip == 0 {
-            // Everything asked for is out; stop reading the rest of the file.
-            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+impl BlockSource {
+    fn get(&mut self, cid: &Cid) -> Result<ipfs_accelerate_protocol::Block, String> {
+        match self.node.store().get(cid) {
+            Ok(block) => return Ok(block),
+            Err(crate::store::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.to_string()),
         }
-        Ok(buf.len())
+        if self.whole && self.prefetch.is_none() {
+            let (node, root) = (self.node.clone(), self.root);
+            self.prefetch = Some(AbortOnDrop(self.runtime.spawn(async move {
+                if let Err(error) = node.fetch(root).await {
+                    tracing::debug!(%root, %error, "gateway: prefetch failed");
+                }
+            })));
+        }
+        self.runtime
+            .block_on(self.node.bitswap().get(*cid, BLOCK_FETCH_TIMEOUT))
+            .map_err(|e| e.to_string())
     }
+}
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// No usable range (several, or not bytes): the whole file, as Kubo answers.
+    Whole,
+    /// Bytes `a..=b`, within the file.
+    Part(u64, u64),
+    /// A range that starts past the end: 416.
+    Unsatisfiable,
 }
 
 /// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`, inclusive.
-fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = value.strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (size.saturating_sub(n), size - 1)
-        }
-        (a, "") => (a.parse().ok()?, size - 1),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
+fn parse_range(value: &str, size: u64) -> RangeAnswer {
+    let Some(spec) = value.strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
     };
-    (start <= end && start < size).then_some((start, end))
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let parsed = match (a.trim(), b.trim()) {
+        ("", n) => n.parse::<u64>().ok().map(|n| match n {
+            0 => None,
+            n => Some((size.saturating_sub(n), size.saturating_sub(1))),
+        }),
+        (a, "") => a.parse().ok().map(|a| Some((a, size.saturating_sub(1)))),
+        (a, b) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(a), Ok(b)) if a <= b => Some(Some((a, b.min(size.saturating_sub(1))))),
+            _ => None,
+        },
+    };
+    match parsed {
+        // Not a valid range: ignored, as RFC 9110 says.
+        None => RangeAnswer::Whole,
+        Some(Some((start, end))) if start < size && start <= end => RangeAnswer::Part(start, end),
+        Some(_) => RangeAnswer::Unsatisfiable,
+    }
 }
 
-async fn directory(node: &Node, cid: Cid, path: &str) -> Response {
-    let store = node.store();
+async fn directory(gw: &Gateway, cid: Cid, path: &str, base: &str, request: &Request) -> Response {
+    let store = gw.node.store();
     let entries = match tokio::task::spawn_blocking(move || unixfs::ls(&store, &cid)).await {
         Ok(Ok(entries)) => entries,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     if let Some(index) = entries.iter().find(|e| e.name == "index.html") {
-        let store = node.store();
-        let index_cid = index.cid;
-        let body = stream_from_blocking(move |out| {
-            unixfs::cat(&store, &index_cid, out, &mut |_| {})
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+        return match block(&gw.node, index.cid).await {
+            Ok(index) if file::is_file(&index) => {
+                file_response(gw, index, "text/html; charset=utf-8", request)
+            }
+            Ok(_) => error(StatusCode::BAD_GATEWAY, "index.html is not a file"),
+            Err(response) => response,
+        };
     }
-    // Links go through this directory's own CID, so they work at any depth.
-    let base = format!("/ipfs/{cid}");
+    let shown = format!("/ipfs/{cid}/{path}");
+    // Links are paths under the root this request came through (its own origin on the
+    // subdomain gateway); names from the DAG are escaped for the URL and for HTML.
+    let here = match path.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}/{}", link_path(path)),
+    };
     let mut html = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>Index of {}</h1><ul>",
-        escape(&format!("/ipfs/{cid}/{path}")),
-        escape(&format!("/ipfs/{cid}/{path}"))
+        escape(&shown),
+        escape(&shown)
     );
     for entry in entries {
         let suffix = if entry.kind == EntryKind::Directory {
@@ -332,9 +558,13 @@ async fn directory(node: &Node, cid: Cid, path: &str) -> Response {
         } else {
             ""
         };
+        let href = format!(
+            "{here}/{}",
+            percent_encoding::utf8_percent_encode(&entry.name, LINK_ESCAPES)
+        );
         html.push_str(&format!(
-            "<li><a href=\"{base}/{}\">{}{suffix}</a> {} bytes <small>{}</small></li>",
-            escape(&entry.name),
+            "<li><a href=\"{}\">{}{suffix}</a> {} bytes <small>{}</small></li>",
+            escape(&href),
             escape(&entry.name),
             entry.size,
             entry.cid
@@ -344,26 +574,63 @@ async fn directory(node: &Node, cid: Cid, path: &str) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
+/// A `/`-separated path with each segment escaped for a URL.
+fn link_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| percent_encoding::utf8_percent_encode(segment, LINK_ESCAPES).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::*;
 
     #[test]
     fn ranges_parse_within_the_file() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=5-1", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
+        use RangeAnswer::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-500", 100), Part(0, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), Part(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=200-300", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Whole);
+        assert_eq!(parse_range("bytes=x-1", 100), Whole);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+    }
+
+    #[test]
+    fn path_requests_on_localhost_move_to_the_roots_subdomain() {
+        let v0 = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn";
+        let url = subdomain_url(v0, "a/b.html", Some("x=1"), ":8080").unwrap();
+        assert_eq!(
+            url,
+            "http://bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354.ipfs.localhost:8080/a/b.html?x=1"
+        );
+        assert_eq!(subdomain_url("not-a-cid", "", None, ""), None);
+        assert_eq!(split_host("localhost:8080"), ("localhost", ":8080"));
+        assert_eq!(split_host("localhost"), ("localhost", ""));
+        assert_eq!(split_host("[::1]"), ("[::1]", ""));
+    }
+
+    #[test]
+    fn names_from_the_dag_cannot_inject_markup() {
+        let name = "<script>alert('x')</script>\" onmouseover=\"x";
+        assert!(!escape(name).contains(['<', '>', '"', '\'']));
+        let link = link_path(name);
+        assert!(!link.contains(['<', '>', '"', '\'', ' ']), "{link}");
     }
 }

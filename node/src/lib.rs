@@ -17,6 +17,7 @@ pub mod engine;
 pub mod gateway;
 pub mod gc;
 mod http_body;
+mod http_server;
 pub mod identity;
 pub mod infer;
 pub mod models;

@@ -4,15 +4,22 @@
 //!
 //! Kubo answers RPC calls to POST only (`/api/v0/version` also answers GET here, so a
 //! plain health probe works). Errors are `{"Message", "Code", "Type"}` with a 4xx/5xx
-//! status.
+//! status, including axum's own rejections (bad JSON, too large a body), which are
+//! rewritten into that shape: bad input is a 400, never a 500.
+//!
+//! Web pages are kept out ([`origin`]), request bodies are bounded per route (uploads
+//! may be large, JSON bodies may not) and the server limits connections and stalled
+//! clients ([`crate::http_server`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Multipart, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,16 +31,25 @@ mod add;
 mod auth;
 mod bitswap;
 mod models;
+mod origin;
 
 use crate::http_body::stream_from_blocking;
+use crate::http_server::{self, Limits};
 use crate::node::Node;
 use crate::pin::PinType;
 use crate::unixfs::{self, ImportOptions};
+use ipfs_accelerate_protocol::limits::{self, CHUNK_SIZE_LIMIT};
 
 /// Upload chunks buffered between HTTP and the importing thread.
 const BODY_CHANNEL_CAPACITY: usize = 16;
 /// Largest upload accepted in one `add` request.
 pub const ADD_BODY_LIMIT: usize = 64 * 1024 * 1024 * 1024;
+/// Largest body of any route that takes no upload (JSON arguments).
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+/// Room for multipart framing around a one-block upload.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+/// Most of an error answer's text read back to rewrite it as Kubo's error body.
+const REJECTION_TEXT_LIMIT: usize = 64 * 1024;
 
 /// Kubo-style query parameters: `arg` may repeat.
 type Params = Query<Vec<(String, String)>>;
@@ -42,6 +58,8 @@ type Params = Query<Vec<(String, String)>>;
 struct Api {
     node: Arc<Node>,
     shutdown: watch::Sender<bool>,
+    /// How long a streamed answer waits on a client that does not read.
+    write_timeout: Duration,
 }
 
 /// An error as Kubo's API reports it.
@@ -127,14 +145,28 @@ async fn path_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
     })
 }
 
-/// Serves the API on `addr` until `/api/v0/shutdown` or `stop` fires.
+/// Serves the API on `listener` until `/api/v0/shutdown` or `stop` fires.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    let api = Api { node, shutdown };
+    let config = node.repo().config().api.clone();
+    let policy = Arc::new(origin::Policy::new(&config, listener.local_addr()?));
+    let token = node
+        .repo()
+        .config()
+        .network
+        .api_token()
+        .map(Arc::<str>::from);
+    let api = Api {
+        node,
+        shutdown,
+        write_timeout: config.write_timeout(),
+    };
+    let upload = || DefaultBodyLimit::max(ADD_BODY_LIMIT);
+    let one_block = || DefaultBodyLimit::max(limits::BLOCK_SIZE_LIMIT + MULTIPART_OVERHEAD);
     let app = Router::new()
         .route("/api/v0/version", get(version).post(version))
         .route("/api/v0/id", post(id))
@@ -142,7 +174,7 @@ pub async fn serve(
         .route("/api/v0/swarm/connect", post(swarm_connect))
         .route("/api/v0/swarm/addrs", post(swarm_addrs))
         .route("/api/v0/swarm/addrs/local", post(swarm_addrs_local))
-        .route("/api/v0/add", post(add::add))
+        .route("/api/v0/add", post(add::add).layer(upload()))
         .route("/api/v0/cat", post(cat))
         .route("/api/v0/get", post(get_tar))
         .route("/api/v0/bitswap/wantlist", post(bitswap::wantlist))
@@ -156,19 +188,22 @@ pub async fn serve(
         .route("/api/v0/routing/provide", post(provide))
         .route("/api/v0/routing/findpeer", post(findpeer))
         .route("/api/v0/ls", post(ls))
-        .route("/api/v0/block/put", post(block_put))
+        .route("/api/v0/block/put", post(block_put).layer(one_block()))
         .route("/api/v0/block/rm", post(block_rm))
         .route("/api/v0/repo/stat", post(repo_stat))
         .route("/api/v0/repo/gc", post(repo_gc))
         .route("/api/v0/repo/verify", post(repo_verify))
         .route("/api/v0/dag/export", post(dag_export))
-        .route("/api/v0/dag/import", post(dag_import))
-        .route("/api/v0/pubsub/pub", post(pubsub_pub))
+        .route("/api/v0/dag/import", post(dag_import).layer(upload()))
+        .route("/api/v0/pubsub/pub", post(pubsub_pub).layer(one_block()))
         .route("/api/v0/pubsub/sub", post(pubsub_sub))
         .route("/api/v0/pubsub/ls", post(pubsub_ls))
         .route("/api/v0/pubsub/peers", post(pubsub_peers))
         .route("/api/v0/shutdown", post(shutdown_handler))
-        .route("/api/v0/accelerate/infer", post(models::infer))
+        .route(
+            "/api/v0/accelerate/infer",
+            post(models::infer).layer(DefaultBodyLimit::max(limits::INFER_REQUEST_LIMIT)),
+        )
         .route("/api/v0/accelerate/model/publish", post(models::publish))
         .route("/api/v0/accelerate/model/serve", post(models::serve))
         .route("/api/v0/accelerate/model/pull", post(models::pull))
@@ -176,20 +211,69 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/info", post(models::info))
         .route("/api/v0/accelerate/model/discover", post(models::discover))
         .route("/api/v0/accelerate/providers", post(models::providers))
-        .layer(axum::extract::DefaultBodyLimit::max(ADD_BODY_LIMIT));
-    let app = match api.node.repo().config().network.api_token() {
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(kubo_errors));
+    let app = match token {
         Some(token) => app.layer(axum::middleware::from_fn_with_state(
-            Arc::<str>::from(token),
+            token,
             auth::require_token,
         )),
         None => app,
+    };
+    // Outermost: a page is refused before anything else, and its preflight answered.
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(policy, origin::guard))
+        .with_state(api);
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout(),
+        write_timeout: config.write_timeout(),
+    };
+    http_server::serve(listener, app, limits, stop).await
+}
+
+/// Rewrites axum's own error answers (a rejected JSON body, too large a body, an unknown
+/// route) into Kubo's error body; a body the client got wrong is a 400.
+async fn kubo_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
     }
-    .with_state(api);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
+    let text = axum::body::to_bytes(response.into_body(), REJECTION_TEXT_LIMIT)
         .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let status = match status {
+        StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        other => other,
+    };
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_string(),
+        false => text,
+    };
+    ApiError { status, message }.into_response()
+}
+
+/// The answer for a failed inference: inputs the model refuses (`bad input`, `too
+/// large`) are the caller's to fix, a 400; anything else is the node's or a provider's
+/// failure, a 500.
+pub(super) fn infer_error(error: impl std::fmt::Display) -> ApiError {
+    use ipfs_accelerate_protocol::infer::ErrorCode;
+    let message = error.to_string();
+    let callers_fault = [ErrorCode::BadInput, ErrorCode::TooLarge]
+        .iter()
+        .any(|code| message.contains(&format!("{code}: ")));
+    match callers_fault {
+        true => ApiError::bad_request(message),
+        false => ApiError::internal(message),
+    }
 }
 
 /// The address a listener bound to, for writing into the repo's `api` file.
@@ -255,6 +339,9 @@ async fn swarm_connect(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
     Ok(Json(json!({ "Strings": strings })))
 }
 
+/// Fewest links a file node may have (a tree of one link per node never ends).
+const MIN_FILE_LINKS: usize = 2;
+
 fn import_options(api: &Api, q: &[(String, String)]) -> ApiResult<ImportOptions> {
     let mut options = ImportOptions::from(&api.node.repo().config().import);
     if let Some(v) = param(q, "cid-version") {
@@ -274,14 +361,23 @@ fn import_options(api: &Api, q: &[(String, String)]) -> ApiResult<ImportOptions>
         options.chunk_size = chunker
             .strip_prefix("size-")
             .and_then(|n| n.parse().ok())
+            .filter(|n| (1..=CHUNK_SIZE_LIMIT).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("unsupported chunker {chunker:?}: use size-N"))
+                ApiError::bad_request(format!(
+                    "unsupported chunker {chunker:?}: use size-N with N from 1 to {CHUNK_SIZE_LIMIT}"
+                ))
             })?;
     }
     if let Some(links) = param(q, "max-file-links") {
         options.max_links = links
             .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid max-file-links {links}")))?;
+            .ok()
+            .filter(|n| *n >= MIN_FILE_LINKS)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid max-file-links {links}: use a number of at least {MIN_FILE_LINKS}"
+                ))
+            })?;
     }
     options.pin = flag(q, "pin", true)?;
     Ok(options)
@@ -387,7 +483,7 @@ async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
             "{cid} is a directory, not a file"
         )));
     }
-    let body = stream_from_blocking(move |out| {
+    let body = stream_from_blocking(api.write_timeout, move |out| {
         unixfs::cat(&store, &cid, out, &mut |_| {})
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -411,7 +507,7 @@ async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .unwrap_or_else(|| cid.to_string());
     api.node.fetch(cid).await.map_err(ApiError::internal)?;
     let store = api.node.store();
-    let body = stream_from_blocking(move |out| {
+    let body = stream_from_blocking(api.write_timeout, move |out| {
         unixfs::tar(&store, &cid, &root_name, out).map_err(|e| e.to_string())
     });
     Ok((
@@ -634,7 +730,7 @@ async fn block_put(
     Query(q): Params,
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
-    use ipfs_accelerate_protocol::{Block, codec, limits};
+    use ipfs_accelerate_protocol::{Block, codec};
     let codec_name = param(&q, "cid-codec").unwrap_or("raw");
     let codec = codec::codec_from_name(codec_name)
         .ok_or_else(|| ApiError::bad_request(format!("unsupported cid-codec {codec_name:?}")))?;
@@ -706,7 +802,7 @@ async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let cid = path_arg(&api, &q).await?;
     api.node.fetch(cid).await.map_err(ApiError::internal)?;
     let store = api.node.store();
-    let body = stream_from_blocking(move |out| {
+    let body = stream_from_blocking(api.write_timeout, move |out| {
         crate::car::export(&store, &cid, out)
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -841,4 +937,19 @@ async fn pubsub_peers(State(api): State<Api>, Query(q): Params) -> ApiResult<Jso
 async fn shutdown_handler(State(api): State<Api>) -> StatusCode {
     let _ = api.shutdown.send(true);
     StatusCode::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_the_model_refuses_are_the_callers_fault() {
+        let bad = infer_error("inference for bafy: bad input: ids and attention_mask differ");
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let large = infer_error("too large: 9000 rows is over the 256-row limit");
+        assert_eq!(large.status, StatusCode::BAD_REQUEST);
+        let busy = infer_error("inference for bafy: every provider failed: busy: queue full");
+        assert_eq!(busy.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

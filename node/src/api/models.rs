@@ -90,11 +90,7 @@ pub(super) async fn infer(
             .deadline_ms
             .map_or(DEFAULT_DEADLINE, Duration::from_millis),
     };
-    let answer = api
-        .node
-        .infer(call)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let answer = api.node.infer(call).await.map_err(super::infer_error)?;
     let rows = answer
         .output
         .output
