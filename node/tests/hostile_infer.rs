@@ -153,6 +153,17 @@ async fn a_token_tensor_whose_rows_no_byte_backs_is_refused_and_the_server_keeps
             other => panic!("shape {shape:?}: expected BadInput, got {other:?}"),
         }
     }
+    // Past the wire's row limit: refused while decoding, answered by its id, and the
+    // stream stays open.
+    let empties = vec![String::new(); 5000];
+    let frame = encode_frame(&request(4, model, Inputs::Texts(empties))).unwrap();
+    stream.write_all(&frame).await.unwrap();
+    match read_answer(&mut stream).await {
+        Some(InferResponse::Err(error)) => {
+            assert_eq!((error.id, error.code), (4, ErrorCode::TooLarge), "{error}");
+        }
+        other => panic!("5000 inputs: expected TooLarge, got {other:?}"),
+    }
     driver.abort();
 
     // Another peer's call is still served.

@@ -398,6 +398,48 @@ pub fn decode_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, 
     cbor4ii::serde::from_slice(body).map_err(|e| DecodeError(e.to_string()))
 }
 
+/// Why a request frame's body is not a request the server can run.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The body is a request with this id whose contents are over a wire limit or do not
+    /// fit the message: the sender gets an answer, and the stream stays open.
+    #[error("request {id} refused ({code}): {message}")]
+    Refused {
+        id: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The body is not a request at all: the stream is closed.
+    #[error(transparent)]
+    Garbage(#[from] DecodeError),
+}
+
+/// A request frame's body (without its length) as a request. When the request does
+/// not decode but its id does (skipping the rest allocates nothing), the error says
+/// which request to refuse: `TooLarge` over a wire limit, `BadInput` otherwise.
+pub fn decode_request(body: &[u8]) -> Result<InferRequest, RequestError> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    let error = match decode_message::<InferRequest>(body) {
+        Ok(request) => return Ok(request),
+        Err(error) => error,
+    };
+    match decode_message::<Id>(body) {
+        Ok(Id { id }) => Err(RequestError::Refused {
+            id,
+            code: if error.0.contains(bounded::OVER_LIMIT) {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::BadInput
+            },
+            message: error.to_string(),
+        }),
+        Err(_) => Err(RequestError::Garbage(error)),
+    }
+}
+
 impl InferRequest {
     /// Bytes of the request's CBOR, which the server's request limit applies to.
     pub fn encoded_len(&self) -> usize {
@@ -499,6 +541,9 @@ mod bounded {
 
     use crate::limits::{INFER_ROWS_LIMIT, TENSOR_DIMS_LIMIT};
 
+    /// Starts the message of every error these deserializers give.
+    pub(super) const OVER_LIMIT: &str = "over the wire limit";
+
     /// The inputs of a request: at most [`INFER_ROWS_LIMIT`].
     pub(super) fn rows<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
     where
@@ -533,7 +578,7 @@ mod bounded {
         }
 
         fn too_many<E: Error>(&self) -> E {
-            E::custom(format_args!("more than {} {}", self.limit, self.what))
+            E::custom(format_args!("{OVER_LIMIT} of {} {}", self.limit, self.what))
         }
     }
 
@@ -990,7 +1035,7 @@ mod tests {
             let (decoded, peak) =
                 heap::peak_during(|| decode_message::<InferRequest>(&frame).map(|_| ()));
             let error = decoded.expect_err(what).to_string();
-            assert!(error.contains("more than"), "{what}: {error}");
+            assert!(error.contains("over the wire limit"), "{what}: {error}");
             // Refused within the limits' worth of items, not after millions of them.
             assert!(peak < 1 << 20, "{what}: {peak} bytes on the heap");
         }
@@ -1004,6 +1049,34 @@ mod tests {
             data: vec![0; 4],
         }));
         assert!(decode_message::<InferRequest>(&dims).is_err());
+    }
+
+    #[test]
+    fn a_request_over_the_limits_is_refused_by_its_id() {
+        for (what, frame) in inflating_frames() {
+            match decode_request(&frame) {
+                Err(RequestError::Refused { id, code, message }) => {
+                    assert_eq!((id, code), (1, ErrorCode::TooLarge), "{what}: {message}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // The id decodes, the inputs are of the wrong kind.
+        let wrong = crafted(CraftedInputs::Texts(Repeat(7u32, 3)));
+        assert!(matches!(
+            decode_request(&wrong),
+            Err(RequestError::Refused {
+                id: 1,
+                code: ErrorCode::BadInput,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_request(&[0xff; 64]),
+            Err(RequestError::Garbage(_))
+        ));
+        let good = to_cbor(&request(Inputs::Texts(vec!["a".into()])));
+        assert_eq!(decode_request(&good).unwrap().id, 7);
     }
 
     #[test]

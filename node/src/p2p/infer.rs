@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use futures::{AsyncRead, StreamExt};
 use ipfs_accelerate_protocol::infer::{
-    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, decode_message,
-    encode_frame,
+    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, RequestError,
+    decode_message, decode_request, encode_frame,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, oneshot};
@@ -454,9 +454,26 @@ async fn serve_stream(
             tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
             break;
         }
-        let request = match decode_message::<InferRequest>(&body) {
+        let request = match decode_request(&body) {
             Ok(request) => request,
-            Err(error) => {
+            Err(RequestError::Refused { id, code, message }) => {
+                let refusal = InferResponse::Err(InferError {
+                    id,
+                    code,
+                    message,
+                    retry_after_ms: None,
+                    load: None,
+                });
+                let sent = match encode_frame(&refusal) {
+                    Ok(frame) => write_frame(&mut *writer.lock().await, &frame).await,
+                    Err(_) => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(RequestError::Garbage(error)) => {
                 tracing::debug!(%peer, %error, "infer: a peer sent garbage; closing its stream");
                 break;
             }
