@@ -6,7 +6,7 @@
 //! tampered CAR fails without pinning anything.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use cid::Cid;
 use ipfs_accelerate_protocol::{Block, car};
@@ -81,15 +81,16 @@ pub fn export(store: &Store, root: &Cid, out: &mut dyn Write) -> Result<CarStats
 /// when `pin_roots` is set, which requires each root's DAG to be complete.
 pub fn import(
     store: &Store,
-    mut input: impl Read,
+    input: impl Read,
     pin_roots: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<CarStats> {
+    let mut input = BufReader::new(Retrying(input));
     let header_len =
         read_varint(&mut input)?.ok_or_else(|| Error::Truncated("empty file".into()))?;
     let header_len = car::check_header_len(header_len)?;
-    let mut body = vec![0u8; header_len];
-    read_exact(&mut input, &mut body, "header")?;
+    let mut body = Vec::new();
+    read_exact(&mut input, header_len, &mut body, "header")?;
     let header = car::decode_header(&body)?;
     let mut stats = CarStats {
         roots: header.roots,
@@ -101,8 +102,7 @@ pub fn import(
             let (mut blocks, mut bytes) = (0u64, 0u64);
             while let Some(len) = read_varint(&mut input)? {
                 let len = car::check_frame_len(len)?;
-                body.resize(len, 0);
-                read_exact(&mut input, &mut body, "block")?;
+                read_exact(&mut input, len, &mut body, "block")?;
                 let (cid, data) = car::split_frame(&body)?;
                 let block = Block::verified(cid, data.to_vec())
                     .map_err(|source| Error::BadBlock { cid, source })?;
@@ -136,34 +136,50 @@ pub fn import(
 }
 
 /// Reads an unsigned varint; `None` at a clean end of input.
-fn read_varint(input: &mut impl Read) -> Result<Option<u64>> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let mut byte = [0u8];
-        match input.read(&mut byte) {
-            Ok(0) if i == 0 => return Ok(None),
-            Ok(0) => return Err(Error::Truncated("length prefix cut short".into())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::Read(e)),
-        }
-        value |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            return Ok(Some(value));
-        }
+fn read_varint(input: &mut impl BufRead) -> Result<Option<u64>> {
+    if input.fill_buf().map_err(Error::Read)?.is_empty() {
+        return Ok(None);
     }
-    Err(Error::Truncated(
-        "length prefix longer than 10 bytes".into(),
-    ))
+    let value = unsigned_varint::io::read_u64(input).map_err(|e| match e {
+        unsigned_varint::io::ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::Truncated("length prefix cut short".into())
+        }
+        unsigned_varint::io::ReadError::Io(e) => Error::Read(e),
+        e => Error::Truncated(format!("length prefix is not a varint: {e}")),
+    })?;
+    Ok(Some(value))
 }
 
-fn read_exact(input: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
-    input.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            Error::Truncated(format!("{what} of {} bytes cut short", buf.len()))
+/// Reads exactly `len` bytes into `buf`, which grows as they arrive: a length the file
+/// declares costs memory only once its bytes are there.
+fn read_exact(input: &mut impl Read, len: usize, buf: &mut Vec<u8>, what: &str) -> Result<()> {
+    buf.clear();
+    input
+        .take(len as u64)
+        .read_to_end(buf)
+        .map_err(Error::Read)?;
+    if buf.len() < len {
+        return Err(Error::Truncated(format!(
+            "{what} of {len} bytes cut short after {}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Retries reads that were interrupted, so the readers above never see `Interrupted`
+/// (unsigned-varint's reader passes it up as a failure).
+struct Retrying<R>(R);
+
+impl<R: Read> Read for Retrying<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                result => return result,
+            }
         }
-        _ => Error::Read(e),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -241,5 +257,59 @@ mod tests {
         let err = import(&target, &car[..frame_end], true, &mut |_| {}).unwrap_err();
         assert!(matches!(err, Error::Incomplete { .. }), "{err}");
         assert!(target.pin_ls(&[]).unwrap().is_empty());
+    }
+
+    /// Hands out one byte per read, with an `Interrupted` error before each.
+    struct Interrupting<'a> {
+        data: &'a [u8],
+        interrupt: bool,
+    }
+
+    impl Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(1).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn interrupted_reads_are_retried() {
+        let source = Store::in_memory();
+        let root = sample(&source);
+        let mut car = Vec::new();
+        let exported = export(&source, &root, &mut car).unwrap();
+        let target = Store::in_memory();
+        let input = Interrupting {
+            data: &car,
+            interrupt: false,
+        };
+        let imported = import(&target, input, true, &mut |_| {}).unwrap();
+        assert_eq!(imported, exported);
+    }
+
+    #[test]
+    fn a_declared_length_costs_nothing_until_its_bytes_arrive() {
+        // A frame announcing the largest block, then a few bytes: the buffer holds what
+        // came, not the 2 MiB announced.
+        let mut car = car::encode_header(&[]);
+        let mut prefix = unsigned_varint::encode::u64_buffer();
+        let limit = ipfs_accelerate_protocol::limits::CAR_FRAME_LIMIT;
+        car.extend(unsigned_varint::encode::u64(limit as u64, &mut prefix));
+        car.extend([0x01; 100]);
+        let mut input = BufReader::new(Retrying(&car[..]));
+        let header_len = read_varint(&mut input).unwrap().unwrap();
+        let mut body = Vec::new();
+        read_exact(&mut input, header_len as usize, &mut body, "header").unwrap();
+        let len = read_varint(&mut input).unwrap().unwrap();
+        assert_eq!(len, limit as u64);
+        let err = read_exact(&mut input, limit, &mut body, "block").unwrap_err();
+        assert!(matches!(err, Error::Truncated(_)), "{err}");
+        assert!(body.capacity() < 64 * 1024, "{} bytes", body.capacity());
     }
 }

@@ -13,6 +13,10 @@ use crate::store::{self, ImportSession, Store};
 
 /// Bytes handed to the writer thread at a time.
 const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// Blocks handed to the writer thread at a time: each costs a CID and a handle beside
+/// its bytes, so a batch of tiny or empty blocks (a CAR can repeat one a million times)
+/// must end on its count.
+const WRITE_BATCH_BLOCKS: usize = 4096;
 /// Batches in flight between producing and writing.
 const WRITE_QUEUE_CAPACITY: usize = 2;
 
@@ -75,7 +79,7 @@ impl BlockSink {
     pub(crate) fn push_block(&mut self, block: Block) -> store::Result<()> {
         self.batch_bytes += block.len();
         self.batch.push(block);
-        if self.batch_bytes >= WRITE_BATCH_BYTES {
+        if batch_full(self.batch.len(), self.batch_bytes) {
             self.flush()?;
         }
         Ok(())
@@ -93,5 +97,49 @@ impl BlockSink {
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
         tx.send(batch).map_err(|_| stopped())?;
         Ok(())
+    }
+}
+
+/// Whether a batch of `blocks` blocks holding `bytes` bytes goes to the writer now.
+fn batch_full(blocks: usize, bytes: usize) -> bool {
+    bytes >= WRITE_BATCH_BYTES || blocks >= WRITE_BATCH_BLOCKS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_end_on_bytes_or_on_blocks() {
+        assert!(!batch_full(1, 0));
+        assert!(batch_full(1, WRITE_BATCH_BYTES));
+        assert!(!batch_full(WRITE_BATCH_BLOCKS - 1, 0));
+        assert!(batch_full(WRITE_BATCH_BLOCKS, 0));
+    }
+
+    #[test]
+    fn empty_blocks_go_out_in_bounded_batches() {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let mut sink = BlockSink {
+            tx: Some(tx),
+            batch: Vec::new(),
+            batch_bytes: 0,
+        };
+        let empty = Block::from_data(
+            cid::Version::V1,
+            ipfs_accelerate_protocol::codec::RAW,
+            multihash_codetable::Code::Sha2_256,
+            Bytes::new(),
+        )
+        .unwrap();
+        let pushed = 3 * WRITE_BATCH_BLOCKS + 5;
+        for _ in 0..pushed {
+            sink.push_block(empty.clone()).unwrap();
+        }
+        sink.flush().unwrap();
+        drop(sink);
+        let sizes: Vec<usize> = rx.iter().map(|batch| batch.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), pushed);
+        assert!(sizes.iter().all(|&n| n <= WRITE_BATCH_BLOCKS), "{sizes:?}");
     }
 }

@@ -11,9 +11,13 @@
 //!
 //! - Limits: a request is at most [`INFER_REQUEST_LIMIT`] encoded bytes, a response at most
 //!   [`INFER_RESPONSE_LIMIT`]; a peer announcing a larger frame, or sending one that does
-//!   not decode, has its stream closed.
+//!   not decode, has its stream closed. Decoding counts as it goes: a request carries at
+//!   most [`INFER_ROWS_LIMIT`] inputs and a tensor at most [`TENSOR_DIMS_LIMIT`]
+//!   dimensions, so a decoded message takes a small multiple of its frame's bytes
+//!   (strings and ids cost their bytes, a token id at most 4 bytes per byte received).
 //! - Tensors carry little-endian bytes with a dtype and shape; [`Tensor::check`] verifies
-//!   that the byte length matches before any element is read.
+//!   that the byte length matches before any element is read, and [`Tensor::matrix`]
+//!   gives a row count only when bytes back it (a `[2^50, 0]` shape holds no bytes).
 //! - Errors carry an [`ErrorCode`]; `Busy` comes with `retry_after_ms` and the server's
 //!   [`Load`], so the client can pick another provider or wait.
 //! - Discovery: a server provides [`service_key`] of each model it serves on the DHT, which
@@ -21,6 +25,8 @@
 //!
 //! [`INFER_REQUEST_LIMIT`]: crate::limits::INFER_REQUEST_LIMIT
 //! [`INFER_RESPONSE_LIMIT`]: crate::limits::INFER_RESPONSE_LIMIT
+//! [`INFER_ROWS_LIMIT`]: crate::limits::INFER_ROWS_LIMIT
+//! [`TENSOR_DIMS_LIMIT`]: crate::limits::TENSOR_DIMS_LIMIT
 
 use std::fmt;
 
@@ -76,10 +82,12 @@ pub enum Task {
 #[serde(rename_all = "snake_case")]
 pub enum Inputs {
     /// Raw texts; the server tokenizes them with the model's tokenizer.
-    Texts(Vec<String>),
+    Texts(#[serde(deserialize_with = "bounded::rows")] Vec<String>),
     /// Already tokenized: one row of ids and one attention-mask row per input.
     Tokens {
+        #[serde(deserialize_with = "bounded::rows")]
         ids: Vec<Vec<u32>>,
+        #[serde(deserialize_with = "bounded::rows")]
         attention_mask: Vec<Vec<u32>>,
     },
     /// A ready input tensor.
@@ -98,6 +106,7 @@ pub struct InferOptions {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tensor {
     pub dtype: DType,
+    #[serde(deserialize_with = "bounded::dims")]
     pub shape: Vec<u64>,
     /// Little-endian bytes; a CBOR byte string on the wire, not a list of numbers.
     #[serde(with = "serde_bytes")]
@@ -144,8 +153,9 @@ pub enum TensorError {
     /// Rows were asked of a tensor that is not 2-D.
     #[error("expected a 2-D tensor [rows, width], got shape {shape:?}")]
     NotMatrix { shape: Vec<u64> },
-    /// Rows of width 0 carry no data, and a huge row count of them would only waste memory.
-    #[error("tensor shape {shape:?} has rows of width 0")]
+    /// Rows of width 0 carry no data, so nothing received backs their count: a huge row
+    /// count of them would only size allocations.
+    #[error("tensor shape {shape:?} has rows of width 0; each row needs at least one element")]
     ZeroWidth { shape: Vec<u64> },
 }
 
@@ -312,26 +322,39 @@ impl Tensor {
             .collect())
     }
 
-    /// The rows of a 2-D F32 tensor: shape `[n, d]` gives `n` rows of `d` values.
-    pub fn rows_f32(&self) -> Result<Vec<Vec<f32>>, TensorError> {
+    /// `[rows, width]` of a 2-D tensor whose bytes hold every element (it passes
+    /// [`Tensor::check`]) and whose rows, if any, are at least one element wide. Then
+    /// `rows` is at most the number of bytes received, so it may size an allocation; a
+    /// shape alone, e.g. `[2^50, 0]` with no data, must never do that.
+    pub fn matrix(&self) -> Result<(usize, usize), TensorError> {
         let &[rows, width] = self.shape.as_slice() else {
             return Err(TensorError::NotMatrix {
                 shape: self.shape.clone(),
             });
         };
-        let values = self.to_f32()?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        if width == 0 {
+        self.check()?;
+        if rows > 0 && width == 0 {
             return Err(TensorError::ZeroWidth {
                 shape: self.shape.clone(),
             });
         }
-        // `check` passed, so the width fits in usize.
-        let width = usize::try_from(width).map_err(|_| TensorError::ShapeOverflow {
-            shape: self.shape.clone(),
-        })?;
+        // `check` passed and every dimension is non-zero or the rows are empty, so both
+        // fit in usize (the empty case: `rows` is 0).
+        let fit = |dim: u64| {
+            usize::try_from(dim).map_err(|_| TensorError::ShapeOverflow {
+                shape: self.shape.clone(),
+            })
+        };
+        Ok((fit(rows)?, fit(width)?))
+    }
+
+    /// The rows of a 2-D F32 tensor: shape `[n, d]` gives `n` rows of `d` values.
+    pub fn rows_f32(&self) -> Result<Vec<Vec<f32>>, TensorError> {
+        let (rows, width) = self.matrix()?;
+        let values = self.to_f32()?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
         Ok(values.chunks_exact(width).map(<[f32]>::to_vec).collect())
     }
 }
@@ -373,6 +396,48 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, EncodeError> {
 /// A frame's body (without its length) as a message.
 pub fn decode_message<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     cbor4ii::serde::from_slice(body).map_err(|e| DecodeError(e.to_string()))
+}
+
+/// Why a request frame's body is not a request the server can run.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The body is a request with this id whose contents are over a wire limit or do not
+    /// fit the message: the sender gets an answer, and the stream stays open.
+    #[error("request {id} refused ({code}): {message}")]
+    Refused {
+        id: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The body is not a request at all: the stream is closed.
+    #[error(transparent)]
+    Garbage(#[from] DecodeError),
+}
+
+/// A request frame's body (without its length) as a request. When the request does
+/// not decode but its id does (skipping the rest allocates nothing), the error says
+/// which request to refuse: `TooLarge` over a wire limit, `BadInput` otherwise.
+pub fn decode_request(body: &[u8]) -> Result<InferRequest, RequestError> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    let error = match decode_message::<InferRequest>(body) {
+        Ok(request) => return Ok(request),
+        Err(error) => error,
+    };
+    match decode_message::<Id>(body) {
+        Ok(Id { id }) => Err(RequestError::Refused {
+            id,
+            code: if error.0.contains(bounded::OVER_LIMIT) {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::BadInput
+            },
+            message: error.to_string(),
+        }),
+        Err(_) => Err(RequestError::Garbage(error)),
+    }
 }
 
 impl InferRequest {
@@ -466,6 +531,81 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// Deserializers that count while they decode, so a peer's declared or repeated items
+/// cannot inflate a message far beyond its bytes.
+mod bounded {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use crate::limits::{INFER_ROWS_LIMIT, TENSOR_DIMS_LIMIT};
+
+    /// Starts the message of every error these deserializers give.
+    pub(super) const OVER_LIMIT: &str = "over the wire limit";
+
+    /// The inputs of a request: at most [`INFER_ROWS_LIMIT`].
+    pub(super) fn rows<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        deserializer.deserialize_seq(Bounded::new(INFER_ROWS_LIMIT, "inputs"))
+    }
+
+    /// A tensor's shape: at most [`TENSOR_DIMS_LIMIT`] dimensions.
+    pub(super) fn dims<'de, D>(deserializer: D) -> Result<Vec<u64>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        deserializer.deserialize_seq(Bounded::new(TENSOR_DIMS_LIMIT, "dimensions"))
+    }
+
+    /// A list of at most `limit` items, refused as soon as it declares or holds more.
+    struct Bounded<T> {
+        limit: usize,
+        what: &'static str,
+        items: PhantomData<T>,
+    }
+
+    impl<T> Bounded<T> {
+        fn new(limit: usize, what: &'static str) -> Self {
+            Self {
+                limit,
+                what,
+                items: PhantomData,
+            }
+        }
+
+        fn too_many<E: Error>(&self) -> E {
+            E::custom(format_args!("{OVER_LIMIT} of {} {}", self.limit, self.what))
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {} {}", self.limit, self.what)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > self.limit {
+                return Err(self.too_many());
+            }
+            let mut items = Vec::with_capacity(declared);
+            while let Some(item) = seq.next_element()? {
+                if items.len() == self.limit {
+                    return Err(self.too_many());
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+}
+
 /// The product of the dimensions; overflow of any partial product is an error.
 fn element_count(shape: &[u64]) -> Result<usize, TensorError> {
     shape
@@ -481,7 +621,9 @@ fn element_count(shape: &[u64]) -> Result<usize, TensorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{INFER_REQUEST_LIMIT, INFER_RESPONSE_LIMIT};
+    use crate::limits::{
+        INFER_REQUEST_LIMIT, INFER_RESPONSE_LIMIT, INFER_ROWS_LIMIT, TENSOR_DIMS_LIMIT,
+    };
 
     fn model(seed: &[u8]) -> Cid {
         Cid::new_v1(crate::codec::DAG_PB, Code::Sha2_256.digest(seed))
@@ -773,6 +915,255 @@ mod tests {
                 .is_err()
         );
         assert!(request.encoded_len() > 0 && request.encoded_len() < 200);
+    }
+
+    #[test]
+    fn a_zero_width_tensor_from_the_wire_gives_no_row_count() {
+        // [2^50, 0] with no data: zero elements, zero bytes, so `check` holds, but no
+        // byte backs the 2^50 rows.
+        let huge = Tensor {
+            dtype: DType::I64,
+            shape: vec![1 << 50, 0],
+            data: Vec::new(),
+        };
+        let bytes = to_cbor(&request(Inputs::Tensor(huge)));
+        let InferRequest {
+            inputs: Inputs::Tensor(tensor),
+            ..
+        } = decode_message::<InferRequest>(&bytes).unwrap()
+        else {
+            panic!("not a tensor");
+        };
+        tensor.check().unwrap();
+        assert_eq!(
+            tensor.matrix(),
+            Err(TensorError::ZeroWidth {
+                shape: vec![1 << 50, 0]
+            })
+        );
+        // No rows of any width is an empty matrix; rows come from bytes.
+        let empty = Tensor {
+            dtype: DType::I64,
+            shape: vec![0, 1 << 50],
+            data: Vec::new(),
+        };
+        assert_eq!(empty.matrix(), Ok((0, 1 << 50)));
+        let ids = Tensor {
+            dtype: DType::U32,
+            shape: vec![2, 3],
+            data: vec![0; 24],
+        };
+        assert_eq!(ids.matrix(), Ok((2, 3)));
+    }
+
+    /// Serializes `count` copies of `item` as one CBOR array without holding them.
+    struct Repeat<T>(T, usize);
+
+    impl<T: Serialize> Serialize for Repeat<T> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(std::iter::repeat_n(&self.0, self.1))
+        }
+    }
+
+    /// The shape of an [`InferRequest`] with inputs built by [`Repeat`].
+    #[derive(Serialize)]
+    struct Crafted<I> {
+        id: u64,
+        model: Cid,
+        task: Task,
+        inputs: I,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum CraftedInputs<R> {
+        Texts(R),
+        Tokens { ids: R, attention_mask: R },
+        Tensor(CraftedTensor),
+    }
+
+    #[derive(Serialize)]
+    struct CraftedTensor {
+        dtype: DType,
+        shape: Repeat<u64>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    }
+
+    fn crafted<R: Serialize>(inputs: CraftedInputs<R>) -> Vec<u8> {
+        to_cbor(&Crafted {
+            id: 1,
+            model: model(b"m"),
+            task: Task::Embed,
+            inputs,
+        })
+    }
+
+    /// About [`INFER_REQUEST_LIMIT`] bytes of requests whose items take far more memory
+    /// decoded than encoded: empty strings and lists are one byte each on the wire and
+    /// 24 bytes on the heap, a dimension of 0 one byte and 8.
+    fn inflating_frames() -> Vec<(&'static str, Vec<u8>)> {
+        let n = INFER_REQUEST_LIMIT - 1024;
+        let empty_rows = Repeat(Vec::<u32>::new(), n / 2);
+        vec![
+            (
+                "empty strings",
+                crafted(CraftedInputs::Texts(Repeat("", n))),
+            ),
+            (
+                "empty token rows",
+                crafted(CraftedInputs::Tokens {
+                    ids: &empty_rows,
+                    attention_mask: &empty_rows,
+                }),
+            ),
+            (
+                "zero dimensions",
+                crafted(CraftedInputs::<()>::Tensor(CraftedTensor {
+                    dtype: DType::U32,
+                    shape: Repeat(0, n),
+                    data: Vec::new(),
+                })),
+            ),
+        ]
+    }
+
+    #[test]
+    fn inflating_requests_are_refused_while_decoding() {
+        for (what, frame) in inflating_frames() {
+            assert!(frame.len() <= INFER_REQUEST_LIMIT, "{what}");
+            let (decoded, peak) =
+                heap::peak_during(|| decode_message::<InferRequest>(&frame).map(|_| ()));
+            let error = decoded.expect_err(what).to_string();
+            assert!(error.contains("over the wire limit"), "{what}: {error}");
+            // Refused within the limits' worth of items, not after millions of them.
+            assert!(peak < 1 << 20, "{what}: {peak} bytes on the heap");
+        }
+        // At the limit, the same inputs decode.
+        let at_limit = crafted(CraftedInputs::Texts(Repeat("", INFER_ROWS_LIMIT)));
+        let request = decode_message::<InferRequest>(&at_limit).unwrap();
+        assert_eq!(request.inputs.rows(), INFER_ROWS_LIMIT as u64);
+        let dims = crafted(CraftedInputs::<()>::Tensor(CraftedTensor {
+            dtype: DType::U32,
+            shape: Repeat(1, TENSOR_DIMS_LIMIT + 1),
+            data: vec![0; 4],
+        }));
+        assert!(decode_message::<InferRequest>(&dims).is_err());
+    }
+
+    #[test]
+    fn a_request_over_the_limits_is_refused_by_its_id() {
+        for (what, frame) in inflating_frames() {
+            match decode_request(&frame) {
+                Err(RequestError::Refused { id, code, message }) => {
+                    assert_eq!((id, code), (1, ErrorCode::TooLarge), "{what}: {message}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // The id decodes, the inputs are of the wrong kind.
+        let wrong = crafted(CraftedInputs::Texts(Repeat(7u32, 3)));
+        assert!(matches!(
+            decode_request(&wrong),
+            Err(RequestError::Refused {
+                id: 1,
+                code: ErrorCode::BadInput,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_request(&[0xff; 64]),
+            Err(RequestError::Garbage(_))
+        ));
+        let good = to_cbor(&request(Inputs::Texts(vec!["a".into()])));
+        assert_eq!(decode_request(&good).unwrap().id, 7);
+    }
+
+    #[test]
+    fn a_decoded_request_takes_a_small_multiple_of_its_frame() {
+        // The most a frame can cost once decoded: one-byte token ids become 4 bytes.
+        let n = (INFER_REQUEST_LIMIT - 1024) / 2;
+        let zeros = Repeat(Repeat(0u32, n), 1);
+        let frames = [
+            crafted(CraftedInputs::Tokens {
+                ids: &zeros,
+                attention_mask: &zeros,
+            }),
+            crafted(CraftedInputs::Texts(Repeat("x".repeat(1000), n / 1002))),
+            crafted(CraftedInputs::Texts(Repeat("", INFER_ROWS_LIMIT))),
+        ];
+        for frame in frames {
+            assert!(frame.len() <= INFER_REQUEST_LIMIT);
+            let (decoded, peak) = heap::peak_during(|| decode_message::<InferRequest>(&frame));
+            decoded.unwrap();
+            assert!(
+                peak <= 8 * frame.len().max(64 * 1024),
+                "{peak} bytes on the heap for a frame of {}",
+                frame.len()
+            );
+        }
+    }
+
+    /// Counts the bytes this thread has on the heap, to measure what decoding takes.
+    #[allow(unsafe_code)]
+    mod heap {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        struct Counting;
+
+        fn moved(by: isize) {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + by);
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+
+        fn size(bytes: usize) -> isize {
+            isize::try_from(bytes).unwrap_or(isize::MAX)
+        }
+
+        // SAFETY: every call goes to the system allocator unchanged; only sizes are
+        // counted, in thread-locals without destructors.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let ptr = unsafe { System.alloc(layout) };
+                if !ptr.is_null() {
+                    moved(size(layout.size()));
+                }
+                ptr
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(ptr, layout) };
+                moved(-size(layout.size()));
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let new = unsafe { System.realloc(ptr, layout, new_size) };
+                if !new.is_null() {
+                    moved(size(new_size) - size(layout.size()));
+                }
+                new
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        /// Runs `f` and says how many more bytes this thread held at most meanwhile.
+        pub(super) fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            let start = LIVE.with(Cell::get);
+            PEAK.with(|peak| peak.set(start));
+            let value = f();
+            let peak = PEAK.with(Cell::get) - start;
+            (value, usize::try_from(peak).unwrap_or(0))
+        }
     }
 
     #[test]

@@ -29,3 +29,11 @@ pub const INFER_RESPONSE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Largest encoded manifest, which is also the largest model announcement.
 pub const MANIFEST_LIMIT: usize = 64 * 1024;
+
+/// Most inputs (rows) one inference request carries on the wire. They are counted while
+/// the request is decoded, so millions of empty strings in a 4 MiB frame are refused
+/// before they take memory; a server's own row limit is usually far lower.
+pub const INFER_ROWS_LIMIT: usize = 4096;
+
+/// Most dimensions of a tensor on the wire, counted while decoding.
+pub const TENSOR_DIMS_LIMIT: usize = 8;

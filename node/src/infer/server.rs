@@ -284,30 +284,20 @@ impl Server {
         })
     }
 
-    /// Checks the inputs against the model before they take a place in the queue.
+    /// Checks the inputs against the model before they take a place in the queue. The
+    /// row count is checked before anything is allocated for the rows.
     fn job_input(&self, embedder: &Embedder, inputs: Inputs) -> Result<(JobInput, usize), Refusal> {
         let bad = |message: String| Refusal::new(ErrorCode::BadInput, message);
         let limit = self.config.max_rows_per_request;
-        let (input, rows) = match inputs {
-            Inputs::Texts(texts) => {
-                let rows = texts.len();
-                (JobInput::Texts(texts), rows)
-            }
-            Inputs::Tokens {
-                ids,
-                attention_mask,
-            } => {
-                let tokens = TokenInput {
-                    ids,
-                    mask: attention_mask,
-                };
-                let rows = tokens.ids.len();
-                (JobInput::Tokens(tokens), rows)
-            }
+        let rows = match &inputs {
+            Inputs::Texts(texts) => texts.len(),
+            Inputs::Tokens { ids, .. } => ids.len(),
+            // A tensor's shape is only a claim; `matrix` counts rows its bytes hold.
             Inputs::Tensor(tensor) => {
-                let tokens = token_tensor(&tensor).map_err(bad)?;
-                let rows = tokens.ids.len();
-                (JobInput::Tokens(tokens), rows)
+                tensor
+                    .matrix()
+                    .map_err(|e| bad(format!("token tensor [rows, tokens]: {e}")))?
+                    .0
             }
         };
         if rows == 0 {
@@ -319,6 +309,17 @@ impl Server {
                 format!("{rows} inputs in one request; this server takes at most {limit}"),
             ));
         }
+        let input = match inputs {
+            Inputs::Texts(texts) => JobInput::Texts(texts),
+            Inputs::Tokens {
+                ids,
+                attention_mask,
+            } => JobInput::Tokens(TokenInput {
+                ids,
+                mask: attention_mask,
+            }),
+            Inputs::Tensor(tensor) => JobInput::Tokens(token_tensor(&tensor).map_err(bad)?),
+        };
         if let JobInput::Tokens(tokens) = &input {
             embedder.check(tokens).map_err(|e| bad(e.to_string()))?;
         }
@@ -358,34 +359,31 @@ impl Refusal {
     }
 }
 
-/// Token ids sent as a raw 2-D integer tensor, every token attended.
+/// Token ids sent as a 2-D integer tensor `[rows, tokens]`, every token attended. The
+/// rows are cut from the tensor's bytes, so their number is what was received.
 fn token_tensor(tensor: &Tensor) -> Result<TokenInput, String> {
-    tensor.check().map_err(|e| e.to_string())?;
-    let [rows, cols] = tensor.shape[..] else {
-        return Err(format!(
-            "a token tensor has shape [rows, tokens], not {:?}",
-            tensor.shape
-        ));
+    let (_, tokens) = tensor.matrix().map_err(|e| e.to_string())?;
+    let value: fn(&[u8]) -> Option<i128> = match tensor.dtype {
+        DType::I64 => |b| Some(i64::from_le_bytes(b.try_into().ok()?).into()),
+        DType::I32 => |b| Some(i32::from_le_bytes(b.try_into().ok()?).into()),
+        DType::U32 => |b| Some(u32::from_le_bytes(b.try_into().ok()?).into()),
+        other => return Err(format!("token ids must be i64, i32 or u32, not {other}")),
     };
-    let (rows, cols) = (rows as usize, cols as usize);
     let width = tensor.dtype.size_bytes();
     let id = |bytes: &[u8]| -> Result<u32, String> {
-        let value: i128 = match tensor.dtype {
-            DType::I64 => i64::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
-            DType::I32 => i32::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
-            DType::U32 => u32::from_le_bytes(bytes.try_into().map_err(|_| "short")?).into(),
-            other => return Err(format!("token ids must be i64, i32 or u32, not {other}")),
-        };
+        let value = value(bytes).ok_or("a token id cut short")?;
         u32::try_from(value).map_err(|_| format!("token id {value} is out of range"))
     };
-    let mut ids = Vec::with_capacity(rows);
-    for row in tensor.data.chunks(cols.max(1) * width).take(rows) {
-        ids.push(
-            row.chunks(width)
+    // `matrix` holds, so rows have at least one token whenever there are rows.
+    let ids = tensor
+        .data
+        .chunks_exact(tokens.max(1) * width)
+        .map(|row| {
+            row.chunks_exact(width)
                 .map(id)
-                .collect::<Result<Vec<u32>, String>>()?,
-        );
-    }
+                .collect::<Result<Vec<u32>, String>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mask = ids.iter().map(|row| vec![1; row.len()]).collect();
     Ok(TokenInput { ids, mask })
 }
@@ -572,5 +570,40 @@ impl RateLimiter {
             let wait = (1.0 - *tokens) / config.peer_rate.max(f64::MIN_POSITIVE);
             Err(Duration::from_secs_f64(wait.min(60.0)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Tensor {
+        Tensor { dtype, shape, data }
+    }
+
+    #[test]
+    fn token_tensors_are_cut_into_rows_from_their_bytes() {
+        let ids: Vec<u8> = [101i64, 7, 102, 101, 8, 102]
+            .iter()
+            .flat_map(|id| id.to_le_bytes())
+            .collect();
+        let tokens = token_tensor(&tensor(DType::I64, vec![2, 3], ids)).unwrap();
+        assert_eq!(tokens.ids, vec![vec![101, 7, 102], vec![101, 8, 102]]);
+        assert_eq!(tokens.mask, vec![vec![1; 3]; 2]);
+        let negative = tensor(DType::I32, vec![1, 1], (-1i32).to_le_bytes().to_vec());
+        assert!(token_tensor(&negative).unwrap_err().contains("-1"));
+        let floats = tensor(DType::F32, vec![1, 1], vec![0; 4]);
+        assert!(token_tensor(&floats).unwrap_err().contains("f32"));
+    }
+
+    #[test]
+    fn a_row_count_no_byte_backs_is_refused_before_allocating() {
+        // Zero elements and zero bytes pass `Tensor::check`; 2^50 rows must not size a
+        // Vec (the allocation failure aborted the process).
+        let huge = tensor(DType::I64, vec![1 << 50, 0], Vec::new());
+        let error = token_tensor(&huge).unwrap_err();
+        assert!(error.contains("width 0"), "{error}");
+        let empty = tensor(DType::I64, vec![0, 1 << 50], Vec::new());
+        assert!(token_tensor(&empty).unwrap().ids.is_empty());
     }
 }

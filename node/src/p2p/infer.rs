@@ -4,7 +4,12 @@
 //! each stream and runs each in its own task, so answers go back in the order they
 //! finish. Neither side goes through the swarm task once the stream is open, and no
 //! request pays for a stream negotiation: that is most of a small request's latency.
+//!
+//! What a server takes in is bounded per peer and in total ([`Admission`]): inbound
+//! streams, requests running, and bytes of requests being read or run. A frame's buffer
+//! grows as its bytes arrive, so a length announced but never sent costs nothing.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,11 +18,11 @@ use futures::future::BoxFuture;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use futures::{AsyncRead, StreamExt};
 use ipfs_accelerate_protocol::infer::{
-    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, decode_message,
-    encode_frame,
+    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, RequestError,
+    decode_message, decode_request, encode_frame,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{OnceCell, Semaphore, oneshot};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::in_use::InUse;
@@ -33,11 +38,22 @@ const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests one client may have in flight to one peer.
 const CALLS_PER_PEER: usize = 512;
-/// Requests a server runs at once for one inbound stream; the stream is not read
-/// further until one finishes.
-const REQUESTS_PER_STREAM: usize = 256;
-/// Inbound inference streams served at once; more are closed at once.
+/// Inbound inference streams served at once, from all peers; more are closed at once.
 const INBOUND_STREAMS: usize = 4096;
+/// Inbound streams one peer may have open: a client keeps one, and may open its next
+/// before the server has seen the last one close.
+const INBOUND_STREAMS_PER_PEER: usize = 8;
+/// Requests a server runs at once, for all peers.
+const INBOUND_REQUESTS: usize = 4096;
+/// Requests a server runs at once for one peer; its streams are not read further until
+/// one finishes.
+const INBOUND_REQUESTS_PER_PEER: usize = 256;
+/// Bytes of request frames a server reads or runs at once, for all peers (a decoded
+/// request takes a small multiple of its frame; see the protocol's limits).
+const INBOUND_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of request frames a server reads or runs at once for one peer; at least two
+/// requests of the largest size are always let in.
+const INBOUND_BYTES_PER_PEER: usize = 8 * 1024 * 1024;
 /// Peers whose closed streams are remembered before they are swept out.
 const SESSIONS_KEPT: usize = 1024;
 /// Read buffer of a stream: a small request's frame arrives in one read.
@@ -184,7 +200,7 @@ impl InferStreams {
             .map_err(|_| Error::Infer("inference is already served".into()))?;
         let (stopped, limits, in_use) =
             (self.stopped.clone(), self.limits, Arc::clone(&self.in_use));
-        let streams = Arc::new(Semaphore::new(INBOUND_STREAMS));
+        let admission = Admission::new(Quotas::for_request_limit(limits.request));
         tokio::spawn(async move {
             loop {
                 let (peer, stream) = tokio::select! {
@@ -194,7 +210,7 @@ impl InferStreams {
                         None => break,
                     },
                 };
-                let Ok(slot) = Arc::clone(&streams).try_acquire_owned() else {
+                let Some(share) = admission.admit_stream(peer).map(Arc::new) else {
                     tracing::debug!(%peer, "infer: too many inbound streams; closing one");
                     continue;
                 };
@@ -203,9 +219,8 @@ impl InferStreams {
                 tokio::spawn(async move {
                     tokio::select! {
                         () = stopped.cancelled() => {}
-                        () = serve_stream(peer, stream, handler, limits, &in_use) => {}
+                        () = serve_stream(peer, stream, handler, limits, &in_use, &share) => {}
                     }
-                    drop(slot);
                 });
             }
         });
@@ -415,31 +430,55 @@ async fn serve_stream(
     handler: InferHandler,
     limits: InferLimits,
     in_use: &Arc<InUse>,
+    share: &Arc<Share>,
 ) {
     let (reader, writer) = stream.split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    let slots = Arc::new(Semaphore::new(REQUESTS_PER_STREAM));
     loop {
-        let body = match read_frame(&mut reader, limits.request).await {
-            Ok(Some(body)) => body,
+        let len = match read_length(&mut reader, limits.request).await {
+            Ok(Some(len)) => len,
             Ok(None) => break,
             Err(error) => {
                 tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
                 break;
             }
         };
-        let request = match decode_message::<InferRequest>(&body) {
+        // A peer over its share waits before the rest of its frame is read; the bytes
+        // are counted from here until the answer is written.
+        let Some(slot) = share.admit_request(len).await else {
+            break;
+        };
+        let mut body = Vec::new();
+        if let Err(error) = read_body(&mut reader, len, &mut body).await {
+            tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
+            break;
+        }
+        let request = match decode_request(&body) {
             Ok(request) => request,
-            Err(error) => {
+            Err(RequestError::Refused { id, code, message }) => {
+                let refusal = InferResponse::Err(InferError {
+                    id,
+                    code,
+                    message,
+                    retry_after_ms: None,
+                    load: None,
+                });
+                let sent = match encode_frame(&refusal) {
+                    Ok(frame) => write_frame(&mut *writer.lock().await, &frame).await,
+                    Err(_) => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(RequestError::Garbage(error)) => {
                 tracing::debug!(%peer, %error, "infer: a peer sent garbage; closing its stream");
                 break;
             }
         };
-        // A peer with this many requests running waits before its next is read.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
+        drop(body);
         let (writer, handler) = (Arc::clone(&writer), Arc::clone(&handler));
         let held = in_use.hold(peer);
         tokio::spawn(async move {
@@ -492,47 +531,235 @@ enum FrameError {
     Timeout(Duration),
 }
 
-/// The next frame's body; `None` when the stream ends cleanly between frames. The
-/// length is checked against `limit` before anything is allocated; a stream silent
-/// for [`STREAM_IDLE_TIMEOUT`], or a frame slower than [`FRAME_TIMEOUT`], is an error.
+/// The next frame's body; `None` when the stream ends cleanly between frames.
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
 ) -> std::result::Result<Option<Vec<u8>>, FrameError> {
-    let mut first = [0u8; 1];
-    let read = tokio::time::timeout(STREAM_IDLE_TIMEOUT, reader.read(&mut first))
+    let Some(len) = read_length(reader, limit).await? else {
+        return Ok(None);
+    };
+    let mut body = Vec::new();
+    read_body(reader, len, &mut body).await?;
+    Ok(Some(body))
+}
+
+/// The next frame's length, checked against `limit`; `None` when the stream ends
+/// cleanly between frames. A stream silent for [`STREAM_IDLE_TIMEOUT`], or a length
+/// slower than [`FRAME_TIMEOUT`] once begun, is an error.
+async fn read_length<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::result::Result<Option<usize>, FrameError> {
+    let mut prefix = unsigned_varint::encode::usize_buffer();
+    let read = tokio::time::timeout(STREAM_IDLE_TIMEOUT, reader.read(&mut prefix[..1]))
         .await
         .map_err(|_| FrameError::Timeout(STREAM_IDLE_TIMEOUT))??;
     if read == 0 {
         return Ok(None);
     }
-    let rest = async {
-        let mut length = u64::from(first[0] & 0x7f);
-        let mut byte = first[0];
-        let mut shift = 7;
-        while byte & 0x80 != 0 {
-            if shift > 56 {
-                return Err(FrameError::BadLength);
-            }
-            let mut next = [0u8; 1];
-            reader.read_exact(&mut next).await?;
-            byte = next[0];
-            length |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-        }
-        if length > limit as u64 {
-            return Err(FrameError::TooLarge {
-                size: length,
-                limit,
-            });
-        }
-        let mut body = vec![0u8; length as usize];
-        reader.read_exact(&mut body).await?;
-        Ok(Some(body))
-    };
-    tokio::time::timeout(FRAME_TIMEOUT, rest)
+    let rest = read_varint_rest(reader, &mut prefix);
+    let end = tokio::time::timeout(FRAME_TIMEOUT, rest)
         .await
-        .map_err(|_| FrameError::Timeout(FRAME_TIMEOUT))?
+        .map_err(|_| FrameError::Timeout(FRAME_TIMEOUT))??;
+    let (len, _) =
+        unsigned_varint::decode::usize(&prefix[..end]).map_err(|_| FrameError::BadLength)?;
+    if len > limit {
+        return Err(FrameError::TooLarge {
+            size: len as u64,
+            limit,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// Reads the bytes of a varint after its first (in `prefix[0]`), one at a time so
+/// nothing past it is consumed; returns the varint's length.
+async fn read_varint_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    prefix: &mut [u8],
+) -> std::result::Result<usize, FrameError> {
+    let mut end = 1;
+    while !unsigned_varint::decode::is_last(prefix[end - 1]) {
+        let byte = prefix.get_mut(end..=end).ok_or(FrameError::BadLength)?;
+        reader.read_exact(byte).await?;
+        end += 1;
+    }
+    Ok(end)
+}
+
+/// Reads a frame's body of `len` bytes into `body` within [`FRAME_TIMEOUT`]. The buffer
+/// grows as bytes arrive, so a length announced but never sent costs nothing.
+async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    body: &mut Vec<u8>,
+) -> std::result::Result<(), FrameError> {
+    body.clear();
+    let mut frame = reader.take(len as u64);
+    tokio::time::timeout(FRAME_TIMEOUT, frame.read_to_end(body))
+        .await
+        .map_err(|_| FrameError::Timeout(FRAME_TIMEOUT))??;
+    if body.len() < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the stream ended {} bytes into a frame of {len}",
+                body.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Bounds on what a server takes in at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quotas {
+    streams: usize,
+    streams_per_peer: usize,
+    requests: usize,
+    requests_per_peer: usize,
+    bytes: usize,
+    bytes_per_peer: usize,
+}
+
+impl Quotas {
+    /// The defaults, widened so that two requests of `request_limit` bytes from one
+    /// peer always fit.
+    fn for_request_limit(request_limit: usize) -> Self {
+        let bytes_per_peer = INBOUND_BYTES_PER_PEER.max(request_limit.saturating_mul(2));
+        Quotas {
+            streams: INBOUND_STREAMS,
+            streams_per_peer: INBOUND_STREAMS_PER_PEER,
+            requests: INBOUND_REQUESTS,
+            requests_per_peer: INBOUND_REQUESTS_PER_PEER,
+            bytes: INBOUND_BYTES.max(bytes_per_peer),
+            bytes_per_peer,
+        }
+    }
+}
+
+/// What a server takes in at once, per peer and in total: streams (counted here),
+/// requests running and bytes of requests read or running (semaphores, so a peer over
+/// its share waits rather than being refused: its requests are valid, only many).
+/// A peer first waits for room in its own share, so it can only ever hold its share of
+/// the total: one peer cannot take every slot.
+struct Admission {
+    quotas: Quotas,
+    peers: Mutex<Peers>,
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+/// The peers with inbound streams open.
+#[derive(Default)]
+struct Peers {
+    streams: usize,
+    shares: HashMap<PeerId, PeerShare>,
+}
+
+/// One peer's open streams and its share of requests and bytes.
+struct PeerShare {
+    streams: usize,
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+/// An admitted inbound stream and its peer's share. It counts as one of the peer's
+/// streams until the stream and every request read from it are done, so a peer cannot
+/// renew its share by closing a stream whose requests still run.
+struct Share {
+    admission: Arc<Admission>,
+    peer: PeerId,
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+/// Room for one request, held until its answer is written.
+struct Slot {
+    _held: [OwnedSemaphorePermit; 4],
+    _share: Arc<Share>,
+}
+
+impl Admission {
+    fn new(quotas: Quotas) -> Arc<Self> {
+        Arc::new(Admission {
+            quotas,
+            peers: Mutex::new(Peers::default()),
+            requests: Arc::new(Semaphore::new(quotas.requests)),
+            bytes: Arc::new(Semaphore::new(quotas.bytes)),
+        })
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new stream from `peer`, or `None` when the peer or the server has as
+    /// many open as it may.
+    fn admit_stream(self: &Arc<Self>, peer: PeerId) -> Option<Share> {
+        let quotas = self.quotas;
+        let mut peers = self.peers();
+        if peers.streams >= quotas.streams {
+            return None;
+        }
+        let share = peers.shares.entry(peer).or_insert_with(|| PeerShare {
+            streams: 0,
+            requests: Arc::new(Semaphore::new(quotas.requests_per_peer)),
+            bytes: Arc::new(Semaphore::new(quotas.bytes_per_peer)),
+        });
+        if share.streams >= quotas.streams_per_peer {
+            return None;
+        }
+        share.streams += 1;
+        let (requests, bytes) = (Arc::clone(&share.requests), Arc::clone(&share.bytes));
+        peers.streams += 1;
+        Some(Share {
+            admission: Arc::clone(self),
+            peer,
+            requests,
+            bytes,
+        })
+    }
+}
+
+impl Share {
+    /// Waits for room for one request of `len` bytes: first in the peer's share, then
+    /// in the server's. `None` only if the server is shutting down.
+    async fn admit_request(self: &Arc<Self>, len: usize) -> Option<Slot> {
+        let quotas = self.admission.quotas;
+        let bytes = |budget: usize| u32::try_from(len.min(budget)).unwrap_or(u32::MAX);
+        let peer_request = Arc::clone(&self.requests).acquire_owned().await.ok()?;
+        let peer_bytes = Arc::clone(&self.bytes)
+            .acquire_many_owned(bytes(quotas.bytes_per_peer))
+            .await
+            .ok()?;
+        let request = Arc::clone(&self.admission.requests)
+            .acquire_owned()
+            .await
+            .ok()?;
+        let total_bytes = Arc::clone(&self.admission.bytes)
+            .acquire_many_owned(bytes(quotas.bytes))
+            .await
+            .ok()?;
+        Some(Slot {
+            _held: [peer_request, peer_bytes, request, total_bytes],
+            _share: Arc::clone(self),
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut peers = self.admission.peers();
+        peers.streams = peers.streams.saturating_sub(1);
+        if let Entry::Occupied(mut share) = peers.shares.entry(self.peer) {
+            share.get_mut().streams = share.get().streams.saturating_sub(1);
+            if share.get().streams == 0 {
+                share.remove();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -567,5 +794,99 @@ mod tests {
             read(&frame[..4], 64).await,
             Err(FrameError::Io(_))
         ));
+    }
+
+    /// Gives its bytes, then nothing more (a peer that stopped sending).
+    struct Trickle(futures::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => std::task::Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_length_announced_but_not_sent_costs_no_buffer() {
+        let announced = 4 << 20;
+        let mut bytes = unsigned_varint::encode::usize(announced, &mut [0; 10]).to_vec();
+        bytes.extend([0x61; 100]);
+        let mut reader = Trickle(futures::io::Cursor::new(bytes));
+        let len = read_length(&mut reader, announced).await.unwrap().unwrap();
+        assert_eq!(len, announced);
+        let mut body = Vec::new();
+        {
+            let read = read_body(&mut reader, len, &mut body);
+            futures::pin_mut!(read);
+            assert!(futures::poll!(read).is_pending());
+        }
+        assert_eq!(body.len(), 100);
+        assert!(body.capacity() < 64 * 1024, "{} bytes", body.capacity());
+    }
+
+    fn quotas() -> Quotas {
+        Quotas {
+            streams: 5,
+            streams_per_peer: 3,
+            requests: 4,
+            requests_per_peer: 2,
+            bytes: 100,
+            bytes_per_peer: 60,
+        }
+    }
+
+    #[test]
+    fn streams_are_capped_per_peer_and_in_total() {
+        let admission = Admission::new(quotas());
+        let (greedy, other) = (PeerId::random(), PeerId::random());
+        let held: Vec<Share> = (0..3)
+            .map(|_| admission.admit_stream(greedy).unwrap())
+            .collect();
+        assert!(admission.admit_stream(greedy).is_none());
+        // Another peer still gets in, up to the total.
+        let a = admission.admit_stream(other).unwrap();
+        let _b = admission.admit_stream(other).unwrap();
+        assert!(admission.admit_stream(PeerId::random()).is_none());
+        drop(a);
+        assert!(admission.admit_stream(PeerId::random()).is_some());
+        drop(held);
+        assert!(admission.admit_stream(greedy).is_some());
+        assert_eq!(
+            admission.peers().shares.len(),
+            1,
+            "closed peers are forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_and_bytes_are_capped_per_peer_before_the_total() {
+        use futures::FutureExt;
+        let admission = Admission::new(quotas());
+        let greedy = Arc::new(admission.admit_stream(PeerId::random()).unwrap());
+        let other = Arc::new(admission.admit_stream(PeerId::random()).unwrap());
+        // Bytes: the greedy peer's second 40-byte request waits for its first.
+        let first = greedy.admit_request(40).now_or_never().flatten().unwrap();
+        assert!(greedy.admit_request(40).now_or_never().is_none());
+        // A frame larger than the share waits for the whole share, never forever.
+        assert!(greedy.admit_request(1 << 30).now_or_never().is_none());
+        let theirs = other.admit_request(50).now_or_never().flatten().unwrap();
+        drop(first);
+        let second = greedy.admit_request(40).now_or_never().flatten().unwrap();
+        // Requests: two per peer, whatever their size.
+        let third = greedy.admit_request(0).now_or_never().flatten().unwrap();
+        assert!(greedy.admit_request(0).now_or_never().is_none());
+        drop((second, third, theirs));
+        // A closed stream's share lives on while its requests run.
+        let running = greedy.admit_request(10).now_or_never().flatten().unwrap();
+        drop(greedy);
+        assert_eq!(admission.peers().shares.len(), 2);
+        drop(running);
+        assert_eq!(admission.peers().shares.len(), 1);
     }
 }
