@@ -106,7 +106,7 @@ impl Remote {
         args: &[(&str, String)],
         mut body: MultipartBody,
     ) -> Result<String> {
-        let content_type = MultipartBody::content_type();
+        let content_type = body.content_type();
         let mut text = String::new();
         self.call(path, args, Some((&content_type, &mut body)))?
             .read_to_string(&mut text)?;
