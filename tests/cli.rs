@@ -442,3 +442,18 @@ fn boolean_flags_take_values_only_after_an_equals_sign() {
     std::fs::write(&car, out.stdout).unwrap();
     repo.ok(&["dag", "import", "--pin-roots", car.to_str().unwrap()]);
 }
+
+#[test]
+fn identity_cids_are_read_inline_even_through_a_daemon_with_no_peers() {
+    // CIDv1, raw, identity multihash of "hello\n".
+    let cid = "bafkqabtimvwgy3yk";
+    let repo = TestRepo::new();
+    assert_eq!(repo.run(&["cat", cid]).stdout, b"hello\n");
+    let daemon = Daemon::start_on(repo, &[]);
+    let started = std::time::Instant::now();
+    assert_eq!(daemon.repo.run(&["cat", cid]).stdout, b"hello\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answered from the CID, not after a network timeout"
+    );
+}
