@@ -622,7 +622,7 @@ mod tests {
         });
         let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
         assert!(
-            err.contains("config.json") && err.contains("model.safetensors"),
+            err.contains("config.json") && err.contains("parameters, more than model.safetensors"),
             "{err}"
         );
     }
