@@ -1,6 +1,6 @@
 //! The CLI end to end: real processes of the binary on temporary repos.
 
-use ipfs_accelerate_tests::{TestRepo, deterministic_file};
+use ipfs_accelerate_tests::{Daemon, TestRepo, deterministic_file};
 
 #[test]
 fn add_cat_get_round_trip_files_and_directories() {
@@ -396,4 +396,64 @@ fn storage_max_evicts_least_recently_used_unpinned_content() {
     // of it landed afterwards, still under the 9 MB mark that starts eviction.
     assert!(stat["RepoSize"].as_u64().unwrap() <= 9_000_000, "{stat}");
     repo.ok(&["repo", "verify"]);
+}
+
+/// The boundary every upload used before each got a random one.
+const OLD_FIXED_BOUNDARY: &[u8] = b"ipfs-accelerate-boundary-7c1f2a";
+
+#[test]
+fn uploads_keep_files_that_hold_a_multipart_boundary() {
+    let daemon = Daemon::start(&[]);
+    let file = daemon.repo.path("boundary.txt");
+    let mut content = b"before\r\n--".to_vec();
+    content.extend_from_slice(OLD_FIXED_BOUNDARY);
+    content.extend_from_slice(b"\r\nContent-Type: text/plain\r\n\r\nmiddle\r\n--");
+    content.extend_from_slice(OLD_FIXED_BOUNDARY);
+    content.extend_from_slice(b"--\r\nafter");
+    std::fs::write(&file, &content).unwrap();
+    let through_daemon = daemon.repo.add(&file, &[]);
+    let local = TestRepo::new();
+    assert_eq!(through_daemon, local.add(&file, &[]));
+    assert_eq!(daemon.repo.run(&["cat", &through_daemon]).stdout, content);
+}
+
+#[test]
+fn boolean_flags_take_values_only_after_an_equals_sign() {
+    // Kubo: `ipfs add --raw-leaves FILE` adds FILE with raw leaves.
+    let repo = TestRepo::new();
+    let file = repo.path("data.bin");
+    deterministic_file(&file, 600_000, 9).unwrap();
+    let path = file.to_str().unwrap();
+    let raw = repo.ok(&["add", "-Q", "--cid-version=0", "--raw-leaves", path]);
+    assert_eq!(
+        raw,
+        repo.ok(&["add", "-Q", "--cid-version=0", "--raw-leaves=true", path])
+    );
+    assert_ne!(
+        raw,
+        repo.ok(&["add", "-Q", "--cid-version=0", "--raw-leaves=false", path])
+    );
+    let pinned = repo.ok(&["add", "-Q", "--pin", path]);
+    assert!(repo.ok(&["pin", "ls"]).contains(&pinned));
+    repo.ok(&["pin", "rm", &pinned]);
+    repo.ok(&["pin", "add", "--recursive", &pinned]);
+    let car = repo.path("data.car");
+    let out = repo.run(&["dag", "export", &pinned]);
+    std::fs::write(&car, out.stdout).unwrap();
+    repo.ok(&["dag", "import", "--pin-roots", car.to_str().unwrap()]);
+}
+
+#[test]
+fn identity_cids_are_read_inline_even_through_a_daemon_with_no_peers() {
+    // CIDv1, raw, identity multihash of "hello\n".
+    let cid = "bafkqabtimvwgy3yk";
+    let repo = TestRepo::new();
+    assert_eq!(repo.run(&["cat", cid]).stdout, b"hello\n");
+    let daemon = Daemon::start_on(repo, &[]);
+    let started = std::time::Instant::now();
+    assert_eq!(daemon.repo.run(&["cat", cid]).stdout, b"hello\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answered from the CID, not after a network timeout"
+    );
 }

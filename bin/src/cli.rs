@@ -1,4 +1,8 @@
 //! Command-line arguments, in Kubo's shapes (`ipfs add`, `ipfs pin ls`, ...).
+//!
+//! A boolean flag that takes a value takes it only after `=` (`--pin=false`), as in
+//! Kubo: `--raw-leaves FILE` means raw leaves for FILE, never "FILE" as the flag's
+//! value.
 
 use std::path::PathBuf;
 
@@ -356,7 +360,7 @@ pub(crate) struct AddArgs {
     #[arg(long, value_name = "0|1")]
     pub(crate) cid_version: Option<u8>,
     /// Store leaves as raw blocks [default: true with CIDv1, false with CIDv0]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) raw_leaves: Option<bool>,
     /// Chunker: size-N (bytes per leaf)
     #[arg(long, value_name = "size-N")]
@@ -368,7 +372,8 @@ pub(crate) struct AddArgs {
     #[arg(short = 'H', long)]
     pub(crate) hidden: bool,
     /// Pin what is added
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) pin: bool,
     /// Show a progress bar even when stdout is not a terminal
     #[arg(short, long)]
@@ -412,7 +417,8 @@ pub(crate) enum PinCommand {
         #[arg(required = true)]
         cids: Vec<String>,
         /// Pin the whole DAG (false: only this block)
-        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         recursive: bool,
     },
     /// Remove pins; the content becomes cache
@@ -457,10 +463,76 @@ pub(crate) enum DagCommand {
         /// CAR files; stdin when none
         files: Vec<PathBuf>,
         /// Pin the roots (requires complete DAGs)
-        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         pin_roots: bool,
         /// Print block and byte counts
         #[arg(long)]
         stats: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut argv = vec!["ipfs-accelerate"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.command,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn add(args: &[&str]) -> AddArgs {
+        let mut argv = vec!["add"];
+        argv.extend_from_slice(args);
+        match parse(&argv) {
+            Command::Add(add) => add,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn optional_boolean_values_need_an_equals_sign() {
+        let a = add(&["--raw-leaves", "f"]);
+        assert_eq!((a.raw_leaves, a.paths), (Some(true), vec!["f".to_string()]));
+        assert_eq!(add(&["--raw-leaves=false", "f"]).raw_leaves, Some(false));
+        assert_eq!(add(&["f"]).raw_leaves, None);
+
+        let a = add(&["--pin", "f"]);
+        assert_eq!((a.pin, a.paths), (true, vec!["f".to_string()]));
+        assert!(!add(&["--pin=false", "f"]).pin);
+        assert!(add(&["f"]).pin);
+
+        for (args, want) in [
+            (&["pin", "add", "--recursive", "c"][..], true),
+            (&["pin", "add", "--recursive=false", "c"][..], false),
+            (&["pin", "add", "c"][..], true),
+        ] {
+            match parse(args) {
+                Command::Pin(PinCommand::Add { cids, recursive }) => {
+                    assert_eq!((recursive, cids), (want, vec!["c".to_string()]), "{args:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for (args, want) in [
+            (&["dag", "import", "--pin-roots", "x.car"][..], true),
+            (&["dag", "import", "--pin-roots=false", "x.car"][..], false),
+            (&["dag", "import", "x.car"][..], true),
+        ] {
+            match parse(args) {
+                Command::Dag(DagCommand::Import {
+                    files, pin_roots, ..
+                }) => assert_eq!(
+                    (pin_roots, files),
+                    (want, vec![PathBuf::from("x.car")]),
+                    "{args:?}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -2,6 +2,12 @@
 //! per file, directory (`application/x-directory`) or symlink (`application/symlink`),
 //! each named by its URL-escaped path. Files are opened only when their part is read,
 //! so a tree of any size streams with one file open at a time.
+//!
+//! Each body draws its own boundary: 32 random alphanumeric characters (about 190
+//! bits). The content is streamed, never scanned, so it is not checked for the
+//! boundary; a file holds it by chance with probability about `len / 2^190`, far below
+//! any disk error rate, and a file cannot be crafted to hold a boundary that does not
+//! exist until the upload starts. A fixed boundary broke any file that contained it.
 
 use std::collections::VecDeque;
 use std::io::{Cursor, Read};
@@ -10,7 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ipfs_accelerate_node::unixfs::{self, FsKind};
 
-const BOUNDARY: &str = "ipfs-accelerate-boundary-7c1f2a";
+/// Random characters in a boundary (RFC 2046 allows up to 70 in all).
+const BOUNDARY_RANDOM_CHARS: usize = 32;
 
 /// Where a part's content comes from.
 enum Content {
@@ -21,6 +28,7 @@ enum Content {
 
 /// A streaming multipart body; add parts, then read it.
 pub(crate) struct MultipartBody {
+    boundary: String,
     parts: VecDeque<(String, Content)>,
     current: Box<dyn Read>,
     finished: bool,
@@ -34,15 +42,23 @@ impl std::fmt::Debug for MultipartBody {
 
 impl MultipartBody {
     pub(crate) fn new() -> MultipartBody {
+        use rand::Rng;
+        let random: String = rand::thread_rng()
+            .sample_iter(rand::distributions::Alphanumeric)
+            .take(BOUNDARY_RANDOM_CHARS)
+            .map(char::from)
+            .collect();
         MultipartBody {
+            boundary: format!("ipfs-accelerate-{random}"),
             parts: VecDeque::new(),
             current: Box::new(std::io::empty()),
             finished: false,
         }
     }
 
-    pub(crate) fn content_type() -> String {
-        format!("multipart/form-data; boundary={BOUNDARY}")
+    /// The request's Content-Type, naming this body's boundary.
+    pub(crate) fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
     }
 
     /// One part with the bytes of `reader` (a file, stdin).
@@ -85,7 +101,8 @@ impl MultipartBody {
             percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
                 .collect();
         let head = format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{escaped}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            "--{}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{escaped}\"\r\nContent-Type: {content_type}\r\n\r\n",
+            self.boundary
         );
         self.parts.push_back((head, content));
     }
@@ -97,7 +114,7 @@ impl MultipartBody {
                 return Ok(false);
             }
             self.finished = true;
-            self.current = Box::new(Cursor::new(format!("--{BOUNDARY}--\r\n")));
+            self.current = Box::new(Cursor::new(format!("--{}--\r\n", self.boundary)));
             return Ok(true);
         };
         let body: Box<dyn Read> = match content {

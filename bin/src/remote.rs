@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipfs_accelerate_node::repo::Repo;
+use ipfs_accelerate_node::unixfs::extract::Extractor;
 use serde_json::Value;
 
 use base64::Engine;
@@ -106,7 +107,7 @@ impl Remote {
         args: &[(&str, String)],
         mut body: MultipartBody,
     ) -> Result<String> {
-        let content_type = MultipartBody::content_type();
+        let content_type = body.content_type();
         let mut text = String::new();
         self.call(path, args, Some((&content_type, &mut body)))?
             .read_to_string(&mut text)?;
@@ -188,8 +189,13 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 .rsplit('/')
                 .next()
                 .unwrap_or_default();
-            let target = output.unwrap_or_else(|| PathBuf::from(base));
-            if target.exists() {
+            let target = match output {
+                Some(output) => output,
+                // `get /ipfs/CID/..` must not mean the parent of this directory.
+                None if is_plain_name(base) => PathBuf::from(base),
+                None => bail!("cannot name the output after {cid:?}; choose one with -o PATH"),
+            };
+            if target.symlink_metadata().is_ok() {
                 bail!(
                     "{} already exists; remove it or choose another -o PATH",
                     target.display()
@@ -628,35 +634,85 @@ fn command_name(command: &Command) -> &'static str {
     }
 }
 
-/// Unpacks `get`'s tar stream at `target`: the archive's root entry becomes `target`,
-/// and no entry may land outside it.
+/// Unpacks `get`'s tar stream at `target`: the archive's root entry becomes `target`.
+/// The stream is not trusted: entries go through [`Extractor`], so none lands outside
+/// `target` or is written through a symlink, and only directories, files and symlinks
+/// are accepted (a hard link could name any file on this machine).
+///
+/// A daemon that fails part way (a hostile name, a missing block) can only cut the
+/// stream short, which a tar reader takes for a clean end: so an archive must end with
+/// its zero block, not with the stream, and each file must have all its bytes.
 fn unpack_tar(body: impl Read, target: &Path) -> Result<()> {
-    let mut archive = tar::Archive::new(body);
+    let mut out = Extractor::new(target);
+    let mut archive = tar::Archive::new(EofSeen {
+        inner: body,
+        seen: false,
+    });
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
-        let mut dest = target.to_path_buf();
         let mut components = name.components();
-        let root = components.next();
-        if !matches!(root, Some(Component::Normal(_))) {
+        if !matches!(components.next(), Some(Component::Normal(_))) {
             bail!("the daemon sent an unsafe path {}", name.display());
         }
-        for component in components {
-            match component {
-                Component::Normal(part) => dest.push(part),
-                Component::CurDir => {}
-                _ => bail!("the daemon sent an unsafe path {}", name.display()),
+        let relative = components.as_path();
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => out.directory(relative)?,
+            tar::EntryType::Regular => {
+                let mut file = out.file(relative)?;
+                let copied = std::io::copy(&mut entry, &mut file)
+                    .with_context(|| format!("writing {}", target.join(relative).display()))?;
+                if copied != entry.size() {
+                    bail!(
+                        "the daemon's answer ended inside {} ({copied} of {} bytes)",
+                        name.display(),
+                        entry.size()
+                    );
+                }
             }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()?
+                    .with_context(|| format!("symlink {} has no target", name.display()))?;
+                out.symlink(relative, &link.to_string_lossy())?;
+            }
+            other => bail!(
+                "the daemon sent {} as a {other:?} entry; only directories, files and symlinks are written",
+                name.display()
+            ),
         }
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        entry
-            .unpack(&dest)
-            .with_context(|| format!("writing {}", dest.display()))?;
     }
+    let mut rest = archive.into_inner();
+    if rest.seen {
+        bail!("the daemon's answer ended before the archive did; see the daemon's log");
+    }
+    // The archive's end is not the answer's: a daemon that failed after it reports
+    // that only by how the stream ends.
+    std::io::copy(&mut rest, &mut std::io::sink()).context("reading the end of the answer")?;
     Ok(())
+}
+
+/// A reader that remembers whether it reached the end of its input.
+struct EofSeen<R> {
+    inner: R,
+    seen: bool,
+}
+
+impl<R: Read> Read for EofSeen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen |= n == 0 && !buf.is_empty();
+        Ok(n)
+    }
+}
+
+/// Whether `name` is one plain path component (not empty, `.`, `..` or a root).
+fn is_plain_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(_)), None)
+    )
 }
 
 /// A file, or stdin for `-`, with the name uploads carry.

@@ -128,7 +128,7 @@ impl Store {
         let mut stack = vec![*root];
         while let Some(cid) = stack.pop() {
             if seen.insert(cid) {
-                stack.extend(self.blocks.links(&cid)?);
+                stack.extend(self.links(&cid)?);
             }
         }
         Ok(seen)
@@ -142,10 +142,10 @@ impl Store {
             if !seen.insert(cid) {
                 continue;
             }
-            if !self.blocks.has(&cid)? {
+            if !self.has(&cid)? {
                 return Ok(Some(cid));
             }
-            stack.extend(self.blocks.links(&cid)?);
+            stack.extend(self.links(&cid)?);
         }
         Ok(None)
     }

@@ -3,6 +3,10 @@
 //! One process holds a repo at a time: [`Repo::open`] takes an exclusive lock on
 //! `repo.lock` (released by the OS when the process exits, even on kill -9), so a
 //! second process gets [`Error::InUse`] instead of a shared, corrupting writer.
+//!
+//! The config may hold the API token and the key file is the node's identity, so, as
+//! Kubo does, the directory is private to its owner (0700) and both files are 0600;
+//! [`Repo::open`] tightens a repo made before this rule.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,6 +28,10 @@ const IDENTITY_FILE: &str = "identity.key";
 const DATASTORE_FILE: &str = "datastore.redb";
 const LOCK_FILE: &str = "repo.lock";
 const API_FILE: &str = "api";
+/// Mode of the repo directory: its owner only.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of `config.toml` and `identity.key`: its owner only.
+const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// Why a repo could not be created or opened.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +105,7 @@ impl Repo {
         if path.join(CONFIG_FILE).exists() {
             return Err(Error::AlreadyInitialized(path.to_path_buf()));
         }
-        std::fs::create_dir_all(path).map_err(io("creating repo directory", path))?;
+        create_private_dir(path)?;
         let lock = take_lock(path)?;
         identity.save(&path.join(IDENTITY_FILE))?;
         config.identity.peer_id = identity.peer_id().to_string();
@@ -107,7 +115,7 @@ impl Repo {
         })?;
         // Written last and atomically: a repo with a config file is a complete repo.
         let tmp = path.join(format!("{CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, text).map_err(io("writing config", &tmp))?;
+        write_private(&tmp, text.as_bytes())?;
         let repo = Repo::assemble(path, config, identity, lock)?;
         std::fs::rename(&tmp, path.join(CONFIG_FILE)).map_err(io("writing config", path))?;
         Ok(repo)
@@ -131,6 +139,7 @@ impl Repo {
             return Err(Error::NotInitialized(path.to_path_buf()));
         }
         let lock = take_lock(path)?;
+        make_private(path);
         let config = Repo::read_config(path)?;
         let identity = Identity::load(&path.join(IDENTITY_FILE))?;
         Repo::assemble(path, config, identity, lock)
@@ -180,6 +189,61 @@ impl Repo {
     pub fn datastore_file_size(&self) -> u64 {
         std::fs::metadata(self.path.join(DATASTORE_FILE)).map_or(0, |m| m.len())
     }
+}
+
+/// Creates the repo directory (and missing parents) readable by its owner only.
+fn create_private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR_MODE);
+    builder
+        .create(path)
+        .map_err(io("creating repo directory", path))?;
+    set_mode(path, PRIVATE_DIR_MODE).map_err(io("restricting access to", path))
+}
+
+/// Writes `bytes` to a new or truncated file readable by its owner only; the mode is
+/// set before any byte is written, so a secret is never readable by others.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
+    let mut file = options.open(path).map_err(io("writing config", path))?;
+    // `mode` applies only when the file is created; an old one keeps its mode.
+    set_mode(path, PRIVATE_FILE_MODE).map_err(io("restricting access to", path))?;
+    file.write_all(bytes).map_err(io("writing config", path))?;
+    file.sync_all().map_err(io("writing config", path))
+}
+
+/// Takes group and other access away from a repo made before the 0700/0600 rule. Best
+/// effort: a repo the user may read but not change still opens.
+fn make_private(path: &Path) {
+    for (file, mode) in [
+        (path.to_path_buf(), PRIVATE_DIR_MODE),
+        (path.join(CONFIG_FILE), PRIVATE_FILE_MODE),
+        (path.join(IDENTITY_FILE), PRIVATE_FILE_MODE),
+    ] {
+        if let Err(error) = set_mode(&file, mode) {
+            tracing::warn!(path = %file.display(), %error, "repo: could not restrict access");
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn take_lock(path: &Path) -> Result<File> {
@@ -241,6 +305,40 @@ mod tests {
         let err = Repo::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::InUse { .. }), "{err}");
         assert!(err.to_string().contains("in use"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn repo_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parent/repo");
+        drop(Repo::init(&path, NodeConfig::default()).unwrap());
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&path.join(CONFIG_FILE)), 0o600);
+        assert_eq!(mode(&path.join(IDENTITY_FILE)), 0o600);
+
+        // A repo made before the rule (or loosened by hand) is tightened on open.
+        for (p, m) in [
+            (path.clone(), 0o755),
+            (path.join(CONFIG_FILE), 0o644),
+            (path.join(IDENTITY_FILE), 0o644),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        drop(Repo::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&path.join(CONFIG_FILE)), 0o600);
+        assert_eq!(mode(&path.join(IDENTITY_FILE)), 0o600);
+
+        // A rewrite keeps a config private even over a loose file.
+        let loose = path.join("loose.toml");
+        std::fs::write(&loose, "x").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&loose, b"api_token = 1").unwrap();
+        assert_eq!(mode(&loose), 0o600);
+        assert_eq!(std::fs::read(&loose).unwrap(), b"api_token = 1");
     }
 
     #[test]

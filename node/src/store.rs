@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use cid::Cid;
 use ipfs_accelerate_protocol::Block;
+use ipfs_accelerate_protocol::codec::IDENTITY;
 
 use crate::blockstore::{self, Blockstore, PinKind, Stat};
 use crate::config::DatastoreConfig;
@@ -105,6 +107,13 @@ impl VerifyReport {
     }
 }
 
+/// The block an identity CID (multihash 0x00) names: its data is the digest itself, so
+/// it is never stored, fetched or asked of a peer.
+pub fn identity_block(cid: &Cid) -> Option<Block> {
+    (cid.hash().code() == IDENTITY)
+        .then(|| Block::new_unchecked(*cid, Bytes::copy_from_slice(cid.hash().digest())))
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -138,6 +147,9 @@ impl Store {
 
     /// Reads a block, verifies it against its CID and records the access.
     pub fn get(&self, cid: &Cid) -> Result<Block> {
+        if let Some(block) = identity_block(cid) {
+            return Ok(block);
+        }
         let data = self.blocks.get(cid)?.ok_or(Error::NotFound(*cid))?;
         let block = Block::verified(*cid, data).map_err(|_| Error::Corrupt(*cid))?;
         self.record_access(*cid)?;
@@ -148,17 +160,43 @@ impl Store {
     /// stored, and the peer verifies it again (every Bitswap client must), so a block
     /// corrupted on our disk costs us that peer's trust, never anyone wrong bytes.
     pub fn get_for_peer(&self, cid: &Cid) -> Result<Block> {
+        if let Some(block) = identity_block(cid) {
+            return Ok(block);
+        }
         let data = self.blocks.get(cid)?.ok_or(Error::NotFound(*cid))?;
         self.record_access(*cid)?;
         Ok(Block::new_unchecked(*cid, data))
     }
 
+    /// Reads a stored block's bytes without re-hashing them or counting an access:
+    /// for looking at what a block is (`ls`), never for handing its bytes on. The
+    /// bytes were verified when stored.
+    pub fn peek(&self, cid: &Cid) -> Result<Option<Bytes>> {
+        if let Some(block) = identity_block(cid) {
+            return Ok(Some(block.into_parts().1));
+        }
+        Ok(self.blocks.get(cid)?)
+    }
+
+    /// Whether the block is here; an identity CID always is (it holds its data).
     pub fn has(&self, cid: &Cid) -> Result<bool> {
-        Ok(self.blocks.has(cid)?)
+        Ok(identity_block(cid).is_some() || self.blocks.has(cid)?)
     }
 
     pub fn size(&self, cid: &Cid) -> Result<Option<u64>> {
+        if let Some(block) = identity_block(cid) {
+            return Ok(Some(block.len() as u64));
+        }
         Ok(self.blocks.size(cid)?)
+    }
+
+    /// The CIDs `cid` links to: an identity block's from its inline data, any other's
+    /// from the index kept at store time.
+    pub fn links(&self, cid: &Cid) -> Result<Vec<Cid>> {
+        match identity_block(cid) {
+            Some(block) => Ok(block.links()?),
+            None => Ok(self.blocks.links(cid)?),
+        }
     }
 
     pub fn stat(&self) -> Result<Stat> {
@@ -323,5 +361,42 @@ impl Drop for ImportSession<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cid::Version;
+    use ipfs_accelerate_protocol::codec::{DAG_PB, RAW};
+    use multihash_codetable::Code;
+
+    fn identity(codec: u64, data: &[u8]) -> Cid {
+        Cid::new_v1(
+            codec,
+            cid::multihash::Multihash::<64>::wrap(IDENTITY, data).unwrap(),
+        )
+    }
+
+    #[test]
+    fn identity_cids_are_read_inline_never_stored_or_missing() {
+        let store = Store::in_memory();
+        let cid = identity(RAW, b"inline bytes");
+        assert!(store.has(&cid).unwrap());
+        assert_eq!(store.get(&cid).unwrap().data().as_ref(), b"inline bytes");
+        assert_eq!(
+            store.get_for_peer(&cid).unwrap().data().as_ref(),
+            b"inline bytes"
+        );
+        assert_eq!(store.size(&cid).unwrap(), Some(12));
+        assert_eq!(store.stat().unwrap().blocks, 0, "nothing was stored");
+
+        // A DAG reaching a stored block through an identity node is whole, and pins.
+        let leaf = Block::from_data(Version::V1, RAW, Code::Sha2_256, &b"leaf"[..]).unwrap();
+        store.put_many(std::slice::from_ref(&leaf)).unwrap();
+        let node = crate::unixfs::testing::dag_pb(&[("a", *leaf.cid(), 4)], &[8, 1]);
+        let root = identity(DAG_PB, &node);
+        assert_eq!(store.links(&root).unwrap(), vec![*leaf.cid()]);
+        store.pin_add(&root, true).unwrap();
     }
 }

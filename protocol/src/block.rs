@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use cid::{Cid, Version};
-use ipld_core::ipld::Ipld;
 use multihash::Multihash;
 use multihash_codetable::{Code, MultihashDigest};
 
@@ -147,17 +146,7 @@ pub fn links(cid: &Cid, data: &Bytes) -> Result<Vec<Cid>> {
             .into_iter()
             .map(|link| link.cid)
             .collect()),
-        DAG_CBOR => {
-            let ipld: Ipld =
-                serde_ipld_dagcbor::from_slice(data).map_err(|e| Error::Malformed {
-                    cid: *cid,
-                    codec: "dag-cbor",
-                    reason: e.to_string(),
-                })?;
-            let mut out = Vec::new();
-            collect_cbor_links(&ipld, &mut out);
-            Ok(out)
-        }
+        DAG_CBOR => dag_cbor_links(cid, data),
         RAW => Ok(Vec::new()),
         _ => Ok(Vec::new()),
     }
@@ -172,15 +161,118 @@ pub fn decode_dag_pb(cid: &Cid, data: &Bytes) -> Result<ipld_dagpb::PbNode> {
     })
 }
 
-fn collect_cbor_links(ipld: &Ipld, out: &mut Vec<Cid>) {
-    // Iterative: a deeply nested document from the network must not overflow the stack.
-    let mut stack = vec![ipld];
-    while let Some(node) = stack.pop() {
-        match node {
-            Ipld::Link(cid) => out.push(*cid),
-            Ipld::List(items) => stack.extend(items.iter().rev()),
-            Ipld::Map(map) => stack.extend(map.values().rev()),
-            _ => {}
+/// The links of a DAG-CBOR document (tag 42), found in one pass over its bytes without
+/// building the value: a decoded document costs many times its size (a 2 MiB block of
+/// tiny items is millions of values), this costs the links found. Containers are
+/// counted, not nested, so depth costs nothing either. Indefinite lengths and tags
+/// other than 42 are not DAG-CBOR and are refused, as are trailing bytes.
+fn dag_cbor_links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>> {
+    let malformed = |reason: String| Error::Malformed {
+        cid: *cid,
+        codec: "dag-cbor",
+        reason,
+    };
+    let mut reader = CborReader { data, pos: 0 };
+    let mut out = Vec::new();
+    // Items still to read: the document, then every array element, map key and value
+    // announced so far. Each takes at least a byte, so more than the bytes left is a lie.
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let (major, value) = reader.head().map_err(malformed)?;
+        let items = match major {
+            // Integers, and simple values and floats (read whole by `head`).
+            0 | 1 | 7 => 0,
+            // Byte and text strings.
+            2 | 3 => {
+                reader.take(value).map_err(malformed)?;
+                0
+            }
+            4 => value,
+            5 => value.checked_mul(2).unwrap_or(u64::MAX),
+            6 if value == CID_TAG => {
+                out.push(reader.cid().map_err(malformed)?);
+                0
+            }
+            _ => {
+                return Err(malformed(format!(
+                    "tag {value} is not allowed (only 42, a CID)"
+                )));
+            }
+        };
+        pending = pending.saturating_add(items);
+        if pending > reader.left() {
+            return Err(malformed(format!(
+                "announces {pending} more items with {} bytes left",
+                reader.left()
+            )));
+        }
+    }
+    if reader.left() > 0 {
+        return Err(malformed(format!(
+            "{} bytes follow the document",
+            reader.left()
+        )));
+    }
+    Ok(out)
+}
+
+/// CBOR's tag for a CID in DAG-CBOR.
+const CID_TAG: u64 = 42;
+
+/// A cursor over CBOR bytes that reads item heads; errors are reasons for `Malformed`.
+struct CborReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> CborReader<'a> {
+    fn left(&self) -> u64 {
+        (self.data.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], String> {
+        if len > self.left() {
+            return Err(format!(
+                "truncated: {len} bytes needed at offset {}",
+                self.pos
+            ));
+        }
+        let start = self.pos;
+        self.pos += len as usize;
+        Ok(&self.data[start..self.pos])
+    }
+
+    /// An item's major type and argument (for major type 7, the simple value or the
+    /// float's bits).
+    fn head(&mut self) -> Result<(u8, u64), String> {
+        let first = self.take(1)?[0];
+        let (major, info) = (first >> 5, first & 0x1f);
+        let width = match info {
+            0..=23 => return Ok((major, u64::from(info))),
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            31 => return Err("indefinite-length items are not DAG-CBOR".to_owned()),
+            _ => return Err(format!("reserved additional information {info}")),
+        };
+        let bytes = self.take(width)?;
+        Ok((
+            major,
+            bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)),
+        ))
+    }
+
+    /// The CID in a tag 42's byte string (a zero byte, then the binary CID).
+    fn cid(&mut self) -> Result<Cid, String> {
+        let (major, len) = self.head()?;
+        if major != 2 {
+            return Err("tag 42 must hold a byte string".to_owned());
+        }
+        match self.take(len)? {
+            [0, cid @ ..] => Cid::try_from(cid).map_err(|e| format!("invalid CID: {e}")),
+            _ => Err("a CID's bytes must start with a zero byte".to_owned()),
         }
     }
 }
@@ -198,6 +290,7 @@ fn check_size(size: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipld_core::ipld::Ipld;
 
     #[test]
     fn empty_raw_block_has_the_well_known_cid() {
@@ -244,6 +337,114 @@ mod tests {
         let truncated =
             Block::from_data(Version::V1, DAG_CBOR, Code::Sha2_256, &[0xa1, 0x61][..]).unwrap();
         assert!(matches!(truncated.links(), Err(Error::Malformed { .. })));
+    }
+
+    /// Counts the bytes this thread allocates, to measure what reading links costs.
+    mod counting {
+        // A global allocator is unsafe by nature; this one only counts and delegates.
+        #![allow(unsafe_code)]
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+        }
+
+        struct Counting;
+
+        fn count(bytes: usize) {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes as u64));
+        }
+
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                count(layout.size());
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                count(new_size);
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+
+        pub(super) fn allocated() -> u64 {
+            ALLOCATED.with(Cell::get)
+        }
+    }
+
+    fn cbor_block(bytes: Vec<u8>) -> Block {
+        Block::from_data(Version::V1, DAG_CBOR, Code::Sha2_256, bytes).unwrap()
+    }
+
+    /// A tag-42 link to `cid` as DAG-CBOR bytes.
+    fn cbor_link(cid: &Cid) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend(cid.to_bytes());
+        let mut out = vec![0xd8, 42, 0x58, bytes.len() as u8];
+        out.extend(bytes);
+        out
+    }
+
+    #[test]
+    fn dag_cbor_links_cost_the_links_not_the_document() {
+        let target = Block::from_data(Version::V1, RAW, Code::Sha2_256, &b"x"[..]).unwrap();
+        // An array of two million tiny items (and a link) fills a block near the limit;
+        // decoded as a value it is hundreds of bytes per byte.
+        let items = BLOCK_SIZE_LIMIT - 64;
+        let mut bytes = vec![0x9b];
+        bytes.extend((items as u64 + 1).to_be_bytes());
+        bytes.extend(cbor_link(target.cid()));
+        bytes.extend(std::iter::repeat_n(0x80u8, items));
+        let block = cbor_block(bytes);
+        let before = counting::allocated();
+        assert_eq!(block.links().unwrap(), vec![*target.cid()]);
+        let spent = counting::allocated() - before;
+        assert!(spent < 64 * 1024, "reading links allocated {spent} bytes");
+
+        // Nested a million deep: no recursion, no stack overflow.
+        let depth = 1_000_000;
+        let mut bytes = vec![0x81u8; depth];
+        bytes.extend(cbor_link(target.cid()));
+        assert_eq!(cbor_block(bytes).links().unwrap(), vec![*target.cid()]);
+    }
+
+    #[test]
+    fn hostile_dag_cbor_is_malformed() {
+        let link = {
+            let target = Block::from_data(Version::V1, RAW, Code::Sha2_256, &b"x"[..]).unwrap();
+            cbor_link(target.cid())
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("truncated string", vec![0x45, 1, 2]),
+            ("truncated head", vec![0x1b, 0, 0]),
+            ("indefinite array", vec![0x9f, 0xff]),
+            (
+                "array longer than the block",
+                vec![0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            ),
+            (
+                "map longer than the block",
+                vec![0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            ("other tag", vec![0xc1, 0x00]),
+            ("tag 42 on a number", vec![0xd8, 42, 0x01]),
+            ("CID without the zero byte", vec![0xd8, 42, 0x42, 1, 2]),
+            ("garbage CID", vec![0xd8, 42, 0x43, 0, 0xff, 0xff]),
+            ("trailing bytes", [link.clone(), vec![0x00]].concat()),
+            ("reserved head", vec![0x1c]),
+        ];
+        for (what, bytes) in cases {
+            let err = cbor_block(bytes).links().unwrap_err();
+            assert!(matches!(err, Error::Malformed { .. }), "{what}: {err}");
+        }
+        assert_eq!(cbor_block(link).links().unwrap().len(), 1);
     }
 
     #[test]

@@ -14,6 +14,19 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "BertForSequenceClassification",
 ];
 
+/// Bounds on config.json's sizes, (field, least, most): generous for any BERT-family
+/// encoder (BERT-large has 1024 hidden, 24 layers, 4096 intermediate; XLM-R 250 002
+/// tokens), and small enough that the arithmetic on them cannot overflow.
+const FIELD_BOUNDS: &[(&str, usize, usize)] = &[
+    ("vocab_size", 1, 1 << 22),
+    ("hidden_size", 1, 1 << 15),
+    ("num_hidden_layers", 1, 1 << 10),
+    ("num_attention_heads", 1, 1 << 10),
+    ("intermediate_size", 1, 1 << 17),
+    ("max_position_embeddings", 1, 1 << 20),
+    ("type_vocab_size", 1, 1 << 10),
+];
+
 /// The encoder's shape and numerics, read from config.json.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
@@ -145,6 +158,26 @@ impl BertConfig {
                 });
             }
         };
+        for (field, value) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("intermediate_size", raw.intermediate_size),
+            ("max_position_embeddings", raw.max_position_embeddings),
+            ("type_vocab_size", raw.type_vocab_size),
+        ] {
+            check_bounds(field, value)?;
+        }
+        if !(raw.layer_norm_eps.is_finite() && raw.layer_norm_eps > 0.0) {
+            return Err(EngineError::Config {
+                file: "config.json",
+                reason: format!(
+                    "layer_norm_eps {} must be a positive number",
+                    raw.layer_norm_eps
+                ),
+            });
+        }
         if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
         {
             return Err(EngineError::Config {
@@ -172,15 +205,49 @@ impl BertConfig {
         self.hidden_size / self.num_heads
     }
 
-    /// Weights in the encoder, for the model's size in memory.
+    /// Weights in the encoder, for the model's size in memory. Computed in checked
+    /// `u64` arithmetic: a config [`BertConfig::parse`] accepted never overflows, and
+    /// one built by hand saturates at `usize::MAX` rather than wrapping.
     pub fn parameter_count(&self) -> usize {
-        let h = self.hidden_size;
-        let embeddings =
-            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
-        let attention = 4 * (h * h + h) + 2 * h;
-        let feed_forward = 2 * h * self.intermediate_size + self.intermediate_size + h + 2 * h;
-        embeddings + self.num_layers * (attention + feed_forward)
+        self.checked_parameter_count()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX)
     }
+
+    fn checked_parameter_count(&self) -> Option<u64> {
+        let n = |v: usize| u64::try_from(v).ok();
+        let (h, inter) = (n(self.hidden_size)?, n(self.intermediate_size)?);
+        let rows = n(self.vocab_size)?
+            .checked_add(n(self.max_position_embeddings)?)?
+            .checked_add(n(self.type_vocab_size)?)?;
+        let embeddings = rows.checked_mul(h)?.checked_add(h.checked_mul(2)?)?;
+        let attention = h
+            .checked_mul(h)?
+            .checked_add(h)?
+            .checked_mul(4)?
+            .checked_add(h.checked_mul(2)?)?;
+        let feed_forward = h
+            .checked_mul(inter)?
+            .checked_mul(2)?
+            .checked_add(inter)?
+            .checked_add(h.checked_mul(3)?)?;
+        let layer = attention.checked_add(feed_forward)?;
+        embeddings.checked_add(n(self.num_layers)?.checked_mul(layer)?)
+    }
+}
+
+/// Refuses a config.json size outside [`FIELD_BOUNDS`], naming the field.
+fn check_bounds(field: &str, value: usize) -> Result<()> {
+    let Some(&(_, least, most)) = FIELD_BOUNDS.iter().find(|(name, ..)| *name == field) else {
+        return Ok(());
+    };
+    if (least..=most).contains(&value) {
+        return Ok(());
+    }
+    Err(EngineError::Config {
+        file: "config.json",
+        reason: format!("{field} {value} is out of range (between {least} and {most})"),
+    })
 }
 
 #[derive(Deserialize)]
@@ -341,6 +408,54 @@ mod tests {
         assert_eq!(config.activation, Activation::Gelu);
         // all-MiniLM-L6-v2: 22.7 M with the pooler, which embeddings do not use.
         assert_eq!(config.parameter_count(), 22_565_376);
+    }
+
+    #[test]
+    fn hostile_sizes_are_errors_naming_the_field() {
+        let with = |field: &str, value: &str| {
+            let mut config: serde_json::Value = serde_json::from_str(MINILM).unwrap();
+            // Spliced in as text: some values are no JSON number serde_json would build.
+            config[field] = "@".into();
+            let text = config.to_string().replace("\"@\"", value);
+            BertConfig::parse(text.as_bytes())
+        };
+        for (field, value) in [
+            ("vocab_size", "18446744073709551615"),
+            ("hidden_size", "4294967296"),
+            ("hidden_size", "0"),
+            ("num_hidden_layers", "9223372036854775807"),
+            ("num_attention_heads", "0"),
+            ("intermediate_size", "18446744073709551615"),
+            ("max_position_embeddings", "18446744073709551615"),
+            ("type_vocab_size", "18446744073709551615"),
+        ] {
+            let err = with(field, value).unwrap_err().to_string();
+            assert!(
+                err.contains("config.json") && err.contains(field),
+                "{field}: {err}"
+            );
+        }
+        for value in ["-1", "1e400", "-1.5"] {
+            let err = with("vocab_size", value).unwrap_err().to_string();
+            assert!(err.contains("config.json"), "{value}: {err}");
+        }
+        let err = with("layer_norm_eps", "0").unwrap_err().to_string();
+        assert!(err.contains("layer_norm_eps"), "{err}");
+
+        // The largest config the bounds allow still counts without overflow.
+        let mut config: serde_json::Value = serde_json::from_str(MINILM).unwrap();
+        for &(field, _, most) in FIELD_BOUNDS {
+            config[field] = most.into();
+        }
+        config["num_attention_heads"] = 1.into();
+        let largest = BertConfig::parse(config.to_string().as_bytes()).unwrap();
+        assert!(largest.parameter_count() < usize::MAX);
+        // One built by hand past the bounds saturates instead of wrapping or panicking.
+        let huge = BertConfig {
+            vocab_size: usize::MAX,
+            ..largest
+        };
+        assert_eq!(huge.parameter_count(), usize::MAX);
     }
 
     #[test]

@@ -208,6 +208,20 @@ impl Embedder {
             .unwrap_or(config.max_position_embeddings)
             .min(config.max_position_embeddings);
         let tokenizer = TextTokenizer::new(&files.tokenizer, max_seq_length)?;
+        // The encoder is allocated from config.json's sizes before any weight is read:
+        // they must be ones the weights file can fill, at a byte per parameter or more,
+        // so memory is bounded by the file's real size, not by what config.json claims.
+        let parameters = config.parameter_count();
+        if parameters > files.weights.len() {
+            return Err(EngineError::Config {
+                file: "config.json",
+                reason: format!(
+                    "its sizes make {parameters} parameters, more than model.safetensors \
+                     ({} bytes) can hold",
+                    files.weights.len()
+                ),
+            });
+        }
         let device = kind.device()?;
         let mut loaded = BertWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights)?;
@@ -246,7 +260,9 @@ impl Embedder {
 
     /// Bytes the weights take in memory (f32).
     pub fn memory_bytes(&self) -> usize {
-        self.config.parameter_count() * std::mem::size_of::<f32>()
+        self.config
+            .parameter_count()
+            .saturating_mul(std::mem::size_of::<f32>())
     }
 
     /// Token ids and masks for `texts`, as the model's tokenizer makes them.
@@ -593,6 +609,22 @@ mod tests {
         let dir = tiny_copy(|dir| edit_config(dir, "intermediate_size", 128.into()));
         let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
         assert!(err.contains("intermediate.dense.weight"), "{err}");
+    }
+
+    #[test]
+    fn sizes_the_weights_cannot_fill_are_refused_before_allocating() {
+        // Within config.json's bounds, but half a terabyte of f32 parameters: refused
+        // against the weights file's real size instead of allocated.
+        let dir = tiny_copy(|dir| {
+            edit_config(dir, "vocab_size", (1u64 << 22).into());
+            edit_config(dir, "hidden_size", (1u64 << 15).into());
+            edit_config(dir, "num_attention_heads", 1.into());
+        });
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("parameters, more than model.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]

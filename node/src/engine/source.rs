@@ -9,8 +9,14 @@ use super::config::SentenceConfig;
 use crate::store::Store;
 use crate::unixfs::{self, EntryKind};
 
-/// Largest config or tokenizer file read into memory; weights are bounded by the repo.
+/// Largest config or tokenizer file read into memory.
 pub const SMALL_FILE_LIMIT: u64 = 64 * 1024 * 1024;
+/// Largest `model.safetensors` read into memory: far above any BERT-family encoder
+/// this engine runs (all-MiniLM-L6-v2 is 90 MB, BERT-large 1.3 GB).
+pub const WEIGHTS_FILE_LIMIT: u64 = 16 * 1024 * 1024 * 1024;
+/// Most memory reserved up front for a file from the repo. The size a UnixFS root
+/// declares is only a claim: past this, the buffer grows with the bytes that arrive.
+const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Errors of reading a model folder.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +37,9 @@ pub enum SourceError {
         file: String,
         source: unixfs::Error,
     },
-    /// A configuration file is larger than any real one.
-    #[error("{file} is {size} bytes; config and tokenizer files are at most {SMALL_FILE_LIMIT}")]
-    TooLarge { file: String, size: u64 },
+    /// A file is larger than any real one of its kind.
+    #[error("{file} is over the {limit}-byte limit for it (its size says {size}); not reading it")]
+    TooLarge { file: String, size: u64, limit: u64 },
 }
 
 /// The bytes of the files an encoder is built from.
@@ -59,6 +65,7 @@ impl ModelFiles {
                 Ok(meta) if meta.len() > limit => Err(SourceError::TooLarge {
                     file: file.to_owned(),
                     size: meta.len(),
+                    limit,
                 }),
                 Ok(_) => std::fs::read(&path)
                     .map(Some)
@@ -93,7 +100,7 @@ impl ModelFiles {
         };
         let config = required("config.json", SMALL_FILE_LIMIT)?;
         let tokenizer = required("tokenizer.json", SMALL_FILE_LIMIT)?;
-        let weights = required("model.safetensors", u64::MAX)?;
+        let weights = required("model.safetensors", WEIGHTS_FILE_LIMIT)?;
         let modules = read("modules.json", SMALL_FILE_LIMIT)?;
         let pooling = match modules
             .as_deref()
@@ -134,15 +141,48 @@ fn read_from_store(
     let size = unixfs::file_size(store, &cid)
         .map_err(repo_error)?
         .unwrap_or(0);
+    let too_large = || SourceError::TooLarge {
+        file: file.to_owned(),
+        size,
+        limit,
+    };
     if size > limit {
-        return Err(SourceError::TooLarge {
-            file: file.to_owned(),
-            size,
-        });
+        return Err(too_large());
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    unixfs::cat(store, &cid, &mut bytes, &mut |_| {}).map_err(repo_error)?;
-    Ok(Some(bytes))
+    let mut out = Bounded {
+        bytes: Vec::with_capacity(size.min(PREALLOCATE_LIMIT) as usize),
+        limit,
+    };
+    match unixfs::cat(store, &cid, &mut out, &mut |_| {}) {
+        Ok(_) => Ok(Some(out.bytes)),
+        // The root declared a size within the limit, but its blocks hold more.
+        Err(unixfs::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::FileTooLarge =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(repo_error(e)),
+    }
+}
+
+/// A buffer that refuses to grow past `limit` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: u64,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + buf.len()) as u64 > self.limit {
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The CID of `path` (`a/b`) inside the UnixFS directory `root`, if it is a file there.
@@ -165,4 +205,51 @@ fn find(store: &Store, root: &Cid, path: &str) -> Result<Option<Cid>, unixfs::Er
         current = entry.cid;
     }
     Ok(Some(current))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unixfs::testing::{directory, file_declaring};
+
+    const TIB: u64 = 1 << 40;
+
+    #[test]
+    fn a_declared_size_is_checked_against_the_real_bytes() {
+        let store = Store::in_memory();
+        // Claims far more than the limit: refused without reserving anything.
+        let huge = file_declaring(&store, b"abc", TIB);
+        // Claims 15 GiB, under the limit, but holds three bytes.
+        let lying = file_declaring(&store, b"abc", 15 << 30);
+        // Claims ten bytes, holds a hundred: refused once past the limit it was read at.
+        let grown = file_declaring(&store, &[7; 100], 10);
+        let root = directory(
+            &store,
+            &[
+                ("huge", huge, 3),
+                ("lying", lying, 3),
+                ("grown", grown, 100),
+            ],
+        );
+
+        let err = read_from_store(&store, &root, "huge", WEIGHTS_FILE_LIMIT).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::TooLarge { file, size, .. } if file == "huge" && *size == TIB),
+            "{err}"
+        );
+
+        let bytes = read_from_store(&store, &root, "lying", WEIGHTS_FILE_LIMIT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bytes, b"abc");
+        assert!(
+            bytes.capacity() as u64 <= PREALLOCATE_LIMIT,
+            "{}",
+            bytes.capacity()
+        );
+
+        let err = read_from_store(&store, &root, "grown", 50).unwrap_err();
+        assert!(matches!(err, SourceError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("grown"), "{err}");
+    }
 }

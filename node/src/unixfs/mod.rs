@@ -6,7 +6,10 @@
 //! Layout comes from rust-unixfs (balanced trees, Kubo's directory and HAMT rules).
 
 pub mod export;
+pub mod extract;
 pub mod import;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use export::{EntryKind, LsEntry, cat, file_size, get, ls, tar};
 pub use import::{
@@ -36,8 +39,9 @@ pub enum Error {
     NotAFile(Cid),
     #[error("{cid} is not a UnixFS node: {reason}")]
     NotUnixFs { cid: Cid, reason: String },
-    #[error("refusing unsafe entry name {name:?} in {cid}")]
-    UnsafeName { cid: Cid, name: String },
+    /// A name from a DAG or tar stream that could write outside the target folder.
+    #[error("refusing unsafe path {name:?}: {reason}")]
+    UnsafePath { name: String, reason: &'static str },
     #[error("building directory: {0}")]
     Directory(String),
 }
