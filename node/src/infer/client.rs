@@ -237,10 +237,13 @@ pub fn answers_agree(a: &Tensor, b: &Tensor) -> bool {
                 .sum();
             let norm = |v: &[f32]| v.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
             let (nx, ny) = (norm(x), norm(y));
-            let cosine = if nx == 0.0 || ny == 0.0 {
-                if nx == ny { 1.0 } else { 0.0 }
-            } else {
+            // Two zero rows agree; a zero row and another do not.
+            let cosine = if nx > 0.0 && ny > 0.0 {
                 dot / (nx * ny)
+            } else if nx > 0.0 || ny > 0.0 {
+                0.0
+            } else {
+                1.0
             };
             close && cosine >= SPOT_CHECK_MIN_COSINE
         })
