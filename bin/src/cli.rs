@@ -112,7 +112,8 @@ pub(crate) enum ModelCommand {
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
     },
-    /// Models known here: imported, pulled, and announced by peers (with a daemon)
+    /// Models known here: imported, pulled, and announced by peers (with a daemon);
+    /// `untrusted` marks a publisher not trusted for the name (never used by name)
     Ls {
         /// Only models with this tag
         #[arg(long)]
@@ -142,6 +143,10 @@ pub(crate) enum ModelCommand {
         /// Serve inference for it once pulled
         #[arg(long)]
         serve: bool,
+        /// Let NAME resolve to the newest manifest by any publisher, not only those
+        /// trusted for the name
+        #[arg(long)]
+        any_publisher: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -160,6 +165,20 @@ pub(crate) enum ModelCommand {
         #[arg(long)]
         registry: String,
     },
+    /// Which publishers may speak for a model name: the first one heard is pinned;
+    /// add, remove or list them (on a running daemon, or the repo)
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// Trust PEER_ID's manifests of NAME too
+    Add { name: String, peer_id: String },
+    /// Stop trusting PEER_ID for NAME (the name stays pinned, maybe to nobody)
+    Rm { name: String, peer_id: String },
+    /// Trusted publishers by name, from the config and the repo
+    Ls,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +201,10 @@ pub(crate) struct InferArgs {
     /// Send it to a peer serving the model even if it is here (needs a running daemon)
     #[arg(long)]
     pub(crate) remote: bool,
+    /// Let NAME resolve to the newest manifest by any publisher, not only those trusted
+    /// for the name (needs a running daemon)
+    #[arg(long)]
+    pub(crate) any_publisher: bool,
     /// Longest to wait for an answer, in milliseconds
     #[arg(long, value_name = "MS")]
     pub(crate) deadline: Option<u64>,

@@ -9,10 +9,11 @@ use cid::Cid;
 use ipfs_accelerate_node::engine::{DeviceKind, Embedder, ModelFiles};
 use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
 use ipfs_accelerate_node::repo::Repo;
+use ipfs_accelerate_node::trust::{self, Trust};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use serde_json::json;
 
-use crate::cli::{BenchEmbedArgs, EngineArgs, InferArgs, ModelCommand};
+use crate::cli::{BenchEmbedArgs, EngineArgs, InferArgs, ModelCommand, TrustCommand};
 use crate::commands::print_json;
 use crate::progress;
 
@@ -25,6 +26,7 @@ pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()
             tags,
         } => import(repo, &dir, name, version, tags, json),
         ModelCommand::Ls { tag } => list(repo, tag.as_deref(), json),
+        ModelCommand::Trust(command) => trust_command(repo, command, json),
         ModelCommand::Publish { .. }
         | ModelCommand::Pull { .. }
         | ModelCommand::Serve { .. }
@@ -80,6 +82,60 @@ fn import(
         record.name, record.version, root.size
     );
     Ok(())
+}
+
+/// `model trust` on the repo, without a daemon.
+fn trust_command(repo: &Repo, command: TrustCommand, json: bool) -> Result<()> {
+    let trust = Trust::open(repo.path(), &repo.config().models)?;
+    let answer = match command {
+        TrustCommand::Add { name, peer_id } => {
+            trust.add(&name, trust::parse_peer("PEER_ID", &peer_id)?)?;
+            json!({ "Name": name, "Publisher": peer_id, "Trusted": true })
+        }
+        TrustCommand::Rm { name, peer_id } => {
+            let removed = trust.remove(&name, &trust::parse_peer("PEER_ID", &peer_id)?)?;
+            json!({ "Name": name, "Publisher": peer_id, "Trusted": false, "Removed": removed })
+        }
+        TrustCommand::Ls => json!({ "Trusted": trust.list() }),
+    };
+    if json {
+        return print_json(&answer);
+    }
+    print_trust(&answer);
+    Ok(())
+}
+
+/// `model trust` answers as text: one line per trusted publisher, or what changed.
+pub(crate) fn print_trust(answer: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    if let Some(list) = answer["Trusted"].as_array() {
+        for e in list {
+            println!(
+                "{}\t{}\t{}",
+                text(&e["name"]),
+                text(&e["publisher"]),
+                text(&e["origin"])
+            );
+        }
+    } else if answer["Trusted"] == true {
+        eprintln!(
+            "{} is trusted for {}",
+            text(&answer["Publisher"]),
+            text(&answer["Name"])
+        );
+    } else if answer["Removed"] == true {
+        eprintln!(
+            "{} is no longer trusted for {}",
+            text(&answer["Publisher"]),
+            text(&answer["Name"])
+        );
+    } else {
+        eprintln!(
+            "{} was not trusted for {} by the repo",
+            text(&answer["Publisher"]),
+            text(&answer["Name"])
+        );
+    }
 }
 
 fn folder_size(dir: &Path) -> u64 {

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::cli::{InferArgs, ModelCommand};
+use crate::cli::{InferArgs, ModelCommand, TrustCommand};
 use crate::commands::print_json;
 use crate::multipart::MultipartBody;
 use crate::remote::Remote;
@@ -62,9 +62,10 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
         ModelCommand::Pull {
             model,
             serve,
+            any_publisher,
             device,
         } => {
-            let answer = pull(remote, model, serve, device)?;
+            let answer = pull(remote, model, serve, any_publisher, device)?;
             if json {
                 return print_json(&answer);
             }
@@ -95,6 +96,23 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             }
             print_models(&answer);
         }
+        ModelCommand::Trust(command) => {
+            let answer = match command {
+                TrustCommand::Add { name, peer_id } => remote.json(
+                    "accelerate/model/trust/add",
+                    &[("arg", name), ("arg", peer_id)],
+                )?,
+                TrustCommand::Rm { name, peer_id } => remote.json(
+                    "accelerate/model/trust/rm",
+                    &[("arg", name), ("arg", peer_id)],
+                )?,
+                TrustCommand::Ls => remote.json("accelerate/model/trust/ls", &[])?,
+            };
+            if json {
+                return print_json(&answer);
+            }
+            crate::model::print_trust(&answer);
+        }
         ModelCommand::Info { model } => {
             let answer = remote.json("accelerate/model/info", &[("arg", model)])?;
             if json {
@@ -111,12 +129,19 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
 }
 
 /// Pulls through the daemon, drawing its progress lines as a bar; returns the result.
-fn pull(remote: &Remote, model: String, serve: bool, device: String) -> Result<Value> {
+fn pull(
+    remote: &Remote,
+    model: String,
+    serve: bool,
+    any_publisher: bool,
+    device: String,
+) -> Result<Value> {
     let body = remote.call(
         "accelerate/model/pull",
         &[
             ("arg", model),
             ("serve", serve.to_string()),
+            ("any-publisher", any_publisher.to_string()),
             ("device", device),
             ("progress", "true".into()),
         ],
@@ -142,11 +167,12 @@ fn pull(remote: &Remote, model: String, serve: bool, device: String) -> Result<V
     bail!("the daemon stopped answering during the pull")
 }
 
-/// One line per model: NAME@VERSION, weights, where it is known from, tags, serving.
+/// One line per model: NAME@VERSION, weights, where it is known from, tags, serving,
+/// and `untrusted` for a publisher not trusted for the name (never used by name).
 fn print_models(answer: &Value) {
     for m in answer["Models"].as_array().into_iter().flatten() {
         println!(
-            "{}@{}\t{}\t{}\t{}{}",
+            "{}@{}\t{}\t{}\t{}{}{}",
             text(&m["name"]),
             text(&m["version"]),
             text(&m["weights"]),
@@ -159,6 +185,11 @@ fn print_models(answer: &Value) {
                 "\tserving"
             } else {
                 ""
+            },
+            if m["untrusted"].as_bool() == Some(true) {
+                format!("\tuntrusted (publisher {})", text(&m["publisher"]))
+            } else {
+                String::new()
             },
         );
     }
@@ -209,6 +240,7 @@ pub(crate) fn providers(remote: &Remote, model: String, json: bool) -> Result<()
             load["capacity"],
             p["error"]
                 .as_str()
+                .or(p["distrusted"].as_str())
                 .map(|e| format!("\t{e}"))
                 .unwrap_or_default(),
         );
@@ -221,6 +253,7 @@ pub(crate) fn infer(remote: &Remote, args: InferArgs, json: bool) -> Result<()> 
         "model": args.model,
         "texts": args.texts,
         "remote": args.remote,
+        "any_publisher": args.any_publisher,
         "deadline_ms": args.deadline,
     });
     let answer = remote.post_json("accelerate/infer", &body)?;

@@ -22,6 +22,7 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     pub api: ApiConfig,
     pub gateway: GatewayConfig,
+    pub models: ModelsConfig,
 }
 
 /// Who this node is. The private key lives in `identity.key` beside the config.
@@ -276,6 +277,39 @@ impl Default for ImportConfig {
     }
 }
 
+/// Default share of remote inference calls also sent to a second provider to check it.
+pub const DEFAULT_SPOT_CHECK_SHARE: f64 = 0.05;
+
+/// Who may speak for a model name, and how much we check providers
+/// (see [`crate::trust`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Publishers trusted for a name whatever was heard first; a name listed here is
+    /// never pinned on first use.
+    pub trusted: Vec<TrustedPublisher>,
+    /// Share of remote inference calls (0.0 to 1.0) also sent to a second provider,
+    /// whose answer must agree; a provider outvoted on a check is no longer used.
+    pub spot_check_share: f64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            trusted: Vec::new(),
+            spot_check_share: DEFAULT_SPOT_CHECK_SHARE,
+        }
+    }
+}
+
+/// One `[[models.trusted]]` entry: `publisher` (a peer id) may speak for `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedPublisher {
+    pub name: String,
+    pub publisher: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +353,16 @@ mod tests {
         assert_eq!(config.api.allowed_origins, vec!["http://app.example"]);
         assert_eq!(config.gateway.cors_allow_origin, "");
         assert_eq!(config.gateway.write_timeout(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn trusted_publishers_are_read_from_the_models_section() {
+        let config: NodeConfig = toml::from_str(
+            "[models]\ntrusted = [{ name = \"minilm\", publisher = \"12D3Koo\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(config.models.trusted[0].name, "minilm");
+        assert_eq!(config.models.spot_check_share, DEFAULT_SPOT_CHECK_SHARE);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] and [`car`]
 //! import and export with Kubo-identical CIDs; the [`Node`] on the network ([`p2p`],
 //! [`bitswap`], the HTTP [`api`] and [`gateway`]); the inference [`engine`]; and models
-//! on the network: [`announce`]ments, registries, [`serving`] and calling [`infer`]ence.
+//! on the network: [`announce`]ments, registries, [`serving`], calling [`infer`]ence, and
+//! who may speak for a model name ([`trust`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod announce;
@@ -28,6 +29,7 @@ mod provider;
 mod registry;
 pub mod serving;
 pub mod store;
+pub mod trust;
 
 pub use config::NodeConfig;
 /// Peers are named by libp2p's id, which callers need without depending on libp2p.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
-use ipfs_accelerate_protocol::manifest::{RegistryEntry, RegistryVersion};
+use ipfs_accelerate_protocol::manifest::{RegistryBody, RegistryVersion};
 use serde::{Deserialize, Serialize};
 
 const MODELS_FILE: &str = "models.json";
@@ -125,8 +125,8 @@ impl LocalModels {
         std::fs::rename(&temporary, &self.path).map_err(io)
     }
 
-    /// The registry entry for `name`: every version of it published from here.
-    pub fn registry_entry(&self, name: &str) -> Result<RegistryEntry> {
+    /// The registry entry for `name` (unsigned): every version of it published from here.
+    pub fn registry_entry(&self, name: &str) -> Result<RegistryBody> {
         let versions = self
             .list()?
             .into_iter()
@@ -140,9 +140,11 @@ impl LocalModels {
                 Some((r.version, version))
             })
             .collect();
-        Ok(RegistryEntry {
+        Ok(RegistryBody {
             name: name.to_owned(),
             versions,
+            publisher: String::new(),
+            publisher_key: Vec::new(),
         })
     }
 

@@ -216,7 +216,7 @@ impl Node {
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start_on(config, keypair, transport).await?;
         let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
-        let models = crate::serving::Models::new(p2p.clone(), serve);
+        let models = crate::serving::Models::new(p2p.clone(), serve, &repo)?;
         models.start(&p2p).await?;
         let node = Node {
             repo,

@@ -1,6 +1,10 @@
 //! The node's model operations on the network: serve a model to peers, publish it
 //! (signed manifest, DHT records, gossip), hear what others announce, pull a model
 //! from its providers, and run inference here or on the best peer.
+//!
+//! Names resolve only to manifests by publishers trusted for them ([`crate::trust`]);
+//! inference inputs go only to peers that announced the model or provide its service
+//! key on the DHT, never to whoever happens to be connected.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,13 +18,15 @@ use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, m
 use libp2p::PeerId;
 use tokio::sync::Semaphore;
 
-use crate::announce::{self, Directory, Source};
+use crate::announce::{self, Directory, Inserted, Source};
 use crate::bitswap::provider_key;
 use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
 use crate::infer::{self, Client, Server};
 use crate::models::{LocalModels, ModelRecord};
 use crate::node::{Error, Node, Result};
 use crate::p2p::{NodeEvent, P2p};
+use crate::repo::Repo;
+use crate::trust::{Observed, Trust};
 
 /// How often our own announcements are repeated, for peers that joined since.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -40,6 +46,8 @@ pub(crate) struct Models {
     pub(crate) server: Arc<Server>,
     pub(crate) client: Client,
     pub(crate) directory: Arc<Directory>,
+    /// Who may speak for each name.
+    pub(crate) trust: Arc<Trust>,
     /// Manifests we published, re-announced on a timer.
     published: Arc<Mutex<Vec<Manifest>>>,
     /// DHT providers of a model's service key, with when we asked.
@@ -52,15 +60,19 @@ pub(crate) struct Models {
 const LOCAL_MODELS: usize = 4;
 
 impl Models {
-    pub(crate) fn new(p2p: P2p, config: infer::ServeConfig) -> Self {
-        Self {
+    /// The model side of a node on `repo` (its trust list and `[models]` config).
+    pub(crate) fn new(p2p: P2p, config: infer::ServeConfig, repo: &Repo) -> Result<Self> {
+        let models = &repo.config().models;
+        let trust = Trust::open(repo.path(), models).map_err(|e| Error::Model(e.to_string()))?;
+        Ok(Self {
             server: Arc::new(Server::new(config)),
-            client: Client::new(p2p),
+            client: Client::new(p2p, models.spot_check_share),
             directory: Arc::default(),
+            trust: Arc::new(trust),
             published: Arc::default(),
             dht_providers: Mutex::default(),
             local: Server::new(infer::ServeConfig::default()),
-        }
+        })
     }
 
     /// Joins the announcement topic and starts the tasks that hear announcements,
@@ -69,6 +81,7 @@ impl Models {
         p2p.pubsub_subscribe(MODELS_TOPIC.to_owned()).await?;
         let mut events = p2p.subscribe_events();
         let directory = Arc::clone(&self.directory);
+        let trust = Arc::clone(&self.trust);
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
@@ -79,9 +92,9 @@ impl Models {
                         // only decode it here.
                         if let Ok(manifest) = Manifest::decode(&data)
                             && let Some(publisher) = from
-                            && directory.insert(manifest.clone(), publisher, Source::Announced)
                         {
-                            tracing::info!(name = %manifest.body.name, version = %manifest.body.version, weights = %manifest.body.weights, %publisher, "models: heard an announcement");
+                            remember(&directory, &trust, manifest, publisher, Source::Announced)
+                                .await;
                         }
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -117,6 +130,40 @@ impl Models {
         });
         Ok(())
     }
+}
+
+/// Puts a verified manifest in the directory, pinning its publisher for the name if
+/// nobody holds it yet (trust on first use, persisted off the async threads).
+async fn remember(
+    directory: &Directory,
+    trust: &Arc<Trust>,
+    manifest: Manifest,
+    publisher: PeerId,
+    source: Source,
+) -> Inserted {
+    let mut pinned = false;
+    let (name, version) = (manifest.body.name.clone(), manifest.body.version.clone());
+    let outcome = directory.insert_at(manifest, publisher, source, Instant::now(), |m| {
+        pinned = trust.observe(&m.body.name, &publisher) == Observed::Pinned;
+    });
+    match outcome {
+        Inserted::New => {
+            tracing::info!(%name, %version, %publisher, pinned, "models: heard a manifest");
+        }
+        Inserted::Refreshed => {}
+        dropped => {
+            tracing::debug!(%name, %version, %publisher, ?dropped, "models: dropped a manifest")
+        }
+    }
+    if pinned {
+        let trust = Arc::clone(trust);
+        match tokio::task::spawn_blocking(move || trust.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "trust: could not write the trust list"),
+            Err(error) => tracing::warn!(%error, "trust: the write task failed"),
+        }
+    }
+    outcome
 }
 
 fn busy(id: u64) -> InferResponse {
@@ -206,9 +253,43 @@ impl Node {
         LocalModels::new(self.repo().path())
     }
 
+    /// Who may speak for each model name.
+    pub fn trust(&self) -> &Trust {
+        &self.models.trust
+    }
+
+    /// Whether `publisher` may speak for `name` here: trusted for it, or ourselves.
+    pub fn trusts(&self, name: &str, publisher: &PeerId) -> bool {
+        *publisher == self.peer_id() || self.models.trust.is_trusted(name, publisher)
+    }
+
+    /// Puts a verified manifest in the directory (see [`crate::announce::Directory`]),
+    /// pinning its publisher for the name on first use.
+    pub(crate) async fn remember(
+        &self,
+        manifest: Manifest,
+        publisher: PeerId,
+        source: Source,
+    ) -> Inserted {
+        remember(
+            &self.models.directory,
+            &self.models.trust,
+            manifest,
+            publisher,
+            source,
+        )
+        .await
+    }
+
     /// The root CID `model` names: a CID, a name imported here (`NAME[@VERSION]`), or
-    /// a name someone announced.
+    /// a name announced by a publisher trusted for it.
     pub fn resolve_model(&self, model: &str) -> Result<Cid> {
+        self.resolve_model_from(model, false)
+    }
+
+    /// Like [`Node::resolve_model`]; with `any_publisher` a name announced by anyone
+    /// resolves (the newest `created_at` wins).
+    pub fn resolve_model_from(&self, model: &str, any_publisher: bool) -> Result<Cid> {
         match self.local_models().resolve(model) {
             Ok(cid) => Ok(cid),
             Err(crate::models::Error::Unknown(_)) => {
@@ -216,15 +297,21 @@ impl Node {
                     Some((name, version)) => (name, Some(version)),
                     None => (model, None),
                 };
-                self.models
-                    .directory
-                    .find(name, version)
-                    .map(|a| a.manifest.body.weights)
-                    .ok_or_else(|| {
-                        Error::Model(format!(
-                            "no model named {model:?} here or announced by peers; give a CID, or `model pull` it"
-                        ))
-                    })
+                let directory = &self.models.directory;
+                let found =
+                    directory.find_by(name, version, |p| any_publisher || self.trusts(name, p));
+                if let Some(announced) = found {
+                    return Ok(announced.manifest.body.weights);
+                }
+                match directory.find(name, version) {
+                    Some(untrusted) => Err(Error::Model(format!(
+                        "model {model:?} is announced only by publishers not trusted for the name (such as {}); trust one with `model trust add {name} PEER_ID`, pass --any-publisher, or give the CID ({})",
+                        untrusted.publisher, untrusted.manifest.body.weights
+                    ))),
+                    None => Err(Error::Model(format!(
+                        "no model named {model:?} here or announced by peers; give a CID, or `model pull` it"
+                    ))),
+                }
             }
             Err(e) => Err(Error::Model(e.to_string())),
         }
@@ -328,9 +415,8 @@ impl Node {
             .await?;
         self.serve_model(root, device).await?;
         self.provide(manifest_cid).await;
-        self.models
-            .directory
-            .insert(manifest.clone(), self.peer_id(), Source::Announced);
+        self.remember(manifest.clone(), self.peer_id(), Source::Announced)
+            .await;
         announce_manifest(self.p2p(), &manifest).await?;
         self.models
             .published
@@ -345,8 +431,10 @@ impl Node {
     }
 
     /// Fetches every block of the model from its providers (whatever is here already
-    /// is not fetched again), pins it, records its announced name, and provides it so
-    /// the next peer has one more source. `progress` gets (blocks, bytes) fetched.
+    /// is not fetched again), pins it, records its announced name (only from a
+    /// publisher trusted for the name: a local record resolves without asking), and
+    /// provides it so the next peer has one more source. `progress` gets (blocks,
+    /// bytes) fetched.
     pub async fn pull_model(&self, root: Cid, progress: impl FnMut(u64, u64)) -> Result<()> {
         self.fetch_with_progress(root, progress).await?;
         self.pin(root, true).await?;
@@ -355,6 +443,7 @@ impl Node {
             .directory
             .by_weights(&root)
             .into_iter()
+            .filter(|a| self.trusts(&a.manifest.body.name, &a.publisher))
             .max_by_key(|a| a.manifest.body.created_at)
         {
             let body = &announced.manifest.body;
@@ -448,16 +537,17 @@ impl Node {
         }
         let end = Instant::now() + call.deadline;
         let mut candidates = self.candidates(call.model, false).await;
+        if candidates.is_empty() {
+            // The cached DHT answer may be from before a provider appeared. Inputs go
+            // only to providers: never to peers that merely happen to be connected.
+            candidates = self.candidates(call.model, true).await;
+        }
         for round in 0..2 {
-            if candidates.is_empty() {
-                // Nobody announced it and the DHT knows nobody: ask who we are connected to.
-                candidates = self.p2p().connected_peer_ids().await?.into_iter().collect();
-            }
             let left = end.saturating_duration_since(Instant::now());
             match self
                 .models
                 .client
-                .call(request.clone(), &candidates, left)
+                .call_checked(request.clone(), &candidates, left)
                 .await
             {
                 Ok(answer) => {
@@ -473,7 +563,9 @@ impl Node {
                     let last = round == 1
                         || matches!(
                             error,
-                            infer::CallError::Refused { .. } | infer::CallError::Deadline { .. }
+                            infer::CallError::Refused { .. }
+                                | infer::CallError::Deadline { .. }
+                                | infer::CallError::NoProviders
                         );
                     if last {
                         return Err(Error::Model(format!(
@@ -540,6 +632,20 @@ impl Node {
     pub async fn providers(&self, model: Cid) -> Result<Vec<ProviderInfo>> {
         let candidates = self.candidates(model, true).await;
         let probes = candidates.into_iter().map(|peer| async move {
+            let known = self.models.client.stats().remove(&peer);
+            if let Some(stats) = known.filter(|s| s.distrusted.is_some()) {
+                // Not asked again: it is not used any more.
+                let error = stats
+                    .distrusted
+                    .as_ref()
+                    .map(|why| format!("distrusted: {why}"));
+                return ProviderInfo {
+                    peer,
+                    round_trip: None,
+                    stats,
+                    error,
+                };
+            }
             let request = InferRequest {
                 id: next_request_id(),
                 model,

@@ -1,10 +1,12 @@
 //! Models on the network against misbehaving peers, with real swarms on loopback in one
-//! process: forged announcements, garbage and oversized inference requests, and a
-//! provider that answers garbage. Nothing crashes, the caller gets a clear error, and
-//! honest peers are still served.
+//! process: forged announcements, garbage and oversized inference requests, a provider
+//! that answers garbage or wrong numbers, a second publisher taking over a name, forged
+//! registry entries, and a connected stranger hoping for our inputs. Nothing crashes,
+//! the caller gets a clear error, and honest peers are still served.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cid::Cid;
@@ -14,12 +16,13 @@ use ipfs_accelerate_node::engine::DeviceKind;
 use ipfs_accelerate_node::infer::{CallError, ServeConfig};
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::p2p::P2p;
+use ipfs_accelerate_node::serving::{InferCall, PublishMeta};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{
     ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Task, Tensor,
 };
-use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody};
+use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, RegistryEntry};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, StreamProtocol};
 use multihash_codetable::{Code, MultihashDigest};
@@ -31,7 +34,11 @@ const WAIT: Duration = Duration::from_secs(30);
 const INFER_PROTOCOL: &str = "/ipfs-accelerate/infer/1.0.0";
 
 async fn start_node(dir: &Path) -> (Node, Multiaddr) {
-    let repo = Repo::init(dir, NodeConfig::default()).unwrap();
+    start_node_with(dir, NodeConfig::default()).await
+}
+
+async fn start_node_with(dir: &Path, config: NodeConfig) -> (Node, Multiaddr) {
+    let repo = Repo::init(dir, config).unwrap();
     let overrides = NetworkOverrides {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: vec![],
@@ -358,6 +365,294 @@ async fn garbage_answers_are_refused_and_the_call_fails_over() {
             "{liar} was not counted as failing"
         );
     }
+    client.shutdown().await;
+    honest.shutdown().await;
+}
+
+/// Waits until `node`'s directory holds `count` manifests named `name`.
+async fn wait_for_manifests(node: &Node, name: &str, count: usize) {
+    tokio::time::timeout(WAIT, async {
+        while node
+            .directory()
+            .list(None)
+            .iter()
+            .filter(|a| a.manifest.body.name == name)
+            .count()
+            < count
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{count} manifests of {name} heard in time"));
+}
+
+/// Imports and serves the tiny BERT fixture, then publishes it as `name`.
+async fn publish_tiny_bert(node: &Node, name: &str) -> (Cid, Cid) {
+    let root = serve_tiny_bert(node).await;
+    let meta = PublishMeta {
+        name: name.into(),
+        version: "1".into(),
+        tags: vec![],
+    };
+    let published = node
+        .publish_model(root, meta, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    (root, published.registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_go_only_to_peers_that_serve_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = start_node(&dir.path().join("client")).await;
+    // A connected stranger that would gladly read our inputs.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (stranger, stranger_addr) = loopback_swarm().await;
+    let counter = Arc::clone(&asked);
+    stranger
+        .serve_infer(Arc::new(move |_, request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let tensor = Tensor::from_f32(vec![1, 2], &[0.5; 2]).unwrap();
+            Box::pin(std::future::ready(output(&request, request.id, tensor)))
+        }))
+        .unwrap();
+    client.p2p().connect(stranger_addr).await.unwrap();
+
+    let error = client
+        .infer(InferCall {
+            model: some_cid(b"nobody serves this"),
+            inputs: texts(&["a secret"]),
+            options: InferOptions::default(),
+            remote: true,
+            deadline: WAIT,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no peer is known to serve"), "{error}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "the stranger got our inputs"
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_publisher_cannot_take_over_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, honest_addr) = start_node(&dir.path().join("honest")).await;
+    let (client, client_addr) = start_node(&dir.path().join("client")).await;
+    let (impostor, _) = start_node(&dir.path().join("impostor")).await;
+    client.p2p().connect(honest_addr).await.unwrap();
+    impostor.p2p().connect(client_addr).await.unwrap();
+    wait_for_topic_peer(honest.p2p()).await;
+    wait_for_topic_peer(impostor.p2p()).await;
+
+    let (root, _) = publish_tiny_bert(&honest, "tiny").await;
+    wait_for_manifests(&client, "tiny", 1).await;
+    assert_eq!(client.resolve_model("tiny").unwrap(), root);
+
+    // The impostor signs a newer manifest of the same name, pointing elsewhere.
+    let evil = some_cid(b"evil weights");
+    let mut body = manifest_body("tiny", evil);
+    body.created_at = u64::from(u32::MAX);
+    let forged = Manifest::sign(body, impostor.repo().identity().keypair()).unwrap();
+    gossip(impostor.p2p(), forged.encode().unwrap()).await;
+    wait_for_manifests(&client, "tiny", 2).await;
+
+    // By name (as `infer NAME` and `model pull NAME` resolve it): still the first
+    // publisher's; the impostor's is listed, as untrusted.
+    assert_eq!(client.resolve_model("tiny").unwrap(), root);
+    assert!(client.trusts("tiny", &honest.peer_id()));
+    assert!(!client.trusts("tiny", &impostor.peer_id()));
+    assert_eq!(client.resolve_model("tiny@1").unwrap(), root);
+    // Explicitly any publisher: the newest.
+    assert_eq!(client.resolve_model_from("tiny", true).unwrap(), evil);
+    // Trusting the second publisher too makes its newer manifest the one.
+    client.trust().add("tiny", impostor.peer_id()).unwrap();
+    assert_eq!(client.resolve_model("tiny").unwrap(), evil);
+    client.trust().remove("tiny", &impostor.peer_id()).unwrap();
+    assert_eq!(client.resolve_model("tiny").unwrap(), root);
+    // With nobody trusted, the name resolves to nothing, and says why.
+    client.trust().remove("tiny", &honest.peer_id()).unwrap();
+    let error = client.resolve_model("tiny").unwrap_err().to_string();
+    assert!(error.contains("not trusted"), "{error}");
+    // The pin is on disk.
+    let file = std::fs::read_to_string(client.repo().path().join("trust.json")).unwrap();
+    assert!(file.contains("\"tiny\""), "{file}");
+
+    impostor.shutdown().await;
+    client.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_registry_entries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher, _) = start_node(&dir.path().join("publisher")).await;
+    let (_, registry) = publish_tiny_bert(&publisher, "tiny").await;
+    let found = publisher.discover_registry(registry).await.unwrap();
+    assert_eq!(found.len(), 1);
+
+    let real = publisher.store().get(&registry).unwrap();
+    let entry = RegistryEntry::decode(real.data()).unwrap();
+    let put = |entry: &RegistryEntry| {
+        let block = entry.to_block().unwrap();
+        publisher
+            .store()
+            .put_many(std::slice::from_ref(&block))
+            .unwrap();
+        *block.cid()
+    };
+    // Tampered after signing: a version pointed at other weights.
+    let mut tampered = entry.clone();
+    for version in tampered.body.versions.values_mut() {
+        version.weights = some_cid(b"evil");
+    }
+    // Signed by someone else, listing the publisher's manifest as theirs.
+    let stranger = Keypair::generate_ed25519();
+    let not_theirs = RegistryEntry::sign(entry.body.clone(), &stranger).unwrap();
+    // Signed by someone else, claiming the publisher's identity.
+    let mut claimed = not_theirs.clone();
+    claimed.body.publisher = entry.body.publisher.clone();
+    claimed.body.publisher_key = entry.body.publisher_key.clone();
+    let cases = [
+        (put(&tampered), "signature is not valid"),
+        (put(&not_theirs), "the manifest is by"),
+        (put(&claimed), "signature is not valid"),
+    ];
+    for (cid, why) in cases {
+        let error = publisher
+            .discover_registry(cid)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("is refused") && error.contains(why),
+            "{error}"
+        );
+    }
+    publisher.shutdown().await;
+}
+
+/// Answers every text with a row of 32 numbers of the right shape, all wrong.
+fn wrong_numbers(request: &InferRequest) -> InferResponse {
+    let rows = request.inputs.rows();
+    let tensor = Tensor::from_f32(vec![rows, 32], &vec![0.5; rows as usize * 32]).unwrap();
+    output(request, request.id, tensor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_check_catches_a_provider_answering_wrong_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_addr) = start_node(&dir.path().join("first")).await;
+    let (second, second_addr) = start_node(&dir.path().join("second")).await;
+    let model = serve_tiny_bert(&first).await;
+    assert_eq!(serve_tiny_bert(&second).await, model);
+    let mut config = NodeConfig::default();
+    config.models.spot_check_share = 1.0;
+    let (client, _) = start_node_with(&dir.path().join("client"), config).await;
+    let (liar, liar_addr) = lying_provider(wrong_numbers).await;
+    for addr in [first_addr, second_addr, liar_addr] {
+        client.p2p().connect(addr).await.unwrap();
+    }
+    let liar_id = liar.local_peer_id();
+    let (first_id, second_id) = (first.peer_id(), second.peer_id());
+
+    // The liar is asked first (the candidates rank equal) and answers at once.
+    let answer = client
+        .infer_client()
+        .call_checked(
+            request(1, model, texts(&["hello"])),
+            &[liar_id, first_id, second_id],
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_ne!(answer.provider, liar_id, "the wrong numbers were returned");
+    let stats = client.infer_client().stats();
+    let why = stats[&liar_id]
+        .distrusted
+        .as_deref()
+        .expect("the liar is distrusted");
+    assert!(why.contains("spot check"), "{why}");
+    assert!(stats[&first_id].distrusted.is_none() && stats[&second_id].distrusted.is_none());
+    // It is never asked again.
+    for id in 2..5 {
+        let answer = client
+            .infer_client()
+            .call_checked(
+                request(id, model, texts(&["again"])),
+                &[liar_id, first_id],
+                WAIT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.provider, first_id);
+    }
+    client.shutdown().await;
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refusing_what_others_accept_counts_as_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, honest_addr) = start_node(&dir.path().join("honest")).await;
+    let model = serve_tiny_bert(&honest).await;
+    let (client, _) = start_node(&dir.path().join("client")).await;
+    client.p2p().connect(honest_addr).await.unwrap();
+    let (refuser, refuser_addr) = lying_provider(|r| {
+        InferResponse::Err(ipfs_accelerate_protocol::infer::InferError {
+            id: r.id,
+            code: ErrorCode::BadInput,
+            message: "I do not like this input".into(),
+            retry_after_ms: None,
+            load: None,
+        })
+    })
+    .await;
+    client.p2p().connect(refuser_addr).await.unwrap();
+    let refuser_id = refuser.local_peer_id();
+
+    // Alone, its refusal is the answer, and it is not blamed for it.
+    let alone = client
+        .infer_client()
+        .call(request(1, model, texts(&["hello"])), &[refuser_id], WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            alone,
+            CallError::Refused {
+                code: ErrorCode::BadInput,
+                ..
+            }
+        ),
+        "{alone}"
+    );
+    let failures = |client: &Node| {
+        client
+            .infer_client()
+            .stats()
+            .get(&refuser_id)
+            .map_or(0, |s| s.failures)
+    };
+    assert_eq!(failures(&client), 0);
+    // With another provider that takes the input, the refusal is a failure.
+    let answer = client
+        .infer_client()
+        .call(
+            request(2, model, texts(&["hello"])),
+            &[refuser_id, honest.peer_id()],
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.provider, honest.peer_id());
+    assert_eq!(failures(&client), 1);
     client.shutdown().await;
     honest.shutdown().await;
 }

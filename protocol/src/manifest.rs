@@ -15,6 +15,9 @@
 //! - A receiver decodes with [`Manifest::decode`] and must call [`Manifest::verify`] before
 //!   trusting anything in it.
 //! - A [`RegistryEntry`] maps one model name to its versions; it is a DAG-CBOR block too.
+//!   Its publisher signs the [`RegistryBody`]'s canonical DAG-CBOR encoding prefixed with
+//!   [`REGISTRY_SIGNATURE_DOMAIN`], as for manifests; a reader calls
+//!   [`RegistryEntry::verify`] and believes only manifests by the same publisher.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -34,6 +37,10 @@ pub const MODELS_TOPIC: &str = "ipfs-accelerate/models/1";
 /// Prepended to the signing bytes before signing, so that a manifest signature is valid
 /// for nothing else the same key signs (gossip messages, identify records).
 pub const SIGNATURE_DOMAIN: &[u8] = b"ipfs-accelerate-manifest:";
+
+/// Prepended to a registry entry's signing bytes: a registry signature is valid for
+/// nothing else, manifests included.
+pub const REGISTRY_SIGNATURE_DOMAIN: &[u8] = b"ipfs-accelerate-registry:";
 
 /// Longest model name, in bytes.
 pub const NAME_LIMIT: usize = 256;
@@ -69,20 +76,27 @@ pub enum ManifestError {
     #[error("manifest field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
     /// `publisher_key` is not a protobuf-encoded libp2p public key this build understands.
-    #[error("manifest publisher key does not decode: {0}")]
-    PublisherKey(String),
+    #[error("{what} publisher key does not decode: {reason}")]
+    PublisherKey { what: &'static str, reason: String },
     /// `publisher` is not a peer id.
-    #[error("manifest publisher {publisher:?} is not a peer id")]
-    PublisherId { publisher: String },
+    #[error("{what} publisher {publisher:?} is not a peer id")]
+    PublisherId {
+        what: &'static str,
+        publisher: String,
+    },
     /// The key in `publisher_key` belongs to another peer than `publisher` names.
-    #[error("manifest names publisher {publisher} but its key belongs to {key_owner}")]
+    #[error("{what} names publisher {publisher} but its key belongs to {key_owner}")]
     PublisherMismatch {
+        what: &'static str,
         publisher: String,
         key_owner: PeerId,
     },
     /// The signature does not verify with the publisher's key.
-    #[error("manifest signature is not valid for publisher {publisher}")]
-    BadSignature { publisher: PeerId },
+    #[error("{what} signature is not valid for publisher {publisher}")]
+    BadSignature {
+        what: &'static str,
+        publisher: PeerId,
+    },
     /// The keypair could not sign.
     #[error("signing manifest: {0}")]
     Sign(String),
@@ -132,12 +146,25 @@ pub struct Manifest {
     pub signature: Vec<u8>,
 }
 
-/// A registry entry: one model name and its versions; a DAG-CBOR block too.
+/// What a registry entry's publisher signs: one model name and its versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistryEntry {
+pub struct RegistryBody {
     pub name: String,
     /// Version string to what was published under it.
     pub versions: BTreeMap<String, RegistryVersion>,
+    /// peer id, base58
+    pub publisher: String,
+    /// protobuf-encoded libp2p public key
+    #[serde(with = "serde_bytes")]
+    pub publisher_key: Vec<u8>,
+}
+
+/// A registry entry: a body and its publisher's signature; a DAG-CBOR block too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryEntry {
+    pub body: RegistryBody,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }
 
 /// One version in a [`RegistryEntry`].
@@ -189,9 +216,7 @@ impl Manifest {
         body.publisher_key = public.encode_protobuf();
         // Refuse here what every receiver would refuse.
         body.check_fields()?;
-        let signature = keypair
-            .sign(&signed_message(&body.signing_bytes()?))
-            .map_err(|e| ManifestError::Sign(e.to_string()))?;
+        let signature = sign(keypair, SIGNATURE_DOMAIN, &body.signing_bytes()?)?;
         let manifest = Manifest { body, signature };
         manifest.encode()?;
         Ok(manifest)
@@ -203,23 +228,14 @@ impl Manifest {
     pub fn verify(&self) -> Result<PeerId> {
         let body = &self.body;
         body.check_fields()?;
-        let key = PublicKey::try_decode_protobuf(&body.publisher_key)
-            .map_err(|e| ManifestError::PublisherKey(e.to_string()))?;
-        let publisher =
-            PeerId::from_str(&body.publisher).map_err(|_| ManifestError::PublisherId {
-                publisher: body.publisher.clone(),
-            })?;
-        let key_owner = key.to_peer_id();
-        if key_owner != publisher {
-            return Err(ManifestError::PublisherMismatch {
-                publisher: body.publisher.clone(),
-                key_owner,
-            });
-        }
-        if !key.verify(&signed_message(&body.signing_bytes()?), &self.signature) {
-            return Err(ManifestError::BadSignature { publisher });
-        }
-        Ok(publisher)
+        verify_signature(
+            "manifest",
+            SIGNATURE_DOMAIN,
+            &body.publisher,
+            &body.publisher_key,
+            &body.signing_bytes()?,
+            &self.signature,
+        )
     }
 
     /// The DAG-CBOR encoding: a gossip announcement's data and a manifest block's bytes.
@@ -247,7 +263,59 @@ impl Manifest {
     }
 }
 
+impl RegistryBody {
+    /// canonical DAG-CBOR bytes that the signature covers
+    pub fn signing_bytes(&self) -> Result<Vec<u8>> {
+        encode(self, "registry body")
+    }
+
+    /// the version with the greatest updated_at, ties by version string (the greater,
+    /// compared bytewise)
+    pub fn latest(&self) -> Option<(&String, &RegistryVersion)> {
+        self.versions
+            .iter()
+            .max_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at).then(a.0.cmp(b.0)))
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(invalid("name", "it is empty".into()));
+        }
+        check_len("name", &self.name, NAME_LIMIT)?;
+        for version in self.versions.keys() {
+            check_len("version", version, VERSION_LIMIT)?;
+        }
+        Ok(())
+    }
+}
+
 impl RegistryEntry {
+    /// fills publisher and publisher_key from the keypair, then signs the body with it
+    pub fn sign(mut body: RegistryBody, keypair: &Keypair) -> Result<RegistryEntry> {
+        let public = keypair.public();
+        body.publisher = public.to_peer_id().to_base58();
+        body.publisher_key = public.encode_protobuf();
+        body.check_fields()?;
+        let signature = sign(keypair, REGISTRY_SIGNATURE_DOMAIN, &body.signing_bytes()?)?;
+        Ok(RegistryEntry { body, signature })
+    }
+
+    /// Checks the bounds of the name and versions, that the key is the publisher's,
+    /// and the signature over the body. Returns the publisher's PeerId. The manifests
+    /// it lists must be checked on their own, and be by the same publisher.
+    pub fn verify(&self) -> Result<PeerId> {
+        let body = &self.body;
+        body.check_fields()?;
+        verify_signature(
+            "registry entry",
+            REGISTRY_SIGNATURE_DOMAIN,
+            &body.publisher,
+            &body.publisher_key,
+            &body.signing_bytes()?,
+            &self.signature,
+        )
+    }
+
     /// DAG-CBOR block (codec DAG_CBOR, sha2-256); at most [`BLOCK_SIZE_LIMIT`].
     pub fn to_block(&self) -> Result<Block> {
         let bytes = encode(self, "registry entry")?;
@@ -264,21 +332,55 @@ impl RegistryEntry {
         check_size("registry entry", bytes.len(), BLOCK_SIZE_LIMIT)?;
         decode(bytes, "registry entry")
     }
-
-    /// the version with the greatest updated_at, ties by version string (the greater,
-    /// compared bytewise)
-    pub fn latest(&self) -> Option<(&String, &RegistryVersion)> {
-        self.versions
-            .iter()
-            .max_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at).then(a.0.cmp(b.0)))
-    }
 }
 
-fn signed_message(signing_bytes: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNATURE_DOMAIN.len() + signing_bytes.len());
-    message.extend_from_slice(SIGNATURE_DOMAIN);
+fn signed_message(domain: &[u8], signing_bytes: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(domain.len() + signing_bytes.len());
+    message.extend_from_slice(domain);
     message.extend_from_slice(signing_bytes);
     message
+}
+
+fn sign(keypair: &Keypair, domain: &[u8], signing_bytes: &[u8]) -> Result<Vec<u8>> {
+    keypair
+        .sign(&signed_message(domain, signing_bytes))
+        .map_err(|e| ManifestError::Sign(e.to_string()))
+}
+
+/// Checks that `publisher_key` decodes, belongs to `publisher`, and signed
+/// `domain + signing_bytes`; returns the publisher.
+fn verify_signature(
+    what: &'static str,
+    domain: &[u8],
+    publisher: &str,
+    publisher_key: &[u8],
+    signing_bytes: &[u8],
+    signature: &[u8],
+) -> Result<PeerId> {
+    let key =
+        PublicKey::try_decode_protobuf(publisher_key).map_err(|e| ManifestError::PublisherKey {
+            what,
+            reason: e.to_string(),
+        })?;
+    let peer = PeerId::from_str(publisher).map_err(|_| ManifestError::PublisherId {
+        what,
+        publisher: publisher.to_owned(),
+    })?;
+    let key_owner = key.to_peer_id();
+    if key_owner != peer {
+        return Err(ManifestError::PublisherMismatch {
+            what,
+            publisher: publisher.to_owned(),
+            key_owner,
+        });
+    }
+    if !key.verify(&signed_message(domain, signing_bytes), signature) {
+        return Err(ManifestError::BadSignature {
+            what,
+            publisher: peer,
+        });
+    }
+    Ok(peer)
 }
 
 fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
@@ -436,7 +538,7 @@ mod tests {
         manifest.body.publisher_key = vec![0xff, 0x00, 0x13];
         assert!(matches!(
             manifest.verify(),
-            Err(ManifestError::PublisherKey(_))
+            Err(ManifestError::PublisherKey { .. })
         ));
     }
 
@@ -483,7 +585,10 @@ mod tests {
                 ..b
             };
             m.signature = keypair
-                .sign(&signed_message(&m.body.signing_bytes().unwrap()))
+                .sign(&signed_message(
+                    SIGNATURE_DOMAIN,
+                    &m.body.signing_bytes().unwrap(),
+                ))
                 .unwrap();
             assert!(matches!(
                 m.verify(),
@@ -557,9 +662,11 @@ mod tests {
             weights: weights(seed),
             updated_at,
         };
-        let mut entry = RegistryEntry {
+        let mut entry = RegistryBody {
             name: "all-MiniLM-L6-v2".into(),
             versions: BTreeMap::new(),
+            publisher: String::new(),
+            publisher_key: Vec::new(),
         };
         assert_eq!(entry.latest(), None);
         entry.versions.insert("1.0.0".into(), version(b"1", 100));
@@ -571,13 +678,86 @@ mod tests {
         entry.versions.insert("1.2.0".into(), version(b"5", 300));
         assert_eq!(entry.latest().unwrap().0, "1.2.0");
 
+        let keypair = Keypair::generate_ed25519();
+        let entry = RegistryEntry::sign(entry, &keypair).unwrap();
         let block = entry.to_block().unwrap();
-        assert_eq!(RegistryEntry::decode(block.data()).unwrap(), entry);
+        let decoded = RegistryEntry::decode(block.data()).unwrap();
+        assert_eq!(decoded, entry);
+        assert_eq!(decoded.verify().unwrap(), keypair.public().to_peer_id());
         assert_eq!(entry.to_block().unwrap().cid(), block.cid());
         let links = block.links().unwrap();
         assert!(links.contains(&manifest_cid));
         assert!(links.contains(&weights(b"5")));
         assert_eq!(links.len(), 10);
+    }
+
+    #[test]
+    fn forged_and_tampered_registry_entries_fail() {
+        let (manifest, _) = signed();
+        let keypair = Keypair::generate_ed25519();
+        let body = RegistryBody {
+            name: "m".into(),
+            versions: BTreeMap::from([(
+                "1".to_owned(),
+                RegistryVersion {
+                    manifest: *manifest.to_block().unwrap().cid(),
+                    weights: manifest.body.weights,
+                    updated_at: 1,
+                },
+            )]),
+            publisher: String::new(),
+            publisher_key: Vec::new(),
+        };
+        let entry = RegistryEntry::sign(body, &keypair).unwrap();
+        entry.verify().unwrap();
+        // A version pointed elsewhere, or a name changed, after signing.
+        let mut tampered = entry.clone();
+        tampered.body.versions.get_mut("1").unwrap().weights = weights(b"evil");
+        assert!(matches!(
+            tampered.verify(),
+            Err(ManifestError::BadSignature {
+                what: "registry entry",
+                ..
+            })
+        ));
+        let mut renamed = entry.clone();
+        renamed.body.name = "other".into();
+        assert!(matches!(
+            renamed.verify(),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // Another key claiming the publisher's identity, or its own with the old
+        // signature.
+        let other = Keypair::generate_ed25519();
+        let mut claimed = entry.clone();
+        claimed.body.publisher_key = other.public().encode_protobuf();
+        assert!(matches!(
+            claimed.verify(),
+            Err(ManifestError::PublisherMismatch { .. })
+        ));
+        claimed.body.publisher = other.public().to_peer_id().to_base58();
+        assert!(matches!(
+            claimed.verify(),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // A manifest signature is not a registry signature, nor the other way round.
+        let as_manifest = sign(
+            &keypair,
+            SIGNATURE_DOMAIN,
+            &entry.body.signing_bytes().unwrap(),
+        )
+        .unwrap();
+        let cross = RegistryEntry {
+            signature: as_manifest,
+            ..entry.clone()
+        };
+        assert!(matches!(
+            cross.verify(),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // An unsigned entry (the old format) does not decode.
+        let unsigned = encode(&entry.body, "registry body").unwrap();
+        assert!(RegistryEntry::decode(&unsigned).is_err());
     }
 
     #[test]

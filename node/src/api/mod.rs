@@ -210,6 +210,12 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/ls", post(models::ls))
         .route("/api/v0/accelerate/model/info", post(models::info))
         .route("/api/v0/accelerate/model/discover", post(models::discover))
+        .route(
+            "/api/v0/accelerate/model/trust/add",
+            post(models::trust_add),
+        )
+        .route("/api/v0/accelerate/model/trust/rm", post(models::trust_rm))
+        .route("/api/v0/accelerate/model/trust/ls", post(models::trust_ls))
         .route("/api/v0/accelerate/providers", post(models::providers))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(kubo_errors));

@@ -1,6 +1,7 @@
 //! `/api/v0/accelerate/...`: models and inference over HTTP, the same operations the
 //! CLI runs against a daemon.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -18,9 +19,11 @@ use tokio::sync::mpsc;
 use super::{Api, ApiError, ApiResult, Params, flag, param};
 use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
-use crate::infer::{DEFAULT_DEADLINE, Server};
+use crate::infer::DEFAULT_DEADLINE;
 use crate::models::LocalModels;
+use crate::node::Node;
 use crate::serving::{InferCall, PublishMeta};
+use crate::trust;
 
 /// How often a pull with `progress=true` reports.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,15 +43,19 @@ pub(super) struct InferBody {
     /// Only peers answer, even if the model is here.
     #[serde(default)]
     remote: bool,
+    /// A name resolves to the newest manifest by anyone, not only trusted publishers.
+    #[serde(default)]
+    any_publisher: bool,
     normalize: Option<bool>,
     deadline_ms: Option<u64>,
 }
 
+/// The model `arg` names (with `any-publisher=true`, by any publisher of the name).
 fn model_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
     let arg =
         param(q, "arg").ok_or_else(|| ApiError::bad_request("argument \"arg\" is required"))?;
     api.node
-        .resolve_model(arg)
+        .resolve_model_from(arg, flag(q, "any-publisher", false)?)
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -65,7 +72,7 @@ pub(super) async fn infer(
 ) -> ApiResult<Json<Value>> {
     let model = api
         .node
-        .resolve_model(&body.model)
+        .resolve_model_from(&body.model, body.any_publisher)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let inputs = match (body.ids, body.attention_mask) {
         (Some(ids), Some(attention_mask)) if body.texts.is_empty() => Inputs::Tokens {
@@ -250,7 +257,8 @@ pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let server = api.node.infer_server();
+    let node = &api.node;
+    let server = node.infer_server();
     let mut models: Vec<Value> = records
         .iter()
         .filter(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)))
@@ -270,7 +278,7 @@ pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
             .directory()
             .list(tag)
             .iter()
-            .map(|a| announced_json(a, server)),
+            .map(|a| announced_json(a, node)),
     );
     Ok(Json(json!({ "Models": models })))
 }
@@ -286,16 +294,17 @@ pub(super) async fn discover(State(api): State<Api>, Query(q): Params) -> ApiRes
         .discover_registry(registry)
         .await
         .map_err(ApiError::internal)?;
-    let server = api.node.infer_server();
-    let models: Vec<Value> = found.iter().map(|a| announced_json(a, server)).collect();
+    let models: Vec<Value> = found.iter().map(|a| announced_json(a, &api.node)).collect();
     Ok(Json(
         json!({ "Registry": registry.to_string(), "Models": models }),
     ))
 }
 
-/// A model from the directory as `ls` and `discover` list it.
-fn announced_json(announced: &Announced, server: &Server) -> Value {
+/// A model from the directory as `ls` and `discover` list it; `untrusted` when its
+/// publisher may not speak for the name here (it is never used by name).
+fn announced_json(announced: &Announced, node: &Node) -> Value {
     let body = &announced.manifest.body;
+    let server = node.infer_server();
     let mut entry = json!({
         "name": body.name,
         "version": body.version,
@@ -304,6 +313,7 @@ fn announced_json(announced: &Announced, server: &Server) -> Value {
         "manifest": announced.manifest_cid.to_string(),
         "publisher": announced.publisher.to_string(),
         "serving": server.is_serving(&body.weights),
+        "untrusted": !node.trusts(&body.name, &announced.publisher),
     });
     match announced.source {
         Source::Announced => entry["source"] = json!("announced"),
@@ -317,12 +327,16 @@ fn announced_json(announced: &Announced, server: &Server) -> Value {
 
 pub(super) async fn info(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
     let root = model_arg(&api, &q)?;
+    // A trusted publisher's manifest first, then the newest.
     let announced = api
         .node
         .directory()
         .by_weights(&root)
         .into_iter()
-        .max_by_key(|a| a.manifest.body.created_at);
+        .max_by_key(|a| {
+            let trusted = api.node.trusts(&a.manifest.body.name, &a.publisher);
+            (trusted, a.manifest.body.created_at)
+        });
     let mut info = match &announced {
         Some(a) => manifest_json(&a.manifest, &a.manifest_cid),
         None => json!({ "weights": root.to_string() }),
@@ -346,6 +360,8 @@ pub(super) async fn providers(State(api): State<Api>, Query(q): Params) -> ApiRe
                 "load": p.stats.load.map(|l| json!({
                     "queued": l.queued, "capacity": l.capacity, "workers": l.workers,
                 })),
+                "disagreements": p.stats.disagreements,
+                "distrusted": p.stats.distrusted,
                 "error": p.error,
             })
         })
@@ -353,6 +369,57 @@ pub(super) async fn providers(State(api): State<Api>, Query(q): Params) -> ApiRe
     Ok(Json(
         json!({ "Model": root.to_string(), "Providers": list }),
     ))
+}
+
+/// `model/trust/add?arg=NAME&arg=PEER_ID`: trusts PEER_ID for NAME too.
+pub(super) async fn trust_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let (name, publisher) = trust_args(&q)?;
+    let node = Arc::clone(&api.node);
+    let (task_name, task_publisher) = (name.clone(), publisher);
+    tokio::task::spawn_blocking(move || node.trust().add(&task_name, task_publisher))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(
+        json!({ "Name": name, "Publisher": publisher.to_string(), "Trusted": true }),
+    ))
+}
+
+/// `model/trust/rm?arg=NAME&arg=PEER_ID`: stops trusting PEER_ID for NAME (the name
+/// stays pinned, maybe to nobody).
+pub(super) async fn trust_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+    let (name, publisher) = trust_args(&q)?;
+    let node = Arc::clone(&api.node);
+    let (task_name, task_publisher) = (name.clone(), publisher);
+    let removed =
+        tokio::task::spawn_blocking(move || node.trust().remove(&task_name, &task_publisher))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(json!({
+        "Name": name,
+        "Publisher": publisher.to_string(),
+        "Trusted": false,
+        "Removed": removed,
+    })))
+}
+
+/// `model/trust/ls`: every trusted publisher by name, from the config and the repo.
+pub(super) async fn trust_ls(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "Trusted": api.node.trust().list() })))
+}
+
+/// `arg=NAME&arg=PEER_ID`.
+fn trust_args(q: &[(String, String)]) -> ApiResult<(String, crate::PeerId)> {
+    let mut args = super::params(q, "arg");
+    let (Some(name), Some(peer)) = (args.next(), args.next()) else {
+        return Err(ApiError::bad_request(
+            "arguments NAME and PEER_ID are required (arg=NAME&arg=PEER_ID)",
+        ));
+    };
+    let publisher =
+        trust::parse_peer("publisher", peer).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((name.to_owned(), publisher))
 }
 
 /// A manifest as the API and `--json` show it.

@@ -7,7 +7,7 @@ pub mod server;
 
 use std::time::Duration;
 
-pub use self::client::{Answer, CallError, Client, PeerStats};
+pub use self::client::{Answer, CallError, Client, PeerStats, Ranking, answers_agree};
 pub use self::server::{ServeConfig, Server};
 
 /// How long a caller waits for an answer unless it says otherwise.
