@@ -33,12 +33,13 @@ const DHT_PENDING_ENTRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Gossipsub scores below which a peer's gossip is ignored, it may not receive our
 /// published messages, and everything it sends is ignored (graylisted). A peer's
 /// invalid messages on a model topic count against it (see [`topic_score_params`]):
-/// three or four graylist it.
+/// three cost it our gossip (a mistake or two must not silence a peer), five graylist
+/// it.
 const GOSSIP_THRESHOLD: f64 = -10.0;
 const PUBLISH_THRESHOLD: f64 = -50.0;
 const GRAYLIST_THRESHOLD: f64 = -80.0;
 /// Weight of the square of a peer's invalid messages in a topic.
-const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+const INVALID_MESSAGE_WEIGHT: f64 = -5.0;
 
 /// Every protocol a node speaks on the swarm.
 #[derive(NetworkBehaviour)]
