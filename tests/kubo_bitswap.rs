@@ -27,6 +27,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
         infer_limits: p2p::InferLimits::default(),
         connections: p2p::ConnectionLimits::default(),
         dht_refresh: p2p::DEFAULT_DHT_REFRESH,
+        limits: p2p::Limits::default(),
         time_dilation: 1,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())

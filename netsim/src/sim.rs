@@ -284,6 +284,7 @@ impl Sim {
             infer_limits: p2p::InferLimits::default(),
             connections: self.connections,
             dht_refresh: self.dht_refresh,
+            limits: p2p::Limits::default(),
             time_dilation: self.clock.dilation,
         };
         let p2p = P2p::start_with_transport(config, key, transport)

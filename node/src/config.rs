@@ -23,6 +23,7 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     pub gateway: GatewayConfig,
     pub models: ModelsConfig,
+    pub swarm: SwarmConfig,
 }
 
 /// Who this node is. The private key lives in `identity.key` beside the config.
@@ -302,12 +303,95 @@ impl Default for ModelsConfig {
     }
 }
 
+/// What peers may make this node hold: connections, Bitswap streams and buffers, DHT
+/// records. The defaults suit a desktop or server node, as Kubo's resource manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// Incoming connections still in their handshake (default 64).
+    pub max_pending_incoming: u32,
+    /// Outgoing dials at once (default 256: a DHT query dials many peers).
+    pub max_pending_outgoing: u32,
+    /// Established incoming connections (default 512).
+    pub max_established_incoming: u32,
+    /// Established connections in all (default 1024; the connection manager trims
+    /// to `network.low_water` long before).
+    pub max_established_total: u32,
+    /// Established connections to one peer (default 8).
+    pub max_established_per_peer: u32,
+    /// New connections are refused while the process uses more than this percentage
+    /// of the machine's memory (default 90; 0 turns the check off).
+    pub max_memory_percent: u8,
+    /// Bitswap streams all peers may have read at once (default 4096).
+    pub bitswap_streams: usize,
+    /// Bitswap streams one peer may have read at once (default 32).
+    pub bitswap_streams_per_peer: usize,
+    /// Bytes of Bitswap messages being read that one peer may hold (default 16 MiB).
+    pub bitswap_buffer_per_peer: usize,
+    /// Bytes of Bitswap messages being read from all peers (default 256 MiB).
+    pub bitswap_buffer_total: usize,
+    /// DHT provider records stored for one remote peer (default 8192).
+    pub dht_provider_records_per_peer: usize,
+    /// DHT provider records stored for all remote peers (default 131072).
+    pub dht_provider_records_total: usize,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        let swarm = crate::p2p::Limits::default();
+        let bitswap = crate::bitswap::Config::default();
+        SwarmConfig {
+            max_pending_incoming: swarm.pending_incoming,
+            max_pending_outgoing: swarm.pending_outgoing,
+            max_established_incoming: swarm.established_incoming,
+            max_established_total: swarm.established_total,
+            max_established_per_peer: swarm.established_per_peer,
+            max_memory_percent: swarm.memory_percent,
+            bitswap_streams: bitswap.inbound_streams,
+            bitswap_streams_per_peer: bitswap.inbound_streams_per_peer,
+            bitswap_buffer_per_peer: bitswap.buffers.per_peer,
+            bitswap_buffer_total: bitswap.buffers.total,
+            dht_provider_records_per_peer: swarm.provider_records_per_peer,
+            dht_provider_records_total: swarm.provider_records_total,
+        }
+    }
+}
+
 /// One `[[models.trusted]]` entry: `publisher` (a peer id) may speak for `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedPublisher {
     pub name: String,
     pub publisher: String,
+}
+
+impl SwarmConfig {
+    /// The swarm's share of these settings.
+    pub fn p2p_limits(&self) -> crate::p2p::Limits {
+        crate::p2p::Limits {
+            pending_incoming: self.max_pending_incoming,
+            pending_outgoing: self.max_pending_outgoing,
+            established_incoming: self.max_established_incoming,
+            established_total: self.max_established_total,
+            established_per_peer: self.max_established_per_peer,
+            memory_percent: self.max_memory_percent,
+            provider_records_per_peer: self.dht_provider_records_per_peer,
+            provider_records_total: self.dht_provider_records_total,
+        }
+    }
+
+    /// Bitswap's settings: the defaults with these limits.
+    pub fn bitswap(&self) -> crate::bitswap::Config {
+        crate::bitswap::Config {
+            inbound_streams: self.bitswap_streams,
+            inbound_streams_per_peer: self.bitswap_streams_per_peer,
+            buffers: crate::bitswap::BufferLimits {
+                per_peer: self.bitswap_buffer_per_peer,
+                total: self.bitswap_buffer_total,
+            },
+            ..crate::bitswap::Config::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -211,11 +211,16 @@ impl Node {
                 grace: Duration::from_secs(network.grace_period_secs),
             },
             dht_refresh: p2p::DEFAULT_DHT_REFRESH,
+            limits: repo.config().swarm.p2p_limits(),
             time_dilation: 1,
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start_on(config, keypair, transport).await?;
-        let bitswap = Bitswap::start(repo.shared_store(), p2p.clone(), bitswap::Config::default())?;
+        let bitswap = Bitswap::start(
+            repo.shared_store(),
+            p2p.clone(),
+            repo.config().swarm.bitswap(),
+        )?;
         let models = crate::serving::Models::new(p2p.clone(), serve, &repo)?;
         models.start(&p2p).await?;
         let node = Node {

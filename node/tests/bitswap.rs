@@ -1,6 +1,7 @@
 //! Bitswap between real swarms on loopback TCP in one process: a direct fetch, a fetch
 //! that finds its provider on the DHT through a third node, a want answered once the
-//! block arrives, and a peer that never answers.
+//! block arrives, and a peer that never answers; hostile peers: garbage, and streams
+//! that announce large messages and send nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +26,15 @@ struct TestNode {
 }
 
 async fn node() -> TestNode {
+    node_with(bitswap::Config::default()).await
+}
+
+async fn node_with(config: bitswap::Config) -> TestNode {
     let (p2p, addr) = loopback_swarm().await;
     let store = Arc::new(Store::in_memory());
     let config = bitswap::Config {
         provider_search_delay: Duration::from_millis(200),
-        ..bitswap::Config::default()
+        ..config
     };
     let bitswap = Bitswap::start(store.clone(), p2p.clone(), config).unwrap();
     TestNode {
@@ -343,4 +348,108 @@ async fn a_peer_sending_garbage_is_disconnected_and_the_node_keeps_serving() {
         .expect("fetch finished in time")
         .unwrap();
     assert_eq!(cat(&honest.store, &root), data);
+}
+
+/// A raw peer connected to `target` with `count` Bitswap streams open, each announcing
+/// a 4 MiB message and sending nothing more. The streams stay open while the returned
+/// swarm driver runs; the node may refuse some (they are then reset).
+async fn streams_announcing_4_mib(
+    target: &TestNode,
+    count: usize,
+) -> (tokio::task::JoinHandle<()>, Vec<libp2p::Stream>) {
+    use futures::{AsyncWriteExt, StreamExt};
+
+    let (mut swarm, mut control) = raw_peer().await;
+    swarm.dial(target.addr.clone()).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut prefix = unsigned_varint::encode::usize_buffer();
+    let prefix = unsigned_varint::encode::usize(wire::MESSAGE_SIZE_LIMIT, &mut prefix).to_vec();
+    let mut streams = Vec::new();
+    let protocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+    for _ in 0..count {
+        let opened = control.open_stream(target.p2p.local_peer_id(), protocol.clone());
+        let mut stream = tokio::time::timeout(WAIT, opened)
+            .await
+            .expect("stream opened in time")
+            .expect("stream opened");
+        // A stream the node refused may be reset already.
+        let _ = stream.write_all(&prefix).await;
+        let _ = stream.flush().await;
+        streams.push(stream);
+    }
+    (driver, streams)
+}
+
+/// Waits until `target` holds at least `bytes` of messages being read.
+async fn buffered_at_least(target: &TestNode, bytes: usize) {
+    tokio::time::timeout(WAIT, async {
+        while target.bitswap.buffered_bytes() < bytes {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let held = target.bitswap.buffered_bytes();
+        panic!("the node holds {held} bytes of messages, expected {bytes}")
+    });
+}
+
+/// Length prefixes cost nothing: 200 streams announcing 4 MiB each (800 MiB) make the
+/// node hold 1 KiB per stream until bytes arrive, as its own accounting shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_announcing_4_mib_and_sending_nothing_hold_1_kib_each() {
+    const STREAMS: usize = 200;
+    let unbounded = bitswap::BufferLimits {
+        per_peer: usize::MAX / 4,
+        total: usize::MAX / 4,
+    };
+    let target = node_with(bitswap::Config {
+        inbound_streams_per_peer: STREAMS,
+        buffers: unbounded,
+        ..bitswap::Config::default()
+    })
+    .await;
+    let (driver, streams) = streams_announcing_4_mib(&target, STREAMS).await;
+    buffered_at_least(&target, STREAMS * 1024).await;
+    let held = target.bitswap.buffered_bytes();
+    assert!(
+        held <= STREAMS * 1024,
+        "{held} bytes held for {STREAMS} empty messages"
+    );
+    drop(streams);
+    driver.abort();
+}
+
+/// Slots are per peer: one peer opening Bitswap streams without end takes its own
+/// share, and another peer's fetch goes on (before, one peer could take every slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_opening_streams_without_end_does_not_stop_another_peers_fetch() {
+    let target = node_with(bitswap::Config {
+        inbound_streams: 64,
+        inbound_streams_per_peer: 16,
+        ..bitswap::Config::default()
+    })
+    .await;
+    let (root, data) = add(&target.store, 300_000, 6);
+    let (driver, streams) = streams_announcing_4_mib(&target, 100).await;
+    buffered_at_least(&target, 16 * 1024).await;
+    let held = target.bitswap.buffered_bytes();
+    assert_eq!(
+        held,
+        16 * 1024,
+        "the flooding peer's streams hold {held} bytes"
+    );
+    let honest = node().await;
+    honest.p2p.connect(target.addr.clone()).await.unwrap();
+    tokio::time::timeout(WAIT, honest.bitswap.fetch_dag(root, WAIT, |_, _| {}))
+        .await
+        .expect("fetch finished in time")
+        .unwrap();
+    assert_eq!(cat(&honest.store, &root), data);
+    drop(streams);
+    driver.abort();
 }

@@ -18,14 +18,21 @@
 //!   on the DHT and dialed, and new connections receive our wantlist.
 //! - Blocks are named by hashing their data on decode, so only a block whose CID we
 //!   want is ever stored; anything else counts against the sender.
-//! - Disk work runs on blocking threads.
+//! - Memory: a message's buffer grows as its bytes arrive, within room each peer and
+//!   all peers together may hold ([`budget`]); a peer has at most
+//!   [`Config::inbound_streams_per_peer`] streams read at once. Per-peer state goes
+//!   when the peer disconnects.
+//! - Disk work and the hashing of received blocks run on blocking threads, so the
+//!   swarm and the API stay responsive while megabytes arrive.
 
 mod behaviour;
+mod budget;
 mod handler;
 mod protocol;
 mod wire;
 
 pub use behaviour::{Behaviour, Channels};
+pub use budget::{Exceeded, Limits as BufferLimits};
 pub use handler::{FromBehaviour, Handler, StreamReply, ToBehaviour};
 pub use protocol::Upgrade;
 
@@ -65,8 +72,23 @@ const _: () = assert!(SERVE_MESSAGE_BYTES + 2 * 1024 * 1024 < MESSAGE_SIZE_LIMIT
 /// KiB of blocks queued or being written for one peer; serving a large wantlist waits
 /// for room, which bounds its memory while keeping the connection busy.
 const BLOCK_KIB_IN_FLIGHT: usize = 16 * 1024;
-/// Streams peers may have open to us at once, over all peers.
-const INBOUND_STREAMS_LIMIT: usize = 4096;
+/// Default for [`Config::inbound_streams`]: streams all peers may have read at once.
+pub const DEFAULT_INBOUND_STREAMS: usize = 4096;
+/// Default for [`Config::inbound_streams_per_peer`]: a peer keeps one or two streams
+/// open (go-bitswap's message sender), or opens one per message and closes it.
+pub const DEFAULT_INBOUND_STREAMS_PER_PEER: usize = 32;
+/// Default for [`Config::buffers`]: bytes of messages being read that one peer may
+/// hold (four messages of the 4 MiB maximum), and all peers together.
+pub const DEFAULT_BUFFER_LIMITS: BufferLimits = BufferLimits {
+    per_peer: 4 * MESSAGE_SIZE_LIMIT,
+    total: 256 * 1024 * 1024,
+};
+/// Messages smaller than this are decoded (their blocks hashed) on the reader's own
+/// task; larger ones on a blocking thread.
+const VERIFY_INLINE_BYTES: usize = 16 * 1024;
+/// How often state of peers that are gone (a message that arrived after its sender
+/// disconnected) is swept, in ticks.
+const PRUNE_EVERY_TICKS: u32 = 40;
 /// Wants we remember per peer for blocks we do not have yet.
 const LEDGER_LIMIT: usize = 8192;
 /// Peers remembered as recent block sources (they answered HAVE or sent a block).
@@ -114,6 +136,11 @@ pub struct Config {
     pub window: usize,
     pub write_timeout: Duration,
     pub idle_stream_timeout: Duration,
+    /// Streams all peers, and one peer, may have read at once; more are refused.
+    pub inbound_streams: usize,
+    pub inbound_streams_per_peer: usize,
+    /// Bytes of messages being read one peer, and all, may hold.
+    pub buffers: BufferLimits,
 }
 
 impl Default for Config {
@@ -125,6 +152,9 @@ impl Default for Config {
             window: 64,
             write_timeout: Duration::from_secs(30),
             idle_stream_timeout: Duration::from_secs(300),
+            inbound_streams: DEFAULT_INBOUND_STREAMS,
+            inbound_streams_per_peer: DEFAULT_INBOUND_STREAMS_PER_PEER,
+            buffers: DEFAULT_BUFFER_LIMITS,
         }
     }
 }
@@ -184,6 +214,10 @@ struct Inner {
     state: Mutex<State>,
     inbound: Arc<Semaphore>,
     received: mpsc::Sender<(PeerId, Vec<Block>)>,
+    /// Bytes of messages being read.
+    budget: Arc<budget::Budget>,
+    /// Blocking threads hashing received blocks at once.
+    verifying: Arc<Semaphore>,
 }
 
 /// A queued message; a block message holds room in its peer's budget until written.
@@ -249,9 +283,63 @@ struct State {
     /// DHT provider searches running.
     searches: usize,
     strikes: HashMap<PeerId, u32>,
+    /// Streams each peer has open to us, being read.
+    inbound_streams: HashMap<PeerId, usize>,
+    /// Ticks since the last sweep of state of peers that are gone.
+    ticks_since_prune: u32,
     stats: Stats,
     /// Wanted blocks and bytes each peer delivered.
     received_from: HashMap<PeerId, (u64, u64)>,
+}
+
+impl State {
+    /// Drops what we keep about `peer`, but the counts of its running streams (they
+    /// end on their own) and its delivered blocks (bounded by [`SOURCES_TRACKED`]).
+    fn forget(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
+        self.senders.remove(peer);
+        self.ledgers.remove(peer);
+        self.to_send.remove(peer);
+        self.recent.retain(|p| p != peer);
+        self.delivered_at.remove(peer);
+        self.strikes.remove(peer);
+        for want in self.wants.values_mut() {
+            want.have.retain(|p| p != peer);
+            if want.block_from.is_some_and(|(p, _)| p == *peer) {
+                want.block_from = None;
+            }
+        }
+    }
+
+    /// Forgets every peer that is not connected: a message read after its sender
+    /// disconnected may have made entries for it again.
+    fn prune(&mut self) {
+        let connected = &self.connected;
+        let gone: HashSet<PeerId> = (self.senders.keys())
+            .chain(self.ledgers.keys())
+            .chain(self.to_send.keys())
+            .chain(self.delivered_at.keys())
+            .chain(self.strikes.keys())
+            .filter(|peer| !connected.contains(*peer))
+            .copied()
+            .collect();
+        for peer in &gone {
+            self.forget(peer);
+        }
+    }
+
+    /// Per-peer entries over all maps, for the tests of their bounds.
+    #[cfg(test)]
+    fn peer_entries(&self) -> usize {
+        self.senders.len()
+            + self.ledgers.len()
+            + self.to_send.len()
+            + self.delivered_at.len()
+            + self.strikes.len()
+            + self.inbound_streams.len()
+            + self.receiving.len()
+            + self.recent.len()
+    }
 }
 
 struct Want {
@@ -398,14 +486,19 @@ impl Bitswap {
     pub fn start(store: Arc<Store>, p2p: P2p, config: Config) -> Result<Bitswap> {
         let channels = p2p.take_bitswap_channels().ok_or(Error::Closed)?;
         let (received, received_rx) = mpsc::channel(RECEIVED_QUEUE_CAPACITY);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let budget = budget::Budget::new(config.buffers);
+        let inbound = Arc::new(Semaphore::new(config.inbound_streams));
         let inner = Arc::new(Inner {
             store,
             p2p: p2p.clone(),
             open: channels.open,
             config,
             state: Mutex::new(State::default()),
-            inbound: Arc::new(Semaphore::new(INBOUND_STREAMS_LIMIT)),
+            inbound,
             received,
+            budget,
+            verifying: Arc::new(Semaphore::new(cpus)),
         });
         tokio::spawn(store_received(Arc::downgrade(&inner), received_rx));
         tokio::spawn(accept_loop(Arc::downgrade(&inner), channels.inbound));
@@ -416,6 +509,11 @@ impl Bitswap {
 
     pub fn stats(&self) -> Stats {
         lock(&self.inner.state).stats
+    }
+
+    /// Bytes of messages being read from peers now (see [`Config::buffers`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.budget.total()
     }
 
     /// Wanted blocks and bytes received from each peer since the node started.
@@ -614,6 +712,26 @@ impl Inner {
             return;
         }
         try_queue(&self.sender_for(peer).control, peer, message);
+    }
+
+    /// Decodes a message body, hashing its blocks: a large one on a blocking thread
+    /// (at most one per CPU at once), so that 4 MiB of hashing does not hold up the
+    /// tasks of the swarm and the API.
+    async fn decode(&self, body: Vec<u8>) -> Result<Message, WireError> {
+        if body.len() < VERIFY_INLINE_BYTES {
+            return Ok(Message::decode(body)?);
+        }
+        let _turn = self
+            .verifying
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| WireError::Closed)?;
+        match tokio::task::spawn_blocking(move || Message::decode(body)).await {
+            Ok(decoded) => Ok(decoded?),
+            // Only a runtime shutting down cancels it.
+            Err(_) => Err(WireError::Closed),
+        }
     }
 
     fn strike(&self, peer: PeerId, why: &str) {
@@ -1045,6 +1163,11 @@ impl Inner {
         let mut searches = Vec::new();
         {
             let mut state = lock(&self.state);
+            state.ticks_since_prune += 1;
+            if state.ticks_since_prune >= PRUNE_EVERY_TICKS {
+                state.ticks_since_prune = 0;
+                state.prune();
+            }
             state.wants.retain(|_, want| {
                 want.waiters.retain(|w| !w.is_closed());
                 !want.waiters.is_empty()
@@ -1181,19 +1304,7 @@ impl Inner {
     }
 
     fn on_disconnected(&self, peer: PeerId) {
-        let mut state = lock(&self.state);
-        state.connected.remove(&peer);
-        state.senders.remove(&peer);
-        state.ledgers.remove(&peer);
-        state.to_send.remove(&peer);
-        state.recent.retain(|p| *p != peer);
-        state.delivered_at.remove(&peer);
-        for want in state.wants.values_mut() {
-            want.have.retain(|p| *p != peer);
-            if want.block_from.is_some_and(|(p, _)| p == peer) {
-                want.block_from = None;
-            }
-        }
+        lock(&self.state).forget(&peer);
     }
 }
 
@@ -1262,41 +1373,98 @@ async fn accept_loop(
 ) {
     while let Some((peer, stream, _version)) = incoming.recv().await {
         let Some(this) = inner.upgrade() else { return };
+        let Some(slot) = InboundSlot::take(&this, peer) else {
+            tracing::debug!(%peer, "bitswap: too many inbound streams from one peer, refusing one");
+            continue;
+        };
         let Ok(permit) = this.inbound.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "bitswap: too many inbound streams, refusing one");
             continue;
         };
-        let idle = this.config.idle_stream_timeout;
-        let weak = Arc::downgrade(&this);
         drop(this);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut stream = stream;
-            loop {
-                let result = match wire::read_length(&mut stream, idle).await {
-                    Ok(len) => {
-                        // Blocks arriving slowly are a peer delivering, not one that
-                        // stopped: its want-blocks do not time out meanwhile.
-                        let receiving =
-                            (len >= BLOCKS_MESSAGE_BYTES).then(|| Receiving::start(&weak, peer));
-                        let body = wire::read_body(&mut stream, len).await;
-                        drop(receiving);
-                        body
-                    }
-                    Err(error) => Err(error),
-                };
-                let Some(this) = weak.upgrade() else { return };
-                match result {
-                    Ok(message) => this.on_message(peer, message).await,
-                    Err(WireError::Closed | WireError::Timeout) => return,
-                    Err(WireError::Io(_)) => return,
-                    Err(error) => {
-                        this.drop_peer(peer, &error.to_string());
-                        return;
-                    }
-                }
+        tokio::spawn(read_stream(slot, permit, stream));
+    }
+}
+
+/// Reads a peer's stream until it ends, idles out or fails.
+async fn read_stream(slot: InboundSlot, _permit: OwnedSemaphorePermit, mut stream: libp2p::Stream) {
+    let (weak, peer) = (slot.inner.clone(), slot.peer);
+    let Some((idle, budget)) = weak
+        .upgrade()
+        .map(|this| (this.config.idle_stream_timeout, this.budget.clone()))
+    else {
+        return;
+    };
+    loop {
+        let read = match wire::read_length(&mut stream, idle).await {
+            Ok(len) => {
+                // Blocks arriving slowly are a peer delivering, not one that stopped:
+                // its want-blocks do not time out meanwhile.
+                let receiving =
+                    (len >= BLOCKS_MESSAGE_BYTES).then(|| Receiving::start(&weak, peer));
+                let mut room = budget.reserve(peer);
+                let body = wire::read_body(&mut stream, len, &mut room).await;
+                drop(receiving);
+                body.map(|body| (body, room))
             }
-        });
+            Err(error) => Err(error),
+        };
+        let Some(this) = weak.upgrade() else { return };
+        // The room stays held until the message is handled: its blocks live on.
+        let result = match read {
+            Ok((body, room)) => this.decode(body).await.map(|message| (message, room)),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok((message, _room)) => this.on_message(peer, message).await,
+            Err(WireError::Closed | WireError::Timeout | WireError::Io(_)) => return,
+            Err(WireError::OverBudget(exceeded)) => {
+                tracing::debug!(%peer, %exceeded, "bitswap: no room for a message, stream closed");
+                return;
+            }
+            Err(error) => {
+                this.drop_peer(peer, &error.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// One of a peer's [`Config::inbound_streams_per_peer`] stream slots, held while the
+/// stream is read.
+struct InboundSlot {
+    inner: std::sync::Weak<Inner>,
+    peer: PeerId,
+}
+
+impl InboundSlot {
+    /// A slot, if `peer` has one free.
+    fn take(inner: &Arc<Inner>, peer: PeerId) -> Option<InboundSlot> {
+        let mut state = lock(&inner.state);
+        let open = state.inbound_streams.entry(peer).or_default();
+        if *open >= inner.config.inbound_streams_per_peer {
+            return None;
+        }
+        *open += 1;
+        Some(InboundSlot {
+            inner: Arc::downgrade(inner),
+            peer,
+        })
+    }
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut state = lock(&inner.state);
+        if let Some(open) = state.inbound_streams.get_mut(&self.peer) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                state.inbound_streams.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -1454,5 +1622,60 @@ async fn tick_loop(inner: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(this) = inner.upgrade() else { return };
         this.on_tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multihash_codetable::{Code, MultihashDigest};
+
+    fn cid(seed: u8) -> Cid {
+        Cid::new_v1(0x55, Code::Sha2_256.digest(&[seed]))
+    }
+
+    /// Makes an entry for `peer` in every per-peer map, as its messages would.
+    fn fill(state: &mut State, peer: PeerId, seed: u8) {
+        let (control, _) = mpsc::channel(1);
+        let (blocks, _) = mpsc::channel(1);
+        let queue = PeerQueue {
+            control,
+            blocks,
+            block_room: Arc::new(Semaphore::new(1)),
+            serving: Arc::new(Semaphore::new(1)),
+        };
+        state.senders.insert(peer, queue);
+        let ledger = state.ledgers.entry(peer).or_default();
+        ledger.insert(cid(seed), WantType::Block);
+        state.to_send.entry(peer).or_default().insert(cid(seed));
+        state.delivered_at.insert(peer, Instant::now());
+        state.strikes.insert(peer, 3);
+        remember_source(state, peer);
+        let mut want = Want::new();
+        want.have.push(peer);
+        want.block_from = Some((peer, Instant::now()));
+        state.wants.insert(cid(seed), want);
+    }
+
+    #[test]
+    fn a_peer_that_disconnects_leaves_nothing_behind() {
+        let mut state = State::default();
+        let (gone, late, stays) = (PeerId::random(), PeerId::random(), PeerId::random());
+        state.connected.extend([gone, stays]);
+        fill(&mut state, stays, 1);
+        let one_peer = state.peer_entries();
+        fill(&mut state, gone, 2);
+        state.forget(&gone);
+        assert_eq!(state.peer_entries(), one_peer);
+        // A message from `late` read after it disconnected: swept by the next prune.
+        fill(&mut state, late, 3);
+        assert_eq!(state.peer_entries(), 2 * one_peer);
+        state.prune();
+        assert_eq!(state.peer_entries(), one_peer);
+        for want in state.wants.values() {
+            assert!(want.have.iter().all(|p| *p == stays));
+            assert!(want.block_from.is_none_or(|(p, _)| p == stays));
+        }
+        assert!(state.connected.contains(&stays) && state.senders.contains_key(&stays));
     }
 }

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::kad::store::MemoryStoreConfig;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, Swarm, gossipsub, identify, identity::Keypair, kad, mdns, noise, ping, tcp, yamux,
+    PeerId, Swarm, connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, noise,
+    ping, tcp, yamux,
 };
 
-use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, PROVIDED_KEYS_LIMIT, Result};
+use super::dht_store;
+use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, Limits, PROVIDED_KEYS_LIMIT, Result};
 
 /// Connections with no open streams close after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,12 +30,27 @@ const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const DHT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DHT_PENDING_ENTRY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Gossipsub scores below which a peer's gossip is ignored, it may not receive our
+/// published messages, and everything it sends is ignored (graylisted). A peer's
+/// invalid messages on a model topic count against it (see [`topic_score_params`]):
+/// three cost it our gossip (a mistake or two must not silence a peer), five graylist
+/// it.
+const GOSSIP_THRESHOLD: f64 = -10.0;
+const PUBLISH_THRESHOLD: f64 = -50.0;
+const GRAYLIST_THRESHOLD: f64 = -80.0;
+/// Weight of the square of a peer's invalid messages in a topic.
+const INVALID_MESSAGE_WEIGHT: f64 = -5.0;
+
 /// Every protocol a node speaks on the swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that a connection over a limit is refused before the others set up.
+    pub limits: connection_limits::Behaviour,
+    /// Refuses new connections while the process holds too much memory.
+    pub memory: Toggle<libp2p_memory_connection_limits::Behaviour>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<MemoryStore>,
+    pub kad: kad::Behaviour<dht_store::Store>,
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Moves Bitswap streams to and from the engine, which runs outside this task.
@@ -111,14 +128,18 @@ fn behaviour(
             .with_agent_version(config.agent_version.clone())
             .with_interval(config.dilated(IDENTIFY_INTERVAL)),
     );
-    let store = MemoryStore::with_config(
+    let store = dht_store::Store::new(
         peer_id,
         MemoryStoreConfig {
             max_provided_keys: PROVIDED_KEYS_LIMIT,
             ..MemoryStoreConfig::default()
         },
+        config.limits.provider_records_per_peer,
+        config.limits.provider_records_total,
     );
     let mut kad_config = kad::Config::new(config.dht_protocol.clone());
+    // Records peers send come to the swarm task, which stores provider records only.
+    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
     kad_config.set_query_timeout(config.dilated(super::DHT_QUERY_TIMEOUT));
     kad_config.set_substreams_timeout(config.dilated(DHT_REQUEST_TIMEOUT));
     kad_config.set_kbucket_pending_timeout(config.dilated(DHT_PENDING_ENTRY_TIMEOUT));
@@ -131,10 +152,11 @@ fn behaviour(
     // Server mode from the start: answer DHT queries even before we learn our
     // external address (on a LAN there may never be one).
     kad.set_mode(Some(kad::Mode::Server));
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossipsub_config(config)?,
     )?;
+    gossipsub.with_peer_score(peer_score_params(), peer_score_thresholds())?;
     let mdns = if config.mdns {
         Some(mdns::tokio::Behaviour::new(
             mdns::Config::default(),
@@ -144,6 +166,13 @@ fn behaviour(
         None
     };
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(connection_caps(&config.limits)),
+        memory: (config.limits.memory_percent > 0)
+            .then(|| {
+                let fraction = f64::from(config.limits.memory_percent.min(100)) / 100.0;
+                libp2p_memory_connection_limits::Behaviour::with_max_percentage(fraction)
+            })
+            .into(),
         identify,
         ping: ping::Behaviour::new(
             ping::Config::new()
@@ -180,4 +209,54 @@ fn gossipsub_config(config: &Config) -> Result<gossipsub::Config, gossipsub::Con
         .publish_queue_duration(slow(defaults.publish_queue_duration()))
         .forward_queue_duration(slow(defaults.forward_queue_duration()))
         .build()
+}
+
+/// libp2p's connection limits from ours.
+fn connection_caps(limits: &Limits) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(limits.pending_incoming))
+        .with_max_pending_outgoing(Some(limits.pending_outgoing))
+        .with_max_established_incoming(Some(limits.established_incoming))
+        .with_max_established(Some(limits.established_total))
+        .with_max_established_per_peer(Some(limits.established_per_peer))
+}
+
+/// Peer scoring over every topic: libp2p's defaults, without the penalty for many
+/// peers behind one IP address (a LAN, a test on loopback, a netsim host). Topics get
+/// their own weights when subscribed ([`topic_score_params`]).
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
+}
+
+fn peer_score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: GOSSIP_THRESHOLD,
+        publish_threshold: PUBLISH_THRESHOLD,
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        ..gossipsub::PeerScoreThresholds::default()
+    }
+}
+
+/// A topic's scoring: model announcements are rare, so a peer is neither rewarded
+/// much for time in the mesh nor penalised for delivering few messages; what counts
+/// is invalid messages (those validation rejects), whose squared count decays slowly
+/// (half in about four minutes).
+pub(super) fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 3600.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: 0.997,
+        ..gossipsub::TopicScoreParams::default()
+    }
 }

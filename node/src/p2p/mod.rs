@@ -5,6 +5,7 @@
 //! ([`crate::bitswap`]).
 
 mod behaviour;
+mod dht_store;
 mod in_use;
 mod infer;
 mod worker;
@@ -18,6 +19,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identity::Keypair};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use self::behaviour::{Behaviour, BoxedTransport};
+pub use self::dht_store::Store as DhtStore;
 use self::in_use::InUse;
 pub use self::infer::InferHandler;
 use self::infer::InferStreams;
@@ -59,6 +61,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Time between two DHT bootstraps that refresh the routing table.
     pub dht_refresh: Duration,
+    /// What peers may make this node hold.
+    pub limits: Limits,
     /// How many times slower than real time the swarm's clocks run: every period and
     /// timeout of its protocols, of its task and in this config (but the connection
     /// manager's, which guards memory) is multiplied by it. 1 in a real node. netsim slows its network and its nodes by the same factor, so
@@ -91,6 +95,42 @@ impl Default for ConnectionLimits {
             low_water: 32,
             high_water: 96,
             grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What peers may make this node hold, beyond the connection manager's marks: libp2p's
+/// connection limits, a memory-based one, and DHT provider records stored for others
+/// (Kubo's resource manager plays this part). Only provider records are stored for
+/// others; value records are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Incoming connections still in their handshake.
+    pub pending_incoming: u32,
+    /// Outgoing dials at once.
+    pub pending_outgoing: u32,
+    pub established_incoming: u32,
+    pub established_total: u32,
+    pub established_per_peer: u32,
+    /// New connections are refused while the process uses more than this percentage
+    /// of the machine's memory; 0 turns the check off.
+    pub memory_percent: u8,
+    /// DHT provider records stored for one remote peer, and for all.
+    pub provider_records_per_peer: usize,
+    pub provider_records_total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pending_incoming: 64,
+            pending_outgoing: 256,
+            established_incoming: 512,
+            established_total: 1024,
+            established_per_peer: 8,
+            memory_percent: 90,
+            provider_records_per_peer: 8192,
+            provider_records_total: 131_072,
         }
     }
 }
@@ -420,6 +460,12 @@ impl P2p {
     /// Peers in our gossip mesh for `topic`: the ones we forward its messages to.
     pub async fn pubsub_mesh_peers(&self, topic: String) -> Result<Vec<PeerId>> {
         self.call(|reply| Command::MeshPeers { topic, reply }).await
+    }
+
+    /// `peer`'s gossipsub score; below the graylist threshold (-80) everything it
+    /// sends is ignored. `None` for a peer gossipsub does not know.
+    pub async fn pubsub_peer_score(&self, peer: PeerId) -> Result<Option<f64>> {
+        self.call(|reply| Command::PeerScore { peer, reply }).await
     }
 
     /// Closes every connection to `peer`.

@@ -95,6 +95,10 @@ pub(super) enum Command {
         topic: String,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    PeerScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
+    },
     Disconnect {
         peer: PeerId,
         reply: oneshot::Sender<()>,
@@ -140,8 +144,8 @@ pub(super) struct Worker {
     dht_refresh: Duration,
     /// The status line's period, as this node's clocks run.
     tick: Duration,
-    /// Listen addresses peers told us through identify (bounded per peer).
-    known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Listen addresses connected peers told us through identify.
+    known_addrs: PeerAddrs,
     dials: HashMap<ConnectionId, PendingDial>,
     queries: HashMap<QueryId, PendingQuery>,
     /// The DHT bootstrap running, if one is: a second caller waits for it.
@@ -167,7 +171,7 @@ impl Worker {
             in_use,
             dht_refresh: config.dilated(config.dht_refresh),
             tick: config.dilated(TICK),
-            known_addrs: HashMap::new(),
+            known_addrs: PeerAddrs::default(),
             dials: HashMap::new(),
             queries: HashMap::new(),
             bootstrap: None,
@@ -415,6 +419,13 @@ impl Worker {
                     .map(|_| ())
                     .map_err(|e| Error::Pubsub(e.to_string()));
                 if result.is_ok() {
+                    if crate::announce::is_model_topic(&topic) {
+                        // Invalid announcements count against their sender.
+                        let _ = self.swarm.behaviour_mut().gossipsub.set_topic_params(
+                            gossipsub::IdentTopic::new(&topic),
+                            super::behaviour::topic_score_params(),
+                        );
+                    }
                     self.topics.insert(topic);
                 }
                 let _ = reply.send(result);
@@ -457,6 +468,9 @@ impl Worker {
                     None => gossipsub.all_peers().map(|(peer, _)| *peer).collect(),
                 };
                 let _ = reply.send(peers);
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             Command::Disconnect { peer, reply } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -528,6 +542,7 @@ impl Worker {
                         self.connections.remove(&peer_id);
                         self.connected_since.remove(&peer_id);
                         self.in_use.forget(&peer_id);
+                        self.known_addrs.forget(&peer_id);
                         let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                     }
                 }
@@ -564,12 +579,12 @@ impl Worker {
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == self.swarm.behaviour().kad.protocol_names()[0].as_ref());
-                let addrs: Vec<Multiaddr> = info
-                    .listen_addrs
-                    .into_iter()
-                    .filter(is_dialable)
-                    .take(IDENTIFY_ADDRS_LIMIT)
-                    .collect();
+                // Identify runs on a connection, so the peer is connected; a message that
+                // raced its disconnection would leave an entry nobody removes.
+                if !self.connections.contains_key(&peer_id) {
+                    return;
+                }
+                let addrs = self.known_addrs.learned(peer_id, info.listen_addrs);
                 if speaks_dht {
                     for addr in &addrs {
                         self.swarm
@@ -578,7 +593,6 @@ impl Worker {
                             .add_address(&peer_id, addr.clone());
                     }
                 }
-                self.known_addrs.insert(peer_id, addrs);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -619,10 +633,42 @@ impl Worker {
                 });
             }
             BehaviourEvent::Infer(()) => {}
+            BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => {
+                self.on_dht_request(request);
+            }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             }) => {
                 self.on_query(id, result, step.last);
+            }
+            _ => {}
+        }
+    }
+
+    /// A record a peer asks us to store: provider records go to the store, which
+    /// bounds them per peer; value records are refused (nothing here uses them).
+    fn on_dht_request(&mut self, request: kad::InboundRequest) {
+        match request {
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                let provider = record.provider;
+                if let Err(error) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record)
+                {
+                    tracing::debug!(%provider, %error, "p2p: provider record not stored");
+                }
+            }
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(_),
+                ..
+            } => {
+                tracing::debug!(peer = %source, "p2p: value record refused");
             }
             _ => {}
         }
@@ -681,7 +727,7 @@ impl Worker {
                     {
                         let with_addrs = found
                             .into_iter()
-                            .map(|p| (p, self.known_addrs.get(&p).cloned().unwrap_or_default()))
+                            .map(|p| (p, self.known_addrs.get(&p)))
                             .collect();
                         let _ = reply.send(Ok(with_addrs));
                     }
@@ -707,7 +753,7 @@ impl Worker {
                     && let Some(PendingQuery::FindPeer { reply, .. }) = self.queries.remove(&id)
                 {
                     let result = addrs
-                        .or_else(|| self.known_addrs.get(&peer).cloned())
+                        .or_else(|| Some(self.known_addrs.get(&peer)))
                         .filter(|a| !a.is_empty())
                         .ok_or_else(|| Error::Dht(format!("peer {peer} not found")));
                     let _ = reply.send(result);
@@ -715,6 +761,35 @@ impl Worker {
             }
             _ => {}
         }
+    }
+}
+
+/// Listen addresses connected peers told us through identify, at most
+/// [`IDENTIFY_ADDRS_LIMIT`] each; a peer's go when it disconnects.
+#[derive(Debug, Default)]
+struct PeerAddrs {
+    peers: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl PeerAddrs {
+    /// Keeps the dialable ones of the addresses `peer` told us, replacing what it
+    /// told us before; returns them.
+    fn learned(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .filter(is_dialable)
+            .take(IDENTIFY_ADDRS_LIMIT)
+            .collect();
+        self.peers.insert(peer, addrs.clone());
+        addrs
+    }
+
+    fn get(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers.get(peer).cloned().unwrap_or_default()
+    }
+
+    fn forget(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
     }
 }
 
@@ -734,4 +809,25 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_addresses_are_bounded_per_peer_and_forgotten_at_disconnect() {
+        let mut known = PeerAddrs::default();
+        let peer = PeerId::random();
+        let many: Vec<Multiaddr> = (0..100u16)
+            .map(|port| format!("/ip4/10.0.0.1/tcp/{port}").parse().unwrap())
+            .chain(["/ip4/0.0.0.0/tcp/1".parse().unwrap()])
+            .collect();
+        let kept = known.learned(peer, many);
+        assert_eq!(kept.len(), IDENTIFY_ADDRS_LIMIT);
+        assert_eq!(known.get(&peer), kept);
+        known.forget(&peer);
+        assert!(known.get(&peer).is_empty());
+        assert!(known.peers.is_empty());
+    }
 }

@@ -15,6 +15,14 @@ pub(crate) async fn loopback_swarm() -> (P2p, Multiaddr) {
 
 /// Like [`loopback_swarm`], with its connection manager's marks.
 pub(crate) async fn loopback_swarm_with(connections: p2p::ConnectionLimits) -> (P2p, Multiaddr) {
+    loopback_swarm_limited(connections, p2p::Limits::default()).await
+}
+
+/// Like [`loopback_swarm`], with its connection manager's marks and limits.
+pub(crate) async fn loopback_swarm_limited(
+    connections: p2p::ConnectionLimits,
+    limits: p2p::Limits,
+) -> (P2p, Multiaddr) {
     let config = p2p::Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![],
@@ -24,6 +32,7 @@ pub(crate) async fn loopback_swarm_with(connections: p2p::ConnectionLimits) -> (
         infer_limits: p2p::InferLimits::default(),
         connections,
         dht_refresh: p2p::DEFAULT_DHT_REFRESH,
+        limits,
         time_dilation: 1,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
