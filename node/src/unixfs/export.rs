@@ -42,8 +42,8 @@ fn walk(
     while walker.should_continue() {
         let next = *walker.pending_links().0;
         let block = store.get(&next)?;
-        let step = walker
-            .next(block.data(), &mut cache)
+        // Not `walker.next`: it panics on a garbage block below a file's root.
+        let step = ipfs_accelerate_protocol::unixfs::next(&mut walker, block.data(), &mut cache)
             .map_err(|e| Error::NotUnixFs {
                 cid: next,
                 reason: e.to_string(),
@@ -265,7 +265,7 @@ fn entry_kind(store: &Store, cid: &Cid) -> Result<(EntryKind, u64)> {
     }
     let mut walker = Walker::new_shallow(*cid, String::new());
     let mut cache = None;
-    Ok(match walker.next(block.data(), &mut cache) {
+    Ok(match ipfs_accelerate_protocol::unixfs::next(&mut walker, block.data(), &mut cache) {
         Ok(ContinuedWalk::File(_, _, _, _, size)) => (EntryKind::File, size),
         Ok(ContinuedWalk::Directory(..) | ContinuedWalk::RootDirectory(..)) => {
             (EntryKind::Directory, block.len() as u64)

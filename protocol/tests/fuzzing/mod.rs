@@ -17,6 +17,7 @@ use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
 use ipfs_accelerate_protocol::infer::{self, InferRequest, InferResponse, Inputs};
 use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
 use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
+use ipfs_accelerate_protocol::unixfs;
 use multihash_codetable::{Code, MultihashDigest};
 use rust_unixfs::walk::Walker;
 
@@ -171,7 +172,7 @@ pub(crate) fn dag_cbor_links(data: &[u8]) -> bool {
     block::links(&cid, &Bytes::copy_from_slice(data)).is_ok()
 }
 
-/// A UnixFS DAG as `cat`, `get` and the gateway walk it: the input is a sequence of
+/// A UnixFS DAG as `cat`, `get` and the gateway walk it ([`unixfs::next`]): the input is a sequence of
 /// varint-prefixed blocks, handed to the walker in the order it asks for them (whatever
 /// CIDs it asks for: a peer chooses the links, so it chooses which bytes come next). The
 /// first byte picks whether the root is dag-pb or a raw leaf.
@@ -195,7 +196,7 @@ pub(crate) fn unixfs_walk(data: &[u8]) -> bool {
         }
         let (block, after) = after.split_at(len as usize);
         rest = after;
-        if walker.next(block, &mut cache).is_err() {
+        if unixfs::next(&mut walker, block, &mut cache).is_err() {
             break;
         }
         any = true;
