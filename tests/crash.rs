@@ -1,6 +1,9 @@
 //! Crash safety: kill -9 the binary at random moments during a large `add`, during
 //! `repo gc` after `pin rm`, and during `dag import`; afterwards the repo must open,
 //! `repo verify` must be clean, and every pinned CID must read back whole.
+//!
+//! CI runs 8 kills per scenario (24 a run); a benchmark run raises that with
+//! `CRASH_TRIALS_PER_OP` (`tests/bench/crash_trials.sh` runs 34 per scenario, 102 kills).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,8 +12,20 @@ use std::time::{Duration, Instant};
 use ipfs_accelerate_tests::{TestRepo, deterministic_file, wait_with_timeout};
 use rand::{Rng, SeedableRng};
 
-/// Kills per scenario; three scenarios make 24 kills a run.
-const KILLS_PER_SCENARIO: usize = 8;
+/// Kills per scenario by default; three scenarios make 24 kills a run.
+const DEFAULT_KILLS_PER_SCENARIO: usize = 8;
+
+/// Kills per scenario: `CRASH_TRIALS_PER_OP` if set, else the default.
+fn kills_per_scenario() -> usize {
+    match std::env::var("CRASH_TRIALS_PER_OP") {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("CRASH_TRIALS_PER_OP={value:?} is not a positive count")),
+        Err(_) => DEFAULT_KILLS_PER_SCENARIO,
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Scenario {
@@ -76,6 +91,7 @@ impl Harness {
 
 #[test]
 fn kill_9_at_random_moments_leaves_a_consistent_repo() {
+    let kills = kills_per_scenario();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let repo = TestRepo::new();
     let mut h = Harness {
@@ -121,17 +137,18 @@ fn kill_9_at_random_moments_leaves_a_consistent_repo() {
     let gc_time = h.duration_of(&["repo", "gc", "--quiet"]);
     eprintln!("calibrated: add {add_time:?}, import {import_time:?}, gc {gc_time:?}");
 
-    // Each scenario runs until KILLS_PER_SCENARIO kills land mid-operation (a kill
+    // Each scenario runs until `kills` kills land mid-operation (a kill
     // that comes after the command finished still gets checked, but does not count).
     let scenarios = [
         (Scenario::Add, add_time),
         (Scenario::GcAfterPinRm, gc_time),
         (Scenario::DagImport, import_time),
     ];
+    let mut checks = 0;
     for (scenario, duration) in scenarios {
         let mut interrupted = 0;
-        for attempt in 0..KILLS_PER_SCENARIO * 4 {
-            if interrupted == KILLS_PER_SCENARIO {
+        for attempt in 0..kills * 4 {
+            if interrupted == kills {
                 break;
             }
             let context = format!("{scenario:?} attempt {attempt}");
@@ -149,11 +166,16 @@ fn kill_9_at_random_moments_leaves_a_consistent_repo() {
             };
             interrupted += usize::from(killed);
             h.check(&context);
+            checks += 1;
         }
         eprintln!("{scenario:?}: {interrupted} kills landed mid-operation");
         assert_eq!(
-            interrupted, KILLS_PER_SCENARIO,
+            interrupted, kills,
             "{scenario:?}: too few kills landed while the command was running"
         );
     }
+    eprintln!(
+        "crash trials: {} kills landed mid-operation, repo verify clean after all {checks} kills",
+        kills * scenarios.len()
+    );
 }

@@ -13,6 +13,7 @@
 //!   model.
 //! - [`limits`]: size limits shared by every component.
 //! - [`manifest`]: signed model manifests, registry entries and gossip topics.
+//! - [`unixfs`]: one step of a UnixFS walk over untrusted blocks.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod infer;
 pub mod limits;
 pub mod manifest;
+pub mod unixfs;
 
 pub use block::Block;
 pub use cid::Cid;

@@ -1,0 +1,210 @@
+//! One function per fuzz target: feeds bytes from outside to a decoder of this crate (and
+//! to what a receiver then calls on the decoded value), the way the node does.
+//!
+//! Shared by the cargo-fuzz targets in `fuzz/` (which include this file by path) and by
+//! `tests/fuzz_corpus.rs`, which replays every saved corpus and regression input on
+//! stable. A function returns whether the input decoded; it must never panic, abort or
+//! allocate more than a small multiple of the input.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use cid::Cid;
+use ipfs_accelerate_protocol::bitswap::{self, MESSAGE_SIZE_LIMIT};
+use ipfs_accelerate_protocol::block::{self, Block};
+use ipfs_accelerate_protocol::car;
+use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
+use ipfs_accelerate_protocol::infer::{self, InferRequest, InferResponse, Inputs};
+use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
+use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
+use ipfs_accelerate_protocol::unixfs;
+use multihash_codetable::{Code, MultihashDigest};
+use rust_unixfs::walk::Walker;
+
+/// Every target: its name (the folder of its corpus) and its function.
+pub(crate) const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+    ("infer_request", infer_request),
+    ("infer_response", infer_response),
+    ("infer_frames", infer_frames),
+    ("bitswap_message", bitswap_message),
+    ("car_header", car_header),
+    ("car_stream", car_stream),
+    ("manifest", manifest),
+    ("registry_entry", registry_entry),
+    ("dag_pb", dag_pb),
+    ("dag_cbor_links", dag_cbor_links),
+    ("unixfs_walk", unixfs_walk),
+];
+
+/// Most frames, blocks or steps one input drives, so a target's time stays bounded.
+const STEPS_LIMIT: usize = 64;
+
+/// The CBOR body of an inference request, as the server decodes it, then what the server
+/// reads of its inputs.
+pub(crate) fn infer_request(data: &[u8]) -> bool {
+    let Ok(request) = infer::decode_message::<InferRequest>(data) else {
+        return false;
+    };
+    request.inputs.rows();
+    if let Inputs::Tensor(tensor) = &request.inputs
+        && tensor.check().is_ok()
+    {
+        let _ = tensor.rows_f32();
+    }
+    true
+}
+
+/// The CBOR body of an inference response, as the client decodes it, then the checks the
+/// client runs before it uses the answer.
+pub(crate) fn infer_response(data: &[u8]) -> bool {
+    let Ok(response) = infer::decode_message::<InferResponse>(data) else {
+        return false;
+    };
+    response.id();
+    if let InferResponse::Ok(output) = &response
+        && output.output.check().is_ok()
+    {
+        let _ = output.output.rows_f32();
+    }
+    true
+}
+
+/// A stream of inference frames (varint length, CBOR body), each a request.
+pub(crate) fn infer_frames(mut data: &[u8]) -> bool {
+    let mut any = false;
+    for _ in 0..STEPS_LIMIT {
+        let Ok((len, rest)) = unsigned_varint::decode::u64(data) else {
+            break;
+        };
+        if len > INFER_REQUEST_LIMIT as u64 || len > rest.len() as u64 {
+            break;
+        }
+        let (body, rest) = rest.split_at(len as usize);
+        any |= infer_request(body);
+        data = rest;
+    }
+    any
+}
+
+/// A Bitswap message body, decoded (which hashes every block), then the links of each
+/// block, which the receiver reads when it fetches a DAG.
+pub(crate) fn bitswap_message(data: &[u8]) -> bool {
+    if data.len() > MESSAGE_SIZE_LIMIT {
+        return false;
+    }
+    let Ok(message) = bitswap::Message::decode(Bytes::copy_from_slice(data)) else {
+        return false;
+    };
+    for block in &message.blocks {
+        let _ = block.links();
+        bitswap::block_wire_size(block);
+    }
+    true
+}
+
+/// A CAR header body (without its length prefix).
+pub(crate) fn car_header(data: &[u8]) -> bool {
+    car::decode_header(data).is_ok()
+}
+
+/// A whole CAR v1 stream as `dag import` reads it: header, then frames, each block
+/// verified against its CID and its links read.
+pub(crate) fn car_stream(data: &[u8]) -> bool {
+    let Some((body, mut rest)) = car_section(data, car::check_header_len) else {
+        return false;
+    };
+    if car::decode_header(body).is_err() {
+        return false;
+    }
+    for _ in 0..STEPS_LIMIT {
+        let Some((frame, next)) = car_section(rest, car::check_frame_len) else {
+            break;
+        };
+        rest = next;
+        let Ok((cid, block_data)) = car::split_frame(frame) else {
+            break;
+        };
+        let Ok(block) = Block::verified(cid, Bytes::copy_from_slice(block_data)) else {
+            break;
+        };
+        let _ = block.links();
+    }
+    true
+}
+
+/// One varint-prefixed section of a CAR, its length checked before it is taken.
+fn car_section(data: &[u8], check: fn(u64) -> car::Result<usize>) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = unsigned_varint::decode::u64(data).ok()?;
+    let len = check(len).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// A manifest as it arrives in a gossip announcement, then its verification.
+pub(crate) fn manifest(data: &[u8]) -> bool {
+    let Ok(manifest) = Manifest::decode(data) else {
+        return false;
+    };
+    let _ = manifest.verify();
+    true
+}
+
+/// A registry entry block.
+pub(crate) fn registry_entry(data: &[u8]) -> bool {
+    let Ok(entry) = RegistryEntry::decode(data) else {
+        return false;
+    };
+    entry.latest();
+    true
+}
+
+/// A dag-pb node and its links.
+pub(crate) fn dag_pb(data: &[u8]) -> bool {
+    let cid = cid_of(DAG_PB, data);
+    let data = Bytes::copy_from_slice(data);
+    let decoded = block::decode_dag_pb(&cid, &data).is_ok();
+    let _ = block::links(&cid, &data);
+    decoded
+}
+
+/// The links of a DAG-CBOR block (pins and GC follow them).
+pub(crate) fn dag_cbor_links(data: &[u8]) -> bool {
+    let cid = cid_of(DAG_CBOR, data);
+    block::links(&cid, &Bytes::copy_from_slice(data)).is_ok()
+}
+
+/// A UnixFS DAG as `cat`, `get` and the gateway walk it ([`unixfs::next`]): the input is a sequence of
+/// varint-prefixed blocks, handed to the walker in the order it asks for them (whatever
+/// CIDs it asks for: a peer chooses the links, so it chooses which bytes come next). The
+/// first byte picks whether the root is dag-pb or a raw leaf.
+pub(crate) fn unixfs_walk(data: &[u8]) -> bool {
+    let Some((&kind, mut rest)) = data.split_first() else {
+        return false;
+    };
+    let codec = if kind & 1 == 0 { DAG_PB } else { RAW };
+    let mut walker = Walker::new(cid_of(codec, rest), String::new());
+    let mut cache = None;
+    let mut any = false;
+    for _ in 0..STEPS_LIMIT {
+        if !walker.should_continue() {
+            break;
+        }
+        let Ok((len, after)) = unsigned_varint::decode::u64(rest) else {
+            break;
+        };
+        if len > after.len() as u64 {
+            break;
+        }
+        let (block, after) = after.split_at(len as usize);
+        rest = after;
+        if unixfs::next(&mut walker, block, &mut cache).is_err() {
+            break;
+        }
+        any = true;
+    }
+    any
+}
+
+/// A CIDv1 naming `data` with `codec`, for decoders that take the CID with the bytes.
+fn cid_of(codec: u64, data: &[u8]) -> Cid {
+    Cid::new_v1(codec, Code::Sha2_256.digest(data))
+}
