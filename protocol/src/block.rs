@@ -152,14 +152,20 @@ pub fn links(cid: &Cid, data: &Bytes) -> Result<Vec<Cid>> {
     }
 }
 
-/// Decodes a dag-pb node; `data` is shared, not copied.
+/// Decodes a dag-pb node; `data` is shared, not copied. Its wire format is checked first
+/// (links included): ipld-dagpb's reader lets a link's varint run past the link.
 pub fn decode_dag_pb(cid: &Cid, data: &Bytes) -> Result<ipld_dagpb::PbNode> {
-    ipld_dagpb::PbNode::from_bytes(data.clone()).map_err(|e| Error::Malformed {
+    let malformed = |reason: String| Error::Malformed {
         cid: *cid,
         codec: "dag-pb",
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    crate::protobuf::check(data, &[DAG_PB_LINKS]).map_err(malformed)?;
+    ipld_dagpb::PbNode::from_bytes(data.clone()).map_err(|e| malformed(e.to_string()))
 }
+
+/// The field number of a dag-pb node's links.
+const DAG_PB_LINKS: u64 = 2;
 
 /// The links of a DAG-CBOR document (tag 42), found in one pass over its bytes without
 /// building the value: a decoded document costs many times its size (a 2 MiB block of
@@ -339,45 +345,6 @@ mod tests {
         assert!(matches!(truncated.links(), Err(Error::Malformed { .. })));
     }
 
-    /// Counts the bytes this thread allocates, to measure what reading links costs.
-    mod counting {
-        // A global allocator is unsafe by nature; this one only counts and delegates.
-        #![allow(unsafe_code)]
-        use std::alloc::{GlobalAlloc, Layout, System};
-        use std::cell::Cell;
-
-        thread_local! {
-            static ALLOCATED: Cell<u64> = const { Cell::new(0) };
-        }
-
-        struct Counting;
-
-        fn count(bytes: usize) {
-            let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes as u64));
-        }
-
-        unsafe impl GlobalAlloc for Counting {
-            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-                count(layout.size());
-                unsafe { System.alloc(layout) }
-            }
-            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-                unsafe { System.dealloc(ptr, layout) }
-            }
-            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-                count(new_size);
-                unsafe { System.realloc(ptr, layout, new_size) }
-            }
-        }
-
-        #[global_allocator]
-        static GLOBAL: Counting = Counting;
-
-        pub(super) fn allocated() -> u64 {
-            ALLOCATED.with(Cell::get)
-        }
-    }
-
     fn cbor_block(bytes: Vec<u8>) -> Block {
         Block::from_data(Version::V1, DAG_CBOR, Code::Sha2_256, bytes).unwrap()
     }
@@ -402,10 +369,9 @@ mod tests {
         bytes.extend(cbor_link(target.cid()));
         bytes.extend(std::iter::repeat_n(0x80u8, items));
         let block = cbor_block(bytes);
-        let before = counting::allocated();
-        assert_eq!(block.links().unwrap(), vec![*target.cid()]);
-        let spent = counting::allocated() - before;
-        assert!(spent < 64 * 1024, "reading links allocated {spent} bytes");
+        let (links, peak) = crate::heap::peak_during(|| block.links().unwrap());
+        assert_eq!(links, vec![*target.cid()]);
+        assert!(peak < 64 * 1024, "reading links took {peak} bytes of heap");
 
         // Nested a million deep: no recursion, no stack overflow.
         let depth = 1_000_000;

@@ -13,6 +13,7 @@
 //!   model.
 //! - [`limits`]: size limits shared by every component.
 //! - [`manifest`]: signed model manifests, registry entries and gossip topics.
+//! - [`protobuf`]: the protobuf wire format, read strictly.
 //! - [`unixfs`]: one step of a UnixFS walk over untrusted blocks.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -21,9 +22,12 @@ pub mod bitswap;
 pub mod block;
 pub mod car;
 pub mod codec;
+#[cfg(test)]
+mod heap;
 pub mod infer;
 pub mod limits;
 pub mod manifest;
+pub mod protobuf;
 pub mod unixfs;
 
 pub use block::Block;

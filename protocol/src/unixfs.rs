@@ -4,13 +4,20 @@
 //! not dag-pb UnixFS at all: its `From<FileReadFailed>` assumes a file visit never parses,
 //! but every non-raw child of a file is parsed. [`next`] parses such a block first and
 //! turns the failure into an error, so a peer serving a file DAG with one garbage child
-//! cannot crash `cat`, `get` or the gateway. Found by the `unixfs_walk` fuzz target.
+//! cannot crash `cat`, `get` or the gateway. Found by the `unixfs_walk` fuzz target, as
+//! was the walker's protobuf reader panicking on a varint that runs past a link (see
+//! [`crate::protobuf`]): [`check_dag_pb`] refuses such bytes first. [`Data`] reads the
+//! fields of a UnixFS node that a file reader needs, with the same strict reader.
 
 use rust_unixfs::file::FileReadFailed;
 use rust_unixfs::file::visit::{Cache, IdleFileVisit};
 use rust_unixfs::walk::{self, ContinuedWalk, Walker};
 
 use crate::codec::RAW;
+use crate::protobuf::{self, Field};
+
+/// The UnixFS `Data` message's nested field (mtime, a `UnixTime` message).
+const MTIME: u64 = 8;
 
 /// Why a walk step failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +42,11 @@ pub fn next<'a>(
     if !walker.should_continue() {
         return Err(Error::Finished);
     }
-    if walker.pending_links().0.codec() != RAW
-        && let Err(FileReadFailed::Read(e)) = IdleFileVisit::default().start(block)
-    {
+    if walker.pending_links().0.codec() == RAW {
+        return Ok(walker.next(block, cache)?);
+    }
+    check_dag_pb(block).map_err(Error::Malformed)?;
+    if let Err(FileReadFailed::Read(e)) = IdleFileVisit::default().start(block) {
         return Err(Error::Malformed(match e {
             Some(e) => e.to_string(),
             None => "no UnixFS message".into(),
@@ -46,10 +55,69 @@ pub fn next<'a>(
     Ok(walker.next(block, cache)?)
 }
 
+/// Checks that a dag-pb block's links are well-formed messages and its `Data`, if any, a
+/// well-formed UnixFS message, so no field runs past the message holding it.
+pub fn check_dag_pb(block: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while at < block.len() {
+        match protobuf::field(block, &mut at)? {
+            Field::Bytes(1, data) => {
+                protobuf::check(&block[data], &[MTIME]).map_err(|e| format!("Data: {e}"))?;
+            }
+            Field::Bytes(2, link) => {
+                protobuf::check(&block[link], &[]).map_err(|e| format!("link: {e}"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// UnixFS node types (`Data.Type`).
+pub const TYPE_RAW: u64 = 0;
+pub const TYPE_FILE: u64 = 2;
+
+/// The fields of a UnixFS `Data` message a file reader needs.
+#[derive(Debug, Default, PartialEq)]
+pub struct Data {
+    pub kind: u64,
+    /// Where the node's own bytes lie in the message.
+    pub data: Option<std::ops::Range<usize>>,
+    pub filesize: Option<u64>,
+    pub blocksizes: Vec<u64>,
+}
+
+impl Data {
+    /// Decodes the protobuf message; unknown fields are skipped. Every block size takes
+    /// at least a byte of the message, so memory stays within the block's size.
+    pub fn decode(bytes: &[u8]) -> Result<Data, String> {
+        let mut out = Data::default();
+        let mut at = 0;
+        while at < bytes.len() {
+            match protobuf::field(bytes, &mut at)? {
+                Field::Varint(1, kind) => out.kind = kind,
+                Field::Varint(3, size) => out.filesize = Some(size),
+                Field::Varint(4, size) => out.blocksizes.push(size),
+                Field::Bytes(2, data) => out.data = Some(data),
+                Field::Bytes(4, packed) => {
+                    let packed = &bytes[packed];
+                    let mut inner = 0;
+                    while inner < packed.len() {
+                        out.blocksizes.push(protobuf::varint(packed, &mut inner)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cid::Cid;
+    use multihash_codetable::{Code, MultihashDigest};
     use rust_unixfs::file::adder::{BalancedCollector, Chunker, FileAdder};
 
     use crate::codec::DAG_PB;
@@ -112,11 +180,49 @@ mod tests {
         next(&mut walker, &root.1, &mut cache).unwrap();
         assert_eq!(walker.pending_links().0.codec(), DAG_PB);
         // Not protobuf at all, protobuf without UnixFS data, and an empty block.
-        for garbage in [&[0xff, 0xff, 0xff][..], &[0x0a, 0x00][..], &[][..]] {
+        // And a link whose varint runs past its end, where rust-unixfs's protobuf reader
+        // panicked (fuzz/regressions/unixfs_walk/varint-past-a-link).
+        for garbage in [
+            &[0xff, 0xff, 0xff][..],
+            &[0x0a, 0x00][..],
+            &[][..],
+            &[0x12, 0x02, 0x18, 0x80, 0x01, 0x21][..],
+        ] {
             let mut walker = Walker::new(root.0, String::new());
             next(&mut walker, &root.1, &mut cache).unwrap();
             let err = next(&mut walker, garbage, &mut cache).unwrap_err();
             assert!(matches!(err, Error::Malformed(_)), "{garbage:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_root_whose_link_overruns_is_malformed_not_a_panic() {
+        let block = [0x12, 0x02, 0x18, 0x80, 0x01, 0x21];
+        let cid = Cid::new_v1(DAG_PB, Code::Sha2_256.digest(&block));
+        let mut walker = Walker::new(cid, String::new());
+        let err = next(&mut walker, &block, &mut None).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn unixfs_data_decodes_packed_and_unpacked_sizes() {
+        // Type=File, Data="hi", filesize=7, blocksizes 2 and 3 unpacked.
+        let unpacked = [
+            0x08, 0x02, 0x12, 0x02, b'h', b'i', 0x18, 0x07, 0x20, 0x02, 0x20, 0x03,
+        ];
+        let d = Data::decode(&unpacked).unwrap();
+        assert_eq!((d.kind, d.data, d.filesize), (2, Some(4..6), Some(7)));
+        assert_eq!(d.blocksizes, vec![2, 3]);
+        let packed = [0x08, 0x02, 0x22, 0x02, 0x02, 0x03];
+        assert_eq!(Data::decode(&packed).unwrap().blocksizes, vec![2, 3]);
+    }
+
+    #[test]
+    fn truncated_or_garbage_data_is_an_error() {
+        assert!(Data::decode(&[0x12, 0x05, b'a']).is_err());
+        assert!(Data::decode(&[0x08]).is_err());
+        assert!(Data::decode(&[0x0b]).is_err());
+        assert!(Data::decode(&[0x22, 0x02, 0x80]).is_err());
+        assert!(Data::decode(&[0x22, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 }

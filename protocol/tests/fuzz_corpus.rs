@@ -23,7 +23,9 @@ use ipfs_accelerate_protocol::infer::{
     self, DType, ErrorCode, InferError, InferOptions, InferOutput, InferRequest, InferResponse,
     Inputs, Load, Task, Tensor,
 };
-use ipfs_accelerate_protocol::manifest::{Manifest, ManifestBody, RegistryEntry, RegistryVersion};
+use ipfs_accelerate_protocol::manifest::{
+    Manifest, ManifestBody, RegistryBody, RegistryEntry, RegistryVersion,
+};
 use ipld_core::ipld::Ipld;
 use multihash_codetable::Code;
 use rust_unixfs::dir::builder::{BufferingTreeBuilder, TreeOptions};
@@ -375,29 +377,35 @@ fn write_seed_corpora() {
         .entry("manifest")
         .or_default()
         .push(("signed", manifest_bytes.clone()));
-    let entry = RegistryEntry {
-        name: "tiny-bert".into(),
-        versions: [
-            (
-                "1.0.0".to_string(),
-                RegistryVersion {
-                    manifest: manifest_cid,
-                    weights: dir_root,
-                    updated_at: 1_780_000_000,
-                },
-            ),
-            (
-                "0.9.0".to_string(),
-                RegistryVersion {
-                    manifest: *cbor.cid(),
-                    weights: file_root,
-                    updated_at: 1_770_000_000,
-                },
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    };
+    let entry = RegistryEntry::sign(
+        RegistryBody {
+            name: "tiny-bert".into(),
+            versions: [
+                (
+                    "1.0.0".to_string(),
+                    RegistryVersion {
+                        manifest: manifest_cid,
+                        weights: dir_root,
+                        updated_at: 1_780_000_000,
+                    },
+                ),
+                (
+                    "0.9.0".to_string(),
+                    RegistryVersion {
+                        manifest: *cbor.cid(),
+                        weights: file_root,
+                        updated_at: 1_770_000_000,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            publisher: String::new(),
+            publisher_key: Vec::new(),
+        },
+        &keypair,
+    )
+    .unwrap();
     let entry_bytes = entry.to_block().unwrap().data().to_vec();
     seeds
         .entry("registry_entry")

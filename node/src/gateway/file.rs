@@ -11,12 +11,10 @@ use bytes::Bytes;
 use cid::Cid;
 use ipfs_accelerate_protocol::Block;
 use ipfs_accelerate_protocol::codec::{DAG_PB, RAW};
+use ipfs_accelerate_protocol::unixfs::{self, TYPE_FILE, TYPE_RAW};
 
 /// Deepest file tree read: a balanced tree of 174 links is 6 deep at 2^40 blocks.
 const MAX_DEPTH: usize = 32;
-/// UnixFS `Data.Type` values that hold file bytes.
-const TYPE_RAW: u64 = 0;
-const TYPE_FILE: u64 = 2;
 
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +101,7 @@ impl FileNode {
         let Some(data) = pb.data else {
             return Err(Error::NotAFile(cid));
         };
-        let unixfs = UnixFsData::decode(&data).map_err(malformed)?;
+        let unixfs = unixfs::Data::decode(&data).map_err(malformed)?;
         if unixfs.kind != TYPE_FILE && unixfs.kind != TYPE_RAW {
             return Err(Error::NotAFile(cid));
         }
@@ -205,103 +203,9 @@ fn write_overlap(
     Ok(())
 }
 
-/// The fields of a UnixFS `Data` message a file reader needs.
-#[derive(Debug, Default, PartialEq)]
-struct UnixFsData {
-    kind: u64,
-    /// Where the node's own bytes lie in the message.
-    data: Option<Range<usize>>,
-    filesize: Option<u64>,
-    blocksizes: Vec<u64>,
-}
-
-impl UnixFsData {
-    /// Decodes the protobuf message; unknown fields are skipped. Every block size takes
-    /// at least a byte of the message, so memory stays within the block's size.
-    fn decode(bytes: &[u8]) -> Result<UnixFsData, String> {
-        let mut out = UnixFsData::default();
-        let mut at = 0;
-        while at < bytes.len() {
-            let key = varint(bytes, &mut at)?;
-            let (field, wire) = (key >> 3, key & 7);
-            match (field, wire) {
-                (1, 0) => out.kind = varint(bytes, &mut at)?,
-                (3, 0) => out.filesize = Some(varint(bytes, &mut at)?),
-                (4, 0) => out.blocksizes.push(varint(bytes, &mut at)?),
-                (2, 2) => out.data = Some(length_delimited(bytes, &mut at)?),
-                (4, 2) => {
-                    let packed = length_delimited(bytes, &mut at)?;
-                    let mut inner = packed.start;
-                    while inner < packed.end {
-                        out.blocksizes
-                            .push(varint(&bytes[..packed.end], &mut inner)?);
-                    }
-                }
-                (_, 0) => {
-                    varint(bytes, &mut at)?;
-                }
-                (_, 1) => at = skip(bytes, at, 8)?,
-                (_, 2) => {
-                    length_delimited(bytes, &mut at)?;
-                }
-                (_, 5) => at = skip(bytes, at, 4)?,
-                _ => return Err(format!("unsupported protobuf wire type {wire}")),
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, String> {
-    let (value, rest) = unsigned_varint::decode::u64(&bytes[*at..])
-        .map_err(|e| format!("bad varint at byte {at}: {e}"))?;
-    *at = bytes.len() - rest.len();
-    Ok(value)
-}
-
-fn length_delimited(bytes: &[u8], at: &mut usize) -> Result<Range<usize>, String> {
-    let len = varint(bytes, at)?;
-    let start = *at;
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|len| start.checked_add(len))
-        .filter(|end| *end <= bytes.len())
-        .ok_or_else(|| format!("field of {len} bytes at byte {start} runs past the end"))?;
-    *at = end;
-    Ok(start..end)
-}
-
-fn skip(bytes: &[u8], at: usize, n: usize) -> Result<usize, String> {
-    at.checked_add(n)
-        .filter(|end| *end <= bytes.len())
-        .ok_or_else(|| "a fixed-width field runs past the end".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unixfs_data_decodes_packed_and_unpacked_sizes() {
-        // Type=File, Data="hi", filesize=7, blocksizes 2 and 3 unpacked.
-        let unpacked = [
-            0x08, 0x02, 0x12, 0x02, b'h', b'i', 0x18, 0x07, 0x20, 0x02, 0x20, 0x03,
-        ];
-        let d = UnixFsData::decode(&unpacked).unwrap();
-        assert_eq!((d.kind, d.data, d.filesize), (2, Some(4..6), Some(7)));
-        assert_eq!(d.blocksizes, vec![2, 3]);
-        let packed = [0x08, 0x02, 0x22, 0x02, 0x02, 0x03];
-        assert_eq!(UnixFsData::decode(&packed).unwrap().blocksizes, vec![2, 3]);
-    }
-
-    #[test]
-    fn truncated_or_garbage_data_is_an_error() {
-        assert!(UnixFsData::decode(&[0x12, 0x05, b'a']).is_err());
-        assert!(UnixFsData::decode(&[0x08]).is_err());
-        assert!(UnixFsData::decode(&[0x0b]).is_err());
-        assert!(UnixFsData::decode(&[0x22, 0x02, 0x80]).is_err());
-        assert!(UnixFsData::decode(&[0x22, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
-    }
 
     #[test]
     fn only_the_overlap_is_written() {

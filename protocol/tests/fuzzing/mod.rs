@@ -153,7 +153,9 @@ pub(crate) fn registry_entry(data: &[u8]) -> bool {
     let Ok(entry) = RegistryEntry::decode(data) else {
         return false;
     };
-    entry.latest();
+    entry.body.latest();
+    // What `model discover --registry` checks before it uses an entry.
+    let _ = entry.verify();
     true
 }
 
