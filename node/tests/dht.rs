@@ -10,29 +10,18 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 
 mod common;
-use common::loopback_swarm_limited;
+use common::{loopback_swarm_limited, tcp_swarm};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PER_PEER: usize = 5;
 
 /// A Kademlia client that knows only `node`, on the test nodes' LAN DHT protocol.
 fn kad_client(node: PeerId, addr: Multiaddr) -> Swarm<kad::Behaviour<MemoryStore>> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let config = kad::Config::new(StreamProtocol::new("/ipfs/lan/kad/1.0.0"));
-            kad::Behaviour::with_config(id, MemoryStore::new(id), config)
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = tcp_swarm(|key| {
+        let id = key.public().to_peer_id();
+        let config = kad::Config::new(StreamProtocol::new("/ipfs/lan/kad/1.0.0"));
+        kad::Behaviour::with_config(id, MemoryStore::new(id), config)
+    });
     let mut base = addr;
     base.pop();
     swarm.behaviour_mut().add_address(&node, base);

@@ -3,79 +3,22 @@
 //! whose rows no byte backs, streams without end, lengths announced but never sent).
 //! The server neither aborts nor lets that peer stop another peer's calls.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cid::Cid;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use ipfs_accelerate_node::config::NodeConfig;
-use ipfs_accelerate_node::engine::DeviceKind;
-use ipfs_accelerate_node::infer::ServeConfig;
-use ipfs_accelerate_node::node::NetworkOverrides;
-use ipfs_accelerate_node::unixfs::{self, ImportOptions};
-use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{
-    DType, ErrorCode, INFER_PROTOCOL, InferOptions, InferOutput, InferRequest, InferResponse,
-    Inputs, Load, Task, Tensor, decode_message, encode_frame,
+    DType, ErrorCode, INFER_PROTOCOL, InferOutput, InferRequest, InferResponse, Inputs, Load,
+    Tensor, decode_message, encode_frame,
 };
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use multihash_codetable::{Code, MultihashDigest};
 
 mod common;
-use common::{loopback_swarm, raw_peer};
+use common::{loopback_swarm, raw_peer, request, serve_tiny_bert, start_node, texts};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn start_node(dir: &Path) -> (Node, Multiaddr) {
-    let repo = Repo::init(dir, NodeConfig::default()).unwrap();
-    let overrides = NetworkOverrides {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        bootstrap: vec![],
-        no_mdns: true,
-        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
-    };
-    let node = Node::start(repo, overrides, ServeConfig::default())
-        .await
-        .unwrap();
-    node.p2p().wait_listening(WAIT).await.unwrap();
-    let addr = node.addresses().await.unwrap().remove(0);
-    (node, addr)
-}
-
-/// Serves the tiny BERT fixture on `node`; returns the model's root CID.
-async fn serve_tiny_bert(node: &Node) -> Cid {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert");
-    let store = node.store();
-    let options = ImportOptions {
-        pin: true,
-        ..ImportOptions::default()
-    };
-    let root = tokio::task::spawn_blocking(move || {
-        unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
-    })
-    .await
-    .unwrap()
-    .unwrap()
-    .cid;
-    node.serve_model(root, DeviceKind::Cpu).await.unwrap();
-    root
-}
-
-fn request(id: u64, model: Cid, inputs: Inputs) -> InferRequest {
-    InferRequest {
-        id,
-        model,
-        task: Task::Embed,
-        inputs,
-        options: InferOptions::default(),
-        deadline_ms: 0,
-    }
-}
-
-fn texts(texts: &[&str]) -> Inputs {
-    Inputs::Texts(texts.iter().map(|t| t.to_string()).collect())
-}
 
 /// A raw peer connected to `server`, its swarm driven in the background.
 async fn raw_peer_of(server: &Multiaddr) -> (libp2p_stream::Control, tokio::task::JoinHandle<()>) {

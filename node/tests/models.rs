@@ -4,23 +4,20 @@
 //! registry entries, and a connected stranger hoping for our inputs. Nothing crashes,
 //! the caller gets a clear error, and honest peers are still served.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cid::Cid;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use ipfs_accelerate_node::Node;
 use ipfs_accelerate_node::config::NodeConfig;
 use ipfs_accelerate_node::engine::DeviceKind;
 use ipfs_accelerate_node::infer::{CallError, ServeConfig};
-use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::p2p::P2p;
 use ipfs_accelerate_node::serving::{InferCall, PublishMeta};
-use ipfs_accelerate_node::unixfs::{self, ImportOptions};
-use ipfs_accelerate_node::{Node, Repo};
 use ipfs_accelerate_protocol::infer::{
-    ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Task, Tensor,
+    ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Tensor,
 };
 use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, RegistryEntry};
 use libp2p::identity::Keypair;
@@ -28,64 +25,12 @@ use libp2p::{Multiaddr, StreamProtocol};
 use multihash_codetable::{Code, MultihashDigest};
 
 mod common;
-use common::{loopback_swarm, raw_peer};
+use common::{
+    loopback_swarm, raw_peer, request, serve_tiny_bert, start_node, start_node_with, texts,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const INFER_PROTOCOL: &str = "/ipfs-accelerate/infer/1.0.0";
-
-async fn start_node(dir: &Path) -> (Node, Multiaddr) {
-    start_node_with(dir, NodeConfig::default()).await
-}
-
-async fn start_node_with(dir: &Path, config: NodeConfig) -> (Node, Multiaddr) {
-    let repo = Repo::init(dir, config).unwrap();
-    let overrides = NetworkOverrides {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        bootstrap: vec![],
-        no_mdns: true,
-        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
-    };
-    let node = Node::start(repo, overrides, ServeConfig::default())
-        .await
-        .unwrap();
-    node.p2p().wait_listening(WAIT).await.unwrap();
-    let addr = node.addresses().await.unwrap().remove(0);
-    (node, addr)
-}
-
-/// A node serving the tiny BERT fixture; returns the model's root CID.
-async fn serve_tiny_bert(node: &Node) -> Cid {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert");
-    let store = node.store();
-    let options = ImportOptions {
-        pin: true,
-        ..ImportOptions::default()
-    };
-    let root = tokio::task::spawn_blocking(move || {
-        unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
-    })
-    .await
-    .unwrap()
-    .unwrap()
-    .cid;
-    node.serve_model(root, DeviceKind::Cpu).await.unwrap();
-    root
-}
-
-fn request(id: u64, model: Cid, inputs: Inputs) -> InferRequest {
-    InferRequest {
-        id,
-        model,
-        task: Task::Embed,
-        inputs,
-        options: InferOptions::default(),
-        deadline_ms: 0,
-    }
-}
-
-fn texts(texts: &[&str]) -> Inputs {
-    Inputs::Texts(texts.iter().map(|t| t.to_string()).collect())
-}
 
 fn manifest_body(name: &str, weights: Cid) -> ManifestBody {
     ManifestBody {

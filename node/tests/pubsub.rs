@@ -8,7 +8,7 @@ use ipfs_accelerate_protocol::manifest::MODELS_TOPIC;
 use libp2p::gossipsub;
 
 mod common;
-use common::loopback_swarm;
+use common::{loopback_swarm, tcp_swarm};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// The node's graylist threshold: below it, everything a peer sends is ignored.
@@ -18,24 +18,13 @@ const GRAYLIST_THRESHOLD: f64 = -80.0;
 async fn a_peer_sending_invalid_announcements_is_graylisted() {
     let (node, addr) = loopback_swarm().await;
     node.pubsub_subscribe(MODELS_TOPIC.into()).await.unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
+    let mut swarm = tcp_swarm(|key| {
+        gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::Config::default(),
         )
         .unwrap()
-        .with_behaviour(|key| {
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub::Config::default(),
-            )
-            .unwrap()
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    });
     let bad = *swarm.local_peer_id();
     let topic = gossipsub::IdentTopic::new(MODELS_TOPIC);
     swarm.behaviour_mut().subscribe(&topic).unwrap();

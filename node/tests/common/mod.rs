@@ -2,11 +2,80 @@
 // Each test file is its own crate and uses some of these.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
+use cid::Cid;
+use ipfs_accelerate_node::config::NodeConfig;
+use ipfs_accelerate_node::engine::DeviceKind;
+use ipfs_accelerate_node::infer::ServeConfig;
+use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::p2p::{self, P2p};
+use ipfs_accelerate_node::unixfs::{self, ImportOptions};
+use ipfs_accelerate_node::{Node, Repo};
+use ipfs_accelerate_protocol::infer::{InferOptions, InferRequest, Inputs, Task};
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Multiaddr, StreamProtocol, Swarm};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A whole node on a fresh repo at `dir`, on loopback TCP and the LAN DHT, no mDNS.
+pub(crate) async fn start_node(dir: &Path) -> (Node, Multiaddr) {
+    start_node_with(dir, NodeConfig::default()).await
+}
+
+/// Like [`start_node`], with `config` in the repo.
+pub(crate) async fn start_node_with(dir: &Path, config: NodeConfig) -> (Node, Multiaddr) {
+    let repo = Repo::init(dir, config).unwrap();
+    let overrides = NetworkOverrides {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap: vec![],
+        no_mdns: true,
+        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
+    };
+    let node = Node::start(repo, overrides, ServeConfig::default())
+        .await
+        .unwrap();
+    node.p2p().wait_listening(WAIT).await.unwrap();
+    let addr = node.addresses().await.unwrap().remove(0);
+    (node, addr)
+}
+
+/// Serves the tiny BERT fixture on `node`; returns the model's root CID.
+pub(crate) async fn serve_tiny_bert(node: &Node) -> Cid {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert");
+    let store = node.store();
+    let options = ImportOptions {
+        pin: true,
+        ..ImportOptions::default()
+    };
+    let root = tokio::task::spawn_blocking(move || {
+        unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .cid;
+    node.serve_model(root, DeviceKind::Cpu).await.unwrap();
+    root
+}
+
+/// An embedding request with default options and no deadline.
+pub(crate) fn request(id: u64, model: Cid, inputs: Inputs) -> InferRequest {
+    InferRequest {
+        id,
+        model,
+        task: Task::Embed,
+        inputs,
+        options: InferOptions::default(),
+        deadline_ms: 0,
+    }
+}
+
+pub(crate) fn texts(texts: &[&str]) -> Inputs {
+    Inputs::Texts(texts.iter().map(|t| t.to_string()).collect())
+}
 
 /// A bare swarm on loopback TCP (no Bitswap engine, no node) and its dial address.
 pub(crate) async fn loopback_swarm() -> (P2p, Multiaddr) {
@@ -49,7 +118,15 @@ pub(crate) async fn raw_peer() -> (
     libp2p::Swarm<libp2p_stream::Behaviour>,
     libp2p_stream::Control,
 ) {
-    let swarm = libp2p::SwarmBuilder::with_new_identity()
+    let swarm = tcp_swarm(|_| libp2p_stream::Behaviour::new());
+    let control = swarm.behaviour().new_control();
+    (swarm, control)
+}
+
+/// A swarm of `behaviour` on TCP with a new identity: plays another implementation's
+/// peer (a raw stream opener, a Kademlia client, a gossipsub peer).
+pub(crate) fn tcp_swarm<B: NetworkBehaviour>(behaviour: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             libp2p::tcp::Config::default(),
@@ -57,10 +134,8 @@ pub(crate) async fn raw_peer() -> (
             libp2p::yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .with_behaviour(behaviour)
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    let control = swarm.behaviour().new_control();
-    (swarm, control)
+        .build()
 }
