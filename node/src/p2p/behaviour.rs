@@ -33,8 +33,8 @@ const DHT_PENDING_ENTRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Gossipsub scores below which a peer's gossip is ignored, it may not receive our
 /// published messages, and everything it sends is ignored (graylisted). A peer's
 /// invalid messages on a model topic count against it (see [`topic_score_params`]):
-/// three cost it our gossip (a mistake or two must not silence a peer), five graylist
-/// it.
+/// the penalty is their squared count times -5, so two cost a peer with no credit our
+/// gossip (-20), four our published messages (-80) and five graylist it (-125).
 const GOSSIP_THRESHOLD: f64 = -10.0;
 const PUBLISH_THRESHOLD: f64 = -50.0;
 const GRAYLIST_THRESHOLD: f64 = -80.0;
