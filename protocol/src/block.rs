@@ -195,7 +195,7 @@ fn dag_cbor_links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>> {
                 0
             }
             4 => value,
-            5 => value.checked_mul(2).unwrap_or(u64::MAX),
+            5 => value.saturating_mul(2),
             6 if value == CID_TAG => {
                 out.push(reader.cid().map_err(malformed)?);
                 0

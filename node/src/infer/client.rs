@@ -88,7 +88,7 @@ impl PeerStats {
     }
 
     fn is_usable(&self, now: Instant) -> bool {
-        self.distrusted.is_none() && !self.banned_until.is_some_and(|until| until > now)
+        self.distrusted.is_none() && self.banned_until.is_none_or(|until| until <= now)
     }
 
     /// Expected time to a good answer: the measured round-trip over the square of the

@@ -21,8 +21,11 @@ use ipfs_accelerate_protocol::unixfs;
 use multihash_codetable::{Code, MultihashDigest};
 use rust_unixfs::walk::Walker;
 
+/// A target: decodes one input as the node would, true when it decoded.
+pub(crate) type Target = fn(&[u8]) -> bool;
+
 /// Every target: its name (the folder of its corpus) and its function.
-pub(crate) const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub(crate) const TARGETS: &[(&str, Target)] = &[
     ("infer_request", infer_request),
     ("infer_response", infer_response),
     ("infer_frames", infer_frames),
