@@ -566,6 +566,7 @@ impl Node {
                             infer::CallError::Refused { .. }
                                 | infer::CallError::Deadline { .. }
                                 | infer::CallError::NoProviders
+                                | infer::CallError::Unusable { .. }
                         );
                     if last {
                         return Err(Error::Model(format!(

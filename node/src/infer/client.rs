@@ -135,6 +135,18 @@ impl Ranking {
             .collect()
     }
 
+    /// When none of `candidates` is usable: how soon the first banned one may be tried
+    /// again (`None` when all are distrusted, or none is banned).
+    pub fn soonest_retry(&self, candidates: &[PeerId], now: Instant) -> Option<Duration> {
+        candidates
+            .iter()
+            .filter_map(|peer| self.stats.get(peer))
+            .filter(|s| s.distrusted.is_none())
+            .filter_map(|s| s.banned_until)
+            .map(|until| until.saturating_duration_since(now))
+            .min()
+    }
+
     /// What we measured of each peer.
     pub fn stats(&self) -> &HashMap<PeerId, PeerStats> {
         &self.stats
@@ -275,6 +287,16 @@ pub struct Answer {
     pub attempts: Vec<(PeerId, Option<String>)>,
 }
 
+fn retry_hint(retry_in: Option<Duration>) -> String {
+    match retry_in {
+        Some(wait) => format!(
+            "the first may be tried again in {} s",
+            wait.as_secs().max(1)
+        ),
+        None => "none will be tried again while the node runs".into(),
+    }
+}
+
 /// Why no provider answered.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -283,6 +305,16 @@ pub enum CallError {
         "no peer is known to serve this model (none announced it or provides it on the DHT; inputs are sent to no one else)"
     )]
     NoProviders,
+    /// Providers are known, but each failed recently (and rests) or was distrusted by a
+    /// spot check: a load that times a provider out is not sent to it again at once.
+    #[error(
+        "the {providers} known provider(s) of this model failed recently or were distrusted; {}",
+        retry_hint(*.retry_in)
+    )]
+    Unusable {
+        providers: usize,
+        retry_in: Option<Duration>,
+    },
     /// The server refused the input itself; another provider would too.
     #[error("{code}: {message}")]
     Refused { code: ErrorCode, message: String },
@@ -399,7 +431,14 @@ impl Client {
     ) -> Result<Answer, CallError> {
         let ranked = self.rank(candidates);
         if ranked.is_empty() {
-            return Err(CallError::NoProviders);
+            if candidates.is_empty() {
+                return Err(CallError::NoProviders);
+            }
+            let retry_in = self.lock().soonest_retry(candidates, Instant::now());
+            return Err(CallError::Unusable {
+                providers: candidates.len(),
+                retry_in,
+            });
         }
         let started = Instant::now();
         let end = tokio::time::Instant::now() + deadline;
@@ -548,6 +587,26 @@ mod tests {
             capacity: 64,
             workers: 1,
         }
+    }
+
+    #[test]
+    fn a_banned_provider_says_when_it_may_be_tried_again() {
+        let now = Instant::now();
+        let (failing, distrusted) = (PeerId::random(), PeerId::random());
+        let mut ranking = Ranking::default();
+        for _ in 0..BAN_AFTER_FAILURES {
+            ranking.record_failure(failing, now);
+        }
+        ranking.update(distrusted, now, |s| s.distrusted = Some("outvoted".into()));
+        let both = [failing, distrusted];
+        assert!(ranking.rank(&both, now).is_empty());
+        assert_eq!(ranking.soonest_retry(&both, now), Some(FIRST_BAN));
+        assert_eq!(ranking.soonest_retry(&[distrusted], now), None);
+        let error = CallError::Unusable {
+            providers: 2,
+            retry_in: Some(FIRST_BAN),
+        };
+        assert!(error.to_string().contains("2 known provider(s)"), "{error}");
     }
 
     #[test]
