@@ -76,13 +76,17 @@ class Kubo:
 class Ours:
     """An `ipfs-accelerate daemon` on a fresh repo; commands go through its API."""
 
-    def __init__(self, binary, tmp):
+    def __init__(self, binary, tmp, setup=None, daemon_args=()):
+        """`setup(node)` runs on the fresh repo before the daemon starts with
+        `daemon_args` added to its command line."""
         self.binary = binary
         self.env = {**os.environ, "IPFS_ACCELERATE_PATH": tempfile.mkdtemp(dir=tmp, prefix="repo-")}
         self.run("init")
+        if setup:
+            setup(self)
         self.proc = subprocess.Popen(
             [binary, "daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
-             "--gateway", "127.0.0.1:0", "--no-mdns", "--dht-protocol", DHT],
+             "--gateway", "127.0.0.1:0", "--no-mdns", "--dht-protocol", DHT, *daemon_args],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         deadline = time.monotonic() + 60
