@@ -31,7 +31,7 @@ import threading
 import time
 
 from add_vs_kubo import ROOT, build_release  # same folder: one way to build
-from transfer import Ours
+from transfer import Ours, cpu_seconds
 
 SENTENCES = os.path.join(ROOT, "tests/bench/sentences.txt")
 DEADLINE_MS = 30_000
@@ -230,12 +230,14 @@ def main():
             rate = capacity * args.load
             print(f"capacity {capacity:.1f} calls/s; soaking at {rate:.1f} calls/s "
                   f"for {args.minutes} min", file=sys.stderr)
+            cpu_before = cpu_seconds(server.proc.pid)
             counts, errors, samples, sent = open_loop(
                 callers, sentences, rate, args.minutes * 60, server.proc.pid,
                 lambda s: s[0] % 60 == 0 and print(f"  {s[0]} s: server RSS {s[1]:.0f} MB",
                                                    file=sys.stderr),
                 args.in_flight)
             alive = server.proc.poll() is None
+            server_cpu = cpu_seconds(server.proc.pid) - cpu_before if alive else None
         finally:
             for node in [server, *clients]:
                 try:
@@ -260,6 +262,7 @@ def main():
         "calls": counts,
         "errors": errors,
         "server_alive": alive,
+        "server_cpu_seconds": server_cpu and round(server_cpu, 1),
         "server_rss_mb_after_1_min": round(after_minute, 1),
         "server_rss_mb_at_end": round(at_end, 1),
         "rss_growth": round(growth, 3),
