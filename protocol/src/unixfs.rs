@@ -56,18 +56,51 @@ pub fn next<'a>(
 }
 
 /// Checks that a dag-pb block's links are well-formed messages and its `Data`, if any, a
-/// well-formed UnixFS message, so no field runs past the message holding it.
+/// well-formed UnixFS message, so no field runs past the message holding it; in a HAMT
+/// shard, that every link name starts with its two hex digits of bucket.
 pub fn check_dag_pb(block: &[u8]) -> Result<(), String> {
     let mut at = 0;
+    let mut hamt = false;
     while at < block.len() {
         match protobuf::field(block, &mut at)? {
             Field::Bytes(1, data) => {
-                protobuf::check(&block[data], &[MTIME]).map_err(|e| format!("Data: {e}"))?;
+                let data = &block[data];
+                protobuf::check(data, &[MTIME]).map_err(|e| format!("Data: {e}"))?;
+                hamt = Data::decode(data).is_ok_and(|d| d.kind == TYPE_HAMT_SHARD);
             }
             Field::Bytes(2, link) => {
                 protobuf::check(&block[link], &[]).map_err(|e| format!("link: {e}"))?;
             }
             _ => {}
+        }
+    }
+    if hamt {
+        check_hamt_names(block)?;
+    }
+    Ok(())
+}
+
+/// rust-unixfs's walker cuts a shard link's name after its second byte, which panics
+/// when that byte is inside a character: each name must start with two hex digits (the
+/// bucket, as Kubo writes it). Found by the `unixfs_walk` fuzz target.
+fn check_hamt_names(block: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while at < block.len() {
+        let Field::Bytes(2, link) = protobuf::field(block, &mut at)? else {
+            continue;
+        };
+        let link = &block[link];
+        let mut inner = 0;
+        while inner < link.len() {
+            if let Field::Bytes(2, name) = protobuf::field(link, &mut inner)? {
+                let name = &link[name];
+                if name.len() >= 2 && !name[..2].iter().all(u8::is_ascii_hexdigit) {
+                    return Err(format!(
+                        "HAMT link name {:?} does not start with two hex digits",
+                        String::from_utf8_lossy(name)
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -76,6 +109,7 @@ pub fn check_dag_pb(block: &[u8]) -> Result<(), String> {
 /// UnixFS node types (`Data.Type`).
 pub const TYPE_RAW: u64 = 0;
 pub const TYPE_FILE: u64 = 2;
+pub const TYPE_HAMT_SHARD: u64 = 5;
 
 /// The fields of a UnixFS `Data` message a file reader needs.
 #[derive(Debug, Default, PartialEq)]
@@ -202,6 +236,32 @@ mod tests {
         let mut walker = Walker::new(cid, String::new());
         let err = next(&mut walker, &block, &mut None).unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    /// A HAMT shard (Type 5, fanout 256) with one link named `name`.
+    fn shard(name: &str) -> Vec<u8> {
+        let target = Cid::new_v1(RAW, Code::Sha2_256.digest(b"x")).to_bytes();
+        let mut link = vec![0x0a, target.len() as u8];
+        link.extend(&target);
+        link.extend([0x12, name.len() as u8]);
+        link.extend(name.as_bytes());
+        let mut block = vec![0x12, link.len() as u8];
+        block.extend(&link);
+        block.extend([0x0a, 0x05, 0x08, 0x05, 0x30, 0x80, 0x02]);
+        block
+    }
+
+    #[test]
+    fn a_hamt_link_name_cut_inside_a_character_is_malformed_not_a_panic() {
+        // The walker would cut this name after byte 2, inside 'Ǆ'.
+        let block = shard("0\u{1c4}x");
+        assert!(check_dag_pb(&block).is_err());
+        let cid = Cid::new_v1(DAG_PB, Code::Sha2_256.digest(&block));
+        let mut walker = Walker::new(cid, String::new());
+        let err = next(&mut walker, &block, &mut None).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+        // Named as Kubo names them, the same shard passes.
+        assert_eq!(check_dag_pb(&shard("0Ax")), Ok(()));
     }
 
     #[test]
