@@ -31,7 +31,7 @@ import threading
 import time
 
 from add_vs_kubo import ROOT, build_release  # same folder: one way to build
-from transfer import Ours, cpu_seconds
+from transfer import Ours, cpu_seconds, status_mb
 
 SENTENCES = os.path.join(ROOT, "tests/bench/sentences.txt")
 DEADLINE_MS = 30_000
@@ -47,14 +47,6 @@ def minilm_folder():
     if not found:
         sys.exit("no all-MiniLM-L6-v2 in the venv: run `bash tests/setup.sh` first")
     return found[0]
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 class Caller:
@@ -162,7 +154,7 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
     def sample():
         start = time.monotonic()
         while not stop.wait(5):
-            samples.append((round(time.monotonic() - start), rss_mb(server_pid)))
+            samples.append((round(time.monotonic() - start), status_mb(server_pid, "VmRSS")))
             on_minute(samples[-1])
 
     sampler = threading.Thread(target=sample)

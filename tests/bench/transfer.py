@@ -115,11 +115,7 @@ class Ours:
         self.run("get", cid, "-o", dest)
 
     def peak_rss_mb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
+        return status_mb(self.proc.pid, "VmHWM")
 
     def close(self):
         self.run("shutdown")
@@ -127,6 +123,15 @@ class Ours:
         # Like Kubo's temporary repos: gone when the node is, so disks do not fill up
         # run after run.
         shutil.rmtree(self.env["IPFS_ACCELERATE_PATH"], ignore_errors=True)
+
+
+def status_mb(pid, field):
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM, ...) in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field}")
 
 
 def cpu_seconds(pid):
