@@ -60,13 +60,13 @@ pub fn next<'a>(
 /// shard, that every link name starts with its two hex digits of bucket.
 pub fn check_dag_pb(block: &[u8]) -> Result<(), String> {
     let mut at = 0;
-    let mut hamt = false;
+    let mut kind = None;
     while at < block.len() {
         match protobuf::field(block, &mut at)? {
             Field::Bytes(1, data) => {
                 let data = &block[data];
                 protobuf::check(data, &[MTIME]).map_err(|e| format!("Data: {e}"))?;
-                hamt = Data::decode(data).is_ok_and(|d| d.kind == TYPE_HAMT_SHARD);
+                kind = Data::decode(data).ok().map(|d| d.kind);
             }
             Field::Bytes(2, link) => {
                 protobuf::check(&block[link], &[]).map_err(|e| format!("link: {e}"))?;
@@ -74,16 +74,19 @@ pub fn check_dag_pb(block: &[u8]) -> Result<(), String> {
             _ => {}
         }
     }
-    if hamt {
-        check_hamt_names(block)?;
+    match kind {
+        Some(TYPE_DIRECTORY) => check_names(block, 0),
+        Some(TYPE_HAMT_SHARD) => check_names(block, 2),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// rust-unixfs's walker cuts a shard link's name after its second byte, which panics
-/// when that byte is inside a character: each name must start with two hex digits (the
-/// bucket, as Kubo writes it). Found by the `unixfs_walk` fuzz target.
-fn check_hamt_names(block: &[u8]) -> Result<(), String> {
+/// The link names of a directory (`prefix` 0) or a HAMT shard (`prefix` 2: the bucket's
+/// two hex digits come first). rust-unixfs's walker cuts a shard link's name after its
+/// second byte, which panics inside a character, and keeps a path whose depth breaks on
+/// names `""`, `.` or `..` (a debug assertion): such names are refused here. Found by the
+/// `unixfs_walk` fuzz target.
+fn check_names(block: &[u8], prefix: usize) -> Result<(), String> {
     let mut at = 0;
     while at < block.len() {
         let Field::Bytes(2, link) = protobuf::field(block, &mut at)? else {
@@ -92,14 +95,23 @@ fn check_hamt_names(block: &[u8]) -> Result<(), String> {
         let link = &block[link];
         let mut inner = 0;
         while inner < link.len() {
-            if let Field::Bytes(2, name) = protobuf::field(link, &mut inner)? {
-                let name = &link[name];
-                if name.len() >= 2 && !name[..2].iter().all(u8::is_ascii_hexdigit) {
-                    return Err(format!(
-                        "HAMT link name {:?} does not start with two hex digits",
-                        String::from_utf8_lossy(name)
-                    ));
-                }
+            let Field::Bytes(2, name) = protobuf::field(link, &mut inner)? else {
+                continue;
+            };
+            let name = &link[name];
+            let bad = if prefix == 0 {
+                matches!(name, b"" | b"." | b"..")
+            } else if name.len() < prefix {
+                false
+            } else {
+                let (bucket, rest) = name.split_at(prefix);
+                !bucket.iter().all(u8::is_ascii_hexdigit) || matches!(rest, b"." | b"..")
+            };
+            if bad {
+                return Err(format!(
+                    "link name {:?} is not a name this walk can take",
+                    String::from_utf8_lossy(name)
+                ));
             }
         }
     }
@@ -108,6 +120,7 @@ fn check_hamt_names(block: &[u8]) -> Result<(), String> {
 
 /// UnixFS node types (`Data.Type`).
 pub const TYPE_RAW: u64 = 0;
+pub const TYPE_DIRECTORY: u64 = 1;
 pub const TYPE_FILE: u64 = 2;
 pub const TYPE_HAMT_SHARD: u64 = 5;
 
