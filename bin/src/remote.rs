@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ipfs_accelerate_node::repo::Repo;
 use ipfs_accelerate_node::unixfs::extract::Extractor;
+use ipfs_accelerate_protocol::archive;
 use serde_json::Value;
 
 use base64::Engine;
@@ -635,75 +636,28 @@ fn command_name(command: &Command) -> &'static str {
 }
 
 /// Unpacks `get`'s tar stream at `target`: the archive's root entry becomes `target`.
-/// The stream is not trusted: entries go through [`Extractor`], so none lands outside
-/// `target` or is written through a symlink, and only directories, files and symlinks
-/// are accepted (a hard link could name any file on this machine).
-///
-/// A daemon that fails part way (a hostile name, a missing block) can only cut the
-/// stream short, which a tar reader takes for a clean end: so an archive must end with
-/// its zero block, not with the stream, and each file must have all its bytes.
+/// The stream is not trusted: [`archive::read_entries`] accepts only plain names,
+/// directories, files and symlinks, whole files and a whole archive, and [`Extractor`]
+/// writes nothing outside `target` and nothing through a symlink.
 fn unpack_tar(body: impl Read, target: &Path) -> Result<()> {
     let mut out = Extractor::new(target);
-    let mut archive = tar::Archive::new(EofSeen {
-        inner: body,
-        seen: false,
-    });
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.into_owned();
-        let mut components = name.components();
-        if !matches!(components.next(), Some(Component::Normal(_))) {
-            bail!("the daemon sent an unsafe path {}", name.display());
-        }
-        let relative = components.as_path();
-        match entry.header().entry_type() {
-            tar::EntryType::Directory => out.directory(relative)?,
-            tar::EntryType::Regular => {
-                let mut file = out.file(relative)?;
-                let copied = std::io::copy(&mut entry, &mut file)
-                    .with_context(|| format!("writing {}", target.join(relative).display()))?;
-                if copied != entry.size() {
-                    bail!(
-                        "the daemon's answer ended inside {} ({copied} of {} bytes)",
-                        name.display(),
-                        entry.size()
-                    );
-                }
+    archive::read_entries(body, &mut |entry| {
+        match entry {
+            archive::Entry::Directory(path) => out.directory(path)?,
+            archive::Entry::File { path, body, .. } => {
+                let mut file = out.file(path)?;
+                std::io::copy(body, &mut file)?;
             }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()?
-                    .with_context(|| format!("symlink {} has no target", name.display()))?;
-                out.symlink(relative, &link.to_string_lossy())?;
-            }
-            other => bail!(
-                "the daemon sent {} as a {other:?} entry; only directories, files and symlinks are written",
-                name.display()
-            ),
+            archive::Entry::Symlink { path, target } => out.symlink(path, target)?,
         }
-    }
-    let mut rest = archive.into_inner();
-    if rest.seen {
-        bail!("the daemon's answer ended before the archive did; see the daemon's log");
-    }
-    // The archive's end is not the answer's: a daemon that failed after it reports
-    // that only by how the stream ends.
-    std::io::copy(&mut rest, &mut std::io::sink()).context("reading the end of the answer")?;
-    Ok(())
-}
-
-/// A reader that remembers whether it reached the end of its input.
-struct EofSeen<R> {
-    inner: R,
-    seen: bool,
-}
-
-impl<R: Read> Read for EofSeen<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.seen |= n == 0 && !buf.is_empty();
-        Ok(n)
-    }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        archive::ArchiveError::EndedEarly | archive::ArchiveError::Truncated { .. } => {
+            anyhow::anyhow!("{e}: the daemon failed part way; see its log")
+        }
+        e => e.into(),
+    })
 }
 
 /// Whether `name` is one plain path component (not empty, `.`, `..` or a root).

@@ -4,6 +4,7 @@
 //! limits and typed errors. Everything that reads files, sockets or databases lives in
 //! `ipfs-accelerate-node`.
 //!
+//! - [`archive`]: `get`'s tar stream, read strictly.
 //! - [`bitswap`]: Bitswap 1.0.0-1.2.0 messages.
 //! - [`block`]: a block is bytes plus the CID that names them; constructing one from the
 //!   network or a file always verifies the hash.
@@ -13,11 +14,15 @@
 //!   model.
 //! - [`limits`]: size limits shared by every component.
 //! - [`manifest`]: signed model manifests, registry entries and gossip topics.
+//! - [`model_folder`]: what a Hugging Face model folder's config.json, sentence-transformers
+//!   files and model.safetensors header declare.
 //! - [`protobuf`]: the protobuf wire format, read strictly.
 //! - [`unixfs`]: one step of a UnixFS walk over untrusted blocks.
+//! - [`upload`]: the parts of a Kubo-style multipart upload.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod archive;
 pub mod bitswap;
 pub mod block;
 pub mod car;
@@ -27,8 +32,10 @@ mod heap;
 pub mod infer;
 pub mod limits;
 pub mod manifest;
+pub mod model_folder;
 pub mod protobuf;
 pub mod unixfs;
+pub mod upload;
 
 pub use block::Block;
 pub use cid::Cid;

@@ -443,6 +443,121 @@ fn write_seed_corpora() {
             .push((name, bytes));
     }
 
+    // Model folder files, each after the byte that picks its parser.
+    for (name, kind, json) in [
+        (
+            "config",
+            0u8,
+            &br#"{"architectures":["BertModel"],"hidden_size":384,"num_hidden_layers":6,
+            "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512,
+            "vocab_size":30522,"model_type":"bert","hidden_act":"gelu","layer_norm_eps":1e-12}"#[..],
+        ),
+        (
+            "invalid-config-gpt2",
+            0,
+            br#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"}"#,
+        ),
+        (
+            "modules",
+            1,
+            br#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+            {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+            {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+        ),
+        (
+            "pooling",
+            2,
+            br#"{"word_embedding_dimension":384,"pooling_mode_cls_token":false,
+            "pooling_mode_mean_tokens":true,"pooling_mode_max_tokens":false}"#,
+        ),
+        ("sentence-bert", 3, br#"{"max_seq_length":256,"do_lower_case":false}"#),
+    ] {
+        let mut input = vec![kind];
+        input.extend_from_slice(json);
+        seeds.entry("model_config").or_default().push((name, input));
+    }
+
+    // model.safetensors: a few tensors of several types, and one whose header lies.
+    let safetensors_file = |header: &str, data_len: usize| {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.resize(out.len() + data_len, 0x3f);
+        out
+    };
+    seeds.entry("safetensors_header").or_default().extend([
+        (
+            "three-tensors",
+            safetensors_file(
+                r#"{"__metadata__":{"format":"pt"},
+                "embeddings.word_embeddings.weight":{"dtype":"F32","shape":[4,2],"data_offsets":[0,32]},
+                "embeddings.position_ids":{"dtype":"I64","shape":[1,2],"data_offsets":[32,48]},
+                "encoder.layer.0.output.dense.bias":{"dtype":"F16","shape":[3],"data_offsets":[48,54]}}"#,
+                54,
+            ),
+        ),
+        (
+            "invalid-short-data",
+            safetensors_file(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8),
+        ),
+    ]);
+
+    // A multipart upload as Kubo's clients send a directory, after the chunk-size byte.
+    let mut upload = vec![13u8];
+    let b = fuzzing::MULTIPART_BOUNDARY;
+    for (name, kind, body) in [
+        (
+            "top.txt",
+            "application/octet-stream",
+            &b"a file on its own"[..],
+        ),
+        ("dir", "application/x-directory", b""),
+        ("dir%2Fsub", "application/x-directory", b""),
+        ("dir%2Fsub%2Fa%20b.txt", "text/plain", b"hello"),
+        ("dir%2Flink", "application/symlink", b"sub/a b.txt"),
+    ] {
+        upload.extend_from_slice(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+                 Content-Type: {kind}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        upload.extend_from_slice(body);
+        upload.extend_from_slice(b"\r\n");
+    }
+    upload.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    seeds
+        .entry("multipart_upload")
+        .or_default()
+        .push(("directory", upload));
+
+    // `get`'s tar stream of a small tree.
+    let mut tar = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(size);
+        h
+    };
+    let mut dir = header(tar::EntryType::Directory, 0);
+    tar.append_data(&mut dir, "root", &[][..]).unwrap();
+    let mut file = header(tar::EntryType::Regular, 5);
+    tar.append_data(&mut file, "root/sub/a.txt", &b"hello"[..])
+        .unwrap();
+    let mut link = header(tar::EntryType::Symlink, 0);
+    tar.append_link(&mut link, "root/link", "sub/a.txt")
+        .unwrap();
+    let tree = tar.into_inner().unwrap();
+    seeds.entry("tar_archive").or_default().extend([
+        ("tree", tree.clone()),
+        ("invalid-cut-short", tree[..tree.len() - 1024].to_vec()),
+    ]);
+
     assert_eq!(
         seeds.keys().copied().collect::<Vec<_>>(),
         {

@@ -5,12 +5,15 @@ installs); 16 client daemons connect to it, and this script calls inference thro
 client's HTTP API (`/api/v0/accelerate/infer`, `remote`), so every call crosses the
 swarm from a client peer to the server. First it measures the server's capacity (calls
 answered per second with 64 calls in flight for --capacity-seconds); then it sends calls
-at --load times that rate, spread over the clients at random, for --minutes. Every call
+at --load times that rate, spread over the clients at random, for --minutes. Each call
+carries --texts-per-call sentences (32 by default): the server's work per call grows with
+it and the load generator's does not, so the load reaches the server at the multiple asked
+for even when the clients have only one core to share. Every call
 must be answered or refused with `Busy`; the server must stay up; its RSS at the end must
 be within 20% of its RSS after the first minute. Run it with the test venv:
 
     .venv/bin/python tests/bench/soak.py [--minutes 10] [--clients 16] [--load 2.0] [--json OUT]
-        [--server-cpus 0 --load-cpus 1]
+        [--texts-per-call 32] [--server-cpus 0 --load-cpus 1]
 
 With --server-cpus and --load-cpus the server runs on its own CPUs and the clients and
 this driver on others, so the load's own cost does not eat the server's capacity.
@@ -52,29 +55,38 @@ def minilm_folder():
 class Caller:
     """Calls inference through one client daemon's API, on kept-alive connections."""
 
-    def __init__(self, node, model):
+    def __init__(self, node, model, texts_per_call):
         # The repo's `api` file holds the API's multiaddr, /ip4/127.0.0.1/tcp/PORT.
         with open(os.path.join(node.env["IPFS_ACCELERATE_PATH"], "api")) as f:
             self.port = int(f.read().strip().rsplit("/", 1)[1])
         self.model = model
+        self.texts_per_call = texts_per_call
         self.local = threading.local()
 
-    def call(self, text):
-        """'ok', 'busy' or the error message of one call."""
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        body = json.dumps({"model": self.model, "texts": [text], "remote": True,
+    def call(self, sentences):
+        """'ok', 'busy' or the error message of one call of `texts_per_call` of `sentences`."""
+        texts = random.choices(sentences, k=self.texts_per_call)
+        body = json.dumps({"model": self.model, "texts": texts, "remote": True,
                            "deadline_ms": DEADLINE_MS})
-        try:
-            conn.request("POST", "/api/v0/accelerate/infer", body,
-                         {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as e:
-            self.local.conn = None
-            conn.close()
-            return f"HTTP: {e!r}"
+        # A kept-alive connection may have been closed by the API while idle (after 30 s):
+        # as any HTTP client does, the call then goes once more on a new connection.
+        for attempt in range(2):
+            conn = getattr(self.local, "conn", None)
+            reused = conn is not None
+            if not reused:
+                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                                    timeout=120)
+            try:
+                conn.request("POST", "/api/v0/accelerate/infer", body,
+                             {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self.local.conn = None
+                conn.close()
+                if not reused or attempt == 1:
+                    return f"HTTP: {e!r}"
         if response.status == 200:
             return "ok"
         message = data.decode(errors="replace")
@@ -109,7 +121,7 @@ def closed_loop(callers, sentences, in_flight, seconds):
     def worker(i):
         caller = callers[i % len(callers)]
         while time.monotonic() < end:
-            outcome = caller.call(random.choice(sentences))
+            outcome = caller.call(sentences)
             with lock:
                 outcomes.append(outcome)
 
@@ -133,10 +145,9 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
 
     def worker(caller, jobs):
         while True:
-            text = jobs.get()
-            if text is None:
+            if jobs.get() is None:
                 return
-            outcome = caller.call(text)
+            outcome = caller.call(sentences)
             with lock:
                 if outcome in ("ok", "busy"):
                     counts[outcome] += 1
@@ -166,7 +177,7 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
         while sent < due:
             sent += 1
             try:
-                random.choice(queues).put_nowait(random.choice(sentences))
+                random.choice(queues).put_nowait(True)
             except queue.Full:
                 # The driver, not the server, is behind: counted so the report says so.
                 with lock:
@@ -190,6 +201,8 @@ def main():
     parser.add_argument("--capacity-seconds", type=float, default=30)
     parser.add_argument("--in-flight", type=int, default=WORKERS_PER_CLIENT,
                         help="calls open at once through each client")
+    parser.add_argument("--texts-per-call", type=int, default=32,
+                        help="sentences in each call (the server's work per call)")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--server-cpus", help="CPU list for the server (taskset -c)")
     parser.add_argument("--load-cpus", help="CPU list for the clients and this driver")
@@ -207,11 +220,11 @@ def main():
                 pin(client.proc.pid, args.load_cpus)
                 client.connect(server.addr)
                 clients.append(client)
-            callers = [Caller(c, cid) for c in clients]
+            callers = [Caller(c, cid, args.texts_per_call) for c in clients]
             # Every client finds the server as the model's provider before the clock runs.
             deadline = time.monotonic() + 120
             for caller in callers:
-                while (outcome := caller.call(sentences[0])) != "ok":
+                while (outcome := caller.call(sentences)) != "ok":
                     if time.monotonic() > deadline:
                         sys.exit(f"a client could not call the server: {outcome}")
                     time.sleep(0.5)
@@ -249,9 +262,13 @@ def main():
         "server_cpus": args.server_cpus,
         "load_cpus": args.load_cpus,
         "minutes": args.minutes,
+        "texts_per_call": args.texts_per_call,
         "capacity_calls_per_s": round(capacity, 1),
         "offered_calls_per_s": round(sent / (args.minutes * 60), 1),
         "calls": counts,
+        # What reached the server (answered or refused), as a multiple of its capacity.
+        "reached_server_x_capacity": round(
+            (counts["ok"] + counts["busy"]) / (args.minutes * 60) / capacity, 2),
         "errors": errors,
         "server_alive": alive,
         "server_cpu_seconds": server_cpu and round(server_cpu, 1),

@@ -1,8 +1,7 @@
 //! `/api/v0/add`: files and whole directory trees from a multipart upload, the way
-//! Kubo's clients send them. Each part is a file, a directory
-//! (`application/x-directory`) or a symlink (`application/symlink`), named by its
-//! URL-escaped path; a top-level directory and the parts under it make one tree. Bytes
-//! stream from the request into the importer; nothing is buffered whole.
+//! Kubo's clients send them (each part's name and type read by
+//! [`ipfs_accelerate_protocol::upload`]). Bytes stream from the request into the
+//! importer; nothing is buffered whole.
 
 use axum::extract::multipart::Field;
 use axum::extract::{Multipart, Query, State};
@@ -13,6 +12,8 @@ use tokio::task::JoinHandle;
 use super::{
     Api, ApiError, ApiResult, ChannelReader, Params, consume_field, import_options, ndjson,
 };
+use ipfs_accelerate_protocol::upload::{Part, PartKind};
+
 use crate::unixfs::{self, AddedEntry, ImportOptions, TreeEntry};
 
 /// Longest symlink target accepted.
@@ -85,42 +86,45 @@ pub(super) async fn add(
         .await
         .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
     {
-        let path = part_path(&field)?;
-        let kind = field.content_type().unwrap_or_default().to_string();
-        let (top, rel) = path.split_once('/').unwrap_or((path.as_str(), ""));
-        if kind != "application/x-directory" && rel.is_empty() {
-            // A top-level file: imported on its own.
-            if let Some(done) = tree.take() {
-                added.extend(done.finish().await?);
+        let part = Part::classify(
+            field.file_name().unwrap_or_default(),
+            field.content_type().unwrap_or_default(),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (top, rel, kind) = match part {
+            Part::TopFile { name } => {
+                // A top-level file: imported on its own.
+                if let Some(done) = tree.take() {
+                    added.extend(done.finish().await?);
+                }
+                added.push(add_file(&api, &mut field, name, &options).await?);
+                continue;
             }
-            added.push(add_file(&api, &mut field, path.clone(), &options).await?);
-            continue;
-        }
+            Part::TreeRoot { top } => (top, None, PartKind::Directory),
+            Part::InTree { top, rel, kind } => (top, Some(rel), kind),
+        };
         let upload = match tree.take() {
             Some(current) if current.name == top => current,
             previous => {
                 if let Some(done) = previous {
                     added.extend(done.finish().await?);
                 }
-                TreeUpload::start(&api, top.to_string(), &options)
+                TreeUpload::start(&api, top, &options)
             }
         };
-        let sent = match kind.as_str() {
-            "application/x-directory" if rel.is_empty() => true,
-            "application/x-directory" => {
-                send(&upload.entries, TreeEntry::Directory(rel.into())).await
+        let sent = match (rel, kind) {
+            (None, _) => true,
+            (Some(rel), PartKind::Directory) => {
+                send(&upload.entries, TreeEntry::Directory(rel)).await
             }
-            "application/symlink" => {
+            (Some(rel), PartKind::Symlink) => {
                 let target = super::field_bytes(&mut field, SYMLINK_TARGET_LIMIT).await?;
-                let target = String::from_utf8(target)
-                    .map_err(|_| ApiError::bad_request(format!("symlink {path} is not UTF-8")))?;
-                let entry = TreeEntry::Symlink {
-                    path: rel.into(),
-                    target,
-                };
-                send(&upload.entries, entry).await
+                let target = String::from_utf8(target).map_err(|_| {
+                    ApiError::bad_request(format!("symlink {}/{rel} is not UTF-8", upload.name))
+                })?;
+                send(&upload.entries, TreeEntry::Symlink { path: rel, target }).await
             }
-            _ => send_file(&upload.entries, rel, &mut field).await?,
+            (Some(rel), PartKind::File) => send_file(&upload.entries, &rel, &mut field).await?,
         };
         if !sent {
             // The importer stopped: its error says why.
@@ -146,15 +150,6 @@ pub(super) async fn add(
         };
         json!({ "Name": shown, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() })
     })))
-}
-
-/// The part's path: its filename, URL-unescaped as Kubo's clients escape it.
-fn part_path(field: &Field<'_>) -> ApiResult<String> {
-    let raw = field.file_name().unwrap_or_default();
-    let path = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request(format!("part name {raw:?} is not UTF-8")))?;
-    Ok(path.trim_matches('/').to_string())
 }
 
 async fn add_file(

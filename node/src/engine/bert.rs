@@ -16,7 +16,7 @@ use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::activation::gelu_cpu;
-use super::config::{Activation, BertConfig};
+use ipfs_accelerate_protocol::model_folder::{Activation, BertConfig};
 
 /// The encoder's parameters as a checkpoint holds them.
 #[derive(Module, Debug)]

@@ -9,7 +9,6 @@
 mod activation;
 mod bert;
 pub mod cache;
-pub mod config;
 pub mod source;
 mod tokenize;
 mod weights;
@@ -22,9 +21,11 @@ use burn::prelude::*;
 
 use self::bert::{Bert, BertWeights, PackedBatch};
 pub use self::cache::ModelCache;
-pub use self::config::{BertConfig, Pooling, SentenceConfig};
 pub use self::source::ModelFiles;
 use self::tokenize::TextTokenizer;
+pub use ipfs_accelerate_protocol::model_folder::{
+    self, BertConfig, FolderError, Pooling, SentenceConfig,
+};
 
 /// Errors of loading a model or running it.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +33,10 @@ pub enum EngineError {
     /// A file the model needs is not in its folder.
     #[error("the model folder has no {0}")]
     MissingFile(String),
-    /// A configuration file could not be read or asks for something unsupported.
-    #[error("{file}: {reason}")]
-    Config { file: &'static str, reason: String },
-    /// config.json names an architecture this engine does not run.
-    #[error(
-        "unsupported model architecture {0:?}: this engine runs BERT encoders ({supported})",
-        supported = config::SUPPORTED_ARCHITECTURES.join(", ")
-    )]
-    UnsupportedArchitecture(String),
+    /// A file of the folder cannot be used: bad config.json, unsupported architecture,
+    /// a model.safetensors header that disagrees with its bytes.
+    #[error(transparent)]
+    Folder(#[from] FolderError),
     /// The weights do not fit the architecture: missing, unused or mis-shaped tensors.
     #[error("model.safetensors does not match config.json: {0}")]
     Weights(String),
@@ -213,15 +209,19 @@ impl Embedder {
         // so memory is bounded by the file's real size, not by what config.json claims.
         let parameters = config.parameter_count();
         if parameters > files.weights.len() {
-            return Err(EngineError::Config {
+            return Err(FolderError::Invalid {
                 file: "config.json",
                 reason: format!(
                     "its sizes make {parameters} parameters, more than model.safetensors \
                      ({} bytes) can hold",
                     files.weights.len()
                 ),
-            });
+            }
+            .into());
         }
+        // The header is checked against the file's bytes before the encoder is built,
+        // so a hostile one is refused with the file's name.
+        model_folder::safetensors::tensors(&files.weights)?;
         let device = kind.device()?;
         let mut loaded = BertWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights)?;

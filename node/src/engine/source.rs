@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use cid::Cid;
 
-use super::config::SentenceConfig;
 use crate::store::Store;
 use crate::unixfs::{self, EntryKind};
+use ipfs_accelerate_protocol::model_folder::SentenceConfig;
 
 /// Largest config or tokenizer file read into memory.
 pub const SMALL_FILE_LIMIT: u64 = 64 * 1024 * 1024;

@@ -289,14 +289,7 @@ fn import_file(
 
 /// Checks a relative path from an upload or a walk: no empty, `.` or `..` parts.
 fn check_relative(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == "..");
-    match bad {
-        true => Err(Error::Directory(format!("invalid path {path:?} in a tree"))),
-        false => Ok(()),
-    }
+    ipfs_accelerate_protocol::upload::check_plain(path).map_err(|e| Error::Directory(e.to_string()))
 }
 
 /// Imports a directory tree from its entries, reporting file bytes read so far to

@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use cid::Cid;
+use ipfs_accelerate_protocol::archive;
 use ipfs_accelerate_protocol::bitswap::{self, MESSAGE_SIZE_LIMIT};
 use ipfs_accelerate_protocol::block::{self, Block};
 use ipfs_accelerate_protocol::car;
@@ -17,7 +18,9 @@ use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
 use ipfs_accelerate_protocol::infer::{self, InferRequest, InferResponse, Inputs};
 use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
 use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
+use ipfs_accelerate_protocol::model_folder::{BertConfig, SentenceConfig, safetensors};
 use ipfs_accelerate_protocol::unixfs;
+use ipfs_accelerate_protocol::upload::Part;
 use multihash_codetable::{Code, MultihashDigest};
 use rust_unixfs::walk::Walker;
 
@@ -37,7 +40,14 @@ pub(crate) const TARGETS: &[(&str, Target)] = &[
     ("dag_pb", dag_pb),
     ("dag_cbor_links", dag_cbor_links),
     ("unixfs_walk", unixfs_walk),
+    ("model_config", model_config),
+    ("safetensors_header", safetensors_header),
+    ("multipart_upload", multipart_upload),
+    ("tar_archive", tar_archive),
 ];
+
+/// The boundary of `multipart_upload` inputs (the fuzzer mutates everything else).
+pub(crate) const MULTIPART_BOUNDARY: &str = "fuzz-boundary";
 
 /// Most frames, blocks or steps one input drives, so a target's time stays bounded.
 const STEPS_LIMIT: usize = 64;
@@ -212,4 +222,96 @@ pub(crate) fn unixfs_walk(data: &[u8]) -> bool {
 /// A CIDv1 naming `data` with `codec`, for decoders that take the CID with the bytes.
 fn cid_of(codec: u64, data: &[u8]) -> Cid {
     Cid::new_v1(codec, Code::Sha2_256.digest(data))
+}
+
+/// One file of a model folder, chosen by `data[0] % 4`: config.json (then the arithmetic
+/// the engine does on an accepted one), modules.json, the pooling module's config.json
+/// (beside a modules.json naming it) or sentence_bert_config.json.
+pub(crate) fn model_config(data: &[u8]) -> bool {
+    const MODULES: &[u8] =
+        br#"[{"path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#;
+    const POOLING: &[u8] = br#"{"pooling_mode_mean_tokens":true}"#;
+    let Some((&kind, json)) = data.split_first() else {
+        return false;
+    };
+    match kind % 4 {
+        0 => BertConfig::parse(json)
+            .map(|config| {
+                config.parameter_count();
+                config.head_dim();
+            })
+            .is_ok(),
+        1 => {
+            let dir = SentenceConfig::pooling_dir(json);
+            let parsed = SentenceConfig::parse(json, Some(POOLING), None);
+            dir.is_ok() && parsed.is_ok()
+        }
+        2 => SentenceConfig::parse(MODULES, Some(json), None).is_ok(),
+        _ => SentenceConfig::parse(b"[]", None, Some(json)).is_ok(),
+    }
+}
+
+/// A model.safetensors file (header and data), as the engine checks it before loading.
+pub(crate) fn safetensors_header(data: &[u8]) -> bool {
+    safetensors::tensors(data).is_ok()
+}
+
+/// A multipart upload body with [`MULTIPART_BOUNDARY`], read by the parser axum uses and
+/// fed in chunks of `data[0] + 1` bytes; each part's name and type go through
+/// [`Part::classify`] and its bytes are read, as `/api/v0/add` does.
+pub(crate) fn multipart_upload(data: &[u8]) -> bool {
+    let Some((&chunk, body)) = data.split_first() else {
+        return false;
+    };
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = body
+        .chunks(usize::from(chunk) + 1)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let mut form = multer::Multipart::new(futures::stream::iter(chunks), MULTIPART_BOUNDARY);
+    let mut any = false;
+    futures::executor::block_on(async {
+        for _ in 0..STEPS_LIMIT {
+            let Ok(Some(mut field)) = form.next_field().await else {
+                break;
+            };
+            let part = Part::classify(
+                field.file_name().unwrap_or_default(),
+                field.content_type().map(|m| m.as_ref()).unwrap_or_default(),
+            );
+            if let Ok(Part::InTree { rel, kind, .. }) = &part {
+                assert!(
+                    !rel.split('/')
+                        .any(|p| p.is_empty() || p == "." || p == ".."),
+                    "classify let {rel:?} ({kind:?}) through"
+                );
+            }
+            while let Ok(Some(_)) = field.chunk().await {}
+            any |= part.is_ok();
+        }
+    });
+    any
+}
+
+/// `get`'s tar stream as the CLI reads it: every path handed on must be plain names only,
+/// and every file's bytes are read to the end.
+pub(crate) fn tar_archive(data: &[u8]) -> bool {
+    let mut entries = 0;
+    let read = archive::read_entries(data, &mut |entry| {
+        entries += 1;
+        let path = match entry {
+            archive::Entry::Directory(path) => path,
+            archive::Entry::File { path, body, .. } => {
+                std::io::copy(body, &mut std::io::sink())?;
+                path
+            }
+            archive::Entry::Symlink { path, .. } => path,
+        };
+        assert!(
+            path.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "read_entries handed on {path:?}"
+        );
+        Ok(())
+    });
+    read.is_ok() && entries > 0
 }

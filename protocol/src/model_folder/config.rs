@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{EngineError, Result};
+use super::{FolderError, Result};
 
 /// Architectures this engine runs, as config.json names them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -113,7 +113,7 @@ fn default_hidden_act() -> String {
 impl BertConfig {
     /// Parses config.json; an architecture other than BERT is an error that names it.
     pub fn parse(json: &[u8]) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| EngineError::Config {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| FolderError::Invalid {
             file: "config.json",
             reason: e.to_string(),
         })?;
@@ -129,19 +129,19 @@ impl BertConfig {
                 .cloned()
                 .or(raw.model_type.clone())
                 .unwrap_or_else(|| "(none given)".to_owned());
-            return Err(EngineError::UnsupportedArchitecture(named));
+            return Err(FolderError::UnsupportedArchitecture(named));
         }
         if let Some(other) = raw
             .architectures
             .iter()
             .find(|a| !SUPPORTED_ARCHITECTURES.contains(&a.as_str()))
         {
-            return Err(EngineError::UnsupportedArchitecture(other.clone()));
+            return Err(FolderError::UnsupportedArchitecture(other.clone()));
         }
         if let Some(kind) = raw.position_embedding_type.as_deref()
             && kind != "absolute"
         {
-            return Err(EngineError::Config {
+            return Err(FolderError::Invalid {
                 file: "config.json",
                 reason: format!(
                     "position_embedding_type {kind:?} is not supported (only \"absolute\")"
@@ -152,7 +152,7 @@ impl BertConfig {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             other => {
-                return Err(EngineError::Config {
+                return Err(FolderError::Invalid {
                     file: "config.json",
                     reason: format!("hidden_act {other:?} is not supported (gelu, gelu_new)"),
                 });
@@ -170,7 +170,7 @@ impl BertConfig {
             check_bounds(field, value)?;
         }
         if !(raw.layer_norm_eps.is_finite() && raw.layer_norm_eps > 0.0) {
-            return Err(EngineError::Config {
+            return Err(FolderError::Invalid {
                 file: "config.json",
                 reason: format!(
                     "layer_norm_eps {} must be a positive number",
@@ -180,7 +180,7 @@ impl BertConfig {
         }
         if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
         {
-            return Err(EngineError::Config {
+            return Err(FolderError::Invalid {
                 file: "config.json",
                 reason: format!(
                     "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -244,7 +244,7 @@ fn check_bounds(field: &str, value: usize) -> Result<()> {
     if (least..=most).contains(&value) {
         return Ok(());
     }
-    Err(EngineError::Config {
+    Err(FolderError::Invalid {
         file: "config.json",
         reason: format!("{field} {value} is out of range (between {least} and {most})"),
     })
@@ -293,13 +293,29 @@ impl SentenceConfig {
         }
     }
 
-    /// The pooling module's folder named in modules.json, if any.
+    /// The pooling module's folder named in modules.json, if any: plain names inside the
+    /// model folder only, never `..` or a root, since it becomes a path that is read.
     pub fn pooling_dir(modules_json: &[u8]) -> Result<Option<String>> {
         let modules = parse_modules(modules_json)?;
-        Ok(modules
+        let Some(path) = modules
             .into_iter()
             .find(|m| m.kind == POOLING_MODULE)
-            .map(|m| m.path))
+            .map(|m| m.path)
+        else {
+            return Ok(None);
+        };
+        let plain = path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\\'));
+        if !plain {
+            return Err(FolderError::Invalid {
+                file: "modules.json",
+                reason: format!(
+                    "the pooling module's path {path:?} is not a folder inside the model"
+                ),
+            });
+        }
+        Ok(Some(path))
     }
 
     /// Reads modules.json, the pooling module's config.json (when modules.json names one)
@@ -315,7 +331,7 @@ impl SentenceConfig {
                 || module.kind == NORMALIZE_MODULE
                 || module.kind == "sentence_transformers.models.Transformer";
             if !known {
-                return Err(EngineError::Config {
+                return Err(FolderError::Invalid {
                     file: "modules.json",
                     reason: format!("module {:?} is not supported", module.kind),
                 });
@@ -327,7 +343,7 @@ impl SentenceConfig {
         ) {
             (false, _) => Pooling::Mean,
             (true, None) => {
-                return Err(EngineError::Config {
+                return Err(FolderError::Invalid {
                     file: "modules.json",
                     reason: "names a pooling module whose config.json is missing".to_owned(),
                 });
@@ -337,7 +353,7 @@ impl SentenceConfig {
         let max_seq_length = match sentence_bert_json {
             Some(json) => {
                 let config: SentenceBertConfig =
-                    serde_json::from_slice(json).map_err(|e| EngineError::Config {
+                    serde_json::from_slice(json).map_err(|e| FolderError::Invalid {
                         file: "sentence_bert_config.json",
                         reason: e.to_string(),
                     })?;
@@ -354,14 +370,14 @@ impl SentenceConfig {
 }
 
 fn parse_modules(json: &[u8]) -> Result<Vec<ModuleEntry>> {
-    serde_json::from_slice(json).map_err(|e| EngineError::Config {
+    serde_json::from_slice(json).map_err(|e| FolderError::Invalid {
         file: "modules.json",
         reason: e.to_string(),
     })
 }
 
 fn parse_pooling(json: &[u8]) -> Result<Pooling> {
-    let config: PoolingConfig = serde_json::from_slice(json).map_err(|e| EngineError::Config {
+    let config: PoolingConfig = serde_json::from_slice(json).map_err(|e| FolderError::Invalid {
         file: "pooling config.json",
         reason: e.to_string(),
     })?;
@@ -372,7 +388,7 @@ fn parse_pooling(json: &[u8]) -> Result<Pooling> {
         (config.pooling_mode_lasttoken, "lasttoken"),
     ];
     if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
-        return Err(EngineError::Config {
+        return Err(FolderError::Invalid {
             file: "pooling config.json",
             reason: format!("pooling mode {name} is not supported (mean, cls)"),
         });
@@ -383,7 +399,7 @@ fn parse_pooling(json: &[u8]) -> Result<Pooling> {
     ) {
         (true, false) => Ok(Pooling::Mean),
         (false, true) => Ok(Pooling::Cls),
-        _ => Err(EngineError::Config {
+        _ => Err(FolderError::Invalid {
             file: "pooling config.json",
             reason:
                 "exactly one of pooling_mode_mean_tokens and pooling_mode_cls_token must be true"
@@ -488,6 +504,13 @@ mod tests {
         assert_eq!(config.pooling, Pooling::Cls);
         assert!(config.normalize);
         assert_eq!(config.max_seq_length, Some(256));
+
+        for escape in ["../1_Pooling", "/etc", "a//b", "", "a\\\\..\\\\b"] {
+            let modules =
+                format!(r#"[{{"path":"{escape}","type":"sentence_transformers.models.Pooling"}}]"#);
+            let err = SentenceConfig::pooling_dir(modules.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("modules.json"), "{escape}: {err}");
+        }
 
         let max = r#"{"pooling_mode_max_tokens":true}"#;
         let err =

@@ -1,0 +1,26 @@
+//! What a Hugging Face model folder declares, read strictly from its files' bytes: the
+//! architecture and sizes in config.json, sentence-transformers' pooling files, and the
+//! tensors model.safetensors says it holds. The engine builds a model only from what these
+//! accept; every refusal names the file and the field.
+
+pub mod config;
+pub mod safetensors;
+
+pub use config::{Activation, BertConfig, Pooling, SUPPORTED_ARCHITECTURES, SentenceConfig};
+
+/// A model folder's file that cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// A file could not be read or asks for something unsupported.
+    #[error("{file}: {reason}")]
+    Invalid { file: &'static str, reason: String },
+    /// config.json names an architecture the engine does not run.
+    #[error(
+        "unsupported model architecture {0:?}: this engine runs BERT encoders ({supported})",
+        supported = SUPPORTED_ARCHITECTURES.join(", ")
+    )]
+    UnsupportedArchitecture(String),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = FolderError> = std::result::Result<T, E>;
