@@ -62,6 +62,9 @@ class Caller:
         self.model = model
         self.texts_per_call = texts_per_call
         self.local = threading.local()
+        # (queue_ms, transit_ms) of each answered call: time in the server's queue, and
+        # the rest of the round trip outside the server's queue and compute.
+        self.timings = []
 
     def call(self, sentences):
         """'ok', 'busy' or the error message of one call of `texts_per_call` of `sentences`."""
@@ -88,6 +91,9 @@ class Caller:
                 if not reused or attempt == 1:
                     return f"HTTP: {e!r}"
         if response.status == 200:
+            timings = json.loads(data)["timings"]
+            transit = timings["round_trip_ms"] - timings["queue_ms"] - timings["compute_ms"]
+            self.timings.append((timings["queue_ms"], transit))
             return "ok"
         message = data.decode(errors="replace")
         # The one provider's refusal, as the client reports it: "PEER: busy: ...".
@@ -139,6 +145,9 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
     """Sends calls at `rate` per second for `seconds`; returns counts and RSS samples."""
     counts = {"ok": 0, "busy": 0, "error": 0, "not_sent": 0}
     errors = []
+    # Failed calls per minute of the run, to tell a transient from a steady state.
+    errors_by_minute = [0] * (int(seconds // 60) + 1)
+    start = time.monotonic()
     lock = threading.Lock()
     queues = [queue.Queue(maxsize=4 * workers) for _ in callers]
     stop = threading.Event()
@@ -153,8 +162,10 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
                     counts[outcome] += 1
                 else:
                     counts["error"] += 1
+                    minute = min(int((time.monotonic() - start) // 60), len(errors_by_minute) - 1)
+                    errors_by_minute[minute] += 1
                     if len(errors) < 20:
-                        errors.append(outcome[:300])
+                        errors.append(f"[{time.monotonic() - start:.0f} s] {outcome[:300]}")
 
     threads = [threading.Thread(target=worker, args=(c, q))
                for c, q in zip(callers, queues) for _ in range(workers)]
@@ -170,7 +181,6 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    start = time.monotonic()
     sent = 0
     while (now := time.monotonic() - start) < seconds:
         due = int(now * rate)
@@ -190,7 +200,7 @@ def open_loop(callers, sentences, rate, seconds, server_pid, on_minute, workers)
         t.join()
     stop.set()
     sampler.join()
-    return counts, errors, samples, sent
+    return counts, errors, errors_by_minute, samples, sent
 
 
 def main():
@@ -235,8 +245,10 @@ def main():
             rate = capacity * args.load
             print(f"capacity {capacity:.1f} calls/s; soaking at {rate:.1f} calls/s "
                   f"for {args.minutes} min", file=sys.stderr)
+            for caller in callers:
+                caller.soak_from = len(caller.timings)
             cpu_before = cpu_seconds(server.proc.pid)
-            counts, errors, samples, sent = open_loop(
+            counts, errors, errors_by_minute, samples, sent = open_loop(
                 callers, sentences, rate, args.minutes * 60, server.proc.pid,
                 lambda s: s[0] % 60 == 0 and print(f"  {s[0]} s: server RSS {s[1]:.0f} MB",
                                                    file=sys.stderr),
@@ -252,6 +264,15 @@ def main():
                     node.proc.kill()
                     node.proc.wait(timeout=60)
                     shutil.rmtree(node.env["IPFS_ACCELERATE_PATH"], ignore_errors=True)
+    def spread(values):
+        values = sorted(values)
+        if not values:
+            return None
+        at = lambda q: round(values[min(len(values) - 1, int(q * len(values)))], 1)  # noqa: E731
+        return {"p50": at(0.5), "p99": at(0.99), "max": round(values[-1], 1)}
+
+    # Only the soak's answers: the capacity phase's come first in each caller's list.
+    soaked = [t for c in callers for t in c.timings[c.soak_from:]]
     # A run shorter than a minute compares with its first sample.
     after_minute = next((mb for t, mb in samples if t >= 60), samples[0][1])
     at_end = samples[-1][1]
@@ -269,6 +290,9 @@ def main():
         # What reached the server (answered or refused), as a multiple of its capacity.
         "reached_server_x_capacity": round(
             (counts["ok"] + counts["busy"]) / (args.minutes * 60) / capacity, 2),
+        "answered_queue_ms": spread([q for q, _ in soaked]),
+        "answered_transit_ms": spread([t for _, t in soaked]),
+        "errors_by_minute": errors_by_minute,
         "errors": errors,
         "server_alive": alive,
         "server_cpu_seconds": server_cpu and round(server_cpu, 1),

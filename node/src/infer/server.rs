@@ -2,8 +2,9 @@
 //! takes what is queued (up to a batch size) and hands it to one of a fixed number of
 //! workers on blocking threads; while every worker is busy, new requests gather into
 //! the next batch, so batches grow with load and an idle server adds no delay.
-//! A full queue answers `Busy` at once; peers are rate-limited and may be restricted
-//! to an allowlist.
+//! A full queue answers `Busy` at once, and so does one holding more work than a
+//! request's deadline leaves time for (estimated from the average batch time); peers
+//! are rate-limited and may be restricted to an allowlist.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -80,6 +81,8 @@ struct Served {
 struct Shared {
     embedder: Arc<Embedder>,
     queued: AtomicU32,
+    /// Rows of the requests in the queue: the work ahead of a new request.
+    queued_rows: AtomicU64,
     /// Moving average of a batch's run time, in microseconds (for `retry_after`).
     batch_us: AtomicU64,
     capacity: u32,
@@ -143,6 +146,7 @@ impl Server {
         let shared = Arc::new(Shared {
             embedder,
             queued: AtomicU32::new(0),
+            queued_rows: AtomicU64::new(0),
             batch_us: AtomicU64::new(0),
             capacity: u32::try_from(self.config.queue_capacity).unwrap_or(u32::MAX),
             workers: u32::try_from(self.config.workers.max(1)).unwrap_or(u32::MAX),
@@ -241,6 +245,32 @@ impl Server {
         let enqueued = Instant::now();
         let deadline = (request.deadline_ms > 0)
             .then(|| enqueued + Duration::from_millis(u64::from(request.deadline_ms)));
+        // A request that would still be queued when its deadline passes is refused now,
+        // while the caller can try elsewhere, not answered `Busy` after it gave up.
+        let ahead = shared.queued_rows.load(Ordering::Relaxed);
+        let finish = expected_finish(
+            ahead,
+            rows as u64,
+            self.config.max_batch_rows as u64,
+            u64::from(shared.workers),
+            shared.batch_us.load(Ordering::Relaxed),
+        );
+        if request.deadline_ms > 0
+            && let Some(finish) = finish
+            && !fits(finish, Duration::from_millis(u64::from(request.deadline_ms)))
+        {
+            let mut refusal = Refusal::new(
+                ErrorCode::Busy,
+                format!(
+                    "the queue holds about {} ms of work, more than this request's deadline of {} ms",
+                    finish.as_millis(),
+                    request.deadline_ms
+                ),
+            );
+            refusal.retry_after = Some(finish.max(Duration::from_millis(1)));
+            refusal.load = Some(shared.load());
+            return Err(refusal);
+        }
         let (reply, done) = oneshot::channel();
         let job = Job {
             input,
@@ -251,8 +281,10 @@ impl Server {
             reply,
         };
         shared.queued.fetch_add(1, Ordering::Relaxed);
+        shared.queued_rows.fetch_add(rows as u64, Ordering::Relaxed);
         if served.jobs.try_send(job).is_err() {
             shared.queued.fetch_sub(1, Ordering::Relaxed);
+            shared.queued_rows.fetch_sub(rows as u64, Ordering::Relaxed);
             let batches = u64::from(shared.capacity) / self.config.max_batch_rows.max(1) as u64;
             let wait =
                 Duration::from_micros(shared.batch_us.load(Ordering::Relaxed) * batches.max(1));
@@ -440,12 +472,42 @@ async fn run_batches(served: Arc<Shared>, mut queue: mpsc::Receiver<Job>, config
             u32::try_from(batch.len()).unwrap_or(u32::MAX),
             Ordering::Relaxed,
         );
+        served.queued_rows.fetch_sub(
+            batch.iter().map(|job| job.rows as u64).sum(),
+            Ordering::Relaxed,
+        );
         let served = Arc::clone(&served);
         tokio::task::spawn_blocking(move || {
             run_batch(&served, batch);
             drop(permit);
         });
     }
+}
+
+/// When a request of `rows` queued behind `queued_rows` would be answered, from the
+/// average batch run time: the batches ahead of it and its own, run `workers` at a
+/// time. `None` before any batch has run here.
+fn expected_finish(
+    queued_rows: u64,
+    rows: u64,
+    max_batch_rows: u64,
+    workers: u64,
+    batch_us: u64,
+) -> Option<Duration> {
+    if batch_us == 0 {
+        return None;
+    }
+    let batches = queued_rows
+        .saturating_add(rows)
+        .div_ceil(max_batch_rows.max(1));
+    let rounds = batches.div_ceil(workers.max(1));
+    Some(Duration::from_micros(rounds.saturating_mul(batch_us)))
+}
+
+/// Whether work expected to finish in `finish` fits in `deadline`, with a quarter of
+/// headroom for the estimate's error and the answer's way back.
+fn fits(finish: Duration, deadline: Duration) -> bool {
+    finish.saturating_add(finish / 4) <= deadline
 }
 
 /// Runs one batch on this (blocking) thread and answers each job with its rows.
@@ -579,6 +641,29 @@ mod tests {
 
     fn tensor(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Tensor {
         Tensor { dtype, shape, data }
+    }
+
+    #[test]
+    fn a_request_is_admitted_only_when_its_queue_wait_fits_its_deadline() {
+        // No batch has run: nothing to estimate from, so the request is admitted.
+        assert_eq!(expected_finish(10_000, 32, 64, 1, 0), None);
+        // 8192 rows ahead and 32 more, 64 rows a batch, 140 ms a batch, one worker:
+        // 129 batches, about 18 s.
+        let finish = expected_finish(8192, 32, 64, 1, 140_000).unwrap();
+        assert_eq!(finish, Duration::from_millis(129 * 140));
+        assert!(!fits(finish, Duration::from_secs(20)));
+        assert!(fits(finish, Duration::from_secs(23)));
+        // Two workers halve the rounds; an empty queue is one batch.
+        assert_eq!(
+            expected_finish(8192, 32, 64, 2, 140_000),
+            Some(Duration::from_millis(65 * 140))
+        );
+        assert_eq!(
+            expected_finish(0, 1, 64, 1, 4_000),
+            Some(Duration::from_millis(4))
+        );
+        // Hostile or huge figures saturate rather than overflow.
+        assert!(expected_finish(u64::MAX, u64::MAX, 0, 0, u64::MAX).is_some());
     }
 
     #[test]
