@@ -16,8 +16,8 @@ use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use serde_json::json;
 
 use crate::cli::BenchInferArgs;
-use crate::commands::print_json;
 use crate::local_swarm::{dial_address, import_folder, start_node};
+use crate::output::print_json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -5,21 +5,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use cid::{Cid, Version};
+use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::pin::PinType;
 use ipfs_accelerate_node::repo::{self, Repo};
 use ipfs_accelerate_node::unixfs::{self, AddedEntry, ImportOptions};
 use ipfs_accelerate_node::{NodeConfig, car};
 use ipfs_accelerate_protocol::limits::{BLOCK_PUT_SOFT_LIMIT, BLOCK_SIZE_LIMIT};
 use ipfs_accelerate_protocol::{Block, codec};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cli::{
     AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand,
 };
+use crate::output::{print_json, print_ls, print_verify_report};
 use crate::progress;
-
-/// Agent version reported by `id`, in Kubo's `name/version/` form.
-const AGENT_VERSION: &str = concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/");
 
 pub(crate) fn run(cli: Cli) -> Result<()> {
     let path = repo::resolve_path(cli.repo.clone());
@@ -39,7 +38,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     let repo = match Repo::open(&path) {
         Ok(repo) => repo,
         Err(repo::Error::InUse { .. }) if Repo::api_file(&path).exists() => {
-            let remote = crate::remote::Remote::from_repo(&path)?
+            let remote = crate::api::Client::from_repo(&path)?
                 .context("the daemon's API address disappeared; is it stopping?")?;
             return crate::remote::run(&remote, command, json);
         }
@@ -82,13 +81,6 @@ fn parse_cid(text: &str) -> Result<Cid> {
     Cid::try_from(trimmed).with_context(|| format!("invalid CID {text:?}"))
 }
 
-pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
 fn init(path: &Path, json: bool) -> Result<()> {
     let repo = Repo::init(path, NodeConfig::default())?;
     let peer = repo.identity().peer_id();
@@ -104,14 +96,14 @@ fn id(repo: &Repo, json: bool) -> Result<()> {
     let identity = repo.identity();
     if json {
         // Kubo's `ipfs id` shape; no addresses or protocols while offline.
-        return print_json(&json!({
-            "ID": identity.peer_id().to_string(),
-            "PublicKey": identity.public_key_base64(),
-            "Addresses": null,
-            "AgentVersion": AGENT_VERSION,
-            "ProtocolVersion": "ipfs/0.1.0",
-            "Protocols": null,
-        }));
+        return print_json(&types::Id {
+            addresses: None,
+            agent_version: types::AGENT_VERSION.into(),
+            id: identity.peer_id().to_string(),
+            protocol_version: types::PROTOCOL_VERSION.into(),
+            protocols: None,
+            public_key: identity.public_key_base64(),
+        });
     }
     println!("{}", identity.peer_id());
     Ok(())
@@ -167,8 +159,7 @@ fn add(repo: &Repo, args: &AddArgs, json: bool) -> Result<()> {
         let bar = progress::bytes(total, args.progress);
         let mut report = |entry: &AddedEntry| {
             let line = if json {
-                json!({ "Name": entry.name, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() })
-                    .to_string()
+                serde_json::to_string(&types::Added::from(entry)).unwrap_or_default()
             } else if args.quieter {
                 return;
             } else if args.quiet {
@@ -232,31 +223,11 @@ fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()
 }
 
 fn ls(repo: &Repo, cid: &Cid, json: bool) -> Result<()> {
-    use unixfs::export::EntryKind;
-    let entries = unixfs::ls(repo.store(), cid)?;
-    if json {
-        let links: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                let kind = match e.kind {
-                    EntryKind::Directory => 1,
-                    EntryKind::File => 2,
-                    EntryKind::Symlink => 4,
-                    EntryKind::Unknown => 0,
-                };
-                json!({ "Name": e.name, "Hash": e.cid.to_string(), "Size": e.size, "Type": kind, "Target": "" })
-            })
-            .collect();
-        return print_json(&json!({ "Objects": [{ "Hash": cid.to_string(), "Links": links }] }));
+    let ls = types::Ls::new(cid, &unixfs::ls(repo.store(), cid)?);
+    match json {
+        true => print_json(&ls),
+        false => print_ls(&ls),
     }
-    let mut out = std::io::stdout().lock();
-    for e in entries {
-        match e.kind {
-            EntryKind::Directory => writeln!(out, "{} - {}/", e.cid, e.name)?,
-            _ => writeln!(out, "{} {} {}", e.cid, e.size, e.name)?,
-        }
-    }
-    Ok(())
 }
 
 fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
@@ -293,7 +264,10 @@ fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
                 store.pin_add(block.cid(), false)?;
             }
             if json {
-                return print_json(&json!({ "Key": block.cid().to_string(), "Size": block.len() }));
+                return print_json(&types::BlockStat {
+                    key: block.cid().to_string(),
+                    size: block.len() as u64,
+                });
             }
             println!("{}", block.cid());
         }
@@ -303,7 +277,10 @@ fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
                 .size(&cid)?
                 .ok_or(ipfs_accelerate_node::store::Error::NotFound(cid))?;
             if json {
-                return print_json(&json!({ "Key": cid.to_string(), "Size": size }));
+                return print_json(&types::BlockStat {
+                    key: cid.to_string(),
+                    size,
+                });
             }
             println!("Key: {cid}\nSize: {size}");
         }
@@ -313,9 +290,10 @@ fn block(repo: &Repo, cmd: BlockCommand, json: bool) -> Result<()> {
                 let cid = parse_cid(&text)?;
                 let error = store.remove_block(&cid).err().map(|e| e.to_string());
                 if json {
-                    print_json(
-                        &json!({ "Hash": cid.to_string(), "Error": error.clone().unwrap_or_default() }),
-                    )?;
+                    print_json(&types::BlockRm {
+                        error: error.clone().unwrap_or_default(),
+                        hash: cid.to_string(),
+                    })?;
                 } else if error.is_none() {
                     println!("removed {cid}");
                 }
@@ -364,9 +342,7 @@ fn pin(repo: &Repo, cmd: PinCommand, json: bool) -> Result<()> {
                 store.pin_add(cid, recursive)?;
             }
             if json {
-                return print_json(
-                    &json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }),
-                );
+                return print_json(&types::Pins::new(&cids));
             }
             for cid in cids {
                 println!(
@@ -384,9 +360,7 @@ fn pin(repo: &Repo, cmd: PinCommand, json: bool) -> Result<()> {
                 store.pin_rm(cid)?;
             }
             if json {
-                return print_json(
-                    &json!({ "Pins": cids.iter().map(|c| c.to_string()).collect::<Vec<_>>() }),
-                );
+                return print_json(&types::Pins::new(&cids));
             }
             for cid in cids {
                 println!("unpinned {cid}");
@@ -414,11 +388,7 @@ fn pin(repo: &Repo, cmd: PinCommand, json: bool) -> Result<()> {
                 out
             };
             if json {
-                let keys: serde_json::Map<String, serde_json::Value> = pins
-                    .iter()
-                    .map(|(cid, t)| (cid.to_string(), json!({ "Type": t.as_str() })))
-                    .collect();
-                return print_json(&json!({ "Keys": keys }));
+                return print_json(&pins.into_iter().collect::<types::PinLs>());
             }
             let mut out = std::io::stdout().lock();
             for (cid, t) in pins {
@@ -437,7 +407,9 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
             let mut out = std::io::stdout().lock();
             for cid in &report.removed {
                 if json {
-                    writeln!(out, "{}", json!({ "Key": { "/": cid.to_string() } }))?;
+                    let line = types::GcRemoved { key: (*cid).into() };
+                    serde_json::to_writer(&mut out, &line)?;
+                    writeln!(out)?;
                 } else if !quiet {
                     writeln!(out, "removed {cid}")?;
                 }
@@ -447,13 +419,13 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
             let stat = store.stat()?;
             let max = store.limits().storage_max;
             if json {
-                return print_json(&json!({
-                    "RepoSize": stat.bytes,
-                    "StorageMax": max,
-                    "NumObjects": stat.blocks,
-                    "RepoPath": repo.path(),
-                    "Version": "ipfs-accelerate-repo@1",
-                }));
+                return print_json(&types::RepoStat {
+                    num_objects: stat.blocks,
+                    repo_path: repo.path().to_owned(),
+                    repo_size: stat.bytes,
+                    storage_max: max,
+                    version: types::REPO_VERSION.into(),
+                });
             }
             let size = |n: u64| {
                 if human {
@@ -470,42 +442,8 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand, json: bool) -> Result<()> {
         }
         RepoCommand::Verify => {
             let report = store.verify(|_| {})?;
-            print_verify_report(&report.to_json(), json)?;
+            print_verify_report(&types::Verify::from(&report), json)?;
         }
-    }
-    Ok(())
-}
-
-/// Prints a `repo verify` report (see `VerifyReport::to_json`); fails unless clean.
-pub(crate) fn print_verify_report(report: &Value, json: bool) -> Result<()> {
-    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
-    let (corrupt, missing) = (list("Corrupt"), list("Missing"));
-    if json {
-        print_json(report)?;
-    } else {
-        for cid in &corrupt {
-            println!("corrupt block {}", cid.as_str().unwrap_or_default());
-        }
-        for entry in &missing {
-            println!(
-                "pin {} is missing block {}",
-                entry["Pin"].as_str().unwrap_or_default(),
-                entry["Cid"].as_str().unwrap_or_default()
-            );
-        }
-    }
-    if !corrupt.is_empty() || !missing.is_empty() {
-        bail!(
-            "repo verify found {} corrupt and {} missing blocks",
-            corrupt.len(),
-            missing.len()
-        );
-    }
-    if !json {
-        println!(
-            "verified {} blocks ({} bytes): repo is intact",
-            report["Blocks"], report["Bytes"]
-        );
     }
     Ok(())
 }
@@ -546,18 +484,21 @@ fn dag(repo: &Repo, cmd: DagCommand, json: bool) -> Result<()> {
             for report in &reports {
                 for root in &report.roots {
                     if json {
-                        print_json(
-                            &json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }),
-                        )?;
+                        print_json(&types::DagImported::root(*root))?;
                     } else if pin_roots {
                         println!("pinned root {root} success");
                     }
                 }
                 if stats {
                     if json {
-                        print_json(
-                            &json!({ "Stats": { "BlockCount": report.blocks, "BlockBytesCount": report.bytes } }),
-                        )?;
+                        let stats = types::DagStats {
+                            block_bytes_count: report.bytes,
+                            block_count: report.blocks,
+                        };
+                        print_json(&types::DagImported {
+                            root: None,
+                            stats: Some(stats),
+                        })?;
                     } else {
                         println!("imported {} blocks ({} bytes)", report.blocks, report.bytes);
                     }

@@ -16,8 +16,8 @@ use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use serde_json::{Value, json};
 
 use crate::cli::DemoArgs;
-use crate::commands::print_json;
 use crate::local_swarm::{dial_address, import_folder, start_node};
+use crate::output::print_json;
 
 const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 const SENTENCES: [&str; 4] = [

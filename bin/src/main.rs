@@ -1,5 +1,6 @@
 //! The `ipfs-accelerate` binary: parses arguments, installs tracing, calls `node`.
 
+mod api;
 mod bench_infer;
 mod cli;
 mod commands;
@@ -10,6 +11,7 @@ mod local_swarm;
 mod model;
 mod model_remote;
 mod multipart;
+mod output;
 mod progress;
 mod remote;
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cid::Cid;
+use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::engine::{DeviceKind, Embedder, ModelFiles};
 use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
 use ipfs_accelerate_node::repo::Repo;
@@ -14,7 +15,7 @@ use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use serde_json::json;
 
 use crate::cli::{BenchEmbedArgs, EngineArgs, InferArgs, ModelCommand, TrustCommand};
-use crate::commands::print_json;
+use crate::output::{print_json, print_trust_change, print_trust_list};
 use crate::progress;
 
 pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()> {
@@ -87,55 +88,40 @@ fn import(
 /// `model trust` on the repo, without a daemon.
 fn trust_command(repo: &Repo, command: TrustCommand, json: bool) -> Result<()> {
     let trust = Trust::open(repo.path(), &repo.config().models)?;
-    let answer = match command {
+    let change = match command {
         TrustCommand::Add { name, peer_id } => {
             trust.add(&name, trust::parse_peer("PEER_ID", &peer_id)?)?;
-            json!({ "Name": name, "Publisher": peer_id, "Trusted": true })
+            types::TrustChange {
+                name,
+                publisher: peer_id,
+                removed: None,
+                trusted: true,
+            }
         }
         TrustCommand::Rm { name, peer_id } => {
             let removed = trust.remove(&name, &trust::parse_peer("PEER_ID", &peer_id)?)?;
-            json!({ "Name": name, "Publisher": peer_id, "Trusted": false, "Removed": removed })
+            types::TrustChange {
+                name,
+                publisher: peer_id,
+                removed: Some(removed),
+                trusted: false,
+            }
         }
-        TrustCommand::Ls => json!({ "Trusted": trust.list() }),
+        TrustCommand::Ls => {
+            let trusted = trust.list().iter().map(Into::into).collect();
+            let list = types::TrustList { trusted };
+            if json {
+                return print_json(&list);
+            }
+            print_trust_list(&list);
+            return Ok(());
+        }
     };
     if json {
-        return print_json(&answer);
+        return print_json(&change);
     }
-    print_trust(&answer);
+    print_trust_change(&change);
     Ok(())
-}
-
-/// `model trust` answers as text: one line per trusted publisher, or what changed.
-pub(crate) fn print_trust(answer: &serde_json::Value) {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
-    if let Some(list) = answer["Trusted"].as_array() {
-        for e in list {
-            println!(
-                "{}\t{}\t{}",
-                text(&e["name"]),
-                text(&e["publisher"]),
-                text(&e["origin"])
-            );
-        }
-    } else if answer["Trusted"] == true {
-        eprintln!(
-            "{} is trusted for {}",
-            text(&answer["Publisher"]),
-            text(&answer["Name"])
-        );
-    } else if answer["Removed"] == true {
-        eprintln!(
-            "{} is no longer trusted for {}",
-            text(&answer["Publisher"]),
-            text(&answer["Name"])
-        );
-    } else {
-        eprintln!(
-            "{} was not trusted for {} by the repo",
-            text(&answer["Publisher"]),
-            text(&answer["Name"])
-        );
-    }
 }
 
 fn folder_size(dir: &Path) -> u64 {

@@ -5,25 +5,25 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use ipfs_accelerate_node::api::types;
 
+use crate::api::{Client, parse};
 use crate::cli::{InferArgs, ModelCommand, TrustCommand};
-use crate::commands::print_json;
 use crate::multipart::MultipartBody;
-use crate::remote::Remote;
+use crate::output::{print_json, print_trust_change, print_trust_list};
 
-pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Result<()> {
+pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Result<()> {
     match command {
         ModelCommand::Import { .. } => bail!(
             "model import writes the repo directly; stop the daemon first, or use `model publish DIR` with it running"
         ),
         ModelCommand::Ls { tag } => {
             let args: Vec<(&str, String)> = tag.map(|t| ("tag", t)).into_iter().collect();
-            let answer = remote.json("accelerate/model/ls", &args)?;
+            let answer: types::ModelList = remote.json("accelerate/model/ls", &args)?;
             if json {
                 return print_json(&answer);
             }
-            print_models(&answer);
+            print_models(&answer.models);
         }
         ModelCommand::Publish {
             model,
@@ -37,7 +37,7 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             } else {
                 model
             };
-            let answer = remote.json(
+            let answer: types::Manifest = remote.json(
                 "accelerate/model/publish",
                 &[
                     ("arg", root),
@@ -50,13 +50,13 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             if json {
                 return print_json(&answer);
             }
-            println!("{}", text(&answer["manifest"]));
+            println!("{}", answer.manifest);
             eprintln!(
                 "published {}@{} (weights {}), serving and announced; registry entry {}",
-                text(&answer["name"]),
-                text(&answer["version"]),
-                text(&answer["weights"]),
-                text(&answer["registry"])
+                answer.name,
+                answer.version,
+                answer.weights,
+                answer.registry.unwrap_or_default()
             );
         }
         ModelCommand::Pull {
@@ -69,60 +69,66 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
             if json {
                 return print_json(&answer);
             }
-            println!("{}", text(&answer["Root"]));
+            println!("{}", answer.root);
             eprintln!(
                 "pulled {} blocks ({} bytes) from {} peers in {:.2} s, pinned and provided{}",
-                answer["Blocks"],
-                answer["Bytes"],
-                answer["Sources"].as_object().map_or(0, |s| s.len()),
-                answer["Seconds"].as_f64().unwrap_or(0.0),
+                answer.blocks,
+                answer.bytes,
+                answer.sources.len(),
+                answer.seconds,
                 if serve { ", serving" } else { "" }
             );
         }
         ModelCommand::Serve { model, device } => {
-            let answer = remote.json(
+            let answer: types::Serving = remote.json(
                 "accelerate/model/serve",
                 &[("arg", model), ("device", device)],
             )?;
             if json {
                 return print_json(&answer);
             }
-            println!("serving {}", text(&answer["Serving"]));
+            println!("serving {}", answer.serving);
         }
         ModelCommand::Discover { registry } => {
-            let answer = remote.json("accelerate/model/discover", &[("registry", registry)])?;
+            let answer: types::Discovered =
+                remote.json("accelerate/model/discover", &[("registry", registry)])?;
             if json {
                 return print_json(&answer);
             }
-            print_models(&answer);
+            print_models(&answer.models);
         }
         ModelCommand::Trust(command) => {
-            let answer = match command {
-                TrustCommand::Add { name, peer_id } => remote.json(
+            let (path, args) = match command {
+                TrustCommand::Add { name, peer_id } => (
                     "accelerate/model/trust/add",
-                    &[("arg", name), ("arg", peer_id)],
-                )?,
-                TrustCommand::Rm { name, peer_id } => remote.json(
+                    [("arg", name), ("arg", peer_id)],
+                ),
+                TrustCommand::Rm { name, peer_id } => (
                     "accelerate/model/trust/rm",
-                    &[("arg", name), ("arg", peer_id)],
-                )?,
-                TrustCommand::Ls => remote.json("accelerate/model/trust/ls", &[])?,
+                    [("arg", name), ("arg", peer_id)],
+                ),
+                TrustCommand::Ls => {
+                    let list: types::TrustList = remote.json("accelerate/model/trust/ls", &[])?;
+                    if json {
+                        return print_json(&list);
+                    }
+                    print_trust_list(&list);
+                    return Ok(());
+                }
             };
+            let change: types::TrustChange = remote.json(path, &args)?;
             if json {
-                return print_json(&answer);
+                return print_json(&change);
             }
-            crate::model::print_trust(&answer);
+            print_trust_change(&change);
         }
         ModelCommand::Info { model } => {
-            let answer = remote.json("accelerate/model/info", &[("arg", model)])?;
+            let answer: types::ModelInfo =
+                remote.json("accelerate/model/info", &[("arg", model)])?;
             if json {
                 return print_json(&answer);
             }
-            if let Some(fields) = answer.as_object() {
-                for (key, value) in fields {
-                    println!("{key}: {}", text(value));
-                }
-            }
+            print_info(&answer)?;
         }
     }
     Ok(())
@@ -130,12 +136,12 @@ pub(crate) fn model(remote: &Remote, command: ModelCommand, json: bool) -> Resul
 
 /// Pulls through the daemon, drawing its progress lines as a bar; returns the result.
 fn pull(
-    remote: &Remote,
+    remote: &Client,
     model: String,
     serve: bool,
     any_publisher: bool,
     device: String,
-) -> Result<Value> {
+) -> Result<types::Pulled> {
     let body = remote.call(
         "accelerate/model/pull",
         &[
@@ -149,19 +155,20 @@ fn pull(
     )?;
     let mut bar = crate::progress::bytes(None, false);
     for line in BufReader::new(body).lines() {
-        let line: Value =
-            serde_json::from_str(&line?).context("reading the daemon's pull progress")?;
-        if let Some(total) = line["Total"].as_u64() {
-            bar.finish_and_clear();
-            bar = crate::progress::bytes(Some(total), false);
-        } else if line["Type"] == "error" {
-            bar.finish_and_clear();
-            bail!("{}", text(&line["Message"]));
-        } else if line.get("Root").is_some() {
-            bar.finish_and_clear();
-            return Ok(line);
-        } else if let Some(bytes) = line["Bytes"].as_u64() {
-            bar.set_position(bytes);
+        match parse("accelerate/model/pull", &line?)? {
+            types::PullLine::Total { total } => {
+                bar.finish_and_clear();
+                bar = crate::progress::bytes(Some(total), false);
+            }
+            types::PullLine::Failed { message, .. } => {
+                bar.finish_and_clear();
+                bail!("{message}");
+            }
+            types::PullLine::Done(pulled) => {
+                bar.finish_and_clear();
+                return Ok(pulled);
+            }
+            types::PullLine::Progress { bytes, .. } => bar.set_position(bytes),
         }
     }
     bail!("the daemon stopped answering during the pull")
@@ -169,25 +176,19 @@ fn pull(
 
 /// One line per model: NAME@VERSION, weights, where it is known from, tags, serving,
 /// and `untrusted` for a publisher not trusted for the name (never used by name).
-fn print_models(answer: &Value) {
-    for m in answer["Models"].as_array().into_iter().flatten() {
+fn print_models(models: &[types::ModelEntry]) {
+    for m in models {
         println!(
             "{}@{}\t{}\t{}\t{}{}{}",
-            text(&m["name"]),
-            text(&m["version"]),
-            text(&m["weights"]),
-            text(&m["source"]),
-            m["tags"]
-                .as_array()
-                .map(|t| t.iter().map(text).collect::<Vec<_>>().join(","))
-                .unwrap_or_default(),
-            if m["serving"].as_bool() == Some(true) {
-                "\tserving"
-            } else {
-                ""
-            },
-            if m["untrusted"].as_bool() == Some(true) {
-                format!("\tuntrusted (publisher {})", text(&m["publisher"]))
+            m.name,
+            m.version,
+            m.weights,
+            m.source,
+            m.tags.join(","),
+            if m.serving { "\tserving" } else { "" },
+            if m.untrusted == Some(true) {
+                let publisher = m.publisher.as_deref().unwrap_or_default();
+                format!("\tuntrusted (publisher {publisher})")
             } else {
                 String::new()
             },
@@ -195,8 +196,44 @@ fn print_models(answer: &Value) {
     }
 }
 
+/// `model info` as text: one `key: value` line per field of the answer, in its order;
+/// lists as JSON.
+fn print_info(info: &types::ModelInfo) -> Result<()> {
+    let m = match info {
+        types::ModelInfo::Announced(m) => m,
+        types::ModelInfo::Unknown {
+            serving_here,
+            weights,
+        } => {
+            println!("serving_here: {serving_here}\nweights: {weights}");
+            return Ok(());
+        }
+    };
+    println!("architecture: {}", m.architecture);
+    println!("created_at: {}", m.created_at);
+    println!("hardware: {}", serde_json::to_string(&m.hardware)?);
+    println!("input_shape: {}", serde_json::to_string(&m.input_shape)?);
+    println!("manifest: {}", m.manifest);
+    println!("name: {}", m.name);
+    println!("output_shape: {}", serde_json::to_string(&m.output_shape)?);
+    println!("parameters: {}", m.parameters);
+    println!("precision: {}", m.precision);
+    println!("publisher: {}", m.publisher);
+    if let Some(registry) = &m.registry {
+        println!("registry: {registry}");
+    }
+    if let Some(serving_here) = m.serving_here {
+        println!("serving_here: {serving_here}");
+    }
+    println!("tags: {}", serde_json::to_string(&m.tags)?);
+    println!("task: {}", m.task);
+    println!("version: {}", m.version);
+    println!("weights: {}", m.weights);
+    Ok(())
+}
+
 /// Adds a model folder through the daemon (pinned) and returns its root CID.
-fn add_folder(remote: &Remote, dir: &Path) -> Result<String> {
+fn add_folder(remote: &Client, dir: &Path) -> Result<String> {
     if !dir.join("config.json").is_file() {
         bail!(
             "{} is not a model folder: it has no config.json",
@@ -212,35 +249,35 @@ fn add_folder(remote: &Remote, dir: &Path) -> Result<String> {
     let answer = remote.upload("add", &[("pin", "true".into())], body)?;
     answer
         .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| serde_json::from_str::<types::Added>(line).ok())
         .next_back()
-        .and_then(|entry| entry["Hash"].as_str().map(str::to_owned))
+        .map(|entry| entry.hash)
         .context("the daemon returned no CID for the folder")
 }
 
-pub(crate) fn providers(remote: &Remote, model: String, json: bool) -> Result<()> {
-    let answer = remote.json("accelerate/providers", &[("arg", model)])?;
+pub(crate) fn providers(remote: &Client, model: String, json: bool) -> Result<()> {
+    let answer: types::Providers = remote.json("accelerate/providers", &[("arg", model)])?;
     if json {
         return print_json(&answer);
     }
-    let providers = answer["Providers"].as_array().cloned().unwrap_or_default();
-    if providers.is_empty() {
-        eprintln!("no peer serves {}", text(&answer["Model"]));
+    if answer.providers.is_empty() {
+        eprintln!("no peer serves {}", answer.model);
     }
-    for p in providers {
-        let rtt = p["round_trip_ms"]
-            .as_f64()
+    for p in &answer.providers {
+        let rtt = p
+            .round_trip_ms
             .map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms"));
-        let load = &p["load"];
+        // A provider that never answered has no load: shown as JSON's null, as before.
+        let (queued, capacity) = p.load.as_ref().map_or(("null".into(), "null".into()), |l| {
+            (l.queued.to_string(), l.capacity.to_string())
+        });
         println!(
-            "{}\trtt {rtt}\tsuccess {:.0}%\tqueued {}/{}{}",
-            text(&p["peer"]),
-            p["success_rate"].as_f64().unwrap_or(0.0) * 100.0,
-            load["queued"],
-            load["capacity"],
-            p["error"]
-                .as_str()
-                .or(p["distrusted"].as_str())
+            "{}\trtt {rtt}\tsuccess {:.0}%\tqueued {queued}/{capacity}{}",
+            p.peer,
+            p.success_rate * 100.0,
+            p.error
+                .as_deref()
+                .or(p.distrusted.as_deref())
                 .map(|e| format!("\t{e}"))
                 .unwrap_or_default(),
         );
@@ -248,55 +285,39 @@ pub(crate) fn providers(remote: &Remote, model: String, json: bool) -> Result<()
     Ok(())
 }
 
-pub(crate) fn infer(remote: &Remote, args: InferArgs, json: bool) -> Result<()> {
-    let body = json!({
-        "model": args.model,
-        "texts": args.texts,
-        "remote": args.remote,
-        "any_publisher": args.any_publisher,
-        "deadline_ms": args.deadline,
-    });
-    let answer = remote.post_json("accelerate/infer", &body)?;
+pub(crate) fn infer(remote: &Client, args: InferArgs, json: bool) -> Result<()> {
+    let request = types::InferRequest {
+        model: args.model,
+        texts: args.texts,
+        ids: None,
+        attention_mask: None,
+        remote: args.remote,
+        any_publisher: args.any_publisher,
+        normalize: None,
+        deadline_ms: args.deadline,
+    };
+    let answer: types::InferAnswer = remote.post_json("accelerate/infer", &request)?;
     if json {
         return print_json(&answer);
     }
-    let rows = answer["embeddings"].as_array().cloned().unwrap_or_default();
-    for (text_in, row) in args.texts.iter().zip(&rows) {
-        let values = row.as_array().cloned().unwrap_or_default();
-        let head: Vec<String> = values
-            .iter()
-            .take(6)
-            .map(|v| format!("{:+.4}", v.as_f64().unwrap_or(0.0)))
-            .collect();
+    for (text_in, row) in request.texts.iter().zip(&answer.embeddings) {
+        let head: Vec<String> = row.iter().take(6).map(|v| format!("{v:+.4}")).collect();
         println!(
             "{text_in:?}\t[{}, ...] ({} dims)",
             head.join(", "),
-            values.len()
+            row.len()
         );
     }
-    let timings = &answer["timings"];
+    let timings = &answer.timings;
     eprintln!(
         "model {} on {} ({}, {}): queued {:.2} ms, ran {:.2} ms, round trip {:.2} ms",
-        text(&answer["model"]),
-        text(&answer["provider"]),
-        if answer["local"].as_bool() == Some(true) {
-            "here"
-        } else {
-            "remote"
-        },
-        text(&answer["device"]),
-        timings["queue_ms"].as_f64().unwrap_or(0.0),
-        timings["compute_ms"].as_f64().unwrap_or(0.0),
-        timings["round_trip_ms"].as_f64().unwrap_or(0.0),
+        answer.model,
+        answer.provider,
+        if answer.local { "here" } else { "remote" },
+        answer.device,
+        timings.queue_ms,
+        timings.compute_ms,
+        timings.round_trip_ms,
     );
     Ok(())
-}
-
-/// A JSON string without quotes; other values as JSON.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }

@@ -4,147 +4,20 @@
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ipfs_accelerate_node::repo::Repo;
+use base64::Engine;
+use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::unixfs::extract::Extractor;
 use ipfs_accelerate_protocol::archive;
-use serde_json::Value;
 
-use base64::Engine;
-
+use crate::api::{Client, parse};
 use crate::cli::{
     BitswapCommand, BlockCommand, Command, DagCommand, PinCommand, PubsubCommand, RepoCommand,
     RoutingCommand, SwarmCommand,
 };
 use crate::multipart::MultipartBody;
-
-/// The daemon's API, found through the repo's `api` file.
-#[derive(Debug)]
-pub(crate) struct Remote {
-    base: String,
-    agent: ureq::Agent,
-    /// The repo's `network.api_token`, sent as a bearer token.
-    token: Option<String>,
-}
-
-impl Remote {
-    /// The API of the daemon holding the repo at `path`, if its `api` file exists.
-    pub(crate) fn from_repo(path: &Path) -> Result<Option<Remote>> {
-        let Ok(text) = std::fs::read_to_string(Repo::api_file(path)) else {
-            return Ok(None);
-        };
-        // "/ip4/127.0.0.1/tcp/5001"
-        let parts: Vec<&str> = text.trim().split('/').collect();
-        let (host, port) = match parts.as_slice() {
-            ["", "ip4", host, "tcp", port] => (host.to_string(), port.to_string()),
-            ["", "ip6", host, "tcp", port] => (format!("[{host}]"), port.to_string()),
-            _ => bail!(
-                "cannot read the daemon's API address {:?} in {}",
-                text.trim(),
-                path.display()
-            ),
-        };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let config = Repo::read_config(path)?;
-        let token = config.network.api_token().map(str::to_owned);
-        Ok(Some(Remote {
-            base: format!("http://{host}:{port}/api/v0"),
-            agent,
-            token,
-        }))
-    }
-
-    fn url(&self, path: &str, args: &[(&str, String)]) -> String {
-        let query: Vec<String> = args
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        format!("{}/{path}?{}", self.base, query.join("&"))
-    }
-
-    /// POSTs and returns the body reader, turning Kubo-style errors into one line.
-    pub(crate) fn call(
-        &self,
-        path: &str,
-        args: &[(&str, String)],
-        body: Option<(&str, &mut dyn Read)>,
-    ) -> Result<impl Read + use<>> {
-        let mut request = self.agent.post(&self.url(path, args));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let response = match body {
-            Some((content_type, reader)) => request
-                .header("Content-Type", content_type)
-                .send(ureq::SendBody::from_reader(reader)),
-            None => request.send_empty(),
-        }
-        .with_context(|| format!("calling the daemon's API ({path})"))?;
-        let status = response.status();
-        let reader = response.into_body().into_reader();
-        if !status.is_success() {
-            let mut text = String::new();
-            let _ = reader.take(64 * 1024).read_to_string(&mut text);
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["Message"].as_str().map(str::to_string))
-                .unwrap_or(text);
-            bail!("{message}");
-        }
-        Ok(reader)
-    }
-
-    /// POSTs a multipart upload (how Kubo's RPC takes files) and returns the answer's
-    /// text.
-    pub(crate) fn upload(
-        &self,
-        path: &str,
-        args: &[(&str, String)],
-        mut body: MultipartBody,
-    ) -> Result<String> {
-        let content_type = body.content_type();
-        let mut text = String::new();
-        self.call(path, args, Some((&content_type, &mut body)))?
-            .read_to_string(&mut text)?;
-        Ok(text)
-    }
-
-    pub(crate) fn json(&self, path: &str, args: &[(&str, String)]) -> Result<Value> {
-        let mut text = String::new();
-        self.call(path, args, None)?.read_to_string(&mut text)?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("reading the daemon's answer to {path}"))
-    }
-
-    /// POSTs a JSON body and reads a JSON answer.
-    pub(crate) fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
-        let bytes = serde_json::to_vec(body)?;
-        let mut reader = std::io::Cursor::new(bytes);
-        let mut text = String::new();
-        self.call(path, &[], Some(("application/json", &mut reader)))?
-            .read_to_string(&mut text)?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("reading the daemon's answer to {path}"))
-    }
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::output::{print_json, print_ls, print_verify_report};
 
 /// Kubo's RPC carries pubsub topics and data as multibase base64url.
 fn multibase(bytes: &[u8]) -> String {
@@ -164,20 +37,15 @@ fn from_multibase(text: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn print(value: &Value) -> Result<()> {
-    println!("{value}");
-    Ok(())
-}
-
 /// Runs a command through the daemon; `json` selects machine-readable output.
-pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
+pub(crate) fn run(remote: &Client, command: Command, json: bool) -> Result<()> {
     match command {
         Command::Id => {
-            let id = remote.json("id", &[])?;
+            let id: types::Id = remote.json("id", &[])?;
             if json {
-                return print(&id);
+                return print_json(&id);
             }
-            println!("{}", id["ID"].as_str().unwrap_or_default());
+            println!("{}", id.id);
         }
         Command::Cat { cid } => {
             let mut body = remote.call("cat", &[("arg", cid)], None)?;
@@ -205,7 +73,7 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             let body = remote.call("get", &[("arg", cid.clone())], None)?;
             unpack_tar(body, &target).with_context(|| format!("saving {cid}"))?;
             if json {
-                return print(&serde_json::json!({ "Hash": cid, "Path": target }));
+                return print_json(&serde_json::json!({ "Hash": cid, "Path": target }));
             }
             println!("Saving file(s) to {}", target.display());
         }
@@ -246,16 +114,15 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             let text = remote.upload("add", &query, body)?;
             let mut last = None;
             for line in text.lines() {
-                let entry: Value = serde_json::from_str(line)?;
-                let cid = entry["Hash"].as_str().unwrap_or_default().to_string();
+                let entry: types::Added = parse("add", line)?;
                 if json {
                     println!("{line}");
                 } else if args.quiet {
-                    println!("{cid}");
+                    println!("{}", entry.hash);
                 } else if !args.quieter {
-                    println!("added {cid} {}", entry["Name"].as_str().unwrap_or_default());
+                    println!("added {} {}", entry.hash, entry.name);
                 }
-                last = Some(cid);
+                last = Some(entry.hash);
             }
             if let (true, false, Some(root)) = (args.quieter, json, last) {
                 println!("{root}");
@@ -263,12 +130,12 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
         }
         Command::Pin(PinCommand::Add { cids, recursive }) => {
             for cid in cids {
-                let answer = remote.json(
+                let answer: types::Pins = remote.json(
                     "pin/add",
                     &[("arg", cid.clone()), ("recursive", recursive.to_string())],
                 )?;
                 if json {
-                    print(&answer)?;
+                    print_json(&answer)?;
                 } else {
                     println!(
                         "pinned {cid} {}",
@@ -279,9 +146,9 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
         }
         Command::Pin(PinCommand::Rm { cids }) => {
             for cid in cids {
-                let answer = remote.json("pin/rm", &[("arg", cid.clone())])?;
+                let answer: types::Pins = remote.json("pin/rm", &[("arg", cid.clone())])?;
                 if json {
-                    print(&answer)?;
+                    print_json(&answer)?;
                 } else {
                     println!("unpinned {cid}");
                 }
@@ -291,91 +158,82 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
             if !cids.is_empty() {
                 bail!("pin ls CID is not available through the daemon yet");
             }
-            let answer = remote.json("pin/ls", &[("type", kind)])?;
+            let answer: types::PinLs = remote.json("pin/ls", &[("type", kind)])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            if let Some(keys) = answer["Keys"].as_object() {
-                for (cid, info) in keys {
-                    println!("{cid} {}", info["Type"].as_str().unwrap_or_default());
-                }
+            for (cid, info) in &answer.keys {
+                println!("{cid} {}", info.r#type);
             }
         }
         Command::Swarm(SwarmCommand::Peers) => {
-            let answer = remote.json("swarm/peers", &[])?;
+            let answer: types::SwarmPeers = remote.json("swarm/peers", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for peer in answer["Peers"].as_array().into_iter().flatten() {
-                println!(
-                    "{}/p2p/{}",
-                    peer["Addr"].as_str().unwrap_or_default(),
-                    peer["Peer"].as_str().unwrap_or_default()
-                );
+            for peer in &answer.peers {
+                println!("{}/p2p/{}", peer.addr, peer.peer);
             }
         }
         Command::Swarm(SwarmCommand::Connect { addrs }) => {
             let args: Vec<(&str, String)> = addrs.into_iter().map(|a| ("arg", a)).collect();
-            let answer = remote.json("swarm/connect", &args)?;
+            let answer: types::Strings = remote.json("swarm/connect", &args)?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for line in answer["Strings"].as_array().into_iter().flatten() {
-                println!("{}", line.as_str().unwrap_or_default());
+            for line in &answer.strings {
+                println!("{line}");
             }
         }
         Command::Bitswap(BitswapCommand::Wantlist { peer }) => {
             let args: Vec<(&str, String)> = peer.map(|p| ("peer", p)).into_iter().collect();
-            let answer = remote.json("bitswap/wantlist", &args)?;
+            let answer: types::Wantlist = remote.json("bitswap/wantlist", &args)?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for key in answer["Keys"].as_array().into_iter().flatten() {
-                println!("{}", key["/"].as_str().unwrap_or_default());
+            for key in &answer.keys {
+                println!("{}", key.cid);
             }
         }
         Command::Bitswap(BitswapCommand::Stat) => {
-            let answer = remote.json("bitswap/stat", &[])?;
+            let stat: types::BitswapStat = remote.json("bitswap/stat", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&stat);
             }
-            let count = |key: &str| answer[key].as_u64().unwrap_or_default();
-            let length = |key: &str| answer[key].as_array().map_or(0, Vec::len);
             println!("bitswap status");
-            println!("\tblocks received: {}", count("BlocksReceived"));
-            println!("\tblocks sent: {}", count("BlocksSent"));
-            println!("\tdata received: {}", count("DataReceived"));
-            println!("\tdata sent: {}", count("DataSent"));
-            println!("\tdup blocks received: {}", count("DupBlksReceived"));
-            println!("\tdup data received: {}", count("DupDataReceived"));
-            println!("\twantlist [{} keys]", length("Wantlist"));
-            println!("\tpartners [{}]", length("Peers"));
+            println!("\tblocks received: {}", stat.blocks_received);
+            println!("\tblocks sent: {}", stat.blocks_sent);
+            println!("\tdata received: {}", stat.data_received);
+            println!("\tdata sent: {}", stat.data_sent);
+            println!("\tdup blocks received: {}", stat.dup_blks_received);
+            println!("\tdup data received: {}", stat.dup_data_received);
+            println!("\twantlist [{} keys]", stat.wantlist.len());
+            println!("\tpartners [{}]", stat.peers.len());
         }
         Command::Routing(RoutingCommand::Findprovs { cid, num_providers }) => {
             let args = [("arg", cid), ("num-providers", num_providers.to_string())];
             routing_events(remote, "routing/findprovs", &args, json, |response| {
-                println!("{}", response["ID"].as_str().unwrap_or_default());
+                println!("{}", response.id);
             })?;
         }
         Command::Swarm(SwarmCommand::Addrs { which: Some(_) }) => {
-            let answer = remote.json("swarm/addrs/local", &[])?;
+            let answer: types::Strings = remote.json("swarm/addrs/local", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for addr in answer["Strings"].as_array().into_iter().flatten() {
-                println!("{}", addr.as_str().unwrap_or_default());
+            for addr in &answer.strings {
+                println!("{addr}");
             }
         }
         Command::Swarm(SwarmCommand::Addrs { which: None }) => {
-            let answer = remote.json("swarm/addrs", &[])?;
+            let answer: types::SwarmAddrs = remote.json("swarm/addrs", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for (peer, addrs) in answer["Addrs"].as_object().into_iter().flatten() {
-                let addrs = addrs.as_array().cloned().unwrap_or_default();
+            for (peer, addrs) in &answer.addrs {
                 println!("{peer} ({})", addrs.len());
                 for addr in addrs {
-                    println!("\t{}", addr.as_str().unwrap_or_default());
+                    println!("\t{addr}");
                 }
             }
         }
@@ -386,14 +244,14 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 &[("arg", peer)],
                 json,
                 |response| {
-                    for addr in response["Addrs"].as_array().into_iter().flatten() {
-                        println!("{}", addr.as_str().unwrap_or_default());
+                    for addr in &response.addrs {
+                        println!("{addr}");
                     }
                 },
             )?;
         }
         Command::Routing(RoutingCommand::Provide { cid }) => {
-            remote.json("routing/provide", &[("arg", cid)])?;
+            remote.json::<types::RoutingEvent>("routing/provide", &[("arg", cid)])?;
         }
         Command::Pubsub(PubsubCommand::Pub { topic, file }) => {
             let data: Box<dyn Read> = match file {
@@ -417,22 +275,19 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 if json {
                     writeln!(out, "{line}")?;
                 } else {
-                    let message: Value = serde_json::from_str(&line)?;
-                    out.write_all(&from_multibase(
-                        message["data"].as_str().unwrap_or_default(),
-                    ))?;
+                    let message: types::PubsubMessage = parse("pubsub/sub", &line)?;
+                    out.write_all(&from_multibase(&message.data))?;
                 }
                 out.flush()?;
             }
         }
         Command::Pubsub(PubsubCommand::Ls) => {
-            let answer = remote.json("pubsub/ls", &[])?;
+            let answer: types::Strings = remote.json("pubsub/ls", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for topic in answer["Strings"].as_array().into_iter().flatten() {
-                let topic = from_multibase(topic.as_str().unwrap_or_default());
-                println!("{}", String::from_utf8_lossy(&topic));
+            for topic in &answer.strings {
+                println!("{}", String::from_utf8_lossy(&from_multibase(topic)));
             }
         }
         Command::Pubsub(PubsubCommand::Peers { topic }) => {
@@ -440,45 +295,27 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 .map(|t| ("arg", multibase(t.as_bytes())))
                 .into_iter()
                 .collect();
-            let answer = remote.json("pubsub/peers", &args)?;
+            let answer: types::Strings = remote.json("pubsub/peers", &args)?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for peer in answer["Strings"].as_array().into_iter().flatten() {
-                println!("{}", peer.as_str().unwrap_or_default());
+            for peer in &answer.strings {
+                println!("{peer}");
             }
         }
         Command::Ls { cid } => {
-            let answer = remote.json("ls", &[("arg", cid)])?;
+            let answer: types::Ls = remote.json("ls", &[("arg", cid)])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            for link in answer["Objects"][0]["Links"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let (hash, name) = (
-                    link["Hash"].as_str().unwrap_or_default(),
-                    link["Name"].as_str().unwrap_or_default(),
-                );
-                if link["Type"] == 1 {
-                    println!("{hash} - {name}/");
-                } else {
-                    println!("{hash} {} {name}", link["Size"]);
-                }
-            }
+            print_ls(&answer)?;
         }
         Command::Block(BlockCommand::Stat { cid }) => {
-            let answer = remote.json("block/stat", &[("arg", cid)])?;
+            let answer: types::BlockStat = remote.json("block/stat", &[("arg", cid)])?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            println!(
-                "Key: {}\nSize: {}",
-                answer["Key"].as_str().unwrap_or_default(),
-                answer["Size"]
-            );
+            println!("Key: {}\nSize: {}", answer.key, answer.size);
         }
         Command::Block(BlockCommand::Put {
             file,
@@ -497,50 +334,41 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                 ("pin", pin.to_string()),
                 ("allow-big-block", allow_big_block.to_string()),
             ];
-            let answer: Value = serde_json::from_str(&remote.upload(
-                "block/put",
-                &args,
-                MultipartBody::new().reader("", data),
-            )?)?;
+            let body = MultipartBody::new().reader("", data);
+            let answer: types::BlockStat =
+                parse("block/put", &remote.upload("block/put", &args, body)?)?;
             if json {
-                return print(&answer);
+                return print_json(&answer);
             }
-            println!("{}", answer["Key"].as_str().unwrap_or_default());
+            println!("{}", answer.key);
         }
         Command::Block(BlockCommand::Rm { cids }) => {
             for cid in cids {
-                let answer = remote.json("block/rm", &[("arg", cid.clone())])?;
+                let answer: types::BlockRm = remote.json("block/rm", &[("arg", cid.clone())])?;
                 if json {
-                    print(&answer)?;
+                    print_json(&answer)?;
                 } else {
                     println!("removed {cid}");
                 }
             }
         }
         Command::Repo(RepoCommand::Stat { human: _ }) => {
-            let answer = remote.json("repo/stat", &[])?;
+            let stat: types::RepoStat = remote.json("repo/stat", &[])?;
             if json {
-                return print(&answer);
+                return print_json(&stat);
             }
-            println!("NumObjects: {}", answer["NumObjects"]);
-            println!("RepoSize:   {}", answer["RepoSize"]);
-            println!("StorageMax: {}", answer["StorageMax"]);
-            println!(
-                "RepoPath:   {}",
-                answer["RepoPath"].as_str().unwrap_or_default()
-            );
+            println!("NumObjects: {}", stat.num_objects);
+            println!("RepoSize:   {}", stat.repo_size);
+            println!("StorageMax: {}", stat.storage_max);
+            println!("RepoPath:   {}", stat.repo_path.display());
         }
         Command::Repo(RepoCommand::Gc { quiet }) => {
-            let mut text = String::new();
-            remote
-                .call("repo/gc", &[], None)?
-                .read_to_string(&mut text)?;
-            for line in text.lines() {
+            for line in remote.text("repo/gc", &[])?.lines() {
                 if json {
                     println!("{line}");
                 } else if !quiet {
-                    let entry: Value = serde_json::from_str(line)?;
-                    println!("removed {}", entry["Key"]["/"].as_str().unwrap_or_default());
+                    let removed: types::GcRemoved = parse("repo/gc", line)?;
+                    println!("removed {}", removed.key.cid);
                 }
             }
         }
@@ -573,19 +401,16 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
                         println!("{line}");
                         continue;
                     }
-                    let entry: Value = serde_json::from_str(line)?;
-                    if pin_roots {
-                        println!(
-                            "pinned root {} success",
-                            entry["Root"]["Cid"]["/"].as_str().unwrap_or_default()
-                        );
+                    let entry: types::DagImported = parse("dag/import", line)?;
+                    if let (true, Some(root)) = (pin_roots, entry.root) {
+                        println!("pinned root {} success", root.cid.cid);
                     }
                 }
             }
         }
         Command::Repo(RepoCommand::Verify) => {
-            let report = remote.json("repo/verify", &[])?;
-            crate::commands::print_verify_report(&report, json)?;
+            let report: types::Verify = remote.json("repo/verify", &[])?;
+            print_verify_report(&report, json)?;
         }
         Command::Shutdown => {
             remote.call("shutdown", &[], None)?;
@@ -605,25 +430,19 @@ pub(crate) fn run(remote: &Remote, command: Command, json: bool) -> Result<()> {
 /// Runs a routing call answering Kubo's NDJSON routing events: prints each line with
 /// `--json`, else hands every response in them to `show`.
 fn routing_events(
-    remote: &Remote,
+    remote: &Client,
     path: &str,
     args: &[(&str, String)],
     json: bool,
-    show: impl Fn(&Value),
+    show: impl Fn(&types::PeerAddrs),
 ) -> Result<()> {
-    let mut text = String::new();
-    remote.call(path, args, None)?.read_to_string(&mut text)?;
-    for line in text.lines() {
+    for line in remote.text(path, args)?.lines() {
         if json {
             println!("{line}");
             continue;
         }
-        let event: Value = serde_json::from_str(line)?;
-        event["Responses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .for_each(&show);
+        let event: types::RoutingEvent = parse(path, line)?;
+        event.responses.iter().flatten().for_each(&show);
     }
     Ok(())
 }

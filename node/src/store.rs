@@ -92,19 +92,6 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.corrupt.is_empty() && self.missing.is_empty()
     }
-
-    /// The report as `repo verify --json` and `/api/v0/repo/verify` give it.
-    pub fn to_json(&self) -> serde_json::Value {
-        let missing = self.missing.iter().map(
-            |(root, cid)| serde_json::json!({ "Pin": root.to_string(), "Cid": cid.to_string() }),
-        );
-        serde_json::json!({
-            "Blocks": self.blocks,
-            "Bytes": self.bytes,
-            "Corrupt": self.corrupt.iter().map(Cid::to_string).collect::<Vec<_>>(),
-            "Missing": missing.collect::<Vec<_>>(),
-        })
-    }
 }
 
 /// The block an identity CID (multihash 0x00) names: its data is the digest itself, so

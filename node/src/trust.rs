@@ -69,8 +69,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where a trust entry comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// `[models] trusted` in config.toml
     Config,
@@ -78,12 +77,21 @@ pub enum Origin {
     Repo,
 }
 
+impl Origin {
+    /// Its name in the API: `config` or `repo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Repo => "repo",
+        }
+    }
+}
+
 /// One row of [`Trust::list`]: `publisher` may speak for `name` (`None`: the name is
-/// pinned to nobody). Serializes as `{ name, publisher, origin }` for `--json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// pinned to nobody). The API shows it as `api::types::TrustEntry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
-    #[serde(serialize_with = "peer_text")]
     pub publisher: Option<PeerId>,
     pub origin: Origin,
 }
@@ -314,13 +322,6 @@ pub fn parse_peer(what: &str, value: &str) -> Result<PeerId> {
         what: what.to_owned(),
         value: value.to_owned(),
     })
-}
-
-fn peer_text<S: serde::Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, S::Error> {
-    match peer {
-        Some(peer) => s.collect_str(peer),
-        None => s.serialize_none(),
-    }
 }
 
 fn check_name(name: &str) -> Result<&str> {

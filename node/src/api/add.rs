@@ -5,12 +5,11 @@
 
 use axum::extract::multipart::Field;
 use axum::extract::{Multipart, Query, State};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    Api, ApiError, ApiResult, ChannelReader, Params, consume_field, import_options, ndjson,
+    Api, ApiError, ApiResult, ChannelReader, Params, consume_field, import_options, ndjson, types,
 };
 use ipfs_accelerate_protocol::upload::{Part, PartKind};
 
@@ -143,13 +142,7 @@ pub(super) async fn add(
             api.node.provide_root(root.cid).await;
         }
     }
-    Ok(ndjson(added.into_iter().map(|entry| {
-        let shown = match entry.name.is_empty() {
-            true => entry.cid.to_string(),
-            false => entry.name,
-        };
-        json!({ "Name": shown, "Hash": entry.cid.to_string(), "Size": entry.size.to_string() })
-    })))
+    Ok(ndjson(added.iter().map(types::Added::from)))
 }
 
 async fn add_file(

@@ -11,7 +11,6 @@
 //! may be large, JSON bodies may not) and the server limits connections and stalled
 //! clients ([`crate::http_server`]).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cid::{Cid, Version};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 mod add;
@@ -32,6 +31,7 @@ mod auth;
 mod bitswap;
 mod models;
 mod origin;
+pub mod types;
 
 use crate::http_body::stream_from_blocking;
 use crate::http_server::{self, Limits};
@@ -87,7 +87,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "Message": self.message, "Code": 0, "Type": "error" });
+        let body = types::ErrorBody {
+            code: 0,
+            message: self.message,
+            r#type: "error".into(),
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -287,45 +291,56 @@ pub fn local_addr(listener: &tokio::net::TcpListener) -> std::io::Result<SocketA
     listener.local_addr()
 }
 
-async fn version() -> Json<Value> {
-    Json(json!({
-        "Version": env!("CARGO_PKG_VERSION"),
-        "Commit": "",
-        "Repo": "1",
-        "System": format!("{}/{}", std::env::consts::ARCH, std::env::consts::OS),
-        "Golang": "",
+async fn version() -> Json<types::Version> {
+    Json(types::Version {
+        commit: String::new(),
+        golang: String::new(),
+        repo: "1".into(),
+        system: format!("{}/{}", std::env::consts::ARCH, std::env::consts::OS),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn id(State(api): State<Api>) -> ApiResult<Json<types::Id>> {
+    let identity = api.node.repo().identity();
+    let addrs = api.node.addresses().await.map_err(ApiError::internal)?;
+    let protocols = [
+        ipfs_accelerate_protocol::bitswap::PROTOCOL_1_2_0,
+        ipfs_accelerate_protocol::bitswap::PROTOCOL_1_1_0,
+        ipfs_accelerate_protocol::bitswap::PROTOCOL_1_0_0,
+        "/ipfs/id/1.0.0",
+        "/ipfs/ping/1.0.0",
+    ];
+    Ok(Json(types::Id {
+        addresses: Some(addrs.iter().map(|a| a.to_string()).collect()),
+        agent_version: types::AGENT_VERSION.into(),
+        id: identity.peer_id().to_string(),
+        protocol_version: types::PROTOCOL_VERSION.into(),
+        protocols: Some(protocols.map(str::to_owned).to_vec()),
+        public_key: identity.public_key_base64(),
     }))
 }
 
-async fn id(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    let identity = api.node.repo().identity();
-    let addrs = api.node.addresses().await.map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "ID": identity.peer_id().to_string(),
-        "PublicKey": identity.public_key_base64(),
-        "Addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "AgentVersion": concat!("ipfs-accelerate/", env!("CARGO_PKG_VERSION"), "/"),
-        "ProtocolVersion": "ipfs/0.1.0",
-        "Protocols": [
-            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_2_0,
-            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_1_0,
-            ipfs_accelerate_protocol::bitswap::PROTOCOL_1_0_0,
-            "/ipfs/id/1.0.0",
-            "/ipfs/ping/1.0.0",
-        ],
-    })))
-}
-
-async fn swarm_peers(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn swarm_peers(State(api): State<Api>) -> ApiResult<Json<types::SwarmPeers>> {
     let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
-    let peers: Vec<Value> = peers
+    let peers = peers
         .into_iter()
-        .map(|p| json!({ "Addr": p.addr.to_string(), "Peer": p.peer.to_string(), "Latency": "", "Muxer": "", "Direction": 0, "Streams": null }))
+        .map(|p| types::SwarmPeer {
+            addr: p.addr.to_string(),
+            direction: 0,
+            latency: String::new(),
+            muxer: String::new(),
+            peer: p.peer.to_string(),
+            streams: None,
+        })
         .collect();
-    Ok(Json(json!({ "Peers": peers })))
+    Ok(Json(types::SwarmPeers { peers }))
 }
 
-async fn swarm_connect(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn swarm_connect(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::Strings>> {
     let mut strings = Vec::new();
     for arg in params(&q, "arg") {
         let addr = arg
@@ -342,7 +357,7 @@ async fn swarm_connect(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
     if strings.is_empty() {
         return Err(ApiError::bad_request("argument \"address\" is required"));
     }
-    Ok(Json(json!({ "Strings": strings })))
+    Ok(Json(types::Strings { strings }))
 }
 
 /// Fewest links a file node may have (a tree of one link per node never ends).
@@ -466,12 +481,19 @@ where
 }
 
 /// One JSON value per line, as Kubo streams results.
-fn ndjson(lines: impl IntoIterator<Item = Value>) -> Response {
+fn ndjson<T: Serialize>(lines: impl IntoIterator<Item = T>) -> Response {
     let mut body = Vec::new();
     for line in lines {
-        let _ = writeln!(body, "{line}");
+        body.extend(json_line(&line));
     }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `value` as one line of newline-delimited JSON. Bodies of [`types`] always serialize.
+fn json_line(value: &impl Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -541,7 +563,7 @@ async fn block_get(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .into_response())
 }
 
-async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::BlockStat>> {
     let cid = cid_arg(&q)?;
     let block = api
         .node
@@ -549,30 +571,33 @@ async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<
         .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "Key": cid.to_string(), "Size": block.len() })))
+    Ok(Json(types::BlockStat {
+        key: cid.to_string(),
+        size: block.len() as u64,
+    }))
 }
 
-async fn pin_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn pin_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::Pins>> {
     let cid = path_arg(&api, &q).await?;
     let recursive = flag(&q, "recursive", true)?;
     api.node
         .pin(cid, recursive)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "Pins": [cid.to_string()] })))
+    Ok(Json(types::Pins::new([&cid])))
 }
 
-async fn pin_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn pin_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::Pins>> {
     let cid = cid_arg(&q)?;
     let store = api.node.store();
     tokio::task::spawn_blocking(move || store.pin_rm(&cid))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "Pins": [cid.to_string()] })))
+    Ok(Json(types::Pins::new([&cid])))
 }
 
-async fn pin_ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn pin_ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::PinLs>> {
     let types = match param(&q, "type").unwrap_or("all") {
         "all" => vec![],
         "direct" => vec![PinType::Direct],
@@ -585,11 +610,7 @@ async fn pin_ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Valu
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let keys: serde_json::Map<String, Value> = pins
-        .into_iter()
-        .map(|(cid, t)| (cid.to_string(), json!({ "Type": t.as_str() })))
-        .collect();
-    Ok(Json(json!({ "Keys": keys })))
+    Ok(Json(pins.into_iter().collect()))
 }
 
 async fn findprovs(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -602,12 +623,9 @@ async fn findprovs(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .find_providers(cid, limit)
         .await
         .map_err(ApiError::internal)?;
-    // Kubo's routing event type 4 is "Provider".
     Ok(ndjson(providers.into_iter().map(|(peer, addrs)| {
-        json!({
-            "Extra": "", "ID": "", "Type": 4,
-            "Responses": [{ "ID": peer.to_string(), "Addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() }],
-        })
+        let found = peer_addrs(&peer, &addrs);
+        types::RoutingEvent::peers(types::ROUTING_PROVIDER, Some(vec![found]))
     })))
 }
 
@@ -617,34 +635,37 @@ async fn findpeer(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .parse()
         .map_err(|e| ApiError::bad_request(format!("invalid peer ID: {e}")))?;
     let addrs = api.node.find_peer(peer).await.map_err(ApiError::internal)?;
-    // Kubo's routing event type 2 is "FinalPeer".
-    Ok(ndjson([json!({
-        "Extra": "", "ID": "", "Type": 2,
-        "Responses": [{ "ID": peer.to_string(), "Addrs": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() }],
-    })]))
+    let found = peer_addrs(&peer, &addrs);
+    Ok(ndjson([types::RoutingEvent::peers(
+        types::ROUTING_FINAL_PEER,
+        Some(vec![found]),
+    )]))
 }
 
-async fn swarm_addrs(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
-    let mut addrs = serde_json::Map::new();
-    for info in peers {
-        let list = addrs
-            .entry(info.peer.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(list) = list {
-            list.push(Value::String(info.addr.to_string()));
-        }
+fn peer_addrs(peer: &libp2p::PeerId, addrs: &[libp2p::Multiaddr]) -> types::PeerAddrs {
+    types::PeerAddrs {
+        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        id: peer.to_string(),
     }
-    Ok(Json(json!({ "Addrs": addrs })))
 }
 
-async fn swarm_addrs_local(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn swarm_addrs(State(api): State<Api>) -> ApiResult<Json<types::SwarmAddrs>> {
+    let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
+    let mut addrs = std::collections::BTreeMap::<_, Vec<_>>::new();
+    for info in peers {
+        let list = addrs.entry(info.peer.to_string()).or_default();
+        list.push(info.addr.to_string());
+    }
+    Ok(Json(types::SwarmAddrs { addrs }))
+}
+
+async fn swarm_addrs_local(State(api): State<Api>) -> ApiResult<Json<types::Strings>> {
     let addrs = api.node.addresses().await.map_err(ApiError::internal)?;
-    let strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    Ok(Json(json!({ "Strings": strings })))
+    let strings = addrs.iter().map(|a| a.to_string()).collect();
+    Ok(Json(types::Strings { strings }))
 }
 
-async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::RoutingEvent>> {
     let cid = cid_arg(&q)?;
     let store = api.node.store();
     let present = tokio::task::spawn_blocking(move || store.has(&cid))
@@ -657,9 +678,10 @@ async fn provide(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Val
         )));
     }
     api.node.provide(cid).await;
-    Ok(Json(
-        json!({ "Extra": "", "ID": "", "Responses": null, "Type": 0 }),
-    ))
+    Ok(Json(types::RoutingEvent::peers(
+        types::ROUTING_SENDING_QUERY,
+        None,
+    )))
 }
 
 /// Runs store work on a blocking thread, mapping both failure layers to 500s.
@@ -705,7 +727,7 @@ async fn field_bytes(
     Ok(data)
 }
 
-async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::Ls>> {
     let cid = path_arg(&api, &q).await?;
     api.node
         .bitswap()
@@ -714,28 +736,14 @@ async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> 
         .map_err(ApiError::internal)?;
     let store = api.node.store();
     let entries = blocking(move || unixfs::ls(&store, &cid)).await?;
-    let links: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let kind = match e.kind {
-                unixfs::export::EntryKind::Directory => 1,
-                unixfs::export::EntryKind::File => 2,
-                unixfs::export::EntryKind::Symlink => 4,
-                unixfs::export::EntryKind::Unknown => 0,
-            };
-            json!({ "Name": e.name, "Hash": e.cid.to_string(), "Size": e.size, "Type": kind, "Target": "" })
-        })
-        .collect();
-    Ok(Json(
-        json!({ "Objects": [{ "Hash": cid.to_string(), "Links": links }] }),
-    ))
+    Ok(Json(types::Ls::new(&cid, &entries)))
 }
 
 async fn block_put(
     State(api): State<Api>,
     Query(q): Params,
     mut form: Multipart,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::BlockStat>> {
     use ipfs_accelerate_protocol::{Block, codec};
     let codec_name = param(&q, "cid-codec").unwrap_or("raw");
     let codec = codec::codec_from_name(codec_name)
@@ -765,32 +773,38 @@ async fn block_put(
         Ok::<_, crate::store::Error>(())
     })
     .await?;
-    Ok(Json(json!({ "Key": cid.to_string(), "Size": size })))
+    Ok(Json(types::BlockStat {
+        key: cid.to_string(),
+        size: size as u64,
+    }))
 }
 
-async fn block_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn block_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::BlockRm>> {
     let cid = cid_arg(&q)?;
     let store = api.node.store();
     blocking(move || store.remove_block(&cid)).await?;
-    Ok(Json(json!({ "Hash": cid.to_string(), "Error": "" })))
+    Ok(Json(types::BlockRm {
+        error: String::new(),
+        hash: cid.to_string(),
+    }))
 }
 
-async fn repo_stat(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn repo_stat(State(api): State<Api>) -> ApiResult<Json<types::RepoStat>> {
     let store = api.node.store();
     let stat = blocking(move || store.stat()).await?;
-    Ok(Json(json!({
-        "RepoSize": stat.bytes,
-        "StorageMax": api.node.repo().config().datastore.storage_max,
-        "NumObjects": stat.blocks,
-        "RepoPath": api.node.repo().path(),
-        "Version": "ipfs-accelerate-repo@1",
-    })))
+    Ok(Json(types::RepoStat {
+        num_objects: stat.blocks,
+        repo_path: api.node.repo().path().to_owned(),
+        repo_size: stat.bytes,
+        storage_max: api.node.repo().config().datastore.storage_max,
+        version: types::REPO_VERSION.into(),
+    }))
 }
 
-async fn repo_verify(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn repo_verify(State(api): State<Api>) -> ApiResult<Json<types::Verify>> {
     let store = api.node.store();
     let report = blocking(move || store.verify(|_| {})).await?;
-    Ok(Json(report.to_json()))
+    Ok(Json(types::Verify::from(&report)))
 }
 
 async fn repo_gc(State(api): State<Api>) -> ApiResult {
@@ -800,7 +814,7 @@ async fn repo_gc(State(api): State<Api>) -> ApiResult {
         report
             .removed
             .iter()
-            .map(|cid| json!({ "Key": { "/": cid.to_string() } })),
+            .map(|&cid| types::GcRemoved { key: cid.into() }),
     ))
 }
 
@@ -833,7 +847,7 @@ async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipar
             if pin_roots {
                 api.node.provide_root(root).await;
             }
-            lines.push(json!({ "Root": { "Cid": { "/": root.to_string() }, "PinErrorMsg": "" } }));
+            lines.push(types::DagImported::root(root));
         }
     }
     Ok(ndjson(lines))
@@ -872,14 +886,14 @@ async fn pubsub_pub(
     State(api): State<Api>,
     Query(q): Params,
     mut form: Multipart,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::Empty>> {
     let topic = topic_arg(&q)?;
     let data = first_field(&mut form, crate::p2p::GOSSIP_MESSAGE_LIMIT).await?;
     api.node
         .pubsub_publish(topic, data)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({})))
+    Ok(Json(types::Empty {}))
 }
 
 async fn pubsub_sub(State(api): State<Api>, Query(q): Params) -> ApiResult {
@@ -892,16 +906,13 @@ async fn pubsub_sub(State(api): State<Api>, Query(q): Params) -> ApiResult {
     // The stream ends (and the subscription drops) when the client goes away.
     let body = futures::stream::unfold(subscription, |mut sub| async move {
         let message = sub.next().await?;
-        let line = json!({
-            "from": message.from.map(|p| p.to_string()).unwrap_or_default(),
-            "data": multibase_encode(&message.data),
-            "seqno": multibase_encode(&message.seqno.unwrap_or_default().to_be_bytes()),
-            "topicIDs": [multibase_encode(message.topic.as_bytes())],
-        });
-        Some((
-            Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))),
-            sub,
-        ))
+        let line = types::PubsubMessage {
+            data: multibase_encode(&message.data),
+            from: message.from.map(|p| p.to_string()).unwrap_or_default(),
+            seqno: multibase_encode(&message.seqno.unwrap_or_default().to_be_bytes()),
+            topic_ids: vec![multibase_encode(message.topic.as_bytes())],
+        };
+        Some((Ok::<_, std::io::Error>(json_line(&line)), sub))
     });
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -910,21 +921,21 @@ async fn pubsub_sub(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .into_response())
 }
 
-async fn pubsub_ls(State(api): State<Api>) -> ApiResult<Json<Value>> {
+async fn pubsub_ls(State(api): State<Api>) -> ApiResult<Json<types::Strings>> {
     let topics = api
         .node
         .p2p()
         .pubsub_topics()
         .await
         .map_err(ApiError::internal)?;
-    let encoded: Vec<String> = topics
+    let strings = topics
         .iter()
         .map(|t| multibase_encode(t.as_bytes()))
         .collect();
-    Ok(Json(json!({ "Strings": encoded })))
+    Ok(Json(types::Strings { strings }))
 }
 
-async fn pubsub_peers(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+async fn pubsub_peers(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::Strings>> {
     let topic = match param(&q, "arg") {
         Some(_) => Some(topic_arg(&q)?),
         None => None,
@@ -935,9 +946,8 @@ async fn pubsub_peers(State(api): State<Api>, Query(q): Params) -> ApiResult<Jso
         .pubsub_peers(topic)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "Strings": peers.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
-    ))
+    let strings = peers.iter().map(|p| p.to_string()).collect();
+    Ok(Json(types::Strings { strings }))
 }
 
 async fn shutdown_handler(State(api): State<Api>) -> StatusCode {

@@ -5,18 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use cid::Cid;
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
-use ipfs_accelerate_protocol::manifest::Manifest;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Api, ApiError, ApiResult, Params, flag, param};
+use super::types::{self, InferRequest, PullLine};
+use super::{Api, ApiError, ApiResult, Params, flag, json_line, param};
 use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
 use crate::infer::DEFAULT_DEADLINE;
@@ -29,26 +27,6 @@ use crate::trust;
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Progress lines queued for a slow reader.
 const PROGRESS_LINES: usize = 16;
-
-/// The body of `accelerate/infer`.
-#[derive(Debug, Deserialize)]
-pub(super) struct InferBody {
-    /// A root CID, or a model name imported here or announced by peers.
-    model: String,
-    #[serde(default)]
-    texts: Vec<String>,
-    /// Token ids instead of texts, with `attention_mask` of the same shape.
-    ids: Option<Vec<Vec<u32>>>,
-    attention_mask: Option<Vec<Vec<u32>>>,
-    /// Only peers answer, even if the model is here.
-    #[serde(default)]
-    remote: bool,
-    /// A name resolves to the newest manifest by anyone, not only trusted publishers.
-    #[serde(default)]
-    any_publisher: bool,
-    normalize: Option<bool>,
-    deadline_ms: Option<u64>,
-}
 
 /// The model `arg` names (with `any-publisher=true`, by any publisher of the name).
 fn model_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
@@ -68,8 +46,8 @@ fn device_arg(q: &[(String, String)]) -> ApiResult<DeviceKind> {
 
 pub(super) async fn infer(
     State(api): State<Api>,
-    Json(body): Json<InferBody>,
-) -> ApiResult<Json<Value>> {
+    Json(body): Json<InferRequest>,
+) -> ApiResult<Json<types::InferAnswer>> {
     let model = api
         .node
         .resolve_model_from(&body.model, body.any_publisher)
@@ -104,26 +82,37 @@ pub(super) async fn infer(
         .rows_f32()
         .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))?;
     let ms = |us: u64| us as f64 / 1000.0;
-    Ok(Json(json!({
-        "model": model.to_string(),
-        "provider": answer.provider.to_string(),
-        "local": answer.local,
-        "device": answer.output.backend,
-        "dim": rows.first().map_or(0, Vec::len),
-        "embeddings": rows,
-        "timings": {
-            "queue_ms": ms(answer.output.queue_us),
-            "compute_ms": ms(answer.output.compute_us),
-            "round_trip_ms": answer.round_trip.as_secs_f64() * 1000.0,
+    let attempts = answer
+        .attempts
+        .into_iter()
+        .map(|(peer, error)| types::Attempt {
+            error,
+            peer: peer.to_string(),
+        })
+        .collect();
+    Ok(Json(types::InferAnswer {
+        attempts,
+        device: answer.output.backend,
+        dim: rows.first().map_or(0, Vec::len),
+        embeddings: rows
+            .into_iter()
+            .map(|row| row.into_iter().map(f64::from).collect())
+            .collect(),
+        local: answer.local,
+        model: model.to_string(),
+        provider: answer.provider.to_string(),
+        timings: types::InferTimings {
+            compute_ms: ms(answer.output.compute_us),
+            queue_ms: ms(answer.output.queue_us),
+            round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
         },
-        "attempts": answer.attempts.iter().map(|(peer, failure)| json!({
-            "peer": peer.to_string(),
-            "error": failure,
-        })).collect::<Vec<_>>(),
-    })))
+    }))
 }
 
-pub(super) async fn publish(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn publish(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::Manifest>> {
     let root = model_arg(&api, &q)?;
     let name =
         param(&q, "name").ok_or_else(|| ApiError::bad_request("argument \"name\" is required"))?;
@@ -144,18 +133,23 @@ pub(super) async fn publish(State(api): State<Api>, Query(q): Params) -> ApiResu
         .publish_model(root, meta, device_arg(&q)?)
         .await
         .map_err(ApiError::internal)?;
-    let mut answer = manifest_json(&published.manifest, &published.manifest_cid);
-    answer["registry"] = json!(published.registry.to_string());
+    let mut answer = types::Manifest::new(&published.manifest, &published.manifest_cid);
+    answer.registry = Some(published.registry.to_string());
     Ok(Json(answer))
 }
 
-pub(super) async fn serve(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn serve(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::Serving>> {
     let root = model_arg(&api, &q)?;
     api.node
         .serve_model(root, device_arg(&q)?)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "Serving": root.to_string() })))
+    Ok(Json(types::Serving {
+        serving: root.to_string(),
+    }))
 }
 
 /// Pulls a model. With `progress=true` the answer is newline-delimited JSON: first
@@ -172,29 +166,32 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult 
             .map_err(ApiError::internal)?;
         return Ok(Json(answer).into_response());
     }
-    let (lines, receiver) = mpsc::channel::<Value>(PROGRESS_LINES);
+    let (lines, receiver) = mpsc::channel::<PullLine>(PROGRESS_LINES);
     tokio::spawn(async move {
         if let Ok(Some(total)) = api.node.dag_size_hint(root).await {
-            let _ = lines.send(json!({ "Total": total })).await;
+            let _ = lines.send(PullLine::Total { total }).await;
         }
         let mut last = Instant::now();
         let result = run_pull(&api, root, serve, |blocks, bytes| {
             if last.elapsed() >= PROGRESS_INTERVAL {
                 last = Instant::now();
                 // A slow reader misses some updates rather than holding up the pull.
-                let _ = lines.try_send(json!({ "Blocks": blocks, "Bytes": bytes }));
+                let _ = lines.try_send(PullLine::Progress { blocks, bytes });
             }
         })
         .await;
-        let end = result.unwrap_or_else(|e| json!({ "Message": e.to_string(), "Type": "error" }));
+        let end = match result {
+            Ok(pulled) => PullLine::Done(pulled),
+            Err(e) => PullLine::Failed {
+                message: e.to_string(),
+                r#type: "error".into(),
+            },
+        };
         let _ = lines.send(end).await;
     });
     let body = futures::stream::unfold(receiver, |mut receiver| async move {
         let line = receiver.recv().await?;
-        Some((
-            Ok::<_, std::io::Error>(Bytes::from(format!("{line}\n"))),
-            receiver,
-        ))
+        Some((Ok::<_, std::io::Error>(json_line(&line)), receiver))
     });
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -210,7 +207,7 @@ async fn run_pull(
     root: Cid,
     serve: Option<DeviceKind>,
     mut progress: impl FnMut(u64, u64),
-) -> crate::node::Result<Value> {
+) -> crate::node::Result<types::Pulled> {
     let started = Instant::now();
     let before = api.node.bitswap().received_from();
     let mut fetched = (0, 0);
@@ -221,7 +218,7 @@ async fn run_pull(
         })
         .await?;
     // Which peers the blocks came from (a pull takes them from every provider at once).
-    let sources: serde_json::Map<String, Value> = api
+    let sources = api
         .node
         .bitswap()
         .received_from()
@@ -231,7 +228,10 @@ async fn run_pull(
             (blocks > old_blocks).then(|| {
                 (
                     peer.to_string(),
-                    json!({ "blocks": blocks - old_blocks, "bytes": bytes - old_bytes }),
+                    types::Received {
+                        blocks: blocks - old_blocks,
+                        bytes: bytes - old_bytes,
+                    },
                 )
             })
         })
@@ -239,18 +239,21 @@ async fn run_pull(
     if let Some(device) = serve {
         api.node.serve_model(root, device).await?;
     }
-    Ok(json!({
-        "Root": root.to_string(),
-        "Blocks": fetched.0,
-        "Bytes": fetched.1,
-        "Seconds": started.elapsed().as_secs_f64(),
-        "Sources": sources,
-    }))
+    Ok(types::Pulled {
+        blocks: fetched.0,
+        bytes: fetched.1,
+        root: root.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        sources,
+    })
 }
 
 /// Models known here: imported or pulled ones, those peers announced, and those read
 /// from registries.
-pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn ls(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::ModelList>> {
     let tag = param(&q, "tag");
     let local = LocalModels::new(api.node.repo().path());
     let records = tokio::task::spawn_blocking(move || local.list())
@@ -259,18 +262,20 @@ pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
         .map_err(ApiError::internal)?;
     let node = &api.node;
     let server = node.infer_server();
-    let mut models: Vec<Value> = records
+    let mut models: Vec<_> = records
         .iter()
         .filter(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)))
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "version": r.version,
-                "tags": r.tags,
-                "weights": r.root.to_string(),
-                "source": "local",
-                "serving": server.is_serving(&r.root),
-            })
+        .map(|r| types::ModelEntry {
+            manifest: None,
+            name: r.name.clone(),
+            publisher: None,
+            registry: None,
+            serving: server.is_serving(&r.root),
+            source: "local".into(),
+            tags: r.tags.clone(),
+            untrusted: None,
+            version: r.version.clone(),
+            weights: r.root.to_string(),
         })
         .collect();
     models.extend(
@@ -278,13 +283,16 @@ pub(super) async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Js
             .directory()
             .list(tag)
             .iter()
-            .map(|a| announced_json(a, node)),
+            .map(|a| model_entry(a, node)),
     );
-    Ok(Json(json!({ "Models": models })))
+    Ok(Json(types::ModelList { models }))
 }
 
 /// Reads a registry entry and lists the versions it names (now in the directory too).
-pub(super) async fn discover(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn discover(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::Discovered>> {
     let registry = param(&q, "registry")
         .ok_or_else(|| ApiError::bad_request("argument \"registry\" is required"))?;
     let registry = Cid::try_from(registry)
@@ -294,38 +302,39 @@ pub(super) async fn discover(State(api): State<Api>, Query(q): Params) -> ApiRes
         .discover_registry(registry)
         .await
         .map_err(ApiError::internal)?;
-    let models: Vec<Value> = found.iter().map(|a| announced_json(a, &api.node)).collect();
-    Ok(Json(
-        json!({ "Registry": registry.to_string(), "Models": models }),
-    ))
+    let models = found.iter().map(|a| model_entry(a, &api.node)).collect();
+    Ok(Json(types::Discovered {
+        models,
+        registry: registry.to_string(),
+    }))
 }
 
 /// A model from the directory as `ls` and `discover` list it; `untrusted` when its
 /// publisher may not speak for the name here (it is never used by name).
-fn announced_json(announced: &Announced, node: &Node) -> Value {
+fn model_entry(announced: &Announced, node: &Node) -> types::ModelEntry {
     let body = &announced.manifest.body;
-    let server = node.infer_server();
-    let mut entry = json!({
-        "name": body.name,
-        "version": body.version,
-        "tags": body.tags,
-        "weights": body.weights.to_string(),
-        "manifest": announced.manifest_cid.to_string(),
-        "publisher": announced.publisher.to_string(),
-        "serving": server.is_serving(&body.weights),
-        "untrusted": !node.trusts(&body.name, &announced.publisher),
-    });
-    match announced.source {
-        Source::Announced => entry["source"] = json!("announced"),
-        Source::Registry(registry) => {
-            entry["source"] = json!("registry");
-            entry["registry"] = json!(registry.to_string());
-        }
+    let (source, registry) = match announced.source {
+        Source::Announced => ("announced", None),
+        Source::Registry(registry) => ("registry", Some(registry.to_string())),
+    };
+    types::ModelEntry {
+        manifest: Some(announced.manifest_cid.to_string()),
+        name: body.name.clone(),
+        publisher: Some(announced.publisher.to_string()),
+        registry,
+        serving: node.infer_server().is_serving(&body.weights),
+        source: source.into(),
+        tags: body.tags.clone(),
+        untrusted: Some(!node.trusts(&body.name, &announced.publisher)),
+        version: body.version.clone(),
+        weights: body.weights.to_string(),
     }
-    entry
 }
 
-pub(super) async fn info(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn info(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::ModelInfo>> {
     let root = model_arg(&api, &q)?;
     // A trusted publisher's manifest first, then the newest.
     let announced = api
@@ -337,42 +346,36 @@ pub(super) async fn info(State(api): State<Api>, Query(q): Params) -> ApiResult<
             let trusted = api.node.trusts(&a.manifest.body.name, &a.publisher);
             (trusted, a.manifest.body.created_at)
         });
-    let mut info = match &announced {
-        Some(a) => manifest_json(&a.manifest, &a.manifest_cid),
-        None => json!({ "weights": root.to_string() }),
-    };
-    info["serving_here"] = json!(api.node.infer_server().is_serving(&root));
-    Ok(Json(info))
+    let serving_here = api.node.infer_server().is_serving(&root);
+    Ok(Json(match &announced {
+        Some(a) => types::ModelInfo::Announced(types::Manifest {
+            serving_here: Some(serving_here),
+            ..types::Manifest::new(&a.manifest, &a.manifest_cid)
+        }),
+        None => types::ModelInfo::Unknown {
+            serving_here,
+            weights: root.to_string(),
+        },
+    }))
 }
 
-pub(super) async fn providers(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn providers(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::Providers>> {
     let root = model_arg(&api, &q)?;
     let providers = api.node.providers(root).await.map_err(ApiError::internal)?;
-    let list: Vec<Value> = providers
-        .iter()
-        .map(|p| {
-            json!({
-                "peer": p.peer.to_string(),
-                "round_trip_ms": p.round_trip.map(|d| d.as_secs_f64() * 1000.0),
-                "success_rate": p.stats.success_rate(),
-                "successes": p.stats.successes,
-                "failures": p.stats.failures,
-                "load": p.stats.load.map(|l| json!({
-                    "queued": l.queued, "capacity": l.capacity, "workers": l.workers,
-                })),
-                "disagreements": p.stats.disagreements,
-                "distrusted": p.stats.distrusted,
-                "error": p.error,
-            })
-        })
-        .collect();
-    Ok(Json(
-        json!({ "Model": root.to_string(), "Providers": list }),
-    ))
+    Ok(Json(types::Providers {
+        model: root.to_string(),
+        providers: providers.iter().map(types::Provider::from).collect(),
+    }))
 }
 
 /// `model/trust/add?arg=NAME&arg=PEER_ID`: trusts PEER_ID for NAME too.
-pub(super) async fn trust_add(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn trust_add(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::TrustChange>> {
     let (name, publisher) = trust_args(&q)?;
     let node = Arc::clone(&api.node);
     let (task_name, task_publisher) = (name.clone(), publisher);
@@ -380,14 +383,20 @@ pub(super) async fn trust_add(State(api): State<Api>, Query(q): Params) -> ApiRe
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(
-        json!({ "Name": name, "Publisher": publisher.to_string(), "Trusted": true }),
-    ))
+    Ok(Json(types::TrustChange {
+        name,
+        publisher: publisher.to_string(),
+        removed: None,
+        trusted: true,
+    }))
 }
 
 /// `model/trust/rm?arg=NAME&arg=PEER_ID`: stops trusting PEER_ID for NAME (the name
 /// stays pinned, maybe to nobody).
-pub(super) async fn trust_rm(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<Value>> {
+pub(super) async fn trust_rm(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::TrustChange>> {
     let (name, publisher) = trust_args(&q)?;
     let node = Arc::clone(&api.node);
     let (task_name, task_publisher) = (name.clone(), publisher);
@@ -396,17 +405,18 @@ pub(super) async fn trust_rm(State(api): State<Api>, Query(q): Params) -> ApiRes
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(json!({
-        "Name": name,
-        "Publisher": publisher.to_string(),
-        "Trusted": false,
-        "Removed": removed,
-    })))
+    Ok(Json(types::TrustChange {
+        name,
+        publisher: publisher.to_string(),
+        removed: Some(removed),
+        trusted: false,
+    }))
 }
 
 /// `model/trust/ls`: every trusted publisher by name, from the config and the repo.
-pub(super) async fn trust_ls(State(api): State<Api>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "Trusted": api.node.trust().list() })))
+pub(super) async fn trust_ls(State(api): State<Api>) -> ApiResult<Json<types::TrustList>> {
+    let trusted = api.node.trust().list().iter().map(Into::into).collect();
+    Ok(Json(types::TrustList { trusted }))
 }
 
 /// `arg=NAME&arg=PEER_ID`.
@@ -420,25 +430,4 @@ fn trust_args(q: &[(String, String)]) -> ApiResult<(String, crate::PeerId)> {
     let publisher =
         trust::parse_peer("publisher", peer).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((name.to_owned(), publisher))
-}
-
-/// A manifest as the API and `--json` show it.
-pub(super) fn manifest_json(manifest: &Manifest, cid: &Cid) -> Value {
-    let body = &manifest.body;
-    json!({
-        "manifest": cid.to_string(),
-        "name": body.name,
-        "version": body.version,
-        "task": body.task,
-        "architecture": body.architecture,
-        "parameters": body.parameters,
-        "input_shape": body.input_shape,
-        "output_shape": body.output_shape,
-        "hardware": body.hardware,
-        "precision": body.precision,
-        "tags": body.tags,
-        "created_at": body.created_at,
-        "weights": body.weights.to_string(),
-        "publisher": body.publisher,
-    })
 }
