@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipfs_accelerate_tests::{TestRepo, deterministic_file, wait_with_timeout};
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// Kills per scenario by default; three scenarios make 24 kills a run.
 const DEFAULT_KILLS_PER_SCENARIO: usize = 8;
@@ -152,7 +152,7 @@ fn kill_9_at_random_moments_leaves_a_consistent_repo() {
                 break;
             }
             let context = format!("{scenario:?} attempt {attempt}");
-            let delay = duration.mul_f64(rng.gen_range(0.0..0.9));
+            let delay = duration.mul_f64(rng.random_range(0.0..0.9));
             let killed = match scenario {
                 Scenario::Add => h.kill_after(&["add", "-Q", &big_s], delay),
                 Scenario::GcAfterPinRm => {

@@ -202,6 +202,17 @@ fn the_demo_tells_the_whole_story() {
         "{report}"
     );
     assert_eq!(report["providers"].as_array().unwrap().len(), 2, "{report}");
+    // Every step is timed from the event that starts it; the announcement from A's
+    // send to its arrival at B, within the demo's 10 s wait for it.
+    let timings = report["timings_ms"].as_object().unwrap();
+    assert_eq!(timings.len(), 6, "{report}");
+    for (step, ms) in timings {
+        assert!(ms.as_f64().is_some_and(|ms| ms > 0.0), "{step}: {report}");
+    }
+    assert!(
+        timings["announcement_heard"].as_f64().unwrap() < 10_000.0,
+        "{report}"
+    );
     // Sentence similarity as the model knows it: bread is closest to food, then the
     // horse, and the movie is furthest.
     let cosine = |i: usize| report["similarities"][i]["cosine"].as_f64().unwrap();

@@ -42,9 +42,9 @@ impl std::fmt::Debug for MultipartBody {
 
 impl MultipartBody {
     pub(crate) fn new() -> MultipartBody {
-        use rand::Rng;
-        let random: String = rand::thread_rng()
-            .sample_iter(rand::distributions::Alphanumeric)
+        use rand::RngExt;
+        let random: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
             .take(BOUNDARY_RANDOM_CHARS)
             .map(char::from)
             .collect();

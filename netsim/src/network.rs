@@ -20,7 +20,7 @@ use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEve
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, Transport};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use tokio::time::{Instant, Sleep};
 
 /// Largest piece of a write that travels as one packet.
@@ -153,12 +153,12 @@ impl Network {
         if jitter.is_zero() {
             return self.0.link.latency;
         }
-        let extra = self.rng().gen_range(0..=jitter.as_micros() as u64);
+        let extra = self.rng().random_range(0..=jitter.as_micros() as u64);
         self.0.link.latency + Duration::from_micros(extra)
     }
 
     fn lost(&self) -> bool {
-        self.0.link.loss > 0.0 && self.rng().gen_bool(self.0.link.loss.min(1.0))
+        self.0.link.loss > 0.0 && self.rng().random_bool(self.0.link.loss.min(1.0))
     }
 
     fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {

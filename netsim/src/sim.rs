@@ -22,7 +22,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Transport};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use crate::network::{LinkConfig, Network};
 
@@ -135,10 +135,15 @@ impl Sim {
              and the whole node keep real-time timers"
         );
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let net = Network::new(config.nodes, config.link, config.time_dilation, rng.r#gen());
+        let net = Network::new(
+            config.nodes,
+            config.link,
+            config.time_dilation,
+            rng.random(),
+        );
         let mut keys = Vec::with_capacity(config.nodes);
         for _ in 0..config.nodes {
-            let mut secret: [u8; 32] = rng.r#gen();
+            let mut secret: [u8; 32] = rng.random();
             keys.push(Keypair::ed25519_from_bytes(&mut secret)?);
         }
         let bootstrap = (0..config.nodes)
@@ -230,7 +235,7 @@ impl Sim {
     /// A random node that is up, other than `not`.
     pub fn random_up(&mut self, not: Option<usize>) -> Option<usize> {
         let up: Vec<usize> = self.up().into_iter().filter(|&i| Some(i) != not).collect();
-        up.get(self.rng.gen_range(0..up.len().max(1))).copied()
+        up.get(self.rng.random_range(0..up.len().max(1))).copied()
     }
 
     /// Starts node `i` (again, after a crash) with its key and address.

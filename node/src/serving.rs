@@ -201,6 +201,9 @@ pub struct Published {
     pub manifest_cid: Cid,
     /// The name's registry entry, listing this version and those published before.
     pub registry: Cid,
+    /// When the announcement was handed to gossipsub, so a listener can time its
+    /// journey from the send (the demo does).
+    pub announced_at: Instant,
 }
 
 /// An inference call as the CLI and the HTTP API make it.
@@ -417,6 +420,7 @@ impl Node {
         self.provide(manifest_cid).await;
         self.remember(manifest.clone(), self.peer_id(), Source::Announced)
             .await;
+        let announced_at = Instant::now();
         announce_manifest(self.p2p(), &manifest).await?;
         self.models
             .published
@@ -427,6 +431,7 @@ impl Node {
             manifest,
             manifest_cid,
             registry,
+            announced_at,
         })
     }
 

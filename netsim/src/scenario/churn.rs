@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures::StreamExt;
-use rand::Rng;
+use rand::RngExt;
 use serde::Serialize;
 
 use crate::scenario::dht::{self, Lookups, Outcome, random_key};
@@ -84,7 +84,7 @@ pub async fn run(sim: &mut Sim, params: &ChurnParams) -> Result<ChurnReport> {
                 }
             }
             _ = lookup_tick.tick() => {
-                let (key, provider) = keys[sim.rng.gen_range(0..keys.len())].clone();
+                let (key, provider) = keys[sim.rng.random_range(0..keys.len())].clone();
                 if let Some(searcher) = sim.random_up(Some(provider))
                     && let Some(p2p) = sim.node(searcher).cloned()
                 {

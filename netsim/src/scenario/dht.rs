@@ -8,7 +8,7 @@ use futures::StreamExt;
 use ipfs_accelerate_node::p2p::{self, DhtAnswer, P2p};
 use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::Serialize;
 
 use crate::sim::{Clock, Sim};
@@ -116,7 +116,7 @@ impl Lookups {
 
 /// A key as the DHT sees it: 32 random bytes.
 pub(crate) fn random_key(rng: &mut impl Rng) -> Vec<u8> {
-    let key: [u8; 32] = rng.r#gen();
+    let key: [u8; 32] = rng.random();
     key.to_vec()
 }
 
@@ -168,7 +168,7 @@ pub async fn run(sim: &mut Sim, params: &DhtParams) -> Result<DhtReport> {
 
     let mut lookups = Vec::new();
     for _ in 0..params.lookups {
-        let (key, provider) = keys[sim.rng.gen_range(0..keys.len())].clone();
+        let (key, provider) = keys[sim.rng.random_range(0..keys.len())].clone();
         if let Some(searcher) = sim.random_up(Some(provider)) {
             lookups.push((searcher, key, sim.peer_id(provider)));
         }

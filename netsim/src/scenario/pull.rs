@@ -13,7 +13,7 @@ use ipfs_accelerate_node::node::BLOCK_FETCH_TIMEOUT;
 use ipfs_accelerate_node::unixfs::import::{ImportOptions, add_reader};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::sim::Sim;

@@ -48,7 +48,7 @@ use ipfs_accelerate_protocol::bitswap::{
     self, MESSAGE_SIZE_LIMIT, Message, Presence, PresenceKind, ProtocolVersion, WantEntry, WantType,
 };
 use libp2p::PeerId;
-use rand::{Rng, SeedableRng};
+use rand::RngExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::p2p::{NodeEvent, P2p};
@@ -589,7 +589,7 @@ impl Bitswap {
     ) -> Result<()> {
         let mut seen = HashSet::from([root]);
         let mut queue = vec![root];
-        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut rng = rand::make_rng::<rand::rngs::StdRng>();
         let mut in_flight = FuturesUnordered::new();
         let (mut blocks, mut bytes) = (0u64, 0u64);
         loop {
@@ -597,7 +597,7 @@ impl Bitswap {
                 if queue.is_empty() {
                     break;
                 }
-                let cid = queue.swap_remove(rng.gen_range(0..queue.len()));
+                let cid = queue.swap_remove(rng.random_range(0..queue.len()));
                 let this = self.clone();
                 in_flight.push(async move { this.get(cid, FETCH_BLOCK_LIMIT).await });
             }
