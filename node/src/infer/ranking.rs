@@ -8,9 +8,11 @@
 //! failures, latency) dominate. A peer never measured is scored as if it answered in
 //! [`UNMEASURED_RTT`], so it is tried before slow or failing ones.
 //!
-//! After [`BAN_AFTER_FAILURES`] failures in a row a peer rests for [`FIRST_BAN`]; each
-//! further failure doubles the rest, up to [`MAX_BAN`]; a success ends it. Time is
-//! passed in, so tests drive all of this without swarms or timers.
+//! After [`BAN_AFTER_FAILURES`] failures in a row a peer rests for [`FIRST_BAN`]; a
+//! failure after the rest, before any success, bans it for twice as long, up to
+//! [`MAX_BAN`]; a success ends the ban and the doubling. Failures of requests sent
+//! before a ban began do not lengthen it. Time is passed in, so tests drive all of
+//! this without swarms or timers.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ const UNMEASURED_RTT: Duration = Duration::from_millis(50);
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(20);
 /// Failures in a row after which a peer is banned for a while.
 const BAN_AFTER_FAILURES: u32 = 3;
-/// First ban; each further failure doubles it, up to [`MAX_BAN`].
+/// First ban; each further ban before a success is twice the last, up to [`MAX_BAN`].
 const FIRST_BAN: Duration = Duration::from_secs(10);
 const MAX_BAN: Duration = Duration::from_secs(600);
 /// Peers whose statistics are kept.
@@ -47,6 +49,8 @@ pub struct PeerStats {
     pub disagreements: u64,
     /// Why it is not used any more: outvoted on a spot check.
     pub distrusted: Option<String>,
+    /// Bans since the last success: each one is twice the one before.
+    bans_in_a_row: u32,
     last_used: Option<Instant>,
 }
 
@@ -143,6 +147,7 @@ impl Ranking {
             });
             s.successes += 1;
             s.failures_in_a_row = 0;
+            s.bans_in_a_row = 0;
             s.banned_until = None;
             s.load = Some(load);
         });
@@ -158,9 +163,16 @@ impl Ranking {
         self.update(peer, now, |s| {
             s.failures += 1;
             s.failures_in_a_row += 1;
+            if s.banned_until.is_some_and(|until| until > now) {
+                // A request sent before the ban began (a banned peer is not asked):
+                // the ban already answers it. Letting the calls that were in flight
+                // lengthen it would rest a peer overloaded for a moment for ten
+                // minutes.
+                return;
+            }
             if s.failures_in_a_row >= BAN_AFTER_FAILURES {
-                let doublings = (s.failures_in_a_row - BAN_AFTER_FAILURES).min(10);
-                let ban = (FIRST_BAN * 2u32.pow(doublings)).min(MAX_BAN);
+                let ban = (FIRST_BAN * 2u32.pow(s.bans_in_a_row.min(10))).min(MAX_BAN);
+                s.bans_in_a_row += 1;
                 tracing::info!(%peer, ?ban, "infer: banning a failing provider");
                 s.banned_until = Some(now + ban);
             }
@@ -338,6 +350,24 @@ mod tests {
             assert_eq!(ranking.rank(&[peer], now), [peer]);
         }
         assert_eq!(bans, [10, 20, 40, 80, 160, 320, 600, 600]);
+    }
+
+    #[test]
+    fn failures_of_requests_sent_before_a_ban_do_not_lengthen_it() {
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let mut ranking = Ranking::default();
+        // Sixteen calls were in flight when the peer was overloaded for a moment; all
+        // time out together.
+        for _ in 0..16 {
+            ranking.record_failure(peer, now);
+        }
+        assert_eq!(ban(&ranking, peer, now), Some(FIRST_BAN));
+        assert_eq!(ranking.stats()[&peer].failures, 16);
+        // Tried again after the ban and still failing: the next ban is twice as long.
+        let later = now + FIRST_BAN;
+        ranking.record_failure(peer, later);
+        assert_eq!(ban(&ranking, peer, later), Some(FIRST_BAN * 2));
     }
 
     #[test]
