@@ -257,7 +257,10 @@ impl Server {
         );
         if request.deadline_ms > 0
             && let Some(finish) = finish
-            && !fits(finish, Duration::from_millis(u64::from(request.deadline_ms)))
+            && !fits(
+                finish,
+                Duration::from_millis(u64::from(request.deadline_ms)),
+            )
         {
             let mut refusal = Refusal::new(
                 ErrorCode::Busy,
