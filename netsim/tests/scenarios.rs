@@ -48,8 +48,11 @@ async fn dht_lookups_find_every_provider_within_the_bars() {
     assert_eq!(report.keys, 80);
     assert_eq!(report.lookups.lookups, 100);
     assert_eq!(report.lookups.success_rate, 1.0, "{report:?}");
-    // A lookup needs at least one round trip; the bar is 600 ms at p95.
-    assert!(report.lookups.latency.p50_ms >= 100.0, "{report:?}");
+    // A lookup that leaves its node needs at least one round trip; the bar is 600 ms
+    // at p95. With half the nodes holding each record, about half the searchers hold
+    // it themselves and answer at once, so the median is the seed's coin toss (under
+    // rand 0.10's stream for seed 7 it is local): the floor is checked at p95.
+    assert!(report.lookups.latency.p95_ms >= 100.0, "{report:?}");
     assert!(report.lookups.latency.p95_ms <= 600.0, "{report:?}");
     // Forty nodes are all connected, so a lookup asks over open connections: one
     // round trip, since the request goes out with its protocol proposal rather than
