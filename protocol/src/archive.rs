@@ -136,17 +136,21 @@ fn relative_to_root(name: &Path) -> Result<PathBuf, ArchiveError> {
     if !matches!(components.next(), Some(Component::Normal(_))) {
         return Err(ArchiveError::UnsafePath(name.to_owned()));
     }
-    let mut relative = PathBuf::new();
-    for component in components {
+    plain_relative(components.as_path()).ok_or_else(|| ArchiveError::UnsafePath(name.to_owned()))
+}
+
+/// `path` as plain names only (`.` dropped); `None` when it holds `..`, a root or a
+/// prefix. Every path built from names someone else chose goes through this.
+pub fn plain_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
         match component {
-            Component::Normal(part) => relative.push(part),
+            Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(ArchiveError::UnsafePath(name.to_owned()));
-            }
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
         }
     }
-    Ok(relative)
+    Some(out)
 }
 
 /// A reader that remembers whether it reached the end of its input.

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::{Error, Result};
 
@@ -98,20 +98,10 @@ impl Extractor {
 
 /// `relative` as plain names only (`.` dropped); refuses `..`, roots and prefixes.
 pub(crate) fn safe_relative(relative: &Path) -> Result<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in relative.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(Error::UnsafePath {
-                    name: relative.display().to_string(),
-                    reason: "only plain names may appear in a path (no '..', no root)",
-                });
-            }
-        }
-    }
-    Ok(out)
+    ipfs_accelerate_protocol::archive::plain_relative(relative).ok_or_else(|| Error::UnsafePath {
+        name: relative.display().to_string(),
+        reason: "only plain names may appear in a path (no '..', no root)",
+    })
 }
 
 #[cfg(test)]
