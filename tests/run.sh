@@ -7,10 +7,12 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 
 bash tests/setup.sh
 cargo fmt --all --check
+# Every backend is built in so its tests run: wgpu (on Mesa's lavapipe when there is no
+# GPU) and ndarray, both opt-in for users.
+features=ipfs-accelerate/wgpu,ipfs-accelerate/ndarray
 # Lints as errors, with the same features as the build, so one check covers the GPU code.
-cargo clippy --locked --workspace --all-targets --features ipfs-accelerate/wgpu -- -D warnings
-# The wgpu backend is built in so its tests run (on Mesa's lavapipe when there is no GPU).
+cargo clippy --locked --workspace --all-targets --features "$features" -- -D warnings
 # Every target at once, with the features the tests use, so that the binary the
 # integration tests run and the tests themselves share one build of the dependencies.
-cargo build --locked --workspace --all-targets --features ipfs-accelerate/wgpu
-cargo nextest run --locked --workspace --features ipfs-accelerate/wgpu --no-fail-fast
+cargo build --locked --workspace --all-targets --features "$features"
+cargo nextest run --locked --workspace --features "$features" --no-fail-fast

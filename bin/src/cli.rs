@@ -183,7 +183,8 @@ pub(crate) enum TrustCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
-    /// Backend: cpu (burn flex), ndarray, or wgpu (GPU; builds with --features wgpu)
+    /// Backend: cpu (burn flex), ndarray (builds with --features ndarray), or wgpu (GPU;
+    /// builds with --features wgpu)
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
     /// CPU threads [default: all cores]

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 export CRASH_TRIALS_PER_OP=${1:-34}
 # The test runs the debug binary of this tree; build it as tests/run.sh does.
-cargo build --locked --workspace --all-targets --features ipfs-accelerate/wgpu
-cargo nextest run --locked --workspace --features ipfs-accelerate/wgpu \
+cargo build --locked --workspace --all-targets --features ipfs-accelerate/wgpu,ipfs-accelerate/ndarray
+cargo nextest run --locked --workspace --features ipfs-accelerate/wgpu,ipfs-accelerate/ndarray \
     -E 'package(ipfs-accelerate-tests) & binary(crash)' --no-capture
