@@ -7,7 +7,7 @@
 mod behaviour;
 mod dht_store;
 mod in_use;
-mod infer;
+mod infer_streams;
 mod worker;
 
 use std::collections::HashSet;
@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use self::behaviour::{Behaviour, BoxedTransport};
 pub use self::dht_store::Store as DhtStore;
 use self::in_use::InUse;
-pub use self::infer::InferHandler;
-use self::infer::InferStreams;
+pub use self::infer_streams::InferHandler;
+use self::infer_streams::InferStreams;
 use self::worker::{Command, Worker};
 
 /// Commands waiting for the swarm task.
