@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::future::join_all;
-use ipfs_accelerate_node::serving::InferCall;
+use ipfs_accelerate_node::model_network::InferCall;
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use serde_json::json;
 

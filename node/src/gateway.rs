@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use crate::config::GatewayConfig;
 use crate::http_body::stream_from_blocking;
 use crate::http_server::{self, Limits};
-use crate::node::{BLOCK_FETCH_TIMEOUT, Node};
 use crate::unixfs::{self, export::EntryKind};
+use crate::{BLOCK_FETCH_TIMEOUT, Node};
 
 const RAW: &str = "application/vnd.ipld.raw";
 const CAR: &str = "application/vnd.ipld.car";
@@ -337,7 +337,7 @@ async fn block(node: &Node, cid: Cid) -> Result<ipfs_accelerate_protocol::Block,
 async fn resolve(node: &Node, root: Cid, path: &str) -> Result<Cid, Response> {
     store_if_empty_dir(node, root).await;
     node.resolve(root, path).await.map_err(|e| match e {
-        crate::node::Error::NoLink { .. } => error(StatusCode::NOT_FOUND, e),
+        crate::Error::NoLink { .. } => error(StatusCode::NOT_FOUND, e),
         _ => error(StatusCode::GATEWAY_TIMEOUT, e),
     })
 }

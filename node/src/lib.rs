@@ -4,8 +4,9 @@
 //! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] and [`car`]
 //! import and export with Kubo-identical CIDs; the [`Node`] on the network ([`p2p`],
 //! [`bitswap`], the HTTP [`api`] and [`gateway`]); the inference [`engine`]; and models
-//! on the network: [`announce`]ments, registries, [`serving`], calling [`infer`]ence, and
-//! who may speak for a model name ([`trust`]).
+//! on the network ([`model_network`]): [`announce`]ments, the names this repo knows
+//! ([`models`]), serving and calling [`infer`]ence, and who may speak for a model name
+//! ([`trust`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod announce;
@@ -15,28 +16,35 @@ pub mod blockstore;
 pub mod car;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod gateway;
 pub mod gc;
 mod http_body;
 mod http_server;
 pub mod identity;
 pub mod infer;
+pub mod model_network;
 pub mod models;
 pub mod node;
 pub mod p2p;
 pub mod pin;
 mod provider;
-mod registry;
-pub mod serving;
+pub mod repo;
 pub mod store;
 pub mod trust;
+pub mod unixfs;
+mod writer;
+
+use std::time::Duration;
 
 pub use config::NodeConfig;
+pub use error::Error;
 /// Peers are named by libp2p's id, which callers need without depending on libp2p.
 pub use libp2p::PeerId;
 pub use node::Node;
-pub use store::Store;
-pub mod repo;
 pub use repo::Repo;
-pub mod unixfs;
-mod writer;
+pub use store::Store;
+
+/// Longest wait for a single block from the network, and longest a DAG fetch may go
+/// without receiving any block: what the node, the gateway and the API give Bitswap.
+pub const BLOCK_FETCH_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,7 +1,8 @@
 //! `Node`: one place that wires the components together — the repo (store, pins,
-//! identity), the libp2p swarm ([`crate::p2p`]) and Bitswap ([`crate::bitswap`]) — and
-//! offers the operations the CLI and the HTTP API share. Disk work runs on blocking
-//! threads; nothing here blocks the async runtime.
+//! identity), the libp2p swarm ([`crate::p2p`]), Bitswap ([`crate::bitswap`]) and the
+//! models on the network ([`crate::model_network`]) — and offers the operations the CLI
+//! and the HTTP API share. Disk work runs on blocking threads; nothing here blocks the
+//! async runtime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,41 +12,20 @@ use cid::Cid;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
-use crate::bitswap::{self, Bitswap, provider_key};
+use crate::BLOCK_FETCH_TIMEOUT;
+use crate::announce::{Announced, Directory};
+use crate::bitswap::{Bitswap, provider_key};
+use crate::engine::DeviceKind;
+use crate::error::{Error, Result};
+use crate::infer::{Client, ServeConfig, Server};
+use crate::model_network::{
+    InferAnswer, InferCall, ModelNetwork, ProviderInfo, PublishMeta, Published,
+};
 use crate::p2p::{self, P2p};
 use crate::provider;
 use crate::repo::Repo;
 use crate::store::Store;
-
-/// Longest wait for a single block from the network, and longest a DAG fetch may go
-/// without receiving any block.
-pub const BLOCK_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why a node operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    P2p(#[from] p2p::Error),
-    #[error(transparent)]
-    Bitswap(#[from] bitswap::Error),
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
-    #[error("invalid network setting {what} {value:?}: {reason}")]
-    Config {
-        what: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("background task failed: {0}")]
-    Task(String),
-    #[error("no link named {name:?} under {parent}")]
-    NoLink { parent: Cid, name: String },
-    #[error("{0}")]
-    Model(String),
-}
-
-/// Result alias for this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use crate::trust::Trust;
 
 /// Flags that override the repo's `[network]` config for one run of the daemon.
 #[derive(Debug, Clone, Default)]
@@ -64,8 +44,8 @@ pub struct Node {
     bitswap: Bitswap,
     /// Local subscribers per pubsub topic; the swarm leaves a topic when none remain.
     topics: Arc<Mutex<HashMap<String, usize>>>,
-    /// Serving, publishing, discovering and calling models ([`crate::serving`]).
-    pub(crate) models: crate::serving::Models,
+    /// Serving, publishing, discovering and calling models.
+    models: ModelNetwork,
 }
 
 /// A pubsub message as subscribers receive it.
@@ -155,7 +135,7 @@ impl Node {
     pub async fn start(
         repo: Repo,
         overrides: NetworkOverrides,
-        serve: crate::infer::ServeConfig,
+        serve: ServeConfig,
     ) -> Result<Node> {
         Node::launch(repo, overrides, serve, None).await
     }
@@ -165,7 +145,7 @@ impl Node {
     pub async fn start_with_transport(
         repo: Repo,
         overrides: NetworkOverrides,
-        serve: crate::infer::ServeConfig,
+        serve: ServeConfig,
         transport: p2p::BoxedTransport,
     ) -> Result<Node> {
         Node::launch(repo, overrides, serve, Some(transport)).await
@@ -174,7 +154,7 @@ impl Node {
     async fn launch(
         repo: Repo,
         overrides: NetworkOverrides,
-        serve: crate::infer::ServeConfig,
+        serve: ServeConfig,
         transport: Option<p2p::BoxedTransport>,
     ) -> Result<Node> {
         let network = repo.config().network.clone();
@@ -221,8 +201,7 @@ impl Node {
             p2p.clone(),
             repo.config().swarm.bitswap(),
         )?;
-        let models = crate::serving::Models::new(p2p.clone(), serve, &repo)?;
-        models.start(&p2p).await?;
+        let models = ModelNetwork::start(&repo, p2p.clone(), bitswap.clone(), serve).await?;
         let node = Node {
             repo,
             p2p,
@@ -369,9 +348,7 @@ impl Node {
 
     /// Announces `cid` on the DHT; failures are logged, not fatal (no peers yet).
     pub async fn provide(&self, cid: Cid) {
-        if let Err(error) = self.p2p.provide(provider_key(&cid)).await {
-            tracing::debug!(%cid, %error, "node: provide failed");
-        }
+        provider::provide(&self.p2p, cid).await;
     }
 
     /// Addresses of `peer`: those we are connected on, else a DHT lookup.
@@ -470,5 +447,99 @@ impl Node {
     /// Stops the swarm.
     pub async fn shutdown(&self) {
         self.p2p.shutdown().await;
+    }
+}
+
+/// Models on the network, as `ModelNetwork` runs them; publishing and pulling pin
+/// the model's DAG here first.
+impl Node {
+    /// Models announced on the network.
+    pub fn directory(&self) -> &Directory {
+        self.models.directory()
+    }
+
+    /// The server answering peers' inference requests for the models served here.
+    pub fn infer_server(&self) -> &Server {
+        self.models.server()
+    }
+
+    /// The client calling peers for inference (and its per-peer statistics).
+    pub fn infer_client(&self) -> &Client {
+        self.models.client()
+    }
+
+    /// Who may speak for each model name.
+    pub fn trust(&self) -> &Trust {
+        self.models.trust()
+    }
+
+    /// Whether `publisher` may speak for `name` here: trusted for it, or ourselves.
+    pub fn trusts(&self, name: &str, publisher: &PeerId) -> bool {
+        self.models.trusts(name, publisher)
+    }
+
+    /// The root CID `model` names: a CID, a name imported here (`NAME[@VERSION]`), or
+    /// a name announced by a publisher trusted for it.
+    pub fn resolve_model(&self, model: &str) -> Result<Cid> {
+        self.models.resolve(model, false)
+    }
+
+    /// Like [`Node::resolve_model`]; with `any_publisher` a name announced by anyone
+    /// resolves (the newest `created_at` wins).
+    pub fn resolve_model_from(&self, model: &str, any_publisher: bool) -> Result<Cid> {
+        self.models.resolve(model, any_publisher)
+    }
+
+    /// Serves inference for `root` to peers (and to local calls), and says so on the
+    /// DHT under the model's service key. The model must be in the repo.
+    pub async fn serve_model(&self, root: Cid, device: DeviceKind) -> Result<()> {
+        self.models.serve(root, device).await
+    }
+
+    /// Publishes the model folder `root` (imported here): pinned and provided, a signed
+    /// manifest stored and pinned, the name's registry entry rewritten to list it, the
+    /// service key provided on the DHT, and announcements on gossip, repeated while the
+    /// node runs. The model is served from here too.
+    pub async fn publish_model(
+        &self,
+        root: Cid,
+        meta: PublishMeta,
+        device: DeviceKind,
+    ) -> Result<Published> {
+        self.pin(root, true).await?;
+        self.models.publish(root, meta, device).await
+    }
+
+    /// Fetches every block of the model from its providers (whatever is here already
+    /// is not fetched again), pins it, records its announced name (only from a
+    /// publisher trusted for the name: a local record resolves without asking), and
+    /// provides it so the next peer has one more source. `progress` gets (blocks,
+    /// bytes) fetched.
+    pub async fn pull_model(&self, root: Cid, progress: impl FnMut(u64, u64)) -> Result<()> {
+        self.fetch_with_progress(root, progress).await?;
+        self.pin(root, true).await?;
+        self.models.name_pulled(root).await;
+        Ok(())
+    }
+
+    /// Reads the registry entry `registry` (fetching it and its manifests from peers
+    /// when they are not here), checks its signature and every manifest, and adds them
+    /// to the directory (a version older than one its publisher announced is left
+    /// out). An entry whose signature fails, or a manifest whose signature fails, that
+    /// is by another publisher or disagrees with the entry, is an error.
+    pub async fn discover_registry(&self, registry: Cid) -> Result<Vec<Announced>> {
+        self.models.discover_registry(registry).await
+    }
+
+    /// Runs inference: here when the model is served or stored here (unless `remote`),
+    /// otherwise on the best peer serving it, with hedging and failover.
+    pub async fn infer(&self, call: InferCall) -> Result<InferAnswer> {
+        self.models.infer(call).await
+    }
+
+    /// Every peer serving `model` (the DHT asked afresh), each probed with one small
+    /// request to measure its round-trip and learn its load.
+    pub async fn providers(&self, model: Cid) -> Result<Vec<ProviderInfo>> {
+        self.models.providers(model).await
     }
 }

@@ -32,6 +32,14 @@ pub(crate) fn blocks_under(
     })
 }
 
+/// Announces `cid` on the DHT. A failure is logged, not returned: with no peers yet
+/// there is nobody to tell, and the caller's work stands without it.
+pub(crate) async fn provide(p2p: &P2p, cid: Cid) {
+    if let Err(error) = p2p.provide(provider_key(&cid)).await {
+        tracing::debug!(%cid, %error, "provider: provide failed");
+    }
+}
+
 /// Announces `keys`, at most [`PROVIDES_IN_FLIGHT`] at a time. Fails only when the
 /// swarm has stopped; a failed query is logged and the sweep goes on.
 pub(crate) async fn announce(

@@ -171,7 +171,7 @@ async fn one_peer_opening_streams_without_end_does_not_stop_another() {
             }
         }
     }
-    // INBOUND_STREAMS_PER_PEER in p2p/infer.rs.
+    // INBOUND_STREAMS_PER_PEER in p2p/infer_streams.rs.
     assert!(
         refused && held.len() <= 8,
         "one peer holds {} streams",

@@ -14,8 +14,8 @@ use ipfs_accelerate_node::Node;
 use ipfs_accelerate_node::config::NodeConfig;
 use ipfs_accelerate_node::engine::DeviceKind;
 use ipfs_accelerate_node::infer::{CallError, ServeConfig};
+use ipfs_accelerate_node::model_network::{InferCall, PublishMeta};
 use ipfs_accelerate_node::p2p::P2p;
-use ipfs_accelerate_node::serving::{InferCall, PublishMeta};
 use ipfs_accelerate_protocol::infer::{
     ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Tensor,
 };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use ipfs_accelerate_node::engine::DeviceKind;
-use ipfs_accelerate_node::serving::InferCall;
+use ipfs_accelerate_node::model_network::InferCall;
 use ipfs_accelerate_node::unixfs::import::{ImportOptions, add_path};
 use ipfs_accelerate_node::{Node, PeerId};
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};

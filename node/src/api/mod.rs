@@ -144,7 +144,7 @@ fn split_path_arg(q: &[(String, String)]) -> ApiResult<(Cid, String)> {
 async fn path_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
     let (root, path) = split_path_arg(q)?;
     api.node.resolve(root, &path).await.map_err(|e| match e {
-        crate::node::Error::NoLink { .. } => ApiError::bad_request(e.to_string()),
+        crate::Error::NoLink { .. } => ApiError::bad_request(e.to_string()),
         _ => ApiError::internal(e),
     })
 }
@@ -553,7 +553,7 @@ async fn block_get(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let block = api
         .node
         .bitswap()
-        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .get(cid, crate::BLOCK_FETCH_TIMEOUT)
         .await
         .map_err(ApiError::internal)?;
     Ok((
@@ -568,7 +568,7 @@ async fn block_stat(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<
     let block = api
         .node
         .bitswap()
-        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .get(cid, crate::BLOCK_FETCH_TIMEOUT)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(types::BlockStat {
@@ -731,7 +731,7 @@ async fn ls(State(api): State<Api>, Query(q): Params) -> ApiResult<Json<types::L
     let cid = path_arg(&api, &q).await?;
     api.node
         .bitswap()
-        .get(cid, crate::node::BLOCK_FETCH_TIMEOUT)
+        .get(cid, crate::BLOCK_FETCH_TIMEOUT)
         .await
         .map_err(ApiError::internal)?;
     let store = api.node.store();

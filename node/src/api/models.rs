@@ -18,9 +18,9 @@ use super::{Api, ApiError, ApiResult, Params, flag, json_line, param};
 use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
 use crate::infer::DEFAULT_DEADLINE;
+use crate::model_network::{InferCall, PublishMeta};
 use crate::models::LocalModels;
 use crate::node::Node;
-use crate::serving::{InferCall, PublishMeta};
 use crate::trust;
 
 /// How often a pull with `progress=true` reports.
@@ -207,7 +207,7 @@ async fn run_pull(
     root: Cid,
     serve: Option<DeviceKind>,
     mut progress: impl FnMut(u64, u64),
-) -> crate::node::Result<types::Pulled> {
+) -> crate::error::Result<types::Pulled> {
     let started = Instant::now();
     let before = api.node.bitswap().received_from();
     let mut fetched = (0, 0);

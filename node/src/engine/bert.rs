@@ -21,12 +21,14 @@ use ipfs_accelerate_protocol::model_folder::{Activation, BertConfig};
 /// The encoder's parameters as a checkpoint holds them.
 #[derive(Module, Debug)]
 pub(super) struct BertWeights {
-    embeddings: Embeddings,
+    embeddings: EmbeddingLayer,
     encoder: Encoder,
 }
 
+/// The input layer: token, position and token-type embeddings, summed and layer-normed
+/// (not [`super::Embeddings`], the pooled sentence vectors the encoder puts out).
 #[derive(Module, Debug)]
-struct Embeddings {
+struct EmbeddingLayer {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
@@ -104,7 +106,7 @@ impl BertWeights {
             })
             .collect();
         Self {
-            embeddings: Embeddings {
+            embeddings: EmbeddingLayer {
                 word_embeddings: embedding(config.vocab_size),
                 position_embeddings: embedding(config.max_position_embeddings),
                 token_type_embeddings: embedding(config.type_vocab_size),

@@ -2,7 +2,7 @@
 //! (queues, batching, workers, limits) and the [`client`] side, whose decisions are
 //! plain code driven with time passed in: provider [`Ranking`] and bans (`ranking`),
 //! hedging and failover within one call (`call`), spot checks (`spot_check`). The node
-//! wires both to the swarm ([`crate::serving`]).
+//! wires both to the swarm ([`crate::model_network`]).
 
 mod call;
 pub mod client;

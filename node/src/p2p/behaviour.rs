@@ -55,7 +55,7 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Moves Bitswap streams to and from the engine, which runs outside this task.
     pub bitswap: crate::bitswap::Behaviour,
-    /// Hands `/ipfs-accelerate/infer/1.0.0` streams to [`super::infer`], outside this task.
+    /// Hands `/ipfs-accelerate/infer/1.0.0` streams to [`super::infer_streams`], outside this task.
     pub infer: libp2p_stream::Behaviour,
 }
 

@@ -7,7 +7,7 @@
 mod behaviour;
 mod dht_store;
 mod in_use;
-mod infer;
+mod infer_streams;
 mod worker;
 
 use std::collections::HashSet;
@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use self::behaviour::{Behaviour, BoxedTransport};
 pub use self::dht_store::Store as DhtStore;
 use self::in_use::InUse;
-pub use self::infer::InferHandler;
-use self::infer::InferStreams;
+pub use self::infer_streams::InferHandler;
+use self::infer_streams::InferStreams;
 use self::worker::{Command, Worker};
 
 /// Commands waiting for the swarm task.
@@ -202,6 +202,7 @@ pub struct PeerInfo {
 }
 
 /// What a node answers a DHT request for the providers of a key, from its own state.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Default)]
 pub struct DhtAnswer {
     /// The peers closest to the key in its routing table (at most Kademlia's k).
@@ -420,7 +421,8 @@ impl P2p {
 
     /// What this node would answer `asker` requesting the providers of `key`, without
     /// any network traffic (netsim walks the swarm's routing tables with it to count
-    /// a lookup's hops, which libp2p's queries do not report).
+    /// a lookup's hops, which libp2p's queries do not report). Only with `sim`.
+    #[cfg(feature = "sim")]
     pub async fn dht_answer(&self, key: Vec<u8>, asker: PeerId) -> Result<DhtAnswer> {
         self.call(|reply| Command::DhtAnswer { key, asker, reply })
             .await

@@ -16,9 +16,11 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+#[cfg(feature = "sim")]
+use super::DhtAnswer;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::in_use::InUse;
-use super::{Config, ConnectionLimits, DhtAnswer, Error, NodeEvent, PeerInfo, Result};
+use super::{Config, ConnectionLimits, Error, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
@@ -66,6 +68,7 @@ pub(super) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Result<Vec<Multiaddr>>>,
     },
+    #[cfg(feature = "sim")]
     DhtAnswer {
         key: Vec<u8>,
         asker: PeerId,
@@ -387,6 +390,7 @@ impl Worker {
                     },
                 );
             }
+            #[cfg(feature = "sim")]
             Command::DhtAnswer { key, asker, reply } => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 let target = kad::KBucketKey::new(key.clone());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
-use crate::serving::ProviderInfo;
+use crate::model_network::ProviderInfo;
 
 /// The body of `accelerate/infer`: texts, or token ids with their attention mask.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
