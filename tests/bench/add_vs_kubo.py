@@ -22,10 +22,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def build_release():
+def build_release(features=()):
+    """The release binary, built with `features` of the ipfs-accelerate crate."""
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/ipfs-accelerate-target"))
+    feature_args = ["--features", ",".join(features)] if features else []
     subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "-p", "ipfs-accelerate"],
+        ["cargo", "build", "--release", "--quiet", "-p", "ipfs-accelerate", *feature_args],
         cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": target},
     )
     return os.path.join(target, "release", "ipfs-accelerate")

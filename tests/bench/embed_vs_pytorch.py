@@ -78,9 +78,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="ours: cpu (flex) or ndarray")
+    parser.add_argument("--device", default="cpu", help="ours: cpu (flex), ndarray or wgpu (built with that feature)")
     args = parser.parse_args()
-    binary = build_release()
+    binary = build_release(features=[] if args.device == "cpu" else [args.device])
     model = minilm_dir()
     results = []
     for threads in args.threads:

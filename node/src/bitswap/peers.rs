@@ -104,6 +104,6 @@ mod tests {
         assert!(!peers.open_inbound(peer, 2));
         peers.close_inbound(&peer);
         peers.close_inbound(&peer);
-        assert!(peers.inbound_streams.get(&peer).is_none());
+        assert!(!peers.inbound_streams.contains_key(&peer));
     }
 }
