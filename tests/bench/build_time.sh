@@ -21,7 +21,7 @@ else
 fi
 
 cd "$source_dir"
-echo "source: $source_dir at $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+echo "source: $source_dir at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- '*.rs' '*.toml' Cargo.lock || echo ' (with uncommitted code changes)')"
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1e6}' /proc/meminfo), $(rustc --version)"
 echo "command: cargo build --locked --release --timings -p ipfs-accelerate"
 CARGO_TARGET_DIR=$target /usr/bin/time -f 'wall %e s, user %U s, system %S s, peak RSS %M KB' \
