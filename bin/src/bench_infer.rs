@@ -13,13 +13,35 @@ use anyhow::{Context, Result, bail};
 use futures::future::join_all;
 use ipfs_accelerate_node::model_network::InferCall;
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::cli::BenchInferArgs;
 use crate::local_swarm::{dial_address, import_folder, start_node};
 use crate::output::print_json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What `bench infer` measured (`--json` prints it as is); times in milliseconds.
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    device: &'static str,
+    threads: usize,
+    requests: usize,
+    p50_local_ms: f64,
+    p50_remote_ms: f64,
+    p50_local_server_ms: f64,
+    p50_remote_server_ms: f64,
+    p99_local_ms: f64,
+    p99_remote_ms: f64,
+    remote_overhead_ms: f64,
+    local_batched_per_second: f64,
+    batch: usize,
+    clients: usize,
+    concurrency: usize,
+    clients_per_second: f64,
+    clients_vs_local: f64,
+}
 
 pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
     let device = crate::model::engine_device(&args.engine)?;
@@ -133,43 +155,41 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
             client.shutdown().await;
         }
         server.shutdown().await;
-        anyhow::Ok(json!({
-            "model": root.to_string(),
-            "device": device.name(),
-            "threads": rayon::current_num_threads(),
-            "requests": args.requests,
-            "p50_local_ms": millis(p50_here),
-            "p50_remote_ms": millis(p50_remote),
-            "p50_local_server_ms": millis(percentile(&mut here_server, 0.5)),
-            "p50_remote_server_ms": millis(percentile(&mut remote_server, 0.5)),
-            "p99_local_ms": millis(percentile(&mut here, 0.99)),
-            "p99_remote_ms": millis(percentile(&mut remote, 0.99)),
-            "remote_overhead_ms": millis(p50_remote) - millis(p50_here),
-            "local_batched_per_second": batched,
-            "batch": args.batch,
-            "clients": args.clients,
-            "concurrency": args.concurrency,
-            "clients_per_second": many,
-            "clients_vs_local": many / batched,
-        }))
+        anyhow::Ok(Report {
+            model: root.to_string(),
+            device: device.name(),
+            threads: rayon::current_num_threads(),
+            requests: args.requests,
+            p50_local_ms: millis(p50_here),
+            p50_remote_ms: millis(p50_remote),
+            p50_local_server_ms: millis(percentile(&mut here_server, 0.5)),
+            p50_remote_server_ms: millis(percentile(&mut remote_server, 0.5)),
+            p99_local_ms: millis(percentile(&mut here, 0.99)),
+            p99_remote_ms: millis(percentile(&mut remote, 0.99)),
+            remote_overhead_ms: millis(p50_remote) - millis(p50_here),
+            local_batched_per_second: batched,
+            batch: args.batch,
+            clients: args.clients,
+            concurrency: args.concurrency,
+            clients_per_second: many,
+            clients_vs_local: many / batched,
+        })
     })?;
     if json {
         return print_json(&report);
     }
     println!(
         "batch-1 p50: {:.3} ms here, {:.3} ms from a peer: {:.3} ms overhead",
-        report["p50_local_ms"].as_f64().unwrap_or(0.0),
-        report["p50_remote_ms"].as_f64().unwrap_or(0.0),
-        report["remote_overhead_ms"].as_f64().unwrap_or(0.0),
+        report.p50_local_ms, report.p50_remote_ms, report.remote_overhead_ms,
     );
     println!(
         "throughput: {:.0} sentences/s from {} peers ({} in flight each) vs {:.0} here in batches of {}: {:.0}%",
-        report["clients_per_second"].as_f64().unwrap_or(0.0),
+        report.clients_per_second,
         args.clients,
         args.concurrency,
-        report["local_batched_per_second"].as_f64().unwrap_or(0.0),
+        report.local_batched_per_second,
         args.batch,
-        report["clients_vs_local"].as_f64().unwrap_or(0.0) * 100.0,
+        report.clients_vs_local * 100.0,
     );
     Ok(())
 }

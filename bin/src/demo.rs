@@ -16,7 +16,7 @@ use ipfs_accelerate_node::p2p::NodeEvent;
 use ipfs_accelerate_node::{Node, PeerId};
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use ipfs_accelerate_protocol::manifest::MODELS_TOPIC;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -85,7 +85,7 @@ impl Narrator {
     }
 }
 
-async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Value> {
+async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Report> {
     let say = Narrator {
         quiet,
         started: Instant::now(),
@@ -191,14 +191,12 @@ async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Value> 
 
     // B now sees two providers, each probed.
     let providers = b.providers(model).await?;
-    let provider_lines: Vec<Value> = providers
+    let provider_lines: Vec<ProviderLine> = providers
         .iter()
-        .map(|p| {
-            json!({
-                "peer": name_of(p.peer, a_id, b_id, c_id),
-                "round_trip_ms": p.round_trip.map(millis),
-                "error": p.error,
-            })
+        .map(|p| ProviderLine {
+            peer: name_of(p.peer, a_id, b_id, c_id),
+            round_trip_ms: p.round_trip.map(millis),
+            error: p.error.clone(),
         })
         .collect();
     say.say(format!(
@@ -233,37 +231,113 @@ async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Value> 
     b.shutdown().await;
     c.shutdown().await;
 
-    Ok(json!({
-        "model": {
-            "name": MODEL_NAME,
-            "weights": root.to_string(),
-            "manifest": published.manifest_cid.to_string(),
-            "registry": published.registry.to_string(),
-            "parameters": body.parameters,
-            "bytes": pulled.1,
-            "device": device.name(),
+    Ok(Report {
+        model: ModelReport {
+            name: MODEL_NAME,
+            weights: root.to_string(),
+            manifest: published.manifest_cid.to_string(),
+            registry: published.registry.to_string(),
+            parameters: body.parameters,
+            bytes: pulled.1,
+            device: device.name(),
         },
-        "peers": { "A": a_id.to_string(), "B": b_id.to_string(), "C": c_id.to_string() },
-        "timings_ms": {
-            "swarm_up": millis(swarm_up),
-            "import_and_publish": millis(publish_time),
-            "announcement_heard": millis(hear_time),
-            "remote_inference": millis(first.round_trip),
-            "pull": millis(pull_time),
-            "failover_inference": millis(failover_time),
+        peers: Peers {
+            a: a_id.to_string(),
+            b: b_id.to_string(),
+            c: c_id.to_string(),
         },
-        "pull": { "blocks": pulled.0, "bytes": pulled.1, "sources": sources },
-        "providers": provider_lines,
-        "similarities": SENTENCES[1..]
+        timings_ms: Timings {
+            swarm_up: millis(swarm_up),
+            import_and_publish: millis(publish_time),
+            announcement_heard: millis(hear_time),
+            remote_inference: millis(first.round_trip),
+            pull: millis(pull_time),
+            failover_inference: millis(failover_time),
+        },
+        pull: Pull {
+            blocks: pulled.0,
+            bytes: pulled.1,
+            sources,
+        },
+        providers: provider_lines,
+        similarities: SENTENCES[1..]
             .iter()
-            .zip(&similarities)
-            .map(|(s, v)| json!({ "sentence": s, "cosine": v }))
-            .collect::<Vec<_>>(),
-        "answered_by": {
-            "first": name_of(first.provider, a_id, b_id, c_id),
-            "after_a_stopped": name_of(after.provider, a_id, b_id, c_id),
+            .zip(similarities)
+            .map(|(sentence, cosine)| Similarity { sentence, cosine })
+            .collect(),
+        answered_by: AnsweredBy {
+            first: name_of(first.provider, a_id, b_id, c_id),
+            after_a_stopped: name_of(after.provider, a_id, b_id, c_id),
         },
-    }))
+    })
+}
+
+/// The story's figures; `--json` prints them as they are.
+#[derive(Serialize)]
+struct Report {
+    model: ModelReport,
+    peers: Peers,
+    timings_ms: Timings,
+    pull: Pull,
+    providers: Vec<ProviderLine>,
+    similarities: Vec<Similarity>,
+    answered_by: AnsweredBy,
+}
+
+#[derive(Serialize)]
+struct ModelReport {
+    name: &'static str,
+    weights: String,
+    manifest: String,
+    registry: String,
+    parameters: u64,
+    bytes: u64,
+    device: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+struct Peers {
+    a: String,
+    b: String,
+    c: String,
+}
+
+/// Each step timed from the event that starts it, in milliseconds.
+#[derive(Serialize)]
+struct Timings {
+    swarm_up: f64,
+    import_and_publish: f64,
+    announcement_heard: f64,
+    remote_inference: f64,
+    pull: f64,
+    failover_inference: f64,
+}
+
+#[derive(Serialize)]
+struct Pull {
+    blocks: u64,
+    bytes: u64,
+    sources: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ProviderLine {
+    peer: String,
+    round_trip_ms: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Similarity {
+    sentence: &'static str,
+    cosine: f32,
+}
+
+#[derive(Serialize)]
+struct AnsweredBy {
+    first: String,
+    after_a_stopped: String,
 }
 
 /// The moment `node`'s swarm task passes on the first message from `publisher` on the
@@ -349,44 +423,35 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn print_summary(report: &Value) {
-    let t = &report["timings_ms"];
-    let ms = |key: &str| t[key].as_f64().unwrap_or(0.0);
-    let model = &report["model"];
+fn print_summary(report: &Report) {
+    let (model, t) = (&report.model, &report.timings_ms);
     println!();
     println!(
         "Summary: {} ({:.1} MB, {:.1} M parameters, {}) on three peers",
-        model["name"].as_str().unwrap_or_default(),
-        model["bytes"].as_f64().unwrap_or(0.0) / 1e6,
-        model["parameters"].as_f64().unwrap_or(0.0) / 1e6,
-        model["device"].as_str().unwrap_or_default(),
+        model.name,
+        model.bytes as f64 / 1e6,
+        model.parameters as f64 / 1e6,
+        model.device,
     );
     let steps = [
-        ("swarm of three peers up", ms("swarm_up")),
+        ("swarm of three peers up", t.swarm_up),
         (
             "A imported, signed and published the model",
-            ms("import_and_publish"),
+            t.import_and_publish,
         ),
         (
             "B heard the announcement (A's send to B)",
-            ms("announcement_heard"),
+            t.announcement_heard,
         ),
-        ("B ran inference on A", ms("remote_inference")),
-        ("C pulled the whole model from the swarm", ms("pull")),
-        (
-            "B ran inference on C after A stopped",
-            ms("failover_inference"),
-        ),
+        ("B ran inference on A", t.remote_inference),
+        ("C pulled the whole model from the swarm", t.pull),
+        ("B ran inference on C after A stopped", t.failover_inference),
     ];
     for (step, time) in steps {
         println!("  {step:<46} {time:>9.1} ms");
     }
     println!("Similarity to {:?}:", SENTENCES[0]);
-    for entry in report["similarities"].as_array().into_iter().flatten() {
-        println!(
-            "  {:>6.3}  {}",
-            entry["cosine"].as_f64().unwrap_or(0.0),
-            entry["sentence"].as_str().unwrap_or_default()
-        );
+    for entry in &report.similarities {
+        println!("  {:>6.3}  {}", entry.cosine, entry.sentence);
     }
 }

@@ -250,8 +250,7 @@ impl Client {
             };
             self.counters.blocks_received += 1;
             self.counters.bytes_received += block.len() as u64;
-            if self.received_from.len() < SOURCES_TRACKED
-                || self.received_from.contains_key(&peer)
+            if self.received_from.len() < SOURCES_TRACKED || self.received_from.contains_key(&peer)
             {
                 let source = self.received_from.entry(peer).or_default();
                 source.0 += 1;
@@ -274,7 +273,12 @@ impl Client {
     }
 
     /// A peer's HAVE or DONT_HAVE for `presence.cid`.
-    pub(super) fn on_presence(&mut self, peer: PeerId, presence: Presence, now: Instant) -> Vec<Send> {
+    pub(super) fn on_presence(
+        &mut self,
+        peer: PeerId,
+        presence: Presence,
+        now: Instant,
+    ) -> Vec<Send> {
         let cid = presence.cid;
         // Direct want-blocks go to peers that had what we asked for last. An answer
         // that comes after the block arrived from elsewhere still counts: a provider
@@ -356,7 +360,8 @@ impl Client {
                 let progress = (self.delivered_at.get(&peer)).map_or(since, |at| since.max(*at));
                 let stopped = now.duration_since(progress) > timing.block_timeout
                     && !self.receiving.contains_key(&peer);
-                let too_long = now.duration_since(since) > timing.block_timeout * BLOCK_TIMEOUTS_AT_MOST;
+                let too_long =
+                    now.duration_since(since) > timing.block_timeout * BLOCK_TIMEOUTS_AT_MOST;
                 if stopped || too_long {
                     want.have.retain(|p| *p != peer);
                     want.block_from = None;
@@ -399,14 +404,20 @@ impl Client {
     /// Asks one more peer (a provider found on the DHT) for a want we still have.
     pub(super) fn ask(&mut self, peer: PeerId, cid: Cid) -> Option<WantEntry> {
         let want = self.wants.get_mut(&cid)?;
-        want.asked.insert(peer).then(|| want_entry(cid, WantType::Have))
+        want.asked
+            .insert(peer)
+            .then(|| want_entry(cid, WantType::Have))
     }
 
     /// A new connection: our whole wantlist as want-haves for it.
     pub(super) fn on_connected(&mut self, peer: PeerId) -> Vec<WantEntry> {
         self.connected.insert(peer);
         (self.wants.iter_mut())
-            .filter_map(|(cid, w)| w.asked.insert(peer).then(|| want_entry(*cid, WantType::Have)))
+            .filter_map(|(cid, w)| {
+                w.asked
+                    .insert(peer)
+                    .then(|| want_entry(*cid, WantType::Have))
+            })
             .collect()
     }
 
@@ -586,8 +597,10 @@ mod tests {
     }
 
     fn cancels(sends: &[Send]) -> Vec<(PeerId, Cid)> {
-        let mut cancels: Vec<(PeerId, Cid)> =
-            (sends.iter()).filter(|(_, e)| e.cancel).map(|(p, e)| (*p, e.cid)).collect();
+        let mut cancels: Vec<(PeerId, Cid)> = (sends.iter())
+            .filter(|(_, e)| e.cancel)
+            .map(|(p, e)| (*p, e.cid))
+            .collect();
         cancels.sort();
         cancels
     }
@@ -665,9 +678,17 @@ mod tests {
         let (mut client, t0) = client_with(&[busy, free]);
         let mut receivers = Vec::new();
         for seed in 1..=4 {
-            let (_, rx) = want(&mut client, cid(seed), t0 + Duration::from_millis(seed.into()));
+            let (_, rx) = want(
+                &mut client,
+                cid(seed),
+                t0 + Duration::from_millis(seed.into()),
+            );
             receivers.push(rx);
-            client.on_presence(busy, have(cid(seed)), t0 + Duration::from_millis(seed.into()));
+            client.on_presence(
+                busy,
+                have(cid(seed)),
+                t0 + Duration::from_millis(seed.into()),
+            );
         }
         // Within the second: stays.
         let soon = t0 + Duration::from_millis(500);
@@ -709,7 +730,14 @@ mod tests {
         client.on_presence(a, have(cid(2)), t0);
         // a delivers block 2 halfway: block 1 has until then plus the timeout.
         client.on_stored(a, &[block(2)], t0 + timeout / 2);
-        assert!(cancels(&client.on_tick(t0 + timeout + Duration::from_millis(1)).sends).is_empty());
+        assert!(
+            cancels(
+                &client
+                    .on_tick(t0 + timeout + Duration::from_millis(1))
+                    .sends
+            )
+            .is_empty()
+        );
         let late = t0 + timeout / 2 + timeout + Duration::from_millis(1);
         let tick = client.on_tick(late);
         assert_eq!(cancels(&tick.sends), [(a, cid(1))]);
@@ -761,7 +789,10 @@ mod tests {
         }
         let next = client.on_tick(after);
         assert_eq!(next.searches.len(), PROVIDER_SEARCHES_AT_ONCE);
-        assert!(next.searches.iter().all(|c| !tick.searches.contains(c)), "searched recently");
+        assert!(
+            next.searches.iter().all(|c| !tick.searches.contains(c)),
+            "searched recently"
+        );
     }
 
     #[test]
@@ -790,7 +821,10 @@ mod tests {
         let (_, mut rx) = want(&mut client, cid(1), t0);
         let stored = client.on_stored(b, &[block(1)], t0);
         assert_eq!(stored.fresh, [cid(1)]);
-        assert_eq!(cancels(&stored.sends), sorted_cancels(&[(a, cid(1)), (c, cid(1))]));
+        assert_eq!(
+            cancels(&stored.sends),
+            sorted_cancels(&[(a, cid(1)), (c, cid(1))])
+        );
         assert_eq!(rx.try_recv().ok().as_ref().map(Block::cid), Some(&cid(1)));
         assert_eq!(client.received_from()[&b], (1, 1));
         // A late copy is a duplicate of a race, not junk.
@@ -835,7 +869,10 @@ mod tests {
         assert!(!client.connected().contains(&gone));
         let want = &client.wants[&cid(1)];
         assert!(want.have.iter().all(|p| *p == stays));
-        assert!(want.block_from.is_none(), "it was asked of the peer that left");
+        assert!(
+            want.block_from.is_none(),
+            "it was asked of the peer that left"
+        );
         // The next tick gives it to the peer that stays.
         assert_eq!(block_wants(&client.on_tick(t0).sends), [(stays, cid(1))]);
     }

@@ -58,7 +58,12 @@ pub(super) fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     /// The engine's state and its tasks, serving the streams `channels` bring.
-    pub(super) fn start(store: Arc<Store>, p2p: P2p, config: Config, channels: behaviour::Channels) -> Arc<Inner> {
+    pub(super) fn start(
+        store: Arc<Store>,
+        p2p: P2p,
+        config: Config,
+        channels: behaviour::Channels,
+    ) -> Arc<Inner> {
         let (received, received_rx) = mpsc::channel(RECEIVED_QUEUE_CAPACITY);
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let inner = Arc::new(Inner {

@@ -234,7 +234,11 @@ impl Bitswap {
 
     /// Peers with a connection Bitswap can use.
     pub fn peers(&self) -> Vec<PeerId> {
-        lock(&self.inner.client).connected().iter().copied().collect()
+        lock(&self.inner.client)
+            .connected()
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// CIDs `peer` wants from us: blocks we are about to send it, and wants we keep
@@ -319,4 +323,3 @@ impl Bitswap {
         }
     }
 }
-

@@ -73,7 +73,10 @@ impl PeerQueue {
     /// budget; `None` once the peer's queues are gone.
     pub(super) fn send_blocks(&self, message: Message) -> Option<()> {
         let bytes: usize = message.blocks.iter().map(Block::len).sum();
-        let room = self.block_room.clone().acquire_many_owned(budget_kib(bytes));
+        let room = self
+            .block_room
+            .clone()
+            .acquire_many_owned(budget_kib(bytes));
         let room = futures::executor::block_on(room).ok()?;
         let outgoing = Outgoing {
             message,
@@ -245,9 +248,15 @@ mod tests {
         let mut first = control(vec![want(1, false)]).message;
         let stopped = coalesce(&mut first, &mut rx).expect("the cancel of 1 stops it");
         let cids: Vec<Cid> = first.wantlist.iter().map(|e| e.cid).collect();
-        assert_eq!(cids, [want(1, false).cid, want(2, false).cid, want(3, false).cid]);
+        assert_eq!(
+            cids,
+            [want(1, false).cid, want(2, false).cid, want(3, false).cid]
+        );
         assert_eq!(stopped.message.wantlist, [want(1, true)]);
         // The want behind the cancel stays queued for the next message.
-        assert_eq!(rx.try_recv().map(|o| o.message.wantlist).ok(), Some(vec![want(4, false)]));
+        assert_eq!(
+            rx.try_recv().map(|o| o.message.wantlist).ok(),
+            Some(vec![want(4, false)])
+        );
     }
 }

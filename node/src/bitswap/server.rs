@@ -64,7 +64,12 @@ impl Server {
     /// [`LEDGER_LIMIT`] are left out, as Kubo ignores wants past its per-peer queue
     /// (the peer asks again later). Returns the wants to look up in the store; their
     /// want-blocks are on the list to send from now on.
-    pub(super) fn on_wants(&mut self, peer: PeerId, entries: Vec<WantEntry>, full: bool) -> Vec<WantEntry> {
+    pub(super) fn on_wants(
+        &mut self,
+        peer: PeerId,
+        entries: Vec<WantEntry>,
+        full: bool,
+    ) -> Vec<WantEntry> {
         let ledger = self.ledgers.entry(peer).or_default();
         let to_send = self.to_send.entry(peer).or_default();
         if full {
@@ -274,7 +279,11 @@ mod tests {
     fn a_cancelled_block_is_not_written_and_a_block_asked_twice_is_written_once() {
         let peer = PeerId::random();
         let mut server = Server::default();
-        let wants = server.on_wants(peer, vec![entry(1, WantType::Block), entry(2, WantType::Block)], false);
+        let wants = server.on_wants(
+            peer,
+            vec![entry(1, WantType::Block), entry(2, WantType::Block)],
+            false,
+        );
         assert_eq!(wants.len(), 2);
         // The cancel comes while the blocks wait for their turn.
         assert!(server.on_wants(peer, vec![cancel(1)], false).is_empty());
@@ -302,7 +311,11 @@ mod tests {
         let wants = server.on_wants(peer, entries, false);
         assert_eq!(wants.len(), LEDGER_LIMIT);
         // Asked again, a block already on the list stays; want-haves are not limited.
-        let wants = server.on_wants(peer, vec![entry(0, WantType::Block), entry(limit + 20, WantType::Have)], false);
+        let wants = server.on_wants(
+            peer,
+            vec![entry(0, WantType::Block), entry(limit + 20, WantType::Have)],
+            false,
+        );
         assert_eq!(wants.len(), 2);
         // A full wantlist replaces the old one, and with it the room.
         let wants = server.on_wants(peer, vec![entry(limit + 30, WantType::Block)], true);
@@ -323,12 +336,21 @@ mod tests {
         ];
         let answer = answer(wants, |c| *c == cid(1) || *c == cid(2));
         assert_eq!(answer.blocks, [cid(1)]);
-        let presence = |seed, kind| Presence { cid: cid(seed), kind };
+        let presence = |seed, kind| Presence {
+            cid: cid(seed),
+            kind,
+        };
         assert_eq!(
             answer.presences,
-            [presence(2, PresenceKind::Have), presence(3, PresenceKind::DontHave)]
+            [
+                presence(2, PresenceKind::Have),
+                presence(3, PresenceKind::DontHave)
+            ]
         );
-        assert_eq!(answer.missing, [(cid(3), WantType::Block), (cid(4), WantType::Have)]);
+        assert_eq!(
+            answer.missing,
+            [(cid(3), WantType::Block), (cid(4), WantType::Have)]
+        );
     }
 
     #[test]
@@ -337,13 +359,22 @@ mod tests {
         let mut server = Server::default();
         server.on_wants(a, vec![entry(1, WantType::Block)], false);
         server.remember_missing(a, vec![(cid(1), WantType::Block)]);
-        assert!(!server.is_to_send(a, &cid(1)), "not about to be sent while missing");
+        assert!(
+            !server.is_to_send(a, &cid(1)),
+            "not about to be sent while missing"
+        );
         server.remember_missing(b, vec![(cid(1), WantType::Have)]);
         assert_eq!(server.wantlist_of(&a), [cid(1)]);
 
         let owed = server.on_stored(&[cid(1), cid(2)]);
         assert_eq!(owed[&a].blocks, [cid(1)]);
-        assert_eq!(owed[&b].haves, [Presence { cid: cid(1), kind: PresenceKind::Have }]);
+        assert_eq!(
+            owed[&b].haves,
+            [Presence {
+                cid: cid(1),
+                kind: PresenceKind::Have
+            }]
+        );
         assert!(server.is_to_send(a, &cid(1)));
         // Answered once: a second arrival owes nothing.
         assert!(server.on_stored(&[cid(1)]).is_empty());
@@ -356,7 +387,9 @@ mod tests {
     fn a_ledger_keeps_at_most_its_limit_of_missing_wants() {
         let peer = PeerId::random();
         let mut server = Server::default();
-        let missing = (0..LEDGER_LIMIT as u32 + 5).map(|s| (cid(s), WantType::Have)).collect();
+        let missing = (0..LEDGER_LIMIT as u32 + 5)
+            .map(|s| (cid(s), WantType::Have))
+            .collect();
         server.remember_missing(peer, missing);
         assert_eq!(server.wantlist_of(&peer).len(), LEDGER_LIMIT);
         server.forget(&peer);
@@ -384,9 +417,13 @@ mod tests {
         // overhead leave no room for a second.
         let mut packer = Packer::default();
         assert!(packer.push(block_of(1, 256 * 1024)).is_none());
-        let first = packer.push(block_of(2, 256 * 1024)).expect("two chunks do not fit");
+        let first = packer
+            .push(block_of(2, 256 * 1024))
+            .expect("two chunks do not fit");
         assert_eq!(first.blocks.len(), 1);
-        let second = packer.push(block_of(3, 1024 * 1024)).expect("the large block goes alone");
+        let second = packer
+            .push(block_of(3, 1024 * 1024))
+            .expect("the large block goes alone");
         assert_eq!(second.blocks.len(), 1);
         assert_eq!(packer.finish().map(|m| m.blocks.len()), Some(1));
         assert!(Packer::default().finish().is_none());
