@@ -29,6 +29,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
         dht_refresh: p2p::DEFAULT_DHT_REFRESH,
         limits: p2p::Limits::default(),
         time_dilation: 1,
+        swarm_key: None,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

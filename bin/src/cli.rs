@@ -28,7 +28,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create a repo: identity key, config.toml, datastore
-    Init,
+    Init(InitArgs),
     /// Show this node's identity
     Id,
     /// Add files or directories (`-` reads stdin)
@@ -324,8 +324,24 @@ pub(crate) struct DaemonArgs {
     pub(crate) allow_peer: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Join only the private swarm of this key (a Kubo swarm.key, copied into the repo)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) swarm_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SwarmKeyCommand {
+    /// Print a new random private swarm key in Kubo's swarm.key format
+    Generate,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum SwarmCommand {
+    /// Private swarm keys
+    #[command(subcommand)]
+    Key(SwarmKeyCommand),
     /// Connected peers
     Peers,
     /// Dial a peer

@@ -9,13 +9,14 @@ use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::pin::PinType;
 use ipfs_accelerate_node::repo::{self, Repo};
 use ipfs_accelerate_node::unixfs::{self, AddedEntry, ImportOptions};
-use ipfs_accelerate_node::{NodeConfig, car};
+use ipfs_accelerate_node::{NodeConfig, car, swarm_key};
 use ipfs_accelerate_protocol::limits::{BLOCK_PUT_SOFT_LIMIT, BLOCK_SIZE_LIMIT};
 use ipfs_accelerate_protocol::{Block, codec};
 use serde_json::json;
 
 use crate::cli::{
-    AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, PinCommand, RepoCommand,
+    AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, InitArgs, PinCommand,
+    RepoCommand, SwarmCommand, SwarmKeyCommand,
 };
 use crate::output::{print_json, print_ls, print_verify_report};
 use crate::progress;
@@ -25,7 +26,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     // Commands that need no repo, or make their own.
     let command = match cli.command {
-        Command::Init => return init(&path, json),
+        Command::Init(args) => return init(&path, args, json),
+        Command::Swarm(SwarmCommand::Key(SwarmKeyCommand::Generate)) => {
+            print!("{}", swarm_key::generate().to_key_file());
+            return Ok(());
+        }
         Command::Demo(args) => return crate::demo::demo(args, json),
         Command::Bench(BenchCommand::Infer(args)) => {
             return crate::bench_infer::bench_infer(args, json);
@@ -40,12 +45,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Err(repo::Error::InUse { .. }) if Repo::api_file(&path).exists() => {
             let remote = crate::api::Client::from_repo(&path)?
                 .context("the daemon's API address disappeared; is it stopping?")?;
+            if matches!(command, Command::Id) {
+                say_if_private(swarm_key::load(&path)?);
+            }
             return crate::remote::run(&remote, command, json);
         }
         Err(error) => return Err(error.into()),
     };
     match command {
-        Command::Init | Command::Demo(_) | Command::Bench(BenchCommand::Infer(_)) => {
+        Command::Init(_) | Command::Demo(_) | Command::Bench(BenchCommand::Infer(_)) => {
             unreachable!("handled above")
         }
         Command::Daemon(args) => crate::daemon::run(repo, args),
@@ -81,8 +89,11 @@ fn parse_cid(text: &str) -> Result<Cid> {
     Cid::try_from(trimmed).with_context(|| format!("invalid CID {text:?}"))
 }
 
-fn init(path: &Path, json: bool) -> Result<()> {
-    let repo = Repo::init(path, NodeConfig::default())?;
+fn init(path: &Path, args: InitArgs, json: bool) -> Result<()> {
+    let repo = match args.swarm_key {
+        Some(file) => Repo::init_private(path, NodeConfig::default(), swarm_key::read(&file)?)?,
+        None => Repo::init(path, NodeConfig::default())?,
+    };
     let peer = repo.identity().peer_id();
     if json {
         return print_json(&json!({ "ID": peer.to_string(), "Repo": path }));
@@ -106,7 +117,19 @@ fn id(repo: &Repo, json: bool) -> Result<()> {
         });
     }
     println!("{}", identity.peer_id());
+    say_if_private(repo.swarm_key());
     Ok(())
+}
+
+/// Tells the user, on stderr (stdout stays the peer id alone, as Kubo's), that the
+/// node joins only a private swarm.
+pub(crate) fn say_if_private(key: Option<swarm_key::PreSharedKey>) {
+    if let Some(key) = key {
+        eprintln!(
+            "private swarm: only peers with this swarm.key connect (fingerprint {})",
+            key.fingerprint()
+        );
+    }
 }
 
 fn import_options(repo: &Repo, args: &AddArgs) -> Result<ImportOptions> {

@@ -62,6 +62,7 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {gateway_addr}"))?;
     let gateway_bound = gateway_listener.local_addr()?;
+    crate::commands::say_if_private(repo.swarm_key());
     let node = Arc::new(Node::start(repo, overrides, serve_config).await?);
     for model in &args.serve {
         let root = node.resolve_model(model)?;

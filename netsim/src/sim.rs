@@ -291,6 +291,7 @@ impl Sim {
             dht_refresh: self.dht_refresh,
             limits: p2p::Limits::default(),
             time_dilation: self.clock.dilation,
+            swarm_key: None,
         };
         let p2p = P2p::start_with_transport(config, key, transport)
             .await

@@ -26,6 +26,8 @@ pub enum Error {
         reason: String,
     },
     /// A blocking task panicked or was cancelled.
+    #[error(transparent)]
+    SwarmKey(#[from] crate::swarm_key::Error),
     #[error("background task failed: {0}")]
     Task(String),
     /// A path named a link its parent does not have.

@@ -31,6 +31,7 @@ pub mod pin;
 mod provider;
 pub mod repo;
 pub mod store;
+pub mod swarm_key;
 pub mod trust;
 pub mod unixfs;
 mod writer;

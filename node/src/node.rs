@@ -157,6 +157,7 @@ impl Node {
         serve: ServeConfig,
         transport: Option<p2p::BoxedTransport>,
     ) -> Result<Node> {
+        crate::swarm_key::check_forced(repo.swarm_key().as_ref())?;
         let network = repo.config().network.clone();
         let listen = if overrides.listen.is_empty() {
             network.listen.clone()
@@ -193,6 +194,7 @@ impl Node {
             dht_refresh: p2p::DEFAULT_DHT_REFRESH,
             limits: repo.config().swarm.p2p_limits(),
             time_dilation: 1,
+            swarm_key: repo.swarm_key(),
         };
         let keypair = repo.identity().keypair().clone();
         let p2p = P2p::start_on(config, keypair, transport).await?;

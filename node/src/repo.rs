@@ -1,4 +1,5 @@
-//! The repo directory: `config.toml`, `identity.key`, `datastore.redb` and a lock file.
+//! The repo directory: `config.toml`, `identity.key`, `datastore.redb`, a lock file,
+//! and `swarm.key` in a private swarm's repo ([`crate::swarm_key`]).
 //!
 //! One process holds a repo at a time: [`Repo::open`] takes an exclusive lock on
 //! `repo.lock` (released by the OS when the process exits, even on kill -9), so a
@@ -17,6 +18,7 @@ use crate::blockstore::{self, RedbBlockstore};
 use crate::config::NodeConfig;
 use crate::identity::{self, Identity};
 use crate::store::Store;
+use crate::swarm_key::{self, PreSharedKey, SWARM_KEY_FILE};
 
 /// Environment variable naming the repo directory (like Kubo's `IPFS_PATH`).
 pub const REPO_PATH_ENV: &str = "IPFS_ACCELERATE_PATH";
@@ -58,6 +60,8 @@ pub enum Error {
     Identity(#[from] identity::Error),
     #[error("opening datastore: {0}")]
     Datastore(#[from] blockstore::Error),
+    #[error(transparent)]
+    SwarmKey(#[from] swarm_key::Error),
 }
 
 /// Result alias for this module.
@@ -69,6 +73,7 @@ pub struct Repo {
     path: PathBuf,
     config: NodeConfig,
     identity: Identity,
+    swarm_key: Option<PreSharedKey>,
     store: Arc<Store>,
     _lock: File,
 }
@@ -96,11 +101,21 @@ impl Repo {
         Repo::init_with_identity(path, config, Identity::generate())
     }
 
+    /// Creates a repo whose node joins only the private swarm of `swarm_key`.
+    pub fn init_private(path: &Path, config: NodeConfig, swarm_key: PreSharedKey) -> Result<Repo> {
+        Repo::create(path, config, Identity::generate(), Some(swarm_key))
+    }
+
     /// Creates a repo with the given identity; fails if one exists there.
-    pub fn init_with_identity(
+    pub fn init_with_identity(path: &Path, config: NodeConfig, identity: Identity) -> Result<Repo> {
+        Repo::create(path, config, identity, None)
+    }
+
+    fn create(
         path: &Path,
         mut config: NodeConfig,
         identity: Identity,
+        swarm_key: Option<PreSharedKey>,
     ) -> Result<Repo> {
         if path.join(CONFIG_FILE).exists() {
             return Err(Error::AlreadyInitialized(path.to_path_buf()));
@@ -108,6 +123,10 @@ impl Repo {
         create_private_dir(path)?;
         let lock = take_lock(path)?;
         identity.save(&path.join(IDENTITY_FILE))?;
+        // Before the config: a repo that is complete is never a public one by mistake.
+        if let Some(key) = swarm_key {
+            write_private(&path.join(SWARM_KEY_FILE), key.to_key_file().as_bytes())?;
+        }
         config.identity.peer_id = identity.peer_id().to_string();
         let text = toml::to_string_pretty(&config).map_err(|e| Error::Config {
             path: path.join(CONFIG_FILE),
@@ -147,12 +166,14 @@ impl Repo {
 
     /// Opens the datastore of a locked repo.
     fn assemble(path: &Path, config: NodeConfig, identity: Identity, lock: File) -> Result<Repo> {
+        let swarm_key = swarm_key::load(path)?;
         let blocks = RedbBlockstore::open(&path.join(DATASTORE_FILE))?;
         let store = Arc::new(Store::new(Arc::new(blocks), config.datastore.clone()));
         Ok(Repo {
             path: path.to_path_buf(),
             config,
             identity,
+            swarm_key,
             store,
             _lock: lock,
         })
@@ -168,6 +189,11 @@ impl Repo {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The private swarm's key (`swarm.key`), or `None` for a node of the public one.
+    pub fn swarm_key(&self) -> Option<PreSharedKey> {
+        self.swarm_key
     }
 
     pub fn store(&self) -> &Store {
@@ -224,8 +250,11 @@ fn make_private(path: &Path) {
         (path.to_path_buf(), PRIVATE_DIR_MODE),
         (path.join(CONFIG_FILE), PRIVATE_FILE_MODE),
         (path.join(IDENTITY_FILE), PRIVATE_FILE_MODE),
+        (path.join(SWARM_KEY_FILE), PRIVATE_FILE_MODE),
     ] {
-        if let Err(error) = set_mode(&file, mode) {
+        if let Err(error) = set_mode(&file, mode)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(path = %file.display(), %error, "repo: could not restrict access");
         }
     }

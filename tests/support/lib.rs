@@ -309,8 +309,14 @@ pub struct Kubo {
 impl Kubo {
     /// Starts Kubo; answers are awaited for at most `wait`.
     pub fn start(wait: Duration) -> Kubo {
+        Kubo::start_with(wait, &[])
+    }
+
+    /// Starts Kubo with extra `serve` arguments (`--swarm-key FILE`).
+    pub fn start_with(wait: Duration, args: &[&str]) -> Kubo {
         let mut child = kubo_script()
             .arg("serve")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

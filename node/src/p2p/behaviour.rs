@@ -22,6 +22,8 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often we ping each connected peer. Nothing here reads the round trips (Kubo
 /// sends no periodic pings at all); libp2p's 15 s default cost a node with a hundred
 /// peers a timer and a stream write every 150 ms.
+/// A private connection's pnet, Noise and yamux handshakes together.
+const PRIVATE_UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// libp2p's defaults for the timers below that we leave as they are, named so that a
 /// slowed clock (`Config::time_dilation`) can stretch them.
@@ -87,22 +89,70 @@ pub(super) fn build_swarm(
         );
         return Ok((swarm, channels));
     }
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| transport(&e))?
-        .with_behaviour(|key| behaviour(config, key, bitswap.take()))
-        .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| swarm_config(config, c))
-        .build();
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match config.swarm_key {
+        // A private swarm: TCP wrapped in pnet, no QUIC (pnet cannot wrap it).
+        Some(key) => builder
+            .with_other_transport(|identity| private_tcp(identity, key))
+            .map_err(|e| transport(&e))?
+            .with_dns()
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key| behaviour(config, key, bitswap.take()))
+            .map_err(|e| transport(&e))?
+            .with_swarm_config(|c| swarm_config(config, c))
+            .build(),
+        None => builder
+            .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key| behaviour(config, key, bitswap.take()))
+            .map_err(|e| transport(&e))?
+            .with_swarm_config(|c| swarm_config(config, c))
+            .build(),
+    };
     Ok((swarm, channels))
+}
+
+fn tcp_config() -> tcp::Config {
+    tcp::Config::default().nodelay(true)
+}
+
+/// TCP whose every connection first exchanges nonces and then is encrypted with the
+/// swarm key (pnet), under Noise and yamux as usual. A peer with another key or none
+/// fails at Noise, whose messages it cannot read; one that sends nothing is cut when
+/// the upgrade times out.
+fn private_tcp(
+    identity: &Keypair,
+    key: libp2p::pnet::PreSharedKey,
+) -> std::result::Result<BoxedTransport, Box<dyn std::error::Error + Send + Sync>> {
+    use libp2p::Transport;
+    let noise = noise::Config::new(identity)?;
+    Ok(tcp::tokio::Transport::new(tcp_config())
+        .and_then(move |socket, _| libp2p::pnet::PnetConfig::new(key).handshake(socket))
+        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(PRIVATE_UPGRADE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// Whether the swarm has a transport for `addr`: a private swarm listens on no QUIC
+/// address (those in the config are skipped, with a warning).
+pub(super) fn can_listen(config: &Config, addr: &libp2p::Multiaddr) -> bool {
+    let quic = addr.iter().any(|p| {
+        matches!(
+            p,
+            libp2p::multiaddr::Protocol::QuicV1 | libp2p::multiaddr::Protocol::Quic
+        )
+    });
+    if quic && config.swarm_key.is_some() {
+        tracing::warn!(%addr, "private swarm: not listening on QUIC, which pnet cannot protect");
+        return false;
+    }
+    true
 }
 
 /// The swarm's settings on either transport.

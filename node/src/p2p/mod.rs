@@ -68,6 +68,8 @@ pub struct Config {
     /// manager's, which guards memory) is multiplied by it. 1 in a real node. netsim slows its network and its nodes by the same factor, so
     /// that one simulated second gets that many seconds of CPU (`--time-dilation`).
     pub time_dilation: u32,
+    /// A private swarm's key: TCP only, every connection wrapped in pnet with it.
+    pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
 }
 
 impl Config {
@@ -263,7 +265,11 @@ impl P2p {
     ) -> Result<P2p> {
         let local_peer_id = keypair.public().to_peer_id();
         let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair, transport)?;
-        for addr in &config.listen {
+        for addr in config
+            .listen
+            .iter()
+            .filter(|a| behaviour::can_listen(&config, a))
+        {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.clone(),
                 reason: e.to_string(),

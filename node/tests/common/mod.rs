@@ -103,6 +103,7 @@ pub(crate) async fn loopback_swarm_limited(
         dht_refresh: p2p::DEFAULT_DHT_REFRESH,
         limits,
         time_dilation: 1,
+        swarm_key: None,
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

