@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ipfs_accelerate_node::profile::Profile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -301,9 +302,13 @@ pub(crate) struct DaemonArgs {
     /// Do not discover peers on the local network
     #[arg(long)]
     pub(crate) no_mdns: bool,
-    /// Kademlia protocol, e.g. /ipfs/lan/kad/1.0.0 to join Kubo's LAN DHT
+    /// Kademlia protocol, e.g. /ipfs/kad/1.0.0 to join Kubo's public DHT
     #[arg(long, value_name = "NAME")]
     pub(crate) dht_protocol: Option<String>,
+    /// Apply a profile (public, lan or test) to the config for this run; the flags
+    /// above override it
+    #[arg(long, value_name = "PROFILE")]
+    pub(crate) profile: Option<Profile>,
     /// Serve inference for a model in the repo: NAME, NAME@VERSION or CID (repeatable)
     #[arg(long, value_name = "MODEL")]
     pub(crate) serve: Vec<String>,
@@ -326,6 +331,10 @@ pub(crate) struct DaemonArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
+    /// Which peers the node meets: public (Kubo's network: its bootstrap peers and
+    /// public DHT), lan (mDNS and the LAN DHT, the default) or test (loopback only)
+    #[arg(long, value_name = "PROFILE", default_value = "lan")]
+    pub(crate) profile: Profile,
     /// Join only the private swarm of this key (a Kubo swarm.key, copied into the repo)
     #[arg(long, value_name = "FILE")]
     pub(crate) swarm_key: Option<PathBuf>,

@@ -90,9 +90,14 @@ fn parse_cid(text: &str) -> Result<Cid> {
 }
 
 fn init(path: &Path, args: InitArgs, json: bool) -> Result<()> {
+    let mut config = NodeConfig::default();
+    args.profile
+        .check(args.swarm_key.is_some())
+        .map_err(|reason| anyhow::anyhow!("--profile {}: {reason}", args.profile.name()))?;
+    args.profile.apply(&mut config.network);
     let repo = match args.swarm_key {
-        Some(file) => Repo::init_private(path, NodeConfig::default(), swarm_key::read(&file)?)?,
-        None => Repo::init(path, NodeConfig::default())?,
+        Some(file) => Repo::init_private(path, config, swarm_key::read(&file)?)?,
+        None => Repo::init(path, config)?,
     };
     let peer = repo.identity().peer_id();
     if json {
@@ -100,6 +105,7 @@ fn init(path: &Path, args: InitArgs, json: bool) -> Result<()> {
     }
     println!("initialized ipfs-accelerate repo at {}", path.display());
     println!("peer identity: {peer}");
+    println!("network profile: {}", args.profile.name());
     Ok(())
 }
 
@@ -123,7 +129,7 @@ fn id(repo: &Repo, json: bool) -> Result<()> {
 
 /// Tells the user, on stderr (stdout stays the peer id alone, as Kubo's), that the
 /// node joins only a private swarm.
-pub(crate) fn say_if_private(key: Option<swarm_key::PreSharedKey>) {
+fn say_if_private(key: Option<swarm_key::PreSharedKey>) {
     if let Some(key) = key {
         eprintln!(
             "private swarm: only peers with this swarm.key connect (fingerprint {})",

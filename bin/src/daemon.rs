@@ -35,6 +35,7 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         bootstrap: args.bootstrap,
         no_mdns: args.no_mdns,
         dht_protocol: args.dht_protocol,
+        profile: args.profile,
     };
     let serve_device: DeviceKind = args.serve_device.parse()?;
     let allow = if args.allow_peer.is_empty() {
@@ -62,8 +63,13 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {gateway_addr}"))?;
     let gateway_bound = gateway_listener.local_addr()?;
-    crate::commands::say_if_private(repo.swarm_key());
+    let swarm_key = repo.swarm_key();
     let node = Arc::new(Node::start(repo, overrides, serve_config).await?);
+    if let Some(key) = swarm_key {
+        // Kubo's words, where scripts may look for them.
+        println!("Swarm is limited to private network of peers with the swarm key");
+        println!("Swarm key fingerprint: {}", key.fingerprint());
+    }
     for model in &args.serve {
         let root = node.resolve_model(model)?;
         node.serve_model(root, serve_device)

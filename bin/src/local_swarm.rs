@@ -9,6 +9,7 @@ use cid::Cid;
 use ipfs_accelerate_node::config::NodeConfig;
 use ipfs_accelerate_node::infer::ServeConfig;
 use ipfs_accelerate_node::node::NetworkOverrides;
+use ipfs_accelerate_node::profile::Profile;
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use ipfs_accelerate_node::{Node, Repo};
 
@@ -17,10 +18,9 @@ use ipfs_accelerate_node::{Node, Repo};
 pub(crate) async fn start_node(path: &Path, bootstrap: Vec<String>) -> Result<Node> {
     let repo = Repo::init(path, NodeConfig::default())?;
     let overrides = NetworkOverrides {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap,
-        no_mdns: true,
-        dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
+        profile: Some(Profile::Test),
+        ..NetworkOverrides::default()
     };
     let node = Node::start(repo, overrides, ServeConfig::default()).await?;
     node.p2p().wait_listening(Duration::from_secs(10)).await?;

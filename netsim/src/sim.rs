@@ -270,6 +270,7 @@ impl Sim {
                 bootstrap: bootstrap.iter().map(ToString::to_string).collect(),
                 no_mdns: true,
                 dht_protocol: None,
+                profile: None,
             };
             let node = Node::start_with_transport(repo, overrides, Default::default(), transport)
                 .await

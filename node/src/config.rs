@@ -83,7 +83,8 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
-    /// Kademlia protocol: `/ipfs/kad/1.0.0`, or `/ipfs/lan/kad/1.0.0` for Kubo's LAN DHT.
+    /// Kademlia protocol: `/ipfs/lan/kad/1.0.0`, Kubo's LAN DHT, or `/ipfs/kad/1.0.0`,
+    /// the public one.
     pub dht_protocol: String,
     /// HTTP RPC API address (Kubo's paths under /api/v0).
     pub api: String,
@@ -131,15 +132,13 @@ pub enum ProvideStrategy {
 }
 
 impl Default for NetworkConfig {
+    /// The `lan` profile's peers ([`crate::profile`]).
     fn default() -> Self {
-        NetworkConfig {
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/4001".into(),
-                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
-            ],
+        let mut network = NetworkConfig {
+            listen: Vec::new(),
             bootstrap: Vec::new(),
-            mdns: true,
-            dht_protocol: "/ipfs/kad/1.0.0".into(),
+            mdns: false,
+            dht_protocol: String::new(),
             api: "127.0.0.1:5001".into(),
             gateway: "127.0.0.1:8080".into(),
             provide_strategy: ProvideStrategy::default(),
@@ -150,7 +149,9 @@ impl Default for NetworkConfig {
             high_water: 96,
             grace_period_secs: 20,
             api_token: None,
-        }
+        };
+        crate::profile::Profile::Lan.apply(&mut network);
+        network
     }
 }
 

@@ -28,6 +28,7 @@ pub mod models;
 pub mod node;
 pub mod p2p;
 pub mod pin;
+pub mod profile;
 mod provider;
 pub mod repo;
 pub mod store;

@@ -34,6 +34,8 @@ pub struct NetworkOverrides {
     pub bootstrap: Vec<String>,
     pub no_mdns: bool,
     pub dht_protocol: Option<String>,
+    /// A profile applied before the flags above ([`crate::profile`]).
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// A running peer.
@@ -158,7 +160,15 @@ impl Node {
         transport: Option<p2p::BoxedTransport>,
     ) -> Result<Node> {
         crate::swarm_key::check_forced(repo.swarm_key().as_ref())?;
-        let network = repo.config().network.clone();
+        let mut network = repo.config().network.clone();
+        if let Some(profile) = overrides.profile {
+            (profile.check(repo.swarm_key().is_some())).map_err(|reason| Error::Config {
+                what: "profile",
+                value: profile.name().into(),
+                reason,
+            })?;
+            profile.apply(&mut network);
+        }
         let listen = if overrides.listen.is_empty() {
             network.listen.clone()
         } else {

@@ -33,6 +33,7 @@ pub(crate) async fn start_node_with(dir: &Path, config: NodeConfig) -> (Node, Mu
         bootstrap: vec![],
         no_mdns: true,
         dht_protocol: Some("/ipfs/lan/kad/1.0.0".into()),
+        profile: None,
     };
     let node = Node::start(repo, overrides, ServeConfig::default())
         .await
