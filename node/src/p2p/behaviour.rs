@@ -89,28 +89,33 @@ pub(super) fn build_swarm(
         );
         return Ok((swarm, channels));
     }
+    // The builder's type changes with each transport, so the steps after the
+    // transports are written once here and used in both arms.
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_dns()
+                .map_err(|e| transport(&e))?
+                .with_behaviour(|key| behaviour(config, key, bitswap.take()))
+                .map_err(|e| transport(&e))?
+                .with_swarm_config(|c| swarm_config(config, c))
+                .build()
+        };
+    }
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match config.swarm_key {
         // A private swarm: TCP wrapped in pnet, no QUIC (pnet cannot wrap it).
-        Some(key) => builder
-            .with_other_transport(|identity| private_tcp(identity, key))
-            .map_err(|e| transport(&e))?
-            .with_dns()
-            .map_err(|e| transport(&e))?
-            .with_behaviour(|key| behaviour(config, key, bitswap.take()))
-            .map_err(|e| transport(&e))?
-            .with_swarm_config(|c| swarm_config(config, c))
-            .build(),
-        None => builder
-            .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport(&e))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| transport(&e))?
-            .with_behaviour(|key| behaviour(config, key, bitswap.take()))
-            .map_err(|e| transport(&e))?
-            .with_swarm_config(|c| swarm_config(config, c))
-            .build(),
+        Some(key) => finish!(
+            builder
+                .with_other_transport(|identity| private_tcp(identity, key))
+                .map_err(|e| transport(&e))?
+        ),
+        None => finish!(
+            builder
+                .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport(&e))?
+                .with_quic()
+        ),
     };
     Ok((swarm, channels))
 }
