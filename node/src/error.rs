@@ -25,9 +25,10 @@ pub enum Error {
         value: String,
         reason: String,
     },
-    /// A blocking task panicked or was cancelled.
+    /// The repo's swarm key is missing where required, or unreadable.
     #[error(transparent)]
     SwarmKey(#[from] crate::swarm_key::Error),
+    /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
     /// A path named a link its parent does not have.

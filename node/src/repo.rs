@@ -191,7 +191,7 @@ impl Repo {
         &self.identity
     }
 
-    /// The private swarm's key (`swarm.key`), or `None` for a node of the public one.
+    /// The private swarm's key (`swarm.key`), or `None` for a node open to any peer.
     pub fn swarm_key(&self) -> Option<PreSharedKey> {
         self.swarm_key
     }

@@ -22,9 +22,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often we ping each connected peer. Nothing here reads the round trips (Kubo
 /// sends no periodic pings at all); libp2p's 15 s default cost a node with a hundred
 /// peers a timer and a stream write every 150 ms.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// A private connection's pnet, Noise and yamux handshakes together.
 const PRIVATE_UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
-const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// libp2p's defaults for the timers below that we leave as they are, named so that a
 /// slowed clock (`Config::time_dilation`) can stretch them.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
