@@ -895,3 +895,63 @@ fn the_gateway_streams_a_file_it_fetches_from_a_peer() {
     assert!(whole.complete);
     assert!(whole.body == content, "b's gateway sent other bytes");
 }
+
+/// One Prometheus sample's value, by its full name.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[test]
+fn metrics_count_a_transfer_in_prometheus_text() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&[]);
+    let file = a.repo.path("data.bin");
+    deterministic_file(&file, 2 * 1024 * 1024 + 1, 3).unwrap();
+    let cid = a.repo.add(&file, &[]);
+    b.repo.ok(&["swarm", "connect", &a.addr()]);
+    let fetched = b.repo.run(&["cat", &cid]);
+    assert!(fetched.status.success());
+
+    let scrape = |d: &Daemon| {
+        let reply = request(
+            "GET",
+            &format!("{}/debug/metrics/prometheus", d.api_url()),
+            &[],
+        );
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        String::from_utf8(reply.body).unwrap()
+    };
+    let (served, fetcher) = (scrape(&a), scrape(&b));
+    let size = 2.0 * 1024.0 * 1024.0 + 1.0;
+    // 9 chunks of 256 KiB and the root node.
+    assert!(
+        sample(&served, "ipfs_accelerate_bitswap_blocks_sent_total") >= 9.0,
+        "{served}"
+    );
+    assert!(
+        sample(&served, "ipfs_accelerate_bitswap_sent_bytes_total") >= size,
+        "{served}"
+    );
+    assert!(
+        sample(&fetcher, "ipfs_accelerate_bitswap_blocks_received_total") >= 9.0,
+        "{fetcher}"
+    );
+    assert!(
+        sample(&fetcher, "ipfs_accelerate_bitswap_received_bytes_total") >= size,
+        "{fetcher}"
+    );
+    assert_eq!(sample(&fetcher, "ipfs_accelerate_bitswap_wantlist"), 0.0);
+    assert_eq!(sample(&served, "ipfs_accelerate_peers"), 1.0);
+    assert!(
+        sample(&fetcher, "ipfs_accelerate_repo_bytes") >= size,
+        "{fetcher}"
+    );
+}

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 mod add;
 mod auth;
 mod bitswap;
+mod metrics;
 mod models;
 mod origin;
 pub mod types;
@@ -204,6 +205,7 @@ pub async fn serve(
         .route("/api/v0/pubsub/ls", post(pubsub_ls))
         .route("/api/v0/pubsub/peers", post(pubsub_peers))
         .route("/api/v0/shutdown", post(shutdown_handler))
+        .route("/debug/metrics/prometheus", get(metrics::prometheus))
         .route(
             "/api/v0/accelerate/infer",
             post(models::infer).layer(DefaultBodyLimit::max(limits::INFER_REQUEST_LIMIT)),

@@ -1,0 +1,152 @@
+//! `/debug/metrics/prometheus` (Kubo's path on the API port): the node's counters in
+//! Prometheus' text format, read from the components at each scrape, so nothing on a
+//! hot path updates a metric.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::{Api, ApiError, ApiResult, blocking};
+use crate::bitswap::Stats;
+
+/// Prometheus' text format, version 0.0.4.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What one scrape reports.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    pub(super) bitswap: Stats,
+    pub(super) wantlist: usize,
+    pub(super) peers: usize,
+    pub(super) repo_blocks: u64,
+    pub(super) repo_bytes: u64,
+}
+
+pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoResponse> {
+    let store = api.node.store();
+    let stat = blocking(move || store.stat()).await?;
+    let peers = (api.node.p2p().connected_peer_ids().await).map_err(ApiError::internal)?;
+    let bitswap = api.node.bitswap();
+    let snapshot = Snapshot {
+        bitswap: bitswap.stats(),
+        wantlist: bitswap.wantlist().len(),
+        peers: peers.len(),
+        repo_blocks: stat.blocks,
+        repo_bytes: stat.bytes,
+    };
+    let text = render(&snapshot).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
+
+/// The snapshot in Prometheus' text format, every name under `ipfs_accelerate_`.
+pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("ipfs_accelerate");
+    let b = &snapshot.bitswap;
+    let counters = [
+        (
+            "bitswap_blocks_received",
+            "Wanted blocks received over Bitswap",
+            b.blocks_received,
+        ),
+        (
+            "bitswap_received_bytes",
+            "Bytes of wanted blocks received",
+            b.bytes_received,
+        ),
+        (
+            "bitswap_duplicate_blocks",
+            "Blocks received after another peer sent them",
+            b.duplicate_blocks,
+        ),
+        (
+            "bitswap_duplicate_bytes",
+            "Bytes of duplicate blocks",
+            b.duplicate_bytes,
+        ),
+        (
+            "bitswap_messages_received",
+            "Bitswap messages received",
+            b.messages_received,
+        ),
+        (
+            "bitswap_blocks_sent",
+            "Blocks sent to peers over Bitswap",
+            b.blocks_sent,
+        ),
+        ("bitswap_sent_bytes", "Bytes of blocks sent", b.bytes_sent),
+        (
+            "bitswap_peers_dropped",
+            "Peers disconnected for misbehaving",
+            b.peers_dropped,
+        ),
+    ];
+    for (name, help, value) in counters {
+        registry.register(name, help, ConstCounter::new(value));
+    }
+    let gauges = [
+        (
+            "bitswap_wantlist",
+            "Blocks this node is looking for",
+            snapshot.wantlist as i64,
+        ),
+        ("peers", "Connected peers", snapshot.peers as i64),
+        (
+            "repo_blocks",
+            "Blocks in the repo",
+            snapshot.repo_blocks as i64,
+        ),
+        (
+            "repo_bytes",
+            "Bytes of blocks in the repo",
+            snapshot.repo_bytes as i64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        registry.register(name, help, ConstGauge::new(value));
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_renders_as_prometheus_text() {
+        let snapshot = Snapshot {
+            bitswap: Stats {
+                blocks_sent: 7,
+                bytes_sent: 1792,
+                ..Stats::default()
+            },
+            peers: 3,
+            repo_bytes: 1 << 40,
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot).unwrap();
+        assert!(
+            text.contains("# TYPE ipfs_accelerate_bitswap_blocks_sent counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_bitswap_blocks_sent_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_bitswap_sent_bytes_total 1792\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nipfs_accelerate_peers 3\n"), "{text}");
+        assert!(
+            text.contains("\nipfs_accelerate_repo_bytes 1099511627776\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
