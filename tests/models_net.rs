@@ -104,6 +104,26 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     assert_eq!(local["local"], true);
     let difference = max_difference(&embeddings(&remote), &embeddings(&local));
     assert!(difference < 1e-6, "remote and local differ by {difference}");
+    // A's metrics count what it served.
+    let metrics = ureq::get(format!("{}/debug/metrics/prometheus", a.api_url()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("\nipfs_accelerate_infer_models_served 1\n"),
+        "{metrics}"
+    );
+    let answered_ok = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ipfs_accelerate_infer_answers_total{outcome=\"ok\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(answered_ok >= Some(1), "{metrics}");
+    assert!(
+        metrics.contains("\nipfs_accelerate_infer_answer_seconds_count "),
+        "{metrics}"
+    );
 
     // Bad input is refused with a clear error, and the node lives on.
     let error = b.repo.fails(&["infer", "no-such-model", "--text", "x"]);

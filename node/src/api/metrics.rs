@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::{Api, ApiError, ApiResult, blocking};
 use crate::bitswap::Stats;
+use crate::infer::ServeMetrics;
 
 /// Prometheus' text format, version 0.0.4.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -24,6 +25,10 @@ pub(super) struct Snapshot {
     pub(super) peers: usize,
     pub(super) repo_blocks: u64,
     pub(super) repo_bytes: u64,
+    pub(super) models_served: usize,
+    /// Requests waiting in the served models' queues.
+    pub(super) infer_queued: u64,
+    pub(super) serve: ServeMetrics,
 }
 
 pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoResponse> {
@@ -31,12 +36,17 @@ pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoRes
     let stat = blocking(move || store.stat()).await?;
     let peers = (api.node.p2p().connected_peer_ids().await).map_err(ApiError::internal)?;
     let bitswap = api.node.bitswap();
+    let server = api.node.infer_server();
+    let served = server.served();
     let snapshot = Snapshot {
         bitswap: bitswap.stats(),
         wantlist: bitswap.wantlist().len(),
         peers: peers.len(),
         repo_blocks: stat.blocks,
         repo_bytes: stat.bytes,
+        models_served: served.len(),
+        infer_queued: served.iter().map(|(_, load)| u64::from(load.queued)).sum(),
+        serve: server.metrics().clone(),
     };
     let text = render(&snapshot).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
@@ -104,10 +114,30 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             "Bytes of blocks in the repo",
             snapshot.repo_bytes as i64,
         ),
+        (
+            "infer_models_served",
+            "Models this node serves",
+            snapshot.models_served as i64,
+        ),
+        (
+            "infer_queued",
+            "Inference requests waiting in the served models' queues",
+            snapshot.infer_queued as i64,
+        ),
     ];
     for (name, help, value) in gauges {
         registry.register(name, help, ConstGauge::new(value));
     }
+    registry.register(
+        "infer_answers",
+        "Inference requests this node answered, by outcome (ok or the refusal's code)",
+        snapshot.serve.answers.clone(),
+    );
+    registry.register(
+        "infer_answer_seconds",
+        "Time from an inference request's arrival to its answer",
+        snapshot.serve.seconds.clone(),
+    );
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -129,6 +159,9 @@ mod tests {
             repo_bytes: 1 << 40,
             ..Snapshot::default()
         };
+        snapshot
+            .serve
+            .record("busy", std::time::Duration::from_millis(3));
         let text = render(&snapshot).unwrap();
         assert!(
             text.contains("# TYPE ipfs_accelerate_bitswap_blocks_sent counter\n"),
@@ -145,6 +178,14 @@ mod tests {
         assert!(text.contains("\nipfs_accelerate_peers 3\n"), "{text}");
         assert!(
             text.contains("\nipfs_accelerate_repo_bytes 1099511627776\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_infer_answers_total{outcome=\"busy\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_infer_answer_seconds_count 1\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

@@ -17,6 +17,9 @@ use ipfs_accelerate_protocol::infer::{
     Tensor,
 };
 use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::engine::{Embedder, TokenInput, l2_normalize};
@@ -67,6 +70,34 @@ pub struct Server {
     config: ServeConfig,
     models: RwLock<HashMap<Cid, Arc<Served>>>,
     limiter: Mutex<RateLimiter>,
+    metrics: ServeMetrics,
+}
+
+/// Requests answered, by outcome (`ok` or the refusal's code), and how long each took,
+/// from its arrival to its answer. Live metrics (atomics): `/debug/metrics/prometheus`
+/// registers clones, which share them.
+#[derive(Debug, Clone)]
+pub struct ServeMetrics {
+    pub answers: Family<Vec<(String, String)>, Counter>,
+    pub seconds: Histogram,
+}
+
+impl Default for ServeMetrics {
+    fn default() -> Self {
+        ServeMetrics {
+            answers: Family::default(),
+            // 1 ms to about 33 s, doubling.
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+}
+
+impl ServeMetrics {
+    pub(crate) fn record(&self, outcome: &str, took: Duration) {
+        let labels = vec![("outcome".to_string(), outcome.replace(' ', "_"))];
+        self.answers.get_or_create(&labels).inc();
+        self.seconds.observe(took.as_secs_f64());
+    }
 }
 
 /// A served model: its queue's sending side, and what the batcher shares. The batcher
@@ -132,7 +163,12 @@ impl Server {
             config,
             models: RwLock::new(HashMap::new()),
             limiter: Mutex::new(RateLimiter::default()),
+            metrics: ServeMetrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &ServeMetrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &ServeConfig {
@@ -183,8 +219,11 @@ impl Server {
     /// Answers one request; `peer` is `None` for local callers, who skip the allowlist
     /// and the rate limit.
     pub async fn handle(&self, peer: Option<PeerId>, request: InferRequest) -> InferResponse {
-        let id = request.id;
-        match self.run(peer, request).await {
+        let (id, started) = (request.id, Instant::now());
+        let result = self.run(peer, request).await;
+        let outcome = result.as_ref().map_or_else(|r| r.code.as_str(), |_| "ok");
+        self.metrics.record(outcome, started.elapsed());
+        match result {
             Ok(output) => InferResponse::Ok(output),
             Err(Refusal {
                 code,
@@ -644,6 +683,34 @@ mod tests {
 
     fn tensor(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Tensor {
         Tensor { dtype, shape, data }
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_counted_by_its_outcome_and_timed() {
+        use ipfs_accelerate_protocol::infer::{InferOptions, Inputs, Task};
+        let server = Server::new(ServeConfig::default());
+        let model = Cid::default();
+        let request = |id| InferRequest {
+            id,
+            model,
+            task: Task::Embed,
+            inputs: Inputs::Texts(vec!["hi".into()]),
+            options: InferOptions::default(),
+            deadline_ms: 0,
+        };
+        for id in 0..3 {
+            let answer = server.handle(None, request(id)).await;
+            assert!(
+                matches!(answer, InferResponse::Err(ref e) if e.code == ErrorCode::UnknownModel)
+            );
+        }
+        let outcome = vec![("outcome".to_string(), "unknown_model".to_string())];
+        assert_eq!(server.metrics().answers.get_or_create(&outcome).get(), 3);
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("t", "", server.metrics().seconds.clone());
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("\nt_count 3\n"), "{text}");
     }
 
     #[test]
