@@ -16,6 +16,7 @@ pub mod blockstore;
 pub mod car;
 pub mod config;
 pub mod engine;
+pub mod envelope;
 pub mod error;
 pub mod gateway;
 pub mod gc;
