@@ -34,14 +34,24 @@ pub(crate) enum Command {
     Id,
     /// Add files or directories (`-` reads stdin)
     Add(AddArgs),
-    /// Print the contents of a UnixFS file
-    Cat { cid: String },
-    /// Write a file or directory tree to disk
+    /// Print the contents of a UnixFS file (decrypted and decompressed when it was
+    /// added with --encrypt-to or --compress)
+    Cat {
+        cid: String,
+        /// The bytes as stored: ciphertext stays encrypted, zstd stays compressed
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Write a file or directory tree to disk (decrypting and decompressing files
+    /// added with --encrypt-to or --compress); on failure nothing is left at PATH
     Get {
         cid: String,
         /// Where to write it [default: ./CID]
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        /// The bytes as stored: ciphertext stays encrypted, zstd stays compressed
+        #[arg(long)]
+        raw: bool,
     },
     /// List the links of a directory (or a file's chunks)
     Ls { cid: String },
@@ -51,6 +61,9 @@ pub(crate) enum Command {
     /// Keep content from garbage collection
     #[command(subcommand)]
     Pin(PinCommand),
+    /// Encryption keys: the age recipient that encrypts to this node or a peer
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Repo maintenance
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -341,6 +354,16 @@ pub(crate) struct InitArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Print the age recipient (age1...) of this node, or of PEER: what `add
+    /// --encrypt-to` encrypts to, and what `age -r` takes
+    Recipient {
+        /// A peer id (with an Ed25519 key) [default: this node]
+        peer: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum SwarmKeyCommand {
     /// Print a new random private swarm key in Kubo's swarm.key format
     Generate,
@@ -427,6 +450,16 @@ pub(crate) struct AddArgs {
     /// Show a progress bar even when stdout is not a terminal
     #[arg(short, long)]
     pub(crate) progress: bool,
+    /// Encrypt every file to RECIPIENT (a peer id or an age recipient, age1...) before
+    /// chunking; repeat for more. Add --encrypt to read it back here too
+    #[arg(long, value_name = "RECIPIENT")]
+    pub(crate) encrypt_to: Vec<String>,
+    /// Encrypt to this node (alone, or beside the --encrypt-to recipients)
+    #[arg(long)]
+    pub(crate) encrypt: bool,
+    /// zstd-compress every file before chunking (and before encrypting)
+    #[arg(long)]
+    pub(crate) compress: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,8 +15,8 @@ use ipfs_accelerate_protocol::{Block, codec};
 use serde_json::json;
 
 use crate::cli::{
-    AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, InitArgs, PinCommand,
-    RepoCommand, SwarmCommand, SwarmKeyCommand,
+    AddArgs, BenchCommand, BlockCommand, Cli, Command, DagCommand, InitArgs, KeyCommand,
+    PinCommand, RepoCommand, SwarmCommand, SwarmKeyCommand,
 };
 use crate::output::{print_json, print_ls, print_verify_report};
 use crate::progress;
@@ -29,6 +29,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => return init(&path, args, json),
         Command::Swarm(SwarmCommand::Key(SwarmKeyCommand::Generate)) => {
             print!("{}", swarm_key::generate().to_key_file());
+            return Ok(());
+        }
+        Command::Key(KeyCommand::Recipient { peer }) => {
+            println!("{}", crate::sealing::recipient(&path, peer.as_deref())?);
             return Ok(());
         }
         Command::Demo(args) => return crate::demo::demo(args, json),
@@ -48,12 +52,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             if matches!(command, Command::Id) {
                 say_if_private(swarm_key::load(&path)?);
             }
-            return crate::remote::run(&remote, command, json);
+            return crate::remote::run(&remote, &path, command, json);
         }
         Err(error) => return Err(error.into()),
     };
     match command {
-        Command::Init(_) | Command::Demo(_) | Command::Bench(BenchCommand::Infer(_)) => {
+        Command::Init(_)
+        | Command::Demo(_)
+        | Command::Bench(BenchCommand::Infer(_))
+        | Command::Key(_) => {
             unreachable!("handled above")
         }
         Command::Daemon(args) => crate::daemon::run(repo, args),
@@ -68,8 +75,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         ),
         Command::Id => id(&repo, json),
         Command::Add(args) => add(&repo, &args, json),
-        Command::Cat { cid } => cat(&repo, &parse_cid(&cid)?),
-        Command::Get { cid, output } => get(&repo, &parse_cid(&cid)?, output, json),
+        Command::Cat { cid, raw } => cat(&repo, &parse_cid(&cid)?, raw),
+        Command::Get { cid, output, raw } => get(&repo, &parse_cid(&cid)?, output, raw, json),
         Command::Ls { cid } => ls(&repo, &parse_cid(&cid)?, json),
         Command::Block(cmd) => block(&repo, cmd, json),
         Command::Pin(cmd) => pin(&repo, cmd, json),
@@ -166,6 +173,7 @@ fn import_options(repo: &Repo, args: &AddArgs) -> Result<ImportOptions> {
     }
     options.hidden = args.hidden;
     options.pin = args.pin;
+    options.seal = crate::sealing::seal_of(args, Some(repo.identity().peer_id()))?;
     Ok(options)
 }
 
@@ -225,13 +233,15 @@ fn add(repo: &Repo, args: &AddArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cat(repo: &Repo, cid: &Cid) -> Result<()> {
-    let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+fn cat(repo: &Repo, cid: &Cid, raw: bool) -> Result<()> {
+    let stdout = BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut out = crate::sealing::opener(repo.path(), raw).writer(stdout);
     unixfs::cat(repo.store(), cid, &mut out, &mut |_| {})?;
+    out.finish()?;
     Ok(())
 }
 
-fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()> {
+fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, raw: bool, json: bool) -> Result<()> {
     let target = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
     if target.exists() {
         bail!(
@@ -241,8 +251,13 @@ fn get(repo: &Repo, cid: &Cid, output: Option<PathBuf>, json: bool) -> Result<()
     }
     let size = unixfs::export::file_size(repo.store(), cid)?;
     let bar = progress::bytes(size, false);
-    unixfs::get(repo.store(), cid, &target, &mut |n| bar.set_position(n))
-        .with_context(|| format!("saving {cid} to {}", target.display()))?;
+    let opener = crate::sealing::opener(repo.path(), raw);
+    crate::sealing::all_or_nothing(&target, || {
+        unixfs::get(repo.store(), cid, &target, &opener, &mut |n| {
+            bar.set_position(n)
+        })
+        .with_context(|| format!("saving {cid} to {}", target.display()))
+    })?;
     bar.finish_and_clear();
     if json {
         return print_json(&json!({ "Hash": cid.to_string(), "Path": target }));

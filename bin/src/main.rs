@@ -14,6 +14,7 @@ mod multipart;
 mod output;
 mod progress;
 mod remote;
+mod sealing;
 
 use std::process::ExitCode;
 

@@ -14,6 +14,7 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ipfs_accelerate_node::envelope::{self, Seal};
 use ipfs_accelerate_node::unixfs::{self, FsKind};
 
 /// Random characters in a boundary (RFC 2046 allows up to 70 in all).
@@ -32,6 +33,8 @@ pub(crate) struct MultipartBody {
     parts: VecDeque<(String, Content)>,
     current: Box<dyn Read>,
     finished: bool,
+    /// Applied to every file's bytes (`add --encrypt-to`, `--compress`).
+    seal: Seal,
 }
 
 impl std::fmt::Debug for MultipartBody {
@@ -53,7 +56,14 @@ impl MultipartBody {
             parts: VecDeque::new(),
             current: Box::new(std::io::empty()),
             finished: false,
+            seal: Seal::default(),
         }
+    }
+
+    /// Seals every file's bytes as they are read (see `node::envelope`).
+    pub(crate) fn sealed(mut self, seal: Seal) -> Self {
+        self.seal = seal;
+        self
     }
 
     /// The request's Content-Type, naming this body's boundary.
@@ -119,13 +129,22 @@ impl MultipartBody {
         };
         let body: Box<dyn Read> = match content {
             Content::Bytes(bytes) => Box::new(Cursor::new(bytes)),
-            Content::Reader(reader) => reader,
-            Content::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot add {}: {e}", path.display()))
-            })?),
+            Content::Reader(reader) => self.seal_file(reader)?,
+            Content::File(path) => {
+                let file = std::fs::File::open(&path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot add {}: {e}", path.display()))
+                })?;
+                self.seal_file(Box::new(file))?
+            }
         };
         self.current = Box::new(Cursor::new(head).chain(body).chain(&b"\r\n"[..]));
         Ok(true)
+    }
+}
+
+impl MultipartBody {
+    fn seal_file(&self, file: Box<dyn Read>) -> std::io::Result<Box<dyn Read>> {
+        envelope::seal(file, &self.seal).map_err(std::io::Error::other)
     }
 }
 

@@ -8,6 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use ipfs_accelerate_node::api::types;
+use ipfs_accelerate_node::envelope::Opener;
+use ipfs_accelerate_node::repo::Repo;
 use ipfs_accelerate_node::unixfs::extract::Extractor;
 use ipfs_accelerate_protocol::archive;
 
@@ -18,6 +20,7 @@ use crate::cli::{
 };
 use crate::multipart::MultipartBody;
 use crate::output::{print_json, print_ls, print_verify_report};
+use crate::sealing;
 
 /// Kubo's RPC carries pubsub topics and data as multibase base64url.
 fn multibase(bytes: &[u8]) -> String {
@@ -38,7 +41,7 @@ fn from_multibase(text: &str) -> Vec<u8> {
 }
 
 /// Runs a command through the daemon; `json` selects machine-readable output.
-pub(crate) fn run(remote: &Client, command: Command, json: bool) -> Result<()> {
+pub(crate) fn run(remote: &Client, repo_path: &Path, command: Command, json: bool) -> Result<()> {
     match command {
         Command::Id => {
             let id: types::Id = remote.json("id", &[])?;
@@ -47,11 +50,14 @@ pub(crate) fn run(remote: &Client, command: Command, json: bool) -> Result<()> {
             }
             println!("{}", id.id);
         }
-        Command::Cat { cid } => {
+        Command::Cat { cid, raw } => {
             let mut body = remote.call("cat", &[("arg", cid)], None)?;
-            std::io::copy(&mut body, &mut std::io::stdout().lock())?;
+            let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            let mut out = sealing::opener(repo_path, raw).writer(stdout);
+            std::io::copy(&mut body, &mut out)?;
+            out.finish()?;
         }
-        Command::Get { cid, output } => {
+        Command::Get { cid, output, raw } => {
             // Like Kubo: by default the last component of the path, in this directory.
             let base = cid
                 .trim_end_matches('/')
@@ -71,7 +77,10 @@ pub(crate) fn run(remote: &Client, command: Command, json: bool) -> Result<()> {
                 );
             }
             let body = remote.call("get", &[("arg", cid.clone())], None)?;
-            unpack_tar(body, &target).with_context(|| format!("saving {cid}"))?;
+            let opener = sealing::opener(repo_path, raw);
+            sealing::all_or_nothing(&target, || {
+                unpack_tar(body, &target, &opener).with_context(|| format!("saving {cid}"))
+            })?;
             if json {
                 return print_json(&serde_json::json!({ "Hash": cid, "Path": target }));
             }
@@ -95,7 +104,8 @@ pub(crate) fn run(remote: &Client, command: Command, json: bool) -> Result<()> {
             if let Some(links) = args.max_file_links {
                 query.push(("max-file-links", links.to_string()));
             }
-            let mut body = MultipartBody::new();
+            let own = Repo::read_identity(repo_path).ok().map(|id| id.peer_id());
+            let mut body = MultipartBody::new().sealed(sealing::seal_of(&args, own)?);
             for path in &args.paths {
                 if path == "-" {
                     body = body.reader("", Box::new(std::io::stdin()));
@@ -458,14 +468,17 @@ fn command_name(command: &Command) -> &'static str {
 /// The stream is not trusted: [`archive::read_entries`] accepts only plain names,
 /// directories, files and symlinks, whole files and a whole archive, and [`Extractor`]
 /// writes nothing outside `target` and nothing through a symlink.
-fn unpack_tar(body: impl Read, target: &Path) -> Result<()> {
+fn unpack_tar(body: impl Read, target: &Path, opener: &Opener) -> Result<()> {
     let mut out = Extractor::new(target);
     archive::read_entries(body, &mut |entry| {
         match entry {
             archive::Entry::Directory(path) => out.directory(path)?,
             archive::Entry::File { path, body, .. } => {
-                let mut file = out.file(path)?;
+                let mut file = opener.writer(out.file(path)?);
                 std::io::copy(body, &mut file)?;
+                file.finish().map_err(|e| {
+                    std::io::Error::other(format!("opening {}: {e}", target.join(path).display()))
+                })?;
             }
             archive::Entry::Symlink { path, target } => out.symlink(path, target)?,
         }

@@ -151,6 +151,12 @@ impl Repo {
         })
     }
 
+    /// The identity of the repo at `path`, read without opening the repo: the CLI
+    /// opens what was encrypted to this node while a daemon holds the lock.
+    pub fn read_identity(path: &Path) -> Result<Identity> {
+        Ok(Identity::load(&path.join(IDENTITY_FILE))?)
+    }
+
     /// Opens and locks an existing repo.
     pub fn open(path: &Path) -> Result<Repo> {
         let config_path = path.join(CONFIG_FILE);

@@ -102,7 +102,10 @@ mod tests {
         let age = Identity::generate().to_public().to_string();
         assert_eq!(parse_recipient(&age).unwrap().to_string(), age);
         let err = parse_recipient("bob").unwrap_err().to_string();
-        assert!(err.contains("neither a peer id nor an age recipient"), "{err}");
+        assert!(
+            err.contains("neither a peer id nor an age recipient"),
+            "{err}"
+        );
         // A sha2-256 multihash, as RSA peers' ids are.
         let rsa_like = PeerId::from_bytes(&[[0x12, 0x20].as_slice(), &[7; 32]].concat()).unwrap();
         assert_eq!(

@@ -67,7 +67,7 @@ pub enum EnvelopeError {
 }
 
 /// What [`seal`] does to a file's bytes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seal {
     /// Encrypt to these; none means no encryption.
     pub recipients: Vec<Recipient>,
@@ -83,11 +83,8 @@ impl Seal {
 }
 
 /// The sealed form of `plain`, produced as it is read.
-pub fn seal<R: Read + Send + 'static>(
-    plain: R,
-    seal: &Seal,
-) -> Result<Box<dyn Read + Send>, EnvelopeError> {
-    let mut reader: Box<dyn Read + Send> = Box::new(plain);
+pub fn seal<'a, R: Read + 'a>(plain: R, seal: &Seal) -> Result<Box<dyn Read + 'a>, EnvelopeError> {
+    let mut reader: Box<dyn Read + 'a> = Box::new(plain);
     if seal.compress {
         let encoder = zstd::stream::read::Encoder::new(reader, ZSTD_LEVEL)?;
         reader = Box::new(Cursor::new(compressed_marker()).chain(encoder));
@@ -107,8 +104,8 @@ pub fn open<R: Read + Send + 'static>(
     let (prefix, reader) = sniff(sealed)?;
     if prefix.starts_with(AGE_MAGIC) {
         let key = key.ok_or(EnvelopeError::NoKey)?;
-        let decryptor = age::Decryptor::new_buffered(BufReader::new(reader))
-            .map_err(decrypt_error)?;
+        let decryptor =
+            age::Decryptor::new_buffered(BufReader::new(reader)).map_err(decrypt_error)?;
         let plain = decryptor
             .decrypt(std::iter::once(key as &dyn age::Identity))
             .map_err(decrypt_error)?;
@@ -207,10 +204,9 @@ impl Write for SharedBuffer {
 
 impl<R: Read> Encrypting<R> {
     fn new(source: R, recipients: &[Recipient]) -> Result<Self, EnvelopeError> {
-        let encryptor = age::Encryptor::with_recipients(
-            recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|e| EnvelopeError::BadCiphertext(e.to_string()))?;
+        let encryptor =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| EnvelopeError::BadCiphertext(e.to_string()))?;
         let buffer = SharedBuffer::default();
         let writer = encryptor.wrap_output(buffer.clone())?;
         Ok(Self {
@@ -246,6 +242,48 @@ impl<R: Read> Read for Encrypting<R> {
     }
 }
 
+/// What reading content does with sealed files: open them with this node's key (if
+/// there is one here), or leave them as stored (`--raw`).
+#[derive(Clone, Default)]
+pub struct Opener {
+    raw: bool,
+    key: Option<Identity>,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("raw", &self.raw)
+            .field("key", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl Opener {
+    /// Sealed content stays as stored.
+    pub fn raw() -> Self {
+        Self {
+            raw: true,
+            key: None,
+        }
+    }
+
+    /// Sealed content is opened, decrypting with `key`.
+    pub fn with_key(key: Option<Identity>) -> Self {
+        Self { raw: false, key }
+    }
+
+    /// A writer that passes content on to `out` as this opener reads it.
+    pub fn writer<W: Write + Send + 'static>(&self, out: W) -> OpeningWriter<W> {
+        match self.raw {
+            true => OpeningWriter {
+                state: State::Plain(out),
+            },
+            false => OpeningWriter::new(out, self.key.clone()),
+        }
+    }
+}
+
 /// A writer that opens sealed content on its way to `out`: the first bytes decide;
 /// unsealed bytes go straight through, sealed ones through [`open`] on a thread of
 /// their own fed by a pipe. [`OpeningWriter::finish`] says whether all of it opened.
@@ -261,7 +299,9 @@ impl<W: Write + Send + 'static> std::fmt::Debug for OpeningWriter<W> {
             State::Opening { .. } => "opening",
             State::Failed => "failed",
         };
-        f.debug_struct("OpeningWriter").field("state", &state).finish()
+        f.debug_struct("OpeningWriter")
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -358,7 +398,7 @@ impl<W: Write + Send + 'static> Write for OpeningWriter<W> {
             let taken = room.min(buf.len());
             prefix.extend_from_slice(&buf[..taken]);
             if prefix.len() == sniff_len() {
-                self.decide().map_err(io::Error::other)?;
+                self.decide().map_err(|e| io::Error::other(e.to_string()))?;
             }
             return Ok(taken);
         }
@@ -437,9 +477,27 @@ mod tests {
         let plain = text(1_000_000);
         for (name, seal_with) in [
             ("plain", Seal::default()),
-            ("compressed", Seal { recipients: vec![], compress: true }),
-            ("encrypted", Seal { recipients: recipients.clone(), compress: false }),
-            ("both", Seal { recipients: recipients.clone(), compress: true }),
+            (
+                "compressed",
+                Seal {
+                    recipients: vec![],
+                    compress: true,
+                },
+            ),
+            (
+                "encrypted",
+                Seal {
+                    recipients: recipients.clone(),
+                    compress: false,
+                },
+            ),
+            (
+                "both",
+                Seal {
+                    recipients: recipients.clone(),
+                    compress: true,
+                },
+            ),
         ] {
             let stored = sealed(&plain, &seal_with);
             assert_eq!(seal_with.is_plain(), stored == plain, "{name}");
@@ -451,14 +509,24 @@ mod tests {
                 assert!(!stored.windows(6).any(|w| w == b"row 12"), "{name}");
             }
             assert_eq!(opened(&stored, Some(&key)).unwrap(), plain, "{name}");
-            assert_eq!(opened_by_writer(&stored, Some(key.clone())).unwrap(), plain, "{name}");
+            assert_eq!(
+                opened_by_writer(&stored, Some(key.clone())).unwrap(),
+                plain,
+                "{name}"
+            );
         }
         // Short and empty files are not mistaken for sealed ones.
         for short in [&b""[..], b"age", b"\x5a\x2a\x4d\x18"] {
             assert_eq!(opened(short, None).unwrap(), short);
             assert_eq!(opened_by_writer(short, None).unwrap(), short);
         }
-        let empty = sealed(b"", &Seal { recipients: recipients.clone(), compress: true });
+        let empty = sealed(
+            b"",
+            &Seal {
+                recipients: recipients.clone(),
+                compress: true,
+            },
+        );
         assert_eq!(opened(&empty, Some(&key)).unwrap(), b"");
     }
 
@@ -467,7 +535,13 @@ mod tests {
         let zst = zstd::encode_all(Cursor::new(text(10_000)), 3).unwrap();
         assert_eq!(opened(&zst, None).unwrap(), zst);
         // And ours decode with any zstd decoder: the tag frame is skippable.
-        let ours = sealed(&text(10_000), &Seal { recipients: vec![], compress: true });
+        let ours = sealed(
+            &text(10_000),
+            &Seal {
+                recipients: vec![],
+                compress: true,
+            },
+        );
         assert_eq!(zstd::decode_all(Cursor::new(ours)).unwrap(), text(10_000));
     }
 
@@ -475,7 +549,10 @@ mod tests {
     fn failures_are_one_line_errors() {
         let key = Identity::generate();
         let other = Identity::generate();
-        let both = Seal { recipients: vec![key.to_public()], compress: true };
+        let both = Seal {
+            recipients: vec![key.to_public()],
+            compress: true,
+        };
         let stored = sealed(&text(300_000), &both);
 
         let not_ours = opened(&stored, Some(&other)).unwrap_err();
@@ -497,10 +574,19 @@ mod tests {
         let not_ours = opened_by_writer(&stored, Some(other)).unwrap_err();
         assert!(not_ours.contains("other recipients"), "{not_ours}");
 
-        let compressed = sealed(&text(300_000), &Seal { recipients: vec![], compress: true });
+        let compressed = sealed(
+            &text(300_000),
+            &Seal {
+                recipients: vec![],
+                compress: true,
+            },
+        );
         let cut = &compressed[..compressed.len() / 2];
         let short = opened(cut, None).unwrap_err();
-        assert!(short.contains("compressed content is corrupt or cut short"), "{short}");
+        assert!(
+            short.contains("compressed content is corrupt or cut short"),
+            "{short}"
+        );
         for message in [not_ours, no_key, corrupt, short] {
             assert!(!message.contains('\n'), "{message}");
         }

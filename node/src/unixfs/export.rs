@@ -14,6 +14,7 @@ use rust_unixfs::walk::{ContinuedWalk, Walker};
 
 use super::extract::{Extractor, safe_relative};
 use super::{Error, Result};
+use crate::envelope::{Opener, OpeningWriter};
 use crate::store::Store;
 
 /// Kind of a directory entry, as `ls` reports it.
@@ -111,10 +112,17 @@ pub fn file_size(store: &Store, cid: &Cid) -> Result<Option<u64>> {
 
 /// Writes the file or directory tree `cid` to `target`, which must not exist. Names
 /// from the DAG go through [`Extractor`]: nothing lands outside `target`, nothing is
-/// written through a symlink, and a name seen twice fails the export.
-pub fn get(store: &Store, cid: &Cid, target: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
+/// written through a symlink, and a name seen twice fails the export. Each file goes
+/// through `opener`, which opens sealed ones (see [`crate::envelope`]).
+pub fn get(
+    store: &Store,
+    cid: &Cid,
+    target: &Path,
+    opener: &Opener,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let mut out = Extractor::new(target);
-    let mut file: Option<File> = None;
+    let mut file: Option<OpeningWriter<File>> = None;
     let mut written = 0u64;
     walk(store, cid, |step| {
         match step {
@@ -123,17 +131,21 @@ pub fn get(store: &Store, cid: &Cid, target: &Path, progress: &mut dyn FnMut(u64
             }
             ContinuedWalk::File(segment, _, path, _, _) => {
                 if segment.is_first() {
-                    file = Some(out.file(path)?);
+                    file = Some(opener.writer(out.file(path)?));
                 }
                 if let Some(f) = file.as_mut() {
                     f.write_all(segment.as_bytes())
-                        .map_err(Error::io("writing", path.display()))?;
+                        .map_err(Error::io("writing", target.join(path).display()))?;
                     written += segment.as_bytes().len() as u64;
                     progress(written);
                 }
                 if segment.is_last()
                     && let Some(f) = file.take()
                 {
+                    let f = f.finish().map_err(|e| Error::Open {
+                        path: target.join(path).display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                     f.sync_all().map_err(Error::io("writing", path.display()))?;
                 }
             }
@@ -447,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (i, root) in [after_dir, cut].into_iter().enumerate() {
             let target = dir.path().join(i.to_string());
-            assert!(get(&store, &root, &target, &mut |_| {}).is_err());
+            assert!(get(&store, &root, &target, &Opener::raw(), &mut |_| {}).is_err());
             let mut archive = Vec::new();
             assert!(tar(&store, &root, "r", &mut archive).is_err());
             assert!(

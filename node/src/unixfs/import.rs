@@ -11,6 +11,7 @@ use rust_unixfs::file::adder::{BalancedCollector, Chunker, FileAdder};
 
 use super::{Error, Result};
 use crate::config::ImportConfig;
+use crate::envelope::{self, Seal};
 use crate::store::Store;
 use crate::writer::{BlockSink, with_writer};
 /// Bytes read from a file per call.
@@ -27,6 +28,8 @@ pub struct ImportOptions {
     pub hidden: bool,
     /// Pin the root recursively when done.
     pub pin: bool,
+    /// Compress and encrypt every file's bytes before chunking.
+    pub seal: Seal,
 }
 
 impl Default for ImportOptions {
@@ -48,6 +51,7 @@ impl From<&ImportConfig> for ImportOptions {
             max_links: config.max_file_links,
             hidden: false,
             pin: true,
+            seal: Seal::default(),
         }
     }
 }
@@ -248,11 +252,15 @@ fn display_name(path: &Path) -> String {
 /// Chunks and hashes one stream; returns its root CID and cumulative size.
 fn import_file(
     sink: &mut BlockSink,
-    mut reader: impl Read,
+    reader: impl Read,
     name: &str,
     options: &ImportOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Cid, u64)> {
+    let mut reader = envelope::seal(reader, &options.seal).map_err(|e| Error::Seal {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
     let mut adder = options.file_adder();
     let mut buffer = vec![0u8; READ_BUFFER_BYTES.max(options.chunk_size)];
     let mut total_read = 0u64;

@@ -42,6 +42,11 @@ pub enum Error {
     /// A name from a DAG or tar stream that could write outside the target folder.
     #[error("refusing unsafe path {name:?}: {reason}")]
     UnsafePath { name: String, reason: &'static str },
+    #[error("sealing {name}: {reason}")]
+    Seal { name: String, reason: String },
+    /// A sealed file did not open (see [`crate::envelope`]).
+    #[error("opening {path}: {reason}")]
+    Open { path: String, reason: String },
     #[error("building directory: {0}")]
     Directory(String),
 }
