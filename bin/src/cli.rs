@@ -148,6 +148,10 @@ pub(crate) enum ModelCommand {
         /// Backend that serves it
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Publish it private: every file encrypted to PEER (repeat for more) and to
+        /// this node; only they can load it, and servers answer only them
+        #[arg(long, value_name = "PEER")]
+        encrypt_to: Vec<String>,
     },
     /// Fetch a model from every peer that has it, pin it and provide it (needs a
     /// running daemon)

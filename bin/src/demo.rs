@@ -119,6 +119,7 @@ async fn run(folder: PathBuf, device: DeviceKind, quiet: bool) -> Result<Report>
                 name: MODEL_NAME.into(),
                 version: "1".into(),
                 tags: vec!["text".into(), "embedding".into()],
+                recipients: Vec::new(),
             },
             device,
         )

@@ -177,7 +177,8 @@ fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Embedder)>
     if !repo.store().has(&root)? {
         bail!("model {root} is not in this repo; import it with `model import DIR`");
     }
-    let files = ModelFiles::from_store(repo.store(), &root)?;
+    let opener = crate::sealing::opener(repo.path(), false);
+    let files = ModelFiles::from_store(repo.store(), &root, &opener)?;
     let embedder =
         Embedder::load(files, device).with_context(|| format!("loading model {root}"))?;
     Ok((root, embedder))

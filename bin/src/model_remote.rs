@@ -31,22 +31,22 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
             version,
             tags,
             device,
+            encrypt_to,
         } => {
             let root = if Path::new(&model).is_dir() {
                 add_folder(remote, Path::new(&model))?
             } else {
                 model
             };
-            let answer: types::Manifest = remote.json(
-                "accelerate/model/publish",
-                &[
-                    ("arg", root),
-                    ("name", name),
-                    ("version", version),
-                    ("tags", tags.join(",")),
-                    ("device", device),
-                ],
-            )?;
+            let mut query = vec![
+                ("arg", root),
+                ("name", name),
+                ("version", version),
+                ("tags", tags.join(",")),
+                ("device", device),
+            ];
+            query.extend(encrypt_to.into_iter().map(|peer| ("encrypt-to", peer)));
+            let answer: types::Manifest = remote.json("accelerate/model/publish", &query)?;
             if json {
                 return print_json(&answer);
             }

@@ -373,6 +373,7 @@ mod tests {
             weights: Cid::new_v1(0x70, Code::Sha2_256.digest(b"weights")),
             publisher: String::new(),
             publisher_key: Vec::new(),
+            recipients: Vec::new(),
         };
         Manifest::sign(body, keypair).unwrap()
     }

@@ -293,6 +293,9 @@ pub struct ModelsConfig {
     /// Share of remote inference calls (0.0 to 1.0) also sent to a second provider,
     /// whose answer must agree; a provider outvoted on a check is no longer used.
     pub spot_check_share: f64,
+    /// Serve private models (published with `--encrypt-to`) to any peer, not only to
+    /// their recipients (default false).
+    pub serve_private_to_anyone: bool,
 }
 
 impl Default for ModelsConfig {
@@ -300,6 +303,7 @@ impl Default for ModelsConfig {
         ModelsConfig {
             trusted: Vec::new(),
             spot_check_share: DEFAULT_SPOT_CHECK_SHARE,
+            serve_private_to_anyone: false,
         }
     }
 }

@@ -48,6 +48,7 @@ fn manifest_body(name: &str, weights: Cid) -> ManifestBody {
         weights,
         publisher: String::new(),
         publisher_key: Vec::new(),
+        recipients: Vec::new(),
     }
 }
 
@@ -339,6 +340,7 @@ async fn publish_tiny_bert(node: &Node, name: &str) -> (Cid, Cid) {
         name: name.into(),
         version: "1".into(),
         tags: vec![],
+        recipients: vec![],
     };
     let published = node
         .publish_model(root, meta, DeviceKind::Cpu)
@@ -600,4 +602,97 @@ async fn a_provider_refusing_what_others_accept_counts_as_failing() {
     assert_eq!(failures(&client), 1);
     client.shutdown().await;
     honest.shutdown().await;
+}
+
+/// One embedding call for `model`, here or (with `remote`) only on peers.
+async fn embed(node: &Node, model: Cid, remote: bool) -> Result<Tensor, String> {
+    node.infer(InferCall {
+        model,
+        inputs: texts(&["a private model", "for two peers"]),
+        options: InferOptions::default(),
+        remote,
+        deadline: WAIT,
+    })
+    .await
+    .map(|answer| answer.output.output)
+    .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_model_loads_and_answers_only_for_its_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher, publisher_addr) = start_node(&dir.path().join("publisher")).await;
+    let (recipient, recipient_addr) = start_node(&dir.path().join("recipient")).await;
+    let (outsider, _) = start_node(&dir.path().join("outsider")).await;
+    recipient
+        .p2p()
+        .connect(publisher_addr.clone())
+        .await
+        .unwrap();
+    outsider.p2p().connect(publisher_addr).await.unwrap();
+    outsider.p2p().connect(recipient_addr).await.unwrap();
+    wait_for_topic_peer(publisher.p2p()).await;
+    wait_for_topic_peer(outsider.p2p()).await;
+
+    let plain = serve_tiny_bert(&publisher).await;
+    let reference = embed(&publisher, plain, false).await.unwrap();
+    let meta = PublishMeta {
+        name: "secret".into(),
+        version: "1".into(),
+        tags: vec![],
+        recipients: vec![recipient.peer_id()],
+    };
+    let published = publisher
+        .publish_model(plain, meta, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    let private = published.manifest.body.weights;
+    assert_ne!(private, plain, "a private model is a new, encrypted DAG");
+    let mut named = vec![publisher.peer_id(), recipient.peer_id()];
+    named.sort();
+    assert_eq!(
+        published.manifest.body.recipient_peers().unwrap(),
+        named,
+        "the recipients and the publisher, in the signed manifest"
+    );
+    // Every file of the private copy is ciphertext as stored.
+    let config = ipfs_accelerate_node::engine::ModelFiles::read_one(
+        &publisher.store(),
+        &private,
+        "config.json",
+        &ipfs_accelerate_node::envelope::Opener::raw(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(config.starts_with(b"age-encryption.org/v1\n"));
+    // The publisher serves it, from the ciphertext, with the same results.
+    assert_eq!(embed(&publisher, private, false).await.unwrap(), reference);
+
+    // The recipient hears the manifest, pulls, serves and answers alike.
+    wait_for_manifests(&recipient, "secret", 1).await;
+    wait_for_manifests(&outsider, "secret", 1).await;
+    recipient.pull_model(private, |_, _| {}).await.unwrap();
+    recipient
+        .serve_model(private, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    assert_eq!(embed(&recipient, private, false).await.unwrap(), reference);
+    // And the publisher answers it over the network.
+    assert_eq!(embed(&recipient, private, true).await.unwrap(), reference);
+
+    // The outsider may fetch every block, but cannot load them...
+    outsider.pull_model(private, |_, _| {}).await.unwrap();
+    let error = outsider
+        .serve_model(private, DeviceKind::Cpu)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("encrypted to other recipients"), "{error}");
+    // ...nor have its servers run it.
+    let error = embed(&outsider, private, true).await.unwrap_err();
+    assert!(error.contains("not among its recipients"), "{error}");
+
+    outsider.shutdown().await;
+    recipient.shutdown().await;
+    publisher.shutdown().await;
 }

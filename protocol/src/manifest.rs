@@ -50,6 +50,8 @@ pub const VERSION_LIMIT: usize = 64;
 pub const TAG_COUNT_LIMIT: usize = 32;
 /// Longest tag, in bytes.
 pub const TAG_LIMIT: usize = 64;
+/// Most recipients of a private model.
+pub const RECIPIENT_COUNT_LIMIT: usize = 64;
 
 /// The gossip topic of one model's updates.
 pub fn model_topic(weights: &Cid) -> String {
@@ -136,6 +138,11 @@ pub struct ManifestBody {
     /// protobuf-encoded libp2p public key
     #[serde(with = "serde_bytes")]
     pub publisher_key: Vec<u8>,
+    /// A private model's recipients (peer ids, base58): its files are age-encrypted to
+    /// them, and its servers answer them alone. Empty (and absent from the encoding,
+    /// so public manifests keep their bytes) for a public model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 /// A body and its publisher's signature.
@@ -204,7 +211,28 @@ impl ManifestBody {
         for tag in &self.tags {
             check_len("tags", tag, TAG_LIMIT)?;
         }
+        if self.recipients.len() > RECIPIENT_COUNT_LIMIT {
+            return Err(invalid(
+                "recipients",
+                format!(
+                    "{} recipients, at most {RECIPIENT_COUNT_LIMIT} allowed",
+                    self.recipients.len()
+                ),
+            ));
+        }
+        self.recipient_peers()?;
         Ok(())
+    }
+
+    /// The recipients as peer ids; an entry that is not one is an error.
+    pub fn recipient_peers(&self) -> Result<Vec<PeerId>> {
+        self.recipients
+            .iter()
+            .map(|text| {
+                PeerId::from_str(text)
+                    .map_err(|_| invalid("recipients", format!("{text:?} is not a peer id")))
+            })
+            .collect()
     }
 }
 
@@ -444,6 +472,7 @@ mod tests {
             weights: weights(b"minilm"),
             publisher: String::new(),
             publisher_key: Vec::new(),
+            recipients: Vec::new(),
         }
     }
 
@@ -462,6 +491,38 @@ mod tests {
         let decoded = Manifest::decode(&manifest.encode().unwrap()).unwrap();
         assert_eq!(decoded, manifest);
         assert_eq!(decoded.verify().unwrap(), peer);
+    }
+
+    #[test]
+    fn a_private_models_recipients_are_signed_and_checked() {
+        let keypair = Keypair::generate_ed25519();
+        let recipient = Keypair::generate_ed25519().public().to_peer_id();
+        let mut private = body();
+        private.recipients = vec![recipient.to_base58()];
+        let manifest = Manifest::sign(private.clone(), &keypair).unwrap();
+        let decoded = Manifest::decode(&manifest.encode().unwrap()).unwrap();
+        decoded.verify().unwrap();
+        assert_eq!(decoded.body.recipient_peers().unwrap(), vec![recipient]);
+        // Widening them breaks the signature.
+        let mut widened = decoded.clone();
+        widened.body.recipients.push(
+            Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+                .to_base58(),
+        );
+        assert!(matches!(
+            widened.verify(),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // A public manifest's encoding has no recipients key at all.
+        let public = Manifest::sign(body(), &keypair).unwrap().encode().unwrap();
+        assert!(!public.windows(10).any(|w| w == b"recipients"));
+        // Names that are not peer ids, and too many, are refused before signing.
+        private.recipients = vec!["bob".into()];
+        assert!(Manifest::sign(private.clone(), &keypair).is_err());
+        private.recipients = vec![recipient.to_base58(); RECIPIENT_COUNT_LIMIT + 1];
+        assert!(Manifest::sign(private, &keypair).is_err());
     }
 
     #[test]

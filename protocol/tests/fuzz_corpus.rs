@@ -367,6 +367,7 @@ fn write_seed_corpora() {
             weights: dir_root,
             publisher: String::new(),
             publisher_key: Vec::new(),
+            recipients: Vec::new(),
         },
         &keypair,
     )

@@ -14,7 +14,8 @@ use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use tokio::sync::mpsc;
 
 use super::types::{self, InferRequest, PullLine};
-use super::{Api, ApiError, ApiResult, Params, flag, json_line, param};
+use super::{Api, ApiError, ApiResult, Params, flag, json_line, param, params};
+use crate::PeerId;
 use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
 use crate::infer::DEFAULT_DEADLINE;
@@ -127,6 +128,13 @@ pub(super) async fn publish(
                     .collect()
             })
             .unwrap_or_default(),
+        recipients: params(&q, "encrypt-to")
+            .map(|text| {
+                text.parse::<PeerId>().map_err(|_| {
+                    ApiError::bad_request(format!("encrypt-to {text:?} is not a peer id"))
+                })
+            })
+            .collect::<ApiResult<_>>()?,
     };
     let published = api
         .node

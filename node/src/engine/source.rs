@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use cid::Cid;
 
+use crate::envelope::Opener;
 use crate::store::Store;
 use crate::unixfs::{self, EntryKind};
 use ipfs_accelerate_protocol::model_folder::SentenceConfig;
@@ -36,6 +37,13 @@ pub enum SourceError {
         root: Cid,
         file: String,
         source: unixfs::Error,
+    },
+    /// A file is encrypted to others, or did not decrypt or decompress whole.
+    #[error("reading {file} of model {root}: {reason}")]
+    Sealed {
+        root: Cid,
+        file: String,
+        reason: String,
     },
     /// A file is larger than any real one of its kind.
     #[error("{file} is over the {limit}-byte limit for it (its size says {size}); not reading it")]
@@ -76,16 +84,22 @@ impl ModelFiles {
         })
     }
 
-    /// Reads the model folder that is the UnixFS directory `root` in `store`.
-    pub fn from_store(store: &Store, root: &Cid) -> Result<Self, SourceError> {
+    /// Reads the model folder that is the UnixFS directory `root` in `store`; its
+    /// files go through `opener`, so a private model's open with this node's key.
+    pub fn from_store(store: &Store, root: &Cid, opener: &Opener) -> Result<Self, SourceError> {
         Self::read(&root.to_string(), |file, limit| {
-            read_from_store(store, root, file, limit)
+            read_from_store(store, root, file, limit, opener)
         })
     }
 
     /// One small file (`config.json`, ...) of the model folder `root`, if it has it.
-    pub fn read_one(store: &Store, root: &Cid, file: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        read_from_store(store, root, file, SMALL_FILE_LIMIT)
+    pub fn read_one(
+        store: &Store,
+        root: &Cid,
+        file: &str,
+        opener: &Opener,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        read_from_store(store, root, file, SMALL_FILE_LIMIT, opener)
     }
 
     fn read(
@@ -123,12 +137,14 @@ impl ModelFiles {
     }
 }
 
-/// The file at `file` under the UnixFS directory `root`, refused if over `limit` bytes.
+/// The file at `file` under the UnixFS directory `root`, refused if over `limit` bytes
+/// (as stored, and once opened).
 fn read_from_store(
     store: &Store,
     root: &Cid,
     file: &str,
     limit: u64,
+    opener: &Opener,
 ) -> Result<Option<Vec<u8>>, SourceError> {
     let repo_error = |source| SourceError::Repo {
         root: *root,
@@ -149,12 +165,24 @@ fn read_from_store(
     if size > limit {
         return Err(too_large());
     }
-    let mut out = Bounded {
+    let mut out = opener.writer(Bounded {
         bytes: Vec::with_capacity(size.min(PREALLOCATE_LIMIT) as usize),
         limit,
-    };
+    });
     match unixfs::cat(store, &cid, &mut out, &mut |_| {}) {
-        Ok(_) => Ok(Some(out.bytes)),
+        Ok(_) => match out.finish() {
+            Ok(out) => Ok(Some(out.bytes)),
+            Err(crate::envelope::EnvelopeError::Io(e))
+                if e.kind() == std::io::ErrorKind::FileTooLarge =>
+            {
+                Err(too_large())
+            }
+            Err(e) => Err(SourceError::Sealed {
+                root: *root,
+                file: file.to_owned(),
+                reason: e.to_string(),
+            }),
+        },
         // The root declared a size within the limit, but its blocks hold more.
         Err(unixfs::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::FileTooLarge =>
@@ -232,13 +260,14 @@ mod tests {
             ],
         );
 
-        let err = read_from_store(&store, &root, "huge", WEIGHTS_FILE_LIMIT).unwrap_err();
+        let err =
+            read_from_store(&store, &root, "huge", WEIGHTS_FILE_LIMIT, &Opener::raw()).unwrap_err();
         assert!(
             matches!(&err, SourceError::TooLarge { file, size, .. } if file == "huge" && *size == TIB),
             "{err}"
         );
 
-        let bytes = read_from_store(&store, &root, "lying", WEIGHTS_FILE_LIMIT)
+        let bytes = read_from_store(&store, &root, "lying", WEIGHTS_FILE_LIMIT, &Opener::raw())
             .unwrap()
             .unwrap();
         assert_eq!(bytes, b"abc");
@@ -248,7 +277,7 @@ mod tests {
             bytes.capacity()
         );
 
-        let err = read_from_store(&store, &root, "grown", 50).unwrap_err();
+        let err = read_from_store(&store, &root, "grown", 50, &Opener::raw()).unwrap_err();
         assert!(matches!(err, SourceError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("grown"), "{err}");
     }

@@ -52,13 +52,9 @@ fn sniff_len() -> usize {
 pub enum EnvelopeError {
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error(
-        "encrypted to other recipients: this node's key is not one of them (`--raw` gives the stored ciphertext)"
-    )]
+    #[error("encrypted to other recipients: this node's key is not one of them")]
     NotRecipient,
-    #[error(
-        "encrypted, and there is no node key here to open it (`--raw` gives the stored ciphertext)"
-    )]
+    #[error("encrypted, and there is no node key here to open it")]
     NoKey,
     #[error("encrypted content is unreadable: {0}")]
     BadCiphertext(String),
@@ -413,6 +409,8 @@ impl<W: Write + Send + 'static> Write for OpeningWriter<W> {
                         return Err(io::Error::other("the content failed to open"));
                     };
                     Err(match join(worker) {
+                        // Keeps the kind: a bounded output's FileTooLarge stays one.
+                        Err(EnvelopeError::Io(e)) => e,
                         Err(e) => io::Error::other(e.to_string()),
                         Ok(_) => io::Error::other("the content ended before its last bytes"),
                     })

@@ -106,6 +106,24 @@ impl ServeMetrics {
 struct Served {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    callers: Callers,
+}
+
+/// Which peers a model is served to (local calls are always answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Callers {
+    Anyone,
+    /// A private model's recipients.
+    Only(HashSet<PeerId>),
+}
+
+impl Callers {
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        match self {
+            Callers::Anyone => true,
+            Callers::Only(peers) => peers.contains(peer),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -175,9 +193,9 @@ impl Server {
         &self.config
     }
 
-    /// Starts serving `model`; its batcher runs until [`Server::stop`]. Must be called
-    /// inside a tokio runtime.
-    pub fn serve(&self, model: Cid, embedder: Arc<Embedder>) {
+    /// Starts serving `model` to `callers`; its batcher runs until [`Server::stop`].
+    /// Must be called inside a tokio runtime.
+    pub fn serve(&self, model: Cid, embedder: Arc<Embedder>, callers: Callers) {
         let (jobs, queue) = mpsc::channel(self.config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             embedder,
@@ -188,8 +206,14 @@ impl Server {
             workers: u32::try_from(self.config.workers.max(1)).unwrap_or(u32::MAX),
         });
         tokio::spawn(run_batches(Arc::clone(&shared), queue, self.config.clone()));
-        self.write()
-            .insert(model, Arc::new(Served { jobs, shared }));
+        self.write().insert(
+            model,
+            Arc::new(Served {
+                jobs,
+                shared,
+                callers,
+            }),
+        );
     }
 
     /// Stops serving `model`; requests already queued still finish.
@@ -274,6 +298,17 @@ impl Server {
                 format!("model {} is not served here", request.model),
             )
         })?;
+        if let Some(peer) = peer
+            && !served.callers.admits(&peer)
+        {
+            return Err(Refusal::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "model {} is private, and peer {peer} is not among its recipients",
+                    request.model
+                ),
+            ));
+        }
         let Task::Embed = request.task;
         let shared = &served.shared;
         let (input, rows) = self.job_input(&shared.embedder, request.inputs)?;

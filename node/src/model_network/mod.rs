@@ -9,7 +9,7 @@
 
 mod registry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,14 +25,16 @@ use tokio::sync::Semaphore;
 use crate::announce::{self, Announced, Directory, Inserted, Source};
 use crate::bitswap::{Bitswap, provider_key};
 use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
+use crate::envelope::{self, Opener, Seal};
 use crate::error::{Error, Result};
-use crate::infer::{self, Client, Server};
+use crate::infer::{self, Callers, Client, Server};
 use crate::models::{LocalModels, ModelRecord};
 use crate::p2p::{NodeEvent, P2p};
 use crate::provider;
 use crate::repo::Repo;
 use crate::store::Store;
 use crate::trust::{Observed, Trust};
+use crate::unixfs::{self, ImportOptions};
 
 /// How often our own announcements are repeated, for peers that joined since.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -53,6 +55,9 @@ pub struct PublishMeta {
     pub name: String,
     pub version: String,
     pub tags: Vec<String>,
+    /// Publish a private copy, encrypted to these peers (and to this node, which
+    /// serves it); empty for a public model.
+    pub recipients: Vec<PeerId>,
 }
 
 /// A published model.
@@ -109,6 +114,10 @@ pub(crate) struct ModelNetwork {
     store: Arc<Store>,
     /// Signs our manifests and registry entries.
     keypair: Keypair,
+    /// Opens private models' files with this node's key.
+    opener: Opener,
+    /// `[models] serve_private_to_anyone`.
+    serve_private_to_anyone: bool,
     /// The names this repo knows (`models.json`): imported, pulled or published here.
     local_models: LocalModels,
     server: Arc<Server>,
@@ -142,6 +151,8 @@ impl ModelNetwork {
             bitswap,
             store: repo.shared_store(),
             keypair: repo.identity().keypair().clone(),
+            opener: Opener::with_key(envelope::node_identity(repo.identity().keypair()).ok()),
+            serve_private_to_anyone: config.serve_private_to_anyone,
             local_models: LocalModels::new(repo.path()),
             server: Arc::new(Server::new(serve)),
             directory: Arc::default(),
@@ -270,7 +281,8 @@ impl ModelNetwork {
     pub(crate) async fn serve(&self, root: Cid, device: DeviceKind) -> Result<()> {
         if !self.server.is_serving(&root) {
             let embedder = self.load(root, device).await?;
-            self.server.serve(root, embedder);
+            let callers = self.callers(root).await?;
+            self.server.serve(root, embedder, callers);
         }
         provider::provide(&self.p2p, service_key(&root)).await;
         Ok(())
@@ -286,17 +298,21 @@ impl ModelNetwork {
         meta: PublishMeta,
         device: DeviceKind,
     ) -> Result<Published> {
+        let (store, opener) = (Arc::clone(&self.store), self.opener.clone());
+        let config = tokio::task::spawn_blocking(move || read_config(&store, &root, &opener))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let (weights, recipients) = match meta.recipients.is_empty() {
+            true => (root, Vec::new()),
+            false => self.private_copy(root, &meta.recipients).await?,
+        };
         let mut record = ModelRecord::new(
             meta.name.clone(),
             meta.version.clone(),
             meta.tags.clone(),
-            root,
+            weights,
         )
         .map_err(|e| Error::Model(e.to_string()))?;
-        let store = Arc::clone(&self.store);
-        let config = tokio::task::spawn_blocking(move || read_config(&store, &root))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
         let summary = BertConfig::parse(&config).map_err(|e| Error::Model(e.to_string()))?;
         let architecture = serde_json::from_slice::<serde_json::Value>(&config)
             .ok()
@@ -319,9 +335,10 @@ impl ModelNetwork {
             precision: "f32".into(),
             tags: meta.tags,
             created_at: unix_now(),
-            weights: root,
+            weights,
             publisher: String::new(),
             publisher_key: Vec::new(),
+            recipients: recipients.iter().map(|peer| peer.to_base58()).collect(),
         };
         let manifest =
             Manifest::sign(body, &self.keypair).map_err(|e| Error::Model(e.to_string()))?;
@@ -345,14 +362,15 @@ impl ModelNetwork {
         let registry = self
             .write_registry_entry(manifest.body.name.clone())
             .await?;
-        self.serve(root, device).await?;
-        provider::provide(&self.p2p, manifest_cid).await;
+        // Remembered before serving: a private model's callers come from its manifest.
         self.remember(
             manifest.clone(),
             self.p2p.local_peer_id(),
             Source::Announced,
         )
         .await;
+        self.serve(weights, device).await?;
+        provider::provide(&self.p2p, manifest_cid).await;
         let announced_at = Instant::now();
         announce_manifest(&self.p2p, &manifest).await?;
         self.published
@@ -365,6 +383,67 @@ impl ModelNetwork {
             registry,
             announced_at,
         })
+    }
+
+    /// A copy of the model folder `root` with every file encrypted to `recipients` and
+    /// this node, stored and pinned; returns its root and the recipients it names.
+    async fn private_copy(&self, root: Cid, recipients: &[PeerId]) -> Result<(Cid, Vec<PeerId>)> {
+        let mut peers = recipients.to_vec();
+        peers.push(self.p2p.local_peer_id());
+        peers.sort();
+        peers.dedup();
+        let seal = Seal {
+            recipients: peers
+                .iter()
+                .map(envelope::peer_recipient)
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Model(e.to_string()))?,
+            compress: false,
+        };
+        let store = Arc::clone(&self.store);
+        let options = ImportOptions {
+            seal,
+            ..ImportOptions::default()
+        };
+        let copy = tokio::task::spawn_blocking(move || {
+            unixfs::reseal_tree(&store, &root, "model", &options)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|e| Error::Model(format!("encrypting {root}: {e}")))?;
+        Ok((copy.cid, peers))
+    }
+
+    /// Who may call `root` here: anyone for a public model; for a private one (its
+    /// files encrypted), the recipients every signed manifest of it names, so a
+    /// manifest by someone else cannot widen them; none when no manifest is known.
+    async fn callers(&self, root: Cid) -> Result<Callers> {
+        let store = Arc::clone(&self.store);
+        let private = tokio::task::spawn_blocking(move || is_private(&store, &root))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        if !private || self.serve_private_to_anyone {
+            return Ok(Callers::Anyone);
+        }
+        let mut allowed: Option<HashSet<PeerId>> = None;
+        for announced in self.directory.by_weights(&root) {
+            let named: HashSet<PeerId> = announced
+                .manifest
+                .body
+                .recipient_peers()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            allowed = Some(match allowed {
+                None => named,
+                Some(so_far) => so_far.intersection(&named).copied().collect(),
+            });
+        }
+        let allowed = allowed.unwrap_or_default();
+        if allowed.is_empty() {
+            tracing::warn!(model = %root, "a private model with no known recipients: served to local calls only");
+        }
+        Ok(Callers::Only(allowed))
     }
 
     /// Records the announced name of `root`, just pulled, in this repo's names: only
@@ -541,10 +620,11 @@ impl ModelNetwork {
 
     /// Loads the model under `root` (it must be here) onto `device`.
     async fn load(&self, root: Cid, device: DeviceKind) -> Result<Arc<Embedder>> {
-        let store = Arc::clone(&self.store);
+        let (store, opener) = (Arc::clone(&self.store), self.opener.clone());
         let started = Instant::now();
         let embedder = tokio::task::spawn_blocking(move || {
-            let files = ModelFiles::from_store(&store, &root).map_err(engine::EngineError::from)?;
+            let files = ModelFiles::from_store(&store, &root, &opener)
+                .map_err(engine::EngineError::from)?;
             Embedder::load(files, device)
         })
         .await
@@ -639,7 +719,7 @@ impl ModelNetwork {
             for (old, _) in local.served().into_iter().skip(LOCAL_MODELS - 1) {
                 local.stop(&old);
             }
-            local.serve(model, embedder);
+            local.serve(model, embedder, Callers::Anyone);
             local.handle(None, request).await
         };
         match response {
@@ -712,10 +792,18 @@ async fn announce_manifest(p2p: &P2p, manifest: &Manifest) -> Result<()> {
 }
 
 /// config.json of the model folder `root`.
-fn read_config(store: &Store, root: &Cid) -> Result<Vec<u8>> {
-    let files = ModelFiles::read_one(store, root, "config.json")
+fn read_config(store: &Store, root: &Cid, opener: &Opener) -> Result<Vec<u8>> {
+    let files = ModelFiles::read_one(store, root, "config.json", opener)
         .map_err(|e| Error::Model(e.to_string()))?;
     files.ok_or_else(|| Error::Model(format!("{root} has no config.json: is it a model folder?")))
+}
+
+/// Whether the model folder `root` is private: its config.json is encrypted.
+fn is_private(store: &Store, root: &Cid) -> bool {
+    matches!(
+        ModelFiles::read_one(store, root, "config.json", &Opener::raw()),
+        Ok(Some(bytes)) if bytes.starts_with(envelope::AGE_MAGIC)
+    )
 }
 
 /// Request ids only need to be unique among our requests in flight.

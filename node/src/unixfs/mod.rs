@@ -8,6 +8,7 @@
 pub mod export;
 pub mod extract;
 pub mod import;
+mod reseal;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -15,6 +16,7 @@ pub use export::{EntryKind, LsEntry, cat, file_size, get, ls, tar};
 pub use import::{
     AddedEntry, FsKind, ImportOptions, TreeEntry, add_path, add_reader, add_tree, walk_dir,
 };
+pub use reseal::reseal_tree;
 
 use cid::Cid;
 

@@ -77,6 +77,9 @@ pub struct Manifest {
     pub parameters: u64,
     pub precision: String,
     pub publisher: String,
+    /// A private model's recipients (peer ids); absent for a public one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// The registry entry `model/publish` rewrote; not in `model/info`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
@@ -104,6 +107,7 @@ impl Manifest {
             parameters: body.parameters,
             precision: body.precision.clone(),
             publisher: body.publisher.clone(),
+            recipients: body.recipients.clone(),
             registry: None,
             serving_here: None,
             tags: body.tags.clone(),
@@ -323,6 +327,7 @@ mod tests {
             parameters: 9,
             precision: "f32".into(),
             publisher: PEER.into(),
+            recipients: vec![],
             registry: None,
             serving_here: None,
             tags: vec!["t".into()],
