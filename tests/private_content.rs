@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use ipfs_accelerate_tests::{Daemon, TestRepo};
+use std::time::Duration;
+
+use ipfs_accelerate_tests::{Daemon, TestRepo, poll_until, workspace_root};
 
 const MARKER: &[u8] = b"MARKER-plaintext-7f3a";
 
@@ -214,4 +216,56 @@ fn recipients_are_peer_ids_or_age_strings() {
         err.contains("neither a peer id nor an age recipient"),
         "{err}"
     );
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_private_model_is_published_pulled_and_served_for_its_recipients_only() {
+    let fixture = workspace_root().join("tests/fixtures/tiny-bert");
+    let fixture = fixture.to_str().unwrap();
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--bootstrap", &a.addr()]);
+    let c = Daemon::start(&["--bootstrap", &a.addr()]);
+    let infer = |daemon: &Daemon, model: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["infer", model, "--json", "--text", "kept between two peers"];
+        args.extend_from_slice(extra);
+        json(&daemon.repo.ok(&args))
+    };
+    // The plain model's answer, computed here from the folder.
+    let plain_root = a.repo.ok(&["add", "-Q", "-r", fixture]);
+    let reference = infer(&a, &plain_root, &[])["embeddings"].clone();
+
+    let published = json(&a.repo.ok(&[
+        "model", "publish", fixture, "--name", "secret", "--encrypt-to", &b.peer_id(), "--json",
+    ]));
+    let weights = published["weights"].as_str().unwrap().to_owned();
+    assert_ne!(weights, plain_root);
+    let recipients = published["recipients"].as_array().unwrap();
+    assert_eq!(recipients.len(), 2, "{published}");
+    for peer in [a.peer_id(), b.peer_id()] {
+        assert!(recipients.iter().any(|r| r == peer.as_str()), "{published}");
+    }
+    // Its files are ciphertext as stored and served.
+    let car = stdout_of(&a.repo, &["dag", "export", &weights]);
+    assert!(!contains(&car, b"\"hidden_size\""), "config.json in the clear");
+
+    // B hears it, pulls and serves it; its answers are the plain model's.
+    for daemon in [&b, &c] {
+        let heard = poll_until(Duration::from_secs(40), || {
+            daemon.repo.ok(&["model", "ls"]).contains("secret")
+        });
+        assert!(heard, "the manifest was not heard");
+    }
+    b.repo.ok(&["model", "pull", "secret", "--serve"]);
+    assert_eq!(infer(&b, "secret", &[])["embeddings"], reference);
+    assert_eq!(infer(&b, "secret", &["--remote"])["embeddings"], reference);
+
+    // C fetches the blocks but cannot load them, and no server answers it.
+    let error = c.repo.fails(&["model", "pull", "secret", "--serve"]);
+    assert!(error.contains("encrypted to other recipients"), "{error}");
+    let error = c.repo.fails(&["infer", "secret", "--remote", "--text", "let me in"]);
+    assert!(error.contains("not among its recipients"), "{error}");
 }
