@@ -239,7 +239,14 @@ fn a_private_model_is_published_pulled_and_served_for_its_recipients_only() {
     let reference = infer(&a, &plain_root, &[])["embeddings"].clone();
 
     let published = json(&a.repo.ok(&[
-        "model", "publish", fixture, "--name", "secret", "--encrypt-to", &b.peer_id(), "--json",
+        "model",
+        "publish",
+        fixture,
+        "--name",
+        "secret",
+        "--encrypt-to",
+        &b.peer_id(),
+        "--json",
     ]));
     let weights = published["weights"].as_str().unwrap().to_owned();
     assert_ne!(weights, plain_root);
@@ -250,7 +257,10 @@ fn a_private_model_is_published_pulled_and_served_for_its_recipients_only() {
     }
     // Its files are ciphertext as stored and served.
     let car = stdout_of(&a.repo, &["dag", "export", &weights]);
-    assert!(!contains(&car, b"\"hidden_size\""), "config.json in the clear");
+    assert!(
+        !contains(&car, b"\"hidden_size\""),
+        "config.json in the clear"
+    );
 
     // B hears it, pulls and serves it; its answers are the plain model's.
     for daemon in [&b, &c] {
@@ -266,6 +276,8 @@ fn a_private_model_is_published_pulled_and_served_for_its_recipients_only() {
     // C fetches the blocks but cannot load them, and no server answers it.
     let error = c.repo.fails(&["model", "pull", "secret", "--serve"]);
     assert!(error.contains("encrypted to other recipients"), "{error}");
-    let error = c.repo.fails(&["infer", "secret", "--remote", "--text", "let me in"]);
+    let error = c
+        .repo
+        .fails(&["infer", "secret", "--remote", "--text", "let me in"]);
     assert!(error.contains("not among its recipients"), "{error}");
 }
