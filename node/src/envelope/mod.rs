@@ -17,7 +17,7 @@
 
 pub mod keys;
 
-use std::io::{self, BufReader, Cursor, PipeWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Cursor, PipeWriter, Read, Write};
 use std::thread::JoinHandle;
 
 use age::x25519::{Identity, Recipient};
@@ -32,6 +32,17 @@ pub const COMPRESSED_TAG: &[u8] = b"ipfs-accelerate/zstd/1";
 const ZSTD_LEVEL: i32 = 3;
 /// Plaintext read per step while sealing.
 const SEAL_STEP: usize = 256 * 1024;
+/// Most recipients one file is sealed to: their header (about 100 bytes each) stays
+/// well inside [`AGE_HEADER_LIMIT`], so whatever this node seals it can open.
+pub const RECIPIENT_LIMIT: usize = 256;
+/// Longest age header opened: room for about 650 X25519 recipients. age re-parses the
+/// header from its start at every line, so a longer one (or one that never ends) is
+/// refused before age sees it.
+const AGE_HEADER_LIMIT: u64 = 64 * 1024;
+/// Largest zstd window opened, as a power of two: 8 MiB, what levels up to 19 use
+/// (ours, level 3, uses 2 MiB). A frame may declare up to 2 GiB, which the decoder
+/// would allocate before a byte of content arrives.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// The skippable frame that starts a compressed stream: magic 0x184D2A5A (one of the
 /// sixteen zstd reserves for skippable frames), the tag's length, the tag.
@@ -56,6 +67,8 @@ pub enum EnvelopeError {
     NotRecipient,
     #[error("encrypted, and there is no node key here to open it")]
     NoKey,
+    #[error("{0} recipients, at most {RECIPIENT_LIMIT} allowed")]
+    TooManyRecipients(usize),
     #[error("encrypted content is unreadable: {0}")]
     BadCiphertext(String),
     #[error("{0}")]
@@ -80,6 +93,9 @@ impl Seal {
 
 /// The sealed form of `plain`, produced as it is read.
 pub fn seal<'a, R: Read + 'a>(plain: R, seal: &Seal) -> Result<Box<dyn Read + 'a>, EnvelopeError> {
+    if seal.recipients.len() > RECIPIENT_LIMIT {
+        return Err(EnvelopeError::TooManyRecipients(seal.recipients.len()));
+    }
     let mut reader: Box<dyn Read + 'a> = Box::new(plain);
     if seal.compress {
         let encoder = zstd::stream::read::Encoder::new(reader, ZSTD_LEVEL)?;
@@ -100,8 +116,10 @@ pub fn open<R: Read + Send + 'static>(
     let (prefix, reader) = sniff(sealed)?;
     if prefix.starts_with(AGE_MAGIC) {
         let key = key.ok_or(EnvelopeError::NoKey)?;
-        let decryptor =
-            age::Decryptor::new_buffered(BufReader::new(reader)).map_err(decrypt_error)?;
+        let mut reader = BufReader::new(reader);
+        let header = read_age_header(&mut reader)?;
+        let decryptor = age::Decryptor::new_buffered(Cursor::new(header).chain(reader))
+            .map_err(decrypt_error)?;
         let plain = decryptor
             .decrypt(std::iter::once(key as &dyn age::Identity))
             .map_err(decrypt_error)?;
@@ -119,13 +137,39 @@ fn decompress_if_tagged<R: Read + Send + 'static>(
 ) -> Result<Box<dyn Read + Send>, EnvelopeError> {
     let (prefix, reader) = sniff(reader)?;
     if prefix.starts_with(&compressed_marker()) {
-        let decoder = zstd::stream::read::Decoder::new(reader)?;
+        let mut decoder = zstd::stream::read::Decoder::new(reader)?;
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
         return Ok(Box::new(Labelled {
             inner: decoder,
             label: "compressed content is corrupt or cut short",
         }));
     }
     Ok(Box::new(reader))
+}
+
+/// An age header's lines, up to and with its MAC line (`--- ...`), within
+/// [`AGE_HEADER_LIMIT`] bytes.
+fn read_age_header(reader: &mut impl BufRead) -> Result<Vec<u8>, EnvelopeError> {
+    let mut header = Vec::new();
+    loop {
+        let start = header.len();
+        let room = AGE_HEADER_LIMIT - start as u64;
+        if (&mut *reader).take(room).read_until(b'\n', &mut header)? == 0 {
+            return Err(EnvelopeError::BadCiphertext(
+                "its header is cut short".into(),
+            ));
+        }
+        let line = &header[start..];
+        if line.starts_with(b"--- ") && line.ends_with(b"\n") {
+            return Ok(header);
+        }
+        if header.len() as u64 >= AGE_HEADER_LIMIT {
+            return Err(EnvelopeError::BadCiphertext(format!(
+                "its header is over {} KiB",
+                AGE_HEADER_LIMIT / 1024
+            )));
+        }
+    }
 }
 
 /// Whether `prefix` (a file's first bytes) is sealed content [`open`] would change.
@@ -541,6 +585,41 @@ mod tests {
             },
         );
         assert_eq!(zstd::decode_all(Cursor::new(ours)).unwrap(), text(10_000));
+    }
+
+    #[test]
+    fn hostile_headers_and_windows_are_refused_before_they_cost() {
+        let key = Identity::generate();
+        // Endless stanzas, and a header with no line break at all: refused at 64 KiB.
+        let mut stanzas = AGE_MAGIC.to_vec();
+        stanzas.extend(b"-> x\n\n".repeat(100_000));
+        let mut unbroken = AGE_MAGIC.to_vec();
+        unbroken.extend(vec![b'a'; 10 << 20]);
+        for hostile in [stanzas, unbroken] {
+            let err = opened(&hostile, Some(&key)).unwrap_err();
+            assert!(err.contains("header is over 64 KiB"), "{err}");
+        }
+        let cut = opened(AGE_MAGIC, Some(&key)).unwrap_err();
+        assert!(cut.contains("header is cut short"), "{cut}");
+
+        // A tagged zstd stream whose frame asks for a 128 MiB window.
+        let mut encoder = zstd::stream::write::Encoder::new(compressed_marker(), 3).unwrap();
+        encoder.window_log(27).unwrap();
+        encoder.write_all(&text(100_000)).unwrap();
+        let wide = encoder.finish().unwrap();
+        let Err(err) = opened(&wide, None) else {
+            panic!("a 128 MiB window opened");
+        };
+        assert!(err.contains("compressed content is corrupt"), "{err}");
+        // The same content in a normal window opens.
+        let normal = sealed(
+            &text(100_000),
+            &Seal {
+                recipients: vec![],
+                compress: true,
+            },
+        );
+        assert_eq!(opened(&normal, None).unwrap(), text(100_000));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use cid::Cid;
 use ipfs_accelerate_protocol::infer::{
     InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Task, service_key,
 };
-use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, model_topic};
+use ipfs_accelerate_protocol::manifest::{
+    MODELS_TOPIC, Manifest, ManifestBody, RECIPIENT_COUNT_LIMIT, model_topic,
+};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use tokio::sync::Semaphore;
@@ -392,6 +394,13 @@ impl ModelNetwork {
         peers.push(self.p2p.local_peer_id());
         peers.sort();
         peers.dedup();
+        // Refused before encrypting anything, as signing would refuse it after.
+        if peers.len() > RECIPIENT_COUNT_LIMIT {
+            return Err(Error::Model(format!(
+                "{} recipients with this node, at most {RECIPIENT_COUNT_LIMIT} allowed",
+                peers.len()
+            )));
+        }
         let seal = Seal {
             recipients: peers
                 .iter()
