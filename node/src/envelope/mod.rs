@@ -173,7 +173,7 @@ fn read_age_header(reader: &mut impl BufRead) -> Result<Vec<u8>, EnvelopeError> 
 }
 
 /// Whether `prefix` (a file's first bytes) is sealed content [`open`] would change.
-pub fn is_sealed(prefix: &[u8]) -> bool {
+fn is_sealed(prefix: &[u8]) -> bool {
     prefix.starts_with(AGE_MAGIC) || prefix.starts_with(&compressed_marker())
 }
 
@@ -284,7 +284,7 @@ impl<R: Read> Read for Encrypting<R> {
 
 /// What reading content does with sealed files: open them with this node's key (if
 /// there is one here), or leave them as stored (`--raw`).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Opener {
     raw: bool,
     key: Option<Identity>,
