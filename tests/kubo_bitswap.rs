@@ -30,6 +30,7 @@ async fn our_peer() -> (P2p, Bitswap, Arc<Store>, Multiaddr) {
         limits: p2p::Limits::default(),
         time_dilation: 1,
         swarm_key: None,
+        nat: p2p::NatConfig::default(),
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

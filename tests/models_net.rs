@@ -43,6 +43,23 @@ fn max_difference(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A daemon's Prometheus metrics.
+fn scrape(daemon: &Daemon) -> String {
+    ureq::get(format!("{}/debug/metrics/prometheus", daemon.api_url()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap()
+}
+
+/// One sample's value, by its full name with labels.
+fn sample(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 const TEXTS: [&str; 2] = ["Peers fetch model weights over Bitswap", "héllo wörld"];
 
 fn infer_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -104,26 +121,28 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     assert_eq!(local["local"], true);
     let difference = max_difference(&embeddings(&remote), &embeddings(&local));
     assert!(difference < 1e-6, "remote and local differ by {difference}");
-    // A's metrics count what it served.
-    let metrics = ureq::get(format!("{}/debug/metrics/prometheus", a.api_url()))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    // A's metrics count what it served, and the batches it ran; B's count its call.
+    let metrics = scrape(&a);
     assert!(
         metrics.contains("\nipfs_accelerate_infer_models_served 1\n"),
         "{metrics}"
     );
-    let answered_ok = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ipfs_accelerate_infer_answers_total{outcome=\"ok\"} "))
-        .and_then(|v| v.parse::<u64>().ok());
+    let answered_ok = sample(
+        &metrics,
+        "ipfs_accelerate_infer_answers_total{outcome=\"ok\"}",
+    );
     assert!(answered_ok >= Some(1), "{metrics}");
     assert!(
         metrics.contains("\nipfs_accelerate_infer_answer_seconds_count "),
         "{metrics}"
     );
+    let batches = sample(&metrics, "ipfs_accelerate_infer_batch_rows_count");
+    assert!(batches >= Some(1), "{metrics}");
+    let caller = scrape(&b);
+    let called_ok = sample(&caller, "ipfs_accelerate_infer_calls_total{outcome=\"ok\"}");
+    assert!(called_ok >= Some(1), "{caller}");
+    let timed = sample(&caller, "ipfs_accelerate_infer_call_seconds_count");
+    assert_eq!(timed, called_ok, "{caller}");
 
     // Bad input is refused with a clear error, and the node lives on.
     let error = b.repo.fails(&["infer", "no-such-model", "--text", "x"]);

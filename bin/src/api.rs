@@ -43,11 +43,7 @@ impl Client {
                 path.display()
             ),
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = agent(None);
         let config = Repo::read_config(path)?;
         let token = config.network.api_token().map(str::to_owned);
         Ok(Some(Client {
@@ -55,6 +51,13 @@ impl Client {
             agent,
             token,
         }))
+    }
+
+    /// The same client, giving up on any call after `limit` (doctor's probes must not
+    /// hang on a stuck daemon).
+    pub(crate) fn with_timeout(mut self, limit: Duration) -> Client {
+        self.agent = agent(Some(limit));
+        self
     }
 
     fn url(&self, path: &str, args: &[(&str, String)]) -> String {
@@ -140,6 +143,16 @@ impl Client {
             .read_to_string(&mut text)?;
         parse(path, &text)
     }
+}
+
+/// An agent that reads error statuses as answers; `limit` bounds a whole call.
+fn agent(limit: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(limit)
+        .build()
+        .into()
 }
 
 /// Reads one answer (or one line of a newline-delimited answer) of `path` as `T`.

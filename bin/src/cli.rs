@@ -94,6 +94,10 @@ pub(crate) enum Command {
     Infer(InferArgs),
     /// Peers serving a model, each probed for round-trip and load (needs a running daemon)
     Providers { model: String },
+    /// Check the node end to end (API, gateway, a store-then-read round trip, repo,
+    /// network); each problem comes with its likely cause and the fix. Exits non-zero
+    /// when a check fails
+    Doctor,
     /// Benchmarks
     #[command(subcommand)]
     Bench(BenchCommand),

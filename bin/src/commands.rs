@@ -36,6 +36,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Demo(args) => return crate::demo::demo(args, json),
+        Command::Doctor => return crate::doctor::run(&path, json),
         Command::Bench(BenchCommand::Infer(args)) => {
             return crate::bench_infer::bench_infer(args, json);
         }
@@ -59,6 +60,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     match command {
         Command::Init(_)
         | Command::Demo(_)
+        | Command::Doctor
         | Command::Bench(BenchCommand::Infer(_))
         | Command::Key(_) => {
             unreachable!("handled above")

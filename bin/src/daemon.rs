@@ -30,6 +30,7 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| repo.config().network.gateway.clone());
     let api_file = Repo::api_file(repo.path());
+    let gateway_file = Repo::gateway_file(repo.path());
     let overrides = NetworkOverrides {
         listen: args.listen,
         bootstrap: args.bootstrap,
@@ -101,6 +102,9 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         format!("/ip4/{}/tcp/{}", bound.ip(), bound.port()),
     )
     .with_context(|| format!("writing {}", api_file.display()))?;
+    // Like Kubo's $IPFS_PATH/gateway: tells `doctor` which gateway to ask.
+    std::fs::write(&gateway_file, gateway_url(gateway_bound))
+        .with_context(|| format!("writing {}", gateway_file.display()))?;
     println!("Daemon is ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -127,7 +131,21 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
     let _ = gateway_server.await;
     node.shutdown().await;
     let _ = std::fs::remove_file(&api_file);
+    let _ = std::fs::remove_file(&gateway_file);
     Ok(())
+}
+
+/// The gateway's URL for local clients: a wildcard address becomes loopback, as Kubo
+/// writes it.
+fn gateway_url(bound: std::net::SocketAddr) -> String {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
 }
 
 #[cfg(unix)]

@@ -7,6 +7,7 @@ mod commands;
 mod daemon;
 mod default_model;
 mod demo;
+mod doctor;
 mod local_swarm;
 mod model;
 mod model_remote;

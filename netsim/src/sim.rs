@@ -293,6 +293,7 @@ impl Sim {
             limits: p2p::Limits::default(),
             time_dilation: self.clock.dilation,
             swarm_key: None,
+            nat: p2p::NatConfig::default(),
         };
         let p2p = P2p::start_with_transport(config, key, transport)
             .await

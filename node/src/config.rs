@@ -109,6 +109,33 @@ pub struct NetworkConfig {
     /// Bearer <token>`; the CLI on this repo sends it. The gateway stays open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+    /// Trustless HTTP gateways (`https://host[/prefix]`) asked for a block no peer
+    /// delivered within `gateways_delay_ms`; every answer is verified against its CID.
+    /// Empty (the default): blocks come from peers only.
+    pub gateways: Vec<String>,
+    /// Milliseconds peers have to deliver a block before the gateways are asked too
+    /// (at once when no peer is connected).
+    pub gateways_delay_ms: u64,
+    /// Seconds one gateway request may take, from connecting to the last byte.
+    pub gateways_timeout_secs: u64,
+    /// Rounds over every gateway after the first fails, each after a doubling backoff.
+    pub gateways_retries: u32,
+    /// Learn whether peers can dial us (AutoNAT v2), and dial others back when asked.
+    pub autonat: bool,
+    /// Relay for others (circuit relay v2, Kubo's limits) while AutoNAT finds us
+    /// publicly reachable.
+    pub relay_service: bool,
+    /// Dial peers through relays; behind a NAT, reserve slots on relays and announce
+    /// the relayed addresses.
+    pub relay_client: bool,
+    /// Relays to reserve on while we are not known to be publicly reachable
+    /// (multiaddrs ending in `/p2p/<id>`), before any found on the network.
+    pub relays: Vec<String>,
+    /// Upgrade relayed connections to direct ones by hole punching (DCUtR).
+    pub hole_punching: bool,
+    /// Ask the router to forward our listen port (UPnP IGD). Off unless set: it
+    /// multicasts on the LAN.
+    pub upnp: bool,
 }
 
 impl NetworkConfig {
@@ -149,6 +176,16 @@ impl Default for NetworkConfig {
             high_water: 96,
             grace_period_secs: 20,
             api_token: None,
+            gateways: Vec::new(),
+            gateways_delay_ms: crate::fallback::DEFAULT_DELAY.as_millis() as u64,
+            gateways_timeout_secs: crate::fallback::DEFAULT_TIMEOUT.as_secs(),
+            gateways_retries: crate::fallback::DEFAULT_RETRIES,
+            autonat: true,
+            relay_service: true,
+            relay_client: true,
+            relays: Vec::new(),
+            hole_punching: true,
+            upnp: false,
         };
         crate::profile::Profile::Lan.apply(&mut network);
         network

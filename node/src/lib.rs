@@ -3,10 +3,10 @@
 //! The [`repo`] on disk (identity, config, datastore, lock), the [`blockstore`], the
 //! [`store`] on top of it (pins, LRU cache, GC, verification), [`unixfs`] and [`car`]
 //! import and export with Kubo-identical CIDs; the [`Node`] on the network ([`p2p`],
-//! [`bitswap`], the HTTP [`api`] and [`gateway`]); the inference [`engine`]; and models
-//! on the network ([`model_network`]): [`announce`]ments, the names this repo knows
-//! ([`models`]), serving and calling [`infer`]ence, and who may speak for a model name
-//! ([`trust`]).
+//! [`bitswap`] with [`fallback`] HTTP gateways, the HTTP [`api`] and [`gateway`]); the
+//! inference [`engine`]; and models on the network ([`model_network`]):
+//! [`announce`]ments, the names this repo knows ([`models`]), serving and calling
+//! [`infer`]ence, and who may speak for a model name ([`trust`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod announce;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod fallback;
 pub mod gateway;
 pub mod gc;
 mod http_body;

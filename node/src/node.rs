@@ -205,13 +205,31 @@ impl Node {
             limits: repo.config().swarm.p2p_limits(),
             time_dilation: 1,
             swarm_key: repo.swarm_key(),
+            nat: p2p::NatConfig {
+                autonat: network.autonat,
+                relay_service: network.relay_service,
+                relay_client: network.relay_client,
+                relays: parse_addrs("relay address", &network.relays)?,
+                hole_punching: network.hole_punching,
+                upnp: network.upnp,
+            },
         };
         let keypair = repo.identity().keypair().clone();
+        let gateways =
+            crate::fallback::Gateways::new(crate::fallback::Config::from_network(&network))
+                .map_err(|bad| Error::Config {
+                    what: "gateway URL",
+                    value: bad.url,
+                    reason: bad.reason,
+                })?;
         let p2p = P2p::start_on(config, keypair, transport).await?;
         let bitswap = Bitswap::start(
             repo.shared_store(),
             p2p.clone(),
-            repo.config().swarm.bitswap(),
+            crate::bitswap::Config {
+                gateways,
+                ..repo.config().swarm.bitswap()
+            },
         )?;
         let models = ModelNetwork::start(&repo, p2p.clone(), bitswap.clone(), serve).await?;
         let node = Node {

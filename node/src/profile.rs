@@ -29,14 +29,16 @@ pub const KUBO_BOOTSTRAP: [&str; 6] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
     /// The public IPFS network: Kubo's bootstrap peers and public DHT, every IPv4
-    /// interface on port 4001 (TCP and QUIC), mDNS.
+    /// interface on port 4001 (TCP and QUIC), mDNS, AutoNAT, relays (a relay service
+    /// while publicly reachable, reservations behind a NAT) and hole punching.
     Public,
     /// The local network: mDNS and the LAN DHT, every IPv4 interface on port 4001, no
-    /// bootstrap peers.
+    /// bootstrap peers. NAT traversal as in `public`, for peers met through a relay.
     #[default]
     Lan,
     /// This machine only: loopback on a port the OS picks, no mDNS, no bootstrap
-    /// peers, the LAN DHT. For tests and trials.
+    /// peers, the LAN DHT, no NAT traversal (AutoNAT, relays, hole punching). For
+    /// tests and trials.
     Test,
 }
 
@@ -66,6 +68,16 @@ impl Profile {
         // IPv4 only: a listen address that cannot bind stops the daemon, and not every
         // host has IPv6; add `/ip6/::/...` to `network.listen` where it does.
         let every_interface = strings(&["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]);
+        // NAT traversal is for peers on other networks; UPnP stays as configured
+        // (off unless asked), as it multicasts on the LAN.
+        let traverse_nats = self != Profile::Test;
+        network.autonat = traverse_nats;
+        network.relay_service = traverse_nats;
+        network.relay_client = traverse_nats;
+        network.hole_punching = traverse_nats;
+        if !traverse_nats {
+            network.upnp = false;
+        }
         match self {
             Profile::Public => {
                 network.listen = every_interface;
@@ -135,10 +147,22 @@ mod tests {
     }
 
     #[test]
-    fn test_stays_on_loopback_without_mdns() {
+    fn test_stays_on_loopback_without_mdns_or_nat_traversal() {
         let test = applied(Profile::Test);
         assert_eq!(test.listen, ["/ip4/127.0.0.1/tcp/0"]);
         assert!(!test.mdns);
+        assert!(!test.autonat && !test.relay_service && !test.relay_client);
+        assert!(!test.hole_punching && !test.upnp);
+    }
+
+    #[test]
+    fn other_profiles_traverse_nats_but_never_turn_upnp_on() {
+        for profile in [Profile::Public, Profile::Lan] {
+            let network = applied(profile);
+            assert!(network.autonat && network.relay_service && network.relay_client);
+            assert!(network.hole_punching);
+            assert!(!network.upnp, "{profile:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ const IDENTITY_FILE: &str = "identity.key";
 const DATASTORE_FILE: &str = "datastore.redb";
 const LOCK_FILE: &str = "repo.lock";
 const API_FILE: &str = "api";
+const GATEWAY_FILE: &str = "gateway";
 /// Mode of the repo directory: its owner only.
 const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of `config.toml` and `identity.key`: its owner only.
@@ -215,6 +216,12 @@ impl Repo {
     /// (written by the daemon to `api`, like Kubo's `$IPFS_PATH/api`).
     pub fn api_file(path: &Path) -> PathBuf {
         path.join(API_FILE)
+    }
+
+    /// The gateway's URL while a daemon runs on this repo (written by the daemon to
+    /// `gateway`, like Kubo's `$IPFS_PATH/gateway`: `http://HOST:PORT`).
+    pub fn gateway_file(path: &Path) -> PathBuf {
+        path.join(GATEWAY_FILE)
     }
 
     /// Size of the datastore file on disk.

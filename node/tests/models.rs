@@ -23,6 +23,9 @@ use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, R
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, StreamProtocol};
 use multihash_codetable::{Code, MultihashDigest};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 mod common;
 use common::{
@@ -218,14 +221,38 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(code, ErrorCode::TooLarge);
     assert!(message.contains("peers read at most"), "{message}");
 
-    // And the server still answers an honest request.
+    // And the server still answers an honest request, in a batch of its own.
+    let batch_rows = &server.infer_server().metrics().batch_rows;
+    let batches = observations(batch_rows);
     let answer = call(request(7, model, texts(&["still here"])))
         .await
         .unwrap();
     assert_eq!(answer.provider, server_id);
     assert_eq!(answer.output.output.rows_f32().unwrap().len(), 1);
+    assert_eq!(observations(batch_rows), batches + 1);
+
+    // The caller counted every call by its outcome, and timed each.
+    let metrics = client.infer_client().metrics();
+    let calls = |outcome: &str| {
+        let labels = vec![("outcome".to_string(), outcome.to_string())];
+        metrics.calls.get_or_create(&labels).get()
+    };
+    let counted = ["all_failed", "bad_input", "too_large", "ok"].map(calls);
+    assert_eq!(counted, [1, 3, 2, 1]);
+    assert_eq!(observations(&metrics.seconds), 7);
     client.shutdown().await;
     server.shutdown().await;
+}
+
+/// How many values a histogram has observed, read from its Prometheus text.
+fn observations(histogram: &Histogram) -> u64 {
+    let mut registry = Registry::default();
+    registry.register("h", "", histogram.clone());
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("h_count ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {text}"))
 }
 
 /// A peer that answers every inference request with `answer(request)`.

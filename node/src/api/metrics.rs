@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use super::{Api, ApiError, ApiResult, blocking};
 use crate::bitswap::Stats;
 use crate::infer::ServeMetrics;
+use crate::infer::client::CallMetrics;
 
 /// Prometheus' text format, version 0.0.4.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,6 +22,8 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub(super) bitswap: Stats,
+    /// Blocks from the fallback gateways (zeros without any).
+    pub(super) gateways: crate::fallback::Stats,
     pub(super) wantlist: usize,
     pub(super) peers: usize,
     pub(super) repo_blocks: u64,
@@ -29,6 +32,8 @@ pub(super) struct Snapshot {
     /// Requests waiting in the served models' queues.
     pub(super) infer_queued: u64,
     pub(super) serve: ServeMetrics,
+    /// Inference calls this node made to peers.
+    pub(super) call: CallMetrics,
 }
 
 pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoResponse> {
@@ -40,6 +45,7 @@ pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoRes
     let served = server.served();
     let snapshot = Snapshot {
         bitswap: bitswap.stats(),
+        gateways: bitswap.gateways().map(|g| g.stats()).unwrap_or_default(),
         wantlist: bitswap.wantlist().len(),
         peers: peers.len(),
         repo_blocks: stat.blocks,
@@ -47,6 +53,7 @@ pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoRes
         models_served: served.len(),
         infer_queued: served.iter().map(|(_, load)| u64::from(load.queued)).sum(),
         serve: server.metrics().clone(),
+        call: api.node.infer_client().metrics().clone(),
     };
     let text = render(&snapshot).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
@@ -94,7 +101,30 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             b.peers_dropped,
         ),
     ];
-    for (name, help, value) in counters {
+    let g = &snapshot.gateways;
+    let gateway_counters = [
+        (
+            "gateway_blocks_received",
+            "Blocks fetched from the fallback HTTP gateways, verified",
+            g.blocks,
+        ),
+        (
+            "gateway_received_bytes",
+            "Bytes of blocks fetched from gateways",
+            g.bytes,
+        ),
+        (
+            "gateway_failed_requests",
+            "Gateway requests that brought no block (errors, timeouts, statuses)",
+            g.failed_requests,
+        ),
+        (
+            "gateway_wrong_blocks",
+            "Gateway answers refused for not matching their CID",
+            g.wrong_blocks,
+        ),
+    ];
+    for (name, help, value) in counters.into_iter().chain(gateway_counters) {
         registry.register(name, help, ConstCounter::new(value));
     }
     let gauges = [
@@ -138,6 +168,21 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
         "Time from an inference request's arrival to its answer",
         snapshot.serve.seconds.clone(),
     );
+    registry.register(
+        "infer_batch_rows",
+        "Rows (texts) in each batch the inference server ran",
+        snapshot.serve.batch_rows.clone(),
+    );
+    registry.register(
+        "infer_calls",
+        "Inference calls this node made to peers serving a model, by outcome (ok, the refusal's code, no_providers, unusable, deadline or all_failed)",
+        snapshot.call.calls.clone(),
+    );
+    registry.register(
+        "infer_call_seconds",
+        "Time from an inference call's start to its answer or failure, hedges and failovers included",
+        snapshot.call.seconds.clone(),
+    );
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -162,6 +207,13 @@ mod tests {
         snapshot
             .serve
             .record("busy", std::time::Duration::from_millis(3));
+        snapshot.serve.batch_rows.observe(3.0);
+        snapshot
+            .call
+            .calls
+            .get_or_create(&vec![("outcome".into(), "deadline".into())])
+            .inc();
+        snapshot.call.seconds.observe(0.5);
         let text = render(&snapshot).unwrap();
         assert!(
             text.contains("# TYPE ipfs_accelerate_bitswap_blocks_sent counter\n"),
@@ -186,6 +238,18 @@ mod tests {
         );
         assert!(
             text.contains("\nipfs_accelerate_infer_answer_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_infer_batch_rows_bucket{le=\"4.0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_infer_calls_total{outcome=\"deadline\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nipfs_accelerate_infer_call_seconds_sum 0.5\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

@@ -223,6 +223,7 @@ pub async fn serve(
         .route("/api/v0/accelerate/model/trust/rm", post(models::trust_rm))
         .route("/api/v0/accelerate/model/trust/ls", post(models::trust_ls))
         .route("/api/v0/accelerate/providers", post(models::providers))
+        .route("/api/v0/accelerate/network", post(network))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(kubo_errors));
     let app = match token {
@@ -321,6 +322,12 @@ async fn id(State(api): State<Api>) -> ApiResult<Json<types::Id>> {
         protocols: Some(protocols.map(str::to_owned).to_vec()),
         public_key: identity.public_key_base64(),
     }))
+}
+
+/// Reachability, relays, connections and the routing table (`doctor` reads it).
+async fn network(State(api): State<Api>) -> ApiResult<Json<types::NetworkStatus>> {
+    let status = api.node.p2p().network_status().await;
+    Ok(Json(status.map_err(ApiError::internal)?.into()))
 }
 
 async fn swarm_peers(State(api): State<Api>) -> ApiResult<Json<types::SwarmPeers>> {

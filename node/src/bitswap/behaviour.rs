@@ -2,7 +2,7 @@
 //! inbound ones go to the engine over a bounded channel, and the engine's requests for
 //! outbound streams go to a connection's handler. All message work is in the engine.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
@@ -10,8 +10,8 @@ use ipfs_accelerate_protocol::bitswap::ProtocolVersion;
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, Stream};
 use tokio::sync::mpsc;
@@ -37,12 +37,18 @@ pub struct Channels {
     pub(crate) open: mpsc::Sender<OpenRequest>,
 }
 
-/// Swarm side of Bitswap; see the module docs.
+/// Swarm side of Bitswap; see the module docs. Streams go on direct connections only:
+/// a relay carries 128 KiB per circuit (Kubo's and libp2p's limit), less than one large
+/// block, and cutting the circuit would cut the inference calls it carries too.
 #[derive(Debug)]
 pub struct Behaviour {
     inbound: mpsc::Sender<(PeerId, Stream, ProtocolVersion)>,
     open: mpsc::Receiver<OpenRequest>,
     pending: VecDeque<OpenRequest>,
+    /// Each connected peer's connections, and whether each is relayed.
+    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Peers we said are only relayed, so it is said once per peer.
+    told_relayed: HashSet<PeerId>,
 }
 
 impl Behaviour {
@@ -55,6 +61,8 @@ impl Behaviour {
                 inbound: inbound_tx,
                 open: open_rx,
                 pending: VecDeque::new(),
+                connections: HashMap::new(),
+                told_relayed: HashSet::new(),
             },
             Channels {
                 inbound: inbound_rx,
@@ -70,26 +78,44 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
-        _peer: PeerId,
-        _local_addr: &Multiaddr,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
         _remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::default())
+        Ok(self.handler(connection_id, peer, local_addr))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
-        _peer: PeerId,
-        _addr: &Multiaddr,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(Handler::default())
+        Ok(self.handler(connection_id, peer, addr))
     }
 
-    fn on_swarm_event(&mut self, _event: FromSwarm) {}
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id,
+            connection_id,
+            remaining_established,
+            ..
+        }) = event
+        {
+            if let Some(conns) = self.connections.get_mut(&peer_id) {
+                conns.retain(|(c, _)| *c != connection_id);
+                if conns.is_empty() {
+                    self.connections.remove(&peer_id);
+                }
+            }
+            if remaining_established == 0 {
+                self.told_relayed.remove(&peer_id);
+            }
+        }
+    }
 
     fn on_connection_handler_event(
         &mut self,
@@ -113,13 +139,44 @@ impl NetworkBehaviour for Behaviour {
         while let Poll::Ready(Some(request)) = self.open.poll_recv(cx) {
             self.pending.push_back(request);
         }
-        if let Some(OpenRequest { peer, reply }) = self.pending.pop_front() {
-            return Poll::Ready(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::Any,
-                event: FromBehaviour::Open(reply),
-            });
+        while let Some(OpenRequest { peer, reply }) = self.pending.pop_front() {
+            let Some(conns) = self.connections.get(&peer) else {
+                // Not connected: dropping the reply says so.
+                continue;
+            };
+            match conns.iter().find(|(_, relayed)| !relayed) {
+                Some((connection, _)) => {
+                    return Poll::Ready(ToSwarm::NotifyHandler {
+                        peer_id: peer,
+                        handler: NotifyHandler::One(*connection),
+                        event: FromBehaviour::Open(reply),
+                    });
+                }
+                None => {
+                    if self.told_relayed.insert(peer) {
+                        tracing::info!(%peer, "bitswap: {RELAYED_ONLY}");
+                    }
+                    let _ = reply.send(Err(RELAYED_ONLY.into()));
+                }
+            }
         }
         Poll::Pending
+    }
+}
+
+/// Why a peer connected only through a relay gets no blocks.
+const RELAYED_ONLY: &str = "connected only through a relay, which carries 128 KiB per circuit: \
+     blocks wait for a direct connection (hole punching, or an address the peer can be dialed on)";
+
+impl Behaviour {
+    /// A connection's handler: a Bitswap one on a direct connection, one that refuses
+    /// every stream on a relayed one.
+    fn handler(&mut self, connection: ConnectionId, peer: PeerId, addr: &Multiaddr) -> Handler {
+        let relayed = crate::p2p::nat::is_relayed(addr);
+        self.connections
+            .entry(peer)
+            .or_default()
+            .push((connection, relayed));
+        Handler::new(relayed)
     }
 }

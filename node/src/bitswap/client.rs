@@ -1,7 +1,8 @@
 //! The client's decisions: which peer is asked for which block, when a want moves to
-//! another peer, times out or needs a DHT search. Plain state, no I/O: every method
-//! takes the time it runs at and returns the wants to send, so unit tests drive it
-//! without swarms or timers. The engine ([`super::engine`]) sends what it returns.
+//! another peer, times out, needs a DHT search or goes to the fallback gateways. Plain
+//! state, no I/O: every method takes the time it runs at and returns the wants to send,
+//! so unit tests drive it without swarms or timers. The engine ([`super::engine`])
+//! sends what it returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,9 +35,15 @@ const SOURCES_TRACKED: usize = 4096;
 /// DHT provider searches at once, over all wants: pullers of a DAG nobody else has
 /// yet would otherwise search for every block in their window every few seconds.
 pub(super) const PROVIDER_SEARCHES_AT_ONCE: usize = 4;
+/// Gateway fetches at once, over all wants; the others wait for a later tick.
+pub(super) const GATEWAY_FETCHES_AT_ONCE: usize = crate::fallback::FETCHES_AT_ONCE;
 
 /// A want entry to send to a peer.
 pub(super) type Send = (PeerId, WantEntry);
+
+/// What a waiter for a block gets: the block, or why the gateways gave none while no
+/// peer was connected.
+pub(super) type Delivery = Result<Block, String>;
 
 /// The client's timing, from [`Config`].
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +51,9 @@ struct Timing {
     block_timeout: Duration,
     provider_search_delay: Duration,
     provider_search_interval: Duration,
+    /// How long peers have to deliver before the gateways are asked; `None` without
+    /// gateways.
+    gateway_delay: Option<Duration>,
 }
 
 /// Blocks the client counted, for [`super::Stats`].
@@ -76,13 +86,15 @@ pub(super) struct Client {
     receiving: HashMap<PeerId, u32>,
     /// DHT provider searches running.
     searches: usize,
+    /// Gateway fetches running.
+    gateway_fetches: usize,
     /// Wanted blocks and bytes each peer delivered.
     received_from: HashMap<PeerId, (u64, u64)>,
     counters: Counters,
 }
 
 struct Want {
-    waiters: Vec<oneshot::Sender<Block>>,
+    waiters: Vec<oneshot::Sender<Delivery>>,
     /// Peers that said HAVE, in the order they said it.
     have: Vec<PeerId>,
     dont_have: HashSet<PeerId>,
@@ -92,6 +104,16 @@ struct Want {
     block_from: Option<(PeerId, Instant)>,
     created: Instant,
     last_search: Option<Instant>,
+    gateway: GatewayAsk,
+}
+
+/// Where a want stands with the fallback gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GatewayAsk {
+    NotYet,
+    Asking,
+    /// They gave no block, for this reason; the want waits for peers.
+    Failed(String),
 }
 
 impl Want {
@@ -104,6 +126,7 @@ impl Want {
             block_from: None,
             created: now,
             last_search: None,
+            gateway: GatewayAsk::NotYet,
         }
     }
 
@@ -120,6 +143,8 @@ pub(super) struct Requests {
     pub(super) sends: Vec<Send>,
     /// Wants to look up providers for on the DHT.
     pub(super) searches: Vec<Cid>,
+    /// Wants to fetch from the fallback gateways.
+    pub(super) gateways: Vec<Cid>,
 }
 
 /// What [`Client::on_stored`] decided.
@@ -138,6 +163,7 @@ impl Client {
                 block_timeout: config.block_timeout,
                 provider_search_delay: config.provider_search_delay,
                 provider_search_interval: config.provider_search_interval,
+                gateway_delay: config.gateways.as_ref().map(|g| g.delay()),
             },
             connected: HashSet::new(),
             wants: HashMap::new(),
@@ -147,6 +173,7 @@ impl Client {
             delivered_at: HashMap::new(),
             receiving: HashMap::new(),
             searches: 0,
+            gateway_fetches: 0,
             received_from: HashMap::new(),
             counters: Counters::default(),
         }
@@ -177,7 +204,7 @@ impl Client {
     pub(super) fn add_waiter(
         &mut self,
         cid: Cid,
-        waiter: oneshot::Sender<Block>,
+        waiter: oneshot::Sender<Delivery>,
         now: Instant,
     ) -> bool {
         let want = self.wants.entry(cid).or_insert_with(|| Want::new(now));
@@ -187,18 +214,23 @@ impl Client {
 
     /// The first requests for a new want: want-have to every connected peer, but
     /// want-block to the least busy recent source; with nobody connected, a DHT
-    /// search.
+    /// search, and the gateways at once if there are any.
     pub(super) fn request(&mut self, cid: Cid, now: Instant) -> Requests {
         let direct = self.least_busy_source();
-        let Some(want) = self.wants.get_mut(&cid) else {
+        if !self.wants.contains_key(&cid) {
             return Requests::default();
-        };
+        }
         if self.connected.is_empty() {
+            let gateways = self.ask_gateways(cid).into_iter().collect();
             return Requests {
                 sends: Vec::new(),
                 searches: vec![cid],
+                gateways,
             };
         }
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return Requests::default();
+        };
         let mut sends = Vec::new();
         for peer in &self.connected {
             want.asked.insert(*peer);
@@ -212,7 +244,7 @@ impl Client {
         }
         Requests {
             sends,
-            searches: Vec::new(),
+            ..Requests::default()
         }
     }
 
@@ -238,35 +270,48 @@ impl Client {
         (wanted, junk)
     }
 
-    /// Blocks from `peer` are stored: wake their waiters, cancel them at the other
-    /// peers asked, and give waiting wants to peers with room.
-    pub(super) fn on_stored(&mut self, peer: PeerId, blocks: &[Block], now: Instant) -> Stored {
+    /// Blocks from `peer` (`None`: from a gateway) are stored: wake their waiters,
+    /// cancel them at the peers asked, and give waiting wants to peers with room. Only
+    /// a peer's blocks count in the Bitswap counters and make it a source.
+    pub(super) fn on_stored(
+        &mut self,
+        peer: Option<PeerId>,
+        blocks: &[Block],
+        now: Instant,
+    ) -> Stored {
         let mut stored = Stored::default();
         for block in blocks {
             let Some(want) = self.wants.remove(block.cid()) else {
-                self.counters.duplicate_blocks += 1;
-                self.counters.duplicate_bytes += block.len() as u64;
+                if peer.is_some() {
+                    self.counters.duplicate_blocks += 1;
+                    self.counters.duplicate_bytes += block.len() as u64;
+                }
                 continue;
             };
-            self.counters.blocks_received += 1;
-            self.counters.bytes_received += block.len() as u64;
-            if self.received_from.len() < SOURCES_TRACKED || self.received_from.contains_key(&peer)
-            {
-                let source = self.received_from.entry(peer).or_default();
-                source.0 += 1;
-                source.1 += block.len() as u64;
+            if let Some(peer) = peer {
+                self.counters.blocks_received += 1;
+                self.counters.bytes_received += block.len() as u64;
+                if self.received_from.len() < SOURCES_TRACKED
+                    || self.received_from.contains_key(&peer)
+                {
+                    let source = self.received_from.entry(peer).or_default();
+                    source.0 += 1;
+                    source.1 += block.len() as u64;
+                }
             }
             for waiter in want.waiters {
-                let _ = waiter.send(block.clone());
+                let _ = waiter.send(Ok(block.clone()));
             }
-            for other in want.asked.into_iter().filter(|p| *p != peer) {
+            for other in want.asked.into_iter().filter(|p| Some(*p) != peer) {
                 stored.sends.push((other, cancel_entry(*block.cid())));
             }
             self.recently_received.insert(*block.cid());
             stored.fresh.push(*block.cid());
         }
-        self.remember_source(peer);
-        self.delivered_at.insert(peer, now);
+        if let Some(peer) = peer {
+            self.remember_source(peer);
+            self.delivered_at.insert(peer, now);
+        }
         // Its want-blocks are fewer now: waiting wants may go to it, or to others.
         stored.sends.extend(self.assign_waiting(now));
         stored
@@ -349,12 +394,32 @@ impl Client {
         sends
     }
 
-    /// Periodic: drop wants nobody waits for, move timed-out want-blocks on, and pick
-    /// the wants to search the DHT for (asking every connected peer again).
+    /// Periodic: drop wants nobody waits for, move timed-out want-blocks on, pick
+    /// the wants to search the DHT for (asking every connected peer again) and those
+    /// to ask the gateways for; fail the wants the gateways failed once no peer is
+    /// connected.
     pub(super) fn on_tick(&mut self, now: Instant) -> Requests {
         let mut tick = Requests::default();
-        self.wants.retain(|_, want| want.still_wanted());
+        let alone = self.connected.is_empty();
+        self.wants.retain(|_, want| {
+            if let (true, GatewayAsk::Failed(reason)) = (alone, &want.gateway) {
+                for waiter in want.waiters.drain(..) {
+                    let _ = waiter.send(Err(reason.clone()));
+                }
+            }
+            want.still_wanted()
+        });
         let timing = self.timing;
+        if let Some(delay) = timing.gateway_delay {
+            let due: Vec<Cid> = (self.wants.iter())
+                .filter(|(_, w)| w.gateway == GatewayAsk::NotYet)
+                .filter(|(_, w)| alone || now.duration_since(w.created) >= delay)
+                .map(|(cid, _)| *cid)
+                .collect();
+            tick.gateways = (due.into_iter())
+                .filter_map(|cid| self.ask_gateways(cid))
+                .collect();
+        }
         for (cid, want) in self.wants.iter_mut() {
             if let Some((peer, since)) = want.block_from {
                 let progress = (self.delivered_at.get(&peer)).map_or(since, |at| since.max(*at));
@@ -390,6 +455,42 @@ impl Client {
         }
         tick.sends.extend(self.assign_waiting(now));
         tick
+    }
+
+    /// Marks `cid` as asked of the gateways, if there are any, it was not asked yet and
+    /// fewer than [`GATEWAY_FETCHES_AT_ONCE`] fetches run.
+    fn ask_gateways(&mut self, cid: Cid) -> Option<Cid> {
+        self.timing.gateway_delay?;
+        let want = self.wants.get_mut(&cid)?;
+        if want.gateway != GatewayAsk::NotYet || self.gateway_fetches >= GATEWAY_FETCHES_AT_ONCE {
+            return None;
+        }
+        want.gateway = GatewayAsk::Asking;
+        self.gateway_fetches += 1;
+        Some(cid)
+    }
+
+    /// A gateway fetch ended: its block (if any) is on its way to the store. When it
+    /// failed, the want fails now if no peer is connected, and otherwise waits for
+    /// peers (failing at the next tick with none left).
+    pub(super) fn gateway_ended(&mut self, cid: &Cid, result: Result<(), String>) {
+        self.gateway_fetches = self.gateway_fetches.saturating_sub(1);
+        let (Err(reason), Some(want)) = (result, self.wants.get_mut(cid)) else {
+            return;
+        };
+        if self.connected.is_empty() {
+            for waiter in want.waiters.drain(..) {
+                let _ = waiter.send(Err(reason.clone()));
+            }
+            self.wants.remove(cid);
+        } else {
+            want.gateway = GatewayAsk::Failed(reason);
+        }
+    }
+
+    /// Whether a waiter still waits for `cid`.
+    pub(super) fn is_wanted(&self, cid: &Cid) -> bool {
+        (self.wants.get(cid)).is_some_and(|w| w.waiters.iter().any(|t| !t.is_closed()))
     }
 
     /// A DHT provider search began (it counts against [`PROVIDER_SEARCHES_AT_ONCE`]).
@@ -581,7 +682,11 @@ mod tests {
 
     /// Wants `cid` (one waiter, kept alive by the returned receiver) and returns the
     /// first requests.
-    fn want(client: &mut Client, cid: Cid, now: Instant) -> (Vec<Send>, oneshot::Receiver<Block>) {
+    fn want(
+        client: &mut Client,
+        cid: Cid,
+        now: Instant,
+    ) -> (Vec<Send>, oneshot::Receiver<Delivery>) {
         let (tx, rx) = oneshot::channel();
         assert!(client.add_waiter(cid, tx, now));
         let requests = client.request(cid, now);
@@ -668,7 +773,7 @@ mod tests {
         // a says HAVE but has no room: the want waits for it or another peer.
         assert!(client.on_presence(a, have(cid(200)), t0).is_empty());
         // A block from a makes room: the waiting want goes to it.
-        let stored = client.on_stored(a, &[block(0)], t0);
+        let stored = client.on_stored(Some(a), &[block(0)], t0);
         assert_eq!(block_wants(&stored.sends), [(a, cid(200))]);
     }
 
@@ -729,7 +834,7 @@ mod tests {
         client.on_presence(a, have(cid(1)), t0);
         client.on_presence(a, have(cid(2)), t0);
         // a delivers block 2 halfway: block 1 has until then plus the timeout.
-        client.on_stored(a, &[block(2)], t0 + timeout / 2);
+        client.on_stored(Some(a), &[block(2)], t0 + timeout / 2);
         assert!(
             cancels(
                 &client
@@ -819,13 +924,20 @@ mod tests {
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let (mut client, t0) = client_with(&[a, b, c]);
         let (_, mut rx) = want(&mut client, cid(1), t0);
-        let stored = client.on_stored(b, &[block(1)], t0);
+        let stored = client.on_stored(Some(b), &[block(1)], t0);
         assert_eq!(stored.fresh, [cid(1)]);
         assert_eq!(
             cancels(&stored.sends),
             sorted_cancels(&[(a, cid(1)), (c, cid(1))])
         );
-        assert_eq!(rx.try_recv().ok().as_ref().map(Block::cid), Some(&cid(1)));
+        assert_eq!(
+            rx.try_recv()
+                .ok()
+                .and_then(Result::ok)
+                .as_ref()
+                .map(Block::cid),
+            Some(&cid(1))
+        );
         assert_eq!(client.received_from()[&b], (1, 1));
         // A late copy is a duplicate of a race, not junk.
         let (wanted, junk) = client.sort_received(vec![block(1)]);
@@ -856,6 +968,126 @@ mod tests {
         assert!(client.wantlist().is_empty());
     }
 
+    /// A client with gateways (asked after [`GATEWAY_DELAY`]) and `peers` connected.
+    fn client_with_gateways(peers: &[PeerId]) -> (Client, Instant) {
+        let gateways = crate::fallback::Gateways::new(crate::fallback::Config {
+            urls: vec!["http://127.0.0.1:9".into()],
+            delay: GATEWAY_DELAY,
+            timeout: Duration::from_secs(1),
+            retries: 0,
+        })
+        .unwrap();
+        let mut client = Client::new(&Config {
+            gateways,
+            ..Config::default()
+        });
+        for peer in peers {
+            client.on_connected(*peer);
+        }
+        (client, Instant::now())
+    }
+
+    const GATEWAY_DELAY: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn with_peers_a_want_goes_to_the_gateways_once_after_their_delay() {
+        let a = PeerId::random();
+        let (mut client, t0) = client_with_gateways(&[a]);
+        let (tx, _rx) = oneshot::channel();
+        client.add_waiter(cid(1), tx, t0);
+        assert!(client.request(cid(1), t0).gateways.is_empty());
+        let early = t0 + GATEWAY_DELAY - Duration::from_millis(1);
+        assert!(client.on_tick(early).gateways.is_empty());
+        assert_eq!(client.on_tick(t0 + GATEWAY_DELAY).gateways, [cid(1)]);
+        assert!(client.on_tick(t0 + GATEWAY_DELAY * 2).gateways.is_empty());
+    }
+
+    #[test]
+    fn without_gateways_no_want_goes_to_them() {
+        let (mut client, t0) = client_with(&[]);
+        let (tx, _rx) = oneshot::channel();
+        client.add_waiter(cid(1), tx, t0);
+        assert!(client.request(cid(1), t0).gateways.is_empty());
+        assert!(client.on_tick(t0 + GATEWAY_DELAY).gateways.is_empty());
+    }
+
+    #[test]
+    fn with_nobody_connected_a_want_goes_to_the_gateways_at_once() {
+        let (mut client, t0) = client_with_gateways(&[]);
+        let (tx, _rx) = oneshot::channel();
+        client.add_waiter(cid(1), tx, t0);
+        let requests = client.request(cid(1), t0);
+        assert_eq!(requests.gateways, [cid(1)]);
+        assert_eq!(requests.searches, [cid(1)]);
+    }
+
+    #[test]
+    fn gateway_fetches_run_a_few_at_a_time() {
+        let a = PeerId::random();
+        let (mut client, t0) = client_with_gateways(&[a]);
+        let mut receivers = Vec::new();
+        for seed in 0..(GATEWAY_FETCHES_AT_ONCE + 4) as u8 {
+            let (_, rx) = want(&mut client, cid(seed), t0);
+            receivers.push(rx);
+        }
+        let later = t0 + GATEWAY_DELAY;
+        let first = client.on_tick(later).gateways;
+        assert_eq!(first.len(), GATEWAY_FETCHES_AT_ONCE);
+        assert!(client.on_tick(later).gateways.is_empty(), "no room");
+        // One ends with its block on the way to the store: one more may start.
+        client.gateway_ended(&first[0], Ok(()));
+        let next = client.on_tick(later).gateways;
+        assert_eq!(next.len(), 1);
+        assert!(!first.contains(&next[0]));
+    }
+
+    #[test]
+    fn gateways_failing_with_nobody_connected_fail_the_want_with_their_reason() {
+        let (mut client, t0) = client_with_gateways(&[]);
+        let (tx, mut rx) = oneshot::channel();
+        client.add_waiter(cid(1), tx, t0);
+        assert_eq!(client.request(cid(1), t0).gateways, [cid(1)]);
+        client.gateway_ended(&cid(1), Err("they all timed out".into()));
+        assert_eq!(rx.try_recv(), Ok(Err("they all timed out".to_owned())));
+        assert!(client.wantlist().is_empty());
+    }
+
+    #[test]
+    fn gateways_failing_with_peers_leave_the_want_to_them_until_they_go() {
+        let a = PeerId::random();
+        let (mut client, t0) = client_with_gateways(&[a]);
+        let (_, mut rx) = want(&mut client, cid(1), t0);
+        assert_eq!(client.on_tick(t0 + GATEWAY_DELAY).gateways, [cid(1)]);
+        client.gateway_ended(&cid(1), Err("404".into()));
+        assert!(rx.try_recv().is_err(), "still waiting for a");
+        assert!(client.is_wanted(&cid(1)));
+        // Not asked of the gateways again.
+        assert!(client.on_tick(t0 + GATEWAY_DELAY * 2).gateways.is_empty());
+        client.forget(&a);
+        client.on_tick(t0 + GATEWAY_DELAY * 3);
+        assert_eq!(rx.try_recv(), Ok(Err("404".to_owned())));
+        assert!(client.wantlist().is_empty());
+    }
+
+    #[test]
+    fn a_block_from_a_gateway_wakes_its_waiters_and_is_cancelled_at_the_peers() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let (mut client, t0) = client_with_gateways(&[a, b]);
+        let (_, mut rx) = want(&mut client, cid(1), t0);
+        let stored = client.on_stored(None, &[block(1)], t0);
+        assert_eq!(stored.fresh, [cid(1)]);
+        assert_eq!(
+            cancels(&stored.sends),
+            sorted_cancels(&[(a, cid(1)), (b, cid(1))])
+        );
+        assert_eq!(rx.try_recv(), Ok(Ok(block(1))));
+        // Not a peer's delivery: no Bitswap counters, no source.
+        assert_eq!(client.counters().blocks_received, 0);
+        assert!(client.received_from().is_empty());
+        assert_eq!(client.peers().count(), 0);
+        assert!(!client.is_wanted(&cid(1)));
+    }
+
     #[test]
     fn a_peer_that_disconnects_leaves_nothing_behind() {
         let (gone, stays) = (PeerId::random(), PeerId::random());
@@ -863,7 +1095,7 @@ mod tests {
         let (_, _rx) = want(&mut client, cid(1), t0);
         client.on_presence(gone, have(cid(1)), t0);
         client.on_presence(stays, have(cid(1)), t0);
-        client.on_stored(gone, &[block(2)], t0);
+        client.on_stored(Some(gone), &[block(2)], t0);
         client.forget(&gone);
         assert!(client.peers().all(|p| *p == stays));
         assert!(!client.connected().contains(&gone));

@@ -45,7 +45,8 @@ pub(super) struct Inner {
     pub(super) server: Mutex<Server>,
     pub(super) peers: Mutex<Peers>,
     pub(super) inbound: Arc<Semaphore>,
-    received: mpsc::Sender<(PeerId, Vec<Block>)>,
+    /// Blocks for the store writer, by the peer that sent them (`None`: a gateway).
+    received: mpsc::Sender<(Option<PeerId>, Vec<Block>)>,
     /// Bytes of messages being read.
     pub(super) budget: Arc<budget::Budget>,
     /// Blocking threads hashing received blocks at once.
@@ -102,7 +103,7 @@ impl Inner {
     }
 
     /// Sends each want in a message of its own (the sender folds queued ones together
-    /// where no CID repeats) and starts the DHT searches.
+    /// where no CID repeats), starts the DHT searches and the gateway fetches.
     fn carry_out(self: &Arc<Self>, requests: Requests) {
         for (peer, entry) in requests.sends {
             self.send_entries(peer, vec![entry]);
@@ -110,6 +111,33 @@ impl Inner {
         for cid in requests.searches {
             self.search_providers(cid);
         }
+        for cid in requests.gateways {
+            self.fetch_from_gateways(cid);
+        }
+    }
+
+    /// Asks the fallback gateways for `cid` while it is wanted; a verified block goes
+    /// to the store writer like a peer's, so it wakes every waiter once stored.
+    fn fetch_from_gateways(self: &Arc<Self>, cid: Cid) {
+        let Some(gateways) = self.config.gateways.clone() else {
+            lock(&self.client).gateway_ended(&cid, Ok(()));
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let still_wanted =
+                || (weak.upgrade()).is_some_and(|this| lock(&this.client).is_wanted(&cid));
+            let fetched = gateways.fetch(cid, still_wanted).await;
+            let Some(this) = weak.upgrade() else { return };
+            let result = match fetched {
+                Ok(block) => {
+                    let _ = this.received.send((None, vec![block])).await;
+                    Ok(())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            lock(&this.client).gateway_ended(&cid, result);
+        });
     }
 
     fn send_entries(self: &Arc<Self>, peer: PeerId, wantlist: Vec<WantEntry>) {
@@ -288,13 +316,13 @@ impl Inner {
         }
         if !wanted.is_empty() {
             self.p2p.mark_in_use(peer);
-            let _ = self.received.send((peer, wanted)).await;
+            let _ = self.received.send((Some(peer), wanted)).await;
         }
     }
 
     /// Client side, once blocks are stored: wake their waiters, cancel elsewhere, and
     /// serve peers that asked us for them. Each peer gets one control message.
-    fn on_stored(self: &Arc<Self>, peer: PeerId, wanted: Vec<Block>) {
+    fn on_stored(self: &Arc<Self>, peer: Option<PeerId>, wanted: Vec<Block>) {
         let stored = lock(&self.client).on_stored(peer, &wanted, Instant::now());
         let owed = lock(&self.server).on_stored(&stored.fresh);
         let mut control: HashMap<PeerId, Message> = HashMap::new();
@@ -321,7 +349,7 @@ impl Inner {
     fn send_each(self: &Arc<Self>, sends: Vec<Send>) {
         self.carry_out(Requests {
             sends,
-            searches: Vec::new(),
+            ..Requests::default()
         });
     }
 
@@ -409,7 +437,10 @@ async fn follow_peers(inner: Weak<Inner>, mut events: tokio::sync::broadcast::Re
         };
         let Some(this) = inner.upgrade() else { return };
         match event {
-            NodeEvent::PeerConnected(peer) => this.on_connected(peer),
+            // A peer first met through a relay gets our wants once Bitswap can reach it.
+            NodeEvent::PeerConnected(peer) | NodeEvent::DirectConnection(peer) => {
+                this.on_connected(peer)
+            }
             NodeEvent::PeerDisconnected(peer) => this.on_disconnected(peer),
             _ => {}
         }
@@ -418,7 +449,10 @@ async fn follow_peers(inner: Weak<Inner>, mut events: tokio::sync::broadcast::Re
 
 /// Writes received blocks in batches (everything queued when the last write ended, in
 /// one transaction) on a blocking thread, then hands them to [`Inner::on_stored`].
-async fn store_received(inner: Weak<Inner>, mut received: mpsc::Receiver<(PeerId, Vec<Block>)>) {
+async fn store_received(
+    inner: Weak<Inner>,
+    mut received: mpsc::Receiver<(Option<PeerId>, Vec<Block>)>,
+) {
     while let Some(first) = received.recv().await {
         let mut batch = vec![first];
         while batch.len() < RECEIVED_QUEUE_CAPACITY

@@ -36,6 +36,18 @@ pub enum ToBehaviour {
 pub struct Handler {
     to_open: VecDeque<StreamReply>,
     inbound: VecDeque<(Stream, ProtocolVersion)>,
+    /// On a relayed connection Bitswap neither listens nor opens streams: a relay
+    /// carries 128 KiB per circuit, less than one large block.
+    relayed: bool,
+}
+
+impl Handler {
+    pub fn new(relayed: bool) -> Self {
+        Handler {
+            relayed,
+            ..Handler::default()
+        }
+    }
 }
 
 impl ConnectionHandler for Handler {
@@ -47,7 +59,12 @@ impl ConnectionHandler for Handler {
     type OutboundOpenInfo = StreamReply;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade> {
-        SubstreamProtocol::new(Upgrade::all(), ()).with_timeout(NEGOTIATION_TIMEOUT)
+        let versions = if self.relayed {
+            Upgrade::none()
+        } else {
+            Upgrade::all()
+        };
+        SubstreamProtocol::new(versions, ()).with_timeout(NEGOTIATION_TIMEOUT)
     }
 
     fn poll(
@@ -70,6 +87,9 @@ impl ConnectionHandler for Handler {
 
     fn on_behaviour_event(&mut self, event: FromBehaviour) {
         match event {
+            FromBehaviour::Open(reply) if self.relayed => {
+                let _ = reply.send(Err("a relayed connection carries no Bitswap".into()));
+            }
             FromBehaviour::Open(reply) => self.to_open.push_back(reply),
         }
     }

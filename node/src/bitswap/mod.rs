@@ -24,6 +24,11 @@
 //!   long queue moves to a less busy peer that announces HAVE. A want-block times out
 //!   when its peer stops delivering; when nobody has a block, providers are looked up
 //!   on the DHT and dialed, and new connections receive our wantlist.
+//! - Fallback gateways ([`crate::fallback`], when configured): a want no peer
+//!   delivered within their delay (at once with no peer connected) is fetched over
+//!   HTTP too, a few at a time; the verified block goes through the store writer like a
+//!   peer's, and whichever copy comes first ends the want. When the gateways fail and no
+//!   peer is connected, the want fails with their reason instead of waiting it out.
 //! - Blocks are named by hashing their data on decode, so only a block whose CID we
 //!   want is ever stored; anything else counts against the sender.
 //! - Memory: a message's buffer grows as its bytes arrive, within room each peer and
@@ -63,6 +68,7 @@ use libp2p::PeerId;
 use rand::RngExt;
 use tokio::sync::oneshot;
 
+use crate::fallback::Gateways;
 use crate::p2p::P2p;
 use crate::store::Store;
 use engine::{Inner, lock};
@@ -101,6 +107,9 @@ pub struct Config {
     pub inbound_streams_per_peer: usize,
     /// Bytes of messages being read one peer, and all, may hold.
     pub buffers: BufferLimits,
+    /// HTTP gateways asked for a want no peer delivered within their delay (or at
+    /// once with no peer connected); none by default.
+    pub gateways: Option<Gateways>,
 }
 
 impl Default for Config {
@@ -115,6 +124,7 @@ impl Default for Config {
             inbound_streams: DEFAULT_INBOUND_STREAMS,
             inbound_streams_per_peer: DEFAULT_INBOUND_STREAMS_PER_PEER,
             buffers: DEFAULT_BUFFER_LIMITS,
+            gateways: None,
         }
     }
 }
@@ -124,6 +134,9 @@ impl Default for Config {
 pub enum Error {
     #[error("block {cid} was not found on the network within {timeout:?}")]
     Timeout { cid: Cid, timeout: Duration },
+    /// No peer is connected and the fallback gateways gave no block.
+    #[error("block {cid} was not found: no peer is connected and {reason}")]
+    Gateways { cid: Cid, reason: String },
     #[error("no block of {root} arrived for {timeout:?} ({wanted} blocks still wanted)")]
     Stalled {
         root: Cid,
@@ -217,6 +230,11 @@ impl Bitswap {
         }
     }
 
+    /// The fallback gateways, when configured (their counters, for metrics).
+    pub fn gateways(&self) -> Option<&Gateways> {
+        self.inner.config.gateways.as_ref()
+    }
+
     /// Bytes of messages being read from peers now (see [`Config::buffers`]).
     pub fn buffered_bytes(&self) -> usize {
         self.inner.budget.total()
@@ -247,7 +265,9 @@ impl Bitswap {
         lock(&self.inner.server).wantlist_of(peer)
     }
 
-    /// A block from the local store, or from the network (then stored).
+    /// A block from the local store, or from the network (then stored): from peers, or
+    /// from the fallback gateways when no peer delivered it within their delay. Fails
+    /// at once when the gateways failed and no peer is connected.
     pub async fn get(&self, cid: Cid, timeout: Duration) -> Result<Block> {
         let store = self.inner.store.clone();
         let local = tokio::task::spawn_blocking(move || match store.get(&cid) {
@@ -266,7 +286,8 @@ impl Bitswap {
             self.inner.request(cid);
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(block)) => Ok(block),
+            Ok(Ok(Ok(block))) => Ok(block),
+            Ok(Ok(Err(reason))) => Err(Error::Gateways { cid, reason }),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => {
                 self.inner.give_up(&cid);

@@ -31,6 +31,16 @@ impl Upgrade {
     }
 }
 
+impl Upgrade {
+    /// No version at all: what a relayed connection offers, so that peers send their
+    /// wants on a direct one.
+    pub fn none() -> Self {
+        Upgrade {
+            protocols: Vec::new(),
+        }
+    }
+}
+
 /// The version a negotiated protocol name stands for (1.0.0 for anything unexpected).
 pub(crate) fn version_of(protocol: &StreamProtocol) -> ProtocolVersion {
     ProtocolVersion::from_protocol(protocol.as_ref()).unwrap_or(ProtocolVersion::V1_0_0)

@@ -58,6 +58,19 @@ pub enum CallError {
     AllFailed(String),
 }
 
+impl CallError {
+    /// A short label for metrics: the refusal's code, or what went wrong.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::NoProviders => "no_providers",
+            CallError::Unusable { .. } => "unusable",
+            CallError::Refused { code, .. } => code.as_str(),
+            CallError::Deadline { .. } => "deadline",
+            CallError::AllFailed(_) => "all_failed",
+        }
+    }
+}
+
 /// One provider's reply to a request, sorted by what the call does with it.
 #[derive(Debug)]
 pub(crate) enum Reply {

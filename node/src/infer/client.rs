@@ -10,6 +10,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ipfs_accelerate_protocol::infer::{InferRequest, InferResponse};
 use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use super::call::{self, Answer, Call, CallError, Reply};
 use super::ranking::{PeerStats, Ranking};
@@ -22,6 +25,35 @@ pub struct Client {
     p2p: P2p,
     ranking: Mutex<Ranking>,
     spot_checks: SpotChecks,
+    metrics: CallMetrics,
+}
+
+/// Calls this node made, by outcome (`ok`, the refusal's code, or why no provider
+/// answered: see [`CallError::outcome`]), and how long each took, hedges and failovers
+/// included. Live metrics (atomics): `/debug/metrics/prometheus` registers clones,
+/// which share them.
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    pub calls: Family<Vec<(String, String)>, Counter>,
+    pub seconds: Histogram,
+}
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        CallMetrics {
+            calls: Family::default(),
+            // 1 ms to about 33 s, doubling, as the server's answers.
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+}
+
+impl CallMetrics {
+    fn record(&self, outcome: &str, took: Duration) {
+        let labels = vec![("outcome".to_string(), outcome.replace(' ', "_"))];
+        self.calls.get_or_create(&labels).inc();
+        self.seconds.observe(took.as_secs_f64());
+    }
 }
 
 impl Client {
@@ -31,7 +63,12 @@ impl Client {
             p2p,
             ranking: Mutex::default(),
             spot_checks: SpotChecks::new(spot_check_share),
+            metrics: CallMetrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &CallMetrics {
+        &self.metrics
     }
 
     /// What we measured of each peer we called.
@@ -66,8 +103,21 @@ impl Client {
     }
 
     /// Sends `request` to the best of `candidates`, hedging and failing over until one
-    /// answers or `deadline` passes.
+    /// answers or `deadline` passes; counted in [`Client::metrics`].
     pub async fn call(
+        &self,
+        request: InferRequest,
+        candidates: &[PeerId],
+        deadline: Duration,
+    ) -> Result<Answer, CallError> {
+        let started = Instant::now();
+        let result = self.run_call(request, candidates, deadline).await;
+        let outcome = result.as_ref().map_or_else(CallError::outcome, |_| "ok");
+        self.metrics.record(outcome, started.elapsed());
+        result
+    }
+
+    async fn run_call(
         &self,
         request: InferRequest,
         candidates: &[PeerId],

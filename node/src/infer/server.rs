@@ -73,13 +73,14 @@ pub struct Server {
     metrics: ServeMetrics,
 }
 
-/// Requests answered, by outcome (`ok` or the refusal's code), and how long each took,
-/// from its arrival to its answer. Live metrics (atomics): `/debug/metrics/prometheus`
-/// registers clones, which share them.
+/// Requests answered, by outcome (`ok` or the refusal's code), how long each took,
+/// from its arrival to its answer, and the rows (texts) of each batch run. Live
+/// metrics (atomics): `/debug/metrics/prometheus` registers clones, which share them.
 #[derive(Debug, Clone)]
 pub struct ServeMetrics {
     pub answers: Family<Vec<(String, String)>, Counter>,
     pub seconds: Histogram,
+    pub batch_rows: Histogram,
 }
 
 impl Default for ServeMetrics {
@@ -88,6 +89,8 @@ impl Default for ServeMetrics {
             answers: Family::default(),
             // 1 ms to about 33 s, doubling.
             seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 1 to 512 rows, doubling: the batcher's sizes are powers of two or between.
+            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         }
     }
 }
@@ -136,6 +139,8 @@ struct Shared {
     batch_us: AtomicU64,
     capacity: u32,
     workers: u32,
+    /// Rows of each batch run (shared with [`ServeMetrics::batch_rows`]).
+    batch_rows: Histogram,
 }
 
 impl Shared {
@@ -204,6 +209,7 @@ impl Server {
             batch_us: AtomicU64::new(0),
             capacity: u32::try_from(self.config.queue_capacity).unwrap_or(u32::MAX),
             workers: u32::try_from(self.config.workers.max(1)).unwrap_or(u32::MAX),
+            batch_rows: self.metrics.batch_rows.clone(),
         });
         tokio::spawn(run_batches(Arc::clone(&shared), queue, self.config.clone()));
         self.write().insert(
@@ -602,6 +608,8 @@ fn run_batch(served: &Shared, batch: Vec<Job>) {
     if live.is_empty() {
         return;
     }
+    let rows: usize = live.iter().map(|job| job.rows).sum();
+    served.batch_rows.observe(rows as f64);
     let embedder = &served.embedder;
     let result = tokens_of(embedder, &live).and_then(|tokens| {
         embedder

@@ -10,11 +10,12 @@ use libp2p::kad::store::MemoryStoreConfig;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, Swarm, connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, noise,
-    ping, tcp, yamux,
+    PeerId, Swarm, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad,
+    mdns, noise, ping, relay, tcp, upnp, yamux,
 };
 
 use super::dht_store;
+use super::nat::PublicGate;
 use super::{Config, Error, GOSSIP_MESSAGE_LIMIT, Limits, PROVIDED_KEYS_LIMIT, Result};
 
 /// Connections with no open streams close after this long.
@@ -59,6 +60,23 @@ pub struct Behaviour {
     pub bitswap: crate::bitswap::Behaviour,
     /// Hands `/ipfs-accelerate/infer/1.0.0` streams to [`super::infer_streams`], outside this task.
     pub infer: libp2p_stream::Behaviour,
+    /// Dials through relays and reserves slots on them ([`super::nat::Relays`]).
+    pub relay_client: Toggle<relay::client::Behaviour>,
+    /// Relays for others while [`PublicGate`] is open (we are publicly reachable).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching: upgrades a relayed connection to a direct one.
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Asks peers to dial our address candidates back.
+    pub autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// AutoNAT v1: our reachability from dial-backs on any connection (v2 asks only on
+    /// connections we dialed, which a node that only others dial has none of).
+    pub autonat_v1: Toggle<autonat::v1::Behaviour>,
+    /// Our listen addresses as candidates for AutoNAT to test.
+    pub listen_candidates: Toggle<super::nat::ListenCandidates>,
+    /// Dials peers' candidates back when they ask.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Port mapping on the router; opt-in, as it multicasts on the LAN.
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -75,12 +93,35 @@ pub(super) fn build_swarm(
     config: &Config,
     keypair: Keypair,
     custom: Option<BoxedTransport>,
+    gate: &PublicGate,
 ) -> Result<(Swarm<Behaviour>, crate::bitswap::Channels)> {
     let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let (bitswap, channels) = crate::bitswap::Behaviour::new();
-    let mut bitswap = Some(bitswap);
+    let peer_id = keypair.public().to_peer_id();
+    let (relayed, relay_client) = match config.nat.relay_client {
+        true => {
+            let (relay_transport, relay_client) = relay::client::new(peer_id);
+            let relayed =
+                relayed_transport(&keypair, relay_transport).map_err(|e| transport(&e))?;
+            (Some(relayed), Some(relay_client))
+        }
+        false => (None, None),
+    };
+    let mut parts = Some(Parts {
+        bitswap,
+        relay_client,
+        gate: gate.clone(),
+    });
     if let Some(custom) = custom {
-        let behaviour = behaviour(config, &keypair, bitswap.take()).map_err(|e| transport(&e))?;
+        use libp2p::Transport;
+        let custom = match relayed {
+            Some(relayed) => custom
+                .or_transport(relayed)
+                .map(|either, _| either.into_inner())
+                .boxed(),
+            None => custom,
+        };
+        let behaviour = behaviour(config, &keypair, parts.take()).map_err(|e| transport(&e))?;
         let swarm = Swarm::new(
             custom,
             behaviour,
@@ -96,18 +137,24 @@ pub(super) fn build_swarm(
             $builder
                 .with_dns()
                 .map_err(|e| transport(&e))?
-                .with_behaviour(|key| behaviour(config, key, bitswap.take()))
+                .with_behaviour(|key| behaviour(config, key, parts.take()))
                 .map_err(|e| transport(&e))?
                 .with_swarm_config(|c| swarm_config(config, c))
                 .build()
         };
     }
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut relayed = relayed;
+    // The relay client's transport, when there is one, beside the others.
+    let mut relayed = move || -> Option<BoxedTransport> { relayed.take() };
     let swarm = match config.swarm_key {
-        // A private swarm: TCP wrapped in pnet, no QUIC (pnet cannot wrap it).
+        // A private swarm: TCP wrapped in pnet, no QUIC (pnet cannot wrap it). Relayed
+        // connections run inside pnet connections to the relay, a member of the swarm.
         Some(key) => finish!(
             builder
                 .with_other_transport(|identity| private_tcp(identity, key))
+                .map_err(|e| transport(&e))?
+                .with_other_transport(|_| optional(relayed()))
                 .map_err(|e| transport(&e))?
         ),
         None => finish!(
@@ -115,9 +162,39 @@ pub(super) fn build_swarm(
                 .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
                 .map_err(|e| transport(&e))?
                 .with_quic()
+                .with_other_transport(|_| optional(relayed()))
+                .map_err(|e| transport(&e))?
         ),
     };
     Ok((swarm, channels))
+}
+
+/// What the behaviour is built from that can only be made once.
+struct Parts {
+    bitswap: crate::bitswap::Behaviour,
+    relay_client: Option<relay::client::Behaviour>,
+    gate: PublicGate,
+}
+
+/// Connections through a relay, secured end to end by Noise and multiplexed by yamux
+/// as direct ones are.
+fn relayed_transport(
+    identity: &Keypair,
+    relay_transport: relay::client::Transport,
+) -> std::result::Result<BoxedTransport, noise::Error> {
+    use libp2p::Transport;
+    Ok(relay_transport
+        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(identity)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// `transport`, or one that dials and listens on nothing.
+fn optional(transport: Option<BoxedTransport>) -> BoxedTransport {
+    use libp2p::Transport;
+    transport.unwrap_or_else(|| libp2p::core::transport::dummy::DummyTransport::new().boxed())
 }
 
 fn tcp_config() -> tcp::Config {
@@ -174,9 +251,14 @@ fn swarm_config(config: &Config, swarm: libp2p::swarm::Config) -> libp2p::swarm:
 fn behaviour(
     config: &Config,
     key: &Keypair,
-    bitswap: Option<crate::bitswap::Behaviour>,
+    parts: Option<Parts>,
 ) -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-    let bitswap = bitswap.ok_or("the behaviour is built once")?;
+    let Parts {
+        bitswap,
+        relay_client,
+        gate,
+    } = parts.ok_or("the behaviour is built once")?;
+    let nat = &config.nat;
     let peer_id = key.public().to_peer_id();
     let identify = identify::Behaviour::new(
         identify::Config::new("ipfs/0.1.0".to_string(), key.public())
@@ -239,7 +321,59 @@ fn behaviour(
         mdns: mdns.into(),
         bitswap,
         infer: libp2p_stream::Behaviour::new(),
+        relay_client: relay_client.into(),
+        relay: nat
+            .relay_service
+            .then(|| relay::Behaviour::new(peer_id, relay_service_config(gate)))
+            .into(),
+        dcutr: (nat.hole_punching && nat.relay_client)
+            .then(|| dcutr::Behaviour::new(peer_id))
+            .into(),
+        autonat: nat
+            .autonat
+            .then(autonat::v2::client::Behaviour::default)
+            .into(),
+        autonat_v1: nat
+            .autonat
+            .then(|| autonat::v1::Behaviour::new(peer_id, autonat_v1_config(config)))
+            .into(),
+        listen_candidates: nat
+            .autonat
+            .then(super::nat::ListenCandidates::default)
+            .into(),
+        autonat_server: nat
+            .autonat
+            .then(autonat::v2::server::Behaviour::default)
+            .into(),
+        upnp: nat.upnp.then(upnp::tokio::Behaviour::default).into(),
     })
+}
+
+/// AutoNAT v1 as libp2p sets it up, its timers stretched by the time dilation, and
+/// private addresses allowed: peers on one LAN (or behind one carrier's NAT) may reach
+/// each other there. A server dials back only the IP address it sees the asker on.
+fn autonat_v1_config(config: &Config) -> autonat::v1::Config {
+    let defaults = autonat::v1::Config::default();
+    autonat::v1::Config {
+        timeout: config.dilated(defaults.timeout),
+        boot_delay: config.dilated(defaults.boot_delay),
+        refresh_interval: config.dilated(defaults.refresh_interval),
+        retry_interval: config.dilated(defaults.retry_interval),
+        only_global_ips: false,
+        ..defaults
+    }
+}
+
+/// libp2p-relay's limits, which are Kubo's RelayService defaults (128 reservations, 4
+/// per peer, for an hour; 16 circuits, 4 per peer, each at most 2 minutes and 128 KiB),
+/// and its rate limits, behind the gate that opens only while we are public.
+fn relay_service_config(gate: PublicGate) -> relay::Config {
+    let mut config = relay::Config::default();
+    config
+        .reservation_rate_limiters
+        .push(Box::new(gate.clone()));
+    config.circuit_src_rate_limiters.push(Box::new(gate));
+    config
 }
 
 /// Gossipsub as libp2p sets it up, with our message limit, validation, and every

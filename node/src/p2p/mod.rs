@@ -8,6 +8,7 @@ mod behaviour;
 mod dht_store;
 mod in_use;
 mod infer_streams;
+pub mod nat;
 mod worker;
 
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ pub use self::dht_store::Store as DhtStore;
 use self::in_use::InUse;
 pub use self::infer_streams::InferHandler;
 use self::infer_streams::InferStreams;
+pub use self::nat::{NatConfig, Reachability};
 use self::worker::{Command, Worker};
 
 /// Commands waiting for the swarm task.
@@ -70,6 +72,8 @@ pub struct Config {
     pub time_dilation: u32,
     /// A private swarm's key: TCP only, every connection wrapped in pnet with it.
     pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
+    /// AutoNAT, relays, hole punching and UPnP.
+    pub nat: NatConfig,
 }
 
 impl Config {
@@ -185,6 +189,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum NodeEvent {
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
+    /// A peer connected only through relays until now has a direct connection (hole
+    /// punched, or dialed): Bitswap, which does not run over relays, can reach it.
+    DirectConnection(PeerId),
     /// A gossipsub message on a topic we subscribed to.
     PubsubMessage {
         topic: String,
@@ -201,6 +208,28 @@ pub enum NodeEvent {
 pub struct PeerInfo {
     pub peer: PeerId,
     pub addr: Multiaddr,
+}
+
+/// Where the node stands on the network, as `doctor` and the API report it.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkStatus {
+    pub reachability: Reachability,
+    /// Addresses AutoNAT found others can dial.
+    pub public_addresses: Vec<Multiaddr>,
+    pub listen_addresses: Vec<Multiaddr>,
+    /// Our addresses through relays that hold a reservation for us.
+    pub relay_reservations: Vec<Multiaddr>,
+    /// Whether we relay for others now (configured, and publicly reachable).
+    pub relay_service: bool,
+    pub direct_connections: usize,
+    pub relayed_connections: usize,
+    /// Relayed connections upgraded to direct ones by hole punching, and attempts
+    /// that failed, since the node started.
+    pub hole_punches: u64,
+    pub hole_punch_failures: u64,
+    /// Peers in the DHT routing table.
+    pub routing_table_size: usize,
+    pub private_swarm: bool,
 }
 
 /// What a node answers a DHT request for the providers of a key, from its own state.
@@ -264,7 +293,8 @@ impl P2p {
         transport: Option<BoxedTransport>,
     ) -> Result<P2p> {
         let local_peer_id = keypair.public().to_peer_id();
-        let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair, transport)?;
+        let gate = nat::PublicGate::default();
+        let (mut swarm, bitswap) = behaviour::build_swarm(&config, keypair, transport, &gate)?;
         for addr in config
             .listen
             .iter()
@@ -289,6 +319,7 @@ impl P2p {
             events.clone(),
             &config,
             Arc::clone(&in_use),
+            gate,
         );
         tokio::spawn(worker.run());
         Ok(P2p {
@@ -375,6 +406,11 @@ impl P2p {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Reachability, relays, connections and the routing table.
+    pub async fn network_status(&self) -> Result<NetworkStatus> {
+        self.call(|reply| Command::NetworkStatus { reply }).await
     }
 
     /// Connected peers with the address of one connection each.

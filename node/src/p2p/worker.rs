@@ -13,14 +13,15 @@ use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, mdns, relay};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 #[cfg(feature = "sim")]
 use super::DhtAnswer;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::in_use::InUse;
-use super::{Config, ConnectionLimits, Error, NodeEvent, PeerInfo, Result};
+use super::nat::{self, PublicGate, Reachability, Relays, Verdicts};
+use super::{Config, ConnectionLimits, Error, NetworkStatus, NodeEvent, PeerInfo, Result};
 
 /// A provider and the addresses we know for it.
 type Provider = (PeerId, Vec<Multiaddr>);
@@ -29,6 +30,8 @@ type Provider = (PeerId, Vec<Multiaddr>);
 const TICK: Duration = Duration::from_secs(60);
 /// How often the connection manager checks the number of connected peers.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a node behind a NAT looks for a relay to reserve on.
+const RELAY_INTERVAL: Duration = Duration::from_secs(5);
 /// Listen addresses taken from one identify message.
 const IDENTIFY_ADDRS_LIMIT: usize = 16;
 
@@ -38,6 +41,9 @@ pub(super) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    NetworkStatus {
+        reply: oneshot::Sender<NetworkStatus>,
     },
     Connect {
         addr: Multiaddr,
@@ -154,6 +160,29 @@ pub(super) struct Worker {
     /// The DHT bootstrap running, if one is: a second caller waits for it.
     bootstrap: Option<QueryId>,
     topics: HashSet<String>,
+    nat: NatState,
+}
+
+/// What the swarm task knows and decides about NATs ([`nat`]).
+struct NatState {
+    /// AutoNAT v1's status.
+    v1: Reachability,
+    /// AutoNAT v2's verdicts per address.
+    verdicts: Verdicts,
+    relays: Relays,
+    /// Open while we relay for others: `relay_service` and publicly reachable.
+    gate: PublicGate,
+    relay_service: bool,
+    relay_client: bool,
+    private_swarm: bool,
+    hole_punches: u64,
+    hole_punch_failures: u64,
+}
+
+impl NatState {
+    fn reachability(&self) -> Reachability {
+        nat::combined(self.v1, self.verdicts.reachability())
+    }
 }
 
 impl Worker {
@@ -163,6 +192,7 @@ impl Worker {
         events: broadcast::Sender<NodeEvent>,
         config: &Config,
         in_use: Arc<InUse>,
+        gate: PublicGate,
     ) -> Self {
         let mut worker = Worker {
             swarm,
@@ -179,7 +209,23 @@ impl Worker {
             queries: HashMap::new(),
             bootstrap: None,
             topics: HashSet::new(),
+            nat: NatState {
+                v1: Reachability::Unknown,
+                verdicts: Verdicts::default(),
+                relays: Relays::new(&config.nat.relays),
+                gate,
+                relay_service: config.nat.relay_service,
+                relay_client: config.nat.relay_client,
+                private_swarm: config.swarm_key.is_some(),
+                hole_punches: 0,
+                hole_punch_failures: 0,
+            },
         };
+        for addr in &config.nat.relays {
+            if let Err(error) = worker.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, %error, "p2p: relay dial failed");
+            }
+        }
         for addr in &config.bootstrap {
             if let Err(error) = worker.swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, %error, "p2p: bootstrap dial failed");
@@ -201,6 +247,8 @@ impl Worker {
         // A zero period would make tokio's interval panic.
         let mut refresh = tokio::time::interval(self.dht_refresh.max(Duration::from_secs(1)));
         refresh.tick().await;
+        let mut relays = tokio::time::interval(RELAY_INTERVAL);
+        relays.tick().await;
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -215,6 +263,7 @@ impl Worker {
                 _ = tick.tick() => self.on_tick(),
                 _ = trim.tick() => self.trim_connections(),
                 _ = refresh.tick() => self.start_bootstrap(None),
+                _ = relays.tick(), if self.nat.relay_client => self.manage_relays(),
             }
         }
         tracing::debug!("p2p: swarm task stopped");
@@ -244,6 +293,93 @@ impl Worker {
         );
         for (_, peer) in candidates.into_iter().take(excess) {
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Behind a NAT, asks one more relay for a reservation when we hold fewer than we
+    /// want; once public, gives up the reservations we no longer need.
+    fn manage_relays(&mut self) {
+        let reachability = self.nat.reachability();
+        for listener in self.nat.relays.unwanted(reachability) {
+            self.swarm.remove_listener(listener);
+        }
+        let Some((relay, circuit)) = self.nat.relays.next(reachability, Instant::now()) else {
+            return;
+        };
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(listener) => {
+                tracing::debug!(%relay, "p2p: asking a relay for a reservation");
+                self.nat.relays.requested(listener, relay, circuit);
+            }
+            Err(error) => tracing::debug!(%relay, %error, "p2p: relay reservation not requested"),
+        }
+    }
+
+    /// AutoNAT v2 tested one of our addresses.
+    fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        let before = self.nat.reachability();
+        tracing::debug!(addr = %event.tested_addr, server = %event.server, ok = event.result.is_ok(), "p2p: AutoNAT verdict");
+        self.nat
+            .verdicts
+            .record(event.tested_addr, event.result.is_ok());
+        self.on_reachability(before);
+    }
+
+    fn on_autonat_v1(&mut self, event: autonat::v1::Event) {
+        if let autonat::v1::Event::StatusChanged { new, .. } = event {
+            let before = self.nat.reachability();
+            tracing::debug!(?new, "p2p: AutoNAT v1 status");
+            self.nat.v1 = match new {
+                autonat::v1::NatStatus::Public(_) => Reachability::Public,
+                autonat::v1::NatStatus::Private => Reachability::Private,
+                autonat::v1::NatStatus::Unknown => Reachability::Unknown,
+            };
+            self.on_reachability(before);
+        }
+    }
+
+    /// Opens or closes the relay service, and looks for relays, as reachability changes.
+    fn on_reachability(&mut self, before: Reachability) {
+        let now = self.nat.reachability();
+        self.nat
+            .gate
+            .set_open(self.nat.relay_service && now == Reachability::Public);
+        if now != before {
+            tracing::info!(reachability = now.name(), "p2p: reachability changed");
+            if self.nat.relay_client {
+                self.manage_relays();
+            }
+        }
+    }
+
+    fn network_status(&mut self) -> NetworkStatus {
+        let (mut direct, mut relayed) = (0, 0);
+        for addr in self.connections.values().flat_map(|conns| conns.values()) {
+            if nat::is_relayed(addr) {
+                relayed += 1;
+            } else {
+                direct += 1;
+            }
+        }
+        let routing_table_size = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|bucket| bucket.num_entries())
+            .sum();
+        NetworkStatus {
+            reachability: self.nat.reachability(),
+            public_addresses: self.nat.verdicts.public_addresses(),
+            listen_addresses: self.swarm.listeners().cloned().collect(),
+            relay_reservations: self.nat.relays.reserved(),
+            relay_service: self.nat.gate.is_open(),
+            direct_connections: direct,
+            relayed_connections: relayed,
+            hole_punches: self.nat.hole_punches,
+            hole_punch_failures: self.nat.hole_punch_failures,
+            routing_table_size,
+            private_swarm: self.nat.private_swarm,
         }
     }
 
@@ -287,13 +423,18 @@ impl Worker {
                     .connections
                     .iter()
                     .filter_map(|(peer, conns)| {
-                        conns.values().next().map(|addr| PeerInfo {
+                        // A direct connection's address before a relayed one's.
+                        let direct = conns.values().find(|addr| !nat::is_relayed(addr));
+                        direct.or(conns.values().next()).map(|addr| PeerInfo {
                             peer: *peer,
                             addr: addr.clone(),
                         })
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::NetworkStatus { reply } => {
+                let _ = reply.send(self.network_status());
             }
             Command::MeshPeers { topic, reply } => {
                 let hash = gossipsub::IdentTopic::new(&topic).hash();
@@ -497,6 +638,17 @@ impl Worker {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.swarm.remove_external_address(&address);
             }
+            // A relay reservation's listener ends when the relay refuses or goes away.
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                ..
+            } => {
+                for address in &addresses {
+                    self.swarm.remove_external_address(address);
+                }
+                self.nat.relays.closed(listener_id, Instant::now());
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -513,6 +665,15 @@ impl Worker {
                 let first = !self.connections.contains_key(&peer_id);
                 if first {
                     self.connected_since.insert(peer_id, Instant::now());
+                }
+                let first_direct = !first
+                    && !nat::is_relayed(&addr)
+                    && self
+                        .connections
+                        .get(&peer_id)
+                        .is_some_and(|conns| conns.values().all(nat::is_relayed));
+                if first_direct {
+                    let _ = self.events.send(NodeEvent::DirectConnection(peer_id));
                 }
                 self.connections
                     .entry(peer_id)
@@ -547,6 +708,7 @@ impl Worker {
                         self.connected_since.remove(&peer_id);
                         self.in_use.forget(&peer_id);
                         self.known_addrs.forget(&peer_id);
+                        self.nat.relays.forget(&peer_id);
                         let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                     }
                 }
@@ -587,6 +749,14 @@ impl Worker {
                 // raced its disconnection would leave an entry nobody removes.
                 if !self.connections.contains_key(&peer_id) {
                     return;
+                }
+                let relays = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                if relays
+                    && let Some(direct) = self.connections.get(&peer_id).and_then(|conns| {
+                        conns.values().find(|addr| !nat::is_relayed(addr)).cloned()
+                    })
+                {
+                    self.nat.relays.offered(peer_id, direct);
                 }
                 let addrs = self.known_addrs.learned(peer_id, info.listen_addrs);
                 if speaks_dht {
@@ -637,6 +807,32 @@ impl Worker {
                 });
             }
             BehaviourEvent::Infer(()) => {}
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::AutonatV1(event) => self.on_autonat_v1(event),
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "p2p: relay reservation accepted");
+                }
+                self.nat.relays.accepted(relay_peer_id);
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    self.nat.hole_punches += 1;
+                    tracing::info!(peer = %remote_peer_id, "p2p: hole punched, direct connection");
+                }
+                Err(error) => {
+                    self.nat.hole_punch_failures += 1;
+                    tracing::info!(peer = %remote_peer_id, %error, "p2p: hole punching failed, staying relayed");
+                }
+            },
+            BehaviourEvent::Upnp(event) => tracing::info!(?event, "p2p: UPnP"),
             BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => {
                 self.on_dht_request(request);
             }

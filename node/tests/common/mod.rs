@@ -105,6 +105,7 @@ pub(crate) async fn loopback_swarm_limited(
         limits,
         time_dilation: 1,
         swarm_key: None,
+        nat: p2p::NatConfig::default(),
     };
     let p2p = P2p::start(config, Keypair::generate_ed25519())
         .await

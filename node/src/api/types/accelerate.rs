@@ -559,3 +559,44 @@ mod tests {
         );
     }
 }
+
+/// `accelerate/network`: reachability (AutoNAT), relays, connections and the DHT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub direct_connections: usize,
+    pub hole_punch_failures: u64,
+    /// Relayed connections upgraded to direct ones since the node started.
+    pub hole_punches: u64,
+    pub listen_addresses: Vec<String>,
+    pub private_swarm: bool,
+    /// Addresses peers dialed back (AutoNAT).
+    pub public_addresses: Vec<String>,
+    /// `public`, `private` (behind a NAT or firewall) or `unknown` (not tested yet,
+    /// or AutoNAT is off).
+    pub reachability: String,
+    /// Our addresses through relays that hold a reservation for us.
+    pub relay_reservations: Vec<String>,
+    /// Whether we relay for others now.
+    pub relay_service: bool,
+    pub relayed_connections: usize,
+    pub routing_table_size: usize,
+}
+
+impl From<crate::p2p::NetworkStatus> for NetworkStatus {
+    fn from(status: crate::p2p::NetworkStatus) -> Self {
+        let strings = |addrs: Vec<libp2p::Multiaddr>| addrs.iter().map(|a| a.to_string()).collect();
+        NetworkStatus {
+            direct_connections: status.direct_connections,
+            hole_punch_failures: status.hole_punch_failures,
+            hole_punches: status.hole_punches,
+            listen_addresses: strings(status.listen_addresses),
+            private_swarm: status.private_swarm,
+            public_addresses: strings(status.public_addresses),
+            reachability: status.reachability.name().into(),
+            relay_reservations: strings(status.relay_reservations),
+            relay_service: status.relay_service,
+            relayed_connections: status.relayed_connections,
+            routing_table_size: status.routing_table_size,
+        }
+    }
+}
