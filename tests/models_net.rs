@@ -143,6 +143,18 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
     assert!(called_ok >= Some(1), "{caller}");
     let timed = sample(&caller, "ipfs_accelerate_infer_call_seconds_count");
     assert_eq!(timed, called_ok, "{caller}");
+    // B found A by the DHT and holds direct connections only (loopback, no relay).
+    let queries = sample(&caller, "ipfs_accelerate_dht_query_seconds_count");
+    assert!(queries >= Some(1), "{caller}");
+    assert!(
+        sample(&caller, "ipfs_accelerate_connections_direct") >= Some(1),
+        "{caller}"
+    );
+    assert_eq!(
+        sample(&caller, "ipfs_accelerate_connections_relayed"),
+        Some(0),
+        "{caller}"
+    );
 
     // Bad input is refused with a clear error, and the node lives on.
     let error = b.repo.fails(&["infer", "no-such-model", "--text", "x"]);

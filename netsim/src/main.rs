@@ -202,6 +202,7 @@ impl Common {
             dht_refresh: Duration::from_secs(self.dht_refresh_secs),
             time_dilation: self.time_dilation,
             stack,
+            nat: None,
         }
     }
 }

@@ -4,6 +4,16 @@
 //! that crashes drops its transport: its listener disappears and its connections close.
 //!
 //! Addresses are `/memory/PORT`; node `i` listens on port `i + 1`.
+//!
+//! NATs ([`Nat`]): a node behind one accepts no connection on its listen port. A dial
+//! from it leaves from its NAT's mapping (a cone NAT keeps one port per node,
+//! `NAT_PORTS + i`; a symmetric one takes a new port per connection), which is the
+//! address its peers observe. The one way in is a hole punch, as DCUtR makes it: both
+//! ends dial each other's observed address within [`PUNCH_WINDOW`], one of them in
+//! the listener role (TCP's simultaneous open), and the two dials become one
+//! connection. It works only where each dial lands on the other's stable address:
+//! an open node's listen port or a cone NAT's mapping. A symmetric NAT's ports change
+//! per connection, so a punch with it never succeeds. [`punch_target`] is the rule.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -37,6 +47,68 @@ const UPLINK_QUEUE: Duration = Duration::from_millis(250);
 const MIN_RETRANSMIT: Duration = Duration::from_millis(200);
 /// Ephemeral ports (a dialer's side of a connection) start here.
 const FIRST_EPHEMERAL_PORT: u64 = 1 << 32;
+/// A cone NAT's mapping of node `i` is this port plus `i`.
+const NAT_PORTS: u64 = 1 << 31;
+/// How long one end of a hole punch waits for the other end's dial: a NAT keeps the
+/// mapping an outgoing SYN opened for a few seconds; DCUtR starts both dials within a
+/// round trip of each other.
+pub const PUNCH_WINDOW: Duration = Duration::from_secs(2);
+
+/// How a node sits on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nat {
+    /// Reachable on its listen address.
+    #[default]
+    Open,
+    /// Behind a port-preserving (endpoint-independent) NAT: no inbound connection, but
+    /// every outgoing one leaves from the same mapped port, so a hole punch works.
+    Cone,
+    /// Behind a symmetric NAT: no inbound connection, a new mapped port per outgoing
+    /// connection, so no hole punch works.
+    Symmetric,
+}
+
+impl Nat {
+    fn code(self) -> u8 {
+        match self {
+            Nat::Open => 0,
+            Nat::Cone => 1,
+            Nat::Symmetric => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Nat {
+        match code {
+            1 => Nat::Cone,
+            2 => Nat::Symmetric,
+            _ => Nat::Open,
+        }
+    }
+}
+
+/// Where a dial to a port lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landing {
+    /// An open node's listen port.
+    Listener(usize),
+    /// A cone NAT's mapping of a node.
+    Mapping(usize),
+    /// A NATed node's listen port: a private address nobody outside can reach.
+    Private(usize),
+    /// No node there (a symmetric NAT's or a dialer's passing port, or nothing).
+    Nowhere,
+}
+
+/// The node a dial that lands at `landing` can reach by a hole punch: the one whose
+/// stable address it is (an open listen port or a cone mapping). A punch from `a` to
+/// `b` succeeds when `a`'s dial has `b` as target, `b`'s dial has `a`, and one of the
+/// two dials is in the listener role.
+fn punch_target(landing: Landing) -> Option<usize> {
+    match landing {
+        Landing::Listener(node) | Landing::Mapping(node) => Some(node),
+        Landing::Private(_) | Landing::Nowhere => None,
+    }
+}
 
 /// How every link behaves.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +152,14 @@ struct Inner {
     min_retransmit: Duration,
     /// Port -> the listening node and where its incoming connections go.
     listeners: Mutex<HashMap<u64, (usize, mpsc::Sender<Incoming>)>>,
+    /// Each node's [`Nat`], as its code.
+    nats: Vec<std::sync::atomic::AtomicU8>,
+    /// Dials waiting for the other end of a hole punch: (from, to) -> the dial.
+    punches: Mutex<HashMap<(usize, usize), PendingPunch>>,
+    /// [`PUNCH_WINDOW`] on the wall clock.
+    punch_window: Duration,
+    /// Bytes sent over direct connections, per (from, to).
+    sent: Mutex<HashMap<(usize, usize), Arc<AtomicU64>>>,
     /// The partition group of each node: only nodes in the same group reach each other.
     groups: Vec<AtomicU32>,
     /// Bytes each node has sent.
@@ -93,6 +173,12 @@ struct Inner {
 /// A connection on its way to a listener, with the dialer's address.
 type Incoming = (Pipe, u64);
 
+/// One end of a hole punch, waiting for the other's dial.
+struct PendingPunch {
+    listener_role: bool,
+    end: futures::channel::oneshot::Sender<Pipe>,
+}
+
 impl Network {
     /// A network for `nodes` nodes, its random draws seeded by `seed`, running
     /// `time_dilation` times slower than the wall clock (1: in real time): every
@@ -104,6 +190,12 @@ impl Network {
             uplink_queue: UPLINK_QUEUE * factor,
             min_retransmit: MIN_RETRANSMIT * factor,
             listeners: Mutex::new(HashMap::new()),
+            nats: (0..nodes)
+                .map(|_| std::sync::atomic::AtomicU8::new(0))
+                .collect(),
+            punches: Mutex::new(HashMap::new()),
+            punch_window: PUNCH_WINDOW * factor,
+            sent: Mutex::new(HashMap::new()),
             groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
             egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             uplink_free: (0..nodes).map(|_| Mutex::new(Instant::now())).collect(),
@@ -115,6 +207,12 @@ impl Network {
     /// The address node `node` listens on.
     pub fn address(node: usize) -> Multiaddr {
         Protocol::Memory(node as u64 + 1).into()
+    }
+
+    /// Where node `node`'s connections come from behind a cone NAT: the address its
+    /// peers observe, and the one a hole punch dials.
+    pub fn nat_address(node: usize) -> Multiaddr {
+        Protocol::Memory(NAT_PORTS + node as u64).into()
     }
 
     /// A transport for node `node`.
@@ -141,6 +239,117 @@ impl Network {
     /// Bytes node `node` has sent so far.
     pub fn egress(&self, node: usize) -> u64 {
         self.0.egress[node].load(Ordering::Relaxed)
+    }
+
+    /// Puts `node` behind a NAT of kind `nat` (or in the open); set it before the node
+    /// starts.
+    pub fn set_nat(&self, node: usize, nat: Nat) {
+        self.0.nats[node].store(nat.code(), Ordering::Relaxed);
+    }
+
+    pub fn nat(&self, node: usize) -> Nat {
+        Nat::from_code(self.0.nats[node].load(Ordering::Relaxed))
+    }
+
+    /// Bytes `from` has sent to `to` over direct connections (not through a relay).
+    pub fn sent_direct(&self, from: usize, to: usize) -> u64 {
+        let sent = self.0.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.get(&(from, to))
+            .map_or(0, |bytes| bytes.load(Ordering::Relaxed))
+    }
+
+    /// The counter of bytes `from` sends `to` directly.
+    fn sent_counter(&self, from: usize, to: usize) -> Arc<AtomicU64> {
+        let mut sent = self.0.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.entry((from, to)).or_default().clone()
+    }
+
+    /// The port a connection from `node` leaves from, which its peer sees.
+    fn source_port(&self, node: usize) -> u64 {
+        match self.nat(node) {
+            // As TCP with port reuse: from the listen port.
+            Nat::Open => node as u64 + 1,
+            Nat::Cone => NAT_PORTS + node as u64,
+            Nat::Symmetric => self.0.next_ephemeral.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Where a dial to `port` lands.
+    fn landing(&self, port: u64) -> Landing {
+        if let Some(node) = port.checked_sub(NAT_PORTS)
+            && node < self.0.nats.len() as u64
+        {
+            let node = node as usize;
+            return match self.nat(node) {
+                Nat::Cone => Landing::Mapping(node),
+                _ => Landing::Nowhere,
+            };
+        }
+        match self.listeners().get(&port) {
+            Some((node, _)) if self.nat(*node) == Nat::Open => Landing::Listener(*node),
+            Some((node, _)) => Landing::Private(*node),
+            None => Landing::Nowhere,
+        }
+    }
+
+    /// One end of a hole punch from `local` to `remote`: pairs with `remote`'s dial to
+    /// us if one is waiting in the other role, else waits [`PUNCH_WINDOW`] for it.
+    /// With `or_listener`, a dialer-role dial that finds no waiting end goes to
+    /// `remote`'s listener instead of waiting (`remote` is open).
+    async fn punch(
+        &self,
+        local: usize,
+        remote: usize,
+        listener_role: bool,
+        or_listener: bool,
+    ) -> Result<Option<Pipe>, SimError> {
+        let waiting = {
+            let mut punches = self.0.punches.lock().unwrap_or_else(|e| e.into_inner());
+            match punches.remove(&(remote, local)) {
+                Some(other) if other.listener_role != listener_role => Some(other),
+                Some(other) => {
+                    // Both in one role: no simultaneous open; leave it waiting.
+                    punches.insert((remote, local), other);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(other) = waiting {
+            if !self.reachable(local, remote) {
+                return Err(SimError::Unreachable);
+            }
+            let latency = self.draw_latency();
+            tokio::time::sleep(latency).await;
+            let (ours, theirs) = Pipe::pair(self, local, remote, latency);
+            return match other.end.send(theirs) {
+                Ok(()) => Ok(Some(ours)),
+                // The other end gave up meanwhile.
+                Err(_) => Err(SimError::Unreachable),
+            };
+        }
+        if or_listener {
+            return Ok(None);
+        }
+        let (end, pipe) = futures::channel::oneshot::channel();
+        self.0
+            .punches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((local, remote), PendingPunch { listener_role, end });
+        let result = tokio::time::timeout(self.0.punch_window, pipe).await;
+        let mut punches = self.0.punches.lock().unwrap_or_else(|e| e.into_inner());
+        if punches
+            .get(&(local, remote))
+            .is_some_and(|p| p.end.is_canceled())
+        {
+            punches.remove(&(local, remote));
+        }
+        drop(punches);
+        match result {
+            Ok(Ok(pipe)) => Ok(Some(pipe)),
+            _ => Err(SimError::Unreachable),
+        }
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
@@ -213,10 +422,14 @@ impl Drop for Listener {
     }
 }
 
+/// The port of `/memory/PORT` or `/memory/PORT/p2p/ID`; anything longer (an address
+/// through a relay, `.../p2p-circuit`) is for another transport.
 fn memory_port(addr: &Multiaddr) -> Option<u64> {
     let mut parts = addr.iter();
-    match (parts.next(), parts.next()) {
-        (Some(Protocol::Memory(port)), None | Some(Protocol::P2p(_))) if port != 0 => Some(port),
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Protocol::Memory(port)), None | Some(Protocol::P2p(_)), None) if port != 0 => {
+            Some(port)
+        }
         _ => None,
     }
 }
@@ -260,11 +473,27 @@ impl Transport for SimTransport {
     fn dial(
         &mut self,
         addr: Multiaddr,
-        _opts: DialOpts,
+        opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
         let port = memory_port(&addr).ok_or(TransportError::MultiaddrNotSupported(addr))?;
         let (net, local) = (self.net.clone(), self.node);
+        // DCUtR's second end dials in the listener role (the hole punch's
+        // simultaneous open), which only another dial can answer.
+        let listener_role = opts.role == libp2p::core::Endpoint::Listener;
         Ok(async move {
+            let landing = net.landing(port);
+            if let Landing::Private(_) = landing {
+                // A NAT's inside: the SYN goes nowhere, and the dial fails late.
+                tokio::time::sleep(net.0.link.latency).await;
+                return Err(SimError::Unreachable);
+            }
+            let Some(remote) = punch_target(landing) else {
+                return Err(SimError::Unreachable);
+            };
+            let to_listener = !listener_role && matches!(landing, Landing::Listener(_));
+            if let Some(pipe) = net.punch(local, remote, listener_role, to_listener).await? {
+                return Ok(pipe);
+            }
             let (remote, mut incoming) = net
                 .listeners()
                 .get(&port)
@@ -277,7 +506,7 @@ impl Transport for SimTransport {
             // The connection handshake: one trip before the listener hears of it.
             tokio::time::sleep(latency).await;
             let (ours, theirs) = Pipe::pair(&net, local, remote, latency);
-            let from = net.0.next_ephemeral.fetch_add(1, Ordering::Relaxed);
+            let from = net.source_port(local);
             incoming
                 .send((theirs, from))
                 .await
@@ -329,6 +558,8 @@ pub struct Pipe {
     latency: Duration,
     outgoing: Option<mpsc::Sender<Packet>>,
     incoming: mpsc::Receiver<Packet>,
+    /// Bytes we sent on this connection, added to the network's count for the pair.
+    sent: Arc<AtomicU64>,
     /// When the link is free to send again (the bandwidth cap).
     link_free: Instant,
     /// Delivery time of our last packet: packets arrive in order.
@@ -351,6 +582,7 @@ impl Pipe {
             latency,
             outgoing: Some(outgoing),
             incoming,
+            sent: net.sent_counter(local, remote),
             link_free: Instant::now(),
             last_delivery: Instant::now(),
             reading: None,
@@ -444,6 +676,7 @@ impl AsyncWrite for Pipe {
             .start_send(packet)
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
         net.0.egress[local].fetch_add(len as u64, Ordering::Relaxed);
+        self.sent.fetch_add(len as u64, Ordering::Relaxed);
         Poll::Ready(Ok(len))
     }
 
@@ -642,5 +875,169 @@ mod tests {
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"bye");
+    }
+
+    fn opts(listener_role: bool) -> DialOpts {
+        DialOpts {
+            role: if listener_role {
+                libp2p::core::Endpoint::Listener
+            } else {
+                libp2p::core::Endpoint::Dialer
+            },
+            port_use: libp2p::core::transport::PortUse::New,
+        }
+    }
+
+    /// A network of `nats.len()` listening nodes, each behind its NAT, with their
+    /// transports (which must live for the listeners to stay).
+    fn natted(nats: &[Nat]) -> (Network, Vec<SimTransport>) {
+        let net = Network::new(nats.len(), link(10, None), 1, 1);
+        let transports = nats
+            .iter()
+            .enumerate()
+            .map(|(i, nat)| {
+                net.set_nat(i, *nat);
+                let mut transport = net.transport(i);
+                transport
+                    .listen_on(ListenerId::next(), Network::address(i))
+                    .unwrap();
+                transport
+            })
+            .collect();
+        (net, transports)
+    }
+
+    async fn dial(net: &Network, from: usize, to: Multiaddr, listener_role: bool) -> bool {
+        let dial = net.transport(from).dial(to, opts(listener_role)).unwrap();
+        dial.await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_natted_node_takes_no_connection_in_but_dials_out_from_its_mapping() {
+        let (net, mut transports) = natted(&[Nat::Open, Nat::Cone, Nat::Symmetric]);
+        assert!(!dial(&net, 0, Network::address(1), false).await);
+        assert!(!dial(&net, 0, Network::address(2), false).await);
+        assert!(!dial(&net, 0, Network::nat_address(1), false).await);
+        // Out to the open node: it sees the cone NAT's one mapping, and a new port
+        // for each connection from behind the symmetric NAT.
+        let mut seen = Vec::new();
+        for from in [1, 1, 2, 2] {
+            assert!(dial(&net, from, Network::address(0), false).await);
+            let listener = &mut transports[0];
+            loop {
+                match futures::future::poll_fn(|cx| Pin::new(&mut *listener).poll(cx)).await {
+                    TransportEvent::Incoming { send_back_addr, .. } => {
+                        break seen.push(send_back_addr);
+                    }
+                    _ => continue,
+                }
+            }
+        }
+        assert_eq!(seen[0], Network::nat_address(1));
+        assert_eq!(seen[1], Network::nat_address(1));
+        assert_ne!(seen[2], seen[3]);
+    }
+
+    /// Both ends of a hole punch at once, as DCUtR dials them: `a` in the dialer role
+    /// to `to_b`, `b` in the listener role to `to_a`. Whether both connected.
+    async fn punch(net: &Network, a: usize, to_b: Multiaddr, b: usize, to_a: Multiaddr) -> bool {
+        let (one, other) = futures::join!(dial(net, a, to_b, false), dial(net, b, to_a, true));
+        assert_eq!(one, other, "a punch connects both ends or neither");
+        one
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_punch_works_only_between_stable_addresses() {
+        let (net, _transports) = natted(&[Nat::Cone, Nat::Cone, Nat::Symmetric, Nat::Open]);
+        let (cone, cone2, symmetric, open) = (0, 1, 2, 3);
+        // Two cone NATs, each dialing the other's mapping.
+        assert!(
+            punch(
+                &net,
+                cone,
+                Network::nat_address(cone2),
+                cone2,
+                Network::nat_address(cone)
+            )
+            .await
+        );
+        // An open node and a cone NAT.
+        assert!(
+            punch(
+                &net,
+                open,
+                Network::nat_address(cone),
+                cone,
+                Network::address(open)
+            )
+            .await
+        );
+        // A symmetric NAT has no address to punch to, whatever the other end.
+        assert!(
+            !punch(
+                &net,
+                cone,
+                Network::nat_address(symmetric),
+                symmetric,
+                Network::nat_address(cone)
+            )
+            .await
+        );
+        assert!(
+            !punch(
+                &net,
+                open,
+                Network::address(symmetric),
+                symmetric,
+                Network::address(open)
+            )
+            .await
+        );
+        // A NATed node's listen address is private.
+        assert!(
+            !punch(
+                &net,
+                open,
+                Network::address(cone),
+                cone,
+                Network::address(open)
+            )
+            .await
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_punch_needs_both_ends_within_the_window_and_in_two_roles() {
+        let (net, _transports) = natted(&[Nat::Cone, Nat::Cone]);
+        // Both in the dialer role: no simultaneous open.
+        let (one, other) = futures::join!(
+            dial(&net, 0, Network::nat_address(1), false),
+            dial(&net, 1, Network::nat_address(0), false)
+        );
+        assert!(!one && !other);
+        // The second end too late.
+        let started = Instant::now();
+        assert!(!dial(&net, 0, Network::nat_address(1), false).await);
+        assert!(started.elapsed() >= PUNCH_WINDOW);
+        assert!(!dial(&net, 1, Network::nat_address(0), true).await);
+        // Half a window apart: one connection, whose bytes count as direct.
+        let late = async {
+            tokio::time::sleep(PUNCH_WINDOW / 2).await;
+            net.transport(1)
+                .dial(Network::nat_address(0), opts(true))
+                .unwrap()
+                .await
+        };
+        let early = net
+            .transport(0)
+            .dial(Network::nat_address(1), opts(false))
+            .unwrap();
+        let (early, late) = futures::join!(early, late);
+        let (mut a, mut b) = (early.unwrap(), late.unwrap());
+        a.write_all(b"punched").await.unwrap();
+        let mut got = [0u8; 7];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"punched");
+        assert_eq!(net.sent_direct(0, 1), 7);
     }
 }

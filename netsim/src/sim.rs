@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::network::{LinkConfig, Network};
+use crate::network::{LinkConfig, Nat, Network};
 
 /// Longest a connection may take to set up (handshakes included).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -60,6 +60,41 @@ pub struct SimConfig {
     /// stretched; Bitswap and the whole node keep real-time ones.
     pub time_dilation: u32,
     pub stack: Stack,
+    /// Nodes behind NATs, and relays; `None`: every node in the open, NAT traversal off.
+    pub nat: Option<NatSetup>,
+}
+
+/// Which nodes sit behind NATs, and which relay. Node 0 is an open bootstrap node,
+/// nodes `1..=relays` are open relays that every other node bootstraps from, and
+/// `share` of all nodes, drawn from the rest, are behind NATs: `cone_share` of those
+/// behind cone NATs, the others behind symmetric ones (see [`Nat`]). Every node runs
+/// AutoNAT, the relay client and hole punching; the relays also the relay service.
+#[derive(Debug, Clone, Copy)]
+pub struct NatSetup {
+    pub share: f64,
+    pub cone_share: f64,
+    pub relays: usize,
+}
+
+impl NatSetup {
+    /// The relays' indices.
+    pub fn relays(&self) -> std::ops::RangeInclusive<usize> {
+        1..=self.relays
+    }
+
+    /// Each node's NAT: `share` of `nodes` (at most all but node 0 and the relays),
+    /// drawn at random, the first `cone_share` of them cone.
+    fn draw(&self, nodes: usize, rng: &mut StdRng) -> Vec<Nat> {
+        let mut nats = vec![Nat::Open; nodes];
+        let mut others: Vec<usize> = (self.relays + 1..nodes).collect();
+        others.shuffle(rng);
+        let natted = ((nodes as f64 * self.share).round() as usize).min(others.len());
+        let cone = (natted as f64 * self.cone_share).round() as usize;
+        for (k, &i) in others[..natted].iter().enumerate() {
+            nats[i] = if k < cone { Nat::Cone } else { Nat::Symmetric };
+        }
+        nats
+    }
 }
 
 /// The simulation's clock. With a time dilation of `d` the network and every node's
@@ -120,6 +155,7 @@ pub struct Sim {
     dht_refresh: Duration,
     pub clock: Clock,
     stack: Stack,
+    nat: Option<NatSetup>,
     pub rng: StdRng,
 }
 
@@ -148,12 +184,26 @@ impl Sim {
         }
         let bootstrap = (0..config.nodes)
             .map(|i| {
-                let mut earlier: Vec<usize> = (0..i).collect();
+                let mut earlier: Vec<usize> = match config.nat {
+                    // Behind NATs, every node finds the swarm through the relays, and
+                    // each relay dials all before it (an outbound connection, which
+                    // AutoNAT v2 asks over).
+                    Some(nat) if i > nat.relays => nat.relays().collect(),
+                    Some(_) => (0..i).collect(),
+                    None => (0..i).collect(),
+                };
                 earlier.shuffle(&mut rng);
-                earlier.truncate(config.bootstrap_peers);
+                if config.nat.is_none_or(|nat| i > nat.relays) {
+                    earlier.truncate(config.bootstrap_peers);
+                }
                 earlier
             })
             .collect();
+        if let Some(nat) = config.nat {
+            for (i, kind) in nat.draw(config.nodes, &mut rng).into_iter().enumerate() {
+                net.set_nat(i, kind);
+            }
+        }
         let mut sim = Sim {
             net,
             nodes: (0..config.nodes).map(|_| None).collect(),
@@ -163,6 +213,7 @@ impl Sim {
             dht_refresh: config.dht_refresh,
             clock: Clock::new(config.time_dilation),
             stack: config.stack.clone(),
+            nat: config.nat,
             rng,
         };
         let started = std::time::Instant::now();
@@ -193,6 +244,11 @@ impl Sim {
 
     pub fn peer_id(&self, i: usize) -> PeerId {
         self.keys[i].public().to_peer_id()
+    }
+
+    /// Whether node `i` runs the relay service.
+    pub fn is_relay(&self, i: usize) -> bool {
+        self.nat.is_some_and(|nat| nat.relays().contains(&i))
     }
 
     /// Node `i`, unless it is down.
@@ -288,12 +344,12 @@ impl Sim {
             dht_protocol: StreamProtocol::new(p2p::DEFAULT_DHT_PROTOCOL),
             agent_version: "ipfs-accelerate-netsim".into(),
             infer_limits: p2p::InferLimits::default(),
-            connections: self.connections,
+            connections: self.connection_limits(i),
             dht_refresh: self.dht_refresh,
             limits: p2p::Limits::default(),
             time_dilation: self.clock.dilation,
             swarm_key: None,
-            nat: p2p::NatConfig::default(),
+            nat: self.nat_config(i),
         };
         let p2p = P2p::start_with_transport(config, key, transport)
             .await
@@ -311,6 +367,37 @@ impl Sim {
             blocks,
             node: None,
         })
+    }
+
+    /// Node `i`'s connection manager. A relay keeps every connection: the manager
+    /// would otherwise close the ones its reservations live on (it spares no peer for
+    /// holding a reservation), and the NATed nodes would lose their addresses.
+    fn connection_limits(&self, i: usize) -> p2p::ConnectionLimits {
+        if self.is_relay(i) {
+            let all = self.nodes.len();
+            return p2p::ConnectionLimits {
+                low_water: all,
+                high_water: all,
+                ..self.connections
+            };
+        }
+        self.connections
+    }
+
+    /// NAT traversal as node `i` runs it: off without a [`NatSetup`]; with one, AutoNAT,
+    /// the relay client and hole punching everywhere, the relay service on relays.
+    fn nat_config(&self, i: usize) -> p2p::NatConfig {
+        match self.nat {
+            None => p2p::NatConfig::default(),
+            Some(_) => p2p::NatConfig {
+                autonat: true,
+                relay_service: self.is_relay(i),
+                relay_client: true,
+                relays: Vec::new(),
+                hole_punching: true,
+                upnp: false,
+            },
+        }
     }
 
     /// The repo at `path`: created with `key` as its identity and this swarm's

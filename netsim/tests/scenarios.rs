@@ -27,6 +27,7 @@ fn config(nodes: usize, seed: u64) -> SimConfig {
         dht_refresh: ipfs_accelerate_node::p2p::DEFAULT_DHT_REFRESH,
         time_dilation: 1,
         stack: Stack::Swarm,
+        nat: None,
     }
 }
 

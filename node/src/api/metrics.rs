@@ -34,12 +34,15 @@ pub(super) struct Snapshot {
     pub(super) serve: ServeMetrics,
     /// Inference calls this node made to peers.
     pub(super) call: CallMetrics,
+    pub(super) dht: crate::p2p::DhtMetrics,
+    pub(super) network: crate::p2p::NetworkStatus,
 }
 
 pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoResponse> {
     let store = api.node.store();
     let stat = blocking(move || store.stat()).await?;
     let peers = (api.node.p2p().connected_peer_ids().await).map_err(ApiError::internal)?;
+    let network = (api.node.p2p().network_status().await).map_err(ApiError::internal)?;
     let bitswap = api.node.bitswap();
     let server = api.node.infer_server();
     let served = server.served();
@@ -54,6 +57,8 @@ pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoRes
         infer_queued: served.iter().map(|(_, load)| u64::from(load.queued)).sum(),
         serve: server.metrics().clone(),
         call: api.node.infer_client().metrics().clone(),
+        dht: api.node.p2p().dht_metrics().clone(),
+        network,
     };
     let text = render(&snapshot).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
@@ -124,7 +129,24 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             g.wrong_blocks,
         ),
     ];
-    for (name, help, value) in counters.into_iter().chain(gateway_counters) {
+    let n = &snapshot.network;
+    let nat_counters = [
+        (
+            "hole_punches",
+            "Relayed connections upgraded to direct ones by hole punching",
+            n.hole_punches,
+        ),
+        (
+            "hole_punch_failures",
+            "Hole punching attempts that failed (the connection stays relayed)",
+            n.hole_punch_failures,
+        ),
+    ];
+    for (name, help, value) in counters
+        .into_iter()
+        .chain(gateway_counters)
+        .chain(nat_counters)
+    {
         registry.register(name, help, ConstCounter::new(value));
     }
     let gauges = [
@@ -134,6 +156,35 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             snapshot.wantlist as i64,
         ),
         ("peers", "Connected peers", snapshot.peers as i64),
+        (
+            "connections_direct",
+            "Open connections to peers, direct",
+            n.direct_connections as i64,
+        ),
+        (
+            "connections_relayed",
+            "Open connections to peers through a relay",
+            n.relayed_connections as i64,
+        ),
+        (
+            "relay_reservations",
+            "Relays holding a reservation for this node",
+            n.relay_reservations.len() as i64,
+        ),
+        (
+            "publicly_reachable",
+            "1 when AutoNAT found this node publicly reachable, 0 when private, -1 unknown",
+            match n.reachability {
+                crate::p2p::Reachability::Public => 1,
+                crate::p2p::Reachability::Private => 0,
+                crate::p2p::Reachability::Unknown => -1,
+            },
+        ),
+        (
+            "dht_routing_table_peers",
+            "Peers in the DHT routing table",
+            n.routing_table_size as i64,
+        ),
         (
             "repo_blocks",
             "Blocks in the repo",
@@ -183,6 +234,16 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
         "Time from an inference call's start to its answer or failure, hedges and failovers included",
         snapshot.call.seconds.clone(),
     );
+    registry.register(
+        "dht_queries",
+        "DHT queries this node ran, by kind (bootstrap, provide, find_providers, find_peer) and outcome",
+        snapshot.dht.queries.clone(),
+    );
+    registry.register(
+        "dht_query_seconds",
+        "Time from a DHT query's start to its end",
+        snapshot.dht.seconds.clone(),
+    );
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
@@ -202,8 +263,21 @@ mod tests {
             },
             peers: 3,
             repo_bytes: 1 << 40,
+            network: crate::p2p::NetworkStatus {
+                reachability: crate::p2p::Reachability::Private,
+                direct_connections: 2,
+                relayed_connections: 1,
+                hole_punches: 4,
+                routing_table_size: 9,
+                ..Default::default()
+            },
             ..Snapshot::default()
         };
+        snapshot.dht.record(
+            "find_providers",
+            false,
+            std::time::Duration::from_millis(40),
+        );
         snapshot
             .serve
             .record("busy", std::time::Duration::from_millis(3));
@@ -228,6 +302,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nipfs_accelerate_peers 3\n"), "{text}");
+        for line in [
+            "ipfs_accelerate_connections_direct 2",
+            "ipfs_accelerate_connections_relayed 1",
+            "ipfs_accelerate_publicly_reachable 0",
+            "ipfs_accelerate_hole_punches_total 4",
+            "ipfs_accelerate_dht_routing_table_peers 9",
+            "ipfs_accelerate_dht_queries_total{kind=\"find_providers\",outcome=\"error\"} 1",
+            "ipfs_accelerate_dht_query_seconds_count 1",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line}: {text}");
+        }
         assert!(
             text.contains("\nipfs_accelerate_repo_bytes 1099511627776\n"),
             "{text}"

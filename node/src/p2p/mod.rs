@@ -8,6 +8,7 @@ mod behaviour;
 mod dht_store;
 mod in_use;
 mod infer_streams;
+mod metrics;
 pub mod nat;
 mod worker;
 
@@ -24,6 +25,7 @@ pub use self::dht_store::Store as DhtStore;
 use self::in_use::InUse;
 pub use self::infer_streams::InferHandler;
 use self::infer_streams::InferStreams;
+pub use self::metrics::DhtMetrics;
 pub use self::nat::{NatConfig, Reachability};
 use self::worker::{Command, Worker};
 
@@ -254,6 +256,7 @@ pub struct P2p {
     infer_limits: InferLimits,
     /// Peers the connection manager leaves connected while they carry work.
     in_use: Arc<InUse>,
+    dht_metrics: DhtMetrics,
 }
 
 impl std::fmt::Debug for P2p {
@@ -313,6 +316,7 @@ impl P2p {
             config.infer_limits,
             Arc::clone(&in_use),
         );
+        let dht_metrics = DhtMetrics::default();
         let worker = Worker::new(
             swarm,
             command_rx,
@@ -320,6 +324,7 @@ impl P2p {
             &config,
             Arc::clone(&in_use),
             gate,
+            dht_metrics.clone(),
         );
         tokio::spawn(worker.run());
         Ok(P2p {
@@ -330,11 +335,17 @@ impl P2p {
             infer: Arc::new(infer),
             infer_limits: config.infer_limits,
             in_use,
+            dht_metrics,
         })
     }
 
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// DHT queries run and their latency, live.
+    pub fn dht_metrics(&self) -> &DhtMetrics {
+        &self.dht_metrics
     }
 
     /// The inference message limits this swarm was built with.

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::DhtAnswer;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::in_use::InUse;
+use super::metrics::DhtMetrics;
 use super::nat::{self, PublicGate, Reachability, Relays, Verdicts};
 use super::{Config, ConnectionLimits, Error, NetworkStatus, NodeEvent, PeerInfo, Result};
 
@@ -157,6 +158,9 @@ pub(super) struct Worker {
     known_addrs: PeerAddrs,
     dials: HashMap<ConnectionId, PendingDial>,
     queries: HashMap<QueryId, PendingQuery>,
+    /// When each of `queries` started, for [`DhtMetrics`].
+    query_started: HashMap<QueryId, Instant>,
+    dht_metrics: DhtMetrics,
     /// The DHT bootstrap running, if one is: a second caller waits for it.
     bootstrap: Option<QueryId>,
     topics: HashSet<String>,
@@ -193,6 +197,7 @@ impl Worker {
         config: &Config,
         in_use: Arc<InUse>,
         gate: PublicGate,
+        dht_metrics: DhtMetrics,
     ) -> Self {
         let mut worker = Worker {
             swarm,
@@ -207,6 +212,8 @@ impl Worker {
             known_addrs: PeerAddrs::default(),
             dials: HashMap::new(),
             queries: HashMap::new(),
+            query_started: HashMap::new(),
+            dht_metrics,
             bootstrap: None,
             topics: HashSet::new(),
             nat: NatState {
@@ -402,8 +409,7 @@ impl Worker {
         match self.swarm.behaviour_mut().kad.bootstrap() {
             Ok(id) => {
                 self.bootstrap = Some(id);
-                self.queries
-                    .insert(id, PendingQuery::Bootstrap(reply.into_iter().collect()));
+                self.track(id, PendingQuery::Bootstrap(reply.into_iter().collect()));
             }
             Err(error) => {
                 if let Some(reply) = reply {
@@ -502,7 +508,7 @@ impl Worker {
                     .start_providing(RecordKey::new(&key))
                 {
                     Ok(id) => {
-                        self.queries.insert(id, PendingQuery::Provide(reply));
+                        self.track(id, PendingQuery::Provide(reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(Error::Dht(e.to_string())));
@@ -522,7 +528,7 @@ impl Worker {
                     .behaviour_mut()
                     .kad
                     .get_providers(RecordKey::new(&key));
-                self.queries.insert(
+                self.track(
                     id,
                     PendingQuery::Providers {
                         limit,
@@ -552,8 +558,7 @@ impl Worker {
             }
             Command::FindPeer { peer, reply } => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.queries
-                    .insert(id, PendingQuery::FindPeer { peer, reply });
+                self.track(id, PendingQuery::FindPeer { peer, reply });
             }
             Command::Subscribe { topic, reply } => {
                 let result = self
@@ -874,7 +879,29 @@ impl Worker {
         }
     }
 
+    /// Waits on query `id`, and times it.
+    fn track(&mut self, id: QueryId, pending: PendingQuery) {
+        self.queries.insert(id, pending);
+        self.query_started.insert(id, Instant::now());
+    }
+
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        let (kind, ok) = match &result {
+            QueryResult::Bootstrap(r) => ("bootstrap", r.is_ok()),
+            QueryResult::StartProviding(r) => ("provide", r.is_ok()),
+            QueryResult::GetProviders(r) => ("find_providers", r.is_ok()),
+            QueryResult::GetClosestPeers(r) => ("find_peer", r.is_ok()),
+            _ => ("other", true),
+        };
+        self.answer_query(id, result, last);
+        if !self.queries.contains_key(&id)
+            && let Some(started) = self.query_started.remove(&id)
+        {
+            self.dht_metrics.record(kind, ok, started.elapsed());
+        }
+    }
+
+    fn answer_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::Bootstrap(result) => {
                 if last && let Some(PendingQuery::Bootstrap(waiting)) = self.queries.remove(&id) {
