@@ -98,14 +98,12 @@ pub(super) fn build_swarm(
     let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     let (bitswap, channels) = crate::bitswap::Behaviour::new();
     let peer_id = keypair.public().to_peer_id();
-    let (relayed, relay_client) = match config.nat.relay_client {
-        true => {
-            let (relay_transport, relay_client) = relay::client::new(peer_id);
-            let relayed =
-                relayed_transport(&keypair, relay_transport).map_err(|e| transport(&e))?;
-            (Some(relayed), Some(relay_client))
-        }
-        false => (None, None),
+    let (mut relayed, relay_client) = if config.nat.relay_client {
+        let (relay_transport, relay_client) = relay::client::new(peer_id);
+        let relayed = relayed_transport(&keypair, relay_transport).map_err(|e| transport(&e))?;
+        (Some(relayed), Some(relay_client))
+    } else {
+        (None, None)
     };
     let mut parts = Some(Parts {
         bitswap,
@@ -114,7 +112,7 @@ pub(super) fn build_swarm(
     });
     if let Some(custom) = custom {
         use libp2p::Transport;
-        let custom = match relayed {
+        let custom = match relayed.take() {
             Some(relayed) => custom
                 .or_transport(relayed)
                 .map(|either, _| either.into_inner())
@@ -144,9 +142,6 @@ pub(super) fn build_swarm(
         };
     }
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
-    let mut relayed = relayed;
-    // The relay client's transport, when there is one, beside the others.
-    let mut relayed = move || -> Option<BoxedTransport> { relayed.take() };
     let swarm = match config.swarm_key {
         // A private swarm: TCP wrapped in pnet, no QUIC (pnet cannot wrap it). Relayed
         // connections run inside pnet connections to the relay, a member of the swarm.
@@ -154,7 +149,7 @@ pub(super) fn build_swarm(
             builder
                 .with_other_transport(|identity| private_tcp(identity, key))
                 .map_err(|e| transport(&e))?
-                .with_other_transport(|_| optional(relayed()))
+                .with_other_transport(|_| optional(relayed.take()))
                 .map_err(|e| transport(&e))?
         ),
         None => finish!(
@@ -162,7 +157,7 @@ pub(super) fn build_swarm(
                 .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
                 .map_err(|e| transport(&e))?
                 .with_quic()
-                .with_other_transport(|_| optional(relayed()))
+                .with_other_transport(|_| optional(relayed.take()))
                 .map_err(|e| transport(&e))?
         ),
     };
@@ -191,7 +186,8 @@ fn relayed_transport(
         .boxed())
 }
 
-/// `transport`, or one that dials and listens on nothing.
+/// The relay client's transport beside the others, or one that dials and listens on
+/// nothing when there is none.
 fn optional(transport: Option<BoxedTransport>) -> BoxedTransport {
     use libp2p::Transport;
     transport.unwrap_or_else(|| libp2p::core::transport::dummy::DummyTransport::new().boxed())
