@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use ipfs_accelerate_netsim::network::LinkConfig;
 use ipfs_accelerate_netsim::plot;
-use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, pull};
-use ipfs_accelerate_netsim::sim::{Sim, SimConfig, Stack, resident_bytes};
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, nat, pull};
+use ipfs_accelerate_netsim::sim::{NatSetup, Sim, SimConfig, Stack, resident_bytes};
 use ipfs_accelerate_netsim::stats::CpuMeter;
 use ipfs_accelerate_node::p2p;
 use serde_json::json;
@@ -121,6 +121,34 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         deadline_ms: u64,
     },
+    /// A share of the nodes behind NATs, a few open relays: reservations, providers
+    /// reached, hole punches, and inference through a relay against direct.
+    Nat {
+        #[command(flatten)]
+        common: Common,
+        /// Share of all nodes behind a NAT that takes no connection in.
+        #[arg(long, default_value_t = 0.6)]
+        nat_share: f64,
+        /// Share of the NATed nodes behind a cone (port-preserving) NAT, which a hole
+        /// punch gets through; the rest are symmetric.
+        #[arg(long, default_value_t = 0.5)]
+        cone_share: f64,
+        /// Open nodes (1 to N) that relay and that every other node bootstraps from.
+        #[arg(long, default_value_t = 5)]
+        relays: usize,
+        /// NATed providers tried, each by one random node not connected to it.
+        #[arg(long, default_value_t = 100)]
+        providers: usize,
+        /// Timed calls to each provider reached.
+        #[arg(long, default_value_t = 5)]
+        calls: usize,
+        /// Providers tried at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Longest wait for every NATed node to hold a relay reservation, in seconds.
+        #[arg(long, default_value_t = 120)]
+        settle_secs: u64,
+    },
 }
 
 #[derive(Args)]
@@ -226,7 +254,8 @@ fn main() -> Result<()> {
             | Scenario::Gossip { common, .. }
             | Scenario::SwarmPull { common, .. }
             | Scenario::Suite { common, .. }
-            | Scenario::InferenceLoad { common, .. } => common,
+            | Scenario::InferenceLoad { common, .. }
+            | Scenario::Nat { common, .. } => common,
         };
         // Whole nodes keep their repos here, removed when the run ends.
         let repos = tempfile::tempdir()?;
@@ -237,7 +266,21 @@ fn main() -> Result<()> {
         };
         let memory_before = resident_bytes();
         let started = Instant::now();
-        let mut sim = Sim::start(&common.sim_config(stack)).await?;
+        let mut config = common.sim_config(stack);
+        if let Scenario::Nat {
+            nat_share,
+            cone_share,
+            relays,
+            ..
+        } = &cli.scenario
+        {
+            config.nat = Some(NatSetup {
+                share: *nat_share,
+                cone_share: *cone_share,
+                relays: *relays,
+            });
+        }
+        let mut sim = Sim::start(&config).await?;
         let start_seconds = started.elapsed().as_secs_f64();
         let per_node = match (memory_before, resident_bytes()) {
             (Some(before), Some(after)) => {
@@ -421,6 +464,30 @@ fn main() -> Result<()> {
                     &[("call", &report.samples)],
                 )?;
                 ("inference-load", with_cpu(&report, busy)?)
+            }
+            Scenario::Nat {
+                providers,
+                calls,
+                concurrency,
+                settle_secs,
+                ..
+            } => {
+                let params = nat::NatParams {
+                    providers: *providers,
+                    calls: *calls,
+                    concurrency: *concurrency,
+                    settle: Duration::from_secs(*settle_secs),
+                };
+                let (report, busy) = metered(nat::run(&mut sim, &params)).await?;
+                println!("nat: {}{}", nat::describe(&report), describe_busy(busy));
+                common.plot(
+                    "Inference calls to NATed providers",
+                    &[
+                        ("through a relay", &report.relayed_samples),
+                        ("direct", &report.direct_samples),
+                    ],
+                )?;
+                ("nat", with_cpu(&report, busy)?)
             }
         };
         sim.shutdown().await;

@@ -5,6 +5,10 @@
 //!
 //! Addresses are `/memory/PORT`; node `i` listens on port `i + 1`.
 //!
+//! An open node's connections leave from its public address, `PUBLIC_PORTS + i`, which
+//! reaches its listener: that is what peers observe and AutoNAT v2 dials back (v1
+//! dials back the observed IP address, which `/memory` addresses lack).
+//!
 //! NATs ([`Nat`]): a node behind one accepts no connection on its listen port. A dial
 //! from it leaves from its NAT's mapping (a cone NAT keeps one port per node,
 //! `NAT_PORTS + i`; a symmetric one takes a new port per connection), which is the
@@ -49,6 +53,10 @@ const MIN_RETRANSMIT: Duration = Duration::from_millis(200);
 const FIRST_EPHEMERAL_PORT: u64 = 1 << 32;
 /// A cone NAT's mapping of node `i` is this port plus `i`.
 const NAT_PORTS: u64 = 1 << 31;
+/// An open node `i`'s public address is this port plus `i`: its connections come
+/// from it and it reaches its listener, as a cloud machine's public IP reaches the
+/// private address it listens on.
+const PUBLIC_PORTS: u64 = 1 << 30;
 /// How long one end of a hole punch waits for the other end's dial: a NAT keeps the
 /// mapping an outgoing SYN opened for a few seconds; DCUtR starts both dials within a
 /// round trip of each other.
@@ -158,8 +166,8 @@ struct Inner {
     punches: Mutex<HashMap<(usize, usize), PendingPunch>>,
     /// [`PUNCH_WINDOW`] on the wall clock.
     punch_window: Duration,
-    /// Bytes sent over direct connections, per (from, to).
-    sent: Mutex<HashMap<(usize, usize), Arc<AtomicU64>>>,
+    /// Direct connections and the bytes sent over them, per (from, to).
+    links: Mutex<HashMap<(usize, usize), Arc<LinkStats>>>,
     /// The partition group of each node: only nodes in the same group reach each other.
     groups: Vec<AtomicU32>,
     /// Bytes each node has sent.
@@ -172,6 +180,14 @@ struct Inner {
 
 /// A connection on its way to a listener, with the dialer's address.
 type Incoming = (Pipe, u64);
+
+/// What went from one node to another over direct connections.
+#[derive(Debug, Default)]
+struct LinkStats {
+    /// Connection ends open at the sender.
+    open: std::sync::atomic::AtomicUsize,
+    sent: AtomicU64,
+}
 
 /// One end of a hole punch, waiting for the other's dial.
 struct PendingPunch {
@@ -195,7 +211,7 @@ impl Network {
                 .collect(),
             punches: Mutex::new(HashMap::new()),
             punch_window: PUNCH_WINDOW * factor,
-            sent: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             groups: (0..nodes).map(|_| AtomicU32::new(0)).collect(),
             egress: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             uplink_free: (0..nodes).map(|_| Mutex::new(Instant::now())).collect(),
@@ -213,6 +229,12 @@ impl Network {
     /// peers observe, and the one a hole punch dials.
     pub fn nat_address(node: usize) -> Multiaddr {
         Protocol::Memory(NAT_PORTS + node as u64).into()
+    }
+
+    /// Open node `node`'s public address: where its connections come from, and a way
+    /// to its listener.
+    pub fn public_address(node: usize) -> Multiaddr {
+        Protocol::Memory(PUBLIC_PORTS + node as u64).into()
     }
 
     /// A transport for node `node`.
@@ -253,22 +275,24 @@ impl Network {
 
     /// Bytes `from` has sent to `to` over direct connections (not through a relay).
     pub fn sent_direct(&self, from: usize, to: usize) -> u64 {
-        let sent = self.0.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.get(&(from, to))
-            .map_or(0, |bytes| bytes.load(Ordering::Relaxed))
+        self.link_stats(from, to).sent.load(Ordering::Relaxed)
     }
 
-    /// The counter of bytes `from` sends `to` directly.
-    fn sent_counter(&self, from: usize, to: usize) -> Arc<AtomicU64> {
-        let mut sent = self.0.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.entry((from, to)).or_default().clone()
+    /// Whether `a` and `b` have a direct connection open (not through a relay).
+    pub fn connected_directly(&self, a: usize, b: usize) -> bool {
+        self.link_stats(a, b).open.load(Ordering::Relaxed) > 0
+            && self.link_stats(b, a).open.load(Ordering::Relaxed) > 0
+    }
+
+    fn link_stats(&self, from: usize, to: usize) -> Arc<LinkStats> {
+        let mut links = self.0.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.entry((from, to)).or_default().clone()
     }
 
     /// The port a connection from `node` leaves from, which its peer sees.
     fn source_port(&self, node: usize) -> u64 {
         match self.nat(node) {
-            // As TCP with port reuse: from the listen port.
-            Nat::Open => node as u64 + 1,
+            Nat::Open => PUBLIC_PORTS + node as u64,
             Nat::Cone => NAT_PORTS + node as u64,
             Nat::Symmetric => self.0.next_ephemeral.fetch_add(1, Ordering::Relaxed),
         }
@@ -276,12 +300,19 @@ impl Network {
 
     /// Where a dial to `port` lands.
     fn landing(&self, port: u64) -> Landing {
-        if let Some(node) = port.checked_sub(NAT_PORTS)
-            && node < self.0.nats.len() as u64
-        {
+        let nodes = self.0.nats.len() as u64;
+        if let Some(node) = port.checked_sub(NAT_PORTS).filter(|n| *n < nodes) {
             let node = node as usize;
             return match self.nat(node) {
                 Nat::Cone => Landing::Mapping(node),
+                _ => Landing::Nowhere,
+            };
+        }
+        if let Some(node) = port.checked_sub(PUBLIC_PORTS).filter(|n| *n < nodes) {
+            let node = node as usize;
+            let listening = self.listeners().contains_key(&(node as u64 + 1));
+            return match self.nat(node) {
+                Nat::Open if listening => Landing::Listener(node),
                 _ => Landing::Nowhere,
             };
         }
@@ -490,6 +521,11 @@ impl Transport for SimTransport {
             let Some(remote) = punch_target(landing) else {
                 return Err(SimError::Unreachable);
             };
+            // A public address reaches the listener on the node's listen port.
+            let port = match landing {
+                Landing::Listener(node) if port >= PUBLIC_PORTS => node as u64 + 1,
+                _ => port,
+            };
             let to_listener = !listener_role && matches!(landing, Landing::Listener(_));
             if let Some(pipe) = net.punch(local, remote, listener_role, to_listener).await? {
                 return Ok(pipe);
@@ -558,8 +594,8 @@ pub struct Pipe {
     latency: Duration,
     outgoing: Option<mpsc::Sender<Packet>>,
     incoming: mpsc::Receiver<Packet>,
-    /// Bytes we sent on this connection, added to the network's count for the pair.
-    sent: Arc<AtomicU64>,
+    /// The network's count of what we send the remote directly.
+    stats: Arc<LinkStats>,
     /// When the link is free to send again (the bandwidth cap).
     link_free: Instant,
     /// Delivery time of our last packet: packets arrive in order.
@@ -569,6 +605,12 @@ pub struct Pipe {
     wait: Option<Pin<Box<Sleep>>>,
     /// Until the node's uplink queue has room for a write.
     write_wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pipe {
@@ -582,7 +624,11 @@ impl Pipe {
             latency,
             outgoing: Some(outgoing),
             incoming,
-            sent: net.sent_counter(local, remote),
+            stats: {
+                let stats = net.link_stats(local, remote);
+                stats.open.fetch_add(1, Ordering::Relaxed);
+                stats
+            },
             link_free: Instant::now(),
             last_delivery: Instant::now(),
             reading: None,
@@ -676,7 +722,7 @@ impl AsyncWrite for Pipe {
             .start_send(packet)
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
         net.0.egress[local].fetch_add(len as u64, Ordering::Relaxed);
-        self.sent.fetch_add(len as u64, Ordering::Relaxed);
+        self.stats.sent.fetch_add(len as u64, Ordering::Relaxed);
         Poll::Ready(Ok(len))
     }
 
@@ -933,6 +979,8 @@ mod tests {
                 }
             }
         }
+        // An open node's public address reaches it.
+        assert!(dial(&net, 1, Network::public_address(0), false).await);
         assert_eq!(seen[0], Network::nat_address(1));
         assert_eq!(seen[1], Network::nat_address(1));
         assert_ne!(seen[2], seen[3]);
@@ -1039,5 +1087,8 @@ mod tests {
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"punched");
         assert_eq!(net.sent_direct(0, 1), 7);
+        assert!(net.connected_directly(0, 1));
+        drop(a);
+        assert!(!net.connected_directly(1, 0));
     }
 }

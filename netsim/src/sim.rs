@@ -246,6 +246,11 @@ impl Sim {
         self.keys[i].public().to_peer_id()
     }
 
+    /// Nodes in the swarm, up or down.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Whether node `i` runs the relay service.
     pub fn is_relay(&self, i: usize) -> bool {
         self.nat.is_some_and(|nat| nat.relays().contains(&i))

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ipfs_accelerate_netsim::network::LinkConfig;
-use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, pull};
-use ipfs_accelerate_netsim::sim::{Sim, SimConfig, Stack};
+use ipfs_accelerate_netsim::scenario::{churn, dht, gossip, inference, nat, pull};
+use ipfs_accelerate_netsim::sim::{NatSetup, Sim, SimConfig, Stack};
 
 /// Longest a whole scenario may take here.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
@@ -209,4 +209,44 @@ fn latency_plots_are_svg() {
         "no curve drawn"
     );
     assert!(svg.contains("latency (ms)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natted_nodes_reserve_on_relays_and_are_reached_through_them() {
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        let config = SimConfig {
+            nat: Some(NatSetup {
+                share: 0.6,
+                cone_share: 0.5,
+                relays: 3,
+            }),
+            ..config(20, 5)
+        };
+        let mut sim = Sim::start(&config).await.unwrap();
+        let params = nat::NatParams {
+            providers: 6,
+            calls: 3,
+            concurrency: 6,
+            settle: Duration::from_secs(60),
+        };
+        let report = nat::run(&mut sim, &params).await.unwrap();
+        sim.shutdown().await;
+        report
+    })
+    .await
+    .expect("the scenario finished in time");
+    assert_eq!((report.natted, report.cone, report.relays), (12, 6, 3));
+    // AutoNAT finds every NATed node private, and each then reserves on a relay.
+    assert_eq!(report.natted_found_private, 12, "{report:?}");
+    assert_eq!(report.natted_reserved, 12, "{report:?}");
+    // Callers not yet connected reach NATed providers, and some through a relay.
+    assert!(report.reached >= 5, "{report:?}");
+    assert!(
+        report.relayed_then_direct + report.relayed_only >= 3,
+        "{report:?}"
+    );
+    // A call through a relay crosses two links each way: at least 200 ms.
+    if report.relayed.count > 0 {
+        assert!(report.relayed.p50_ms >= 200.0, "{report:?}");
+    }
 }

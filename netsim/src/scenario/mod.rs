@@ -4,4 +4,5 @@ pub mod churn;
 pub mod dht;
 pub mod gossip;
 pub mod inference;
+pub mod nat;
 pub mod pull;

@@ -8,7 +8,7 @@
 //! The providers answer every call at once with a 384-dimension embedding of zeros:
 //! no model runs, since what is measured is the path, not the compute.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a relayed connection is given to become direct: DCUtR's three attempts,
 /// each up to a punch window.
 const PUNCH_SETTLE: Duration = Duration::from_secs(15);
-/// Time between two looks at whether a connection became direct.
+/// Time between two looks at whether a connection became direct (or closed).
 const PUNCH_POLL: Duration = Duration::from_millis(200);
+/// Longest a caller's connections to the provider may take to close.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the punch settled, before the timed calls: a new connection's identify
+/// exchange would count as a call's bytes.
+const QUIET_BEFORE_CALLS: Duration = Duration::from_secs(1);
 /// Dimensions of the embedding each call gets back.
 const EMBEDDING_DIMENSIONS: usize = 384;
 /// The sentence each call sends, as long as a short paragraph.
@@ -51,9 +56,12 @@ const SENTENCE_CHARS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct NatParams {
-    /// NATed providers tried, each from one random node not connected to it.
+    /// NATed providers tried, each from one random node (not a relay), which drops
+    /// its connections to the provider first if it has any.
     pub providers: usize,
-    /// Timed calls to each provider reached (after the first, which dials).
+    /// Timed calls to each provider reached (after the first, which dials). The
+    /// relay cuts a circuit after 128 KiB (about 60 calls) or 2 minutes; calls after
+    /// that go direct where a hole was punched.
     pub calls: usize,
     /// Providers tried at once (a relay carries 16 circuits at a time).
     pub concurrency: usize,
@@ -79,11 +87,16 @@ pub struct NatReport {
     pub natted_reserved: usize,
     pub reserved_share: f64,
     pub providers_tried: usize,
+    /// Callers that were connected to their provider already, and disconnected.
+    pub callers_were_connected: usize,
     /// Providers the caller's first inference call reached, and their share.
     pub reached: usize,
     pub reached_share: f64,
+    /// Providers not reached, by why the first call failed.
+    pub unreached_because: BTreeMap<String, usize>,
     /// Of those reached: over a relay first, and then hole punched to direct within
-    /// the settle time; over a relay only; direct at once.
+    /// the settle time; over a relay only; direct at once (as the network sees the
+    /// connections).
     pub relayed_then_direct: usize,
     pub relayed_only: usize,
     pub direct_at_once: usize,
@@ -96,7 +109,8 @@ pub struct NatReport {
     pub hole_punch_failures: u64,
     /// Time from the lookup's start to the first answer, which dials the provider.
     pub first_call: Percentiles,
-    /// Calls whose bytes went through a relay, and those that went direct.
+    /// Calls whose request and answer both crossed a direct link, and the others,
+    /// which went through a relay.
     pub relayed: Percentiles,
     pub direct: Percentiles,
     pub failed_calls: usize,
@@ -110,8 +124,11 @@ pub struct NatReport {
 #[derive(Debug, Default)]
 struct Pair {
     caller_nat: Option<Nat>,
+    /// The caller was connected to the provider before, and disconnected.
+    was_connected: bool,
     provider_nat: Option<Nat>,
     reached: bool,
+    unreached_because: Option<&'static str>,
     first_call: Option<Duration>,
     /// The first connection went through a relay.
     relayed_first: bool,
@@ -136,18 +153,20 @@ pub async fn run(sim: &mut Sim, params: &NatParams) -> Result<NatReport> {
         .collect();
     let settle_started = Instant::now();
     let settle_wall = sim.clock.wall(params.settle);
-    let mut statuses = statuses(sim, &up).await;
+    let mut statuses = network_statuses(sim).await;
     while settle_started.elapsed() < settle_wall
         && natted.iter().any(|i| reservations(&statuses, *i) == 0)
     {
         tokio::time::sleep(sim.clock.wall(SETTLE_POLL)).await;
-        statuses = statuses_of(sim, &up).await;
+        statuses = network_statuses(sim).await;
     }
-    let settle_seconds = sim
-        .clock
-        .simulated(settle_started.elapsed())
-        .as_secs_f64();
-    let reachability = |i: usize| statuses.get(i).and_then(|s| s.as_ref()).map(|s| s.reachability);
+    let settle_seconds = sim.clock.simulated(settle_started.elapsed()).as_secs_f64();
+    let reachability = |i: usize| {
+        statuses
+            .get(i)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.reachability)
+    };
     let open_found_public = up
         .iter()
         .filter(|&&i| sim.net.nat(i) == Nat::Open)
@@ -169,16 +188,11 @@ pub async fn run(sim: &mut Sim, params: &NatParams) -> Result<NatReport> {
     provide_all(sim, &providers, &keys).await;
     tokio::time::sleep(sim.clock.wall(RECORDS_LAND)).await;
 
+    let callers: Vec<usize> = up.iter().copied().filter(|&i| !sim.is_relay(i)).collect();
     let mut tasks = Vec::new();
     for (k, &p) in providers.iter().enumerate() {
-        let provider = sim.node(p).context("a provider is down")?.clone();
-        let connected = provider.connected_peer_ids().await.unwrap_or_default();
-        let strangers: Vec<usize> = up
-            .iter()
-            .copied()
-            .filter(|&i| i != p && !connected.contains(&sim.peer_id(i)))
-            .collect();
-        let Some(caller) = choose(&strangers, sim).or_else(|| sim.random_up(Some(p))) else {
+        let others: Vec<usize> = callers.iter().copied().filter(|&i| i != p).collect();
+        let Some(caller) = choose(&others, sim) else {
             continue;
         };
         let caller_p2p = sim.node(caller).context("a caller is down")?.clone();
@@ -199,7 +213,7 @@ pub async fn run(sim: &mut Sim, params: &NatParams) -> Result<NatReport> {
         .collect()
         .await;
 
-    let final_statuses = statuses_of(sim, &up).await;
+    let final_statuses = network_statuses(sim).await;
     let (hole_punches, hole_punch_failures) = final_statuses
         .iter()
         .flatten()
@@ -228,7 +242,8 @@ pub fn describe(report: &NatReport) -> String {
          reservation after {:.0} s; {}/{} NATed providers reached ({:.1}%): {} relayed then \
          direct, {} relayed only, {} direct at once; {:.1}% of relayed connections upgraded \
          (nodes' counters: {} punches, {} given up); calls through a relay p50 {:.0} / p95 \
-         {:.0} ms ({}), direct p50 {:.0} / p95 {:.0} ms ({}); {} calls failed",
+         {:.0} ms ({}), direct p50 {:.0} / p95 {:.0} ms ({}); {} calls failed; not reached: \
+         {:?}",
         report.natted,
         report.nodes,
         report.cone,
@@ -252,6 +267,7 @@ pub fn describe(report: &NatReport) -> String {
         report.direct.p95_ms,
         report.direct.count,
         report.failed_calls,
+        report.unreached_because,
     )
 }
 
@@ -274,27 +290,43 @@ impl Call {
             provider_nat: Some(self.net.nat(self.provider)),
             ..Pair::default()
         };
+        // From a cold start: a caller already connected (the provider dialed it for the
+        // DHT) drops its connections first.
+        if self.is_connected().await {
+            pair.was_connected = true;
+            let _ = self.caller_p2p.disconnect(self.provider_peer).await;
+            let deadline = Instant::now() + self.clock.wall(DISCONNECT_TIMEOUT);
+            while self.is_connected().await && Instant::now() < deadline {
+                tokio::time::sleep(self.clock.wall(PUNCH_POLL)).await;
+            }
+        }
         let started = Instant::now();
         // The lookup dials the provider on the addresses its record carries: its
         // private listen address, which fails, and its addresses through relays.
         let lookup = self.caller_p2p.find_providers(self.key.to_vec(), 1);
         let _ = tokio::time::timeout(self.clock.wall(LOOKUP_TIMEOUT), lookup).await;
-        if self.call(0).await.is_err() {
+        if let Err(error) = self.call(0).await {
+            pair.unreached_because = Some(why_unreached(&format!("{error:#}")));
             return pair;
         }
         pair.reached = true;
         pair.first_call = Some(self.clock.simulated(started.elapsed()));
-        pair.relayed_first = !self.has_direct().await;
+        pair.relayed_first = !self.direct();
         pair.direct_after = !pair.relayed_first || self.wait_direct().await;
+        // The new connection's identify exchange is over before the timed calls.
+        tokio::time::sleep(self.clock.wall(QUIET_BEFORE_CALLS)).await;
         for id in 1..=self.calls as u64 {
             let sent = self.net.sent_direct(self.caller, self.provider);
+            let received = self.net.sent_direct(self.provider, self.caller);
             let started = Instant::now();
             match self.call(id).await {
-                Ok(frame) => {
+                Ok((request, response)) => {
                     let took = self.clock.simulated(started.elapsed());
-                    // Its bytes on the direct link, or else through a relay.
-                    let direct = self.net.sent_direct(self.caller, self.provider) - sent;
-                    if direct >= frame as u64 {
+                    // Direct when both the request and the answer crossed the direct
+                    // link; else through a relay.
+                    let out = self.net.sent_direct(self.caller, self.provider) - sent;
+                    let back = self.net.sent_direct(self.provider, self.caller) - received;
+                    if out >= request as u64 && back >= response as u64 {
                         pair.direct.push(took);
                     } else {
                         pair.relayed.push(took);
@@ -306,39 +338,55 @@ impl Call {
         pair
     }
 
-    /// One inference call; the request frame's length once answered.
-    async fn call(&self, id: u64) -> Result<usize> {
+    /// One inference call; the request's and the answer's frame lengths.
+    async fn call(&self, id: u64) -> Result<(usize, usize)> {
         let request = request(id, &self.key);
         let frame = encode_frame(&request)?.len();
         let wait = self.clock.wall(CALL_TIMEOUT);
-        match tokio::time::timeout(wait, self.caller_p2p.infer(self.provider_peer, request)).await
-        {
-            Ok(Ok(InferResponse::Ok(_))) => Ok(frame),
+        match tokio::time::timeout(wait, self.caller_p2p.infer(self.provider_peer, request)).await {
+            Ok(Ok(response @ InferResponse::Ok(_))) => Ok((frame, encode_frame(&response)?.len())),
             Ok(Ok(InferResponse::Err(e))) => Err(e.into()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => anyhow::bail!("no answer in time"),
         }
     }
 
-    /// Whether the caller has a direct connection to the provider (its peer list gives
-    /// a direct connection's address before a relayed one's).
-    async fn has_direct(&self) -> bool {
-        let peers = self.caller_p2p.peers().await.unwrap_or_default();
-        peers
-            .iter()
-            .any(|p| p.peer == self.provider_peer && !p2p::nat::is_relayed(&p.addr))
+    async fn is_connected(&self) -> bool {
+        let peers = self.caller_p2p.connected_peer_ids().await;
+        peers.is_ok_and(|peers| peers.contains(&self.provider_peer))
+    }
+
+    /// Whether the two have a direct connection, as the network sees it (a node's
+    /// peer list counts a relayed connection it accepted as direct).
+    fn direct(&self) -> bool {
+        self.net.connected_directly(self.caller, self.provider)
     }
 
     /// Waits up to [`PUNCH_SETTLE`] for a direct connection; whether one came.
     async fn wait_direct(&self) -> bool {
         let deadline = Instant::now() + self.clock.wall(PUNCH_SETTLE);
         while Instant::now() < deadline {
-            if self.has_direct().await {
+            if self.direct() {
                 return true;
             }
             tokio::time::sleep(self.clock.wall(PUNCH_POLL)).await;
         }
-        self.has_direct().await
+        self.direct()
+    }
+}
+
+/// Why a first call failed, from its error: the relays refusing the circuit (their
+/// limits on circuits at once and per peer), a relay path failing otherwise, or no
+/// address through a relay known at all.
+fn why_unreached(error: &str) -> &'static str {
+    if error.contains("resource limit exceeded") {
+        "relay refused: resource limit exceeded"
+    } else if error.contains("p2p-circuit") {
+        "relayed dial failed"
+    } else if error.contains("no answer") {
+        "no answer in time"
+    } else {
+        "no relayed address known"
     }
 }
 
@@ -361,16 +409,11 @@ async fn provide_all(sim: &Sim, providers: &[usize], keys: &[[u8; 32]]) {
 type Statuses = Vec<Option<p2p::NetworkStatus>>;
 
 /// Every node's network status, by index (`None` for a node down or too busy).
-async fn statuses(sim: &Sim, up: &[usize]) -> Statuses {
-    statuses_of(sim, up).await
-}
-
-async fn statuses_of(sim: &Sim, up: &[usize]) -> Statuses {
-    let asks = (0..sim.up().len().max(up.iter().max().map_or(0, |m| m + 1))).map(|i| {
-        let node = up.contains(&i).then(|| sim.node(i)).flatten().cloned();
+async fn network_statuses(sim: &Sim) -> Statuses {
+    let asks = (0..sim.size()).map(|i| {
+        let node = sim.node(i).cloned();
         async move {
-            let node = node?;
-            tokio::time::timeout(STATUS_TIMEOUT, node.network_status())
+            tokio::time::timeout(STATUS_TIMEOUT, node?.network_status())
                 .await
                 .ok()?
                 .ok()
@@ -455,11 +498,15 @@ fn summarize(sim: &Sim, natted: &[usize], found: Summary, pairs: Vec<Pair>) -> N
     let mut upgrades_by_nat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let (mut relayed_samples, mut direct_samples, mut first_calls) =
         (Vec::new(), Vec::new(), Vec::new());
-    let (mut reached, mut relayed_then_direct, mut relayed_only, mut direct_at_once) =
-        (0, 0, 0, 0);
-    let mut failed_calls = 0;
+    let (mut reached, mut relayed_then_direct, mut relayed_only, mut direct_at_once) = (0, 0, 0, 0);
+    let (mut failed_calls, mut were_connected) = (0, 0);
+    let mut unreached_because: BTreeMap<String, usize> = BTreeMap::new();
     for pair in &pairs {
         failed_calls += pair.failed_calls;
+        were_connected += usize::from(pair.was_connected);
+        if let Some(why) = pair.unreached_because {
+            *unreached_because.entry(why.to_string()).or_default() += 1;
+        }
         if !pair.reached {
             continue;
         }
@@ -491,22 +538,23 @@ fn summarize(sim: &Sim, natted: &[usize], found: Summary, pairs: Vec<Pair>) -> N
         .iter()
         .filter(|&&i| sim.net.nat(i) == Nat::Cone)
         .count();
-    let relays = (0..sim.up().len()).filter(|&i| sim.is_relay(i)).count();
-    let distinct: HashSet<usize> = natted.iter().copied().collect();
+    let relays = (0..sim.size()).filter(|&i| sim.is_relay(i)).count();
     NatReport {
-        nodes: sim.up().len(),
+        nodes: sim.size(),
         relays,
-        natted: distinct.len(),
+        natted: natted.len(),
         cone,
-        symmetric: distinct.len() - cone,
+        symmetric: natted.len() - cone,
         settle_seconds: found.settle_seconds,
         open_found_public: found.open_found_public,
         natted_found_private: found.natted_found_private,
         natted_reserved: found.natted_reserved,
         reserved_share: share(found.natted_reserved, natted.len()),
         providers_tried: pairs.len(),
+        callers_were_connected: were_connected,
         reached,
         reached_share: share(reached, pairs.len()),
+        unreached_because,
         relayed_then_direct,
         relayed_only,
         direct_at_once,

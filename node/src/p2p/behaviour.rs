@@ -71,8 +71,6 @@ pub struct Behaviour {
     /// AutoNAT v1: our reachability from dial-backs on any connection (v2 asks only on
     /// connections we dialed, which a node that only others dial has none of).
     pub autonat_v1: Toggle<autonat::v1::Behaviour>,
-    /// Our listen addresses as candidates for AutoNAT to test.
-    pub listen_candidates: Toggle<super::nat::ListenCandidates>,
     /// Dials peers' candidates back when they ask.
     pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
     /// Port mapping on the router; opt-in, as it multicasts on the LAN.
@@ -332,10 +330,6 @@ fn behaviour(
         autonat_v1: nat
             .autonat
             .then(|| autonat::v1::Behaviour::new(peer_id, autonat_v1_config(config)))
-            .into(),
-        listen_candidates: nat
-            .autonat
-            .then(super::nat::ListenCandidates::default)
             .into(),
         autonat_server: nat
             .autonat

@@ -148,7 +148,9 @@ struct Reservation {
 }
 
 /// The relays a node behind a NAT reserves on: configured ones first, then peers
-/// that offer the relay protocol and that we reached on a direct address.
+/// that offer the relay protocol and that we reached on a direct address. A node that
+/// turns public keeps what it holds until the reservations lapse: closing a relay
+/// listener while a renewal is under way panics libp2p-relay 0.22's client.
 #[derive(Debug, Default)]
 pub struct Relays {
     configured: Vec<(PeerId, Multiaddr)>,
@@ -272,95 +274,6 @@ impl Relays {
         addrs.sort();
         addrs
     }
-
-    /// Listeners of reservations we no longer want: all of them once we are public
-    /// (but those on configured relays, which stay).
-    pub fn unwanted(&self, reachability: Reachability) -> Vec<ListenerId> {
-        if reachability != Reachability::Public {
-            return Vec::new();
-        }
-        self.reservations
-            .iter()
-            .filter(|(_, r)| !self.configured.iter().any(|(peer, _)| *peer == r.relay))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-}
-
-/// Hands AutoNAT our listen addresses to test. The swarm task announces every listen
-/// address as external (provider records carry them), and identify then reports no
-/// observed address equal to one of them, so without this a node on a public address
-/// would never learn that it is public. Loopback and relayed addresses are skipped.
-#[derive(Debug, Default)]
-pub struct ListenCandidates {
-    pending: VecDeque<Multiaddr>,
-}
-
-impl libp2p::swarm::NetworkBehaviour for ListenCandidates {
-    type ConnectionHandler = libp2p::swarm::dummy::ConnectionHandler;
-    type ToSwarm = std::convert::Infallible;
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        _: libp2p::swarm::ConnectionId,
-        _: PeerId,
-        _: &Multiaddr,
-        _: &Multiaddr,
-    ) -> Result<Self::ConnectionHandler, libp2p::swarm::ConnectionDenied> {
-        Ok(libp2p::swarm::dummy::ConnectionHandler)
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        _: libp2p::swarm::ConnectionId,
-        _: PeerId,
-        _: &Multiaddr,
-        _: libp2p::core::Endpoint,
-        _: libp2p::core::transport::PortUse,
-    ) -> Result<Self::ConnectionHandler, libp2p::swarm::ConnectionDenied> {
-        Ok(libp2p::swarm::dummy::ConnectionHandler)
-    }
-
-    fn on_swarm_event(&mut self, event: libp2p::swarm::FromSwarm) {
-        if let libp2p::swarm::FromSwarm::NewListenAddr(listen) = event
-            && is_worth_testing(listen.addr)
-            && self.pending.len() < REMEMBERED_LIMIT
-        {
-            self.pending.push_back(listen.addr.clone());
-        }
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        _: PeerId,
-        _: libp2p::swarm::ConnectionId,
-        event: libp2p::swarm::THandlerOutEvent<Self>,
-    ) {
-        match event {}
-    }
-
-    fn poll(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<libp2p::swarm::ToSwarm<Self::ToSwarm, libp2p::swarm::THandlerInEvent<Self>>>
-    {
-        match self.pending.pop_front() {
-            Some(addr) => {
-                std::task::Poll::Ready(libp2p::swarm::ToSwarm::NewExternalAddrCandidate(addr))
-            }
-            None => std::task::Poll::Pending,
-        }
-    }
-}
-
-/// Whether a peer could ever dial `addr` back: not loopback, not through a relay.
-fn is_worth_testing(addr: &Multiaddr) -> bool {
-    !is_relayed(addr)
-        && !addr.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_loopback() || ip.is_unspecified(),
-            Protocol::Ip6(ip) => ip.is_loopback() || ip.is_unspecified(),
-            _ => false,
-        })
 }
 
 /// Whether `addr` goes through a relay.
@@ -374,17 +287,6 @@ mod tests {
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn loopback_and_relayed_addresses_are_not_tested() {
-        assert!(is_worth_testing(&addr("/ip4/203.0.113.1/tcp/4001")));
-        assert!(is_worth_testing(&addr("/ip4/192.168.1.2/udp/4001/quic-v1")));
-        assert!(!is_worth_testing(&addr("/ip4/127.0.0.1/tcp/4001")));
-        assert!(!is_worth_testing(&addr("/ip6/::1/tcp/4001")));
-        assert!(!is_worth_testing(&addr(
-            "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWGzh9cKCuqhkK4a5VQFfjtyE2Nqs9kBo4JcqzTKqQfdBP/p2p-circuit"
-        )));
     }
 
     #[test]
@@ -465,9 +367,6 @@ mod tests {
         let held: Vec<PeerId> = relays.reservations.values().map(|r| r.relay).collect();
         relays.accepted(held[0]);
         assert_eq!(relays.reserved().len(), 1);
-        // Public at last: every found relay's reservation goes.
-        assert_eq!(relays.unwanted(Reachability::Public).len(), 2);
-        assert!(relays.unwanted(Reachability::Private).is_empty());
     }
 
     #[test]
@@ -496,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn configured_relays_come_first_and_stay_when_public() {
+    fn configured_relays_come_first() {
         let now = Instant::now();
         let configured: Multiaddr = addr(
             "/ip4/198.51.100.7/tcp/4001/p2p/12D3KooWGzh9cKCuqhkK4a5VQFfjtyE2Nqs9kBo4JcqzTKqQfdBP",
@@ -517,6 +416,5 @@ mod tests {
         );
         relays.requested(ListenerId::next(), relay, circuit);
         assert!(relays.next(Reachability::Unknown, now).is_none());
-        assert!(relays.unwanted(Reachability::Public).is_empty());
     }
 }

@@ -304,12 +304,9 @@ impl Worker {
     }
 
     /// Behind a NAT, asks one more relay for a reservation when we hold fewer than we
-    /// want; once public, gives up the reservations we no longer need.
+    /// want.
     fn manage_relays(&mut self) {
         let reachability = self.nat.reachability();
-        for listener in self.nat.relays.unwanted(reachability) {
-            self.swarm.remove_listener(listener);
-        }
         let Some((relay, circuit)) = self.nat.relays.next(reachability, Instant::now()) else {
             return;
         };
@@ -353,6 +350,13 @@ impl Worker {
             .set_open(self.nat.relay_service && now == Reachability::Public);
         if now != before {
             tracing::info!(reachability = now.name(), "p2p: reachability changed");
+            // As Kubo: a node peers cannot dial answers no DHT requests, so queries do
+            // not route through it (each would cost a relay circuit).
+            let mode = match now {
+                Reachability::Private => kad::Mode::Client,
+                Reachability::Public | Reachability::Unknown => kad::Mode::Server,
+            };
+            self.swarm.behaviour_mut().kad.set_mode(Some(mode));
             if self.nat.relay_client {
                 self.manage_relays();
             }
@@ -662,6 +666,11 @@ impl Worker {
             } => {
                 let mut addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    // A circuit we accepted has the peer's id alone as its send-back
+                    // address; our relayed address names the path.
+                    ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                        local_addr.clone()
+                    }
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
