@@ -209,7 +209,11 @@ impl Embedder {
             .max_seq_length
             .unwrap_or(config.max_position_embeddings)
             .min(config.max_position_embeddings);
-        let tokenizer = TextTokenizer::new(&files.tokenizer, max_seq_length)?;
+        let tokenizer_json = files
+            .tokenizer
+            .as_deref()
+            .ok_or_else(|| EngineError::MissingFile("tokenizer.json".to_owned()))?;
+        let tokenizer = TextTokenizer::new(tokenizer_json, max_seq_length)?;
         // The encoder is allocated from config.json's sizes before any weight is read:
         // they must be ones the weights file can fill, at a byte per parameter or more,
         // so memory is bounded by the file's real size, not by what config.json claims.
@@ -644,8 +648,11 @@ mod tests {
         assert!(err.contains("GPT2LMHeadModel"), "{err}");
 
         let dir = tiny_copy(|dir| std::fs::remove_file(dir.join("tokenizer.json")).unwrap());
-        let err = ModelFiles::from_dir(dir.path()).unwrap_err().to_string();
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
+        let dir = tiny_copy(|dir| std::fs::remove_file(dir.join("model.safetensors")).unwrap());
+        let err = ModelFiles::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
     }
 
     #[test]

@@ -50,12 +50,20 @@ pub enum SourceError {
     TooLarge { file: String, size: u64, limit: u64 },
 }
 
-/// The bytes of the files an encoder is built from.
+/// The bytes of the files a model is built from. Which of the optional ones a model
+/// needs depends on its architecture: its loader names a missing one.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub config: Vec<u8>,
-    pub tokenizer: Vec<u8>,
     pub weights: Vec<u8>,
+    /// tokenizer.json: every text model has one, an image model none.
+    pub tokenizer: Option<Vec<u8>>,
+    /// tokenizer_config.json: special tokens and the chat template of generation models.
+    pub tokenizer_config: Option<Vec<u8>>,
+    /// generation_config.json: a generation model's default decoding settings.
+    pub generation_config: Option<Vec<u8>>,
+    /// preprocessor_config.json: how an image model wants its pixels.
+    pub preprocessor: Option<Vec<u8>>,
     /// sentence-transformers' modules.json, when the folder is a sentence-transformers one.
     pub modules: Option<Vec<u8>>,
     /// The pooling module's config.json (the folder modules.json names).
@@ -113,8 +121,11 @@ impl ModelFiles {
             })
         };
         let config = required("config.json", SMALL_FILE_LIMIT)?;
-        let tokenizer = required("tokenizer.json", SMALL_FILE_LIMIT)?;
         let weights = required("model.safetensors", WEIGHTS_FILE_LIMIT)?;
+        let tokenizer = read("tokenizer.json", SMALL_FILE_LIMIT)?;
+        let tokenizer_config = read("tokenizer_config.json", SMALL_FILE_LIMIT)?;
+        let generation_config = read("generation_config.json", SMALL_FILE_LIMIT)?;
+        let preprocessor = read("preprocessor_config.json", SMALL_FILE_LIMIT)?;
         let modules = read("modules.json", SMALL_FILE_LIMIT)?;
         let pooling = match modules
             .as_deref()
@@ -128,8 +139,11 @@ impl ModelFiles {
         let sentence_bert = read("sentence_bert_config.json", SMALL_FILE_LIMIT)?;
         Ok(Self {
             config,
-            tokenizer,
             weights,
+            tokenizer,
+            tokenizer_config,
+            generation_config,
+            preprocessor,
             modules,
             pooling,
             sentence_bert,
