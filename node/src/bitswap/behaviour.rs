@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use ipfs_accelerate_protocol::bitswap::ProtocolVersion;
@@ -35,6 +37,8 @@ pub(crate) struct OpenRequest {
 pub struct Channels {
     pub(crate) inbound: mpsc::Receiver<(PeerId, Stream, ProtocolVersion)>,
     pub(crate) open: mpsc::Sender<OpenRequest>,
+    /// Peers we would have asked for blocks but reach only through a relay.
+    pub(crate) relayed_only: Arc<AtomicUsize>,
 }
 
 /// Swarm side of Bitswap; see the module docs. Streams go on direct connections only:
@@ -49,6 +53,8 @@ pub struct Behaviour {
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     /// Peers we said are only relayed, so it is said once per peer.
     told_relayed: HashSet<PeerId>,
+    /// How many peers `told_relayed` holds, for the engine's error messages.
+    relayed_only: Arc<AtomicUsize>,
 }
 
 impl Behaviour {
@@ -56,6 +62,7 @@ impl Behaviour {
     pub fn new() -> (Behaviour, Channels) {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
         let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE_CAPACITY);
+        let relayed_only = Arc::new(AtomicUsize::new(0));
         (
             Behaviour {
                 inbound: inbound_tx,
@@ -63,10 +70,12 @@ impl Behaviour {
                 pending: VecDeque::new(),
                 connections: HashMap::new(),
                 told_relayed: HashSet::new(),
+                relayed_only: Arc::clone(&relayed_only),
             },
             Channels {
                 inbound: inbound_rx,
                 open: open_tx,
+                relayed_only,
             },
         )
     }
@@ -111,8 +120,9 @@ impl NetworkBehaviour for Behaviour {
                     self.connections.remove(&peer_id);
                 }
             }
-            if remaining_established == 0 {
-                self.told_relayed.remove(&peer_id);
+            if remaining_established == 0 && self.told_relayed.remove(&peer_id) {
+                self.relayed_only
+                    .store(self.told_relayed.len(), Ordering::Relaxed);
             }
         }
     }
@@ -154,6 +164,8 @@ impl NetworkBehaviour for Behaviour {
                 }
                 None => {
                     if self.told_relayed.insert(peer) {
+                        self.relayed_only
+                            .store(self.told_relayed.len(), Ordering::Relaxed);
                         tracing::info!(%peer, "bitswap: {RELAYED_ONLY}");
                     }
                     let _ = reply.send(Err(RELAYED_ONLY.into()));
@@ -173,6 +185,10 @@ impl Behaviour {
     /// every stream on a relayed one.
     fn handler(&mut self, connection: ConnectionId, peer: PeerId, addr: &Multiaddr) -> Handler {
         let relayed = crate::p2p::nat::is_relayed(addr);
+        if !relayed && self.told_relayed.remove(&peer) {
+            self.relayed_only
+                .store(self.told_relayed.len(), Ordering::Relaxed);
+        }
         self.connections
             .entry(peer)
             .or_default()

@@ -4,6 +4,7 @@
 //! messages for the sender tasks.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,8 @@ pub(super) struct Inner {
     pub(super) budget: Arc<budget::Budget>,
     /// Blocking threads hashing received blocks at once.
     verifying: Arc<Semaphore>,
+    /// Peers we reach only through a relay, which carries no blocks.
+    pub(super) relayed_only: Arc<AtomicUsize>,
 }
 
 pub(super) fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +82,7 @@ impl Inner {
             config,
             received,
             verifying: Arc::new(Semaphore::new(cpus)),
+            relayed_only: channels.relayed_only,
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(store_received(weak.clone(), received_rx));

@@ -57,6 +57,7 @@ pub use protocol::Upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -132,21 +133,48 @@ impl Default for Config {
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("block {cid} was not found on the network within {timeout:?}")]
-    Timeout { cid: Cid, timeout: Duration },
+    #[error("block {cid} was not found on the network within {timeout:?}{relayed}")]
+    Timeout {
+        cid: Cid,
+        timeout: Duration,
+        relayed: RelayedOnly,
+    },
     /// No peer is connected and the fallback gateways gave no block.
     #[error("block {cid} was not found: no peer is connected and {reason}")]
     Gateways { cid: Cid, reason: String },
-    #[error("no block of {root} arrived for {timeout:?} ({wanted} blocks still wanted)")]
+    #[error("no block of {root} arrived for {timeout:?} ({wanted} blocks still wanted){relayed}")]
     Stalled {
         root: Cid,
         timeout: Duration,
         wanted: usize,
+        relayed: RelayedOnly,
     },
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error("bitswap is shut down")]
     Closed,
+}
+
+/// How many connected peers we reach only through a relay, said at the end of a fetch's
+/// error: a relay carries no blocks, so a user learns why a provider it can call for
+/// inference gives no blocks, and what would fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayedOnly(pub usize);
+
+impl std::fmt::Display for RelayedOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(
+                f,
+                "; {n} connected peer{s} can be reached only through a relay, which \
+                 carries no blocks (128 KiB per circuit): blocks come once a hole punch \
+                 succeeds or the peer has an address that can be dialed (a forwarded \
+                 port, `network.upnp`)",
+                s = if n == 1 { "" } else { "s" }
+            ),
+        }
+    }
 }
 
 /// Result alias for this module.
@@ -291,9 +319,17 @@ impl Bitswap {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => {
                 self.inner.give_up(&cid);
-                Err(Error::Timeout { cid, timeout })
+                Err(Error::Timeout {
+                    cid,
+                    timeout,
+                    relayed: self.relayed_only(),
+                })
             }
         }
+    }
+
+    fn relayed_only(&self) -> RelayedOnly {
+        RelayedOnly(self.inner.relayed_only.load(Ordering::Relaxed))
     }
 
     /// Fetches every block of the DAG under `root` that is not stored yet, with up to
@@ -328,6 +364,7 @@ impl Bitswap {
                 root,
                 timeout: stall_timeout,
                 wanted: in_flight.len() + queue.len(),
+                relayed: self.relayed_only(),
             })?
             else {
                 return Ok(());

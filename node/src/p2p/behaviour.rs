@@ -31,6 +31,10 @@ const PRIVATE_UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const DHT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Circuits our relay service carries at once, for all peers.
+const RELAY_CIRCUITS_LIMIT: usize = 512;
+/// Circuits our relay service carries at once to or from one peer (Kubo's figure).
+const RELAY_CIRCUITS_PER_PEER_LIMIT: usize = 16;
 const DHT_PENDING_ENTRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Gossipsub scores below which a peer's gossip is ignored, it may not receive our
@@ -354,11 +358,19 @@ fn autonat_v1_config(config: &Config) -> autonat::v1::Config {
     }
 }
 
-/// libp2p-relay's limits, which are Kubo's RelayService defaults (128 reservations, 4
-/// per peer, for an hour; 16 circuits, 4 per peer, each at most 2 minutes and 128 KiB),
-/// and its rate limits, behind the gate that opens only while we are public.
+/// Kubo's RelayService limits: libp2p-relay's defaults for reservations (128, 4 per
+/// peer, for an hour) and for each circuit (2 minutes, 128 KiB), and Kubo's 16 circuits
+/// per peer. libp2p-relay's own circuit limits (16 in all, 4 per peer, counting the
+/// peer at either end) let a relay serve only a handful of NATed peers: a provider
+/// called by five peers at once would refuse the fifth. In all at most
+/// [`RELAY_CIRCUITS_LIMIT`], so a relay carries at most that many times 128 KiB per two
+/// minutes. All behind the gate that opens only while we are public.
 fn relay_service_config(gate: PublicGate) -> relay::Config {
-    let mut config = relay::Config::default();
+    let mut config = relay::Config {
+        max_circuits: RELAY_CIRCUITS_LIMIT,
+        max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_LIMIT,
+        ..relay::Config::default()
+    };
     config
         .reservation_rate_limiters
         .push(Box::new(gate.clone()));

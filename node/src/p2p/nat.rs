@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 
 /// Relays a node behind a NAT holds reservations on at once, as go-libp2p's autorelay
@@ -281,12 +282,44 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// Of one peer's connections (by the address each goes through), the relayed ones a
+/// direct one makes redundant: all of them once any direct one stands, else none.
+pub fn superseded_relayed(conns: &HashMap<ConnectionId, Multiaddr>) -> Vec<ConnectionId> {
+    if conns.values().all(is_relayed) {
+        return Vec::new();
+    }
+    conns
+        .iter()
+        .filter(|(_, addr)| is_relayed(addr))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_direct_connection_supersedes_the_relayed_ones() {
+        let relayed = addr("/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
+        let direct = addr("/ip4/198.51.100.7/tcp/4001");
+        let (a, b, c) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        let only_relayed = HashMap::from([(a, relayed.clone()), (b, relayed.clone())]);
+        assert!(superseded_relayed(&only_relayed).is_empty());
+        let only_direct = HashMap::from([(c, direct.clone())]);
+        assert!(superseded_relayed(&only_direct).is_empty());
+        let both = HashMap::from([(a, relayed.clone()), (b, relayed), (c, direct)]);
+        let mut closed = superseded_relayed(&both);
+        closed.sort_unstable_by_key(|id| format!("{id}"));
+        assert_eq!(closed, vec![a, b]);
     }
 
     #[test]

@@ -181,6 +181,10 @@ struct NatState {
     private_swarm: bool,
     hole_punches: u64,
     hole_punch_failures: u64,
+    /// Peers that reached us through a relay, to be dialed back directly once identify
+    /// tells their addresses: a publicly reachable caller takes our dial, which a hole
+    /// punch cannot give it (both ends of a punch act as listeners).
+    reversals: HashSet<PeerId>,
 }
 
 impl NatState {
@@ -226,6 +230,7 @@ impl Worker {
                 private_swarm: config.swarm_key.is_some(),
                 hole_punches: 0,
                 hole_punch_failures: 0,
+                reversals: HashSet::new(),
             },
         };
         for addr in &config.nat.relays {
@@ -270,7 +275,12 @@ impl Worker {
                 _ = tick.tick() => self.on_tick(),
                 _ = trim.tick() => self.trim_connections(),
                 _ = refresh.tick() => self.start_bootstrap(None),
-                _ = relays.tick(), if self.nat.relay_client => self.manage_relays(),
+                _ = relays.tick() => {
+                    self.close_superseded_relayed();
+                    if self.nat.relay_client {
+                        self.manage_relays();
+                    }
+                }
             }
         }
         tracing::debug!("p2p: swarm task stopped");
@@ -300,6 +310,41 @@ impl Worker {
         );
         for (_, peer) in candidates.into_iter().take(excess) {
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Closes the relayed connections to peers we also reach directly (a hole punch
+    /// succeeded, or they became reachable): streams then open on the direct one, and
+    /// the relay's scarce circuits go to peers that have no other way. Run on a tick,
+    /// not as the direct connection comes up, so the punch's own exchange has ended.
+    fn close_superseded_relayed(&mut self) {
+        for conns in self.connections.values() {
+            for id in nat::superseded_relayed(conns) {
+                tracing::debug!(connection = %id, "p2p: closing a relayed connection; a direct one stands");
+                self.swarm.close_connection(id);
+            }
+        }
+    }
+
+    /// Dials `peer`, which reached us only through a relay, at its own addresses: if
+    /// it is publicly reachable the connection is direct, and the relayed one is closed
+    /// on the next relay tick. Costs one dial that fails when it is behind a NAT too.
+    fn dial_back_directly(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let only_relayed = self
+            .connections
+            .get(&peer)
+            .is_some_and(|conns| conns.values().all(nat::is_relayed));
+        let direct: Vec<Multiaddr> = addrs.iter().filter(|a| !nat::is_relayed(a)).cloned().collect();
+        if !only_relayed || direct.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, addrs = ?direct, "p2p: dialing a relayed caller back directly");
+        let opts = DialOpts::peer_id(peer)
+            .addresses(direct)
+            .condition(PeerCondition::Always)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %error, "p2p: no direct dial back");
         }
     }
 
@@ -676,6 +721,9 @@ impl Worker {
                 if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
                     addr.pop();
                 }
+                if endpoint.is_relayed() && !endpoint.is_dialer() {
+                    self.nat.reversals.insert(peer_id);
+                }
                 let first = !self.connections.contains_key(&peer_id);
                 if first {
                     self.connected_since.insert(peer_id, Instant::now());
@@ -723,6 +771,7 @@ impl Worker {
                         self.in_use.forget(&peer_id);
                         self.known_addrs.forget(&peer_id);
                         self.nat.relays.forget(&peer_id);
+                        self.nat.reversals.remove(&peer_id);
                         let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                     }
                 }
@@ -773,6 +822,9 @@ impl Worker {
                     self.nat.relays.offered(peer_id, direct);
                 }
                 let addrs = self.known_addrs.learned(peer_id, info.listen_addrs);
+                if self.nat.reversals.remove(&peer_id) {
+                    self.dial_back_directly(peer_id, &addrs);
+                }
                 if speaks_dht {
                     for addr in &addrs {
                         self.swarm
