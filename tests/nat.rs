@@ -501,7 +501,10 @@ fn peers_behind_symmetric_nats_stay_relayed_and_inference_still_works() {
         .expect("pull");
     let pulled = wait_with_timeout(pull, PULL_TIMEOUT).expect("pull finished");
     let error = String::from_utf8_lossy(&pulled.stderr);
-    assert!(!pulled.status.success(), "the pull succeeded through a relay");
+    assert!(
+        !pulled.status.success(),
+        "the pull succeeded through a relay"
+    );
     assert!(
         error.contains("reached only through a relay"),
         "the pull's error does not say why: {error}"

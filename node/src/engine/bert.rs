@@ -1,6 +1,8 @@
-//! The BERT encoder. [`BertWeights`] are burn modules named after Hugging Face's
-//! parameters (after `weights.rs` renames `LayerNorm` and `self`), so loading is a
-//! name-for-name match; [`Bert`] is the same encoder laid out to run fast.
+//! The BERT encoder, which RoBERTa and XLM-RoBERTa share: they differ only in the position
+//! ids, which come with the batch (see `Embedder::pack`). [`BertWeights`] are burn modules
+//! named after Hugging Face's parameters (after `weights.rs` renames `LayerNorm` and
+//! `self`), so loading is a name-for-name match; [`Bert`] is the same encoder laid out to
+//! run fast.
 //!
 //! Where the time goes on a CPU is the dense layers, so the runtime layout serves them:
 //! - tokens are packed, with no padding, into one `[tokens, hidden]` matrix, so every

@@ -1,16 +1,26 @@
-//! The inference engine: BERT-family sentence encoders on burn, loaded from a model folder
-//! in Hugging Face layout (on disk or a UnixFS directory in the repo), run on a backend
-//! chosen at run time.
+//! The inference engine: BERT-family sentence encoders (BERT, RoBERTa, XLM-RoBERTa) and
+//! ViT image classifiers on burn, loaded from a model folder in Hugging Face layout (on
+//! disk or a UnixFS directory in the repo), run on a backend chosen at run time.
 //!
 //! An [`Embedder`] takes a batch of texts (or token ids with their attention mask) and
 //! returns one embedding per input. Batches are padded to their longest input, never to a
-//! fixed length, and truncated at the model's maximum sequence length.
+//! fixed length, and truncated at the model's maximum sequence length. A [`Classifier`]
+//! takes encoded images (or pixels already prepared) and returns each one's top labels.
 
 mod activation;
 mod bert;
 pub mod cache;
+mod chat;
+pub mod classify;
+mod decoder;
+mod detokenize;
+pub mod generate;
+mod image;
+mod sampling;
 pub mod source;
+mod stop;
 mod tokenize;
+mod vit;
 mod weights;
 
 use std::fmt;
@@ -21,10 +31,18 @@ use burn::prelude::*;
 
 use self::bert::{Bert, BertWeights, PackedBatch};
 pub use self::cache::ModelCache;
+pub use self::chat::ChatMessage;
+pub use self::classify::{Classifier, Label, Logits};
+pub use self::generate::{GenerateParams, Generation, Generator, Sequence, StepOutput};
+pub use self::image::PixelBatch;
 pub use self::source::ModelFiles;
+pub use self::stop::FinishReason;
 use self::tokenize::TextTokenizer;
+pub use ipfs_accelerate_protocol::model_folder::DecoderConfig;
+use ipfs_accelerate_protocol::model_folder::PositionIds;
 pub use ipfs_accelerate_protocol::model_folder::{
-    self, BertConfig, FolderError, Pooling, SentenceConfig,
+    self, BertConfig, EncoderFamily, FolderError, ImageProcessor, Pooling, SentenceConfig,
+    VitConfig,
 };
 
 /// Errors of loading a model or running it.
@@ -207,13 +225,15 @@ impl Embedder {
         };
         let max_seq_length = sentence
             .max_seq_length
-            .unwrap_or(config.max_position_embeddings)
-            .min(config.max_position_embeddings);
+            .unwrap_or(config.max_tokens())
+            .min(config.max_tokens());
         let tokenizer_json = files
             .tokenizer
             .as_deref()
             .ok_or_else(|| EngineError::MissingFile("tokenizer.json".to_owned()))?;
-        let tokenizer = TextTokenizer::new(tokenizer_json, max_seq_length)?;
+        // A sentence-transformers folder's texts are stripped, as its pipeline does.
+        let tokenizer =
+            TextTokenizer::new(tokenizer_json, max_seq_length, files.modules.is_some())?;
         // The encoder is allocated from config.json's sizes before any weight is read:
         // they must be ones the weights file can fill, at a byte per parameter or more,
         // so memory is bounded by the file's real size, not by what config.json claims.
@@ -234,7 +254,7 @@ impl Embedder {
         model_folder::safetensors::tensors(&files.weights)?;
         let device = kind.device()?;
         let mut loaded = BertWeights::new(&config, &device);
-        weights::load(&mut loaded, files.weights)?;
+        weights::load(&mut loaded, files.weights, &weights::BERT_ENCODER)?;
         let model = Bert::new(config.clone(), loaded, kind != DeviceKind::Wgpu);
         Ok(Self {
             config,
@@ -419,14 +439,26 @@ impl Embedder {
         let mut key_mask = vec![true; rows * longest];
         let mut mean_weights = vec![0f32; rows * longest];
         let mut starts = Vec::with_capacity(rows);
+        let position_ids = self.config.position_ids();
         for (row, (row_ids, row_mask)) in tokens.ids.iter().zip(&tokens.mask).enumerate() {
             let start = ids.len();
             let attended: u32 = row_mask.iter().sum();
+            let mut counted = 0;
             for (col, (&id, &m)) in row_ids.iter().zip(row_mask).enumerate() {
                 let packed = ids.len();
                 let slot = row * longest + col;
                 ids.push(i64::from(id));
-                positions.push(col as i64);
+                let position = match position_ids {
+                    PositionIds::FromZero => col,
+                    PositionIds::AfterPadding { pad_token_id } if id as usize == pad_token_id => {
+                        pad_token_id
+                    }
+                    PositionIds::AfterPadding { pad_token_id } => {
+                        counted += 1;
+                        pad_token_id + counted
+                    }
+                };
+                positions.push(position as i64);
                 to_padded[slot] = packed as i64;
                 from_padded.push(slot as i64);
                 key_mask[slot] = m == 0;
@@ -495,10 +527,18 @@ mod tests {
 
     /// A copy of the tiny BERT folder with `edit` applied, in a temporary directory.
     fn tiny_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+        tiny_copy_of("tiny-bert", edit)
+    }
+
+    /// A copy of the fixture folder `model` (its files, not its subfolders) with `edit`
+    /// applied, in a temporary directory.
+    fn tiny_copy_of(model: &str, edit: impl FnOnce(&Path)) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(fixtures().join("tiny-bert")).unwrap() {
+        for entry in std::fs::read_dir(fixtures().join(model)).unwrap() {
             let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
         }
         edit(dir.path());
         dir
@@ -560,6 +600,147 @@ mod tests {
             let (from_ids, _) = model.embed_tokens(&tokens).unwrap();
             assert_eq!(from_ids, embeddings);
         }
+    }
+
+    fn reference_of(model: &str) -> Value {
+        let text = std::fs::read(fixtures().join(format!("{model}-reference.json"))).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    /// Each row at cosine 0.99999 or more to transformers', every value within 1e-4 (the
+    /// margins are printed, so a run shows them).
+    fn assert_close(embeddings: &Embeddings, expected: &Value, what: &str) {
+        let expected = expected.as_array().unwrap();
+        assert_eq!(embeddings.rows, expected.len());
+        let (mut lowest, mut worst) = (1f32, 0f32);
+        for (i, want) in expected.iter().enumerate() {
+            let want = floats(want);
+            let got = embeddings.row(i);
+            lowest = lowest.min(cosine(got, &want));
+            worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(worst, f32::max);
+        }
+        println!("{what}: lowest cosine {lowest}, largest difference {worst:e}");
+        assert!(lowest >= 0.99999, "{what}: cosine {lowest}");
+        assert!(worst < 1e-4, "{what}: largest difference {worst}");
+    }
+
+    #[test]
+    fn tiny_roberta_matches_transformers_on_every_backend() {
+        // A RobertaForMaskedLM checkpoint: `roberta.` prefixed, with an LM head.
+        let reference = reference_of("tiny-roberta");
+        let texts = sentences(&reference);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        for device in DeviceKind::ALL.into_iter().filter(|d| d.is_built()) {
+            let model = load(&fixtures().join("tiny-roberta"), device).unwrap();
+            assert_eq!(model.config().family, EncoderFamily::Roberta);
+            // 66 positions, counted from the padding id 1 + 1: 64 tokens.
+            assert_eq!(model.max_seq_length(), 64);
+            let tokens = model.tokenize(&texts).unwrap();
+            let want_ids: Vec<Vec<u32>> =
+                serde_json::from_value(reference["input_ids"].clone()).unwrap();
+            assert_eq!(tokens.ids, want_ids);
+            let (embeddings, _) = model.embed_texts(&texts).unwrap();
+            assert_close(
+                &embeddings,
+                &reference["mean_pooled"],
+                &format!("tiny-roberta {device}"),
+            );
+        }
+    }
+
+    #[test]
+    fn roberta_positions_count_from_padding_and_skip_it() {
+        // Left padding, and the padding id inside a row with its mask on: transformers
+        // numbers positions by the ids, so each row's embedding depends on where the
+        // padding ids are, not only on the mask.
+        let reference = reference_of("tiny-roberta");
+        let model = load(&fixtures().join("tiny-roberta"), DeviceKind::Cpu).unwrap();
+        let tokens = TokenInput {
+            ids: serde_json::from_value(reference["token_ids"].clone()).unwrap(),
+            mask: serde_json::from_value(reference["token_mask"].clone()).unwrap(),
+        };
+        let (embeddings, _) = model.embed_tokens(&tokens).unwrap();
+        assert_close(
+            &embeddings,
+            &reference["token_mean_pooled"],
+            "tiny-roberta tokens",
+        );
+
+        let dir = tiny_copy_of("tiny-roberta", |dir| {
+            std::fs::write(
+                dir.join("modules.json"),
+                r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                   {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+            )
+            .unwrap();
+            std::fs::create_dir(dir.join("1_Pooling")).unwrap();
+            std::fs::write(
+                dir.join("1_Pooling/config.json"),
+                r#"{"pooling_mode_cls_token":true,"pooling_mode_mean_tokens":false}"#,
+            )
+            .unwrap();
+        });
+        let model = load(dir.path(), DeviceKind::Cpu).unwrap();
+        // Token ids in: as a sentence-transformers folder this one strips its texts,
+        // which the reference (plain transformers) did not.
+        let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+        let mask = ids.iter().map(|row| vec![1; row.len()]).collect();
+        let (embeddings, _) = model.embed_tokens(&TokenInput { ids, mask }).unwrap();
+        assert_close(&embeddings, &reference["cls_pooled"], "tiny-roberta cls");
+    }
+
+    #[test]
+    fn tiny_xlm_roberta_matches_sentence_transformers() {
+        // A sentence-transformers folder: unprefixed XLMRobertaModel with its pooler,
+        // mean pooling, Normalize, max_seq_length 48, a Unigram tokenizer.
+        let reference = reference_of("tiny-xlm-roberta");
+        let model = load(&fixtures().join("tiny-xlm-roberta"), DeviceKind::Cpu).unwrap();
+        assert_eq!(model.config().family, EncoderFamily::XlmRoberta);
+        assert_eq!(model.max_seq_length(), 48);
+        assert!(model.normalizes());
+        let texts = sentences(&reference);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens = model.tokenize(&texts).unwrap();
+        let want_ids: Vec<Vec<u32>> =
+            serde_json::from_value(reference["input_ids"].clone()).unwrap();
+        assert_eq!(tokens.ids, want_ids);
+        let (embeddings, _) = model.embed_texts(&texts).unwrap();
+        assert_close(&embeddings, &reference["embeddings"], "tiny-xlm-roberta");
+        // One at a time gives the same as the padded batch.
+        for (i, text) in texts.iter().enumerate() {
+            let (alone, _) = model.embed_texts(&[text]).unwrap();
+            let similarity = cosine(alone.row(0), embeddings.row(i));
+            assert!(similarity > 0.99999, "row {i}: cosine {similarity}");
+        }
+    }
+
+    #[test]
+    fn roberta_weights_that_do_not_fit_are_refused_by_name() {
+        let dir = tiny_copy_of("tiny-roberta", |dir| {
+            edit_config(dir, "num_hidden_layers", 3.into())
+        });
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("encoder.layer.2.") && err.contains("missing"),
+            "{err}"
+        );
+        // BERT's position ids on RoBERTa's weights would run, wrongly: the families
+        // must agree.
+        let dir = tiny_copy_of("tiny-xlm-roberta", |dir| {
+            edit_config(dir, "model_type", "bert".into())
+        });
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(err.contains("different encoders"), "{err}");
+        // A position table too short for the tokenizer's 64 tokens after the padding id.
+        let dir = tiny_copy_of("tiny-roberta", |dir| {
+            edit_config(dir, "max_position_embeddings", 2.into())
+        });
+        let err = load(dir.path(), DeviceKind::Cpu).unwrap_err().to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
     }
 
     #[test]

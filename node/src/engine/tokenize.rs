@@ -1,6 +1,7 @@
 //! Text to token ids with the model's own tokenizer.json, truncated at the model's maximum
 //! sequence length. Padding is left to the batch (see `Embedder::token_batch`), so a batch
-//! is only as long as its longest text.
+//! is only as long as its longest text. Texts for a sentence-transformers model are first
+//! stripped of surrounding whitespace, as sentence-transformers does before tokenizing.
 
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -9,10 +10,14 @@ use super::{EngineError, Result, TokenInput};
 #[derive(Debug)]
 pub(crate) struct TextTokenizer {
     inner: Tokenizer,
+    /// Strip each text's surrounding whitespace first: sentence-transformers'
+    /// `Transformer.tokenize` does, and a SentencePiece-style tokenizer turns that
+    /// whitespace into tokens of its own.
+    strip: bool,
 }
 
 impl TextTokenizer {
-    pub(crate) fn new(tokenizer_json: &[u8], max_seq_length: usize) -> Result<Self> {
+    pub(crate) fn new(tokenizer_json: &[u8], max_seq_length: usize, strip: bool) -> Result<Self> {
         let mut inner = Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| EngineError::Tokenizer(format!("reading tokenizer.json: {e}")))?;
         // tokenizer.json often carries its own padding (to a fixed 128) and truncation;
@@ -24,13 +29,17 @@ impl TextTokenizer {
                 ..TruncationParams::default()
             }))
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(Self { inner })
+        Ok(Self { inner, strip })
     }
 
     pub(crate) fn encode(&self, texts: &[&str]) -> Result<TokenInput> {
+        let inputs: Vec<&str> = match self.strip {
+            true => texts.iter().map(|t| t.trim()).collect(),
+            false => texts.to_vec(),
+        };
         let encodings = self
             .inner
-            .encode_batch_fast(texts.to_vec(), true)
+            .encode_batch_fast(inputs, true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut input = TokenInput {
             ids: Vec::with_capacity(texts.len()),

@@ -1,17 +1,26 @@
-//! What a model folder declares: the encoder's architecture (config.json), and for
-//! sentence-transformers folders the pooling, normalisation and maximum sequence length
-//! (modules.json, the pooling module's config.json, sentence_bert_config.json).
+//! What a model folder declares: the encoder's architecture (config.json: BERT, RoBERTa or
+//! XLM-RoBERTa), and for sentence-transformers folders the pooling, normalisation and
+//! maximum sequence length (modules.json, the pooling module's config.json,
+//! sentence_bert_config.json).
 
 use serde::Deserialize;
 
 use super::{FolderError, Result};
 
-/// Architectures this engine runs, as config.json names them.
+/// Architectures this engine runs, as config.json names them. RoBERTa and XLM-RoBERTa are
+/// BERT's encoder with other position ids (see [`PositionIds`]); the heads of the
+/// `*For*` classes are not run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "BertModel",
     "BertForMaskedLM",
     "BertForPreTraining",
     "BertForSequenceClassification",
+    "RobertaModel",
+    "RobertaForMaskedLM",
+    "RobertaForSequenceClassification",
+    "XLMRobertaModel",
+    "XLMRobertaForMaskedLM",
+    "XLMRobertaForSequenceClassification",
 ];
 
 /// Bounds on config.json's sizes, (field, least, most): generous for any BERT-family
@@ -39,6 +48,59 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,
     pub activation: Activation,
+    pub family: EncoderFamily,
+    /// The padding token's id; RoBERTa's position ids are counted from it.
+    pub pad_token_id: usize,
+}
+
+/// Which of the BERT-family encoders config.json describes. They share the encoder and
+/// its checkpoint names (under a `bert.` or `roberta.` prefix in `*For*` checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderFamily {
+    Bert,
+    Roberta,
+    XlmRoberta,
+}
+
+impl EncoderFamily {
+    /// The `model_type` config.json gives it.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            EncoderFamily::Bert => "bert",
+            EncoderFamily::Roberta => "roberta",
+            EncoderFamily::XlmRoberta => "xlm-roberta",
+        }
+    }
+
+    fn from_model_type(model_type: &str) -> Option<Self> {
+        [Self::Bert, Self::Roberta, Self::XlmRoberta]
+            .into_iter()
+            .find(|family| family.model_type() == model_type)
+    }
+
+    /// The family of one of [`SUPPORTED_ARCHITECTURES`].
+    fn from_architecture(architecture: &str) -> Option<Self> {
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
+            None
+        } else if architecture.starts_with("XLMRoberta") {
+            Some(Self::XlmRoberta)
+        } else if architecture.starts_with("Roberta") {
+            Some(Self::Roberta)
+        } else {
+            Some(Self::Bert)
+        }
+    }
+}
+
+/// How an encoder numbers the positions of a row's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionIds {
+    /// BERT: 0, 1, 2, ... whatever the tokens are.
+    FromZero,
+    /// RoBERTa and XLM-RoBERTa (transformers' `create_position_ids_from_input_ids`): a
+    /// token whose id is `pad_token_id` takes position `pad_token_id`; the others count
+    /// on from it, `pad_token_id + 1` for the first, skipping the padding ones.
+    AfterPadding { pad_token_id: usize },
 }
 
 /// The feed-forward activation (`hidden_act`).
@@ -78,11 +140,17 @@ pub struct SentenceConfig {
     pub max_seq_length: Option<usize>,
 }
 
+/// What config.json says the model is, read before its sizes so that another kind of
+/// model is refused by name rather than for a field it lacks.
 #[derive(Deserialize)]
-struct RawConfig {
+struct Kind {
     #[serde(default)]
     architectures: Vec<String>,
     model_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
     vocab_size: usize,
     hidden_size: usize,
     num_hidden_layers: usize,
@@ -96,6 +164,7 @@ struct RawConfig {
     #[serde(default = "default_hidden_act")]
     hidden_act: String,
     position_embedding_type: Option<String>,
+    pad_token_id: Option<usize>,
 }
 
 fn default_type_vocab_size() -> usize {
@@ -111,33 +180,15 @@ fn default_hidden_act() -> String {
 }
 
 impl BertConfig {
-    /// Parses config.json; an architecture other than BERT is an error that names it.
+    /// Parses config.json; an architecture other than the BERT family's is an error that
+    /// names it.
     pub fn parse(json: &[u8]) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| FolderError::Invalid {
+        let invalid = |e: serde_json::Error| FolderError::Invalid {
             file: "config.json",
             reason: e.to_string(),
-        })?;
-        let is_bert = raw.model_type.as_deref() == Some("bert")
-            || raw
-                .architectures
-                .iter()
-                .any(|a| SUPPORTED_ARCHITECTURES.contains(&a.as_str()));
-        if !is_bert {
-            let named = raw
-                .architectures
-                .first()
-                .cloned()
-                .or(raw.model_type.clone())
-                .unwrap_or_else(|| "(none given)".to_owned());
-            return Err(FolderError::UnsupportedArchitecture(named));
-        }
-        if let Some(other) = raw
-            .architectures
-            .iter()
-            .find(|a| !SUPPORTED_ARCHITECTURES.contains(&a.as_str()))
-        {
-            return Err(FolderError::UnsupportedArchitecture(other.clone()));
-        }
+        };
+        let family = family(&serde_json::from_slice(json).map_err(invalid)?)?;
+        let raw: RawConfig = serde_json::from_slice(json).map_err(invalid)?;
         if let Some(kind) = raw.position_embedding_type.as_deref()
             && kind != "absolute"
         {
@@ -169,6 +220,32 @@ impl BertConfig {
         ] {
             check_bounds(field, value)?;
         }
+        // BERT does not use the padding id; RoBERTa's default is transformers' (1).
+        let pad_token_id = match (family, raw.pad_token_id) {
+            (_, Some(id)) => id,
+            (EncoderFamily::Bert, None) => 0,
+            (_, None) => 1,
+        };
+        if pad_token_id >= raw.vocab_size {
+            return Err(FolderError::Invalid {
+                file: "config.json",
+                reason: format!(
+                    "pad_token_id {pad_token_id} is outside the vocabulary of {}",
+                    raw.vocab_size
+                ),
+            });
+        }
+        if family != EncoderFamily::Bert && pad_token_id + 1 >= raw.max_position_embeddings {
+            return Err(FolderError::Invalid {
+                file: "config.json",
+                reason: format!(
+                    "max_position_embeddings {} leaves no position for a token: {} positions \
+                     count from pad_token_id {pad_token_id} + 1",
+                    raw.max_position_embeddings,
+                    family.model_type()
+                ),
+            });
+        }
         if !(raw.layer_norm_eps.is_finite() && raw.layer_norm_eps > 0.0) {
             return Err(FolderError::Invalid {
                 file: "config.json",
@@ -198,11 +275,33 @@ impl BertConfig {
             type_vocab_size: raw.type_vocab_size,
             layer_norm_eps: raw.layer_norm_eps,
             activation,
+            family,
+            pad_token_id,
         })
     }
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
+    }
+
+    pub fn position_ids(&self) -> PositionIds {
+        match self.family {
+            EncoderFamily::Bert => PositionIds::FromZero,
+            EncoderFamily::Roberta | EncoderFamily::XlmRoberta => PositionIds::AfterPadding {
+                pad_token_id: self.pad_token_id,
+            },
+        }
+    }
+
+    /// The most tokens a row may have, special tokens included: as many as there are
+    /// position embeddings after the first position a token can take.
+    pub fn max_tokens(&self) -> usize {
+        match self.position_ids() {
+            PositionIds::FromZero => self.max_position_embeddings,
+            PositionIds::AfterPadding { pad_token_id } => self
+                .max_position_embeddings
+                .saturating_sub(pad_token_id + 1),
+        }
     }
 
     /// Weights in the encoder, for the model's size in memory. Computed in checked
@@ -234,6 +333,47 @@ impl BertConfig {
         let layer = attention.checked_add(feed_forward)?;
         embeddings.checked_add(n(self.num_layers)?.checked_mul(layer)?)
     }
+}
+
+/// The encoder family config.json describes: every architecture it names must be one this
+/// engine runs, and they and `model_type` must agree on the family.
+fn family(kind: &Kind) -> Result<EncoderFamily> {
+    if let Some(other) = kind
+        .architectures
+        .iter()
+        .find(|a| EncoderFamily::from_architecture(a).is_none())
+    {
+        return Err(FolderError::UnsupportedArchitecture(other.clone()));
+    }
+    let by_type = kind
+        .model_type
+        .as_deref()
+        .and_then(EncoderFamily::from_model_type);
+    let mut families = kind
+        .architectures
+        .iter()
+        .filter_map(|a| EncoderFamily::from_architecture(a))
+        .chain(by_type);
+    let Some(family) = families.next() else {
+        let named = kind
+            .model_type
+            .clone()
+            .unwrap_or_else(|| "(none given)".to_owned());
+        return Err(FolderError::UnsupportedArchitecture(named));
+    };
+    if let Some(other) = families.find(|f| *f != family) {
+        return Err(FolderError::Invalid {
+            file: "config.json",
+            reason: format!(
+                "architectures {:?} and model_type {:?} name different encoders ({} and {})",
+                kind.architectures,
+                kind.model_type.as_deref().unwrap_or("(none)"),
+                family.model_type(),
+                other.model_type()
+            ),
+        });
+    }
+    Ok(family)
 }
 
 /// Refuses a config.json size outside [`FIELD_BOUNDS`], naming the field.
@@ -475,12 +615,98 @@ mod tests {
     }
 
     #[test]
+    fn names_another_kind_of_model_before_its_missing_fields() {
+        let vit = br#"{"architectures":["ViTForImageClassification"],"model_type":"vit",
+            "hidden_size":768,"image_size":224,"patch_size":16}"#;
+        let err = BertConfig::parse(vit).unwrap_err();
+        assert!(
+            matches!(&err, FolderError::UnsupportedArchitecture(name) if name == "ViTForImageClassification"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn names_unsupported_architecture() {
         let gpt2 = r#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2","hidden_size":768,
             "num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072,
             "max_position_embeddings":1024,"vocab_size":50257}"#;
         let err = BertConfig::parse(gpt2.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
+    }
+
+    const XLM_R_BASE: &str = r#"{"architectures":["XLMRobertaForMaskedLM"],"hidden_size":768,
+        "num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072,
+        "max_position_embeddings":514,"vocab_size":250002,"model_type":"xlm-roberta",
+        "type_vocab_size":1,"pad_token_id":1,"layer_norm_eps":1e-05}"#;
+
+    fn edited(json: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Result<BertConfig> {
+        let mut config: serde_json::Value = serde_json::from_str(json).unwrap();
+        edit(&mut config);
+        BertConfig::parse(config.to_string().as_bytes())
+    }
+
+    #[test]
+    fn reads_roberta_family_configs() {
+        let bert = BertConfig::parse(MINILM.as_bytes()).unwrap();
+        assert_eq!(bert.family, EncoderFamily::Bert);
+        assert_eq!(bert.position_ids(), PositionIds::FromZero);
+        assert_eq!(bert.max_tokens(), 512);
+
+        let xlmr = BertConfig::parse(XLM_R_BASE.as_bytes()).unwrap();
+        assert_eq!(xlmr.family, EncoderFamily::XlmRoberta);
+        assert_eq!(
+            xlmr.position_ids(),
+            PositionIds::AfterPadding { pad_token_id: 1 }
+        );
+        // Positions 2..=513 of 514: 512 tokens, as XLM-R's tokenizer allows.
+        assert_eq!(xlmr.max_tokens(), 512);
+        // XLM-R base: 278 M parameters without the pooler and the LM head.
+        assert_eq!(xlmr.parameter_count(), 277_453_056);
+
+        // roberta-base, as sentence-transformers saves it: no architectures, and
+        // RobertaModel's default padding id.
+        let roberta = edited(XLM_R_BASE, |c| {
+            c["model_type"] = "roberta".into();
+            c["vocab_size"] = 50265.into();
+            c.as_object_mut().unwrap().remove("architectures");
+            c.as_object_mut().unwrap().remove("pad_token_id");
+        })
+        .unwrap();
+        assert_eq!(roberta.family, EncoderFamily::Roberta);
+        assert_eq!(roberta.pad_token_id, 1);
+        let by_name = edited(XLM_R_BASE, |c| {
+            c["architectures"] = serde_json::json!(["RobertaModel"]);
+            c.as_object_mut().unwrap().remove("model_type");
+        })
+        .unwrap();
+        assert_eq!(by_name.family, EncoderFamily::Roberta);
+    }
+
+    #[test]
+    fn roberta_configs_that_contradict_themselves_are_refused() {
+        let err = edited(XLM_R_BASE, |c| c["model_type"] = "bert".into()).unwrap_err();
+        assert!(err.to_string().contains("different encoders"), "{err}");
+        let err = edited(XLM_R_BASE, |c| c["pad_token_id"] = 250002.into()).unwrap_err();
+        assert!(err.to_string().contains("pad_token_id"), "{err}");
+        // No position left for a token after the padding's.
+        let err = edited(XLM_R_BASE, |c| c["max_position_embeddings"] = 2.into()).unwrap_err();
+        assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+        let err = edited(XLM_R_BASE, |c| c["pad_token_id"] = (-1).into()).unwrap_err();
+        assert!(err.to_string().contains("config.json"), "{err}");
+        let err = edited(XLM_R_BASE, |c| {
+            c["architectures"] = serde_json::json!(["XLMRobertaForTokenClassification"]);
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("XLMRobertaForTokenClassification"),
+            "{err}"
+        );
+        let err = edited(XLM_R_BASE, |c| {
+            c.as_object_mut().unwrap().remove("architectures");
+            c["model_type"] = "camembert".into();
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("camembert"), "{err}");
     }
 
     #[test]

@@ -4,9 +4,16 @@
 //! accept; every refusal names the file and the field.
 
 pub mod config;
+pub mod decoder;
 pub mod safetensors;
+pub mod vision;
 
-pub use config::{Activation, BertConfig, Pooling, SUPPORTED_ARCHITECTURES, SentenceConfig};
+pub use config::{
+    Activation, BertConfig, EncoderFamily, Pooling, PositionIds, SUPPORTED_ARCHITECTURES,
+    SentenceConfig,
+};
+pub use decoder::{DECODER_ARCHITECTURES, DecoderConfig, GenerationConfig, TokenizerConfig};
+pub use vision::{Filter, ImageProcessor, Resize, VISION_ARCHITECTURES, VitConfig};
 
 /// A model folder's file that cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
