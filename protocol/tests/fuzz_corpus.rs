@@ -477,6 +477,23 @@ fn write_seed_corpora() {
         input.extend_from_slice(json);
         seeds.entry("model_config").or_default().push((name, input));
     }
+    // The generation and image models' files, from the engine's test fixtures.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    for (name, kind, file) in [
+        ("decoder-config", 4u8, "tiny-llama/config.json"),
+        ("generation-config", 5, "tiny-qwen2/generation_config.json"),
+        ("tokenizer-config", 6, "tiny-qwen2/tokenizer_config.json"),
+        ("vit-config", 7, "tiny-vit/config.json"),
+        (
+            "preprocessor-config",
+            8,
+            "tiny-vit/preprocessor_config.json",
+        ),
+    ] {
+        let mut input = vec![kind];
+        input.extend(std::fs::read(fixtures.join(file)).expect("a fixture"));
+        seeds.entry("model_config").or_default().push((name, input));
+    }
 
     // model.safetensors: a few tensors of several types, and one whose header lies.
     let safetensors_file = |header: &str, data_len: usize| {

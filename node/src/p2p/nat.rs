@@ -305,7 +305,9 @@ mod tests {
 
     #[test]
     fn a_direct_connection_supersedes_the_relayed_ones() {
-        let relayed = addr("/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
+        let relayed = addr(
+            "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+        );
         let direct = addr("/ip4/198.51.100.7/tcp/4001");
         let (a, b, c) = (
             ConnectionId::new_unchecked(1),

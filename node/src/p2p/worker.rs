@@ -334,7 +334,11 @@ impl Worker {
             .connections
             .get(&peer)
             .is_some_and(|conns| conns.values().all(nat::is_relayed));
-        let direct: Vec<Multiaddr> = addrs.iter().filter(|a| !nat::is_relayed(a)).cloned().collect();
+        let direct: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(|a| !nat::is_relayed(a))
+            .cloned()
+            .collect();
         if !only_relayed || direct.is_empty() {
             return;
         }

@@ -18,7 +18,10 @@ use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
 use ipfs_accelerate_protocol::infer::{self, InferRequest, InferResponse, Inputs};
 use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
 use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
-use ipfs_accelerate_protocol::model_folder::{BertConfig, SentenceConfig, safetensors};
+use ipfs_accelerate_protocol::model_folder::{
+    BertConfig, DecoderConfig, GenerationConfig, ImageProcessor, SentenceConfig, TokenizerConfig,
+    VitConfig, safetensors,
+};
 use ipfs_accelerate_protocol::unixfs;
 use ipfs_accelerate_protocol::upload::Part;
 use multihash_codetable::{Code, MultihashDigest};
@@ -234,13 +237,25 @@ pub(crate) fn model_config(data: &[u8]) -> bool {
     let Some((&kind, json)) = data.split_first() else {
         return false;
     };
-    match kind % 4 {
+    match kind % 9 {
         0 => BertConfig::parse(json)
             .map(|config| {
                 config.parameter_count();
                 config.head_dim();
             })
             .is_ok(),
+        4 => DecoderConfig::parse(json)
+            .map(|config| config.parameter_count())
+            .is_ok(),
+        5 => GenerationConfig::parse(json).is_ok(),
+        6 => TokenizerConfig::parse(json).is_ok(),
+        7 => VitConfig::parse(json)
+            .map(|config| {
+                config.parameter_count();
+                config.tokens();
+            })
+            .is_ok(),
+        8 => ImageProcessor::parse(json).is_ok(),
         1 => {
             let dir = SentenceConfig::pooling_dir(json);
             let parsed = SentenceConfig::parse(json, Some(POOLING), None);
