@@ -9,8 +9,8 @@ use burn::prelude::*;
 
 use super::image::{self, PixelBatch};
 use super::vit::{self, Vit, VitWeights};
-use super::{DeviceKind, EngineError, ModelFiles, Result, weights};
-use ipfs_accelerate_protocol::model_folder::{self, FolderError, ImageProcessor, VitConfig};
+use super::{DeviceKind, EngineError, ModelFiles, Result, check_weights_file, weights};
+use ipfs_accelerate_protocol::model_folder::{FolderError, ImageProcessor, VitConfig};
 
 /// One label of an image's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,21 +77,7 @@ impl Classifier {
             }
             .into());
         }
-        // As for encoders: the sizes must be ones the weights file can fill, so memory
-        // is bounded by the file's real size, not by what config.json claims.
-        let parameters = config.parameter_count();
-        if parameters > files.weights.len() {
-            return Err(FolderError::Invalid {
-                file: "config.json",
-                reason: format!(
-                    "its sizes make {parameters} parameters, more than model.safetensors \
-                     ({} bytes) can hold",
-                    files.weights.len()
-                ),
-            }
-            .into());
-        }
-        model_folder::safetensors::tensors(&files.weights)?;
+        check_weights_file(config.parameter_count(), &files.weights)?;
         let device = kind.device()?;
         let mut loaded = VitWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights, &weights::VIT_CLASSIFIER)?;
@@ -275,24 +261,16 @@ impl Classifier {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use base64::Engine as _;
     use serde_json::Value;
 
     use super::*;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-    }
+    use crate::engine::testing::{fixtures, image as read, read_json};
 
     fn reference() -> Value {
-        let text = std::fs::read(fixtures().join("tiny-vit-reference.json")).unwrap();
-        serde_json::from_slice(&text).unwrap()
-    }
-
-    fn read(name: &str) -> Vec<u8> {
-        std::fs::read(fixtures().join("images").join(name)).unwrap()
+        read_json("tiny-vit-reference.json")
     }
 
     fn floats(value: &Value) -> Vec<f32> {

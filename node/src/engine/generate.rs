@@ -13,10 +13,8 @@ use super::decoder::{Decoder, KvCache, Segment};
 use super::detokenize::Detokenizer;
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{self, FinishReason, StopSequences};
-use super::{DeviceKind, EngineError, ModelFiles, Result};
-use ipfs_accelerate_protocol::model_folder::{
-    self, DecoderConfig, FolderError, GenerationConfig, TokenizerConfig,
-};
+use super::{DeviceKind, EngineError, ModelFiles, Result, check_weights_file};
+use ipfs_accelerate_protocol::model_folder::{DecoderConfig, GenerationConfig, TokenizerConfig};
 
 /// New tokens a sequence may generate when neither the request nor
 /// generation_config.json says.
@@ -230,22 +228,7 @@ impl Generator {
             Some(json) => ChatTemplate::new(&TokenizerConfig::parse(json)?)?,
             None => None,
         };
-        // The model is allocated from config.json's sizes before any weight is read:
-        // they must be ones the weights file can fill, at a byte per parameter or more,
-        // so memory is bounded by the file's real size, not by what config.json claims.
-        let parameters = config.parameter_count();
-        if parameters > files.weights.len() {
-            return Err(FolderError::Invalid {
-                file: "config.json",
-                reason: format!(
-                    "its sizes make {parameters} parameters, more than model.safetensors \
-                     ({} bytes) can hold",
-                    files.weights.len()
-                ),
-            }
-            .into());
-        }
-        model_folder::safetensors::tensors(&files.weights)?;
+        check_weights_file(config.parameter_count(), &files.weights)?;
         let device = kind.device()?;
         let decoder = Decoder::load(&config, &files.weights, &device, kind != DeviceKind::Wgpu)?;
         let mut eos_ids = config.eos_token_ids.clone();
@@ -555,7 +538,7 @@ impl Generator {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::OnceLock;
     use std::time::Instant;
 
@@ -563,16 +546,13 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::engine::testing::fixtures;
 
     const MODELS: [&str; 4] = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral"];
     /// A greedy step is compared token for token where transformers' top two logits are
     /// further apart than this; our logits are within 1e-4 of theirs, so a closer pair
     /// could legitimately flip, and after a flip the continuations differ.
     const CLEAR_MARGIN: f64 = 1e-3;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-    }
 
     fn reference() -> &'static Value {
         static REFERENCE: OnceLock<Value> = OnceLock::new();
@@ -1005,7 +985,8 @@ mod tests {
                 "F16"
             };
             let weights = std::fs::read(fixtures().join(copy).join("model.safetensors")).unwrap();
-            let headers = model_folder::safetensors::tensors(&weights).unwrap();
+            let headers =
+                ipfs_accelerate_protocol::model_folder::safetensors::tensors(&weights).unwrap();
             assert!(headers.iter().all(|t| t.dtype == dtype), "{copy}");
             let generator = load(copy);
             let (mut exact, mut drift) = (0f32, 0f32);

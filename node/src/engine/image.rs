@@ -406,25 +406,16 @@ fn weight(filter: Filter, x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
 
     use base64::Engine as _;
     use serde_json::Value;
     use sha2::{Digest, Sha256};
 
     use super::*;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-    }
+    use crate::engine::testing::{fixtures, image as read, read_json};
 
     fn reference() -> Value {
-        let text = std::fs::read(fixtures().join("tiny-vit-reference.json")).unwrap();
-        serde_json::from_slice(&text).unwrap()
-    }
-
-    fn read(name: &str) -> Vec<u8> {
-        std::fs::read(fixtures().join("images").join(name)).unwrap()
+        read_json("tiny-vit-reference.json")
     }
 
     fn sha256(bytes: &[u8]) -> String {

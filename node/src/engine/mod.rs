@@ -19,6 +19,8 @@ mod image;
 mod sampling;
 pub mod source;
 mod stop;
+#[cfg(test)]
+mod testing;
 mod tokenize;
 mod vit;
 mod weights;
@@ -73,6 +75,26 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Refuses a model whose config.json sizes make more parameters than its weights file
+/// has bytes (memory is allocated from those sizes before any weight is read, so it is
+/// bounded by the file's real size, not by what config.json claims), and a
+/// model.safetensors whose header disagrees with its bytes, naming the file.
+fn check_weights_file(parameters: usize, weights: &[u8]) -> Result<()> {
+    if parameters > weights.len() {
+        return Err(FolderError::Invalid {
+            file: "config.json",
+            reason: format!(
+                "its sizes make {parameters} parameters, more than model.safetensors \
+                 ({} bytes) can hold",
+                weights.len()
+            ),
+        }
+        .into());
+    }
+    model_folder::safetensors::tensors(weights)?;
+    Ok(())
+}
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -234,24 +256,7 @@ impl Embedder {
         // A sentence-transformers folder's texts are stripped, as its pipeline does.
         let tokenizer =
             TextTokenizer::new(tokenizer_json, max_seq_length, files.modules.is_some())?;
-        // The encoder is allocated from config.json's sizes before any weight is read:
-        // they must be ones the weights file can fill, at a byte per parameter or more,
-        // so memory is bounded by the file's real size, not by what config.json claims.
-        let parameters = config.parameter_count();
-        if parameters > files.weights.len() {
-            return Err(FolderError::Invalid {
-                file: "config.json",
-                reason: format!(
-                    "its sizes make {parameters} parameters, more than model.safetensors \
-                     ({} bytes) can hold",
-                    files.weights.len()
-                ),
-            }
-            .into());
-        }
-        // The header is checked against the file's bytes before the encoder is built,
-        // so a hostile one is refused with the file's name.
-        model_folder::safetensors::tensors(&files.weights)?;
+        check_weights_file(config.parameter_count(), &files.weights)?;
         let device = kind.device()?;
         let mut loaded = BertWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights, &weights::BERT_ENCODER)?;
@@ -493,21 +498,17 @@ impl Embedder {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use cid::Cid;
     use multihash_codetable::MultihashDigest;
     use serde_json::Value;
 
     use super::*;
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-    }
+    use crate::engine::testing::{fixtures, read_json};
 
     fn reference() -> Value {
-        let text = std::fs::read(fixtures().join("tiny-bert-reference.json")).unwrap();
-        serde_json::from_slice(&text).unwrap()
+        read_json("tiny-bert-reference.json")
     }
 
     fn floats(value: &Value) -> Vec<f32> {
@@ -603,8 +604,7 @@ mod tests {
     }
 
     fn reference_of(model: &str) -> Value {
-        let text = std::fs::read(fixtures().join(format!("{model}-reference.json"))).unwrap();
-        serde_json::from_slice(&text).unwrap()
+        read_json(&format!("{model}-reference.json"))
     }
 
     /// Each row at cosine 0.99999 or more to transformers', every value within 1e-4 (the
