@@ -21,10 +21,14 @@ pub enum FolderError {
     /// A file could not be read or asks for something unsupported.
     #[error("{file}: {reason}")]
     Invalid { file: &'static str, reason: String },
-    /// config.json names an architecture the engine does not run.
+    /// config.json names an architecture the engine does not run for this task (each
+    /// loader accepts its own kind; the message lists them all).
     #[error(
-        "unsupported model architecture {0:?}: this engine runs BERT encoders ({supported})",
-        supported = SUPPORTED_ARCHITECTURES.join(", ")
+        "model architecture {0:?} cannot be used here: this engine embeds text with \
+         {encoders}, generates text with {decoders} and classifies images with {vision}",
+        encoders = SUPPORTED_ARCHITECTURES.join(", "),
+        decoders = DECODER_ARCHITECTURES.join(", "),
+        vision = VISION_ARCHITECTURES.join(", ")
     )]
     UnsupportedArchitecture(String),
 }
