@@ -65,7 +65,7 @@ fn assert_infer_matches(repo: &TestRepo, model: &str, device: &str, reference: &
     let want = vectors(&reference["embeddings"]);
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.len(), 384);
+        assert_eq!(g.len(), w.len());
         let similarity = cosine(g, w);
         assert!(
             similarity >= 0.9999,
@@ -113,6 +113,27 @@ fn minilm_from_pypi_matches_sentence_transformers() {
     let listed: Value = serde_json::from_str(&repo.ok(&["model", "ls", "--json"])).unwrap();
     assert_eq!(listed["models"][0]["cid"], cid.as_str());
     assert_eq!(listed["models"][0]["name"], "all-MiniLM-L6-v2");
+}
+
+/// RoBERTa (positions after the padding id) and XLM-RoBERTa (a Unigram tokenizer, a
+/// sentence-transformers folder) through `model import` and `infer`, against
+/// transformers' and sentence-transformers' embeddings.
+#[test]
+fn roberta_encoders_are_imported_and_served() {
+    let repo = TestRepo::new();
+    for (folder, name, embeddings) in [
+        ("tiny-roberta", "rob", "mean_pooled"),
+        ("tiny-xlm-roberta", "xlmr", "embeddings"),
+    ] {
+        let reference = read_json(&fixture(&format!("{folder}-reference.json")));
+        let dir = fixture(folder);
+        repo.ok(&["model", "import", dir.to_str().unwrap(), "--name", name]);
+        let expected = serde_json::json!({
+            "sentences": reference["sentences"],
+            "embeddings": reference[embeddings],
+        });
+        assert_infer_matches(&repo, name, "cpu", &expected);
+    }
 }
 
 #[test]
