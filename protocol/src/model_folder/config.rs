@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::{FolderError, Result};
+use super::{FolderError, Kind, Result, within_bounds};
 
 /// Architectures this engine runs, as config.json names them. RoBERTa and XLM-RoBERTa are
 /// BERT's encoder with other position ids (see [`PositionIds`]); the heads of the
@@ -138,15 +138,6 @@ pub struct SentenceConfig {
     pub normalize: bool,
     /// Longest input in tokens, [CLS] and [SEP] included; longer inputs are truncated.
     pub max_seq_length: Option<usize>,
-}
-
-/// What config.json says the model is, read before its sizes so that another kind of
-/// model is refused by name rather than for a field it lacks.
-#[derive(Deserialize)]
-struct Kind {
-    #[serde(default)]
-    architectures: Vec<String>,
-    model_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -378,16 +369,7 @@ fn family(kind: &Kind) -> Result<EncoderFamily> {
 
 /// Refuses a config.json size outside [`FIELD_BOUNDS`], naming the field.
 fn check_bounds(field: &str, value: usize) -> Result<()> {
-    let Some(&(_, least, most)) = FIELD_BOUNDS.iter().find(|(name, ..)| *name == field) else {
-        return Ok(());
-    };
-    if (least..=most).contains(&value) {
-        return Ok(());
-    }
-    Err(FolderError::Invalid {
-        file: "config.json",
-        reason: format!("{field} {value} is out of range (between {least} and {most})"),
-    })
+    within_bounds(FIELD_BOUNDS, field, field, value).map(drop)
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{FolderError, Result};
+use super::{FolderError, Result, within_bounds};
 
 /// Text-generation architectures the engine runs, as config.json names them.
 pub const DECODER_ARCHITECTURES: &[&str] = &[
@@ -866,16 +866,7 @@ fn invalid(reason: String) -> FolderError {
 
 /// `value` of config.json's `field`, checked against the bounds of `kind`.
 fn bounded(field: &str, kind: &str, value: usize) -> Result<usize> {
-    let Some(&(_, least, most)) = FIELD_BOUNDS.iter().find(|(name, ..)| *name == kind) else {
-        return Ok(value);
-    };
-    if (least..=most).contains(&value) {
-        Ok(value)
-    } else {
-        Err(invalid(format!(
-            "{field} {value} is out of range (between {least} and {most})"
-        )))
-    }
+    within_bounds(FIELD_BOUNDS, kind, field, value)
 }
 
 fn check_bounds(field: &str, value: usize) -> Result<usize> {

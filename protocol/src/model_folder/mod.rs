@@ -3,6 +3,8 @@
 //! tensors model.safetensors says it holds. The engine builds a model only from what these
 //! accept; every refusal names the file and the field.
 
+use serde::Deserialize;
+
 pub mod config;
 pub mod decoder;
 pub mod safetensors;
@@ -35,3 +37,30 @@ pub enum FolderError {
 
 /// Result alias for this module.
 pub type Result<T, E = FolderError> = std::result::Result<T, E>;
+
+/// What config.json says the model is, read before its sizes so that another kind of
+/// model is refused by name rather than for a field it lacks.
+#[derive(Deserialize)]
+struct Kind {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+}
+
+/// `value` of config.json's `field`, refused (naming the field) when outside the
+/// `(name, least, most)` entry of `bounds` named `bound`; a name with no entry is
+/// unbounded.
+fn within_bounds(
+    bounds: &[(&str, usize, usize)],
+    bound: &str,
+    field: &str,
+    value: usize,
+) -> Result<usize> {
+    match bounds.iter().find(|(name, ..)| *name == bound) {
+        Some(&(_, least, most)) if !(least..=most).contains(&value) => Err(FolderError::Invalid {
+            file: "config.json",
+            reason: format!("{field} {value} is out of range (between {least} and {most})"),
+        }),
+        _ => Ok(value),
+    }
+}

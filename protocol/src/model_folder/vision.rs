@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Activation, FolderError, Result};
+use super::{Activation, FolderError, Kind, Result, within_bounds};
 
 /// Image classifiers this engine runs, as config.json names them.
 pub const VISION_ARCHITECTURES: &[&str] = &["ViTForImageClassification"];
@@ -108,15 +108,6 @@ impl Filter {
             _ => None,
         }
     }
-}
-
-/// What config.json says the model is, read before its sizes so that another kind of
-/// model is refused by name rather than for a field it lacks.
-#[derive(Deserialize)]
-struct Kind {
-    #[serde(default)]
-    architectures: Vec<String>,
-    model_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,15 +370,7 @@ fn labels(
 
 /// Refuses a size outside [`FIELD_BOUNDS`], naming the field.
 fn check_bounds(field: &str, value: usize) -> Result<()> {
-    let Some(&(_, least, most)) = FIELD_BOUNDS.iter().find(|(name, ..)| *name == field) else {
-        return Ok(());
-    };
-    if (least..=most).contains(&value) {
-        return Ok(());
-    }
-    Err(invalid(format!(
-        "{field} {value} is out of range (between {least} and {most})"
-    )))
+    within_bounds(FIELD_BOUNDS, field, field, value).map(drop)
 }
 
 /// preprocessor_config.json as written by `ViTImageProcessor.save_pretrained` (or the older
