@@ -125,10 +125,13 @@ impl Classifier {
     /// error naming its index.
     pub fn preprocess(&self, images: &[&[u8]]) -> Result<PixelBatch> {
         let [height, width] = self.config.image_size;
-        let mut data = Vec::with_capacity(images.len() * 3 * height * width);
+        // Room is taken per image once it decodes, not for the whole batch up front:
+        // a thousand bytes of garbage "images" must not reserve a thousand images' pixels.
+        let mut data = Vec::new();
         for (i, bytes) in images.iter().enumerate() {
             let bad = |reason: String| EngineError::BadInput(format!("image {i}: {reason}"));
             let rgb = image::decode(bytes).map_err(bad)?;
+            data.reserve(3 * height * width);
             image::preprocess(&rgb, &self.processor, self.config.image_size, &mut data)
                 .map_err(bad)?;
         }
