@@ -136,6 +136,86 @@ fn roberta_encoders_are_imported_and_served() {
     }
 }
 
+/// A GPT-2 and a ViT fixture through `model import`, `model ls --task` and `infer`:
+/// greedy generation token for token as transformers generated it, and the labels of an
+/// image in transformers' order.
+#[test]
+fn generation_and_classification_through_import_and_infer() {
+    let repo = TestRepo::new();
+    let gpt2 = fixture("tiny-gpt2");
+    let vit = fixture("tiny-vit");
+    repo.ok(&["model", "import", gpt2.to_str().unwrap(), "--name", "gpt"]);
+    repo.ok(&["model", "import", vit.to_str().unwrap(), "--name", "vit"]);
+    let generating = repo.ok(&["model", "ls", "--task", "generate"]);
+    assert!(
+        generating.contains("gpt@1\t") && !generating.contains("vit@"),
+        "{generating}"
+    );
+    assert!(
+        repo.ok(&["model", "ls", "--task", "classify"])
+            .contains("vit@1\t")
+    );
+
+    let reference = read_json(&fixture("generation-reference.json"));
+    let case = &reference["models"]["tiny-gpt2"]["prompts"][0];
+    assert_eq!(case["prompt"], "Hello");
+    let new_tokens = reference["new_tokens"].to_string();
+    let args = [
+        "infer",
+        "gpt",
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        &new_tokens,
+    ];
+    let answer: Value = serde_json::from_str(&repo.ok(&[&args[..], &["--json"]].concat())).unwrap();
+    assert_eq!(answer["tokens"], case["greedy_ids"]);
+    assert_eq!(answer["text"], case["greedy_text"]);
+    assert_eq!(answer["finish_reason"], "length");
+    assert_eq!(
+        answer["prompt_tokens"],
+        case["input_ids"].as_array().unwrap().len()
+    );
+    // Streamed to the terminal, the same text.
+    let out = repo.run(&args);
+    assert!(out.status.success());
+    let streamed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(streamed.strip_suffix('\n'), case["greedy_text"].as_str());
+
+    let reference = read_json(&fixture("tiny-vit-reference.json"));
+    let image = &reference["images"][0];
+    let path = fixture("images").join(image["file"].as_str().unwrap());
+    let answer: Value = serde_json::from_str(&repo.ok(&[
+        "infer",
+        "vit",
+        "--image",
+        path.to_str().unwrap(),
+        "--labels",
+        "3",
+        "--json",
+    ]))
+    .unwrap();
+    let ids: Vec<u64> = answer["labels"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_u64().unwrap())
+        .collect();
+    let top: Vec<u64> = serde_json::from_value(image["top"].clone()).unwrap();
+    assert_eq!(ids, top[..3]);
+    let names = reference["labels"].as_array().unwrap();
+    assert_eq!(answer["labels"][0][0]["label"], names[top[0] as usize]);
+
+    // Asked the wrong way, each says what it takes.
+    let error = repo.fails(&["infer", "gpt", "--text", "hi"]);
+    assert!(
+        error.contains("a model to generate: give it --prompt"),
+        "{error}"
+    );
+    let error = repo.fails(&["infer", "vit", "--prompt", "hi"]);
+    assert!(error.contains("a model to classify"), "{error}");
+}
+
 #[test]
 fn infer_and_bench_on_the_tiny_model() {
     let repo = TestRepo::new();

@@ -383,3 +383,67 @@ fn a_name_stays_with_its_first_publisher() {
         .fails(&["model", "trust", "add", "tiny", "not-a-peer"]);
     assert!(error.contains("not a peer id"), "{error}");
 }
+
+/// A published GPT-2 fixture, heard as a generation model and streamed from its
+/// publisher through the daemon's API: the same tokens as the publisher generates
+/// itself, and `model ls --task` sorts it.
+#[test]
+fn a_generation_model_is_published_and_streamed_from_a_peer() {
+    let folder = workspace_root().join("tests/fixtures/tiny-gpt2");
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--bootstrap", &a.addr()]);
+    let published = json(&a.repo.ok(&[
+        "model",
+        "publish",
+        folder.to_str().unwrap(),
+        "--name",
+        "gpt",
+        "--json",
+    ]));
+    assert_eq!(published["task"], "generate", "{published}");
+    assert_eq!(published["architecture"], "GPT2LMHeadModel");
+    let heard = poll_until(Duration::from_secs(10), || {
+        let listed = json(&b.repo.ok(&["model", "ls", "--task", "generate", "--json"]));
+        listed["Models"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "gpt"))
+    });
+    assert!(heard, "B did not hear the generation model");
+    let listed = json(&b.repo.ok(&["model", "ls", "--task", "embed", "--json"]));
+    assert!(
+        !listed["Models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "gpt"),
+        "{listed}"
+    );
+
+    let args = [
+        "infer",
+        "gpt",
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "24",
+        "--json",
+    ];
+    let remote = json(&b.repo.ok(&args));
+    let local = json(&a.repo.ok(&args));
+    assert_eq!(remote["local"], false, "{remote}");
+    assert_eq!(remote["provider"], a.peer_id().as_str());
+    assert_eq!(local["local"], true);
+    assert_eq!(remote["tokens"], local["tokens"]);
+    assert_eq!(remote["text"], local["text"]);
+    assert_eq!(remote["completion_tokens"], 24);
+    assert!(remote["timings"]["first_token_ms"].as_f64().unwrap() > 0.0);
+    // Streamed to B's terminal as it comes: the same text.
+    let out = b.repo.run(&args[..args.len() - 1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let streamed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(streamed.strip_suffix('\n'), local["text"].as_str());
+}

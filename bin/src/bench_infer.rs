@@ -4,6 +4,10 @@
 //!   of the same call answered by the server for itself (same queue, same engine);
 //! - the throughput of many clients sending batch-1 requests at once, against the
 //!   server's own throughput when it is handed full batches.
+//!
+//! For a text-generation model it measures instead the time to the first token of a
+//! generation here and from a peer (the same server, interleaved), which is what the
+//! network adds to a streamed answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::future::join_all;
+use ipfs_accelerate_node::Node;
+use ipfs_accelerate_node::engine::{ModelKind, model_folder};
 use ipfs_accelerate_node::model_network::InferCall;
 use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::cli::BenchInferArgs;
 use crate::local_swarm::{dial_address, import_folder, start_node};
@@ -43,15 +50,29 @@ struct Report {
     clients_vs_local: f64,
 }
 
+/// What `bench infer` measured of a generation model; times in milliseconds.
+#[derive(Serialize)]
+struct FirstTokenReport {
+    model: String,
+    device: &'static str,
+    threads: usize,
+    requests: usize,
+    new_tokens: u32,
+    p50_first_token_local_ms: f64,
+    p50_first_token_remote_ms: f64,
+    p99_first_token_local_ms: f64,
+    p99_first_token_remote_ms: f64,
+    first_token_overhead_ms: f64,
+}
+
 pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
+    let config = std::fs::read(args.model.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", args.model.display()))?;
+    if model_folder::model_kind(&config)? == ModelKind::Generate {
+        return bench_first_token(args, json);
+    }
     let device = crate::model::engine_device(&args.engine)?;
-    let text = std::fs::read_to_string(&args.sentences)
-        .with_context(|| format!("reading {}", args.sentences.display()))?;
-    let sentences: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
+    let sentences = non_empty_lines(&args.sentences)?;
     if sentences.is_empty() || args.clients == 0 || args.requests == 0 || args.batch == 0 {
         bail!("need sentences, --clients >= 1, --requests >= 1 and --batch >= 1");
     }
@@ -207,4 +228,107 @@ fn server_time(output: &ipfs_accelerate_protocol::infer::InferOutput) -> Duratio
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Time to the first token of a generation, here and from a peer, each prompt of the
+/// sentences file in turn, interleaved.
+fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
+    const NEW_TOKENS: u32 = 8;
+    let device = crate::model::engine_device(&args.engine)?;
+    let prompts = non_empty_lines(&args.sentences)?;
+    if prompts.is_empty() || args.requests == 0 {
+        bail!("need prompts (the --sentences file) and --requests >= 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let dir = tempfile::tempdir()?;
+        let server = start_node(&dir.path().join("server"), Vec::new()).await?;
+        let root = import_folder(&server, &args.model).await?;
+        server.serve_model(root, device).await?;
+        let address = dial_address(&server).await?;
+        let client = start_node(&dir.path().join("client"), vec![address]).await?;
+        let call = |prompt: &str, remote: bool| InferCall {
+            model: root,
+            inputs: Inputs::Prompt(prompt.to_owned()),
+            options: InferOptions {
+                max_tokens: Some(NEW_TOKENS),
+                ..InferOptions::default()
+            },
+            remote,
+            deadline: DEADLINE,
+        };
+        let warmup = 20.min(args.requests);
+        let (mut here, mut remote) = (Vec::new(), Vec::new());
+        for i in 0..warmup + args.requests {
+            let prompt = &prompts[i % prompts.len()];
+            let local_time = first_token(&server, call(prompt, false)).await?;
+            let remote_time = first_token(&client, call(prompt, true)).await?;
+            if i >= warmup {
+                here.push(local_time);
+                remote.push(remote_time);
+            }
+        }
+        client.shutdown().await;
+        server.shutdown().await;
+        let (p50_here, p50_remote) = (percentile(&mut here, 0.5), percentile(&mut remote, 0.5));
+        anyhow::Ok(FirstTokenReport {
+            model: root.to_string(),
+            device: device.name(),
+            threads: rayon::current_num_threads(),
+            requests: args.requests,
+            new_tokens: NEW_TOKENS,
+            p50_first_token_local_ms: millis(p50_here),
+            p50_first_token_remote_ms: millis(p50_remote),
+            p99_first_token_local_ms: millis(percentile(&mut here, 0.99)),
+            p99_first_token_remote_ms: millis(percentile(&mut remote, 0.99)),
+            first_token_overhead_ms: millis(p50_remote) - millis(p50_here),
+        })
+    })?;
+    if json {
+        return print_json(&report);
+    }
+    println!(
+        "first token p50: {:.3} ms here, {:.3} ms from a peer: {:.3} ms overhead",
+        report.p50_first_token_local_ms,
+        report.p50_first_token_remote_ms,
+        report.first_token_overhead_ms,
+    );
+    Ok(())
+}
+
+/// How long `call` takes to its first text; the generation is run to its end.
+async fn first_token(node: &Node, call: InferCall) -> Result<Duration> {
+    let (deltas, mut heard) = mpsc::channel(64);
+    let started = Instant::now();
+    let run = node.infer_streaming(call, deltas);
+    tokio::pin!(run);
+    let mut first = None;
+    loop {
+        tokio::select! {
+            Some(_) = heard.recv() => {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+            answer = &mut run => {
+                answer?;
+                break;
+            }
+        }
+    }
+    while heard.try_recv().is_ok() {
+        first.get_or_insert_with(|| started.elapsed());
+    }
+    first.context("the generation gave no text")
+}
+
+/// The lines of `path` that are not blank.
+fn non_empty_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
 }

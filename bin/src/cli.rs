@@ -136,6 +136,9 @@ pub(crate) enum ModelCommand {
         /// Only models with this tag
         #[arg(long)]
         tag: Option<String>,
+        /// Only models for this task: embed, generate or classify
+        #[arg(long, value_parser = ["embed", "generate", "classify"])]
+        task: Option<String>,
     },
     /// Sign and announce a model: provide it on the DHT, serve it, gossip its manifest
     /// (needs a running daemon)
@@ -219,8 +222,27 @@ pub(crate) struct InferArgs {
     /// Model: root CID, NAME or NAME@VERSION
     pub(crate) model: String,
     /// Text to embed (repeatable; one embedding each)
-    #[arg(long = "text", required = true, value_name = "TEXT")]
+    #[arg(
+        long = "text",
+        value_name = "TEXT",
+        required_unless_present_any = ["prompt", "images"],
+        conflicts_with_all = ["prompt", "images"]
+    )]
     pub(crate) texts: Vec<String>,
+    /// Generate text after PROMPT, streamed as it comes (a text-generation model)
+    #[arg(long, conflicts_with = "images")]
+    pub(crate) prompt: Option<String>,
+    /// Send the prompt as a user message through the model's chat template
+    #[arg(long, requires = "prompt")]
+    pub(crate) chat: bool,
+    #[command(flatten)]
+    pub(crate) generation: GenerationArgs,
+    /// Classify the image in FILE, JPEG or PNG (repeatable; an image classifier)
+    #[arg(long = "image", value_name = "FILE")]
+    pub(crate) images: Vec<PathBuf>,
+    /// Labels to print per image
+    #[arg(long, value_name = "K", requires = "images")]
+    pub(crate) labels: Option<u32>,
     /// Send it to a peer serving the model even if it is here (needs a running daemon)
     #[arg(long)]
     pub(crate) remote: bool,
@@ -235,20 +257,94 @@ pub(crate) struct InferArgs {
     pub(crate) engine: EngineArgs,
 }
 
+/// How `infer --prompt` generates; each absent option takes the model's default
+/// (its generation_config.json, else greedy decoding of up to 256 tokens).
+#[derive(Debug, Args)]
+pub(crate) struct GenerationArgs {
+    /// New tokens at most
+    #[arg(long, value_name = "N", requires = "prompt")]
+    pub(crate) max_tokens: Option<u32>,
+    /// 0 picks the most likely token; above 0 samples
+    #[arg(long, value_name = "T", requires = "prompt")]
+    pub(crate) temperature: Option<f32>,
+    /// Sample from the most likely tokens making up this share of the probability
+    #[arg(long, value_name = "P", requires = "prompt")]
+    pub(crate) top_p: Option<f32>,
+    /// Sample from this many most likely tokens
+    #[arg(long, value_name = "K", requires = "prompt")]
+    pub(crate) top_k: Option<u32>,
+    /// Seed of the sampler: the same seed gives the same text
+    #[arg(long, value_name = "S", requires = "prompt")]
+    pub(crate) seed: Option<u64>,
+    /// Stop before this text (repeatable)
+    #[arg(long, value_name = "TEXT", requires = "prompt")]
+    pub(crate) stop: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Sentence embeddings per second (median of runs after warm-up)
     Embed(BenchEmbedArgs),
     /// Inference between peers on loopback, in one process: the overhead of a remote
-    /// batch-1 request, and many clients' throughput against the server's own
+    /// batch-1 request, and many clients' throughput against the server's own; for a
+    /// text-generation model, the time to the first token here and from a peer
     Infer(BenchInferArgs),
+    /// Text generation from a model folder: prefill tokens/s, time to first token, and
+    /// decode tokens/s at each number of concurrent streams (one continuous batch)
+    Generate(BenchGenerateArgs),
+    /// Image classification from a model folder: images/s from encoded images
+    /// (decoding and preprocessing included) and from prepared pixels
+    Classify(BenchClassifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchGenerateArgs {
+    /// A model folder on disk (GPT-2, Llama, Qwen2 or Mistral layout)
+    pub(crate) model: PathBuf,
+    /// Tokens in each stream's prompt (synthetic ids, the same every run)
+    #[arg(long, default_value_t = 128)]
+    pub(crate) prompt_tokens: usize,
+    /// New tokens each stream generates (greedy; fewer if it reaches EOS)
+    #[arg(long, default_value_t = 128)]
+    pub(crate) max_tokens: usize,
+    /// Concurrent streams to measure, each count a run of its own
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub(crate) streams: Vec<usize>,
+    /// Timed runs per stream count; figures are their medians
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Untimed runs first
+    #[arg(long, default_value_t = 1)]
+    pub(crate) warmup: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchClassifyArgs {
+    /// A ViT model folder on disk (with preprocessor_config.json)
+    pub(crate) model: PathBuf,
+    /// JPEG or PNG files, or folders of them (repeatable)
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub(crate) images: Vec<PathBuf>,
+    /// Images per batch
+    #[arg(long, default_value_t = 8)]
+    pub(crate) batch: usize,
+    /// Timed runs over all images; figures are their medians
+    #[arg(long, default_value_t = 5)]
+    pub(crate) runs: usize,
+    /// Untimed runs first
+    #[arg(long, default_value_t = 1)]
+    pub(crate) warmup: usize,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchInferArgs {
     /// A model folder on disk
     pub(crate) model: PathBuf,
-    /// File with one sentence per line
+    /// File with one sentence per line (the prompts, for a text-generation model)
     #[arg(long)]
     pub(crate) sentences: PathBuf,
     /// Client peers calling the server at once

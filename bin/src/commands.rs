@@ -43,6 +43,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) if Path::new(&args.model).is_dir() => {
             return crate::model::bench_embed(None, args, json);
         }
+        Command::Bench(BenchCommand::Generate(args)) => {
+            return crate::bench_generate::bench_generate(args, json);
+        }
+        Command::Bench(BenchCommand::Classify(args)) => {
+            return crate::bench_generate::bench_classify(args, json);
+        }
         command => command,
     };
     let repo = match Repo::open(&path) {
@@ -61,7 +67,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Init(_)
         | Command::Demo(_)
         | Command::Doctor
-        | Command::Bench(BenchCommand::Infer(_))
+        | Command::Bench(
+            BenchCommand::Infer(_) | BenchCommand::Generate(_) | BenchCommand::Classify(_),
+        )
         | Command::Key(_) => {
             unreachable!("handled above")
         }

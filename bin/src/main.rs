@@ -1,6 +1,7 @@
 //! The `ipfs-accelerate` binary: parses arguments, installs tracing, calls `node`.
 
 mod api;
+mod bench_generate;
 mod bench_infer;
 mod cli;
 mod commands;
@@ -8,6 +9,7 @@ mod daemon;
 mod default_model;
 mod demo;
 mod doctor;
+mod infer_output;
 mod local_swarm;
 mod model;
 mod model_remote;

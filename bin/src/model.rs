@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cid::Cid;
 use ipfs_accelerate_node::api::types;
-use ipfs_accelerate_node::engine::{DeviceKind, Embedder, ModelFiles};
+use ipfs_accelerate_node::engine::model_folder;
+use ipfs_accelerate_node::engine::{
+    ChatMessage, Classifier, DeviceKind, Embedder, Generator, Model, ModelFiles,
+};
+use ipfs_accelerate_node::infer::generate_params;
 use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
 use ipfs_accelerate_node::repo::Repo;
 use ipfs_accelerate_node::trust::{self, Trust};
@@ -15,6 +19,7 @@ use ipfs_accelerate_node::unixfs::{self, ImportOptions};
 use serde_json::json;
 
 use crate::cli::{BenchEmbedArgs, EngineArgs, InferArgs, ModelCommand, TrustCommand};
+use crate::infer_output;
 use crate::output::{print_json, print_trust_change, print_trust_list};
 use crate::progress;
 
@@ -26,7 +31,7 @@ pub(crate) fn model(repo: &Repo, command: ModelCommand, json: bool) -> Result<()
             version,
             tags,
         } => import(repo, &dir, name, version, tags, json),
-        ModelCommand::Ls { tag } => list(repo, tag.as_deref(), json),
+        ModelCommand::Ls { tag, task } => list(repo, tag.as_deref(), task.as_deref(), json),
         ModelCommand::Trust(command) => trust_command(repo, command, json),
         ModelCommand::Publish { .. }
         | ModelCommand::Pull { .. }
@@ -72,7 +77,12 @@ fn import(
     .with_context(|| format!("importing {}", dir.display()))?;
     bar.finish_and_clear();
     let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
-    let record = ModelRecord::new(name, version, tags, root.cid)?;
+    let mut record = ModelRecord::new(name, version, tags, root.cid)?;
+    // Kept unknown when the engine cannot tell: the folder is stored all the same.
+    record.task = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|config| model_folder::model_kind(&config).ok())
+        .map(|kind| kind.task().to_owned());
     LocalModels::new(repo.path()).record(record.clone())?;
     if json {
         return print_json(&record_json(&record));
@@ -144,18 +154,27 @@ fn record_json(record: &ModelRecord) -> serde_json::Value {
         "tags": record.tags,
         "cid": record.root.to_string(),
         "imported_at": record.imported_at,
+        "task": record.task,
     })
 }
 
-fn list(repo: &Repo, tag: Option<&str>, json: bool) -> Result<()> {
+fn list(repo: &Repo, tag: Option<&str>, task: Option<&str>, json: bool) -> Result<()> {
     let mut records = LocalModels::new(repo.path()).list()?;
     records.retain(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)));
+    records.retain(|r| task.is_none_or(|t| r.task.as_deref() == Some(t)));
     if json {
         let models: Vec<_> = records.iter().map(record_json).collect();
         return print_json(&json!({ "models": models }));
     }
     for r in records {
-        println!("{}@{}\t{}\t{}", r.name, r.version, r.root, r.tags.join(","));
+        let task = r.task.as_deref().unwrap_or("-");
+        println!(
+            "{}@{}\t{}\t{task}\t{}",
+            r.name,
+            r.version,
+            r.root,
+            r.tags.join(",")
+        );
     }
     Ok(())
 }
@@ -172,16 +191,15 @@ pub(crate) fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
 }
 
 /// Loads `model` (a CID or an imported name) from the repo.
-fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Embedder)> {
+fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Model)> {
     let root = LocalModels::new(repo.path()).resolve(model)?;
     if !repo.store().has(&root)? {
         bail!("model {root} is not in this repo; import it with `model import DIR`");
     }
     let opener = crate::sealing::opener(repo.path(), false);
     let files = ModelFiles::from_store(repo.store(), &root, &opener)?;
-    let embedder =
-        Embedder::load(files, device).with_context(|| format!("loading model {root}"))?;
-    Ok((root, embedder))
+    let model = Model::load(files, device).with_context(|| format!("loading model {root}"))?;
+    Ok((root, model))
 }
 
 pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
@@ -190,8 +208,24 @@ pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
     }
     let device = engine_device(&args.engine)?;
     let started = Instant::now();
-    let (root, embedder) = load(repo, &args.model, device)?;
+    let (root, model) = load(repo, &args.model, device)?;
     let load_time = started.elapsed();
+    let embedder = match (model, &args.prompt, args.images.is_empty()) {
+        (Model::Embed(embedder), None, true) => embedder,
+        (Model::Generate(generator), Some(_), _) => return generate(&generator, root, &args, json),
+        (Model::Classify(classifier), None, false) => {
+            return classify(&classifier, root, &args, json);
+        }
+        (model, ..) => bail!(
+            "model {root} is a model to {}: {}",
+            model.kind().task(),
+            match model.kind().task() {
+                "generate" => "give it --prompt",
+                "classify" => "give it --image FILE",
+                _ => "give it --text",
+            }
+        ),
+    };
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let (embeddings, timings) = embedder.embed_texts(&texts)?;
     if json {
@@ -225,6 +259,85 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `infer --prompt` in this process: the text printed as it is generated.
+fn generate(generator: &Generator, root: Cid, args: &InferArgs, json: bool) -> Result<()> {
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let params = generate_params(generator, &infer_output::options(args), usize::MAX)
+        .map_err(anyhow::Error::msg)?;
+    let ids = match args.chat {
+        true => generator.encode_chat(&[ChatMessage::new("user", prompt)])?,
+        false => generator.encode(prompt)?,
+    };
+    let started = Instant::now();
+    let mut first_token = None;
+    let generation = generator.generate(ids, params, |step| {
+        first_token.get_or_insert_with(|| started.elapsed());
+        infer_output::print_delta(&step.text, json);
+    })?;
+    let total = started.elapsed();
+    let first_token = first_token.unwrap_or(total);
+    let decode = total.saturating_sub(first_token).as_secs_f64();
+    let done = types::GenerateDone {
+        attempts: Vec::new(),
+        completion_tokens: generation.tokens.len() as u32,
+        device: generator.device().name().to_owned(),
+        finish_reason: generation.finish.name().to_owned(),
+        local: true,
+        model: root.to_string(),
+        prompt_tokens: generation.prompt_tokens as u32,
+        provider: "this process".into(),
+        text: generation.text,
+        tokens: generation.tokens.clone(),
+        timings: types::GenerateTimings {
+            first_token_ms: millis(first_token),
+            total_ms: millis(total),
+            decode_tokens_per_second: match decode > 0.0 {
+                true => generation.tokens.len().saturating_sub(1) as f64 / decode,
+                false => 0.0,
+            },
+        },
+    };
+    infer_output::print_generation_end(&done, json)
+}
+
+/// `infer --image` in this process.
+fn classify(classifier: &Classifier, root: Cid, args: &InferArgs, json: bool) -> Result<()> {
+    let images = args
+        .images
+        .iter()
+        .map(infer_output::read_image)
+        .collect::<Result<Vec<_>>>()?;
+    let images: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+    let started = Instant::now();
+    let k = args.labels.unwrap_or(5).max(1) as usize;
+    let (labels, timings) = classifier.classify_images(&images, k)?;
+    let answer = types::ClassifyAnswer {
+        attempts: Vec::new(),
+        device: classifier.device().name().to_owned(),
+        labels: labels
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|l| types::ClassLabel {
+                        id: l.id as u32,
+                        label: l.label,
+                        score: f64::from(l.score),
+                    })
+                    .collect()
+            })
+            .collect(),
+        local: true,
+        model: root.to_string(),
+        provider: "this process".into(),
+        timings: types::InferTimings {
+            compute_ms: millis(timings.compute),
+            queue_ms: 0.0,
+            round_trip_ms: millis(started.elapsed()),
+        },
+    };
+    infer_output::print_labels(&answer, &args.images, json)
+}
+
 /// `bench embed`: every sentence of the file embedded in batches, `runs` times after
 /// `warmup` untimed runs; the figure is sentences per second over the median run.
 pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool) -> Result<()> {
@@ -238,10 +351,13 @@ pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool)
     let folder = Path::new(&args.model);
     let (model, embedder) = if folder.is_dir() {
         let embedder = Embedder::load(ModelFiles::from_dir(folder)?, device)?;
-        (folder.display().to_string(), embedder)
+        (folder.display().to_string(), std::sync::Arc::new(embedder))
     } else {
         let repo = repo.context("no repo to load the model from")?;
-        let (root, embedder) = load(repo, &args.model, device)?;
+        let (root, model) = load(repo, &args.model, device)?;
+        let Model::Embed(embedder) = model else {
+            bail!("model {root} is not a text encoder; bench embed runs embeddings");
+        };
         (root.to_string(), embedder)
     };
     let run = || -> Result<Duration> {

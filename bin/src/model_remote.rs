@@ -9,6 +9,7 @@ use ipfs_accelerate_node::api::types;
 
 use crate::api::{Client, parse};
 use crate::cli::{InferArgs, ModelCommand, TrustCommand};
+use crate::infer_output;
 use crate::multipart::MultipartBody;
 use crate::output::{print_json, print_trust_change, print_trust_list};
 
@@ -17,8 +18,11 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
         ModelCommand::Import { .. } => bail!(
             "model import writes the repo directly; stop the daemon first, or use `model publish DIR` with it running"
         ),
-        ModelCommand::Ls { tag } => {
-            let args: Vec<(&str, String)> = tag.map(|t| ("tag", t)).into_iter().collect();
+        ModelCommand::Ls { tag, task } => {
+            let args: Vec<(&str, String)> = [tag.map(|t| ("tag", t)), task.map(|t| ("task", t))]
+                .into_iter()
+                .flatten()
+                .collect();
             let answer: types::ModelList = remote.json("accelerate/model/ls", &args)?;
             if json {
                 return print_json(&answer);
@@ -179,10 +183,11 @@ fn pull(
 fn print_models(models: &[types::ModelEntry]) {
     for m in models {
         println!(
-            "{}@{}\t{}\t{}\t{}{}{}",
+            "{}@{}\t{}\t{}\t{}\t{}{}{}",
             m.name,
             m.version,
             m.weights,
+            m.task.as_deref().unwrap_or("-"),
             m.source,
             m.tags.join(","),
             if m.serving { "\tserving" } else { "" },
@@ -286,16 +291,14 @@ pub(crate) fn providers(remote: &Client, model: String, json: bool) -> Result<()
 }
 
 pub(crate) fn infer(remote: &Client, args: InferArgs, json: bool) -> Result<()> {
-    let request = types::InferRequest {
-        model: args.model,
-        texts: args.texts,
-        ids: None,
-        attention_mask: None,
-        remote: args.remote,
-        any_publisher: args.any_publisher,
-        normalize: None,
-        deadline_ms: args.deadline,
-    };
+    let request = infer_output::api_request(&args)?;
+    if !request.images.is_empty() {
+        let answer: types::ClassifyAnswer = remote.post_json("accelerate/infer", &request)?;
+        return infer_output::print_labels(&answer, &args.images, json);
+    }
+    if request.prompt.is_some() || !request.messages.is_empty() {
+        return generate(remote, &request, json);
+    }
     let answer: types::InferAnswer = remote.post_json("accelerate/infer", &request)?;
     if json {
         return print_json(&answer);
@@ -320,4 +323,35 @@ pub(crate) fn infer(remote: &Client, args: InferArgs, json: bool) -> Result<()> 
         timings.round_trip_ms,
     );
     Ok(())
+}
+
+/// `infer --prompt` through the daemon: its newline-delimited answer printed as it
+/// streams in.
+fn generate(remote: &Client, request: &types::InferRequest, json: bool) -> Result<()> {
+    let body = serde_json::to_vec(request)?;
+    let mut reader = std::io::Cursor::new(body);
+    let answer = remote.call(
+        "accelerate/infer",
+        &[],
+        Some(("application/json", &mut reader)),
+    )?;
+    for line in BufReader::new(answer).lines() {
+        let line = line.context("reading the daemon's answer")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse::<types::GenerateLine>("accelerate/infer", &line)? {
+            types::GenerateLine::Delta { text, .. } => infer_output::print_delta(&text, json),
+            types::GenerateLine::Done(done) => {
+                return infer_output::print_generation_end(&done, json);
+            }
+            types::GenerateLine::Error { message } => {
+                if !json {
+                    println!();
+                }
+                bail!("the generation failed after it began: {message}");
+            }
+        }
+    }
+    bail!("the daemon's answer ended before the generation did")
 }

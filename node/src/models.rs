@@ -55,6 +55,10 @@ pub struct ModelRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub manifest: Option<Cid>,
+    /// What the model does (`embed`, `generate`, `classify`), read from its config.json
+    /// when it was recorded; absent when that is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 impl ModelRecord {
@@ -77,6 +81,7 @@ impl ModelRecord {
             root,
             imported_at,
             manifest: None,
+            task: None,
         })
     }
 }

@@ -134,6 +134,8 @@ fn echo(_: PeerId, request: InferRequest) -> InferResponse {
         queue_us: 0,
         compute_us: 0,
         load: Load::default(),
+        generation: None,
+        labels: Vec::new(),
     })
 }
 
@@ -141,7 +143,7 @@ fn echo(_: PeerId, request: InferRequest) -> InferResponse {
 async fn one_peer_opening_streams_without_end_does_not_stop_another() {
     let (server, server_addr) = loopback_swarm().await;
     server
-        .serve_infer(Arc::new(|peer, request| {
+        .serve_infer(Arc::new(|peer, request, _| {
             Box::pin(std::future::ready(echo(peer, request)))
         }))
         .unwrap();

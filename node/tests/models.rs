@@ -12,12 +12,12 @@ use cid::Cid;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use ipfs_accelerate_node::Node;
 use ipfs_accelerate_node::config::NodeConfig;
-use ipfs_accelerate_node::engine::DeviceKind;
-use ipfs_accelerate_node::infer::{CallError, ServeConfig};
+use ipfs_accelerate_node::engine::{DeviceKind, Generator, Model, ModelFiles};
+use ipfs_accelerate_node::infer::{CallError, Callers, ServeConfig, Server};
 use ipfs_accelerate_node::model_network::{InferCall, PublishMeta};
 use ipfs_accelerate_node::p2p::P2p;
 use ipfs_accelerate_protocol::infer::{
-    ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Tensor,
+    ErrorCode, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Load, Task, Tensor,
 };
 use ipfs_accelerate_protocol::manifest::{MODELS_TOPIC, Manifest, ManifestBody, RegistryEntry};
 use libp2p::identity::Keypair;
@@ -29,7 +29,8 @@ use prometheus_client::registry::Registry;
 
 mod common;
 use common::{
-    loopback_swarm, raw_peer, request, serve_tiny_bert, start_node, start_node_with, texts,
+    fixture, loopback_swarm, raw_peer, request, serve_fixture, serve_tiny_bert, start_node,
+    start_node_with, texts,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -258,7 +259,7 @@ fn observations(histogram: &Histogram) -> u64 {
 /// A peer that answers every inference request with `answer(request)`.
 async fn lying_provider(answer: fn(&InferRequest) -> InferResponse) -> (P2p, Multiaddr) {
     let (p2p, addr) = loopback_swarm().await;
-    p2p.serve_infer(Arc::new(move |_, request| {
+    p2p.serve_infer(Arc::new(move |_, request, _| {
         Box::pin(std::future::ready(answer(&request)))
     }))
     .unwrap();
@@ -274,6 +275,8 @@ fn output(request: &InferRequest, id: u64, tensor: Tensor) -> InferResponse {
         queue_us: 0,
         compute_us: 0,
         load: Load::default(),
+        generation: None,
+        labels: Vec::new(),
     })
 }
 
@@ -385,7 +388,7 @@ async fn inputs_go_only_to_peers_that_serve_the_model() {
     let (stranger, stranger_addr) = loopback_swarm().await;
     let counter = Arc::clone(&asked);
     stranger
-        .serve_infer(Arc::new(move |_, request| {
+        .serve_infer(Arc::new(move |_, request, _| {
             counter.fetch_add(1, Ordering::SeqCst);
             let tensor = Tensor::from_f32(vec![1, 2], &[0.5; 2]).unwrap();
             Box::pin(std::future::ready(output(&request, request.id, tensor)))
@@ -722,4 +725,159 @@ async fn a_private_model_loads_and_answers_only_for_its_recipients() {
     outsider.shutdown().await;
     recipient.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// A provider that runs generations for real but dies after streaming `tokens` tokens
+/// of each: it stops sending, and the test then shuts it down.
+async fn dying_generator(model: Cid, tokens: usize) -> (P2p, Multiaddr) {
+    let (p2p, addr) = loopback_swarm().await;
+    let files = ModelFiles::from_dir(&fixture("tiny-llama")).unwrap();
+    let generator = Arc::new(Generator::load(files, DeviceKind::Cpu).unwrap());
+    let server = Arc::new(Server::new(ServeConfig::default()));
+    server
+        .serve(model, Model::Generate(generator), Callers::Anyone)
+        .unwrap();
+    p2p.serve_infer(Arc::new(move |peer, request, deltas| {
+        let server = Arc::clone(&server);
+        Box::pin(async move {
+            let (inner, mut heard) = tokio::sync::mpsc::channel(4);
+            let run =
+                tokio::spawn(async move { server.handle(Some(peer), request, Some(inner)).await });
+            let mut sent = 0;
+            while let Some(delta) = heard.recv().await {
+                sent += delta.tokens.len();
+                if deltas.send(delta).await.is_err() {
+                    break;
+                }
+                if sent >= tokens {
+                    std::future::pending::<()>().await;
+                }
+            }
+            run.await.unwrap()
+        })
+    }))
+    .unwrap();
+    (p2p, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_resumes_on_another_provider_when_its_provider_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, honest_addr) = start_node(&dir.path().join("honest")).await;
+    let model = serve_fixture(&honest, "tiny-llama").await;
+    let (client, _) = start_node(&dir.path().join("client")).await;
+    let (dying, dying_addr) = dying_generator(model, 6).await;
+    client.p2p().connect(dying_addr).await.unwrap();
+    client.p2p().connect(honest_addr).await.unwrap();
+
+    // What the model generates here, in one piece.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let prompt = |id| InferRequest {
+        id,
+        model,
+        task: Task::Generate,
+        inputs: Inputs::Prompt("Hello".into()),
+        options: InferOptions {
+            max_tokens: Some(48),
+            ..InferOptions::default()
+        },
+        deadline_ms: 0,
+    };
+    let whole = honest
+        .infer_server()
+        .handle(None, prompt(1), Some(tx))
+        .await;
+    let InferResponse::Ok(whole) = whole else {
+        panic!("{whole:?}")
+    };
+    let mut want = String::new();
+    while let Ok(delta) = rx.try_recv() {
+        want.push_str(&delta.text);
+    }
+    assert!(whole.generation.unwrap().completion_tokens > 6);
+
+    // The dying provider is asked first; once it has sent its tokens it is shut down.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let candidates = [dying.local_peer_id(), honest.peer_id()];
+    let infer = client.infer_client();
+    let call = async move {
+        let answer = infer.generate(prompt(2), &candidates, WAIT, &tx).await;
+        drop(tx);
+        answer
+    };
+    let listen = async {
+        let (mut text, mut tokens) = (String::new(), Vec::new());
+        let mut killed = false;
+        while let Some(delta) = rx.recv().await {
+            text.push_str(&delta.text);
+            tokens.extend(delta.tokens);
+            if tokens.len() >= 6 && !killed {
+                killed = true;
+                dying.shutdown().await;
+            }
+        }
+        (text, tokens, killed)
+    };
+    let (answer, (text, tokens, killed)) = tokio::join!(call, listen);
+    let answer = answer.unwrap();
+    assert!(killed, "the first provider was never asked");
+    assert_eq!(answer.provider, honest.peer_id());
+    assert_eq!(answer.attempts.len(), 2, "{:?}", answer.attempts);
+    assert_eq!(answer.attempts[0].0, dying.local_peer_id());
+    // The caller saw one text, the same as without the failure.
+    assert_eq!(text, want);
+    assert_eq!(tokens, whole.output_u32().collect::<Vec<_>>());
+    assert_eq!(answer.output.output_u32().collect::<Vec<_>>(), tokens);
+    client.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_stops_the_generation_at_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, provider_addr) = start_node(&dir.path().join("provider")).await;
+    let model = serve_fixture(&provider, "tiny-llama").await;
+    let (client, _) = start_node(&dir.path().join("client")).await;
+    client.p2p().connect(provider_addr).await.unwrap();
+    let request = InferRequest {
+        id: 1,
+        model,
+        task: Task::Generate,
+        inputs: Inputs::Prompt("Hello".into()),
+        options: InferOptions {
+            max_tokens: Some(120),
+            ..InferOptions::default()
+        },
+        deadline_ms: 0,
+    };
+    // The caller takes the first delta and leaves without reading the rest. The tiny
+    // model generates 120 tokens in milliseconds, so a busy machine may let one finish
+    // before the caller's leaving is seen: a few tries are allowed.
+    let peer = provider.peer_id();
+    let cancelled = &provider.infer_server().metrics().generations_cancelled;
+    for id in 0..20 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let request = InferRequest {
+            id,
+            ..request.clone()
+        };
+        let call = client.p2p().infer_streaming(peer, request, tx);
+        let leave = async {
+            rx.recv().await.unwrap();
+        };
+        tokio::select! {
+            _ = call => continue,
+            () = leave => {}
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while cancelled.get() == 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if cancelled.get() > 0 {
+            break;
+        }
+    }
+    assert_eq!(cancelled.get(), 1);
+    client.shutdown().await;
+    provider.shutdown().await;
 }

@@ -36,6 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::RAW;
 
+/// The bytes of an encoded image in [`Inputs::Images`].
+pub use serde_bytes::ByteBuf;
+
 /// The libp2p protocol id of inference requests.
 pub const INFER_PROTOCOL: &str = "/ipfs-accelerate/infer/1.0.0";
 
@@ -75,6 +78,11 @@ pub struct InferRequest {
 pub enum Task {
     /// One embedding vector per input.
     Embed,
+    /// Text generated after one prompt ([`Inputs::Prompt`] or [`Inputs::Messages`]),
+    /// streamed as [`Delta`]s before the final answer.
+    Generate,
+    /// The most likely labels of each image ([`Inputs::Images`]).
+    Classify,
 }
 
 /// The inputs of a request, in the most convenient form the client has.
@@ -92,14 +100,61 @@ pub enum Inputs {
     },
     /// A ready input tensor.
     Tensor(Tensor),
+    /// For [`Task::Generate`]: the prompt, tokenized by the server.
+    Prompt(String),
+    /// For [`Task::Generate`]: chat messages, made into a prompt by the model's chat
+    /// template.
+    Messages(#[serde(deserialize_with = "bounded::rows")] Vec<Message>),
+    /// For [`Task::Classify`]: encoded images (JPEG or PNG), one per input.
+    Images(#[serde(deserialize_with = "bounded::rows")] Vec<ByteBuf>),
 }
 
-/// Options of a request; `None` means the model's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// Options of a request; `None` means the model's default (generation_config.json's
+/// for generation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InferOptions {
     /// L2-normalize embeddings.
     pub normalize: Option<bool>,
+    /// Generation: new tokens at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Generation: 0 is greedy; above 0 samples at that temperature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Generation: nucleus sampling's share of the probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Generation: sample among this many most likely tokens; 0 for all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Generation: above 1 discourages repeating tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// Generation: the sampler's seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Generation: text that ends the answer (left out of it).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "bounded::rows"
+    )]
+    pub stop: Vec<String>,
+    /// Generation: tokens already generated after this prompt (by a provider that went
+    /// away); the server continues after them, and they count toward `max_tokens`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<u32>,
+    /// Classification: labels per image, most likely first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<u32>,
 }
 
 /// A dense tensor: dtype, shape and little-endian element bytes in row-major order.
@@ -165,6 +220,64 @@ pub enum TensorError {
 pub enum InferResponse {
     Ok(InferOutput),
     Err(InferError),
+    /// Part of a generation's text, sent before its final `Ok` (or `Err`).
+    Delta(Delta),
+}
+
+/// New tokens of a generation and their text. A delta's tokens are those whose text is
+/// all out: its own text and earlier deltas' hold all of it and nothing of later
+/// tokens, so a generation can resume elsewhere after the last delta received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The request's id.
+    pub id: u64,
+    pub tokens: Vec<u32>,
+    pub text: String,
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop sequence appeared (the text ends before it).
+    Stop,
+    /// `max_tokens` or the model's context ran out.
+    Length,
+    /// The model ended the text.
+    Eos,
+}
+
+/// What the final answer of a generation adds: why it ended and what it cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generated {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: u32,
+    /// New tokens, those of a resumed generation included.
+    pub completion_tokens: u32,
+    /// From the request's arrival to its first token.
+    pub first_token_us: u64,
+}
+
+/// A class of an image's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassLabel {
+    /// The class's index in the model's output.
+    pub id: u32,
+    pub label: String,
+}
+
+/// What a client sends on the stream: requests, and cancellations of requests it no
+/// longer waits for (a generation stops at its next step).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Request(InferRequest),
+    Cancel(u64),
+}
+
+/// A cancellation's wire form: a map with the one key `cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub cancel: u64,
 }
 
 /// A successful inference.
@@ -183,6 +296,17 @@ pub struct InferOutput {
     /// Time the model computed (for the whole batch this request ran in).
     pub compute_us: u64,
     pub load: Load,
+    /// For [`Task::Generate`], whose `output` is the new token ids, U32 `[1, n]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generated>,
+    /// For [`Task::Classify`], whose `output` is F32 `[images, k]` probabilities: the
+    /// labels of those scores, row by row.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "bounded::rows"
+    )]
+    pub labels: Vec<Vec<ClassLabel>>,
 }
 
 /// A server's load for one model, so clients can spread their requests.
@@ -440,6 +564,19 @@ pub fn decode_request(body: &[u8]) -> Result<InferRequest, RequestError> {
     }
 }
 
+/// A client frame's body (without its length): a [`Cancel`], or a request as
+/// [`decode_request`] reads it.
+pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, RequestError> {
+    match decode_request(body) {
+        Ok(request) => Ok(ClientFrame::Request(request)),
+        Err(RequestError::Garbage(error)) => match decode_message::<Cancel>(body) {
+            Ok(Cancel { cancel }) => Ok(ClientFrame::Cancel(cancel)),
+            Err(_) => Err(RequestError::Garbage(error)),
+        },
+        Err(refused) => Err(refused),
+    }
+}
+
 impl InferRequest {
     /// Bytes of the request's CBOR, which the server's request limit applies to.
     pub fn encoded_len(&self) -> usize {
@@ -448,12 +585,24 @@ impl InferRequest {
 }
 
 impl Inputs {
+    /// The task these inputs are for: a prompt or messages generate, images are
+    /// classified, texts and tokens embedded.
+    pub fn task(&self) -> Task {
+        match self {
+            Inputs::Prompt(_) | Inputs::Messages(_) => Task::Generate,
+            Inputs::Images(_) => Task::Classify,
+            Inputs::Texts(_) | Inputs::Tokens { .. } | Inputs::Tensor(_) => Task::Embed,
+        }
+    }
+
     /// How many inputs the request carries; an embedding answer has one row for each.
     pub fn rows(&self) -> u64 {
         match self {
             Inputs::Texts(texts) => texts.len() as u64,
             Inputs::Tokens { ids, .. } => ids.len() as u64,
             Inputs::Tensor(tensor) => tensor.shape.first().copied().unwrap_or(0),
+            Inputs::Prompt(_) | Inputs::Messages(_) => 1,
+            Inputs::Images(images) => images.len() as u64,
         }
     }
 }
@@ -485,8 +634,75 @@ impl InferOutput {
                     ));
                 }
             }
+            Task::Generate => self.check_generation(request)?,
+            Task::Classify => self.check_labels(request)?,
         }
         Ok(())
+    }
+
+    /// A generation's answer: U32 `[1, n]` token ids that begin with the tokens it
+    /// resumed after, and a summary counting them.
+    fn check_generation(&self, request: &InferRequest) -> Result<(), String> {
+        let generation = self
+            .generation
+            .ok_or("a generation's answer without its summary")?;
+        let (dtype, shape) = (self.output.dtype, &self.output.shape);
+        let tokens = match shape[..] {
+            [1, n] if dtype == DType::U32 => n,
+            _ => {
+                return Err(format!(
+                    "a {dtype} tensor of shape {shape:?}; expected u32 [1, tokens]"
+                ));
+            }
+        };
+        if u64::from(generation.completion_tokens) != tokens {
+            return Err(format!(
+                "{tokens} token ids for {} completion tokens",
+                generation.completion_tokens
+            ));
+        }
+        let resumed = &request.options.resume;
+        if !self
+            .output_u32()
+            .take(resumed.len())
+            .eq(resumed.iter().copied())
+        {
+            return Err("the tokens do not begin with those it resumed after".into());
+        }
+        Ok(())
+    }
+
+    /// A classification's answer: F32 `[images, k]` and `k` labels for each image, no
+    /// more than were asked for.
+    fn check_labels(&self, request: &InferRequest) -> Result<(), String> {
+        let rows = request.inputs.rows();
+        let (dtype, shape) = (self.output.dtype, &self.output.shape);
+        let asked = request.options.labels.map_or(u64::MAX, u64::from);
+        let width = match shape[..] {
+            [n, k] if dtype == DType::F32 && n == rows && k > 0 && k <= asked => k,
+            _ => {
+                return Err(format!(
+                    "a {dtype} tensor of shape {shape:?} for {rows} images; expected f32 \
+                     [{rows}, labels]"
+                ));
+            }
+        };
+        let fits = self.labels.len() as u64 == rows
+            && self.labels.iter().all(|row| row.len() as u64 == width);
+        if !fits {
+            return Err(format!("labels do not match the scores' shape {shape:?}"));
+        }
+        Ok(())
+    }
+
+    /// The elements of a U32 output, in order (none when it is another dtype).
+    pub fn output_u32(&self) -> impl Iterator<Item = u32> + '_ {
+        let data = match self.output.dtype {
+            DType::U32 => &self.output.data[..],
+            _ => &[],
+        };
+        data.chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
@@ -496,6 +712,7 @@ impl InferResponse {
         match self {
             InferResponse::Ok(out) => out.id,
             InferResponse::Err(err) => err.id,
+            InferResponse::Delta(delta) => delta.id,
         }
     }
 }
@@ -645,6 +862,7 @@ mod tests {
             inputs,
             options: InferOptions {
                 normalize: Some(true),
+                ..InferOptions::default()
             },
             deadline_ms: 1500,
         }
@@ -683,6 +901,8 @@ mod tests {
             queue_us: 120,
             compute_us: 4500,
             load,
+            generation: None,
+            labels: Vec::new(),
         });
         let err = InferResponse::Err(InferError {
             id: 10,
@@ -719,6 +939,8 @@ mod tests {
             queue_us: 0,
             compute_us: 0,
             load: Load::default(),
+            generation: None,
+            labels: Vec::new(),
         });
         let bytes = to_cbor(&resp);
         // A list of numbers would take about two bytes per data byte.
@@ -887,6 +1109,8 @@ mod tests {
             queue_us: 0,
             compute_us: 0,
             load: Load::default(),
+            generation: None,
+            labels: Vec::new(),
         };
         let good = Tensor::from_f32(vec![2, 3], &[0.0; 6]).unwrap();
         assert!(
@@ -915,6 +1139,138 @@ mod tests {
                 .is_err()
         );
         assert!(request.encoded_len() > 0 && request.encoded_len() < 200);
+    }
+
+    fn generation_answer(request: &InferRequest, tokens: &[u32]) -> InferOutput {
+        let data = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+        InferOutput {
+            id: request.id,
+            model: request.model,
+            output: Tensor {
+                dtype: DType::U32,
+                shape: vec![1, tokens.len() as u64],
+                data,
+            },
+            backend: "cpu".into(),
+            queue_us: 0,
+            compute_us: 0,
+            load: Load::default(),
+            generation: Some(Generated {
+                finish_reason: FinishReason::Length,
+                prompt_tokens: 3,
+                completion_tokens: tokens.len() as u32,
+                first_token_us: 10,
+            }),
+            labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn generation_requests_deltas_and_answers_round_trip_and_are_checked() {
+        let mut request = request(Inputs::Messages(vec![Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }]));
+        request.task = Task::Generate;
+        request.options = InferOptions {
+            max_tokens: Some(32),
+            temperature: Some(0.5),
+            stop: vec!["\n".into()],
+            resume: vec![5, 6],
+            ..InferOptions::default()
+        };
+        assert_eq!(from_cbor::<InferRequest>(&to_cbor(&request)), request);
+        let delta = InferResponse::Delta(Delta {
+            id: 7,
+            tokens: vec![5, 6],
+            text: "é!".into(),
+        });
+        assert_eq!(from_cbor::<InferResponse>(&to_cbor(&delta)), delta);
+        assert_eq!(delta.id(), 7);
+
+        let good = generation_answer(&request, &[5, 6, 9]);
+        assert!(good.check_answers(&request).is_ok());
+        assert_eq!(good.output_u32().collect::<Vec<_>>(), [5, 6, 9]);
+        let ok = InferResponse::Ok(good.clone());
+        assert_eq!(from_cbor::<InferResponse>(&to_cbor(&ok)), ok);
+        // Not the tokens it resumed after, a miscount, no summary.
+        assert!(
+            generation_answer(&request, &[5, 7, 9])
+                .check_answers(&request)
+                .is_err()
+        );
+        let mut miscounted = good.clone();
+        miscounted.generation.as_mut().unwrap().completion_tokens = 4;
+        assert!(miscounted.check_answers(&request).is_err());
+        let mut bare = good;
+        bare.generation = None;
+        assert!(bare.check_answers(&request).is_err());
+    }
+
+    #[test]
+    fn classification_answers_carry_one_row_of_labels_per_image() {
+        let mut request = request(Inputs::Images(vec![
+            serde_bytes::ByteBuf::from(vec![0x89, b'P']),
+            serde_bytes::ByteBuf::from(vec![0xff, 0xd8]),
+        ]));
+        request.task = Task::Classify;
+        request.options.labels = Some(2);
+        assert_eq!(from_cbor::<InferRequest>(&to_cbor(&request)), request);
+        let label = |id: u32| ClassLabel {
+            id,
+            label: format!("class {id}"),
+        };
+        let answer = |k: usize, labels: Vec<Vec<ClassLabel>>| InferOutput {
+            id: 7,
+            model: request.model,
+            output: Tensor::from_f32(vec![2, k as u64], &vec![0.5; 2 * k]).unwrap(),
+            backend: "cpu".into(),
+            queue_us: 0,
+            compute_us: 0,
+            load: Load::default(),
+            generation: None,
+            labels,
+        };
+        let good = answer(2, vec![vec![label(1), label(0)], vec![label(0), label(1)]]);
+        assert!(good.check_answers(&request).is_ok());
+        assert_eq!(
+            from_cbor::<InferResponse>(&to_cbor(&InferResponse::Ok(good.clone()))),
+            InferResponse::Ok(good)
+        );
+        // More labels than asked for, a row short, a row missing.
+        let three = (0..3).map(label).collect::<Vec<_>>();
+        assert!(
+            answer(3, vec![three.clone(), three])
+                .check_answers(&request)
+                .is_err()
+        );
+        assert!(
+            answer(2, vec![vec![label(1)], vec![label(0), label(1)]])
+                .check_answers(&request)
+                .is_err()
+        );
+        assert!(
+            answer(2, vec![vec![label(1), label(0)]])
+                .check_answers(&request)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_cancel_frame_is_told_from_a_request_and_from_garbage() {
+        let request = request(Inputs::Prompt("hello".into()));
+        assert_eq!(
+            decode_client_frame(&to_cbor(&request)).unwrap(),
+            ClientFrame::Request(request)
+        );
+        assert_eq!(
+            decode_client_frame(&to_cbor(&Cancel { cancel: 9 })).unwrap(),
+            ClientFrame::Cancel(9)
+        );
+        assert!(matches!(
+            decode_client_frame(&[0xa1, 0x61, b'x', 0x01]),
+            Err(RequestError::Garbage(_))
+        ));
     }
 
     #[test]

@@ -145,6 +145,43 @@ fn write_seed_corpora() {
             ),
         ),
     ];
+    let mut generate = request(5, model, Inputs::Prompt("Hello".into()));
+    generate.task = Task::Generate;
+    generate.options = InferOptions {
+        max_tokens: Some(16),
+        temperature: Some(0.7),
+        top_p: Some(0.9),
+        seed: Some(42),
+        stop: vec!["\n".into()],
+        resume: vec![337, 312],
+        ..InferOptions::default()
+    };
+    let mut chat = request(
+        6,
+        model,
+        Inputs::Messages(vec![infer::Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }]),
+    );
+    chat.task = Task::Generate;
+    let mut classify = request(
+        7,
+        model,
+        Inputs::Images(vec![infer::ByteBuf::from(
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec(),
+        )]),
+    );
+    classify.task = Task::Classify;
+    classify.options.labels = Some(5);
+    let requests: Vec<(&str, InferRequest)> = requests
+        .into_iter()
+        .chain([
+            ("prompt", generate),
+            ("messages", chat),
+            ("images", classify),
+        ])
+        .collect();
     let mut frames = Vec::new();
     for (name, request) in &requests {
         let frame = infer::encode_frame(request).unwrap();
@@ -154,6 +191,7 @@ fn write_seed_corpora() {
             .push((*name, body_of(&frame).to_vec()));
         frames.extend_from_slice(&frame);
     }
+    frames.extend_from_slice(&infer::encode_frame(&infer::Cancel { cancel: 5 }).unwrap());
     seeds
         .entry("infer_frames")
         .or_default()
@@ -174,6 +212,62 @@ fn write_seed_corpora() {
                     capacity: 64,
                     workers: 2,
                 },
+                generation: None,
+                labels: Vec::new(),
+            }),
+        ),
+        (
+            "delta",
+            InferResponse::Delta(infer::Delta {
+                id: 6,
+                tokens: vec![312, 337],
+                text: " model g".into(),
+            }),
+        ),
+        (
+            "generated",
+            InferResponse::Ok(InferOutput {
+                id: 6,
+                model,
+                output: Tensor {
+                    dtype: DType::U32,
+                    shape: vec![1, 2],
+                    data: [312u32, 337].iter().flat_map(|t| t.to_le_bytes()).collect(),
+                },
+                backend: "cpu".into(),
+                queue_us: 5,
+                compute_us: 900,
+                load: Load::default(),
+                generation: Some(infer::Generated {
+                    finish_reason: infer::FinishReason::Length,
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    first_token_us: 400,
+                }),
+                labels: Vec::new(),
+            }),
+        ),
+        (
+            "labels",
+            InferResponse::Ok(InferOutput {
+                id: 7,
+                model,
+                output: Tensor::from_f32(vec![1, 2], &[0.75, 0.25]).unwrap(),
+                backend: "cpu".into(),
+                queue_us: 5,
+                compute_us: 900,
+                load: Load::default(),
+                generation: None,
+                labels: vec![vec![
+                    infer::ClassLabel {
+                        id: 3,
+                        label: "cat".into(),
+                    },
+                    infer::ClassLabel {
+                        id: 0,
+                        label: "dog".into(),
+                    },
+                ]],
             }),
         ),
         (
@@ -609,6 +703,7 @@ fn request(id: u64, model: Cid, inputs: Inputs) -> InferRequest {
         inputs,
         options: InferOptions {
             normalize: Some(true),
+            ..InferOptions::default()
         },
         deadline_ms: 5000,
     }

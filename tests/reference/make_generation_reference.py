@@ -17,7 +17,7 @@ tokenizer trained offline here (512 tokens), by transformers' own `save_pretrain
 - tests/fixtures/tiny-llama-bf16/, tiny-qwen2-f16/: the same models saved in bf16 / f16
 
 and tests/fixtures/generation-reference.json: per model and prompt the prompt's ids, the
-logits at the prompt's last position, transformers' greedy continuation (24 new tokens,
+logits at the prompt's last position, transformers' greedy continuation (32 new tokens,
 `do_sample=False`) with the decoded text, the top-20 logits and the top-1/top-2 margin at
 every greedy step, a greedy continuation under repetition_penalty 1.5; for the bf16/f16
 copies the logits of the rounded weights computed in f32; RoPE inverse frequencies for
@@ -55,7 +55,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 VOCAB = 512
-NEW_TOKENS = 24
+NEW_TOKENS = 32
 TOP = 20
 MY_FOLDERS = [
     "tiny-gpt2", "tiny-llama", "tiny-llama-bf16", "tiny-qwen2", "tiny-qwen2-f16", "tiny-mistral",

@@ -346,6 +346,7 @@ impl Call {
         match tokio::time::timeout(wait, self.caller_p2p.infer(self.provider_peer, request)).await {
             Ok(Ok(response @ InferResponse::Ok(_))) => Ok((frame, encode_frame(&response)?.len())),
             Ok(Ok(InferResponse::Err(e))) => Err(e.into()),
+            Ok(Ok(InferResponse::Delta(_))) => anyhow::bail!("a delta for an embedding"),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => anyhow::bail!("no answer in time"),
         }
@@ -449,7 +450,7 @@ fn request(id: u64, key: &[u8; 32]) -> InferRequest {
 
 /// Answers every request at once with an embedding of zeros per input.
 fn embedding_handler() -> p2p::InferHandler {
-    Arc::new(|_peer, request: InferRequest| {
+    Arc::new(|_peer, request: InferRequest, _deltas| {
         Box::pin(async move {
             let rows = match &request.inputs {
                 Inputs::Texts(texts) => texts.len(),
@@ -466,6 +467,8 @@ fn embedding_handler() -> p2p::InferHandler {
                     queue_us: 0,
                     compute_us: 0,
                     load: Load::default(),
+                    generation: None,
+                    labels: Vec::new(),
                 }),
                 Err(e) => InferResponse::Err(ipfs_accelerate_protocol::infer::InferError {
                     id: request.id,

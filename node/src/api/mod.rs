@@ -498,6 +498,22 @@ fn ndjson<T: Serialize>(lines: impl IntoIterator<Item = T>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// One JSON value per line as each comes from `lines`, until its senders are gone.
+fn ndjson_stream<T: Serialize + Send + 'static>(
+    lines: tokio::sync::mpsc::Receiver<T>,
+    content_type: &'static str,
+) -> Response {
+    let body = futures::stream::unfold(lines, |mut lines| async move {
+        let line = lines.recv().await?;
+        Some((Ok::<_, std::io::Error>(json_line(&line)), lines))
+    });
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 /// `value` as one line of newline-delimited JSON. Bodies of [`types`] always serialize.
 fn json_line(value: &impl Serialize) -> Bytes {
     let mut line = serde_json::to_vec(value).unwrap_or_default();

@@ -5,21 +5,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD;
 use cid::Cid;
-use ipfs_accelerate_protocol::infer::{InferOptions, Inputs};
+use ipfs_accelerate_protocol::infer::{
+    ByteBuf, Delta, FinishReason, Generated, InferOptions, Inputs, Message, Task,
+};
 use tokio::sync::mpsc;
 
 use super::types::{self, InferRequest, PullLine};
-use super::{Api, ApiError, ApiResult, Params, flag, json_line, param, params};
+use super::{Api, ApiError, ApiResult, Params, flag, json_line, ndjson_stream, param, params};
 use crate::PeerId;
 use crate::announce::{Announced, Source};
 use crate::engine::DeviceKind;
 use crate::infer::DEFAULT_DEADLINE;
-use crate::model_network::{InferCall, PublishMeta};
+use crate::model_network::{InferAnswer, InferCall, PublishMeta};
 use crate::models::LocalModels;
 use crate::node::Node;
 use crate::trust;
@@ -45,55 +48,123 @@ fn device_arg(q: &[(String, String)]) -> ApiResult<DeviceKind> {
         .map_err(|e: crate::engine::EngineError| ApiError::bad_request(e.to_string()))
 }
 
-pub(super) async fn infer(
-    State(api): State<Api>,
-    Json(body): Json<InferRequest>,
-) -> ApiResult<Json<types::InferAnswer>> {
+pub(super) async fn infer(State(api): State<Api>, Json(body): Json<InferRequest>) -> ApiResult {
     let model = api
         .node
         .resolve_model_from(&body.model, body.any_publisher)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let inputs = match (body.ids, body.attention_mask) {
-        (Some(ids), Some(attention_mask)) if body.texts.is_empty() => Inputs::Tokens {
-            ids,
-            attention_mask,
-        },
-        (None, None) if !body.texts.is_empty() => Inputs::Texts(body.texts),
-        _ => {
-            return Err(ApiError::bad_request(
-                "give either texts, or ids with attention_mask",
-            ));
+    let call = infer_call(model, body)?;
+    match call.inputs.task() {
+        Task::Generate => generate(api, call).await,
+        Task::Classify => classify(&api, call).await.map(IntoResponse::into_response),
+        Task::Embed => embed(&api, call).await.map(IntoResponse::into_response),
+    }
+}
+
+/// The call a request body asks for: texts or tokens embed, a prompt or messages
+/// generate, images are classified; one kind of input at a time.
+fn infer_call(model: Cid, body: InferRequest) -> ApiResult<InferCall> {
+    let given = [
+        !body.texts.is_empty(),
+        body.ids.is_some() || body.attention_mask.is_some(),
+        body.prompt.is_some(),
+        !body.messages.is_empty(),
+        !body.images.is_empty(),
+    ];
+    if given.iter().filter(|&&g| g).count() != 1 {
+        return Err(ApiError::bad_request(
+            "give one of: texts, ids with attention_mask, prompt, messages or images",
+        ));
+    }
+    let inputs = if let Some(prompt) = body.prompt {
+        Inputs::Prompt(prompt)
+    } else if !body.messages.is_empty() {
+        Inputs::Messages(
+            body.messages
+                .into_iter()
+                .map(|m| Message {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect(),
+        )
+    } else if !body.images.is_empty() {
+        let images = body
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                BASE64_STANDARD
+                    .decode(text)
+                    .map(ByteBuf::from)
+                    .map_err(|e| ApiError::bad_request(format!("images[{i}] is not base64: {e}")))
+            })
+            .collect::<ApiResult<_>>()?;
+        Inputs::Images(images)
+    } else {
+        match (body.ids, body.attention_mask) {
+            (Some(ids), Some(attention_mask)) => Inputs::Tokens {
+                ids,
+                attention_mask,
+            },
+            (None, None) => Inputs::Texts(body.texts),
+            _ => return Err(ApiError::bad_request("ids need attention_mask, and back")),
         }
     };
-    let call = InferCall {
+    let g = body.generation;
+    Ok(InferCall {
         model,
         inputs,
         options: InferOptions {
             normalize: body.normalize,
+            max_tokens: g.max_tokens,
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+            repetition_penalty: g.repetition_penalty,
+            seed: g.seed,
+            stop: g.stop,
+            resume: Vec::new(),
+            labels: body.labels,
         },
         remote: body.remote,
         deadline: body
             .deadline_ms
             .map_or(DEFAULT_DEADLINE, Duration::from_millis),
-    };
+    })
+}
+
+fn attempts(answer: &InferAnswer) -> Vec<types::Attempt> {
+    answer
+        .attempts
+        .iter()
+        .map(|(peer, error)| types::Attempt {
+            error: error.clone(),
+            peer: peer.to_string(),
+        })
+        .collect()
+}
+
+fn timings(answer: &InferAnswer) -> types::InferTimings {
+    let ms = |us: u64| us as f64 / 1000.0;
+    types::InferTimings {
+        compute_ms: ms(answer.output.compute_us),
+        queue_ms: ms(answer.output.queue_us),
+        round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
+    }
+}
+
+async fn embed(api: &Api, call: InferCall) -> ApiResult<Json<types::InferAnswer>> {
+    let model = call.model;
     let answer = api.node.infer(call).await.map_err(super::infer_error)?;
     let rows = answer
         .output
         .output
         .rows_f32()
         .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))?;
-    let ms = |us: u64| us as f64 / 1000.0;
-    let attempts = answer
-        .attempts
-        .into_iter()
-        .map(|(peer, error)| types::Attempt {
-            error,
-            peer: peer.to_string(),
-        })
-        .collect();
     Ok(Json(types::InferAnswer {
-        attempts,
-        device: answer.output.backend,
+        attempts: attempts(&answer),
+        device: answer.output.backend.clone(),
         dim: rows.first().map_or(0, Vec::len),
         embeddings: rows
             .into_iter()
@@ -102,12 +173,148 @@ pub(super) async fn infer(
         local: answer.local,
         model: model.to_string(),
         provider: answer.provider.to_string(),
-        timings: types::InferTimings {
-            compute_ms: ms(answer.output.compute_us),
-            queue_ms: ms(answer.output.queue_us),
-            round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
-        },
+        timings: timings(&answer),
     }))
+}
+
+async fn classify(api: &Api, call: InferCall) -> ApiResult<Json<types::ClassifyAnswer>> {
+    let model = call.model;
+    let answer = api.node.infer(call).await.map_err(super::infer_error)?;
+    let scores = answer
+        .output
+        .output
+        .rows_f32()
+        .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))?;
+    let labels = answer
+        .output
+        .labels
+        .iter()
+        .zip(scores)
+        .map(|(labels, scores)| {
+            labels
+                .iter()
+                .zip(scores)
+                .map(|(label, score)| types::ClassLabel {
+                    id: label.id,
+                    label: label.label.clone(),
+                    score: f64::from(score),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Json(types::ClassifyAnswer {
+        attempts: attempts(&answer),
+        device: answer.output.backend.clone(),
+        labels,
+        local: answer.local,
+        model: model.to_string(),
+        provider: answer.provider.to_string(),
+        timings: timings(&answer),
+    }))
+}
+
+/// A generation as newline-delimited JSON: a line per delta as it comes, then the end.
+/// A failure before any text is an HTTP error; after, it is the last line. A client
+/// that goes away stops the generation.
+async fn generate(api: Api, call: InferCall) -> ApiResult {
+    let model = call.model;
+    let (deltas, mut heard) = mpsc::channel::<Delta>(16);
+    let started = Instant::now();
+    let run = tokio::spawn(async move { api.node.infer_streaming(call, deltas).await });
+    // Waits for the first text (or the end) to pick the response's status.
+    let first = heard.recv().await;
+    let first_token = started.elapsed();
+    let Some(first) = first else {
+        // No text at all: the generation ended empty or failed.
+        let answer = run
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(super::infer_error)?;
+        let done = generate_done(model, &answer, String::new(), first_token, started);
+        return Ok(ndjson_lines([types::GenerateLine::Done(done)]));
+    };
+    let (lines, body) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut text = String::new();
+        let mut next = Some(first);
+        while let Some(delta) = next {
+            text.push_str(&delta.text);
+            let line = types::GenerateLine::Delta {
+                text: delta.text,
+                tokens: delta.tokens,
+            };
+            // The client left: dropping `heard` stops the generation.
+            if lines.send(line).await.is_err() {
+                return;
+            }
+            next = heard.recv().await;
+        }
+        let end = match run.await {
+            Ok(Ok(answer)) => {
+                types::GenerateLine::Done(generate_done(model, &answer, text, first_token, started))
+            }
+            Ok(Err(error)) => types::GenerateLine::Error {
+                message: error.to_string(),
+            },
+            Err(error) => types::GenerateLine::Error {
+                message: error.to_string(),
+            },
+        };
+        let _ = lines.send(end).await;
+    });
+    Ok(ndjson_stream(body, "application/x-ndjson"))
+}
+
+fn ndjson_lines(lines: impl IntoIterator<Item = types::GenerateLine>) -> axum::response::Response {
+    let body: Vec<u8> = lines.into_iter().flat_map(|l| json_line(&l)).collect();
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+fn generate_done(
+    model: Cid,
+    answer: &InferAnswer,
+    text: String,
+    first_token: Duration,
+    started: Instant,
+) -> types::GenerateDone {
+    let summary = answer.output.generation.unwrap_or(Generated {
+        finish_reason: FinishReason::Length,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        first_token_us: 0,
+    });
+    let total = started.elapsed();
+    let decode = total.saturating_sub(first_token).as_secs_f64();
+    let after_first = summary.completion_tokens.saturating_sub(1);
+    types::GenerateDone {
+        attempts: attempts(answer),
+        completion_tokens: summary.completion_tokens,
+        device: answer.output.backend.clone(),
+        finish_reason: finish_name(summary.finish_reason).to_owned(),
+        local: answer.local,
+        model: model.to_string(),
+        prompt_tokens: summary.prompt_tokens,
+        provider: answer.provider.to_string(),
+        text,
+        tokens: answer.output.output_u32().collect(),
+        timings: types::GenerateTimings {
+            first_token_ms: first_token.as_secs_f64() * 1000.0,
+            total_ms: total.as_secs_f64() * 1000.0,
+            decode_tokens_per_second: if decode > 0.0 {
+                f64::from(after_first) / decode
+            } else {
+                0.0
+            },
+        },
+    }
+}
+
+fn finish_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Eos => "eos",
+    }
 }
 
 pub(super) async fn publish(
@@ -197,15 +404,7 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult 
         };
         let _ = lines.send(end).await;
     });
-    let body = futures::stream::unfold(receiver, |mut receiver| async move {
-        let line = receiver.recv().await?;
-        Some((Ok::<_, std::io::Error>(json_line(&line)), receiver))
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(body),
-    )
-        .into_response())
+    Ok(ndjson_stream(receiver, "application/json"))
 }
 
 /// Fetches, pins and provides `root` (serving it on `serve` when given) and says
@@ -263,6 +462,7 @@ pub(super) async fn ls(
     Query(q): Params,
 ) -> ApiResult<Json<types::ModelList>> {
     let tag = param(&q, "tag");
+    let task = param(&q, "task");
     let local = LocalModels::new(api.node.repo().path());
     let records = tokio::task::spawn_blocking(move || local.list())
         .await
@@ -273,6 +473,7 @@ pub(super) async fn ls(
     let mut models: Vec<_> = records
         .iter()
         .filter(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)))
+        .filter(|r| task.is_none_or(|t| r.task.as_deref() == Some(t)))
         .map(|r| types::ModelEntry {
             manifest: None,
             name: r.name.clone(),
@@ -281,6 +482,7 @@ pub(super) async fn ls(
             serving: server.is_serving(&r.root),
             source: "local".into(),
             tags: r.tags.clone(),
+            task: r.task.clone(),
             untrusted: None,
             version: r.version.clone(),
             weights: r.root.to_string(),
@@ -291,6 +493,7 @@ pub(super) async fn ls(
             .directory()
             .list(tag)
             .iter()
+            .filter(|a| task.is_none_or(|t| a.manifest.body.task == t))
             .map(|a| model_entry(a, node)),
     );
     Ok(Json(types::ModelList { models }))
@@ -333,6 +536,7 @@ fn model_entry(announced: &Announced, node: &Node) -> types::ModelEntry {
         serving: node.infer_server().is_serving(&body.weights),
         source: source.into(),
         tags: body.tags.clone(),
+        task: Some(body.task.clone()),
         untrusted: Some(!node.trusts(&body.name, &announced.publisher)),
         version: body.version.clone(),
         weights: body.weights.to_string(),

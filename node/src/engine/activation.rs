@@ -30,8 +30,9 @@ pub(super) fn gelu_cpu(x: Tensor<2>) -> Tensor<2> {
     }
 }
 
+/// Exact GELU of one value.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(super) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 

@@ -60,6 +60,11 @@ impl Detokenizer {
         Ok(delta)
     }
 
+    /// Whether every token pushed has had its text emitted.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.read_offset == self.ids.len()
+    }
+
     /// The text still held when no more tokens will come: an incomplete character is
     /// emitted as the replacement character, as a whole decode would show it.
     pub(crate) fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String> {

@@ -123,6 +123,10 @@ pub struct StepOutput {
     pub text: String,
     /// Set when the sequence finished with this step.
     pub finish: Option<FinishReason>,
+    /// No text of the sequence's tokens is held back after this step (no half
+    /// character, no possible start of a stop sequence): its text so far is exactly
+    /// that of its tokens, so it could resume from them elsewhere.
+    pub settled: bool,
 }
 
 /// A finished generation.
@@ -230,7 +234,16 @@ impl Generator {
         };
         check_weights_file(config.parameter_count(), &files.weights)?;
         let device = kind.device()?;
-        let decoder = Decoder::load(&config, &files.weights, &device, kind != DeviceKind::Wgpu)?;
+        // flex runs the decoder on host memory; ndarray (kept as a second CPU path) and
+        // wgpu run it as burn tensors.
+        let host = kind == DeviceKind::Cpu;
+        let decoder = Decoder::load(
+            &config,
+            &files.weights,
+            &device,
+            host,
+            kind != DeviceKind::Wgpu,
+        )?;
         let mut eos_ids = config.eos_token_ids.clone();
         for id in &generation.eos_token_ids {
             if !eos_ids.contains(id) {
@@ -528,10 +541,13 @@ impl Generator {
         }
         sequence.text.push_str(&text);
         sequence.finish = finish;
+        let settled =
+            finish.is_some() || (sequence.detokenizer.is_settled() && sequence.stops.is_settled());
         Ok(StepOutput {
             token,
             text,
             finish,
+            settled,
         })
     }
 }
@@ -553,12 +569,19 @@ mod tests {
     /// further apart than this; our logits are within 1e-4 of theirs, so a closer pair
     /// could legitimately flip, and after a flip the continuations differ.
     const CLEAR_MARGIN: f64 = 1e-3;
+    /// New tokens of transformers' greedy continuations in the reference.
+    const NEW_TOKENS: usize = 32;
 
     fn reference() -> &'static Value {
         static REFERENCE: OnceLock<Value> = OnceLock::new();
         REFERENCE.get_or_init(|| {
             let text = std::fs::read(fixtures().join("generation-reference.json")).unwrap();
-            serde_json::from_slice(&text).unwrap()
+            let reference: Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(
+                reference["new_tokens"], NEW_TOKENS,
+                "regenerate the reference"
+            );
+            reference
         })
     }
 
@@ -657,7 +680,7 @@ mod tests {
                     steps.iter().map(|s| s["margin"].as_f64().unwrap()),
                     CLEAR_MARGIN,
                 );
-                let mut sequence = generator.start(prompt_ids, greedy(24)).unwrap();
+                let mut sequence = generator.start(prompt_ids, greedy(NEW_TOKENS)).unwrap();
                 let mut text = String::new();
                 for (i, step) in steps.iter().enumerate().take(compared) {
                     let mut logits = generator.forward(&mut [&mut sequence]).unwrap();
@@ -678,7 +701,7 @@ mod tests {
                     case["greedy_text"].as_str().unwrap(),
                     "{model}: {prompt:?}"
                 );
-                let finish = if want.len() < 24 {
+                let finish = if want.len() < NEW_TOKENS {
                     FinishReason::Eos
                 } else {
                     FinishReason::Length
@@ -691,7 +714,7 @@ mod tests {
             }
             println!(
                 "{model}: largest logit difference from transformers {worst_prompt:.2e} after \
-                 the prompt, {worst_step:.2e} over 24 cached greedy steps"
+                 the prompt, {worst_step:.2e} over {NEW_TOKENS} cached greedy steps"
             );
             assert!(worst_prompt < 1e-4, "{model}: {worst_prompt}");
             assert!(worst_step < 1e-4, "{model}: {worst_step}");
@@ -705,7 +728,7 @@ mod tests {
             // The long prompt passes Mistral's 8-token sliding window.
             let case = &cases(model)[2];
             let mut sequence = generator
-                .start(ids(&case["input_ids"]), greedy(24))
+                .start(ids(&case["input_ids"]), greedy(NEW_TOKENS))
                 .unwrap();
             for _ in 0..12 {
                 generator.step(&mut [&mut sequence]).unwrap();
@@ -726,17 +749,17 @@ mod tests {
             let prompt = |i: usize| ids(&cases(model)[i]["input_ids"]);
             // All four prompts (2 to 44 tokens) from the first step.
             let together = (0..4)
-                .map(|i| (0, generator.start(prompt(i), greedy(24)).unwrap()))
+                .map(|i| (0, generator.start(prompt(i), greedy(NEW_TOKENS)).unwrap()))
                 .collect();
             assert_eq!(run_batch(&generator, together), want, "{model}");
             // Joining and leaving between steps: the second joins at step 3 while the
             // first decodes, the third (4 tokens at most) joins at 5 and leaves at 9, the
             // fourth joins at 12.
             let staggered = vec![
-                (0, generator.start(prompt(0), greedy(24)).unwrap()),
-                (3, generator.start(prompt(1), greedy(24)).unwrap()),
+                (0, generator.start(prompt(0), greedy(NEW_TOKENS)).unwrap()),
+                (3, generator.start(prompt(1), greedy(NEW_TOKENS)).unwrap()),
                 (5, generator.start(prompt(2), greedy(4)).unwrap()),
-                (12, generator.start(prompt(3), greedy(24)).unwrap()),
+                (12, generator.start(prompt(3), greedy(NEW_TOKENS)).unwrap()),
             ];
             let got = run_batch(&generator, staggered);
             assert_eq!(got[0], want[0], "{model}");
@@ -753,7 +776,11 @@ mod tests {
             let case = &cases(model)[2];
             let want = ids(&case["greedy_ids"]);
             let mut sequence = generator
-                .resume(ids(&case["input_ids"]), want[..10].to_vec(), greedy(24))
+                .resume(
+                    ids(&case["input_ids"]),
+                    want[..10].to_vec(),
+                    greedy(NEW_TOKENS),
+                )
                 .unwrap();
             assert_eq!(sequence.generated(), &want[..10]);
             while !sequence.is_finished() {
@@ -780,7 +807,7 @@ mod tests {
                     comparable(margins.iter().map(|m| m.as_f64().unwrap()), CLEAR_MARGIN);
                 let params = GenerateParams {
                     repetition_penalty: 1.5,
-                    ..greedy(24)
+                    ..greedy(NEW_TOKENS)
                 };
                 let got = generator
                     .generate(ids(&case["input_ids"]), params, |_| {})
@@ -800,7 +827,7 @@ mod tests {
             top_k: 100,
             top_p: 0.95,
             seed: Some(seed),
-            ..greedy(24)
+            ..greedy(NEW_TOKENS)
         };
         let run = |seed| {
             generator
@@ -859,7 +886,9 @@ mod tests {
         let prompt = ids(&cases("tiny-qwen2")[1]["input_ids"]);
         let mut deltas = Vec::new();
         let whole = generator
-            .generate(prompt.clone(), greedy(24), |o| deltas.push(o.text.clone()))
+            .generate(prompt.clone(), greedy(NEW_TOKENS), |o| {
+                deltas.push(o.text.clone())
+            })
             .unwrap();
         assert_eq!(deltas.concat(), whole.text);
         // A stop made of the end of one token's text and the start of a later one's.
@@ -879,7 +908,7 @@ mod tests {
                 prompt,
                 GenerateParams {
                     stop: vec!["never there".to_owned(), stop.clone()],
-                    ..greedy(24)
+                    ..greedy(NEW_TOKENS)
                 },
                 |o| streamed.push_str(&o.text),
             )
@@ -896,7 +925,7 @@ mod tests {
         // transformers stopped this one at its EOS, 18 tokens in.
         let case = &cases("tiny-llama")[1];
         let got = generator
-            .generate(ids(&case["input_ids"]), greedy(24), |_| {})
+            .generate(ids(&case["input_ids"]), greedy(NEW_TOKENS), |_| {})
             .unwrap();
         assert_eq!(got.finish, FinishReason::Eos);
         assert_eq!(got.tokens, ids(&case["greedy_ids"]));
@@ -1008,7 +1037,9 @@ mod tests {
                 let clear = 2.5 * f64::from(prompt_drift);
                 let compared =
                     comparable(margins.iter().map(|s| s["margin"].as_f64().unwrap()), clear);
-                let got = generator.generate(prompt, greedy(24), |_| {}).unwrap();
+                let got = generator
+                    .generate(prompt, greedy(NEW_TOKENS), |_| {})
+                    .unwrap();
                 let want = ids(&case["greedy_ids"]);
                 assert_eq!(got.tokens[..compared], want[..compared], "{copy}");
                 clear_tokens += compared;
@@ -1364,7 +1395,7 @@ mod tests {
                     let prompt = ids(&case["input_ids"]);
                     let logits = full_logits(&generator, &prompt);
                     worst = worst.max(max_abs_diff(&logits, &floats(&case["last_logits"])));
-                    sequences.push((0, generator.start(prompt, greedy(24)).unwrap()));
+                    sequences.push((0, generator.start(prompt, greedy(NEW_TOKENS)).unwrap()));
                 }
                 println!("{model} on {kind}: largest logit difference {worst:.2e}");
                 assert!(worst < 1e-3, "{model} on {kind}: {worst}");

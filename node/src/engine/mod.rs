@@ -9,30 +9,30 @@
 
 mod activation;
 mod bert;
-pub mod cache;
 mod chat;
 pub mod classify;
 mod decoder;
 mod detokenize;
 pub mod generate;
 mod image;
+mod matmul;
 mod sampling;
 pub mod source;
 mod stop;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod tokenize;
 mod vit;
 mod weights;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
 use self::bert::{Bert, BertWeights, PackedBatch};
-pub use self::cache::ModelCache;
 pub use self::chat::ChatMessage;
 pub use self::classify::{Classifier, Label, Logits};
 pub use self::generate::{GenerateParams, Generation, Generator, Sequence, StepOutput};
@@ -43,8 +43,8 @@ use self::tokenize::TextTokenizer;
 pub use ipfs_accelerate_protocol::model_folder::DecoderConfig;
 use ipfs_accelerate_protocol::model_folder::PositionIds;
 pub use ipfs_accelerate_protocol::model_folder::{
-    self, BertConfig, EncoderFamily, FolderError, ImageProcessor, Pooling, SentenceConfig,
-    VitConfig,
+    self, BertConfig, EncoderFamily, FolderError, ImageProcessor, ModelKind, Pooling,
+    SentenceConfig, VitConfig,
 };
 
 /// Errors of loading a model or running it.
@@ -219,6 +219,41 @@ enum Pool {
     Mean(Tensor<3>),
     /// `[rows]` the packed index of each row's first token.
     Cls(Tensor<1, Int>),
+}
+
+/// A loaded model of any kind the engine runs.
+#[derive(Debug, Clone)]
+pub enum Model {
+    Embed(Arc<Embedder>),
+    Generate(Arc<Generator>),
+    Classify(Arc<Classifier>),
+}
+
+impl Model {
+    /// Loads what `files` hold, the kind read from config.json's architecture.
+    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+        Ok(match model_folder::model_kind(&files.config)? {
+            ModelKind::Embed => Model::Embed(Arc::new(Embedder::load(files, kind)?)),
+            ModelKind::Generate => Model::Generate(Arc::new(Generator::load(files, kind)?)),
+            ModelKind::Classify => Model::Classify(Arc::new(Classifier::load(files, kind)?)),
+        })
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Model::Embed(_) => ModelKind::Embed,
+            Model::Generate(_) => ModelKind::Generate,
+            Model::Classify(_) => ModelKind::Classify,
+        }
+    }
+
+    pub fn device(&self) -> DeviceKind {
+        match self {
+            Model::Embed(model) => model.device(),
+            Model::Generate(model) => model.device(),
+            Model::Classify(model) => model.device(),
+        }
+    }
 }
 
 /// A loaded sentence encoder on one device.
@@ -500,8 +535,6 @@ impl Embedder {
 mod tests {
     use std::path::Path;
 
-    use cid::Cid;
-    use multihash_codetable::MultihashDigest;
     use serde_json::Value;
 
     use super::*;
@@ -856,37 +889,5 @@ mod tests {
         let (embeddings, _) = model.embed_texts(&[long.as_str()]).unwrap();
         assert_eq!(embeddings.rows, 1);
         assert_eq!(model.tokenize(&[long.as_str()]).unwrap().ids[0].len(), 64);
-    }
-
-    #[test]
-    fn cache_keeps_models_under_its_cap() {
-        let dir = fixtures().join("tiny-bert");
-        let one = load(&dir, DeviceKind::Cpu).unwrap().memory_bytes();
-        let cache = ModelCache::new(one * 2);
-        let cid = |n: u8| {
-            let hash = multihash_codetable::Code::Sha2_256.digest(&[n]);
-            Cid::new_v1(0x55, hash)
-        };
-        let mut loads = 0;
-        let mut get = |n: u8| {
-            cache
-                .get_or_load(&cid(n), DeviceKind::Cpu, || {
-                    loads += 1;
-                    load(&dir, DeviceKind::Cpu)
-                })
-                .unwrap();
-        };
-        get(1);
-        get(2);
-        get(1); // hit; 2 becomes the least recently used
-        get(3); // evicts 2
-        get(1); // still loaded
-        assert_eq!(loads, 3);
-        let mut loaded: Vec<_> = cache.loaded().into_iter().map(|(c, _)| c).collect();
-        loaded.sort();
-        let mut want = vec![cid(1), cid(3)];
-        want.sort();
-        assert_eq!(loaded, want);
-        assert!(cache.bytes() <= one * 2);
     }
 }

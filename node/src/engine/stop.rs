@@ -56,6 +56,11 @@ impl StopSequences {
         }
     }
 
+    /// Whether no text is held back.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Takes in newly decoded text. Returns the text that is safe to emit now, and
     /// whether a stop sequence was found, in which case the returned text ends just
     /// before it and nothing more may follow.

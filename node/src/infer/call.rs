@@ -95,6 +95,9 @@ impl Reply {
                 Err(garbage) => Reply::Malformed(garbage),
             },
             Ok(InferResponse::Err(error)) => Reply::Error(error),
+            Ok(InferResponse::Delta(_)) => {
+                Reply::Malformed("text for a request that generates none".into())
+            }
             Err(error @ p2p::Error::RequestTooLarge { .. }) => Reply::TooLarge(error.to_string()),
             Err(error) => Reply::Failed(error.to_string()),
         }
@@ -350,6 +353,8 @@ mod tests {
                 capacity: 64,
                 workers: 1,
             },
+            generation: None,
+            labels: Vec::new(),
         }
     }
 

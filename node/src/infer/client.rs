@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use ipfs_accelerate_protocol::infer::{InferRequest, InferResponse};
+use ipfs_accelerate_protocol::infer::{Delta, ErrorCode, InferRequest, InferResponse};
 use libp2p::PeerId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio::sync::mpsc;
 
 use super::call::{self, Answer, Call, CallError, Reply};
 use super::ranking::{PeerStats, Ranking};
@@ -151,6 +152,159 @@ impl Client {
         }
     }
 
+    /// Runs a generation on the best of `candidates`, its text going to `deltas` as it
+    /// comes. No hedging (that would run it twice); when a provider fails, the next one
+    /// resumes after the tokens already received, so the caller sees one text, and
+    /// greedy decoding gives the same text as without the failure.
+    pub async fn generate(
+        &self,
+        mut request: InferRequest,
+        candidates: &[PeerId],
+        deadline: Duration,
+        deltas: &mpsc::Sender<Delta>,
+    ) -> Result<Answer, CallError> {
+        let started = Instant::now();
+        let ranked = self.lock().rank(candidates, started);
+        if ranked.is_empty() {
+            let error = match candidates.is_empty() {
+                true => CallError::NoProviders,
+                false => CallError::Unusable {
+                    providers: candidates.len(),
+                    retry_in: self.lock().soonest_retry(candidates, started),
+                },
+            };
+            self.metrics.record(error.outcome(), started.elapsed());
+            return Err(error);
+        }
+        let mut attempts: Vec<(PeerId, Option<String>)> = Vec::new();
+        for peer in ranked {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            request.deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+            let attempt = self.generate_on(peer, &request, deltas).await;
+            let now = Instant::now();
+            if attempt.caller_left {
+                // Not the provider's doing: nothing is recorded against it.
+                let error = CallError::AllFailed("the caller stopped listening".into());
+                self.metrics.record("caller_left", started.elapsed());
+                return Err(error);
+            }
+            let why = match attempt.reply {
+                Reply::Answer(output) => {
+                    let first = attempt.first_frame.unwrap_or(now - attempt.sent);
+                    self.lock().record_success(peer, first, output.load, now);
+                    self.metrics.record("ok", started.elapsed());
+                    attempts.push((peer, None));
+                    return Ok(Answer {
+                        provider: peer,
+                        output,
+                        round_trip: now - attempt.sent,
+                        attempts,
+                    });
+                }
+                Reply::Error(error) if error.code == ErrorCode::Busy => {
+                    self.lock().record_load(peer, error.load, now);
+                    error.to_string()
+                }
+                Reply::Error(error) if !error.code.is_retryable_elsewhere() => {
+                    let refused = CallError::Refused {
+                        code: error.code,
+                        message: error.message,
+                    };
+                    self.metrics.record(refused.outcome(), started.elapsed());
+                    return Err(refused);
+                }
+                Reply::TooLarge(message) => {
+                    let refused = CallError::Refused {
+                        code: ErrorCode::TooLarge,
+                        message,
+                    };
+                    self.metrics.record(refused.outcome(), started.elapsed());
+                    return Err(refused);
+                }
+                Reply::Error(error) => {
+                    self.lock().record_failure(peer, now);
+                    error.to_string()
+                }
+                Reply::Malformed(why) | Reply::Failed(why) => {
+                    self.lock().record_failure(peer, now);
+                    why
+                }
+            };
+            tracing::debug!(%peer, reason = %why, resumed = attempt.received.len(), "infer: a generation failed; resuming elsewhere");
+            attempts.push((peer, Some(why)));
+            // The next provider continues after what this one sent.
+            request.options.resume.extend(attempt.received);
+        }
+        let tried = attempts
+            .iter()
+            .map(|(peer, why)| format!("{peer}: {}", why.as_deref().unwrap_or("ok")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let error = match started.elapsed() >= deadline {
+            true => CallError::Deadline { deadline, tried },
+            false => CallError::AllFailed(tried),
+        };
+        self.metrics.record(error.outcome(), started.elapsed());
+        Err(error)
+    }
+
+    /// One provider's part of a generation: forwards its deltas to `deltas` and sorts
+    /// its answer. An answer must hold exactly the tokens its deltas did, after those it
+    /// resumed after.
+    async fn generate_on(
+        &self,
+        peer: PeerId,
+        request: &InferRequest,
+        deltas: &mpsc::Sender<Delta>,
+    ) -> Attempt {
+        let (tx, mut rx) = mpsc::channel(16);
+        let sent = Instant::now();
+        let call = self.p2p.infer_streaming(peer, request.clone(), tx);
+        tokio::pin!(call);
+        let mut attempt = Attempt {
+            sent,
+            first_frame: None,
+            received: Vec::new(),
+            caller_left: false,
+            reply: Reply::Failed(String::new()),
+        };
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(delta) = rx.recv() => {
+                    attempt.first_frame.get_or_insert_with(|| sent.elapsed());
+                    attempt.received.extend_from_slice(&delta.tokens);
+                    if deltas.send(delta).await.is_err() {
+                        attempt.caller_left = true;
+                        attempt.reply = Reply::Failed("the caller left".into());
+                        return attempt;
+                    }
+                }
+                result = &mut call => break result,
+            }
+        };
+        while let Ok(delta) = rx.try_recv() {
+            attempt.received.extend_from_slice(&delta.tokens);
+            if deltas.send(delta).await.is_err() {
+                attempt.caller_left = true;
+            }
+        }
+        attempt.reply = match Reply::new(result, request) {
+            Reply::Answer(output) => {
+                let streamed = output.output_u32().skip(request.options.resume.len());
+                match streamed.eq(attempt.received.iter().copied()) {
+                    true => Reply::Answer(output),
+                    false => Reply::Malformed("the answer's tokens are not those streamed".into()),
+                }
+            }
+            other => other,
+        };
+        attempt
+    }
+
     /// Sends `request` to `peer` with `left` as its deadline; resolves to the peer,
     /// when it was sent and what came back.
     fn send(
@@ -171,4 +325,15 @@ impl Client {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ranking> {
         self.ranking.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How one provider's part of a generation went.
+struct Attempt {
+    sent: Instant,
+    first_frame: Option<Duration>,
+    /// Tokens its deltas carried (forwarded to the caller).
+    received: Vec<u32>,
+    /// The caller stopped listening: no one to resume for.
+    caller_left: bool,
+    reply: Reply,
 }

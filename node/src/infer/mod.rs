@@ -6,6 +6,7 @@
 
 mod call;
 pub mod client;
+mod generation;
 mod ranking;
 pub mod server;
 mod spot_check;
@@ -15,7 +16,7 @@ use std::time::Duration;
 pub use self::call::{Answer, CallError};
 pub use self::client::Client;
 pub use self::ranking::{PeerStats, Ranking};
-pub use self::server::{Callers, ServeConfig, ServeMetrics, Server};
+pub use self::server::{Callers, ServeConfig, ServeMetrics, Server, generate_params};
 pub use self::spot_check::{SPOT_CHECK_MAX_DIFF, SPOT_CHECK_MIN_COSINE, answers_agree};
 
 /// How long a caller waits for an answer unless it says otherwise.

@@ -210,6 +210,8 @@ mod tests {
                 queue_us: 0,
                 compute_us: 0,
                 load: Load::default(),
+                generation: None,
+                labels: Vec::new(),
             },
             round_trip: Duration::from_millis(10),
             attempts: vec![(provider, None)],

@@ -15,18 +15,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
 use ipfs_accelerate_protocol::infer::{
-    InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Task, service_key,
+    Delta, InferOptions, InferOutput, InferRequest, InferResponse, Inputs, Task, service_key,
 };
 use ipfs_accelerate_protocol::manifest::{
     MODELS_TOPIC, Manifest, ManifestBody, RECIPIENT_COUNT_LIMIT, model_topic,
 };
+use ipfs_accelerate_protocol::model_folder::{self, ModelKind};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::announce::{self, Announced, Directory, Inserted, Source};
 use crate::bitswap::{Bitswap, provider_key};
-use crate::engine::{self, BertConfig, DeviceKind, Embedder, ModelFiles};
+use crate::engine::{self, BertConfig, DecoderConfig, DeviceKind, Model, ModelFiles, VitConfig};
 use crate::envelope::{self, Opener, Seal};
 use crate::error::{Error, Result};
 use crate::infer::{self, Callers, Client, Server};
@@ -74,7 +75,8 @@ pub struct Published {
     pub announced_at: Instant,
 }
 
-/// An inference call as the CLI and the HTTP API make it.
+/// An inference call as the CLI and the HTTP API make it; the task follows from the
+/// inputs ([`Inputs::task`]).
 #[derive(Debug, Clone)]
 pub struct InferCall {
     pub model: Cid,
@@ -195,12 +197,12 @@ impl ModelNetwork {
         });
         let server = Arc::clone(&self.server);
         let slots = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
-        p2p.serve_infer(Arc::new(move |peer, request| {
+        p2p.serve_infer(Arc::new(move |peer, request, deltas| {
             let server = Arc::clone(&server);
             let slot = Arc::clone(&slots).try_acquire_owned();
             Box::pin(async move {
                 match slot {
-                    Ok(_slot) => server.handle(Some(peer), request).await,
+                    Ok(_slot) => server.handle(Some(peer), request, Some(deltas)).await,
                     Err(_) => busy(request.id),
                 }
             })
@@ -282,9 +284,11 @@ impl ModelNetwork {
     /// DHT under the model's service key. The model must be in the repo.
     pub(crate) async fn serve(&self, root: Cid, device: DeviceKind) -> Result<()> {
         if !self.server.is_serving(&root) {
-            let embedder = self.load(root, device).await?;
+            let model = self.load(root, device).await?;
             let callers = self.callers(root).await?;
-            self.server.serve(root, embedder, callers);
+            self.server
+                .serve(root, model, callers)
+                .map_err(|e| Error::Model(format!("serving {root}: {e}")))?;
         }
         provider::provide(&self.p2p, service_key(&root)).await;
         Ok(())
@@ -315,11 +319,8 @@ impl ModelNetwork {
             weights,
         )
         .map_err(|e| Error::Model(e.to_string()))?;
-        let summary = BertConfig::parse(&config).map_err(|e| Error::Model(e.to_string()))?;
-        let architecture = serde_json::from_slice::<serde_json::Value>(&config)
-            .ok()
-            .and_then(|v| v["architectures"][0].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "BertModel".into());
+        let summary = ModelSummary::of(&config).map_err(|e| Error::Model(e.to_string()))?;
+        record.task = Some(summary.kind.task().to_owned());
         let hardware = [DeviceKind::Cpu, DeviceKind::Ndarray, DeviceKind::Wgpu]
             .into_iter()
             .filter(|d| d.is_built())
@@ -327,12 +328,12 @@ impl ModelNetwork {
             .collect();
         let body = ManifestBody {
             name: meta.name,
-            task: "embed".into(),
+            task: summary.kind.task().into(),
             version: meta.version,
-            architecture,
-            parameters: summary.parameter_count() as u64,
-            input_shape: vec![-1, -1],
-            output_shape: vec![-1, summary.hidden_size as i64],
+            architecture: summary.architecture,
+            parameters: summary.parameters,
+            input_shape: summary.input_shape,
+            output_shape: summary.output_shape,
             hardware,
             precision: "f32".into(),
             tags: meta.tags,
@@ -469,12 +470,13 @@ impl ModelNetwork {
             return;
         };
         let body = &announced.manifest.body;
-        if let Ok(record) = ModelRecord::new(
+        if let Ok(mut record) = ModelRecord::new(
             body.name.clone(),
             body.version.clone(),
             body.tags.clone(),
             root,
         ) {
+            record.task = Some(body.task.clone());
             let models = self.local_models.clone();
             let _ = tokio::task::spawn_blocking(move || models.record(record)).await;
         }
@@ -502,20 +504,29 @@ impl ModelNetwork {
     }
 
     /// Runs inference: here when the model is served or stored here (unless `remote`),
-    /// otherwise on the best peer serving it, with hedging and failover.
-    pub(crate) async fn infer(&self, call: InferCall) -> Result<InferAnswer> {
+    /// otherwise on the best peer serving it, with hedging and failover (a generation
+    /// fails over by resuming elsewhere). A generation's text goes to `deltas` as it
+    /// comes; dropping their receiver stops it.
+    pub(crate) async fn infer(
+        &self,
+        call: InferCall,
+        deltas: Option<mpsc::Sender<Delta>>,
+    ) -> Result<InferAnswer> {
         let request = InferRequest {
             id: next_request_id(),
             model: call.model,
-            task: Task::Embed,
+            task: call.inputs.task(),
             inputs: call.inputs,
             options: call.options,
             deadline_ms: u32::try_from(call.deadline.as_millis()).unwrap_or(u32::MAX),
         };
         if !call.remote
-            && let Some(answer) = self.infer_here(request.clone()).await?
+            && let Some(answer) = self.infer_here(request.clone(), deltas.clone()).await?
         {
             return Ok(answer);
+        }
+        if request.task == Task::Generate {
+            return self.generate_remote(request, call.deadline, deltas).await;
         }
         let end = Instant::now() + call.deadline;
         let mut candidates = self.candidates(call.model, false).await;
@@ -575,6 +586,41 @@ impl ModelNetwork {
         )))
     }
 
+    /// A generation on the best peer serving its model, resumed on the next when one
+    /// fails.
+    async fn generate_remote(
+        &self,
+        request: InferRequest,
+        deadline: Duration,
+        deltas: Option<mpsc::Sender<Delta>>,
+    ) -> Result<InferAnswer> {
+        let model = request.model;
+        let mut candidates = self.candidates(model, false).await;
+        if candidates.is_empty() {
+            candidates = self.candidates(model, true).await;
+        }
+        // Without a listener the text is dropped, but the generation still runs.
+        let (deltas, _unheard) = match deltas {
+            Some(deltas) => (deltas, None),
+            None => {
+                let (tx, rx) = mpsc::channel(1);
+                (tx, Some(drain(rx)))
+            }
+        };
+        let answer = self
+            .client
+            .generate(request, &candidates, deadline, &deltas)
+            .await
+            .map_err(|error| Error::Model(format!("inference for {model}: {error}")))?;
+        Ok(InferAnswer {
+            output: answer.output,
+            provider: answer.provider,
+            local: false,
+            round_trip: answer.round_trip,
+            attempts: answer.attempts,
+        })
+    }
+
     /// Every peer serving `model` (the DHT asked afresh), each probed with one small
     /// request to measure its round-trip and learn its load.
     pub(crate) async fn providers(&self, model: Cid) -> Result<Vec<ProviderInfo>> {
@@ -602,6 +648,7 @@ impl ModelNetwork {
                 options: InferOptions::default(),
                 deadline_ms: 5000,
             };
+            let request = self.probe_for(request);
             let answer = self
                 .client
                 .call(request, &[peer], Duration::from_secs(5))
@@ -627,20 +674,48 @@ impl ModelNetwork {
         remember(&self.directory, &self.trust, manifest, publisher, source).await
     }
 
+    /// The probe `providers` sends, made to fit what the model does (as its manifest
+    /// says): a one-token generation, or one tiny image.
+    fn probe_for(&self, mut request: InferRequest) -> InferRequest {
+        let task = self
+            .directory
+            .by_weights(&request.model)
+            .into_iter()
+            .map(|a| a.manifest.body.task)
+            .next();
+        match task.as_deref() {
+            Some("generate") => {
+                request.task = Task::Generate;
+                request.inputs = Inputs::Prompt("ping".into());
+                request.options.max_tokens = Some(1);
+            }
+            Some("classify") => {
+                request.task = Task::Classify;
+                request.inputs =
+                    Inputs::Images(vec![ipfs_accelerate_protocol::infer::ByteBuf::from(
+                        PROBE_PNG,
+                    )]);
+                request.options.labels = Some(1);
+            }
+            _ => {}
+        }
+        request
+    }
+
     /// Loads the model under `root` (it must be here) onto `device`.
-    async fn load(&self, root: Cid, device: DeviceKind) -> Result<Arc<Embedder>> {
+    async fn load(&self, root: Cid, device: DeviceKind) -> Result<Model> {
         let (store, opener) = (Arc::clone(&self.store), self.opener.clone());
         let started = Instant::now();
-        let embedder = tokio::task::spawn_blocking(move || {
+        let model = tokio::task::spawn_blocking(move || {
             let files = ModelFiles::from_store(&store, &root, &opener)
                 .map_err(engine::EngineError::from)?;
-            Embedder::load(files, device)
+            Model::load(files, device)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(|e| Error::Model(e.to_string()))?;
         tracing::info!(model = %root, %device, elapsed = ?started.elapsed(), "models: loaded");
-        Ok(Arc::new(embedder))
+        Ok(model)
     }
 
     /// Writes, pins and provides the registry entry of `name` as published from here,
@@ -708,13 +783,17 @@ impl ModelNetwork {
     }
 
     /// Runs `request` on this machine if the model is served or stored here.
-    async fn infer_here(&self, request: InferRequest) -> Result<Option<InferAnswer>> {
+    async fn infer_here(
+        &self,
+        request: InferRequest,
+        deltas: Option<mpsc::Sender<Delta>>,
+    ) -> Result<Option<InferAnswer>> {
         let started = Instant::now();
         let model = request.model;
         let response = if self.server.is_serving(&model) {
-            self.server.handle(None, request).await
+            self.server.handle(None, request, deltas).await
         } else if self.local.is_serving(&model) {
-            self.local.handle(None, request).await
+            self.local.handle(None, request, deltas).await
         } else {
             let store = Arc::clone(&self.store);
             let missing = tokio::task::spawn_blocking(move || store.first_missing_block(&model))
@@ -723,13 +802,15 @@ impl ModelNetwork {
             if missing.is_some() {
                 return Ok(None);
             }
-            let embedder = self.load(model, DeviceKind::Cpu).await?;
+            let engine = self.load(model, DeviceKind::Cpu).await?;
             let local = &self.local;
             for (old, _) in local.served().into_iter().skip(LOCAL_MODELS - 1) {
                 local.stop(&old);
             }
-            local.serve(model, embedder, Callers::Anyone);
-            local.handle(None, request).await
+            local
+                .serve(model, engine, Callers::Anyone)
+                .map_err(|e| Error::Model(format!("loading {model}: {e}")))?;
+            local.handle(None, request, deltas).await
         };
         match response {
             InferResponse::Ok(output) => Ok(Some(InferAnswer {
@@ -742,7 +823,66 @@ impl ModelNetwork {
             InferResponse::Err(error) => {
                 Err(Error::Model(format!("{}: {}", error.code, error.message)))
             }
+            InferResponse::Delta(_) => Err(Error::Model("a delta for an answer".into())),
         }
+    }
+}
+
+/// A 1x1 PNG, the image `providers` probes an image classifier with.
+const PROBE_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53,
+    0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0x00,
+    0x00, 0x03, 0x01, 0x01, 0x00, 0xc9, 0xfe, 0x92, 0xef, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e,
+    0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// Reads and drops what `rx` gets, until its senders are gone.
+async fn drain(mut rx: mpsc::Receiver<Delta>) {
+    while rx.recv().await.is_some() {}
+}
+
+/// What a manifest says of a model folder, from its config.json.
+struct ModelSummary {
+    kind: ModelKind,
+    architecture: String,
+    parameters: u64,
+    input_shape: Vec<i64>,
+    output_shape: Vec<i64>,
+}
+
+impl ModelSummary {
+    fn of(config: &[u8]) -> std::result::Result<Self, model_folder::FolderError> {
+        let kind = model_folder::model_kind(config)?;
+        let named = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| v["architectures"][0].as_str().map(str::to_owned));
+        let (default, parameters, input_shape, output_shape) = match kind {
+            ModelKind::Embed => {
+                let c = BertConfig::parse(config)?;
+                let out = vec![-1, c.hidden_size as i64];
+                ("BertModel", c.parameter_count(), vec![-1, -1], out)
+            }
+            ModelKind::Generate => {
+                let c = DecoderConfig::parse(config)?;
+                let out = vec![-1, c.vocab_size as i64];
+                (c.architecture.name(), c.parameter_count(), vec![-1], out)
+            }
+            ModelKind::Classify => {
+                let c = VitConfig::parse(config)?;
+                let [h, w] = c.image_size;
+                let input = vec![-1, 3, h as i64, w as i64];
+                let out = vec![-1, c.labels.len() as i64];
+                ("ViTForImageClassification", c.parameter_count(), input, out)
+            }
+        };
+        Ok(Self {
+            kind,
+            architecture: named.unwrap_or_else(|| default.to_owned()),
+            parameters: parameters as u64,
+            input_shape,
+            output_shape,
+        })
     }
 }
 

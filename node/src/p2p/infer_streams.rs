@@ -5,6 +5,11 @@
 //! finish. Neither side goes through the swarm task once the stream is open, and no
 //! request pays for a stream negotiation: that is most of a small request's latency.
 //!
+//! A generation's answer is several frames: its text as [`Delta`]s, then the final
+//! answer. A caller that stops waiting sends a [`Cancel`] for its request; a server
+//! aborts what a stream still runs when the stream ends, so a generation stops once its
+//! caller is gone.
+//!
 //! What a server takes in is bounded per peer and in total ([`Admission`]): inbound
 //! streams, requests running, and bytes of requests being read or run. A frame's buffer
 //! grows as its bytes arrive, so a length announced but never sent costs nothing.
@@ -18,11 +23,13 @@ use futures::future::BoxFuture;
 use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use futures::{AsyncRead, StreamExt};
 use ipfs_accelerate_protocol::infer::{
-    ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse, RequestError,
-    decode_message, decode_request, encode_frame,
+    Cancel, ClientFrame, Delta, ErrorCode, INFER_PROTOCOL, InferError, InferRequest, InferResponse,
+    RequestError, decode_client_frame, decode_message, encode_frame,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::in_use::InUse;
@@ -58,10 +65,21 @@ const INBOUND_BYTES_PER_PEER: usize = 8 * 1024 * 1024;
 const SESSIONS_KEPT: usize = 1024;
 /// Read buffer of a stream: a small request's frame arrives in one read.
 const READ_BUFFER: usize = 16 * 1024;
+/// Frames of a streamed answer waiting for their caller.
+const FRAMES_BUFFERED: usize = 64;
+/// Longest a caller with a full buffer holds up the other answers on its stream before
+/// it is dropped.
+const CALLER_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deltas a request's handler may have waiting to be written.
+const DELTAS_IN_FLIGHT: usize = 16;
 
-/// Runs one inbound request and says what to answer.
-pub type InferHandler =
-    Arc<dyn Fn(PeerId, InferRequest) -> BoxFuture<'static, InferResponse> + Send + Sync>;
+/// Runs one inbound request and says what to answer; a generation's text goes to the
+/// sender as it comes, and is written before the answer.
+pub type InferHandler = Arc<
+    dyn Fn(PeerId, InferRequest, mpsc::Sender<Delta>) -> BoxFuture<'static, InferResponse>
+        + Send
+        + Sync,
+>;
 
 fn protocol() -> StreamProtocol {
     StreamProtocol::new(INFER_PROTOCOL)
@@ -99,8 +117,16 @@ impl InferStreams {
     }
 
     /// Sends `request` to `peer` on our stream to it (opened if needed) and waits for
-    /// the answer, the request's deadline, or [`INFER_REQUEST_TIMEOUT`].
-    pub(super) async fn call(&self, peer: PeerId, request: InferRequest) -> Result<InferResponse> {
+    /// the answer, the request's deadline, or [`INFER_REQUEST_TIMEOUT`]. A generation's
+    /// text goes to `deltas` as it arrives, and then the deadline is the longest wait
+    /// for each next frame. Giving up (or dropping `deltas`' receiver) cancels the
+    /// request at the peer.
+    pub(super) async fn call(
+        &self,
+        peer: PeerId,
+        request: InferRequest,
+        deltas: Option<mpsc::Sender<Delta>>,
+    ) -> Result<InferResponse> {
         let wait = match request.deadline_ms {
             0 => INFER_REQUEST_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)).min(INFER_REQUEST_TIMEOUT),
@@ -116,18 +142,20 @@ impl InferStreams {
         }
         let _held = self.in_use.hold(peer);
         // A stream can die under a request (its connection closed, e.g. a duplicate
-        // one); inference has no side effects, so it is sent once more on a new one.
-        let call = async {
-            match self.call_once(peer, request.id, &frame).await {
-                Err(Failure::StreamClosed(_)) => self.call_once(peer, request.id, &frame).await,
-                result => result,
+        // one); inference has no side effects, so it is sent once more on a new one,
+        // unless part of a streamed answer already arrived.
+        let mut heard = false;
+        let first = self
+            .call_once(peer, request.id, &frame, wait, deltas.as_ref(), &mut heard)
+            .await;
+        let result = match first {
+            Err(Failure::StreamClosed(_)) if !heard => {
+                self.call_once(peer, request.id, &frame, wait, deltas.as_ref(), &mut heard)
+                    .await
             }
+            result => result,
         };
-        match tokio::time::timeout(wait, call).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(Failure::StreamClosed(reason) | Failure::Other(reason))) => Err(failed(reason)),
-            Err(_) => Err(failed(format!("no answer within {wait:?}"))),
-        }
+        result.map_err(|(Failure::StreamClosed(reason) | Failure::Other(reason))| failed(reason))
     }
 
     async fn call_once(
@@ -135,20 +163,43 @@ impl InferStreams {
         peer: PeerId,
         id: u64,
         frame: &[u8],
+        wait: Duration,
+        deltas: Option<&mpsc::Sender<Delta>>,
+        heard: &mut bool,
     ) -> std::result::Result<InferResponse, Failure> {
         let session = self
             .session(peer)
             .await
             .map_err(|e| Failure::Other(e.to_string()))?;
-        let answer = session.expect(id)?;
+        let mut frames = session.expect(id)?;
         let _forget = Forget {
-            session: &session,
+            session: Arc::clone(&session),
             id,
         };
         if let Err(error) = session.send(frame).await {
             session.close(Closed::by_network(format!("writing the request: {error}")));
         }
-        answer.await.map_err(|_| session.failure())
+        loop {
+            let next = tokio::time::timeout(wait, frames.recv())
+                .await
+                .map_err(|_| Failure::Other(format!("no answer within {wait:?}")))?;
+            match next {
+                Some(InferResponse::Delta(delta)) => {
+                    *heard = true;
+                    let Some(deltas) = deltas else {
+                        session.close(Closed::by_peer(
+                            "the peer streamed text for a request that generates none".into(),
+                        ));
+                        return Err(session.failure());
+                    };
+                    if deltas.send(delta).await.is_err() {
+                        return Err(Failure::Other("the caller stopped listening".into()));
+                    }
+                }
+                Some(answer) => return Ok(answer),
+                None => return Err(session.failure()),
+            }
+        }
     }
 
     /// Our open stream to `peer`, or a new one.
@@ -278,7 +329,7 @@ impl Closed {
 /// The calls waiting on one stream.
 #[derive(Default)]
 struct Pending {
-    callers: HashMap<u64, oneshot::Sender<InferResponse>>,
+    callers: HashMap<u64, mpsc::Sender<InferResponse>>,
     /// Requests whose callers gave up, newest last: their late answers are dropped,
     /// while an answer to a request never sent is a broken peer.
     abandoned: VecDeque<u64>,
@@ -309,8 +360,8 @@ impl Session {
         }
     }
 
-    /// Registers a caller for the answer to request `id`.
-    fn expect(&self, id: u64) -> std::result::Result<oneshot::Receiver<InferResponse>, Failure> {
+    /// Registers a caller for the frames answering request `id`.
+    fn expect(&self, id: u64) -> std::result::Result<mpsc::Receiver<InferResponse>, Failure> {
         let mut pending = self.lock();
         let pending = pending.as_mut().map_err(|closed| closed.failure())?;
         if pending.callers.len() >= CALLS_PER_PEER {
@@ -321,13 +372,13 @@ impl Session {
         if pending.callers.contains_key(&id) {
             return Err(Failure::Other(format!("request {id} is already in flight")));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(FRAMES_BUFFERED);
         pending.callers.insert(id, tx);
         Ok(rx)
     }
 
-    /// Drops the caller of request `id` if it still waits (it gave up).
-    fn forget(&self, id: u64) {
+    /// Drops the caller of request `id` if it still waits (it gave up); true if it did.
+    fn forget(&self, id: u64) -> bool {
         if let Ok(pending) = self.lock().as_mut()
             && pending.callers.remove(&id).is_some()
         {
@@ -335,23 +386,40 @@ impl Session {
                 pending.abandoned.pop_front();
             }
             pending.abandoned.push_back(id);
+            return true;
         }
+        false
     }
 
-    /// Hands `response` to its caller; false when it answers no request we sent.
-    fn answer(&self, response: InferResponse) -> bool {
+    /// Hands `response` to its caller; false when it answers no request we sent. A
+    /// caller whose buffer stays full for [`CALLER_STALL_TIMEOUT`] is dropped.
+    async fn answer(&self, response: InferResponse) -> bool {
         let id = response.id();
-        let mut pending = self.lock();
-        let Ok(pending) = pending.as_mut() else {
-            return true;
-        };
-        match pending.callers.remove(&id) {
-            Some(caller) => {
-                let _ = caller.send(response);
-                true
+        let last = !matches!(response, InferResponse::Delta(_));
+        let caller = {
+            let mut pending = self.lock();
+            let Ok(pending) = pending.as_mut() else {
+                return true;
+            };
+            let caller = match last {
+                true => pending.callers.remove(&id),
+                false => pending.callers.get(&id).cloned(),
+            };
+            match caller {
+                Some(caller) => caller,
+                None => return pending.abandoned.contains(&id),
             }
-            None => pending.abandoned.contains(&id),
+        };
+        let response = match caller.try_send(response) {
+            Ok(()) | Err(TrySendError::Closed(_)) => return true,
+            Err(TrySendError::Full(response)) => response,
+        };
+        let sent = tokio::time::timeout(CALLER_STALL_TIMEOUT, caller.send(response)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(id, "infer: a caller fell behind its answer; dropping it");
+            self.forget(id);
         }
+        true
     }
 
     async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
@@ -363,15 +431,27 @@ impl Session {
     }
 }
 
-/// Forgets a call's request when the call ends, answered or not (e.g. timed out).
-struct Forget<'a> {
-    session: &'a Session,
+/// Forgets a call's request when the call ends, answered or not (e.g. timed out), and
+/// when it was still waiting tells the peer to stop working on it.
+struct Forget {
+    session: Arc<Session>,
     id: u64,
 }
 
-impl Drop for Forget<'_> {
+impl Drop for Forget {
     fn drop(&mut self) {
-        self.session.forget(self.id);
+        if !self.session.forget(self.id) || self.session.is_closed() {
+            return;
+        }
+        let Ok(frame) = encode_frame(&Cancel { cancel: self.id }) else {
+            return;
+        };
+        let session = Arc::clone(&self.session);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = session.send(&frame).await;
+            });
+        }
     }
 }
 
@@ -412,7 +492,7 @@ async fn read_answers(
             Ok(response) => response,
             Err(error) => break Closed::by_peer(format!("the peer sent garbage: {error}")),
         };
-        if !session.answer(response) {
+        if !session.answer(response).await {
             break Closed::by_peer("the peer answered a request never sent".into());
         }
     };
@@ -423,7 +503,8 @@ async fn read_answers(
     }
 }
 
-/// Reads requests off one inbound stream and answers each from its own task.
+/// Reads requests off one inbound stream and answers each from its own task. The
+/// tasks are aborted when their caller cancels them or the stream ends.
 async fn serve_stream(
     peer: PeerId,
     stream: Stream,
@@ -435,10 +516,14 @@ async fn serve_stream(
     let (reader, writer) = stream.split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let mut running = Running::default();
     loop {
+        running.reap();
         let len = match read_length(&mut reader, limits.request).await {
             Ok(Some(len)) => len,
             Ok(None) => break,
+            // A caller waiting on a long generation has nothing to send meanwhile.
+            Err(FrameError::Timeout(STREAM_IDLE_TIMEOUT)) if !running.is_empty() => continue,
             Err(error) => {
                 tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
                 break;
@@ -454,8 +539,12 @@ async fn serve_stream(
             tracing::debug!(%peer, %error, "infer: closing a stream from a peer");
             break;
         }
-        let request = match decode_request(&body) {
-            Ok(request) => request,
+        let request = match decode_client_frame(&body) {
+            Ok(ClientFrame::Request(request)) => request,
+            Ok(ClientFrame::Cancel(id)) => {
+                running.cancel(id);
+                continue;
+            }
             Err(RequestError::Refused { id, code, message }) => {
                 let refusal = InferResponse::Err(InferError {
                     id,
@@ -481,36 +570,113 @@ async fn serve_stream(
         drop(body);
         let (writer, handler) = (Arc::clone(&writer), Arc::clone(&handler));
         let held = in_use.hold(peer);
-        tokio::spawn(async move {
-            let id = request.id;
-            let response = handler(peer, request).await;
-            let frame = match encode_frame(&response) {
-                Ok(frame) if body_len(&frame) <= limits.response => frame,
-                Ok(frame) => {
-                    let message = format!(
-                        "the answer is {} bytes, over the limit of {}",
-                        body_len(&frame),
-                        limits.response
-                    );
-                    let refusal = InferResponse::Err(InferError {
-                        id,
-                        code: ErrorCode::TooLarge,
-                        message,
-                        retry_after_ms: None,
-                        load: None,
-                    });
-                    match encode_frame(&refusal) {
-                        Ok(frame) => frame,
-                        Err(_) => return,
-                    }
-                }
-                Err(_) => return,
-            };
-            // Fails only when the caller is gone or stopped reading, its business.
-            let _ = write_frame(&mut *writer.lock().await, &frame).await;
+        let id = request.id;
+        running.spawn(id, async move {
+            answer(peer, request, &handler, &writer, limits).await;
             drop((slot, held));
         });
     }
+}
+
+/// The requests one inbound stream runs, by id; dropping it aborts them all.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<u64>,
+    by_id: HashMap<u64, AbortHandle>,
+}
+
+impl Running {
+    fn spawn(&mut self, id: u64, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(async move {
+            task.await;
+            id
+        });
+        self.by_id.insert(id, handle);
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(handle) = self.by_id.remove(&id) {
+            handle.abort();
+        }
+    }
+
+    /// Forgets the requests that finished.
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            let task = match &done {
+                Ok((task, _)) => *task,
+                Err(error) => error.id(),
+            };
+            self.by_id.retain(|_, handle| handle.id() != task);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+/// Runs one request with `handler`, writing its deltas as they come and then its answer.
+async fn answer(
+    peer: PeerId,
+    request: InferRequest,
+    handler: &InferHandler,
+    writer: &tokio::sync::Mutex<WriteHalf<Stream>>,
+    limits: InferLimits,
+) {
+    let id = request.id;
+    let (deltas, mut written) = mpsc::channel(DELTAS_IN_FLIGHT);
+    let work = handler(peer, request, deltas);
+    tokio::pin!(work);
+    let response = loop {
+        tokio::select! {
+            biased;
+            Some(delta) = written.recv() => {
+                let Ok(frame) = encode_frame(&InferResponse::Delta(delta)) else { return };
+                // The caller is gone or stopped reading: the work is dropped.
+                if write_frame(&mut *writer.lock().await, &frame).await.is_err() {
+                    return;
+                }
+            }
+            response = &mut work => break response,
+        }
+    };
+    // Deltas sent just before the answer go first.
+    while let Ok(delta) = written.try_recv() {
+        let Ok(frame) = encode_frame(&InferResponse::Delta(delta)) else {
+            return;
+        };
+        if write_frame(&mut *writer.lock().await, &frame)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let frame = match encode_frame(&response) {
+        Ok(frame) if body_len(&frame) <= limits.response => frame,
+        Ok(frame) => {
+            let message = format!(
+                "the answer is {} bytes, over the limit of {}",
+                body_len(&frame),
+                limits.response
+            );
+            let refusal = InferResponse::Err(InferError {
+                id,
+                code: ErrorCode::TooLarge,
+                message,
+                retry_after_ms: None,
+                load: None,
+            });
+            match encode_frame(&refusal) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
+        Err(_) => return,
+    };
+    // Fails only when the caller is gone or stopped reading, its business.
+    let _ = write_frame(&mut *writer.lock().await, &frame).await;
 }
 
 /// The length of a frame's body, which the size limits apply to.

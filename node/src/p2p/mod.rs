@@ -385,7 +385,19 @@ impl P2p {
     /// Sends an inference request to `peer` (dialing it if needed) and waits for the
     /// answer, until the request's deadline.
     pub async fn infer(&self, peer: PeerId, request: InferRequest) -> Result<InferResponse> {
-        self.infer.call(peer, request).await
+        self.infer.call(peer, request, None).await
+    }
+
+    /// Like [`P2p::infer`] for a generation: its text goes to `deltas` as it arrives,
+    /// and the deadline is the longest wait for each next frame. Dropping the future
+    /// or `deltas`' receiver cancels the generation at the peer.
+    pub async fn infer_streaming(
+        &self,
+        peer: PeerId,
+        request: InferRequest,
+        deltas: tokio::sync::mpsc::Sender<ipfs_accelerate_protocol::infer::Delta>,
+    ) -> Result<InferResponse> {
+        self.infer.call(peer, request, Some(deltas)).await
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

@@ -45,7 +45,19 @@ pub(crate) async fn start_node_with(dir: &Path, config: NodeConfig) -> (Node, Mu
 
 /// Serves the tiny BERT fixture on `node`; returns the model's root CID.
 pub(crate) async fn serve_tiny_bert(node: &Node) -> Cid {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert");
+    serve_fixture(node, "tiny-bert").await
+}
+
+/// A committed model folder of tests/fixtures.
+pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// Serves the fixture model folder `name` on `node`; returns the model's root CID.
+pub(crate) async fn serve_fixture(node: &Node, name: &str) -> Cid {
+    let folder = fixture(name);
     let store = node.store();
     let options = ImportOptions {
         pin: true,

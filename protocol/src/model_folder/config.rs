@@ -72,14 +72,14 @@ impl EncoderFamily {
         }
     }
 
-    fn from_model_type(model_type: &str) -> Option<Self> {
+    pub(super) fn from_model_type(model_type: &str) -> Option<Self> {
         [Self::Bert, Self::Roberta, Self::XlmRoberta]
             .into_iter()
             .find(|family| family.model_type() == model_type)
     }
 
     /// The family of one of [`SUPPORTED_ARCHITECTURES`].
-    fn from_architecture(architecture: &str) -> Option<Self> {
+    pub(super) fn from_architecture(architecture: &str) -> Option<Self> {
         if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
             None
         } else if architecture.starts_with("XLMRoberta") {

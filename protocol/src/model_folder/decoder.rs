@@ -66,7 +66,7 @@ impl DecoderArchitecture {
         self != DecoderArchitecture::Gpt2
     }
 
-    fn from_name(name: &str) -> Option<Self> {
+    pub(super) fn from_name(name: &str) -> Option<Self> {
         [
             DecoderArchitecture::Gpt2,
             DecoderArchitecture::Llama,
@@ -77,7 +77,7 @@ impl DecoderArchitecture {
         .find(|a| a.name() == name)
     }
 
-    fn from_model_type(model_type: &str) -> Option<Self> {
+    pub(super) fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "gpt2" => Some(DecoderArchitecture::Gpt2),
             "llama" => Some(DecoderArchitecture::Llama),

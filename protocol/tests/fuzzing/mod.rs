@@ -15,7 +15,7 @@ use ipfs_accelerate_protocol::bitswap::{self, MESSAGE_SIZE_LIMIT};
 use ipfs_accelerate_protocol::block::{self, Block};
 use ipfs_accelerate_protocol::car;
 use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
-use ipfs_accelerate_protocol::infer::{self, InferRequest, InferResponse, Inputs};
+use ipfs_accelerate_protocol::infer::{self, InferResponse, Inputs};
 use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
 use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
 use ipfs_accelerate_protocol::model_folder::{
@@ -58,10 +58,13 @@ const STEPS_LIMIT: usize = 64;
 /// The CBOR body of an inference request, as the server decodes it, then what the server
 /// reads of its inputs.
 pub(crate) fn infer_request(data: &[u8]) -> bool {
-    let Ok(request) = infer::decode_message::<InferRequest>(data) else {
-        return false;
+    let request = match infer::decode_client_frame(data) {
+        Ok(infer::ClientFrame::Request(request)) => request,
+        Ok(infer::ClientFrame::Cancel(_)) => return true,
+        Err(_) => return false,
     };
     request.inputs.rows();
+    request.inputs.task();
     if let Inputs::Tensor(tensor) = &request.inputs
         && tensor.check().is_ok()
     {
@@ -81,6 +84,7 @@ pub(crate) fn infer_response(data: &[u8]) -> bool {
         && output.output.check().is_ok()
     {
         let _ = output.output.rows_f32();
+        let _ = output.output_u32().count();
     }
     true
 }

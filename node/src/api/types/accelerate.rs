@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::model_network::ProviderInfo;
 
 /// The body of `accelerate/infer`: texts, or token ids with their attention mask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferRequest {
     /// A root CID, or a model name imported here or announced by peers.
     pub model: String,
@@ -29,6 +29,104 @@ pub struct InferRequest {
     pub normalize: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Generation: text to continue; the answer streams as [`GenerateLine`]s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Generation: chat messages, made into a prompt by the model's chat template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    /// Classification: images (JPEG or PNG), base64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    #[serde(flatten)]
+    pub generation: GenerationOptions,
+    /// Classification: labels per image (5 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<u32>,
+}
+
+/// How to generate; each absent option takes the model's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// One line of a generation's answer: text as it comes, then how it ended, or why it
+/// failed once text had been sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerateLine {
+    Delta { text: String, tokens: Vec<u32> },
+    Done(GenerateDone),
+    Error { message: String },
+}
+
+/// The end of a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateDone {
+    pub attempts: Vec<Attempt>,
+    pub completion_tokens: u32,
+    pub device: String,
+    /// `stop` (a stop sequence), `length` (max_tokens or the context) or `eos`.
+    pub finish_reason: String,
+    pub local: bool,
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub provider: String,
+    /// The whole text, as the deltas sent it.
+    pub text: String,
+    pub timings: GenerateTimings,
+    /// The new token ids.
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateTimings {
+    /// From the call to the first text, at the caller.
+    pub first_token_ms: f64,
+    pub total_ms: f64,
+    /// New tokens per second after the first.
+    pub decode_tokens_per_second: f64,
+}
+
+/// `accelerate/infer`'s answer for images: the top labels of each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyAnswer {
+    pub attempts: Vec<Attempt>,
+    pub device: String,
+    pub labels: Vec<Vec<ClassLabel>>,
+    pub local: bool,
+    pub model: String,
+    pub provider: String,
+    pub timings: InferTimings,
+}
+
+/// A label of an image, with its probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassLabel {
+    pub id: u32,
+    pub label: String,
+    pub score: f64,
 }
 
 /// `accelerate/infer`'s answer: one embedding per input, and who computed them.
@@ -208,6 +306,9 @@ pub struct ModelEntry {
     /// `local`, `announced` or `registry`.
     pub source: String,
     pub tags: Vec<String>,
+    /// `embed`, `generate` or `classify`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     /// Its publisher may not speak for the name here: it is never used by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub untrusted: Option<bool>,
@@ -464,6 +565,7 @@ mod tests {
             serving: true,
             source: "local".into(),
             tags: vec!["t".into()],
+            task: None,
             untrusted: None,
             version: "1".into(),
             weights: CID.into(),
@@ -473,6 +575,7 @@ mod tests {
             publisher: Some(PEER.into()),
             registry: Some(CID.into()),
             source: "registry".into(),
+            task: Some("generate".into()),
             untrusted: Some(false),
             ..local.clone()
         };
@@ -486,7 +589,7 @@ mod tests {
                 {
                     "name": "m", "version": "1", "tags": ["t"], "weights": CID, "manifest": CID,
                     "publisher": PEER, "serving": true, "untrusted": false, "source": "registry",
-                    "registry": CID,
+                    "registry": CID, "task": "generate",
                 },
             ] }),
         );

@@ -6,7 +6,11 @@
 //! - attention runs per sequence, its new queries against its own [`KvCache`];
 //! - query, key and value are one fused projection, as are the gate and up projections;
 //! - only each sequence's last token goes through the final norm and the output head.
+//!
+//! On the CPU (flex) the model runs on host memory ([`host`]); on the other backends as
+//! burn tensors (this file). Both read the checkpoint the same way, into the same layout.
 
+mod host;
 mod kv_cache;
 mod load;
 mod rope;
@@ -29,11 +33,25 @@ use ipfs_accelerate_protocol::model_folder::decoder::{
 #[derive(Debug)]
 pub(crate) struct Decoder {
     config: DecoderConfig,
+    rotary: Option<RotaryEmbedding>,
+    model: Model,
+}
+
+#[derive(Debug)]
+enum Model {
+    /// Weights in host memory, run by the engine's own CPU code.
+    Host(host::Weights),
+    /// Weights as tensors on a burn device.
+    Device(DeviceModel),
+}
+
+/// The decoder as burn tensors.
+#[derive(Debug)]
+struct DeviceModel {
     /// `[vocab, hidden]` token embeddings.
     embed: Tensor<2>,
     /// `[positions, hidden]` learned position embeddings (GPT-2).
     positions: Option<Tensor<2>>,
-    rotary: Option<RotaryEmbedding>,
     layers: Vec<Layer>,
     final_norm: Norm,
     /// `[vocab, hidden]`: the output head, or the token embeddings when tied.
@@ -89,7 +107,7 @@ struct Step<'a> {
     segments: &'a [Segment],
     /// `[tokens, 1, head_dim / 2]` cos and sin of each new token's rotary angles.
     rotation: Option<(Tensor<3>, Tensor<3>)>,
-    /// Per segment, the keys each of its queries must not see ([`Decoder::mask`]).
+    /// Per segment, the keys each of its queries must not see ([`DeviceModel::mask`]).
     masks: Vec<Option<Tensor<4, Bool>>>,
 }
 
@@ -107,10 +125,13 @@ pub(crate) struct Segment {
 impl Decoder {
     /// Builds the decoder `config` describes from a safetensors file's bytes. The file is
     /// checked whole (names, shapes, dtypes, unused tensors) before any weight is read.
+    /// With `host` it runs on host memory (the CPU); otherwise as tensors on `device`,
+    /// `cpu` saying whether that is a CPU backend.
     pub(crate) fn load(
         config: &DecoderConfig,
         weights: &[u8],
         device: &Device,
+        host: bool,
         cpu: bool,
     ) -> Result<Self> {
         let file = Checkpoint::new(weights)?;
@@ -119,30 +140,20 @@ impl Decoder {
         let (h, inner) = (config.hidden_size, config.intermediate_size);
         let q_dim = config.num_heads * config.head_dim;
         let kv_dim = config.num_kv_heads * config.head_dim;
-        let matrix = |data: Vec<f32>, rows: usize, cols: usize| {
-            Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), device)
-        };
-        let vector = |data: Vec<f32>| {
-            let len = data.len();
-            Tensor::<1>::from_data(TensorData::new(data, [len]), device)
-        };
-        let norm = |prefix: &str, layer_norm: bool| -> Result<Norm> {
-            Ok(Norm {
-                weight: vector(file.read(&format!("{prefix}.weight"))?),
+        let matrix = host::Matrix::new;
+        let norm = |prefix: &str, layer_norm: bool| -> Result<host::Norm> {
+            Ok(host::Norm {
+                weight: file.read(&format!("{prefix}.weight"))?,
                 bias: if layer_norm {
-                    Some(vector(file.read(&format!("{prefix}.bias"))?))
+                    Some(file.read(&format!("{prefix}.bias"))?)
                 } else {
                     None
                 },
                 eps: config.norm_eps,
             })
         };
-        let optional = |on: bool, name: String| -> Result<Option<Tensor<1>>> {
-            Ok(if on {
-                Some(vector(file.read(&name)?))
-            } else {
-                None
-            })
+        let optional = |on: bool, name: String| -> Result<Option<Vec<f32>>> {
+            Ok(if on { Some(file.read(&name)?) } else { None })
         };
         let head_scale = 1.0 / (config.head_dim as f64).sqrt();
         let mut layers = Vec::with_capacity(config.num_layers);
@@ -158,14 +169,14 @@ impl Decoder {
                 if config.scale_attn_by_inverse_layer_idx {
                     scale /= (i + 1) as f64;
                 }
-                Layer {
+                host::Layer {
                     attention_norm: norm(&format!("{p}.ln_1"), true)?,
                     qkv: matrix(file.read(&format!("{p}.attn.c_attn.weight"))?, h, 3 * h),
                     qkv_bias: optional(true, format!("{p}.attn.c_attn.bias"))?,
                     out: matrix(file.read(&format!("{p}.attn.c_proj.weight"))?, h, h),
                     out_bias: optional(true, format!("{p}.attn.c_proj.bias"))?,
                     mlp_norm: norm(&format!("{p}.ln_2"), true)?,
-                    mlp: Mlp::Plain {
+                    mlp: host::Mlp::Plain {
                         fc: matrix(file.read(&format!("{p}.mlp.c_fc.weight"))?, h, inner),
                         fc_bias: optional(true, format!("{p}.mlp.c_fc.bias"))?,
                         proj: matrix(file.read(&format!("{p}.mlp.c_proj.weight"))?, inner, h),
@@ -183,7 +194,7 @@ impl Decoder {
                     let mut bias = file.read(&format!("{attn}.q_proj.bias"))?;
                     bias.extend(file.read(&format!("{attn}.k_proj.bias"))?);
                     bias.extend(file.read(&format!("{attn}.v_proj.bias"))?);
-                    Some(vector(bias))
+                    Some(bias)
                 } else {
                     None
                 };
@@ -193,11 +204,11 @@ impl Decoder {
                 let gate_up_bias = if config.mlp_bias {
                     let mut bias = file.read(&format!("{mlp}.gate_proj.bias"))?;
                     bias.extend(file.read(&format!("{mlp}.up_proj.bias"))?);
-                    Some(vector(bias))
+                    Some(bias)
                 } else {
                     None
                 };
-                Layer {
+                host::Layer {
                     attention_norm: norm(&format!("{p}.input_layernorm"), false)?,
                     qkv: matrix(qkv, h, q_dim + 2 * kv_dim),
                     qkv_bias,
@@ -208,7 +219,7 @@ impl Decoder {
                     ),
                     out_bias: optional(config.out_bias, format!("{attn}.o_proj.bias"))?,
                     mlp_norm: norm(&format!("{p}.post_attention_layernorm"), false)?,
-                    mlp: Mlp::Gated {
+                    mlp: host::Mlp::Gated {
                         gate_up: matrix(
                             concat_columns(&[(&gate, inner), (&up, inner)], h),
                             h,
@@ -229,9 +240,9 @@ impl Decoder {
         }
         let embed = matrix(file.read(&names.embed())?, config.vocab_size, h);
         let lm_head = if config.tie_word_embeddings {
-            embed.clone()
+            None
         } else {
-            matrix(file.read("lm_head.weight")?, config.vocab_size, h)
+            Some(matrix(file.read("lm_head.weight")?, config.vocab_size, h))
         };
         let (positions, rotary) = match &config.positions {
             Positions::Learned => (
@@ -251,26 +262,36 @@ impl Decoder {
                 )),
             ),
         };
-        Ok(Self {
+        let weights = host::Weights {
             final_norm: norm(&names.final_norm(), !config.architecture.is_llama_like())?,
-            config: config.clone(),
             embed,
             positions,
-            rotary,
             layers,
             lm_head,
-            device: device.clone(),
-            cpu,
+            packed_head: None,
+            embed_from_head: false,
+        };
+        let model = if host {
+            let mut weights = weights;
+            weights.pack();
+            Model::Host(weights)
+        } else {
+            Model::Device(DeviceModel::new(weights, device, cpu))
+        };
+        Ok(Self {
+            config: config.clone(),
+            rotary,
+            model,
         })
     }
 
     /// An empty cache for one sequence of this model.
     pub(crate) fn new_cache(&self) -> KvCache {
-        KvCache::new(
-            self.config.num_layers,
-            self.config.num_kv_heads,
-            self.config.head_dim,
-        )
+        let c = &self.config;
+        match self.model {
+            Model::Host(_) => KvCache::new_host(c.num_layers, c.num_kv_heads, c.head_dim),
+            Model::Device(_) => KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim),
+        }
     }
 
     /// Runs one step: `ids` are the new tokens of every sequence, packed, `segments` says
@@ -279,6 +300,91 @@ impl Decoder {
     /// last new token, `segments.len()` rows of `vocab_size`.
     pub(crate) fn forward(
         &self,
+        ids: &[u32],
+        segments: &[Segment],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<f32>> {
+        match &self.model {
+            Model::Host(weights) => {
+                Ok(weights.forward(&self.config, self.rotary.as_ref(), ids, segments, caches))
+            }
+            Model::Device(model) => {
+                model.forward(&self.config, self.rotary.as_ref(), ids, segments, caches)
+            }
+        }
+    }
+}
+
+impl DeviceModel {
+    /// Moves host weights onto `device`.
+    fn new(weights: host::Weights, device: &Device, cpu: bool) -> Self {
+        let matrix = |m: host::Matrix| {
+            Tensor::<2>::from_data(TensorData::new(m.data, [m.rows, m.cols]), device)
+        };
+        let vector = |data: Vec<f32>| {
+            let len = data.len();
+            Tensor::<1>::from_data(TensorData::new(data, [len]), device)
+        };
+        let norm = |n: host::Norm| Norm {
+            weight: vector(n.weight),
+            bias: n.bias.map(vector),
+            eps: n.eps,
+        };
+        let layers = weights
+            .layers
+            .into_iter()
+            .map(|l| Layer {
+                attention_norm: norm(l.attention_norm),
+                qkv: matrix(l.qkv),
+                qkv_bias: l.qkv_bias.map(vector),
+                out: matrix(l.out),
+                out_bias: l.out_bias.map(vector),
+                mlp_norm: norm(l.mlp_norm),
+                mlp: match l.mlp {
+                    host::Mlp::Plain {
+                        fc,
+                        fc_bias,
+                        proj,
+                        proj_bias,
+                    } => Mlp::Plain {
+                        fc: matrix(fc),
+                        fc_bias: fc_bias.map(vector),
+                        proj: matrix(proj),
+                        proj_bias: proj_bias.map(vector),
+                    },
+                    host::Mlp::Gated {
+                        gate_up,
+                        gate_up_bias,
+                        down,
+                        down_bias,
+                    } => Mlp::Gated {
+                        gate_up: matrix(gate_up),
+                        gate_up_bias: gate_up_bias.map(vector),
+                        down: matrix(down),
+                        down_bias: down_bias.map(vector),
+                    },
+                },
+                scale: l.scale,
+            })
+            .collect();
+        let embed = matrix(weights.embed);
+        let lm_head = weights.lm_head.map_or_else(|| embed.clone(), matrix);
+        Self {
+            embed,
+            positions: weights.positions.map(matrix),
+            layers,
+            final_norm: norm(weights.final_norm),
+            lm_head,
+            device: device.clone(),
+            cpu,
+        }
+    }
+
+    /// [`Decoder::forward`] as burn operations.
+    fn forward(
+        &self,
+        config: &DecoderConfig,
+        rotary: Option<&RotaryEmbedding>,
         ids: &[u32],
         segments: &[Segment],
         caches: &mut [&mut KvCache],
@@ -300,7 +406,7 @@ impl Decoder {
         if let Some(table) = &self.positions {
             x = x + table.clone().select(0, int(positions));
         }
-        let rotation = self.rotary.as_ref().map(|rotary| {
+        let rotation = rotary.map(|rotary| {
             let pairs = rotary.pairs();
             let (mut cos, mut sin) = (
                 Vec::with_capacity(tokens * pairs),
@@ -317,10 +423,10 @@ impl Decoder {
         let step = Step {
             segments,
             rotation,
-            masks: segments.iter().map(|s| self.mask(s)).collect(),
+            masks: segments.iter().map(|s| self.mask(config, s)).collect(),
         };
         for (index, layer) in self.layers.iter().enumerate() {
-            x = self.layer(index, layer, x, &step, caches);
+            x = self.layer(config, index, layer, x, &step, caches);
         }
         let last = int(segments
             .iter()
@@ -337,9 +443,9 @@ impl Decoder {
     /// Which keys each new query of `segment` must not see, `true` to mask: later tokens,
     /// and with a sliding window, tokens `window` or more behind. `None` when a single
     /// new token sees every cached one.
-    fn mask(&self, segment: &Segment) -> Option<Tensor<4, Bool>> {
+    fn mask(&self, config: &DecoderConfig, segment: &Segment) -> Option<Tensor<4, Bool>> {
         let total = segment.past + segment.len;
-        let window = self.config.sliding_window.filter(|&w| w < total);
+        let window = config.sliding_window.filter(|&w| w < total);
         if segment.len == 1 && window.is_none() {
             return None;
         }
@@ -358,13 +464,13 @@ impl Decoder {
 
     fn layer(
         &self,
+        config: &DecoderConfig,
         index: usize,
         layer: &Layer,
         x: Tensor<2>,
         step: &Step<'_>,
         caches: &mut [&mut KvCache],
     ) -> Tensor<2> {
-        let config = &self.config;
         let tokens = x.dims()[0];
         let (heads, kv_heads, head_dim) = (config.num_heads, config.num_kv_heads, config.head_dim);
         let group = config.group_size();
