@@ -81,10 +81,7 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let server = start_node(&dir.path().join("server"), Vec::new()).await?;
-        let root = import_folder(&server, &args.model).await?;
-        server.serve_model(root, device).await?;
-        let address = dial_address(&server).await?;
+        let (server, root, address) = serving_node(dir.path(), &args.model, device).await?;
         let mut clients = Vec::new();
         for i in 0..args.clients {
             let client = start_node(
@@ -244,10 +241,7 @@ fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let server = start_node(&dir.path().join("server"), Vec::new()).await?;
-        let root = import_folder(&server, &args.model).await?;
-        server.serve_model(root, device).await?;
-        let address = dial_address(&server).await?;
+        let (server, root, address) = serving_node(dir.path(), &args.model, device).await?;
         let client = start_node(&dir.path().join("client"), vec![address]).await?;
         let call = |prompt: &str, remote: bool| InferCall {
             model: root,
@@ -331,4 +325,18 @@ fn non_empty_lines(path: &std::path::Path) -> Result<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .collect())
+}
+
+/// A node under `dir` serving the model folder `model` on `device`: the node, the
+/// model's root CID and the address clients dial.
+async fn serving_node(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    device: ipfs_accelerate_node::engine::DeviceKind,
+) -> Result<(Node, cid::Cid, String)> {
+    let server = start_node(&dir.join("server"), Vec::new()).await?;
+    let root = import_folder(&server, model).await?;
+    server.serve_model(root, device).await?;
+    let address = dial_address(&server).await?;
+    Ok((server, root, address))
 }
