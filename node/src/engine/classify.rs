@@ -270,19 +270,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::engine::testing::{fixtures, image as read, read_json};
+    use crate::engine::testing::{fixtures, floats, image as read, read_json};
 
     fn reference() -> Value {
         read_json("tiny-vit-reference.json")
-    }
-
-    fn floats(value: &Value) -> Vec<f32> {
-        value
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect()
     }
 
     fn pixel_values(entry: &Value) -> Vec<f32> {

@@ -562,7 +562,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::engine::testing::fixtures;
+    use crate::engine::testing::{fixtures, floats};
 
     const MODELS: [&str; 4] = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral"];
     /// A greedy step is compared token for token where transformers' top two logits are
@@ -599,15 +599,6 @@ mod tests {
 
     fn ids(value: &Value) -> Vec<u32> {
         serde_json::from_value(value.clone()).unwrap()
-    }
-
-    fn floats(value: &Value) -> Vec<f32> {
-        value
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect()
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -538,19 +538,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::engine::testing::{fixtures, read_json};
+    use crate::engine::testing::{fixtures, floats, read_json};
 
     fn reference() -> Value {
         read_json("tiny-bert-reference.json")
-    }
-
-    fn floats(value: &Value) -> Vec<f32> {
-        value
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect()
     }
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -19,3 +19,13 @@ pub(super) fn read_json(file: &str) -> Value {
 pub(super) fn image(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join("images").join(name)).unwrap()
 }
+
+/// A JSON array of numbers as f32s.
+pub(super) fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}

@@ -276,7 +276,10 @@ impl Client {
                 biased;
                 Some(delta) = rx.recv() => {
                     attempt.first_frame.get_or_insert_with(|| sent.elapsed());
-                    attempt.received.extend_from_slice(&delta.tokens);
+                    if let Err(why) = attempt.take(&delta, request) {
+                        attempt.reply = Reply::Malformed(why);
+                        return attempt;
+                    }
                     if deltas.send(delta).await.is_err() {
                         attempt.caller_left = true;
                         attempt.reply = Reply::Failed("the caller left".into());
@@ -287,7 +290,10 @@ impl Client {
             }
         };
         while let Ok(delta) = rx.try_recv() {
-            attempt.received.extend_from_slice(&delta.tokens);
+            if let Err(why) = attempt.take(&delta, request) {
+                attempt.reply = Reply::Malformed(why);
+                return attempt;
+            }
             if deltas.send(delta).await.is_err() {
                 attempt.caller_left = true;
             }
@@ -327,6 +333,11 @@ impl Client {
     }
 }
 
+/// New tokens a generation may stream when its request names no `max_tokens`.
+const GENERATED_TOKENS_LIMIT: usize = 32 * 1024;
+/// Text a delta may carry per token: more is a peer inflating the caller's memory.
+const TEXT_BYTES_PER_TOKEN: usize = 1024;
+
 /// How one provider's part of a generation went.
 struct Attempt {
     sent: Instant,
@@ -336,4 +347,32 @@ struct Attempt {
     /// The caller stopped listening: no one to resume for.
     caller_left: bool,
     reply: Reply,
+}
+
+impl Attempt {
+    /// Records a delta's tokens, unless the delta is not one an honest provider sends:
+    /// no tokens, more text than its tokens can make, or more tokens than were asked
+    /// for. What a provider streams is bounded by the request, not by the provider.
+    fn take(&mut self, delta: &Delta, request: &InferRequest) -> Result<(), String> {
+        if delta.tokens.is_empty() {
+            return Err("a delta without tokens".into());
+        }
+        if delta.text.len() > delta.tokens.len().saturating_mul(TEXT_BYTES_PER_TOKEN) {
+            return Err(format!(
+                "{} bytes of text for {} tokens",
+                delta.text.len(),
+                delta.tokens.len()
+            ));
+        }
+        let limit = request
+            .options
+            .max_tokens
+            .map_or(GENERATED_TOKENS_LIMIT, |n| n as usize);
+        let total = request.options.resume.len() + self.received.len() + delta.tokens.len();
+        if total > limit {
+            return Err(format!("{total} tokens streamed; {limit} were asked for"));
+        }
+        self.received.extend_from_slice(&delta.tokens);
+        Ok(())
+    }
 }
