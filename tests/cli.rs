@@ -457,3 +457,41 @@ fn identity_cids_are_read_inline_even_through_a_daemon_with_no_peers() {
         "answered from the CID, not after a network timeout"
     );
 }
+
+/// `--precision f16` runs on wgpu only: the CPU backends refuse it by name, before any
+/// weight is read; on wgpu (Mesa's lavapipe without a GPU) a model runs in f16 and
+/// embeds as it does at f32 on the CPU, to f16's precision.
+#[test]
+fn half_precision_runs_on_wgpu_only() {
+    let repo = TestRepo::new();
+    let folder = ipfs_accelerate_tests::workspace_root().join("tests/fixtures/tiny-bert");
+    let cid = repo.ok(&["model", "import", folder.to_str().unwrap()]);
+    fn infer<'a>(cid: &'a str, device: &'a str, precision: &'a str) -> Vec<&'a str> {
+        let mut args = vec!["infer", cid, "--text", "peers share weights"];
+        args.extend(["--device", device, "--precision", precision, "--json"]);
+        args
+    }
+    for device in ["cpu", "ndarray"] {
+        let err = repo.fails(&infer(&cid, device, "f16"));
+        assert!(
+            err.contains("f16 runs on wgpu only; the CPU widens half weights to f32"),
+            "{err}"
+        );
+    }
+    let err = repo.fails(&infer(&cid, "cpu", "f8"));
+    assert!(err.contains("use f32 or f16"), "{err}");
+
+    let embedding = |device: &str, precision: &str| {
+        let out: serde_json::Value =
+            serde_json::from_str(&repo.ok(&infer(&cid, device, precision))).unwrap();
+        assert_eq!(out["precision"], precision);
+        serde_json::from_value::<Vec<Vec<f32>>>(out["embeddings"].clone()).unwrap()[0].clone()
+    };
+    let (full, half) = (embedding("cpu", "f32"), embedding("wgpu", "f16"));
+    let worst = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst > 0.0 && worst < 0.02, "f16 differs by {worst}");
+}

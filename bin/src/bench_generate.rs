@@ -39,6 +39,7 @@ struct GenerateReport {
     architecture: String,
     parameters: usize,
     device: &'static str,
+    precision: &'static str,
     threads: usize,
     prompt_tokens: usize,
     max_tokens: usize,
@@ -76,7 +77,7 @@ struct RunTimes {
 }
 
 pub(crate) fn bench_generate(args: BenchGenerateArgs, json: bool) -> Result<()> {
-    let device = crate::model::engine_device(&args.engine)?;
+    let placement = crate::model::engine_placement(&args.engine)?;
     if args.prompt_tokens == 0 || args.max_tokens < 2 || args.runs == 0 {
         bail!("need --prompt-tokens >= 1, --max-tokens >= 2 and --runs >= 1");
     }
@@ -85,7 +86,7 @@ pub(crate) fn bench_generate(args: BenchGenerateArgs, json: bool) -> Result<()> 
     }
     let files = ModelFiles::from_dir(&args.model)
         .with_context(|| format!("reading the model folder {}", args.model.display()))?;
-    let generator = Generator::load(files, device)
+    let generator = Generator::load(files, placement)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let config = generator.config();
     let context = generator.context_length();
@@ -114,7 +115,8 @@ pub(crate) fn bench_generate(args: BenchGenerateArgs, json: bool) -> Result<()> 
         model: args.model.display().to_string(),
         architecture: format!("{:?}", config.architecture),
         parameters: config.parameter_count(),
-        device: device.name(),
+        device: placement.device.name(),
+        precision: placement.precision.name(),
         threads: rayon::current_num_threads(),
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
@@ -125,12 +127,13 @@ pub(crate) fn bench_generate(args: BenchGenerateArgs, json: bool) -> Result<()> 
         return print_json(&report);
     }
     println!(
-        "{} ({}, {:.0}M parameters) on {} with {} threads; prompts of {} tokens, up to {} new \
-         tokens, median of {} runs",
+        "{} ({}, {:.0}M parameters) on {} at {} with {} threads; prompts of {} tokens, up to \
+         {} new tokens, median of {} runs",
         report.model,
         report.architecture,
         report.parameters as f64 / 1e6,
         report.device,
+        report.precision,
         report.threads,
         report.prompt_tokens,
         report.max_tokens,
@@ -215,6 +218,7 @@ fn summarise(streams: usize, prompt_tokens: usize, mut runs: Vec<RunTimes>) -> S
 struct ClassifyReport {
     model: String,
     device: &'static str,
+    precision: &'static str,
     threads: usize,
     images: usize,
     batch: usize,
@@ -230,7 +234,7 @@ struct ClassifyReport {
 }
 
 pub(crate) fn bench_classify(args: BenchClassifyArgs, json: bool) -> Result<()> {
-    let device = crate::model::engine_device(&args.engine)?;
+    let placement = crate::model::engine_placement(&args.engine)?;
     if args.batch == 0 || args.runs == 0 {
         bail!("need --batch >= 1 and --runs >= 1");
     }
@@ -242,7 +246,7 @@ pub(crate) fn bench_classify(args: BenchClassifyArgs, json: bool) -> Result<()> 
     let images: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let files = ModelFiles::from_dir(&args.model)
         .with_context(|| format!("reading the model folder {}", args.model.display()))?;
-    let classifier = Classifier::load(files, device)
+    let classifier = Classifier::load(files, placement)
         .with_context(|| format!("loading {}", args.model.display()))?;
 
     let encoded = || -> Result<(Duration, Vec<Vec<usize>>)> {
@@ -282,7 +286,8 @@ pub(crate) fn bench_classify(args: BenchClassifyArgs, json: bool) -> Result<()> 
     let (median, pixels_median) = (times[times.len() / 2], pixel_times[pixel_times.len() / 2]);
     let report = ClassifyReport {
         model: args.model.display().to_string(),
-        device: device.name(),
+        device: placement.device.name(),
+        precision: placement.precision.name(),
         threads: rayon::current_num_threads(),
         images: images.len(),
         batch: args.batch,
@@ -297,11 +302,12 @@ pub(crate) fn bench_classify(args: BenchClassifyArgs, json: bool) -> Result<()> 
         return print_json(&report);
     }
     println!(
-        "{:.1} images/s from files, {:.1} images/s from prepared pixels, on {} ({} threads, \
-         batch {}, {} images, median of {} runs)",
+        "{:.1} images/s from files, {:.1} images/s from prepared pixels, on {} at {} ({} \
+         threads, batch {}, {} images, median of {} runs)",
         report.images_per_second,
         report.pixels_images_per_second,
         report.device,
+        report.precision,
         report.threads,
         report.batch,
         report.images,

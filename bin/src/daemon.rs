@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ipfs_accelerate_node::engine::DeviceKind;
+use ipfs_accelerate_node::engine::Placement;
 use ipfs_accelerate_node::infer::ServeConfig;
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::repo::Repo;
@@ -29,6 +29,10 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .gateway
         .clone()
         .unwrap_or_else(|| repo.config().network.gateway.clone());
+    let openai_addr = args
+        .openai
+        .clone()
+        .unwrap_or_else(|| repo.config().network.openai.clone());
     let api_file = Repo::api_file(repo.path());
     let gateway_file = Repo::gateway_file(repo.path());
     let overrides = NetworkOverrides {
@@ -38,7 +42,7 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         dht_protocol: args.dht_protocol,
         profile: args.profile,
     };
-    let serve_device: DeviceKind = args.serve_device.parse()?;
+    let serve_on = Placement::new(args.serve_device.parse()?, args.serve_precision.parse()?)?;
     let allow = if args.allow_peer.is_empty() {
         None
     } else {
@@ -64,6 +68,14 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {gateway_addr}"))?;
     let gateway_bound = gateway_listener.local_addr()?;
+    let openai_listener = match openai_addr.is_empty() {
+        true => None,
+        false => Some(
+            tokio::net::TcpListener::bind(&openai_addr)
+                .await
+                .with_context(|| format!("binding OpenAI's API to {openai_addr}"))?,
+        ),
+    };
     let swarm_key = repo.swarm_key();
     let node = Arc::new(Node::start(repo, overrides, serve_config).await?);
     if let Some(key) = swarm_key {
@@ -73,10 +85,10 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
     }
     for model in &args.serve {
         let root = node.resolve_model(model)?;
-        node.serve_model(root, serve_device)
+        node.serve_model(root, serve_on)
             .await
             .with_context(|| format!("serving {model}"))?;
-        println!("Serving {model} ({root}) on {serve_device}");
+        println!("Serving {model} ({root}) on {serve_on}");
     }
     let addrs = node
         .p2p()
@@ -96,6 +108,12 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         gateway_bound.ip(),
         gateway_bound.port()
     );
+    if let Some(listener) = &openai_listener {
+        println!(
+            "OpenAI API server listening on {}",
+            gateway_url(listener.local_addr()?)
+        );
+    }
     // Like Kubo's $IPFS_PATH/api: tells commands where the daemon holding the repo is.
     std::fs::write(
         &api_file,
@@ -119,6 +137,8 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
         gateway_listener,
         stop_rx.clone(),
     ));
+    let openai_server = openai_listener
+        .map(|listener| tokio::spawn(api::serve_openai(node.clone(), listener, stop_rx.clone())));
     let mut api_stop = stop_rx.clone();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -129,14 +149,17 @@ async fn serve(repo: Repo, args: DaemonArgs) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = gateway_server.await;
+    if let Some(server) = openai_server {
+        let _ = server.await;
+    }
     node.shutdown().await;
     let _ = std::fs::remove_file(&api_file);
     let _ = std::fs::remove_file(&gateway_file);
     Ok(())
 }
 
-/// The gateway's URL for local clients: a wildcard address becomes loopback, as Kubo
-/// writes it.
+/// An HTTP server's URL for local clients: a wildcard address becomes loopback, as
+/// Kubo writes the gateway's.
 fn gateway_url(bound: std::net::SocketAddr) -> String {
     let mut addr = bound;
     if addr.ip().is_unspecified() {

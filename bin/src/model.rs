@@ -1,5 +1,6 @@
-//! `model import`, `model ls`, `infer` and `bench embed`: models in the repo and the
-//! inference engine run in this process.
+//! `model import` (of a folder, or of a GGUF file converted into one), `model ls`,
+//! `infer` and `bench embed`: models in the repo and the inference engine run in this
+//! process.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cid::Cid;
 use ipfs_accelerate_node::api::types;
-use ipfs_accelerate_node::engine::model_folder;
 use ipfs_accelerate_node::engine::{
-    ChatMessage, Classifier, DeviceKind, Embedder, Generator, Model, ModelFiles,
+    ChatMessage, Classifier, DeviceKind, Embedder, Generator, Model, ModelFiles, Placement,
+    Precision,
 };
+use ipfs_accelerate_node::engine::{gguf, model_folder};
 use ipfs_accelerate_node::infer::generate_params;
 use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
 use ipfs_accelerate_node::repo::Repo;
@@ -51,6 +53,9 @@ fn import(
     tags: Vec<String>,
     json: bool,
 ) -> Result<()> {
+    if dir.is_file() {
+        return import_gguf(repo, dir, name, version, tags, json);
+    }
     if !dir.join("config.json").is_file() {
         bail!(
             "{} is not a model folder: it has no config.json (Hugging Face layout expected)",
@@ -93,6 +98,55 @@ fn import(
         record.name, record.version, root.size
     );
     Ok(())
+}
+
+/// `model import FILE.gguf`: the file converted into a model folder in a temporary
+/// directory inside the repo (the same disk as its store; removed once imported: a
+/// process killed mid-way leaves a `gguf-import-*` folder there), then imported as one.
+fn import_gguf(
+    repo: &Repo,
+    file: &Path,
+    name: Option<String>,
+    version: String,
+    tags: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    if !gguf::is_gguf(file) {
+        bail!(
+            "{} is a file but not a GGUF file: import a model folder (Hugging Face layout) \
+             or a GGUF file",
+            file.display()
+        );
+    }
+    let name = match name {
+        Some(name) => name,
+        None => file
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the file has no name to use; pass --name")?,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("gguf-import-")
+        .tempdir_in(repo.path())
+        .context("making a folder for the conversion in the repo")?;
+    let bar = progress::bytes(None, false);
+    let started = Instant::now();
+    let converted = gguf::convert(file, scratch.path(), &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if !json {
+        eprintln!(
+            "converted {} ({} weights, {:.1} M parameters) into {:.0} MB of f32 weights in {:.1} s",
+            file.display(),
+            converted.source_types.join(", "),
+            converted.parameters as f64 / 1e6,
+            converted.weights_bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    import(repo, scratch.path(), Some(name), version, tags, json)
 }
 
 /// `model trust` on the repo, without a daemon.
@@ -179,26 +233,42 @@ fn list(repo: &Repo, tag: Option<&str>, task: Option<&str>, json: bool) -> Resul
     Ok(())
 }
 
-/// The engine's settings from the command line: the device, and the CPU thread pool.
-pub(crate) fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
+/// The engine's settings from the command line: the device and precision, and the CPU
+/// thread pool.
+pub(crate) fn engine_placement(args: &EngineArgs) -> Result<Placement> {
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
             .context("setting the CPU thread count")?;
     }
-    Ok(args.device.parse()?)
+    Ok(Placement::new(
+        args.device.parse()?,
+        args.precision.parse()?,
+    )?)
+}
+
+/// [`engine_placement`] for the commands that run at f32 only.
+pub(crate) fn engine_device(args: &EngineArgs) -> Result<DeviceKind> {
+    let placement = engine_placement(args)?;
+    if placement.precision != Precision::F32 {
+        bail!(
+            "--precision {} is not taken by this command: it runs at f32",
+            placement.precision
+        );
+    }
+    Ok(placement.device)
 }
 
 /// Loads `model` (a CID or an imported name) from the repo.
-fn load(repo: &Repo, model: &str, device: DeviceKind) -> Result<(Cid, Model)> {
+fn load(repo: &Repo, model: &str, placement: Placement) -> Result<(Cid, Model)> {
     let root = LocalModels::new(repo.path()).resolve(model)?;
     if !repo.store().has(&root)? {
         bail!("model {root} is not in this repo; import it with `model import DIR`");
     }
     let opener = crate::sealing::opener(repo.path(), false);
     let files = ModelFiles::from_store(repo.store(), &root, &opener)?;
-    let model = Model::load(files, device).with_context(|| format!("loading model {root}"))?;
+    let model = Model::load(files, placement).with_context(|| format!("loading model {root}"))?;
     Ok((root, model))
 }
 
@@ -206,9 +276,10 @@ pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
     if args.remote {
         bail!("--remote sends the request to peers: start `ipfs-accelerate daemon` first");
     }
-    let device = engine_device(&args.engine)?;
+    let placement = engine_placement(&args.engine)?;
+    let device = placement.device;
     let started = Instant::now();
-    let (root, model) = load(repo, &args.model, device)?;
+    let (root, model) = load(repo, &args.model, placement)?;
     let load_time = started.elapsed();
     let embedder = match (model, &args.prompt, args.images.is_empty()) {
         (Model::Embed(embedder), None, true) => embedder,
@@ -232,6 +303,7 @@ pub(crate) fn infer(repo: &Repo, args: InferArgs, json: bool) -> Result<()> {
         return print_json(&json!({
             "model": root.to_string(),
             "device": device.name(),
+            "precision": placement.precision.name(),
             "dim": embeddings.dim,
             "embeddings": embeddings.to_rows(),
             "timings": {
@@ -341,7 +413,8 @@ fn classify(classifier: &Classifier, root: Cid, args: &InferArgs, json: bool) ->
 /// `bench embed`: every sentence of the file embedded in batches, `runs` times after
 /// `warmup` untimed runs; the figure is sentences per second over the median run.
 pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool) -> Result<()> {
-    let device = engine_device(&args.engine)?;
+    let placement = engine_placement(&args.engine)?;
+    let device = placement.device;
     let text = std::fs::read_to_string(&args.sentences)
         .with_context(|| format!("reading {}", args.sentences.display()))?;
     let sentences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -350,11 +423,11 @@ pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool)
     }
     let folder = Path::new(&args.model);
     let (model, embedder) = if folder.is_dir() {
-        let embedder = Embedder::load(ModelFiles::from_dir(folder)?, device)?;
+        let embedder = Embedder::load(ModelFiles::from_dir(folder)?, placement)?;
         (folder.display().to_string(), std::sync::Arc::new(embedder))
     } else {
         let repo = repo.context("no repo to load the model from")?;
-        let (root, model) = load(repo, &args.model, device)?;
+        let (root, model) = load(repo, &args.model, placement)?;
         let Model::Embed(embedder) = model else {
             bail!("model {root} is not a text encoder; bench embed runs embeddings");
         };
@@ -379,6 +452,7 @@ pub(crate) fn bench_embed(repo: Option<&Repo>, args: BenchEmbedArgs, json: bool)
         return print_json(&json!({
             "model": model,
             "device": device.name(),
+            "precision": placement.precision.name(),
             "threads": threads,
             "batch": args.batch,
             "sentences": sentences.len(),

@@ -35,6 +35,7 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
             version,
             tags,
             device,
+            precision,
             encrypt_to,
         } => {
             let root = if Path::new(&model).is_dir() {
@@ -48,6 +49,7 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
                 ("version", version),
                 ("tags", tags.join(",")),
                 ("device", device),
+                ("precision", precision),
             ];
             query.extend(encrypt_to.into_iter().map(|peer| ("encrypt-to", peer)));
             let answer: types::Manifest = remote.json("accelerate/model/publish", &query)?;
@@ -68,8 +70,9 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
             serve,
             any_publisher,
             device,
+            precision,
         } => {
-            let answer = pull(remote, model, serve, any_publisher, device)?;
+            let answer = pull(remote, model, serve, any_publisher, (device, precision))?;
             if json {
                 return print_json(&answer);
             }
@@ -83,10 +86,14 @@ pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Resul
                 if serve { ", serving" } else { "" }
             );
         }
-        ModelCommand::Serve { model, device } => {
+        ModelCommand::Serve {
+            model,
+            device,
+            precision,
+        } => {
             let answer: types::Serving = remote.json(
                 "accelerate/model/serve",
-                &[("arg", model), ("device", device)],
+                &[("arg", model), ("device", device), ("precision", precision)],
             )?;
             if json {
                 return print_json(&answer);
@@ -144,7 +151,7 @@ fn pull(
     model: String,
     serve: bool,
     any_publisher: bool,
-    device: String,
+    (device, precision): (String, String),
 ) -> Result<types::Pulled> {
     let body = remote.call(
         "accelerate/model/pull",
@@ -153,6 +160,7 @@ fn pull(
             ("serve", serve.to_string()),
             ("any-publisher", any_publisher.to_string()),
             ("device", device),
+            ("precision", precision),
             ("progress", "true".into()),
         ],
         None,

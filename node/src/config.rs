@@ -90,6 +90,10 @@ pub struct NetworkConfig {
     pub api: String,
     /// HTTP gateway address.
     pub gateway: String,
+    /// A second address for OpenAI's API (`/v1`) alone, which the API's address
+    /// serves too. Empty (the default): only there.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub openai: String,
     /// What goes on the DHT as provider records: `all` blocks (Kubo's default),
     /// the blocks of `pinned` DAGs, or pin `roots` only.
     pub provide_strategy: ProvideStrategy,
@@ -168,6 +172,7 @@ impl Default for NetworkConfig {
             dht_protocol: String::new(),
             api: "127.0.0.1:5001".into(),
             gateway: "127.0.0.1:8080".into(),
+            openai: String::new(),
             provide_strategy: ProvideStrategy::default(),
             reprovide_interval_secs: 12 * 60 * 60,
             infer_request_limit: ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT,

@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use crate::BLOCK_FETCH_TIMEOUT;
 use crate::announce::{Announced, Directory};
 use crate::bitswap::{Bitswap, provider_key};
-use crate::engine::DeviceKind;
+use crate::engine::Placement;
 use crate::error::{Error, Result};
 use crate::infer::{Client, ServeConfig, Server};
 use crate::model_network::{
@@ -463,7 +463,12 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // Lets go of the store at shutdown, so the repo can be opened again
+                    // in this process (the Python package closes and reopens nodes).
+                    _ = p2p.closed() => return,
+                }
                 if provider::reprovide(store.clone(), &p2p, strategy)
                     .await
                     .is_err()
@@ -520,10 +525,11 @@ impl Node {
         self.models.resolve(model, any_publisher)
     }
 
-    /// Serves inference for `root` to peers (and to local calls), and says so on the
-    /// DHT under the model's service key. The model must be in the repo.
-    pub async fn serve_model(&self, root: Cid, device: DeviceKind) -> Result<()> {
-        self.models.serve(root, device).await
+    /// Serves inference for `root` to peers (and to local calls) on `placement` (a
+    /// device, at f32, or a device and precision), and says so on the DHT under the
+    /// model's service key. The model must be in the repo.
+    pub async fn serve_model(&self, root: Cid, placement: impl Into<Placement>) -> Result<()> {
+        self.models.serve(root, placement.into()).await
     }
 
     /// Publishes the model folder `root` (imported here): pinned and provided, a signed
@@ -534,10 +540,10 @@ impl Node {
         &self,
         root: Cid,
         meta: PublishMeta,
-        device: DeviceKind,
+        placement: impl Into<Placement>,
     ) -> Result<Published> {
         self.pin(root, true).await?;
-        self.models.publish(root, meta, device).await
+        self.models.publish(root, meta, placement.into()).await
     }
 
     /// Fetches every block of the model from its providers (whatever is here already

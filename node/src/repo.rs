@@ -194,6 +194,14 @@ impl Repo {
         &self.config
     }
 
+    /// The config this process runs with, to change for this run only, before the node
+    /// starts: nothing is written to `config.toml`. A program embedding the node (the
+    /// Python package) sets its fallback gateways or API token this way. The datastore
+    /// settings were read when the repo opened; changing them here has no effect.
+    pub fn config_mut(&mut self) -> &mut NodeConfig {
+        &mut self.config
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }

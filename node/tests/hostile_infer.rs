@@ -136,6 +136,7 @@ fn echo(_: PeerId, request: InferRequest) -> InferResponse {
         load: Load::default(),
         generation: None,
         labels: Vec::new(),
+        input_tokens: None,
     })
 }
 

@@ -277,6 +277,7 @@ fn output(request: &InferRequest, id: u64, tensor: Tensor) -> InferResponse {
         load: Load::default(),
         generation: None,
         labels: Vec::new(),
+        input_tokens: None,
     })
 }
 
@@ -880,4 +881,30 @@ async fn a_caller_that_goes_away_stops_the_generation_at_the_provider() {
     assert_eq!(cancelled.get(), 1);
     client.shutdown().await;
     provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_says_the_precision_its_weights_are_stored_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = start_node(dir.path()).await;
+    for (fixture, stored) in [
+        ("tiny-bert", "f32"),
+        ("tiny-qwen2-f16", "f16"),
+        ("tiny-llama-bf16", "bf16"),
+    ] {
+        let root = serve_fixture(&node, fixture).await;
+        let meta = PublishMeta {
+            name: fixture.into(),
+            version: "1".into(),
+            tags: vec![],
+            recipients: vec![],
+        };
+        // Served at f32 on the CPU: the manifest names what the checkpoint stores.
+        let published = node
+            .publish_model(root, meta, DeviceKind::Cpu)
+            .await
+            .unwrap();
+        assert_eq!(published.manifest.body.precision, stored, "{fixture}");
+    }
+    node.shutdown().await;
 }

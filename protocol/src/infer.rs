@@ -307,6 +307,10 @@ pub struct InferOutput {
         deserialize_with = "bounded::rows"
     )]
     pub labels: Vec<Vec<ClassLabel>>,
+    /// For [`Task::Embed`]: the tokens the inputs made, what OpenAI's API reports as
+    /// usage. Absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u32>,
 }
 
 /// A server's load for one model, so clients can spread their requests.
@@ -903,6 +907,7 @@ mod tests {
             load,
             generation: None,
             labels: Vec::new(),
+            input_tokens: None,
         });
         let err = InferResponse::Err(InferError {
             id: 10,
@@ -941,6 +946,7 @@ mod tests {
             load: Load::default(),
             generation: None,
             labels: Vec::new(),
+            input_tokens: None,
         });
         let bytes = to_cbor(&resp);
         // A list of numbers would take about two bytes per data byte.
@@ -1111,6 +1117,7 @@ mod tests {
             load: Load::default(),
             generation: None,
             labels: Vec::new(),
+            input_tokens: None,
         };
         let good = Tensor::from_f32(vec![2, 3], &[0.0; 6]).unwrap();
         assert!(
@@ -1162,6 +1169,7 @@ mod tests {
                 first_token_us: 10,
             }),
             labels: Vec::new(),
+            input_tokens: None,
         }
     }
 
@@ -1230,6 +1238,7 @@ mod tests {
             load: Load::default(),
             generation: None,
             labels,
+            input_tokens: None,
         };
         let good = answer(2, vec![vec![label(1), label(0)], vec![label(0), label(1)]]);
         assert!(good.check_answers(&request).is_ok());

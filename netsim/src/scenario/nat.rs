@@ -469,6 +469,7 @@ fn embedding_handler() -> p2p::InferHandler {
                     load: Load::default(),
                     generation: None,
                     labels: Vec::new(),
+                    input_tokens: None,
                 }),
                 Err(e) => InferResponse::Err(ipfs_accelerate_protocol::infer::InferError {
                     id: request.id,

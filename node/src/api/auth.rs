@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -17,21 +17,23 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError {
+    match presents_token(request.headers(), &token) {
+        true => next.run(request).await,
+        false => ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: "this API needs `Authorization: Bearer <token>` (network.api_token)".into(),
         }
         .into_response(),
     }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+pub(super) fn presents_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes()))
 }
 
 /// Compares without stopping at the first differing byte, so the time taken tells a

@@ -14,6 +14,7 @@ use super::{Api, ApiError, ApiResult, blocking};
 use crate::bitswap::Stats;
 use crate::infer::ServeMetrics;
 use crate::infer::client::CallMetrics;
+use ipfs_accelerate_protocol::model_folder::ModelKind;
 
 /// Prometheus' text format, version 0.0.4.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -31,6 +32,8 @@ pub(super) struct Snapshot {
     pub(super) models_served: usize,
     /// Requests waiting in the served models' queues.
     pub(super) infer_queued: u64,
+    /// Sequences in the running batches of the served generation models.
+    pub(super) generations_running: u64,
     pub(super) serve: ServeMetrics,
     /// Inference calls this node made to peers.
     pub(super) call: CallMetrics,
@@ -55,6 +58,12 @@ pub(super) async fn prometheus(State(api): State<Api>) -> ApiResult<impl IntoRes
         repo_bytes: stat.bytes,
         models_served: served.len(),
         infer_queued: served.iter().map(|(_, load)| u64::from(load.queued)).sum(),
+        // A generation model's load counts its running batch as `workers`.
+        generations_running: served
+            .iter()
+            .filter(|(model, _)| server.kind(model) == Some(ModelKind::Generate))
+            .map(|(_, load)| u64::from(load.workers))
+            .sum(),
         serve: server.metrics().clone(),
         call: api.node.infer_client().metrics().clone(),
         dht: api.node.p2p().dht_metrics().clone(),
@@ -204,6 +213,11 @@ pub(super) fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             "infer_queued",
             "Inference requests waiting in the served models' queues",
             snapshot.infer_queued as i64,
+        ),
+        (
+            "infer_generations_running",
+            "Generations running now in the served models' batches",
+            snapshot.generations_running as i64,
         ),
     ];
     for (name, help, value) in gauges {

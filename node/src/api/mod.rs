@@ -31,6 +31,7 @@ mod auth;
 mod bitswap;
 mod metrics;
 mod models;
+mod openai;
 mod origin;
 pub mod types;
 
@@ -150,6 +151,45 @@ async fn path_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
     })
 }
 
+/// What each of the API's listeners takes from the repo's config.
+struct Setup {
+    api: Api,
+    token: Option<Arc<str>>,
+    /// Who may call, for the address listened on.
+    policy: Arc<origin::Policy>,
+    limits: Limits,
+}
+
+impl Setup {
+    fn new(
+        node: Arc<Node>,
+        listener: &tokio::net::TcpListener,
+        shutdown: watch::Sender<bool>,
+    ) -> std::io::Result<Setup> {
+        let config = node.repo().config().api.clone();
+        let token = node
+            .repo()
+            .config()
+            .network
+            .api_token()
+            .map(Arc::<str>::from);
+        Ok(Setup {
+            policy: Arc::new(origin::Policy::new(&config, listener.local_addr()?)),
+            token,
+            limits: Limits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout(),
+                write_timeout: config.write_timeout(),
+            },
+            api: Api {
+                node,
+                shutdown,
+                write_timeout: config.write_timeout(),
+            },
+        })
+    }
+}
+
 /// Serves the API on `listener` until `/api/v0/shutdown` or `stop` fires.
 pub async fn serve(
     node: Arc<Node>,
@@ -157,19 +197,12 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    let config = node.repo().config().api.clone();
-    let policy = Arc::new(origin::Policy::new(&config, listener.local_addr()?));
-    let token = node
-        .repo()
-        .config()
-        .network
-        .api_token()
-        .map(Arc::<str>::from);
-    let api = Api {
-        node,
-        shutdown,
-        write_timeout: config.write_timeout(),
-    };
+    let Setup {
+        api,
+        token,
+        policy,
+        limits,
+    } = Setup::new(node, &listener, shutdown)?;
     let upload = || DefaultBodyLimit::max(ADD_BODY_LIMIT);
     let one_block = || DefaultBodyLimit::max(limits::BLOCK_SIZE_LIMIT + MULTIPART_OVERHEAD);
     let app = Router::new()
@@ -226,36 +259,60 @@ pub async fn serve(
         .route("/api/v0/accelerate/network", post(network))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(kubo_errors));
-    let app = match token {
+    let app = match &token {
         Some(token) => app.layer(axum::middleware::from_fn_with_state(
-            token,
+            Arc::clone(token),
             auth::require_token,
         )),
         None => app,
     };
+    let app = app.merge(openai::router(token));
     // Outermost: a page is refused before anything else, and its preflight answered.
     let app = app
         .layer(axum::middleware::from_fn_with_state(policy, origin::guard))
         .with_state(api);
-    let limits = Limits {
-        max_connections: config.max_connections,
-        header_timeout: config.header_timeout(),
-        write_timeout: config.write_timeout(),
-    };
     http_server::serve(listener, app, limits, stop).await
 }
 
+/// Serves OpenAI's API alone (`/v1`) on `listener`, the address `network.openai`
+/// names, until `stop` fires; the API's token and allowed origins apply.
+pub async fn serve_openai(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // `/api/v0/shutdown` is not served here.
+    let (shutdown, _) = watch::channel(false);
+    let setup = Setup::new(node, &listener, shutdown)?;
+    let app = openai::router(setup.token)
+        .layer(axum::middleware::from_fn_with_state(
+            setup.policy,
+            origin::guard,
+        ))
+        .with_state(setup.api);
+    http_server::serve(listener, app, setup.limits, stop).await
+}
+
 /// Rewrites axum's own error answers (a rejected JSON body, too large a body, an unknown
-/// route) into Kubo's error body; a body the client got wrong is a 400.
+/// route) into Kubo's error body.
 async fn kubo_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    match plain_rejection(next.run(request).await).await {
+        Ok((status, message)) => ApiError { status, message }.into_response(),
+        Err(response) => response,
+    }
+}
+
+/// An error answer axum wrote itself (not JSON, which the handlers write), as its status
+/// and text, for rewriting into an API's error body; a body the client got wrong is a
+/// 400. Any other answer comes back as it is.
+async fn plain_rejection(response: Response) -> Result<(StatusCode, String), Response> {
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
+        return Err(response);
     }
     let text = axum::body::to_bytes(response.into_body(), REJECTION_TEXT_LIMIT)
         .await
@@ -271,7 +328,7 @@ async fn kubo_errors(request: Request, next: Next) -> Response {
         true => status.canonical_reason().unwrap_or("error").to_string(),
         false => text,
     };
-    ApiError { status, message }.into_response()
+    Ok((status, message))
 }
 
 /// The answer for a failed inference: inputs the model refuses (`bad input`, `too

@@ -20,7 +20,7 @@ use super::types::{self, InferRequest, PullLine};
 use super::{Api, ApiError, ApiResult, Params, flag, json_line, ndjson_stream, param, params};
 use crate::PeerId;
 use crate::announce::{Announced, Source};
-use crate::engine::DeviceKind;
+use crate::engine::Placement;
 use crate::infer::DEFAULT_DEADLINE;
 use crate::model_network::{InferAnswer, InferCall, PublishMeta};
 use crate::models::LocalModels;
@@ -41,11 +41,15 @@ fn model_arg(api: &Api, q: &[(String, String)]) -> ApiResult<Cid> {
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn device_arg(q: &[(String, String)]) -> ApiResult<DeviceKind> {
-    param(q, "device")
-        .unwrap_or("cpu")
+/// Where to serve: `device` (cpu) and `precision` (f32; f16 on wgpu only).
+fn device_arg(q: &[(String, String)]) -> ApiResult<Placement> {
+    let bad = |e: crate::engine::EngineError| ApiError::bad_request(e.to_string());
+    let device = param(q, "device").unwrap_or("cpu").parse().map_err(bad)?;
+    let precision = param(q, "precision")
+        .unwrap_or("f32")
         .parse()
-        .map_err(|e: crate::engine::EngineError| ApiError::bad_request(e.to_string()))
+        .map_err(bad)?;
+    Placement::new(device, precision).map_err(bad)
 }
 
 pub(super) async fn infer(State(api): State<Api>, Json(body): Json<InferRequest>) -> ApiResult {
@@ -412,7 +416,7 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult 
 async fn run_pull(
     api: &Api,
     root: Cid,
-    serve: Option<DeviceKind>,
+    serve: Option<Placement>,
     mut progress: impl FnMut(u64, u64),
 ) -> crate::error::Result<types::Pulled> {
     let started = Instant::now();

@@ -98,8 +98,12 @@ pub(super) async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    let openai = super::openai::is_openai_path(request.uri().path());
     let origin = match policy.check(request.headers()) {
         Ok(origin) => origin,
+        Err(message) if openai => {
+            return super::openai::OpenAiError::forbidden(message).into_response();
+        }
         Err(message) => {
             return ApiError {
                 status: StatusCode::FORBIDDEN,
@@ -118,9 +122,16 @@ pub(super) async fn guard(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("POST, GET, OPTIONS"),
         );
+        // OpenAI's browser client sends headers of its own (`x-stainless-*`): an
+        // allowed page may send any header to `/v1`.
+        let asked = request
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .filter(|_| openai)
+            .cloned();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(ALLOWED_REQUEST_HEADERS),
+            asked.unwrap_or(HeaderValue::from_static(ALLOWED_REQUEST_HEADERS)),
         );
         preflight
     } else {

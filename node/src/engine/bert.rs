@@ -9,15 +9,20 @@
 //!   dense layer is one large matrix product and none is spent on padding; only attention
 //!   sees the batch padded, through an index gather and back;
 //! - query, key and value are one fused projection.
+//!
+//! At f16 (wgpu) every weight but the layer norms' is cast to f16 once loaded; the
+//! norms run in f32 (their statistics would lose too much in f16), the rest in f16.
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::activation::gelu_cpu;
+use super::weights;
 use ipfs_accelerate_protocol::model_folder::{Activation, BertConfig};
 
 /// The encoder's parameters as a checkpoint holds them.
@@ -131,6 +136,8 @@ pub(super) struct Bert {
     layers: Vec<Layer>,
     /// On a CPU backend, GELU runs as our vectorised kernel.
     cpu: bool,
+    /// The float type of the weights and activations (f32, or f16 on wgpu).
+    dtype: FloatDType,
 }
 
 #[derive(Debug)]
@@ -164,7 +171,13 @@ pub(super) struct PackedBatch {
 }
 
 impl Bert {
-    pub(super) fn new(config: BertConfig, weights: BertWeights, cpu: bool) -> Self {
+    /// The encoder of `weights`, loaded in f32, to run in `dtype`.
+    pub(super) fn new(
+        config: BertConfig,
+        weights: BertWeights,
+        cpu: bool,
+        dtype: FloatDType,
+    ) -> Self {
         let embeddings = weights.embeddings;
         let layers = weights
             .encoder
@@ -186,12 +199,12 @@ impl Bert {
                     _ => Tensor::zeros([3 * config.hidden_size], &qkv.device()),
                 };
                 Layer {
-                    qkv,
-                    qkv_bias,
-                    attention_out: layer.attention.output.dense,
+                    qkv: qkv.cast(dtype),
+                    qkv_bias: qkv_bias.cast(dtype),
+                    attention_out: weights::cast(layer.attention.output.dense, dtype),
                     attention_norm: layer.attention.output.layer_norm,
-                    intermediate: layer.intermediate.dense,
-                    output: layer.output.dense,
+                    intermediate: weights::cast(layer.intermediate.dense, dtype),
+                    output: weights::cast(layer.output.dense, dtype),
                     output_norm: layer.output.layer_norm,
                 }
             })
@@ -201,28 +214,40 @@ impl Bert {
             .weight
             .val()
             .narrow(0, 0, 1)
-            .reshape([config.hidden_size]);
+            .reshape([config.hidden_size])
+            .cast(dtype);
         Self {
-            word: embeddings.word_embeddings.weight.val(),
-            position: embeddings.position_embeddings.weight.val(),
+            word: embeddings.word_embeddings.weight.val().cast(dtype),
+            position: embeddings.position_embeddings.weight.val().cast(dtype),
             token_type,
             embedding_norm: embeddings.layer_norm,
             layers,
             config,
             cpu,
+            dtype,
         }
     }
 
-    /// The last hidden state of every packed token, `[tokens, hidden]`.
+    /// The last hidden state of every packed token, `[tokens, hidden]`, in f32.
     pub(super) fn forward(&self, batch: &PackedBatch) -> Tensor<2> {
         let x = self.word.clone().select(0, batch.ids.clone())
             + self.position.clone().select(0, batch.positions.clone())
             + self.token_type.clone().unsqueeze::<2>();
-        let mut x = self.embedding_norm.forward(x);
+        let mut x = self.norm(&self.embedding_norm, x);
         for layer in &self.layers {
             x = self.layer(layer, x, batch);
         }
-        x
+        x.cast(FloatDType::F32)
+    }
+
+    #[cfg(test)]
+    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
+        self.word.dtype()
+    }
+
+    /// A layer norm, its statistics in f32 whatever the activations' type.
+    fn norm(&self, norm: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
+        norm.forward(x.cast(FloatDType::F32)).cast(self.dtype)
     }
 
     fn layer(&self, layer: &Layer, x: Tensor<2>, batch: &PackedBatch) -> Tensor<2> {
@@ -253,15 +278,16 @@ impl Bert {
         .swap_dims(1, 2)
         .reshape([rows * longest, hidden])
         .select(0, batch.from_padded.clone());
-        let x = layer
-            .attention_norm
-            .forward(layer.attention_out.forward(context) + x);
+        let x = self.norm(
+            &layer.attention_norm,
+            layer.attention_out.forward(context) + x,
+        );
         let inner = layer.intermediate.forward(x.clone());
         let inner = match config.activation {
             Activation::Gelu if self.cpu => gelu_cpu(inner),
             Activation::Gelu => gelu(inner),
             Activation::GeluTanh => gelu_approximate(inner),
         };
-        layer.output_norm.forward(layer.output.forward(inner) + x)
+        self.norm(&layer.output_norm, layer.output.forward(inner) + x)
     }
 }

@@ -9,7 +9,9 @@ use burn::prelude::*;
 
 use super::image::{self, PixelBatch};
 use super::vit::{self, Vit, VitWeights};
-use super::{DeviceKind, EngineError, ModelFiles, Result, check_weights_file, weights};
+use super::{
+    DeviceKind, EngineError, ModelFiles, Placement, Precision, Result, check_weights_file, weights,
+};
 use ipfs_accelerate_protocol::model_folder::{FolderError, ImageProcessor, VitConfig};
 
 /// One label of an image's answer.
@@ -52,13 +54,16 @@ pub struct Classifier {
     model: Vit,
     device: Device,
     kind: DeviceKind,
+    precision: Precision,
 }
 
 impl Classifier {
-    /// Builds the classifier that `files` describe and loads its weights onto `kind`. The
-    /// folder must have a preprocessor_config.json: without it the pixels the model was
-    /// trained on are unknown.
-    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+    /// Builds the classifier that `files` describe and loads its weights onto
+    /// `placement`. The folder must have a preprocessor_config.json: without it the
+    /// pixels the model was trained on are unknown.
+    pub fn load(files: ModelFiles, placement: impl Into<Placement>) -> Result<Self> {
+        let placement = placement.into();
+        let kind = placement.device;
         let config = VitConfig::parse(&files.config)?;
         let processor_json = files
             .preprocessor
@@ -78,16 +83,25 @@ impl Classifier {
             .into());
         }
         check_weights_file(config.parameter_count(), &files.weights)?;
-        let device = kind.device()?;
+        let device = placement.device()?;
+        if placement.precision == Precision::F16 {
+            weights::check_half_range(&files.weights)?;
+        }
         let mut loaded = VitWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights, &weights::VIT_CLASSIFIER)?;
-        let model = Vit::new(config.clone(), loaded, kind != DeviceKind::Wgpu);
+        let model = Vit::new(
+            config.clone(),
+            loaded,
+            kind != DeviceKind::Wgpu,
+            placement.precision.dtype(),
+        );
         Ok(Self {
             config,
             processor,
             model,
             device,
             kind,
+            precision: placement.precision,
         })
     }
 
@@ -108,16 +122,26 @@ impl Classifier {
         self.kind
     }
 
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The element type the encoder's weights are held in (tests: that f16 runs).
+    #[cfg(test)]
+    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
+        self.model.weights_dtype()
+    }
+
     /// `[height, width]` of the pixels the model takes.
     pub fn image_size(&self) -> [usize; 2] {
         self.config.image_size
     }
 
-    /// Bytes the weights take in memory (f32).
+    /// Bytes the weights take in memory (4 a parameter at f32, 2 at f16).
     pub fn memory_bytes(&self) -> usize {
         self.config
             .parameter_count()
-            .saturating_mul(std::mem::size_of::<f32>())
+            .saturating_mul(self.precision.bytes())
     }
 
     /// Decodes and prepares encoded images as the model's processor says. An image that
@@ -336,6 +360,35 @@ mod tests {
                 "{file}: {label:?} against {}",
                 probabilities[label.id]
             );
+        }
+    }
+
+    #[test]
+    fn half_checkpoints_are_widened_on_the_cpu() {
+        let reference = reference();
+        let cpu_backends = [DeviceKind::Cpu, DeviceKind::Ndarray].into_iter();
+        for device in cpu_backends.filter(|d| d.is_built()) {
+            for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+                let dir = crate::engine::testing::half_copy("tiny-vit", dtype);
+                let model = load(dir.path(), device).unwrap();
+                assert_eq!(model.weights_dtype(), burn::tensor::DType::F32);
+                let mut worst = 0f32;
+                for entry in reference["images"].as_array().unwrap() {
+                    let pixels = PixelBatch {
+                        images: 1,
+                        height: 32,
+                        width: 32,
+                        data: pixel_values(entry),
+                    };
+                    let (logits, _) = model.logits(&pixels).unwrap();
+                    worst = worst.max(largest_difference(logits.row(0), &floats(&entry["logits"])));
+                    let (labels, _) = model.classify_pixels(&pixels, 1).unwrap();
+                    let top: Vec<usize> = serde_json::from_value(entry["top"].clone()).unwrap();
+                    assert_eq!(labels[0][0].id, top[0], "{dtype:?}: {}", entry["file"]);
+                }
+                println!("tiny-vit as {dtype:?} on {device}: largest logit difference {worst:.1e}");
+                assert!(worst > 0.0 && worst < 0.1, "{dtype:?} on {device}: {worst}");
+            }
         }
     }
 

@@ -13,7 +13,9 @@ use super::decoder::{Decoder, KvCache, Segment};
 use super::detokenize::Detokenizer;
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{self, FinishReason, StopSequences};
-use super::{DeviceKind, EngineError, ModelFiles, Result, check_weights_file};
+use super::{
+    DeviceKind, EngineError, ModelFiles, Placement, Precision, Result, check_weights_file, weights,
+};
 use ipfs_accelerate_protocol::model_folder::{DecoderConfig, GenerationConfig, TokenizerConfig};
 
 /// New tokens a sequence may generate when neither the request nor
@@ -207,11 +209,14 @@ pub struct Generator {
     chat: Option<ChatTemplate>,
     eos_ids: Vec<u32>,
     kind: DeviceKind,
+    precision: Precision,
 }
 
 impl Generator {
-    /// Builds the decoder that `files` describe and loads its weights onto `kind`.
-    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+    /// Builds the decoder that `files` describe and loads its weights onto `placement`.
+    pub fn load(files: ModelFiles, placement: impl Into<Placement>) -> Result<Self> {
+        let placement = placement.into();
+        let kind = placement.device;
         let config = DecoderConfig::parse(&files.config)?;
         let generation = match &files.generation_config {
             Some(json) => GenerationConfig::parse(json)?,
@@ -233,7 +238,10 @@ impl Generator {
             None => None,
         };
         check_weights_file(config.parameter_count(), &files.weights)?;
-        let device = kind.device()?;
+        let device = placement.device()?;
+        if placement.precision == Precision::F16 {
+            weights::check_half_range(&files.weights)?;
+        }
         // flex runs the decoder on host memory; ndarray (kept as a second CPU path) and
         // wgpu run it as burn tensors.
         let host = kind == DeviceKind::Cpu;
@@ -243,6 +251,7 @@ impl Generator {
             &device,
             host,
             kind != DeviceKind::Wgpu,
+            placement.precision.dtype(),
         )?;
         let mut eos_ids = config.eos_token_ids.clone();
         for id in &generation.eos_token_ids {
@@ -259,6 +268,7 @@ impl Generator {
             chat,
             eos_ids,
             kind,
+            precision: placement.precision,
         })
     }
 
@@ -270,25 +280,35 @@ impl Generator {
         self.kind
     }
 
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The element type the weights are held in on the device (tests: that f16 runs).
+    #[cfg(test)]
+    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
+        self.decoder.weights_dtype()
+    }
+
     /// Longest sequence, prompt and new tokens together.
     pub fn context_length(&self) -> usize {
         self.config.context_length()
     }
 
-    /// Bytes the weights take in memory (f32, whatever the file's dtype); each running
-    /// sequence adds its [`Sequence::cache_bytes`].
+    /// Bytes the weights take in memory (4 a parameter at f32, whatever the file's
+    /// dtype; 2 at f16); each running sequence adds its [`Sequence::cache_bytes`].
     pub fn memory_bytes(&self) -> usize {
         self.config
             .parameter_count()
-            .saturating_mul(std::mem::size_of::<f32>())
+            .saturating_mul(self.precision.bytes())
     }
 
-    /// Bytes of key/value cache each token of a running sequence takes (f32), for
-    /// admitting sequences within a memory budget: a sequence holds at most
-    /// [`Generator::context_length`] of them.
+    /// Bytes of key/value cache each token of a running sequence takes (4 a value at
+    /// f32, 2 at f16), for admitting sequences within a memory budget: a sequence holds
+    /// at most [`Generator::context_length`] of them.
     pub fn cache_bytes_per_token(&self) -> usize {
         let c = &self.config;
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * self.precision.bytes()
     }
 
     /// Tokens that end a sequence: config.json's and generation_config.json's.
@@ -472,7 +492,7 @@ impl Generator {
     }
 
     /// The logits after each sequence's new tokens, `batch.len()` rows of the vocabulary.
-    fn forward(&self, batch: &mut [&mut Sequence]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, batch: &mut [&mut Sequence]) -> Result<Vec<f32>> {
         for sequence in batch.iter() {
             if sequence.model != self.id {
                 return Err(EngineError::BadInput(

@@ -14,6 +14,9 @@ pub mod classify;
 mod decoder;
 mod detokenize;
 pub mod generate;
+pub mod gguf;
+#[cfg(all(test, feature = "wgpu"))]
+mod half_precision;
 mod image;
 mod matmul;
 mod sampling;
@@ -168,6 +171,117 @@ impl FromStr for DeviceKind {
     }
 }
 
+/// The float precision a model's weights, activations and key/value cache are held in
+/// on its device, whatever precision its checkpoint stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Single precision: half checkpoints (F16, BF16) are widened on load.
+    #[default]
+    F32,
+    /// Half precision (IEEE f16) on wgpu: weights, activations and the key/value cache
+    /// in f16, matrix products and flash attention accumulating in f32 (burn's kernels),
+    /// layer and RMS norm statistics computed in f32, logits read back as f32.
+    F16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// Bytes of one float on the device.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::F16 => burn::tensor::FloatDType::F16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| EngineError::Device(format!("unknown precision {s:?}: use f32 or f16")))
+    }
+}
+
+/// Where a model runs and in which precision. A bare [`DeviceKind`] is that device at
+/// f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Placement {
+    pub device: DeviceKind,
+    pub precision: Precision,
+}
+
+impl Placement {
+    /// `device` at `precision`, refused where that device cannot run it: f16 runs on
+    /// wgpu only (whether the adapter has 16-bit float shaders is checked when a model
+    /// loads, on the device itself).
+    pub fn new(device: DeviceKind, precision: Precision) -> Result<Self> {
+        if precision == Precision::F16 && device != DeviceKind::Wgpu {
+            return Err(EngineError::Device(format!(
+                "f16 runs on wgpu only; the CPU widens half weights to f32 (device \
+                 {device} was asked for f16: use device wgpu, or precision f32)"
+            )));
+        }
+        Ok(Self { device, precision })
+    }
+
+    /// The burn device, checked to run this precision.
+    fn device(self) -> Result<Device> {
+        let placement = Self::new(self.device, self.precision)?;
+        let device = placement.device.device()?;
+        if placement.precision == Precision::F16
+            && !device.supports_dtype(burn::tensor::FloatDType::F16)
+        {
+            return Err(EngineError::Device(
+                "this wgpu adapter has no 16-bit float shaders (wgpu's SHADER_F16: Vulkan's \
+                 shaderFloat16 with 16-bit storage buffers), so it cannot run f16: use \
+                 precision f32"
+                    .to_owned(),
+            ));
+        }
+        Ok(device)
+    }
+}
+
+impl From<DeviceKind> for Placement {
+    fn from(device: DeviceKind) -> Self {
+        Self {
+            device,
+            precision: Precision::F32,
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}", self.device, self.precision)
+    }
+}
+
 /// Token ids of a batch with their attention masks, as a caller may send them instead of
 /// text. Rows may differ in length; they are padded to the longest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -230,12 +344,14 @@ pub enum Model {
 }
 
 impl Model {
-    /// Loads what `files` hold, the kind read from config.json's architecture.
-    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+    /// Loads what `files` hold, the kind read from config.json's architecture, onto
+    /// `placement` (a device, at f32, or a device and precision).
+    pub fn load(files: ModelFiles, placement: impl Into<Placement>) -> Result<Self> {
+        let placement = placement.into();
         Ok(match model_folder::model_kind(&files.config)? {
-            ModelKind::Embed => Model::Embed(Arc::new(Embedder::load(files, kind)?)),
-            ModelKind::Generate => Model::Generate(Arc::new(Generator::load(files, kind)?)),
-            ModelKind::Classify => Model::Classify(Arc::new(Classifier::load(files, kind)?)),
+            ModelKind::Embed => Model::Embed(Arc::new(Embedder::load(files, placement)?)),
+            ModelKind::Generate => Model::Generate(Arc::new(Generator::load(files, placement)?)),
+            ModelKind::Classify => Model::Classify(Arc::new(Classifier::load(files, placement)?)),
         })
     }
 
@@ -254,6 +370,15 @@ impl Model {
             Model::Classify(model) => model.device(),
         }
     }
+
+    /// The precision it runs in.
+    pub fn precision(&self) -> Precision {
+        match self {
+            Model::Embed(model) => model.precision(),
+            Model::Generate(model) => model.precision(),
+            Model::Classify(model) => model.precision(),
+        }
+    }
 }
 
 /// A loaded sentence encoder on one device.
@@ -266,11 +391,14 @@ pub struct Embedder {
     max_seq_length: usize,
     device: Device,
     kind: DeviceKind,
+    precision: Precision,
 }
 
 impl Embedder {
-    /// Builds the encoder that `files` describe and loads its weights onto `kind`.
-    pub fn load(files: ModelFiles, kind: DeviceKind) -> Result<Self> {
+    /// Builds the encoder that `files` describe and loads its weights onto `placement`.
+    pub fn load(files: ModelFiles, placement: impl Into<Placement>) -> Result<Self> {
+        let placement = placement.into();
+        let kind = placement.device;
         let config = BertConfig::parse(&files.config)?;
         let sentence = match &files.modules {
             Some(modules) => SentenceConfig::parse(
@@ -292,10 +420,18 @@ impl Embedder {
         let tokenizer =
             TextTokenizer::new(tokenizer_json, max_seq_length, files.modules.is_some())?;
         check_weights_file(config.parameter_count(), &files.weights)?;
-        let device = kind.device()?;
+        let device = placement.device()?;
+        if placement.precision == Precision::F16 {
+            weights::check_half_range(&files.weights)?;
+        }
         let mut loaded = BertWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights, &weights::BERT_ENCODER)?;
-        let model = Bert::new(config.clone(), loaded, kind != DeviceKind::Wgpu);
+        let model = Bert::new(
+            config.clone(),
+            loaded,
+            kind != DeviceKind::Wgpu,
+            placement.precision.dtype(),
+        );
         Ok(Self {
             config,
             sentence,
@@ -304,6 +440,7 @@ impl Embedder {
             max_seq_length,
             device,
             kind,
+            precision: placement.precision,
         })
     }
 
@@ -319,6 +456,16 @@ impl Embedder {
         self.kind
     }
 
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The element type the encoder's weights are held in (tests: that f16 runs).
+    #[cfg(test)]
+    fn weights_dtype(&self) -> burn::tensor::DType {
+        self.model.weights_dtype()
+    }
+
     /// Length of each embedding.
     pub fn dim(&self) -> usize {
         self.config.hidden_size
@@ -328,11 +475,11 @@ impl Embedder {
         self.max_seq_length
     }
 
-    /// Bytes the weights take in memory (f32).
+    /// Bytes the weights take in memory (4 a parameter at f32, 2 at f16).
     pub fn memory_bytes(&self) -> usize {
         self.config
             .parameter_count()
-            .saturating_mul(std::mem::size_of::<f32>())
+            .saturating_mul(self.precision.bytes())
     }
 
     /// Token ids and masks for `texts`, as the model's tokenizer makes them.
@@ -604,6 +751,67 @@ mod tests {
             .iter()
             .map(|s| s.as_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn f16_is_refused_off_wgpu_by_name() {
+        assert_eq!("f16".parse::<Precision>().unwrap(), Precision::F16);
+        let err = "bf16".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("use f32 or f16"), "{err}");
+        assert_eq!(Placement::from(DeviceKind::Wgpu).precision, Precision::F32);
+        for device in [DeviceKind::Cpu, DeviceKind::Ndarray] {
+            let err = Placement::new(device, Precision::F16)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("f16 runs on wgpu only; the CPU widens half weights to f32"),
+                "{err}"
+            );
+            // A placement made by hand is checked again when a model of any kind loads.
+            let placement = Placement {
+                device,
+                precision: Precision::F16,
+            };
+            for model in ["tiny-bert", "tiny-llama", "tiny-vit"] {
+                let files = ModelFiles::from_dir(&fixtures().join(model)).unwrap();
+                let err = Model::load(files, placement).unwrap_err().to_string();
+                assert!(err.contains("f16 runs on wgpu only"), "{model}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_checkpoints_of_encoders_are_widened_on_the_cpu() {
+        let reference = reference();
+        let texts = sentences(&reference);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let cpu_backends = [DeviceKind::Cpu, DeviceKind::Ndarray].into_iter();
+        for device in cpu_backends.filter(|d| d.is_built()) {
+            for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+                let dir = crate::engine::testing::half_copy("tiny-bert", dtype);
+                let model = load(dir.path(), device).unwrap();
+                assert_eq!(model.weights_dtype(), burn::tensor::DType::F32);
+                let (embeddings, _) = model.embed_texts(&texts).unwrap();
+                let want = reference["mean_pooled"].as_array().unwrap();
+                let worst = (0..embeddings.rows)
+                    .map(|i| {
+                        let want = floats(&want[i]);
+                        assert!(
+                            cosine(embeddings.row(i), &want) > 0.999,
+                            "{dtype:?} row {i}"
+                        );
+                        embeddings
+                            .row(i)
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max)
+                    })
+                    .fold(0f32, f32::max);
+                println!("tiny-bert as {dtype:?} on {device}: largest difference {worst:.1e}");
+                assert!(worst > 0.0 && worst < 0.1, "{dtype:?} on {device}: {worst}");
+            }
+        }
     }
 
     #[test]

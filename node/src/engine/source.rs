@@ -1,7 +1,9 @@
 //! The files of a model folder, read from a directory on disk or from a UnixFS directory
 //! in the repo. Only the files the engine uses are read.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use cid::Cid;
 
@@ -18,6 +20,8 @@ pub const WEIGHTS_FILE_LIMIT: u64 = 16 * 1024 * 1024 * 1024;
 /// Most memory reserved up front for a file from the repo. The size a UnixFS root
 /// declares is only a claim: past this, the buffer grows with the bytes that arrive.
 const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
+/// Largest safetensors header read on its own (the safetensors crate's own limit).
+const HEADER_LIMIT: u64 = 100_000_000;
 
 /// Errors of reading a model folder.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,13 @@ pub enum SourceError {
     /// A file is larger than any real one of its kind.
     #[error("{file} is over the {limit}-byte limit for it (its size says {size}); not reading it")]
     TooLarge { file: String, size: u64, limit: u64 },
+    /// A file's bytes are not what its name says.
+    #[error("{file} of model {root} is invalid: {reason}")]
+    Invalid {
+        root: Cid,
+        file: String,
+        reason: String,
+    },
 }
 
 /// The bytes of the files a model is built from. Which of the optional ones a model
@@ -98,6 +109,59 @@ impl ModelFiles {
         Self::read(&root.to_string(), |file, limit| {
             read_from_store(store, root, file, limit, opener)
         })
+    }
+
+    /// The float types the model folder `root`'s `model.safetensors` stores its
+    /// parameters in, as a manifest's `precision` says it: `f32`, `f16`, `bf16`, or
+    /// several joined by `+`, the one holding the most parameters first. Only the file's
+    /// header is read, not its weights.
+    pub fn stored_precision(
+        store: &Store,
+        root: &Cid,
+        opener: &Opener,
+    ) -> Result<String, SourceError> {
+        let file = "model.safetensors";
+        let invalid = |reason: String| SourceError::Invalid {
+            root: *root,
+            file: file.to_owned(),
+            reason,
+        };
+        let repo_error = |source| SourceError::Repo {
+            root: *root,
+            file: file.to_owned(),
+            source,
+        };
+        let cid = find(store, root, file)
+            .map_err(repo_error)?
+            .ok_or_else(|| SourceError::Missing {
+                folder: root.to_string(),
+                file: file.to_owned(),
+            })?;
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let mut out = opener.writer(HeaderSink(Arc::clone(&kept)));
+        // The sink ends the read once it holds the header: that error is expected.
+        let read = unixfs::cat(store, &cid, &mut out, &mut |_| {});
+        let opened = out.finish();
+        let header = std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()));
+        match HeaderSink::end(&header) {
+            Some(end) if end > 8 + HEADER_LIMIT => {
+                return Err(invalid(format!(
+                    "its header says it is {} bytes, over the {HEADER_LIMIT}-byte limit",
+                    end - 8
+                )));
+            }
+            Some(end) if end == header.len() as u64 => {}
+            _ => {
+                read.map_err(repo_error)?;
+                opened.map_err(|e| SourceError::Sealed {
+                    root: *root,
+                    file: file.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                return Err(invalid("it ends inside its header".to_owned()));
+            }
+        }
+        precision_of(&header[8..]).map_err(invalid)
     }
 
     /// One small file (`config.json`, ...) of the model folder `root`, if it has it.
@@ -207,6 +271,77 @@ fn read_from_store(
     }
 }
 
+/// Keeps the first bytes of a safetensors file up to the end of its header (the 8-byte
+/// length, then the JSON), then refuses more, which ends the read.
+struct HeaderSink(Arc<Mutex<Vec<u8>>>);
+
+impl HeaderSink {
+    /// Where the header ends, once its length is in.
+    fn end(bytes: &[u8]) -> Option<u64> {
+        let length: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(length).saturating_add(8))
+    }
+}
+
+impl Write for HeaderSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = 0;
+        while taken < buf.len() {
+            let end = Self::end(&bytes).unwrap_or(8);
+            if end > 8 + HEADER_LIMIT || end == bytes.len() as u64 {
+                return Err(std::io::Error::other("read up to the end of the header"));
+            }
+            let wanted = usize::try_from(end - bytes.len() as u64).unwrap_or(usize::MAX);
+            let take = wanted.min(buf.len() - taken);
+            bytes.extend_from_slice(&buf[taken..taken + take]);
+            taken += take;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`ModelFiles::stored_precision`] says of a safetensors header's JSON.
+fn precision_of(json: &[u8]) -> Result<String, String> {
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|e| format!("its header is not a JSON object: {e}"))?;
+    let mut counts: Vec<(String, u128)> = Vec::new();
+    for (name, tensor) in header.iter().filter(|(name, _)| *name != "__metadata__") {
+        let dtype = tensor["dtype"]
+            .as_str()
+            .ok_or_else(|| format!("its header gives {name} no dtype"))?;
+        // F64, F32, F16, BF16 and the F8/F6/F4 kinds; integer buffers are not weights.
+        if !(dtype.starts_with('F') || dtype == "BF16") {
+            continue;
+        }
+        let elements = tensor["shape"]
+            .as_array()
+            .ok_or_else(|| format!("its header gives {name} no shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(u128::from))
+            .try_fold(1u128, |n, d| Some(n.saturating_mul(d?)))
+            .ok_or_else(|| format!("its header gives {name} a shape that is not sizes"))?;
+        let dtype = dtype.to_lowercase();
+        match counts.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n = n.saturating_add(elements),
+            None => counts.push((dtype, elements)),
+        }
+    }
+    if counts.is_empty() {
+        return Err("it holds no float tensors".to_owned());
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(counts
+        .into_iter()
+        .map(|(dtype, _)| dtype)
+        .collect::<Vec<_>>()
+        .join("+"))
+}
+
 /// A buffer that refuses to grow past `limit` bytes.
 struct Bounded {
     bytes: Vec<u8>,
@@ -294,5 +429,56 @@ mod tests {
         let err = read_from_store(&store, &root, "grown", 50, &Opener::raw()).unwrap_err();
         assert!(matches!(err, SourceError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("grown"), "{err}");
+    }
+
+    #[test]
+    fn the_stored_precision_is_read_from_the_header_alone() {
+        let store = Store::in_memory();
+        let precision = |root: &Cid| ModelFiles::stored_precision(&store, root, &Opener::raw());
+        for (fixture, want) in [
+            ("tiny-gpt2", "f32"),
+            ("tiny-qwen2-f16", "f16"),
+            ("tiny-llama-bf16", "bf16"),
+        ] {
+            let dir = crate::engine::testing::fixtures().join(fixture);
+            let options = unixfs::ImportOptions::default();
+            let root = unixfs::add_path(&store, &dir, &options, &mut |_| {}, &mut |_| {})
+                .unwrap()
+                .cid;
+            assert_eq!(precision(&root).unwrap(), want, "{fixture}");
+        }
+
+        // A folder of one model.safetensors with this header and `data` after it.
+        let folder = |header: &[u8], declared: u64, data: &[u8]| {
+            let mut bytes = declared.to_le_bytes().to_vec();
+            bytes.extend_from_slice(header);
+            bytes.extend_from_slice(data);
+            let file = file_declaring(&store, &bytes, bytes.len() as u64);
+            directory(&store, &[("model.safetensors", file, bytes.len() as u64)])
+        };
+        // Mixed: the dtype of most parameters first; integer buffers are not weights.
+        let header = br#"{"__metadata__":{"format":"pt"},
+            "a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+            "b":{"dtype":"F16","shape":[2,3],"data_offsets":[8,20]},
+            "c":{"dtype":"I64","shape":[100],"data_offsets":[20,820]}}"#;
+        let mixed = folder(header, header.len() as u64, &[0; 820]);
+        assert_eq!(precision(&mixed).unwrap(), "f16+f32");
+        // A header cut short, one over the limit, and one with no float tensor: refused,
+        // naming the file.
+        let short = folder(header, header.len() as u64 + 10, &[]);
+        let huge = folder(header, 1 << 40, &[]);
+        let ints = br#"{"c":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
+        let ints = folder(ints, ints.len() as u64, &[0; 8]);
+        for (root, reason) in [
+            (short, "ends inside its header"),
+            (huge, "over the 100000000-byte limit"),
+            (ints, "no float tensors"),
+        ] {
+            let err = precision(&root).unwrap_err().to_string();
+            assert!(
+                err.contains("model.safetensors") && err.contains(reason),
+                "{err}"
+            );
+        }
     }
 }

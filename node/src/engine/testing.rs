@@ -29,3 +29,51 @@ pub(super) fn floats(value: &Value) -> Vec<f32> {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect()
 }
+
+/// A copy of the fixture folder `model` in a temporary directory, with every F32 tensor
+/// of its model.safetensors rounded to `dtype` (F16 or BF16), as a half checkpoint
+/// saved from it would be.
+pub(super) fn half_copy(model: &str, dtype: safetensors::Dtype) -> tempfile::TempDir {
+    use burn::tensor::{bf16, f16};
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join(model)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = view.shape().to_vec();
+            if view.dtype() != safetensors::Dtype::F32 {
+                return (name, view.dtype(), shape, view.data().to_vec());
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let data: Vec<u8> = match dtype {
+                safetensors::Dtype::F16 => values
+                    .flat_map(|v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                safetensors::Dtype::BF16 => values
+                    .flat_map(|v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                other => panic!("not a half dtype: {other:?}"),
+            };
+            (name, dtype, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    dir
+}

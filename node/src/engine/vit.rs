@@ -8,15 +8,21 @@
 //! embedding, a convolution whose stride is its kernel, is the same as cutting the image
 //! into patches (done while the pixels are copied in, see [`patches`]) and one matrix
 //! product with the kernel flattened.
+//!
+//! At f16 (wgpu) the embeddings and the encoder's dense weights are cast to f16 once
+//! loaded; the layer norms run in f32, and so does the classifier head on the final
+//! norm's f32 output, so the logits are f32.
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::activation::gelu_cpu;
+use super::weights;
 use ipfs_accelerate_protocol::model_folder::{Activation, VitConfig};
 
 /// The classifier's parameters as a checkpoint holds them.
@@ -163,6 +169,8 @@ pub(super) struct Vit {
     classifier: Linear,
     /// On a CPU backend, GELU runs as our vectorised kernel.
     cpu: bool,
+    /// The float type of the encoder's weights and activations (f32, or f16 on wgpu).
+    dtype: FloatDType,
 }
 
 #[derive(Debug)]
@@ -178,7 +186,13 @@ struct Layer {
 }
 
 impl Vit {
-    pub(super) fn new(config: VitConfig, weights: VitWeights, cpu: bool) -> Self {
+    /// The classifier of `weights`, loaded in f32, to run in `dtype`.
+    pub(super) fn new(
+        config: VitConfig,
+        weights: VitWeights,
+        cpu: bool,
+        dtype: FloatDType,
+    ) -> Self {
         let VitWeights { vit, classifier } = weights;
         let h = config.hidden_size;
         let layers = vit
@@ -202,12 +216,12 @@ impl Vit {
                 };
                 Layer {
                     norm_before: layer.layernorm_before,
-                    qkv,
-                    qkv_bias,
-                    attention_out: layer.attention.output.dense,
+                    qkv: qkv.cast(dtype),
+                    qkv_bias: qkv_bias.map(|b| b.cast(dtype)),
+                    attention_out: weights::cast(layer.attention.output.dense, dtype),
                     norm_after: layer.layernorm_after,
-                    intermediate: layer.intermediate.dense,
-                    output: layer.output.dense,
+                    intermediate: weights::cast(layer.intermediate.dense, dtype),
+                    output: weights::cast(layer.output.dense, dtype),
                 }
             })
             .collect();
@@ -220,23 +234,35 @@ impl Vit {
         let cls = embeddings.cls_token.val() + position.clone().narrow(1, 0, 1);
         let positions = position.narrow(1, 1, tokens - 1);
         Self {
-            patch,
-            patch_bias: projection.bias.val(),
-            cls,
-            positions,
+            patch: patch.cast(dtype),
+            patch_bias: projection.bias.val().cast(dtype),
+            cls: cls.cast(dtype),
+            positions: positions.cast(dtype),
             layers,
             norm: vit.layernorm,
             classifier,
             config,
             cpu,
+            dtype,
         }
     }
 
-    /// The logits of each image, `[images, labels]`, from its patches as [`patches`] lays
-    /// them out: `[images * patches, 3 * patch height * patch width]`.
+    #[cfg(test)]
+    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
+        self.patch.dtype()
+    }
+
+    /// A layer norm, its statistics in f32; the result in the encoder's type.
+    fn norm(&self, norm: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
+        norm.forward(x.cast(FloatDType::F32)).cast(self.dtype)
+    }
+
+    /// The logits of each image, `[images, labels]` in f32, from its patches as
+    /// [`patches`] lays them out: `[images * patches, 3 * patch height * patch width]`.
     pub(super) fn forward(&self, patches: Tensor<2>, images: usize) -> Tensor<2> {
         let h = self.config.hidden_size;
         let tokens = self.config.tokens();
+        let patches = patches.cast(self.dtype);
         let embedded = linear(patches, self.patch.clone(), Some(self.patch_bias.clone()))
             .reshape([images, tokens - 1, h])
             + self.positions.clone();
@@ -247,7 +273,7 @@ impl Vit {
         }
         // The final layer norm is per token, and only the class token is classified.
         let first = Tensor::<1, Int>::arange_step(0..(images * tokens) as i64, tokens, &x.device());
-        let cls = self.norm.forward(x.select(0, first));
+        let cls = self.norm.forward(x.select(0, first).cast(FloatDType::F32));
         self.classifier.forward(cls)
     }
 
@@ -255,7 +281,7 @@ impl Vit {
         let config = &self.config;
         let tokens = config.tokens();
         let (heads, head_dim, hidden) = (config.num_heads, config.head_dim(), config.hidden_size);
-        let normed = layer.norm_before.forward(x.clone());
+        let normed = self.norm(&layer.norm_before, x.clone());
         let qkv = linear(normed, layer.qkv.clone(), layer.qkv_bias.clone())
             .reshape([images, tokens, 3, heads, head_dim]);
         let part = |i: usize| {
@@ -277,7 +303,7 @@ impl Vit {
         let x = layer.attention_out.forward(context) + x;
         let inner = layer
             .intermediate
-            .forward(layer.norm_after.forward(x.clone()));
+            .forward(self.norm(&layer.norm_after, x.clone()));
         let inner = match config.activation {
             Activation::Gelu if self.cpu => gelu_cpu(inner),
             Activation::Gelu => gelu(inner),

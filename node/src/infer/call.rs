@@ -355,6 +355,7 @@ mod tests {
             },
             generation: None,
             labels: Vec::new(),
+            input_tokens: None,
         }
     }
 

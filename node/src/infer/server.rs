@@ -229,6 +229,8 @@ enum Rows {
         data: Vec<f32>,
         rows: usize,
         dim: usize,
+        /// Tokens the job's inputs made (attended ones).
+        tokens: u32,
     },
     Labels(Vec<Vec<Label>>),
 }
@@ -488,10 +490,16 @@ impl Server {
         let internal = |e: ipfs_accelerate_protocol::infer::TensorError| {
             Refusal::new(ErrorCode::Internal, e.to_string())
         };
-        let (output, labels) = match done.output {
-            Rows::Embeddings { data, rows, dim } => (
+        let (output, labels, input_tokens) = match done.output {
+            Rows::Embeddings {
+                data,
+                rows,
+                dim,
+                tokens,
+            } => (
                 Tensor::from_f32(vec![rows as u64, dim as u64], &data).map_err(internal)?,
                 Vec::new(),
+                Some(tokens),
             ),
             Rows::Labels(rows) => {
                 let width = rows.first().map_or(0, Vec::len);
@@ -509,7 +517,7 @@ impl Server {
                             .collect()
                     })
                     .collect();
-                (tensor, labels)
+                (tensor, labels, None)
             }
         };
         Ok(InferOutput {
@@ -522,6 +530,7 @@ impl Server {
             load: served.load(),
             generation: None,
             labels,
+            input_tokens,
         })
     }
 
@@ -875,6 +884,7 @@ fn generation_output(
             first_token_us: micros(finished.first_token),
         }),
         labels: Vec::new(),
+        input_tokens: None,
     })
 }
 
@@ -1081,6 +1091,7 @@ fn embed_batch(embedder: &Embedder, jobs: &[Job]) -> Result<Vec<JobAnswer>, (Err
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     let dim = embeddings.dim;
     let mut rest = &embeddings.data[..];
+    let mut masks = tokens.mask.iter();
     Ok(jobs
         .iter()
         .map(|job| {
@@ -1090,10 +1101,16 @@ fn embed_batch(embedder: &Embedder, jobs: &[Job]) -> Result<Vec<JobAnswer>, (Err
             if job.normalize {
                 l2_normalize(&mut data, dim);
             }
+            let attended: usize = masks
+                .by_ref()
+                .take(job.rows)
+                .flat_map(|mask| mask.iter().filter(|&&m| m != 0))
+                .count();
             Ok(Rows::Embeddings {
                 data,
                 rows: job.rows,
                 dim,
+                tokens: u32::try_from(attended).unwrap_or(u32::MAX),
             })
         })
         .collect())

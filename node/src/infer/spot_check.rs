@@ -212,6 +212,7 @@ mod tests {
                 load: Load::default(),
                 generation: None,
                 labels: Vec::new(),
+                input_tokens: None,
             },
             round_trip: Duration::from_millis(10),
             attempts: vec![(provider, None)],

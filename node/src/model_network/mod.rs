@@ -27,7 +27,9 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::announce::{self, Announced, Directory, Inserted, Source};
 use crate::bitswap::{Bitswap, provider_key};
-use crate::engine::{self, BertConfig, DecoderConfig, DeviceKind, Model, ModelFiles, VitConfig};
+use crate::engine::{
+    self, BertConfig, DecoderConfig, DeviceKind, Model, ModelFiles, Placement, VitConfig,
+};
 use crate::envelope::{self, Opener, Seal};
 use crate::error::{Error, Result};
 use crate::infer::{self, Callers, Client, Server};
@@ -282,9 +284,9 @@ impl ModelNetwork {
 
     /// Serves inference for `root` to peers (and to local calls), and says so on the
     /// DHT under the model's service key. The model must be in the repo.
-    pub(crate) async fn serve(&self, root: Cid, device: DeviceKind) -> Result<()> {
+    pub(crate) async fn serve(&self, root: Cid, placement: Placement) -> Result<()> {
         if !self.server.is_serving(&root) {
-            let model = self.load(root, device).await?;
+            let model = self.load(root, placement).await?;
             let callers = self.callers(root).await?;
             self.server
                 .serve(root, model, callers)
@@ -302,12 +304,18 @@ impl ModelNetwork {
         &self,
         root: Cid,
         meta: PublishMeta,
-        device: DeviceKind,
+        placement: Placement,
     ) -> Result<Published> {
         let (store, opener) = (Arc::clone(&self.store), self.opener.clone());
-        let config = tokio::task::spawn_blocking(move || read_config(&store, &root, &opener))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let (config, precision) = tokio::task::spawn_blocking(move || {
+            let config = read_config(&store, &root, &opener)?;
+            // What the checkpoint stores, whatever precision this node serves it in.
+            let precision = ModelFiles::stored_precision(&store, &root, &opener)
+                .map_err(|e| Error::Model(e.to_string()))?;
+            Ok::<_, Error>((config, precision))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
         let (weights, recipients) = match meta.recipients.is_empty() {
             true => (root, Vec::new()),
             false => self.private_copy(root, &meta.recipients).await?,
@@ -335,7 +343,7 @@ impl ModelNetwork {
             input_shape: summary.input_shape,
             output_shape: summary.output_shape,
             hardware,
-            precision: "f32".into(),
+            precision,
             tags: meta.tags,
             created_at: unix_now(),
             weights,
@@ -372,7 +380,7 @@ impl ModelNetwork {
             Source::Announced,
         )
         .await;
-        self.serve(weights, device).await?;
+        self.serve(weights, placement).await?;
         provider::provide(&self.p2p, manifest_cid).await;
         let announced_at = Instant::now();
         announce_manifest(&self.p2p, &manifest).await?;
@@ -702,19 +710,19 @@ impl ModelNetwork {
         request
     }
 
-    /// Loads the model under `root` (it must be here) onto `device`.
-    async fn load(&self, root: Cid, device: DeviceKind) -> Result<Model> {
+    /// Loads the model under `root` (it must be here) onto `placement`.
+    async fn load(&self, root: Cid, placement: Placement) -> Result<Model> {
         let (store, opener) = (Arc::clone(&self.store), self.opener.clone());
         let started = Instant::now();
         let model = tokio::task::spawn_blocking(move || {
             let files = ModelFiles::from_store(&store, &root, &opener)
                 .map_err(engine::EngineError::from)?;
-            Model::load(files, device)
+            Model::load(files, placement)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(|e| Error::Model(e.to_string()))?;
-        tracing::info!(model = %root, %device, elapsed = ?started.elapsed(), "models: loaded");
+        tracing::info!(model = %root, %placement, elapsed = ?started.elapsed(), "models: loaded");
         Ok(model)
     }
 
@@ -802,7 +810,7 @@ impl ModelNetwork {
             if missing.is_some() {
                 return Ok(None);
             }
-            let engine = self.load(model, DeviceKind::Cpu).await?;
+            let engine = self.load(model, DeviceKind::Cpu.into()).await?;
             let local = &self.local;
             for (old, _) in local.served().into_iter().skip(LOCAL_MODELS - 1) {
                 local.stop(&old);

@@ -545,4 +545,10 @@ impl P2p {
         self.infer.stop();
         let _ = self.call(|reply| Command::Shutdown { reply }).await;
     }
+
+    /// Resolves once the swarm task has stopped: long-lived tasks wait on it to let go
+    /// of what they hold (the store) when the node shuts down.
+    pub async fn closed(&self) {
+        self.commands.closed().await
+    }
 }

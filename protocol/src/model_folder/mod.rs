@@ -1,12 +1,14 @@
 //! What a Hugging Face model folder declares, read strictly from its files' bytes: the
 //! architecture and sizes in config.json, sentence-transformers' pooling files, and the
-//! tensors model.safetensors says it holds. The engine builds a model only from what these
-//! accept; every refusal names the file and the field.
+//! tensors model.safetensors says it holds; and GGUF files, read and planned as such a
+//! folder (gguf/). The engine builds a model only from what these accept; every refusal
+//! names the file and the field.
 
 use serde::Deserialize;
 
 pub mod config;
 pub mod decoder;
+pub mod gguf;
 pub mod safetensors;
 pub mod vision;
 

@@ -18,6 +18,10 @@ use ipfs_accelerate_protocol::codec::{DAG_CBOR, DAG_PB, RAW};
 use ipfs_accelerate_protocol::infer::{self, InferResponse, Inputs};
 use ipfs_accelerate_protocol::limits::INFER_REQUEST_LIMIT;
 use ipfs_accelerate_protocol::manifest::{Manifest, RegistryEntry};
+use ipfs_accelerate_protocol::model_folder::gguf::{
+    Header,
+    llama::{Conversion, convert_rows},
+};
 use ipfs_accelerate_protocol::model_folder::{
     BertConfig, DecoderConfig, GenerationConfig, ImageProcessor, SentenceConfig, TokenizerConfig,
     VitConfig, safetensors,
@@ -47,6 +51,7 @@ pub(crate) const TARGETS: &[(&str, Target)] = &[
     ("safetensors_header", safetensors_header),
     ("multipart_upload", multipart_upload),
     ("tar_archive", tar_archive),
+    ("gguf_header", gguf_header),
 ];
 
 /// The boundary of `multipart_upload` inputs (the fuzzer mutates everything else).
@@ -333,4 +338,137 @@ pub(crate) fn tar_archive(data: &[u8]) -> bool {
         Ok(())
     });
     read.is_ok() && entries > 0
+}
+
+/// A GGUF file as `model import FILE.gguf` reads it: the header as a whole file and as
+/// the prefix of a larger one, then the conversion plan (config.json, tokenizer.json,
+/// the safetensors header) and the first rows of each tensor converted.
+pub(crate) fn gguf_header(data: &[u8]) -> bool {
+    let _ = Header::parse(data, u64::MAX);
+    let Ok(header) = Header::parse(data, data.len() as u64) else {
+        return false;
+    };
+    let Ok(conversion) = Conversion::plan(&header) else {
+        return true;
+    };
+    conversion.safetensors_header();
+    for plan in conversion.tensors.iter().take(STEPS_LIMIT) {
+        let start = header.tensors[plan.source].offset;
+        let len = plan.chunk_rows(4096).saturating_mul(plan.raw_row_bytes);
+        let raw = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| data.get(start..start.checked_add(len)?));
+        if let Some(raw) = raw {
+            let _ = convert_rows(plan, raw, &mut Vec::new());
+        }
+    }
+    true
+}
+
+/// A small Llama GGUF (one block, hidden size 32, two heads, one key/value head; Q8_0,
+/// Q4_1, F16 and F32 tensors; a five-token byte-level vocabulary): the fuzzer's seed.
+pub(crate) fn tiny_gguf() -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let (hidden, ffn, vocab, kv) = (32u64, 64u64, 5u64, 16u64);
+    let mut meta = Vec::new();
+    let mut count = 0u64;
+    for (key, value) in [
+        ("llama.block_count", 1),
+        ("llama.context_length", 64),
+        ("llama.embedding_length", hidden),
+        ("llama.feed_forward_length", ffn),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 1),
+        ("tokenizer.ggml.eos_token_id", 0),
+    ] {
+        string(&mut meta, key);
+        meta.extend_from_slice(&4u32.to_le_bytes());
+        meta.extend_from_slice(&(value as u32).to_le_bytes());
+        count += 1;
+    }
+    string(&mut meta, "llama.attention.layer_norm_rms_epsilon");
+    meta.extend_from_slice(&6u32.to_le_bytes());
+    meta.extend_from_slice(&1e-5f32.to_le_bytes());
+    count += 1;
+    for (key, value) in [
+        ("general.architecture", "llama"),
+        ("tokenizer.ggml.model", "gpt2"),
+        ("tokenizer.ggml.pre", "smollm"),
+        ("tokenizer.chat_template", "{{ messages[0].content }}"),
+    ] {
+        string(&mut meta, key);
+        meta.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut meta, value);
+        count += 1;
+    }
+    for (key, list) in [
+        (
+            "tokenizer.ggml.tokens",
+            &["<|end|>", "a", "b", "ab", "Ġ"][..],
+        ),
+        ("tokenizer.ggml.merges", &["a b"][..]),
+    ] {
+        string(&mut meta, key);
+        meta.extend_from_slice(&9u32.to_le_bytes());
+        meta.extend_from_slice(&8u32.to_le_bytes());
+        meta.extend_from_slice(&(list.len() as u64).to_le_bytes());
+        for s in list {
+            string(&mut meta, s);
+        }
+        count += 1;
+    }
+    // (name, dims innermost first, ggml type, bytes per 32 values)
+    let tensors: [(&str, [u64; 2], u32, u64); 11] = [
+        ("token_embd.weight", [hidden, vocab], 8, 34),
+        ("output_norm.weight", [hidden, 1], 0, 128),
+        ("blk.0.attn_norm.weight", [hidden, 1], 0, 128),
+        ("blk.0.attn_q.weight", [hidden, hidden], 3, 20),
+        ("blk.0.attn_k.weight", [hidden, kv], 3, 20),
+        ("blk.0.attn_v.weight", [hidden, kv], 1, 64),
+        ("blk.0.attn_output.weight", [hidden, hidden], 8, 34),
+        ("blk.0.ffn_norm.weight", [hidden, 1], 0, 128),
+        ("blk.0.ffn_gate.weight", [hidden, ffn], 3, 20),
+        ("blk.0.ffn_up.weight", [hidden, ffn], 3, 20),
+        ("blk.0.ffn_down.weight", [ffn, hidden], 3, 20),
+    ];
+    let mut infos = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (i, (name, dims, ty, per_block)) in tensors.iter().enumerate() {
+        let one_dim = dims[1] == 1;
+        string(&mut infos, name);
+        infos.extend_from_slice(&(if one_dim { 1u32 } else { 2 }).to_le_bytes());
+        infos.extend_from_slice(&dims[0].to_le_bytes());
+        if !one_dim {
+            infos.extend_from_slice(&dims[1].to_le_bytes());
+        }
+        infos.extend_from_slice(&ty.to_le_bytes());
+        infos.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        let len = dims[0] * dims[1] / 32 * per_block;
+        // Small numbers: f16 and f32 bytes of 0x3c/0x00 patterns are ordinary values.
+        data.extend((0..len).map(|j| {
+            if j % 2 == 1 {
+                0x3c
+            } else {
+                (i as u8) ^ (j as u8) & 0x0f
+            }
+        }));
+        while !data.len().is_multiple_of(32) {
+            data.push(0);
+        }
+    }
+    let mut file = b"GGUF".to_vec();
+    file.extend_from_slice(&3u32.to_le_bytes());
+    file.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    file.extend_from_slice(&count.to_le_bytes());
+    file.extend_from_slice(&meta);
+    file.extend_from_slice(&infos);
+    while !file.len().is_multiple_of(32) {
+        file.push(0);
+    }
+    file.extend_from_slice(&data);
+    file
 }

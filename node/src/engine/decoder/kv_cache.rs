@@ -72,12 +72,13 @@ impl HostLayer {
 }
 
 impl KvCache {
-    /// An empty cache whose layers are device tensors.
-    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize) -> Self {
+    /// An empty cache whose layers are device tensors of `float_bytes` a value (4 at
+    /// f32, 2 at f16).
+    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, float_bytes: usize) -> Self {
         Self {
             layers: Layers::Device((0..layers).map(|_| None).collect()),
             tokens: 0,
-            token_bytes: 2 * layers * kv_heads * head_dim * std::mem::size_of::<f32>(),
+            token_bytes: 2 * layers * kv_heads * head_dim * float_bytes,
         }
     }
 

@@ -9,6 +9,11 @@
 //!
 //! On the CPU (flex) the model runs on host memory ([`host`]); on the other backends as
 //! burn tensors (this file). Both read the checkpoint the same way, into the same layout.
+//!
+//! At f16 (wgpu) the device model holds its weights, activations and key/value cache in
+//! f16; the norms' weights stay f32 and their statistics are computed in f32, and the
+//! logits (the output head's product, which burn's matmul accumulates in f32) are read
+//! back as f32 for sampling.
 
 mod host;
 mod kv_cache;
@@ -19,6 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{FloatDType, TensorCreationOptions};
 
 pub(crate) use self::kv_cache::KvCache;
 use self::load::{Checkpoint, concat_columns};
@@ -59,6 +65,8 @@ struct DeviceModel {
     device: Device,
     /// On a CPU backend, exact GELU runs as the engine's vectorised kernel.
     cpu: bool,
+    /// The float type of the weights (the norms' aside), activations and cache.
+    dtype: FloatDType,
 }
 
 #[derive(Debug)]
@@ -94,6 +102,7 @@ enum Mlp {
     },
 }
 
+/// A layer or RMS norm: weights in f32, run in f32 whatever the model's type.
 #[derive(Debug)]
 struct Norm {
     weight: Tensor<1>,
@@ -125,14 +134,15 @@ pub(crate) struct Segment {
 impl Decoder {
     /// Builds the decoder `config` describes from a safetensors file's bytes. The file is
     /// checked whole (names, shapes, dtypes, unused tensors) before any weight is read.
-    /// With `host` it runs on host memory (the CPU); otherwise as tensors on `device`,
-    /// `cpu` saying whether that is a CPU backend.
+    /// With `host` it runs on host memory (the CPU); otherwise as tensors of `dtype` on
+    /// `device`, `cpu` saying whether that is a CPU backend.
     pub(crate) fn load(
         config: &DecoderConfig,
         weights: &[u8],
         device: &Device,
         host: bool,
         cpu: bool,
+        dtype: FloatDType,
     ) -> Result<Self> {
         let file = Checkpoint::new(weights)?;
         let names = Names::new(config, &file);
@@ -276,7 +286,7 @@ impl Decoder {
             weights.pack();
             Model::Host(weights)
         } else {
-            Model::Device(DeviceModel::new(weights, device, cpu))
+            Model::Device(DeviceModel::new(weights, device, cpu, dtype))
         };
         Ok(Self {
             config: config.clone(),
@@ -285,12 +295,26 @@ impl Decoder {
         })
     }
 
+    /// The element type of the weights: f32 on the host, the model's on a device.
+    #[cfg(test)]
+    pub(crate) fn weights_dtype(&self) -> burn::tensor::DType {
+        match &self.model {
+            Model::Host(_) => burn::tensor::DType::F32,
+            Model::Device(model) => model.embed.dtype(),
+        }
+    }
+
     /// An empty cache for one sequence of this model.
     pub(crate) fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        match self.model {
+        match &self.model {
             Model::Host(_) => KvCache::new_host(c.num_layers, c.num_kv_heads, c.head_dim),
-            Model::Device(_) => KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim),
+            Model::Device(model) => KvCache::new(
+                c.num_layers,
+                c.num_kv_heads,
+                c.head_dim,
+                burn::tensor::DType::from(model.dtype).size(),
+            ),
         }
     }
 
@@ -316,18 +340,23 @@ impl Decoder {
 }
 
 impl DeviceModel {
-    /// Moves host weights onto `device`.
-    fn new(weights: host::Weights, device: &Device, cpu: bool) -> Self {
+    /// Moves host weights onto `device` as `dtype` (the norms' as f32).
+    fn new(weights: host::Weights, device: &Device, cpu: bool, dtype: FloatDType) -> Self {
+        let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype.into());
         let matrix = |m: host::Matrix| {
-            Tensor::<2>::from_data(TensorData::new(m.data, [m.rows, m.cols]), device)
+            Tensor::<2>::from_data(TensorData::new(m.data, [m.rows, m.cols]), options.clone())
         };
         let vector = |data: Vec<f32>| {
+            let len = data.len();
+            Tensor::<1>::from_data(TensorData::new(data, [len]), options.clone())
+        };
+        let f32_vector = |data: Vec<f32>| {
             let len = data.len();
             Tensor::<1>::from_data(TensorData::new(data, [len]), device)
         };
         let norm = |n: host::Norm| Norm {
-            weight: vector(n.weight),
-            bias: n.bias.map(vector),
+            weight: f32_vector(n.weight),
+            bias: n.bias.map(f32_vector),
             eps: n.eps,
         };
         let layers = weights
@@ -377,6 +406,7 @@ impl DeviceModel {
             lm_head,
             device: device.clone(),
             cpu,
+            dtype,
         }
     }
 
@@ -415,8 +445,9 @@ impl DeviceModel {
             for s in segments {
                 rotary.extend(s.past..s.past + s.len, s.past + s.len, &mut cos, &mut sin);
             }
+            let options = TensorCreationOptions::new(device.clone()).with_dtype(self.dtype.into());
             let table = |v: Vec<f32>| {
-                Tensor::<3>::from_data(TensorData::new(v, [tokens, 1, pairs]), device)
+                Tensor::<3>::from_data(TensorData::new(v, [tokens, 1, pairs]), options.clone())
             };
             (table(cos), table(sin))
         });
@@ -432,9 +463,10 @@ impl DeviceModel {
             .iter()
             .map(|s| (s.start + s.len - 1) as i64)
             .collect());
-        let hidden = self.final_norm.forward(x.select(0, last));
+        let hidden = self.final_norm.forward(x.select(0, last), self.dtype);
         let logits = hidden.matmul(self.lm_head.clone().transpose());
         logits
+            .cast(FloatDType::F32)
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| EngineError::Device(format!("reading logits back: {e:?}")))
@@ -476,7 +508,7 @@ impl DeviceModel {
         let group = config.group_size();
         let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
         let qkv = linear(
-            layer.attention_norm.forward(x.clone()),
+            layer.attention_norm.forward(x.clone(), self.dtype),
             layer.qkv.clone(),
             layer.qkv_bias.clone(),
         );
@@ -532,7 +564,7 @@ impl DeviceModel {
         }
         let context = Tensor::cat(contexts, 0);
         let x = x + linear(context, layer.out.clone(), layer.out_bias.clone());
-        let h = layer.mlp_norm.forward(x.clone());
+        let h = layer.mlp_norm.forward(x.clone(), self.dtype);
         let out = match &layer.mlp {
             Mlp::Plain {
                 fc,
@@ -582,9 +614,11 @@ fn rotate(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
 }
 
 impl Norm {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    /// `x` normalised, computed in f32 and returned as `dtype`.
+    fn forward(&self, x: Tensor<2>, dtype: FloatDType) -> Tensor<2> {
+        let x = x.cast(FloatDType::F32);
         let weight = self.weight.clone().unsqueeze::<2>();
-        match &self.bias {
+        let normed = match &self.bias {
             Some(bias) => {
                 let centred = x.clone() - x.mean_dim(1);
                 let variance = centred.clone().powi_scalar(2).mean_dim(1);
@@ -594,7 +628,8 @@ impl Norm {
                 let variance = x.clone().powi_scalar(2).mean_dim(1);
                 x * (variance + self.eps).sqrt().recip() * weight
             }
-        }
+        };
+        normed.cast(dtype)
     }
 }
 
