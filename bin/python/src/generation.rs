@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ipfs_accelerate_node::Node;
 use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::model_network::{InferAnswer, InferCall};
-use ipfs_accelerate_protocol::infer::{Delta, FinishReason, Generated};
+use ipfs_accelerate_protocol::infer::Delta;
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use tokio::sync::{Mutex, mpsc};
@@ -76,7 +76,13 @@ impl State {
         if let Some(run) = self.run.take() {
             let answer = run.await.map_err(failed)?.map_err(failed)?;
             let first_token = self.first_token.unwrap_or_else(|| self.started.elapsed());
-            let done = done(&self.model, &answer, &self.text, first_token, self.started);
+            let done = types::GenerateDone::new(
+                self.model.clone(),
+                &answer,
+                self.text.clone(),
+                first_token,
+                self.started,
+            );
             self.done = Some(json_text(&done)?);
         }
         Ok(None)
@@ -87,57 +93,6 @@ impl State {
         if let Some(run) = self.run.take() {
             run.abort();
         }
-    }
-}
-
-fn done(
-    model: &str,
-    answer: &InferAnswer,
-    text: &str,
-    first_token: Duration,
-    started: Instant,
-) -> types::GenerateDone {
-    let summary = answer.output.generation.unwrap_or(Generated {
-        finish_reason: FinishReason::Length,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        first_token_us: 0,
-    });
-    let total = started.elapsed();
-    let decode = total.saturating_sub(first_token).as_secs_f64();
-    let after_first = summary.completion_tokens.saturating_sub(1);
-    types::GenerateDone {
-        attempts: answer
-            .attempts
-            .iter()
-            .map(|(peer, error)| types::Attempt {
-                error: error.clone(),
-                peer: peer.to_string(),
-            })
-            .collect(),
-        completion_tokens: summary.completion_tokens,
-        device: answer.output.backend.clone(),
-        finish_reason: match summary.finish_reason {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Eos => "eos",
-        }
-        .to_owned(),
-        local: answer.local,
-        model: model.to_owned(),
-        prompt_tokens: summary.prompt_tokens,
-        provider: answer.provider.to_string(),
-        text: text.to_owned(),
-        tokens: answer.output.output_u32().collect(),
-        timings: types::GenerateTimings {
-            first_token_ms: first_token.as_secs_f64() * 1000.0,
-            total_ms: total.as_secs_f64() * 1000.0,
-            decode_tokens_per_second: if decode > 0.0 {
-                f64::from(after_first) / decode
-            } else {
-                0.0
-            },
-        },
     }
 }
 

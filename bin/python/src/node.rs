@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cid::{Cid, Version};
-use ipfs_accelerate_node::announce::{Announced, Source};
 use ipfs_accelerate_node::api::types;
 use ipfs_accelerate_node::engine::{Placement, model_folder};
 use ipfs_accelerate_node::envelope::{self, Opener, Seal};
 use ipfs_accelerate_node::infer::{DEFAULT_DEADLINE, ServeConfig};
-use ipfs_accelerate_node::model_network::{InferAnswer, InferCall, PublishMeta};
+use ipfs_accelerate_node::model_network::{InferCall, PublishMeta};
 use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
 use ipfs_accelerate_node::node::NetworkOverrides;
 use ipfs_accelerate_node::pin::PinType;
@@ -247,48 +246,6 @@ impl Drop for PyNode {
 fn resolve_model(node: &Node, model: &str, any_publisher: bool) -> PyResult<Cid> {
     node.resolve_model_from(model, any_publisher)
         .map_err(|e| bad_argument(e.to_string()))
-}
-
-/// A model from the directory as `model/ls` and `model/discover` list it.
-fn model_entry(announced: &Announced, node: &Node) -> types::ModelEntry {
-    let body = &announced.manifest.body;
-    let (source, registry) = match announced.source {
-        Source::Announced => ("announced", None),
-        Source::Registry(registry) => ("registry", Some(registry.to_string())),
-    };
-    types::ModelEntry {
-        manifest: Some(announced.manifest_cid.to_string()),
-        name: body.name.clone(),
-        publisher: Some(announced.publisher.to_string()),
-        registry,
-        serving: node.infer_server().is_serving(&body.weights),
-        source: source.into(),
-        tags: body.tags.clone(),
-        task: Some(body.task.clone()),
-        untrusted: Some(!node.trusts(&body.name, &announced.publisher)),
-        version: body.version.clone(),
-        weights: body.weights.to_string(),
-    }
-}
-
-fn attempts(answer: &InferAnswer) -> Vec<types::Attempt> {
-    answer
-        .attempts
-        .iter()
-        .map(|(peer, error)| types::Attempt {
-            error: error.clone(),
-            peer: peer.to_string(),
-        })
-        .collect()
-}
-
-fn timings(answer: &InferAnswer) -> types::InferTimings {
-    let ms = |us: u64| us as f64 / 1000.0;
-    types::InferTimings {
-        compute_ms: ms(answer.output.compute_us),
-        queue_ms: ms(answer.output.queue_us),
-        round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
-    }
 }
 
 /// Options of a generation, from Python keyword arguments.
@@ -1004,7 +961,7 @@ impl PyNode {
                     .list(tag)
                     .iter()
                     .filter(|a| task.is_none_or(|t| a.manifest.body.task == t))
-                    .map(|a| model_entry(a, &node)),
+                    .map(|a| types::ModelEntry::announced(a, &node)),
             );
             json_text(&types::ModelList { models })
         })
@@ -1017,7 +974,10 @@ impl PyNode {
         let registry = parse_cid(&registry)?;
         awaitable(py, async move {
             let found = node.discover_registry(registry).await.map_err(failed)?;
-            let models = found.iter().map(|a| model_entry(a, &node)).collect();
+            let models = found
+                .iter()
+                .map(|a| types::ModelEntry::announced(a, &node))
+                .collect();
             json_text(&types::Discovered {
                 models,
                 registry: registry.to_string(),
@@ -1121,13 +1081,13 @@ impl PyNode {
                 bytes.extend_from_slice(&value.to_le_bytes());
             }
             let meta = serde_json::json!({
-                "attempts": attempts(&answer),
+                "attempts": types::Attempt::all(&answer),
                 "device": answer.output.backend,
                 "dim": dim,
                 "local": answer.local,
                 "model": model.to_string(),
                 "provider": answer.provider.to_string(),
-                "timings": timings(&answer),
+                "timings": types::InferTimings::of(&answer),
             });
             Ok((json_text(&meta)?, Bytes(bytes), rows, dim))
         })
@@ -1191,13 +1151,13 @@ impl PyNode {
                 })
                 .collect();
             json_text(&types::ClassifyAnswer {
-                attempts: attempts(&answer),
+                attempts: types::Attempt::all(&answer),
                 device: answer.output.backend.clone(),
                 labels,
                 local: answer.local,
                 model: model.to_string(),
                 provider: answer.provider.to_string(),
-                timings: timings(&answer),
+                timings: types::InferTimings::of(&answer),
             })
         })
     }

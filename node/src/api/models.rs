@@ -11,20 +11,16 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
 use cid::Cid;
-use ipfs_accelerate_protocol::infer::{
-    ByteBuf, Delta, FinishReason, Generated, InferOptions, Inputs, Message, Task,
-};
+use ipfs_accelerate_protocol::infer::{ByteBuf, Delta, InferOptions, Inputs, Message, Task};
 use tokio::sync::mpsc;
 
 use super::types::{self, InferRequest, PullLine};
 use super::{Api, ApiError, ApiResult, Params, flag, json_line, ndjson_stream, param, params};
 use crate::PeerId;
-use crate::announce::{Announced, Source};
 use crate::engine::Placement;
 use crate::infer::DEFAULT_DEADLINE;
-use crate::model_network::{InferAnswer, InferCall, PublishMeta};
+use crate::model_network::{InferCall, PublishMeta};
 use crate::models::LocalModels;
-use crate::node::Node;
 use crate::trust;
 
 /// How often a pull with `progress=true` reports.
@@ -138,26 +134,6 @@ fn infer_call(model: Cid, body: InferRequest) -> ApiResult<InferCall> {
     })
 }
 
-fn attempts(answer: &InferAnswer) -> Vec<types::Attempt> {
-    answer
-        .attempts
-        .iter()
-        .map(|(peer, error)| types::Attempt {
-            error: error.clone(),
-            peer: peer.to_string(),
-        })
-        .collect()
-}
-
-fn timings(answer: &InferAnswer) -> types::InferTimings {
-    let ms = |us: u64| us as f64 / 1000.0;
-    types::InferTimings {
-        compute_ms: ms(answer.output.compute_us),
-        queue_ms: ms(answer.output.queue_us),
-        round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
-    }
-}
-
 async fn embed(api: &Api, call: InferCall) -> ApiResult<Json<types::InferAnswer>> {
     let model = call.model;
     let answer = api.node.infer(call).await.map_err(super::infer_error)?;
@@ -167,7 +143,7 @@ async fn embed(api: &Api, call: InferCall) -> ApiResult<Json<types::InferAnswer>
         .rows_f32()
         .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))?;
     Ok(Json(types::InferAnswer {
-        attempts: attempts(&answer),
+        attempts: types::Attempt::all(&answer),
         device: answer.output.backend.clone(),
         dim: rows.first().map_or(0, Vec::len),
         embeddings: rows
@@ -177,7 +153,7 @@ async fn embed(api: &Api, call: InferCall) -> ApiResult<Json<types::InferAnswer>
         local: answer.local,
         model: model.to_string(),
         provider: answer.provider.to_string(),
-        timings: timings(&answer),
+        timings: types::InferTimings::of(&answer),
     }))
 }
 
@@ -207,13 +183,13 @@ async fn classify(api: &Api, call: InferCall) -> ApiResult<Json<types::ClassifyA
         })
         .collect();
     Ok(Json(types::ClassifyAnswer {
-        attempts: attempts(&answer),
+        attempts: types::Attempt::all(&answer),
         device: answer.output.backend.clone(),
         labels,
         local: answer.local,
         model: model.to_string(),
         provider: answer.provider.to_string(),
-        timings: timings(&answer),
+        timings: types::InferTimings::of(&answer),
     }))
 }
 
@@ -234,7 +210,13 @@ async fn generate(api: Api, call: InferCall) -> ApiResult {
             .await
             .map_err(ApiError::internal)?
             .map_err(super::infer_error)?;
-        let done = generate_done(model, &answer, String::new(), first_token, started);
+        let done = types::GenerateDone::new(
+            model.to_string(),
+            &answer,
+            String::new(),
+            first_token,
+            started,
+        );
         return Ok(ndjson_lines([types::GenerateLine::Done(done)]));
     };
     let (lines, body) = mpsc::channel(16);
@@ -254,9 +236,13 @@ async fn generate(api: Api, call: InferCall) -> ApiResult {
             next = heard.recv().await;
         }
         let end = match run.await {
-            Ok(Ok(answer)) => {
-                types::GenerateLine::Done(generate_done(model, &answer, text, first_token, started))
-            }
+            Ok(Ok(answer)) => types::GenerateLine::Done(types::GenerateDone::new(
+                model.to_string(),
+                &answer,
+                text,
+                first_token,
+                started,
+            )),
             Ok(Err(error)) => types::GenerateLine::Error {
                 message: error.to_string(),
             },
@@ -272,53 +258,6 @@ async fn generate(api: Api, call: InferCall) -> ApiResult {
 fn ndjson_lines(lines: impl IntoIterator<Item = types::GenerateLine>) -> axum::response::Response {
     let body: Vec<u8> = lines.into_iter().flat_map(|l| json_line(&l)).collect();
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
-}
-
-fn generate_done(
-    model: Cid,
-    answer: &InferAnswer,
-    text: String,
-    first_token: Duration,
-    started: Instant,
-) -> types::GenerateDone {
-    let summary = answer.output.generation.unwrap_or(Generated {
-        finish_reason: FinishReason::Length,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        first_token_us: 0,
-    });
-    let total = started.elapsed();
-    let decode = total.saturating_sub(first_token).as_secs_f64();
-    let after_first = summary.completion_tokens.saturating_sub(1);
-    types::GenerateDone {
-        attempts: attempts(answer),
-        completion_tokens: summary.completion_tokens,
-        device: answer.output.backend.clone(),
-        finish_reason: finish_name(summary.finish_reason).to_owned(),
-        local: answer.local,
-        model: model.to_string(),
-        prompt_tokens: summary.prompt_tokens,
-        provider: answer.provider.to_string(),
-        text,
-        tokens: answer.output.output_u32().collect(),
-        timings: types::GenerateTimings {
-            first_token_ms: first_token.as_secs_f64() * 1000.0,
-            total_ms: total.as_secs_f64() * 1000.0,
-            decode_tokens_per_second: if decode > 0.0 {
-                f64::from(after_first) / decode
-            } else {
-                0.0
-            },
-        },
-    }
-}
-
-fn finish_name(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Eos => "eos",
-    }
 }
 
 pub(super) async fn publish(
@@ -498,7 +437,7 @@ pub(super) async fn ls(
             .list(tag)
             .iter()
             .filter(|a| task.is_none_or(|t| a.manifest.body.task == t))
-            .map(|a| model_entry(a, node)),
+            .map(|a| types::ModelEntry::announced(a, node)),
     );
     Ok(Json(types::ModelList { models }))
 }
@@ -517,34 +456,14 @@ pub(super) async fn discover(
         .discover_registry(registry)
         .await
         .map_err(ApiError::internal)?;
-    let models = found.iter().map(|a| model_entry(a, &api.node)).collect();
+    let models = found
+        .iter()
+        .map(|a| types::ModelEntry::announced(a, &api.node))
+        .collect();
     Ok(Json(types::Discovered {
         models,
         registry: registry.to_string(),
     }))
-}
-
-/// A model from the directory as `ls` and `discover` list it; `untrusted` when its
-/// publisher may not speak for the name here (it is never used by name).
-fn model_entry(announced: &Announced, node: &Node) -> types::ModelEntry {
-    let body = &announced.manifest.body;
-    let (source, registry) = match announced.source {
-        Source::Announced => ("announced", None),
-        Source::Registry(registry) => ("registry", Some(registry.to_string())),
-    };
-    types::ModelEntry {
-        manifest: Some(announced.manifest_cid.to_string()),
-        name: body.name.clone(),
-        publisher: Some(announced.publisher.to_string()),
-        registry,
-        serving: node.infer_server().is_serving(&body.weights),
-        source: source.into(),
-        tags: body.tags.clone(),
-        task: Some(body.task.clone()),
-        untrusted: Some(!node.trusts(&body.name, &announced.publisher)),
-        version: body.version.clone(),
-        weights: body.weights.to_string(),
-    }
 }
 
 pub(super) async fn info(

@@ -703,3 +703,104 @@ impl From<crate::p2p::NetworkStatus> for NetworkStatus {
         }
     }
 }
+
+impl Attempt {
+    /// Every peer an answer tried, with why it failed (none for the one that answered).
+    pub fn all(answer: &crate::model_network::InferAnswer) -> Vec<Attempt> {
+        answer
+            .attempts
+            .iter()
+            .map(|(peer, error)| Attempt {
+                error: error.clone(),
+                peer: peer.to_string(),
+            })
+            .collect()
+    }
+}
+
+impl InferTimings {
+    pub fn of(answer: &crate::model_network::InferAnswer) -> InferTimings {
+        let ms = |us: u64| us as f64 / 1000.0;
+        InferTimings {
+            compute_ms: ms(answer.output.compute_us),
+            queue_ms: ms(answer.output.queue_us),
+            round_trip_ms: answer.round_trip.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+impl ModelEntry {
+    /// A model from the directory as `model ls` and `model discover` list it;
+    /// `untrusted` when its publisher may not speak for the name here (it is never used
+    /// by name).
+    pub fn announced(announced: &crate::announce::Announced, node: &crate::Node) -> ModelEntry {
+        use crate::announce::Source;
+        let body = &announced.manifest.body;
+        let (source, registry) = match announced.source {
+            Source::Announced => ("announced", None),
+            Source::Registry(registry) => ("registry", Some(registry.to_string())),
+        };
+        ModelEntry {
+            manifest: Some(announced.manifest_cid.to_string()),
+            name: body.name.clone(),
+            publisher: Some(announced.publisher.to_string()),
+            registry,
+            serving: node.infer_server().is_serving(&body.weights),
+            source: source.into(),
+            tags: body.tags.clone(),
+            task: Some(body.task.clone()),
+            untrusted: Some(!node.trusts(&body.name, &announced.publisher)),
+            version: body.version.clone(),
+            weights: body.weights.to_string(),
+        }
+    }
+}
+
+impl GenerateDone {
+    /// The end of a generation of `model` whose streamed `text` came to an end: its
+    /// counts, and timings from `started` (the call) and `first_token` after it.
+    pub fn new(
+        model: String,
+        answer: &crate::model_network::InferAnswer,
+        text: String,
+        first_token: std::time::Duration,
+        started: std::time::Instant,
+    ) -> GenerateDone {
+        use ipfs_accelerate_protocol::infer::{FinishReason, Generated};
+        let summary = answer.output.generation.unwrap_or(Generated {
+            finish_reason: FinishReason::Length,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            first_token_us: 0,
+        });
+        let total = started.elapsed();
+        let decode = total.saturating_sub(first_token).as_secs_f64();
+        let after_first = summary.completion_tokens.saturating_sub(1);
+        let finish_reason = match summary.finish_reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Eos => "eos",
+        };
+        GenerateDone {
+            attempts: Attempt::all(answer),
+            completion_tokens: summary.completion_tokens,
+            device: answer.output.backend.clone(),
+            finish_reason: finish_reason.to_owned(),
+            local: answer.local,
+            model,
+            prompt_tokens: summary.prompt_tokens,
+            provider: answer.provider.to_string(),
+            text,
+            tokens: answer.output.output_u32().collect(),
+            timings: GenerateTimings {
+                first_token_ms: first_token.as_secs_f64() * 1000.0,
+                total_ms: total.as_secs_f64() * 1000.0,
+                decode_tokens_per_second: if decode > 0.0 {
+                    f64::from(after_first) / decode
+                } else {
+                    0.0
+                },
+            },
+        }
+    }
+}
