@@ -6,6 +6,7 @@ it. Each check prints `ok NAME`; the first failure raises. Every wait has a time
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -131,6 +132,21 @@ async def two_peers():
         text = "".join([d.text async for d in stream])
         result = await stream.result()
         assert text == result.text == whole.text and result.tokens == whole.tokens
+        # Image classification, here and from the peer: transformers' labels and scores.
+        await a.import_model(os.path.join(FIXTURES, "tiny-vit"), "vit")
+        vit = await a.publish("vit", "vit")
+        await b.discover(vit.registry)
+        with open(os.path.join(FIXTURES, "tiny-vit-reference.json")) as f:
+            reference = next(i for i in json.load(f)["images"] if i["file"] == "rgb.png")
+        with open(os.path.join(FIXTURES, "images", "rgb.png"), "rb") as f:
+            png = f.read()
+        here = await a.classify("vit", [png], labels=5)
+        there = await b.classify("vit", [png], labels=5)
+        assert here.local and not there.local and there.provider == a.peer_id, there
+        assert [l.id for l in here.labels[0]] == reference["top"], here
+        for label in here.labels[0]:
+            assert abs(label.score - reference["probabilities"][label.id]) < 1e-4, (label, reference)
+        assert there.labels == here.labels
         # Pubsub between the peers: publish until b's subscription hears a (the mesh forms).
         subscription = await b.subscribe("py-topic")
         heard = None
