@@ -152,6 +152,7 @@ fn openais_python_and_js_clients_get_what_infer_gives() {
     assert_eq!(streamed["text"], chat["text"]);
     assert_eq!(streamed["finish_reason"], "length");
     assert_eq!(streamed["usage"], chat["usage"]);
+    assert_eq!(streamed["provider"], daemon.peer_id().as_str());
     assert!(streamed["chunks"].as_u64().unwrap() > 3, "{streamed}");
 
     // A text completion equals `infer --prompt`.
@@ -334,6 +335,7 @@ fn a_streamed_chat_completion_outlives_its_provider() {
         .position(|p| metric(p, RUNNING) > 0)
         .expect("a provider is running the generation when its first text arrives");
     let survivor_answers = metric(&providers[1 - running], ANSWERED);
+    let killed = providers[running].peer_id();
     drop(providers.remove(running));
     let survivor = providers.pop().unwrap();
     let answer = parse(&lines.recv_timeout(TIMEOUT).expect("the stream ends"));
@@ -343,8 +345,10 @@ fn a_streamed_chat_completion_outlives_its_provider() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The survivor finished the generation the killed provider began.
+    // The survivor finished the generation the killed provider began; the stream's
+    // header names the provider of its first text.
     assert_eq!(metric(&survivor, ANSWERED), survivor_answers + 1);
+    assert_eq!(answer["provider"], killed.as_str());
 
     let mut again = check_script();
     again.args(["stream", &url, "--generate", "slow", "--max-tokens", "400"]);

@@ -300,7 +300,7 @@ fn bench_first_token(args: BenchInferArgs, json: bool) -> Result<()> {
 async fn first_token(node: &Node, call: InferCall) -> Result<Duration> {
     let (deltas, mut heard) = mpsc::channel(64);
     let started = Instant::now();
-    let run = node.infer_streaming(call, deltas);
+    let run = node.infer_streaming(call, deltas, None);
     tokio::pin!(run);
     let mut first = None;
     loop {

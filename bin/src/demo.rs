@@ -523,7 +523,7 @@ async fn stream(
     let started = Instant::now();
     let call = async {
         let answer = client
-            .generate(request, candidates, GENERATION_DEADLINE, &tx)
+            .generate(request, candidates, GENERATION_DEADLINE, &tx, None)
             .await;
         drop(tx);
         answer

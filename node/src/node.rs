@@ -570,17 +570,20 @@ impl Node {
     /// Runs inference: here when the model is served or stored here (unless `remote`),
     /// otherwise on the best peer serving it, with hedging and failover.
     pub async fn infer(&self, call: InferCall) -> Result<InferAnswer> {
-        self.models.infer(call, None).await
+        self.models.infer(call, None, None).await
     }
 
     /// [`Node::infer`] whose generated text goes to `deltas` as it comes; dropping
     /// their receiver stops the generation, here or at the peer running it.
+    /// `provider`, when given, names the peer whose text is coming (ours when it runs
+    /// here) from before its first delta is sent; a failover changes it.
     pub async fn infer_streaming(
         &self,
         call: InferCall,
         deltas: tokio::sync::mpsc::Sender<ipfs_accelerate_protocol::infer::Delta>,
+        provider: Option<tokio::sync::watch::Sender<Option<PeerId>>>,
     ) -> Result<InferAnswer> {
-        self.models.infer(call, Some(deltas)).await
+        self.models.infer(call, Some(deltas), provider).await
     }
 
     /// Every peer serving `model` (the DHT asked afresh), each probed with one small

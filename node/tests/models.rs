@@ -801,15 +801,24 @@ async fn a_generation_resumes_on_another_provider_when_its_provider_dies() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let candidates = [dying.local_peer_id(), honest.peer_id()];
     let infer = client.infer_client();
+    // Who is sending, as each delta comes.
+    let (provider, sending) = tokio::sync::watch::channel(None);
     let call = async move {
-        let answer = infer.generate(prompt(2), &candidates, WAIT, &tx).await;
+        let answer = infer
+            .generate(prompt(2), &candidates, WAIT, &tx, Some(&provider))
+            .await;
         drop(tx);
         answer
     };
+    let dying_id = dying.local_peer_id();
     let listen = async {
-        let (mut text, mut tokens) = (String::new(), Vec::new());
+        let (mut text, mut tokens, mut senders) = (String::new(), Vec::new(), Vec::new());
         let mut killed = false;
         while let Some(delta) = rx.recv().await {
+            let sender = sending.borrow().expect("named before its delta");
+            if senders.last() != Some(&sender) {
+                senders.push(sender);
+            }
             text.push_str(&delta.text);
             tokens.extend(delta.tokens);
             if tokens.len() >= 6 && !killed {
@@ -817,11 +826,12 @@ async fn a_generation_resumes_on_another_provider_when_its_provider_dies() {
                 dying.shutdown().await;
             }
         }
-        (text, tokens, killed)
+        (text, tokens, killed, senders)
     };
-    let (answer, (text, tokens, killed)) = tokio::join!(call, listen);
+    let (answer, (text, tokens, killed, senders)) = tokio::join!(call, listen);
     let answer = answer.unwrap();
     assert!(killed, "the first provider was never asked");
+    assert_eq!(senders, [dying_id, honest.peer_id()]);
     assert_eq!(answer.provider, honest.peer_id());
     assert_eq!(answer.attempts.len(), 2, "{:?}", answer.attempts);
     assert_eq!(answer.attempts[0].0, dying.local_peer_id());

@@ -46,7 +46,7 @@ impl PyGeneration {
     pub(crate) fn start(node: Arc<Node>, call: InferCall) -> Self {
         let (tx, rx) = mpsc::channel(DELTA_QUEUE);
         let model = call.model.to_string();
-        let run = tokio::spawn(async move { node.infer_streaming(call, tx).await });
+        let run = tokio::spawn(async move { node.infer_streaming(call, tx, None).await });
         Self {
             state: Arc::new(Mutex::new(State {
                 deltas: Some(rx),

@@ -200,7 +200,7 @@ async fn generate(api: Api, call: InferCall) -> ApiResult {
     let model = call.model;
     let (deltas, mut heard) = mpsc::channel::<Delta>(16);
     let started = Instant::now();
-    let run = tokio::spawn(async move { api.node.infer_streaming(call, deltas).await });
+    let run = tokio::spawn(async move { api.node.infer_streaming(call, deltas, None).await });
     // Waits for the first text (or the end) to pick the response's status.
     let first = heard.recv().await;
     let first_token = started.elapsed();

@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::call::{self, Answer, Call, CallError, Reply};
 use super::ranking::{PeerStats, Ranking};
@@ -162,6 +162,7 @@ impl Client {
         candidates: &[PeerId],
         deadline: Duration,
         deltas: &mpsc::Sender<Delta>,
+        provider: Option<&watch::Sender<Option<PeerId>>>,
     ) -> Result<Answer, CallError> {
         let started = Instant::now();
         let ranked = self.lock().rank(candidates, started);
@@ -183,7 +184,7 @@ impl Client {
                 break;
             }
             request.deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
-            let attempt = self.generate_on(peer, &request, deltas).await;
+            let attempt = self.generate_on(peer, &request, deltas, provider).await;
             let now = Instant::now();
             if attempt.caller_left {
                 // Not the provider's doing: nothing is recorded against it.
@@ -259,7 +260,15 @@ impl Client {
         peer: PeerId,
         request: &InferRequest,
         deltas: &mpsc::Sender<Delta>,
+        provider: Option<&watch::Sender<Option<PeerId>>>,
     ) -> Attempt {
+        // Named before its first delta goes out (`send_if_modified` wakes nobody when
+        // the same peer is named again).
+        let sending = |provider: Option<&watch::Sender<Option<PeerId>>>| {
+            if let Some(provider) = provider {
+                provider.send_if_modified(|now| now.replace(peer) != Some(peer));
+            }
+        };
         let (tx, mut rx) = mpsc::channel(16);
         let sent = Instant::now();
         let call = self.p2p.infer_streaming(peer, request.clone(), tx);
@@ -280,6 +289,7 @@ impl Client {
                         attempt.reply = Reply::Malformed(why);
                         return attempt;
                     }
+                    sending(provider);
                     if deltas.send(delta).await.is_err() {
                         attempt.caller_left = true;
                         attempt.reply = Reply::Failed("the caller left".into());
@@ -294,6 +304,7 @@ impl Client {
                 attempt.reply = Reply::Malformed(why);
                 return attempt;
             }
+            sending(provider);
             if deltas.send(delta).await.is_err() {
                 attempt.caller_left = true;
             }

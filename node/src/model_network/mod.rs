@@ -23,7 +23,7 @@ use ipfs_accelerate_protocol::manifest::{
 use ipfs_accelerate_protocol::model_folder::{self, ModelKind};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::announce::{self, Announced, Directory, Inserted, Source};
 use crate::bitswap::{Bitswap, provider_key};
@@ -514,11 +514,12 @@ impl ModelNetwork {
     /// Runs inference: here when the model is served or stored here (unless `remote`),
     /// otherwise on the best peer serving it, with hedging and failover (a generation
     /// fails over by resuming elsewhere). A generation's text goes to `deltas` as it
-    /// comes; dropping their receiver stops it.
+    /// comes; dropping their receiver stops it. `provider` is told who sends it.
     pub(crate) async fn infer(
         &self,
         call: InferCall,
         deltas: Option<mpsc::Sender<Delta>>,
+        provider: Option<watch::Sender<Option<PeerId>>>,
     ) -> Result<InferAnswer> {
         let request = InferRequest {
             id: next_request_id(),
@@ -529,12 +530,16 @@ impl ModelNetwork {
             deadline_ms: u32::try_from(call.deadline.as_millis()).unwrap_or(u32::MAX),
         };
         if !call.remote
-            && let Some(answer) = self.infer_here(request.clone(), deltas.clone()).await?
+            && let Some(answer) = self
+                .infer_here(request.clone(), deltas.clone(), provider.as_ref())
+                .await?
         {
             return Ok(answer);
         }
         if request.task == Task::Generate {
-            return self.generate_remote(request, call.deadline, deltas).await;
+            return self
+                .generate_remote(request, call.deadline, deltas, provider.as_ref())
+                .await;
         }
         let end = Instant::now() + call.deadline;
         let mut candidates = self.candidates(call.model, false).await;
@@ -601,6 +606,7 @@ impl ModelNetwork {
         request: InferRequest,
         deadline: Duration,
         deltas: Option<mpsc::Sender<Delta>>,
+        provider: Option<&watch::Sender<Option<PeerId>>>,
     ) -> Result<InferAnswer> {
         let model = request.model;
         let mut candidates = self.candidates(model, false).await;
@@ -617,7 +623,7 @@ impl ModelNetwork {
         };
         let answer = self
             .client
-            .generate(request, &candidates, deadline, &deltas)
+            .generate(request, &candidates, deadline, &deltas, provider)
             .await
             .map_err(|error| Error::Model(format!("inference for {model}: {error}")))?;
         Ok(InferAnswer {
@@ -795,12 +801,20 @@ impl ModelNetwork {
         &self,
         request: InferRequest,
         deltas: Option<mpsc::Sender<Delta>>,
+        provider: Option<&watch::Sender<Option<PeerId>>>,
     ) -> Result<Option<InferAnswer>> {
         let started = Instant::now();
         let model = request.model;
+        let here = || {
+            if let Some(provider) = provider {
+                provider.send_replace(Some(self.p2p.local_peer_id()));
+            }
+        };
         let response = if self.server.is_serving(&model) {
+            here();
             self.server.handle(None, request, deltas).await
         } else if self.local.is_serving(&model) {
+            here();
             self.local.handle(None, request, deltas).await
         } else {
             let store = Arc::clone(&self.store);
@@ -818,6 +832,7 @@ impl ModelNetwork {
             local
                 .serve(model, engine, Callers::Anyone)
                 .map_err(|e| Error::Model(format!("loading {model}: {e}")))?;
+            here();
             local.handle(None, request, deltas).await
         };
         match response {

@@ -5,7 +5,7 @@
         completions whole and streamed, and refused requests; prints one JSON object.
     check.py stream URL --generate MODEL --max-tokens N
         a streamed chat completion: prints "first" as soon as the first text arrives,
-        then the whole answer as JSON once the stream ends.
+        then the whole answer and the provider its header names as JSON once it ends.
     check.py refused URL --embed MODEL [--api-key KEY]
         prints how an embeddings call is refused (status, type, code) as JSON.
 """
@@ -74,21 +74,28 @@ def drive(args):
     }
 
     text, chunks, finish, usage = "", 0, None, None
-    for chunk in api.chat.completions.create(
+    raw = api.chat.completions.with_raw_response.create(
         model=args.generate,
         messages=CHAT,
         max_tokens=24,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
-    ):
+    )
+    for chunk in raw.parse():
         chunks += 1
         if chunk.usage is not None:
             usage = chunk.usage.model_dump(exclude_none=True)
         for choice in chunk.choices:
             text += choice.delta.content or ""
             finish = choice.finish_reason or finish
-    out["chat_stream"] = {"text": text, "chunks": chunks, "finish_reason": finish, "usage": usage}
+    out["chat_stream"] = {
+        "text": text,
+        "chunks": chunks,
+        "finish_reason": finish,
+        "usage": usage,
+        "provider": raw.headers.get("x-ipfs-accelerate-provider"),
+    }
 
     completion = api.completions.create(
         model=args.generate, prompt="Hello", max_tokens=12, temperature=0
@@ -143,21 +150,23 @@ def drive(args):
 def stream(args):
     api = client(args)
     text, first = "", True
-    for chunk in api.chat.completions.create(
+    raw = api.chat.completions.with_raw_response.create(
         model=args.generate,
         messages=CHAT,
         max_tokens=args.max_tokens,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
-    ):
+    )
+    for chunk in raw.parse():
         usage = chunk.usage
         for choice in chunk.choices:
             text += choice.delta.content or ""
             if first and text:
                 first = False
                 print("first", flush=True)
-    print(json.dumps({"text": text, "usage": usage.model_dump(exclude_none=True)}), flush=True)
+    provider = raw.headers.get("x-ipfs-accelerate-provider")
+    print(json.dumps({"text": text, "usage": usage.model_dump(exclude_none=True), "provider": provider}), flush=True)
 
 
 def refused(args):

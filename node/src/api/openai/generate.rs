@@ -14,10 +14,12 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use ipfs_accelerate_protocol::infer::{Delta, FinishReason, InferOptions, Inputs, Message};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::wire::{self, Sampling};
-use super::{OpenAiError, OpenAiResult, error, refuse_unknown, resolve_model, with_provider};
+use super::{
+    OpenAiError, OpenAiResult, error, name_provider, refuse_unknown, resolve_model, with_provider,
+};
 use crate::api::Api;
 use crate::model_network::{InferAnswer, InferCall};
 
@@ -292,8 +294,10 @@ fn options(sampling: &Sampling, max_tokens: Option<u32>) -> OpenAiResult<InferOp
 /// Runs the generation and answers it whole, or as a stream when asked.
 async fn run(api: Api, answering: Answering, call: InferCall, sampling: &Sampling) -> OpenAiResult {
     let (deltas, mut heard) = mpsc::channel::<Delta>(QUEUED);
+    let (provider, sending) = watch::channel(None);
     let node = api.node.clone();
-    let generation = tokio::spawn(async move { node.infer_streaming(call, deltas).await });
+    let generation =
+        tokio::spawn(async move { node.infer_streaming(call, deltas, Some(provider)).await });
     let finished = |joined: Result<crate::error::Result<InferAnswer>, tokio::task::JoinError>| {
         joined
             .map_err(OpenAiError::server)?
@@ -327,8 +331,12 @@ async fn run(api: Api, answering: Answering, call: InferCall, sampling: &Samplin
         for event in events {
             let _ = events_tx.try_send(event);
         }
-        return Ok(sse(events_rx));
+        let mut response = sse(events_rx);
+        name_provider(&mut response, &answer.provider);
+        return Ok(response);
     }
+    // The peer whose text came first (a failover later is not in the header).
+    let first_provider = *sending.borrow();
     let (events, events_rx) = mpsc::channel(QUEUED);
     tokio::spawn(async move {
         if let Some(opening) = answering.opening()
@@ -354,7 +362,11 @@ async fn run(api: Api, answering: Answering, call: InferCall, sampling: &Samplin
             }
         }
     });
-    Ok(sse(events_rx))
+    let mut response = sse(events_rx);
+    if let Some(peer) = first_provider {
+        name_provider(&mut response, &peer);
+    }
+    Ok(response)
 }
 
 fn sse(events: mpsc::Receiver<Event>) -> Response {

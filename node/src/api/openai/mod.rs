@@ -3,7 +3,8 @@
 //! client library, LangChain, editors and chat UIs speak it. A model is named as the
 //! swarm names it (`NAME`, `NAME@VERSION`) or by CID, and runs where `infer` would run
 //! it: here when served here, else on the best peer, with the same hedging and
-//! failover. Answers name the peer that gave them in `x-ipfs-accelerate-provider`.
+//! failover. Answers name the peer that gave them in `x-ipfs-accelerate-provider` (a
+//! stream, the peer whose text came first).
 //!
 //! Served on the API's port and, when `network.openai` names an address, on its own
 //! listener too ([`super::serve_openai`]); `network.api_token` and `api.allowed_origins`
@@ -98,10 +99,15 @@ fn resolve_model(api: &Api, name: &str) -> OpenAiResult<Cid> {
 /// `answer`'s JSON with the provider's header.
 fn with_provider(answer: &InferAnswer, body: impl serde::Serialize) -> Response {
     let mut response = Json(body).into_response();
-    if let Ok(value) = HeaderValue::from_str(&answer.provider.to_string()) {
+    name_provider(&mut response, &answer.provider);
+    response
+}
+
+/// Says in its header which peer gives `response`.
+fn name_provider(response: &mut Response, provider: &crate::PeerId) {
+    if let Ok(value) = HeaderValue::from_str(&provider.to_string()) {
         response.headers_mut().insert(PROVIDER_HEADER, value);
     }
-    response
 }
 
 async fn embeddings(
