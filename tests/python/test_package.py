@@ -38,9 +38,9 @@ async def raises(kind, awaitable, contains=""):
     raise AssertionError(f"expected {kind.__name__}")
 
 
-async def until(condition, what):
-    """Polls an async condition every 100 ms, for at most WAIT seconds."""
-    deadline = time.monotonic() + WAIT
+async def until(condition, what, wait=WAIT):
+    """Polls an async condition every 100 ms, for at most `wait` seconds."""
+    deadline = time.monotonic() + wait
     while True:
         value = await condition()
         if value:
@@ -165,7 +165,14 @@ async def two_peers():
         try:
             await until(lambda: _connected(c, a.peer_id), "c connected to a")
             # c finds b's addresses on the DHT, through a, once a's routing table has b.
-            await until(lambda: _connects(c, b.peer_id), lambda: f"c to connect to b by its id ({_LAST_ERROR})")
+            # Slow on a loaded machine: during the full suite on 2 cores the lookup once
+            # still answered "not found" after 30 s (why a's routing table lacked b that
+            # long is not pinned down yet).
+            await until(
+                lambda: _connects(c, b.peer_id),
+                lambda: f"c to connect to b by its id ({_LAST_ERROR})",
+                wait=3 * WAIT,
+            )
         finally:
             await c.close()
     finally:
