@@ -1128,37 +1128,9 @@ impl PyNode {
                 deadline: deadline(deadline_ms),
             };
             let answer = node.infer(call).await.map_err(failed)?;
-            let scores = answer
-                .output
-                .output
-                .rows_f32()
+            let classified = types::ClassifyAnswer::new(model.to_string(), &answer)
                 .map_err(|e| failed(format!("the provider sent a bad tensor: {e}")))?;
-            let labels = answer
-                .output
-                .labels
-                .iter()
-                .zip(scores)
-                .map(|(labels, scores)| {
-                    labels
-                        .iter()
-                        .zip(scores)
-                        .map(|(label, score)| types::ClassLabel {
-                            id: label.id,
-                            label: label.label.clone(),
-                            score: f64::from(score),
-                        })
-                        .collect()
-                })
-                .collect();
-            json_text(&types::ClassifyAnswer {
-                attempts: types::Attempt::all(&answer),
-                device: answer.output.backend.clone(),
-                labels,
-                local: answer.local,
-                model: model.to_string(),
-                provider: answer.provider.to_string(),
-                timings: types::InferTimings::of(&answer),
-            })
+            json_text(&classified)
         })
     }
 

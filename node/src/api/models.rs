@@ -160,37 +160,9 @@ async fn embed(api: &Api, call: InferCall) -> ApiResult<Json<types::InferAnswer>
 async fn classify(api: &Api, call: InferCall) -> ApiResult<Json<types::ClassifyAnswer>> {
     let model = call.model;
     let answer = api.node.infer(call).await.map_err(super::infer_error)?;
-    let scores = answer
-        .output
-        .output
-        .rows_f32()
-        .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))?;
-    let labels = answer
-        .output
-        .labels
-        .iter()
-        .zip(scores)
-        .map(|(labels, scores)| {
-            labels
-                .iter()
-                .zip(scores)
-                .map(|(label, score)| types::ClassLabel {
-                    id: label.id,
-                    label: label.label.clone(),
-                    score: f64::from(score),
-                })
-                .collect()
-        })
-        .collect();
-    Ok(Json(types::ClassifyAnswer {
-        attempts: types::Attempt::all(&answer),
-        device: answer.output.backend.clone(),
-        labels,
-        local: answer.local,
-        model: model.to_string(),
-        provider: answer.provider.to_string(),
-        timings: types::InferTimings::of(&answer),
-    }))
+    types::ClassifyAnswer::new(model.to_string(), &answer)
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("the provider sent a bad tensor: {e}")))
 }
 
 /// A generation as newline-delimited JSON: a line per delta as it comes, then the end.

@@ -804,3 +804,40 @@ impl GenerateDone {
         }
     }
 }
+
+impl ClassifyAnswer {
+    /// The labels of each image of `answer` (of `model`) with their scores; a score
+    /// tensor that does not read as rows of f32 is the provider's fault.
+    pub fn new(
+        model: String,
+        answer: &crate::model_network::InferAnswer,
+    ) -> Result<ClassifyAnswer, ipfs_accelerate_protocol::infer::TensorError> {
+        let scores = answer.output.output.rows_f32()?;
+        let labels = answer
+            .output
+            .labels
+            .iter()
+            .zip(scores)
+            .map(|(labels, scores)| {
+                labels
+                    .iter()
+                    .zip(scores)
+                    .map(|(label, score)| ClassLabel {
+                        id: label.id,
+                        label: label.label.clone(),
+                        score: f64::from(score),
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ClassifyAnswer {
+            attempts: Attempt::all(answer),
+            device: answer.output.backend.clone(),
+            labels,
+            local: answer.local,
+            model,
+            provider: answer.provider.to_string(),
+            timings: InferTimings::of(answer),
+        })
+    }
+}
