@@ -339,7 +339,7 @@ fn block_from_prefix(prefix: &[u8], data: Bytes) -> Result<Block> {
         1 => Cid::new_v1(codec, digest),
         _ => return Err(bad("unknown CID version")),
     };
-    Ok(Block::verified(cid, data)?)
+    Ok(Block::named_by_own_digest(cid, data)?)
 }
 
 /// The protobuf schema, written out by hand (no protoc at build time).

@@ -11,10 +11,13 @@ noise and the previous pair's disk writes hit them alike:
     ours->kubo   our daemon serves, Kubo fetches
 
 Then one ours->ours transfer of --rss-size-mib and the peak RSS (VmHWM) of both daemons.
-Every fetched file is compared with the original. Run it with the test venv:
+Every fetched file is compared with the original. The CPU seconds each daemon spent per
+GiB moved are reported beside the throughput (the fetcher's `get` CLI process is not
+counted: its work, writing the file, is the same whoever serves). --transport quic runs
+every node over QUIC instead of TCP. Run it with the test venv:
 
     .venv/bin/python tests/bench/transfer.py [--size-mib 256] [--runs 3] [--rss-size-mib 1024]
-        [--pairs kubo->kubo,ours->kubo]
+        [--pairs kubo->kubo,ours->kubo] [--transport tcp|quic]
 """
 
 import argparse
@@ -32,6 +35,10 @@ import filecmp
 from add_vs_kubo import ROOT, build_release  # same folder: one way to build
 
 KUBO = os.path.join(ROOT, "tests/interop/kubo/kubo.py")
+LISTEN = {"tcp": "/ip4/127.0.0.1/tcp/0", "quic": "/ip4/127.0.0.1/udp/0/quic-v1"}
+GIB = 1 << 30
+# Which transport every node listens on (--transport).
+TRANSPORT = "tcp"
 DHT = "/ipfs/lan/kad/1.0.0"
 TIMEOUT = 600
 
@@ -43,6 +50,7 @@ class Kubo:
         self.proc = subprocess.Popen(
             [sys.executable, KUBO, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "KUBO_SWARM_ADDR": LISTEN[TRANSPORT]},
         )
         hello = self._read()
         self.addr = f"{hello['addrs'][0]}/p2p/{hello['id']}"
@@ -85,7 +93,7 @@ class Ours:
         if setup:
             setup(self)
         self.proc = subprocess.Popen(
-            [binary, "daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
+            [binary, "daemon", "--listen", LISTEN[TRANSPORT], "--api", "127.0.0.1:0",
              "--gateway", "127.0.0.1:0", "--no-mdns", "--dht-protocol", DHT, *daemon_args],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -181,7 +189,10 @@ def main():
     parser.add_argument("--rss-size-mib", type=int, default=1024)
     parser.add_argument("--pairs", default="kubo->kubo,ours->ours,kubo->ours,ours->kubo",
                         help="comma-separated subset of the pairs to run")
+    parser.add_argument("--transport", choices=sorted(LISTEN), default="tcp")
     args = parser.parse_args()
+    global TRANSPORT
+    TRANSPORT = args.transport
     binary = build_release()
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
         path = random_file(tmp, args.size_mib)
@@ -207,7 +218,7 @@ def main():
                 print(f"run {run + 1} {name}: {size / took / 1e6:.0f} MB/s, CPU s "
                       f"server {used[0]:.2f} client {used[1]:.2f}", file=sys.stderr)
         os.remove(path)
-        result = {"bytes": size, "runs": args.runs, "pairs": {}}
+        result = {"bytes": size, "runs": args.runs, "transport": args.transport, "pairs": {}}
         kubo_median = statistics.median(seconds.get("kubo->kubo") or [float("nan")])
         for name, values in seconds.items():
             median = statistics.median(values)
@@ -217,6 +228,10 @@ def main():
                 "vs_kubo_kubo": round(kubo_median / median, 2),
                 "median_cpu_s": {
                     side: round(statistics.median(c[i] for c in cpu[name]), 2)
+                    for i, side in enumerate(("server", "client"))
+                },
+                "median_cpu_s_per_gib": {
+                    side: round(statistics.median(c[i] for c in cpu[name]) * GIB / size, 2)
                     for i, side in enumerate(("server", "client"))
                 },
             }

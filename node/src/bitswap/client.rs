@@ -102,6 +102,9 @@ struct Want {
     asked: HashSet<PeerId>,
     /// The peer asked for the block itself, and since when.
     block_from: Option<(PeerId, Instant)>,
+    /// The block came and is being stored: its peer's slot is free again, and nobody
+    /// is asked for it unless storing fails.
+    arrived: bool,
     created: Instant,
     last_search: Option<Instant>,
     gateway: GatewayAsk,
@@ -124,6 +127,7 @@ impl Want {
             dont_have: HashSet::new(),
             asked: HashSet::new(),
             block_from: None,
+            arrived: false,
             created: now,
             last_search: None,
             gateway: GatewayAsk::NotYet,
@@ -145,6 +149,17 @@ pub(super) struct Requests {
     pub(super) searches: Vec<Cid>,
     /// Wants to fetch from the fallback gateways.
     pub(super) gateways: Vec<Cid>,
+}
+
+/// What [`Client::on_received`] decided.
+#[derive(Debug, Default)]
+pub(super) struct Received {
+    /// Blocks that end a want, to store.
+    pub(super) wanted: Vec<Block>,
+    /// Whether some other block was never wanted lately: the sender sent junk.
+    pub(super) junk: bool,
+    /// Want-blocks for waiting wants, now that the senders have room.
+    pub(super) sends: Vec<Send>,
 }
 
 /// What [`Client::on_stored`] decided.
@@ -258,16 +273,44 @@ impl Client {
         asked.into_iter().collect()
     }
 
-    /// Splits received blocks into wanted ones and the rest, counting the rest as
-    /// duplicates; true when the rest holds a block we never wanted lately (junk).
-    pub(super) fn sort_received(&mut self, blocks: Vec<Block>) -> (Vec<Block>, bool) {
+    /// Sorts blocks just received (verified, not yet stored): the wanted ones go to the
+    /// store, the rest count as duplicates, and junk is a block we never wanted lately.
+    /// The wanted ones free their peers' want-block slots at once, so the next blocks
+    /// are asked for while these are written: storing is not on the round trip.
+    pub(super) fn on_received(&mut self, blocks: Vec<Block>, now: Instant) -> Received {
         let (wanted, unwanted): (Vec<Block>, Vec<Block>) = blocks
             .into_iter()
-            .partition(|b| self.wants.contains_key(b.cid()));
+            .partition(|b| self.wants.get(b.cid()).is_some_and(|w| !w.arrived));
         self.counters.duplicate_blocks += unwanted.len() as u64;
         self.counters.duplicate_bytes += unwanted.iter().map(|b| b.len() as u64).sum::<u64>();
-        let junk = (unwanted.iter()).any(|b| !self.recently_received.contains(b.cid()));
-        (wanted, junk)
+        let junk = (unwanted.iter()).any(|b| {
+            !self.recently_received.contains(b.cid()) && !self.wants.contains_key(b.cid())
+        });
+        for block in &wanted {
+            if let Some(want) = self.wants.get_mut(block.cid()) {
+                want.arrived = true;
+                want.block_from = None;
+            }
+        }
+        let sends = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.assign_waiting(now)
+        };
+        Received {
+            wanted,
+            junk,
+            sends,
+        }
+    }
+
+    /// Blocks that arrived could not be stored: they are wanted from peers again.
+    pub(super) fn store_failed(&mut self, cids: impl IntoIterator<Item = Cid>) {
+        for cid in cids {
+            if let Some(want) = self.wants.get_mut(&cid) {
+                want.arrived = false;
+            }
+        }
     }
 
     /// Blocks from `peer` (`None`: from a gateway) are stored: wake their waiters,
@@ -349,7 +392,7 @@ impl Client {
             Some((busy, _)) if presence.kind == PresenceKind::Have => oldest_at(busy),
             _ => None,
         };
-        let Some(want) = self.wants.get_mut(&cid) else {
+        let Some(want) = self.wants.get_mut(&cid).filter(|w| !w.arrived) else {
             return Vec::new();
         };
         let mut sends = Vec::new();
@@ -433,7 +476,7 @@ impl Client {
                     tick.sends.push((peer, cancel_entry(*cid)));
                 }
             }
-            let unanswered = want.block_from.is_none() && want.have.is_empty();
+            let unanswered = !want.arrived && want.block_from.is_none() && want.have.is_empty();
             let searched_recently = (want.last_search)
                 .is_some_and(|t| now.duration_since(t) < timing.provider_search_interval);
             let everyone_said_no =
@@ -514,6 +557,7 @@ impl Client {
     pub(super) fn on_connected(&mut self, peer: PeerId) -> Vec<WantEntry> {
         self.connected.insert(peer);
         (self.wants.iter_mut())
+            .filter(|(_, w)| !w.arrived)
             .filter_map(|(cid, w)| {
                 w.asked
                     .insert(peer)
@@ -601,7 +645,7 @@ impl Client {
         let mut counts = self.outstanding();
         let mut sends = Vec::new();
         for (cid, want) in self.wants.iter_mut() {
-            if want.block_from.is_some() {
+            if want.block_from.is_some() || want.arrived {
                 continue;
             }
             let least_busy = (want.have.iter().copied())
@@ -940,12 +984,53 @@ mod tests {
         );
         assert_eq!(client.received_from()[&b], (1, 1));
         // A late copy is a duplicate of a race, not junk.
-        let (wanted, junk) = client.sort_received(vec![block(1)]);
-        assert!(wanted.is_empty() && !junk);
+        let received = client.on_received(vec![block(1)], t0);
+        assert!(received.wanted.is_empty() && !received.junk);
         assert_eq!(client.counters().duplicate_blocks, 1);
         // A block nobody ever wanted is junk.
-        let (_, junk) = client.sort_received(vec![block(9)]);
-        assert!(junk);
+        assert!(client.on_received(vec![block(9)], t0).junk);
+    }
+
+    #[test]
+    fn a_block_frees_its_peers_slot_when_it_arrives_not_when_it_is_stored() {
+        let a = PeerId::random();
+        let (mut client, t0) = client_with(&[a]);
+        let mut receivers = Vec::new();
+        for seed in 0..=BLOCKS_PER_PEER as u8 {
+            let (_, rx) = want(&mut client, cid(seed), t0);
+            receivers.push(rx);
+            client.on_presence(a, have(cid(seed)), t0);
+        }
+        // a holds BLOCKS_PER_PEER want-blocks; the last want waits for room.
+        let last = cid(BLOCKS_PER_PEER as u8);
+        assert_eq!(client.outstanding()[&a], BLOCKS_PER_PEER);
+        let received = client.on_received(vec![block(0)], t0);
+        assert_eq!(received.wanted.len(), 1);
+        assert_eq!(block_wants(&received.sends), [(a, last)]);
+        // Until it is stored, the block is asked of nobody, and a second copy is a
+        // duplicate to leave out, not a block to store twice.
+        assert!(client.on_presence(a, have(cid(0)), t0).is_empty());
+        let later = t0 + Config::default().block_timeout * 100;
+        let tick = client.on_tick(later);
+        assert!(!tick.sends.iter().any(|(_, e)| e.cid == cid(0) && !e.cancel));
+        assert!(!tick.searches.contains(&cid(0)));
+        let again = client.on_received(vec![block(0)], later);
+        assert!(again.wanted.is_empty() && !again.junk);
+        // Stored: its waiter has it.
+        client.on_stored(Some(a), &[block(0)], later);
+        assert!(matches!(receivers[0].try_recv(), Ok(Ok(_))));
+    }
+
+    #[test]
+    fn a_block_that_could_not_be_stored_is_wanted_again() {
+        let a = PeerId::random();
+        let (mut client, t0) = client_with(&[a]);
+        let (_, _rx) = want(&mut client, cid(1), t0);
+        client.on_presence(a, have(cid(1)), t0);
+        assert_eq!(client.on_received(vec![block(1)], t0).wanted.len(), 1);
+        client.store_failed([cid(1)]);
+        let tick = client.on_tick(t0);
+        assert_eq!(block_wants(&tick.sends), [(a, cid(1))]);
     }
 
     fn sorted_cancels(pairs: &[(PeerId, Cid)]) -> Vec<(PeerId, Cid)> {

@@ -314,13 +314,14 @@ impl Inner {
     /// Client side: queue wanted blocks for the store writer ([`store_received`]), so
     /// the stream reader goes on to the next message while the last one is written.
     async fn receive_blocks(self: &Arc<Self>, peer: PeerId, blocks: Vec<Block>) {
-        let (wanted, junk) = lock(&self.client).sort_received(blocks);
-        if junk {
+        let received = lock(&self.client).on_received(blocks, Instant::now());
+        if received.junk {
             self.strike(peer, "sent blocks nobody asked for");
         }
-        if !wanted.is_empty() {
+        self.send_each(received.sends);
+        if !received.wanted.is_empty() {
             self.p2p.mark_in_use(peer);
-            let _ = self.received.send((Some(peer), wanted)).await;
+            let _ = self.received.send((Some(peer), received.wanted)).await;
         }
     }
 
@@ -470,6 +471,8 @@ async fn store_received(
         let stored = tokio::task::spawn_blocking(move || store.put_many_unsynced(&blocks)).await;
         if !matches!(stored, Ok(Ok(_))) {
             tracing::warn!("bitswap: could not store received blocks");
+            let cids = batch.iter().flat_map(|(_, b)| b.iter().map(|b| *b.cid()));
+            lock(&this.client).store_failed(cids);
             continue;
         }
         for (peer, blocks) in batch {

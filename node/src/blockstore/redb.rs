@@ -173,10 +173,12 @@ impl Blockstore for RedbBlockstore {
         self.read(|txn| {
             let table = txn.open_table(BLOCKS).map_err(db_err)?;
             let key = cid.to_bytes();
-            let mut data: Option<Vec<u8>> = None;
             let range = table
                 .range((key.as_slice(), 0u32)..=(key.as_slice(), u32::MAX))
                 .map_err(db_err)?;
+            // The segments are gathered first, so the block is copied once into a
+            // buffer of its exact size (a 256 KiB block has nine).
+            let mut segments = Vec::new();
             for (i, entry) in range.enumerate() {
                 let (segment_key, segment) = entry.map_err(db_err)?;
                 if segment_key.value().1 as usize != i {
@@ -184,10 +186,16 @@ impl Blockstore for RedbBlockstore {
                         "block {cid} is missing segment {i}"
                     )));
                 }
-                data.get_or_insert_with(Vec::new)
-                    .extend_from_slice(segment.value());
+                segments.push(segment);
             }
-            Ok(data.map(Bytes::from))
+            if segments.is_empty() {
+                return Ok(None);
+            }
+            let mut data = Vec::with_capacity(segments.iter().map(|s| s.value().len()).sum());
+            for segment in &segments {
+                data.extend_from_slice(segment.value());
+            }
+            Ok(Some(Bytes::from(data)))
         })
     }
 

@@ -64,7 +64,8 @@ def kubo_node(online=False, swarm_key=None):
         with open(config_path) as f:
             config = json.load(f)
         config["Bootstrap"] = []
-        config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
+        # KUBO_SWARM_ADDR: where it listens, e.g. QUIC for the transfer benchmark.
+        config["Addresses"]["Swarm"] = [os.environ.get("KUBO_SWARM_ADDR", "/ip4/127.0.0.1/tcp/0")]
         config["Addresses"]["API"] = []
         config["Addresses"]["Gateway"] = []
         config.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
