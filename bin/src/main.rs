@@ -1,6 +1,5 @@
 //! The `ipfs-accelerate` binary: parses arguments, installs tracing, calls `node`.
 
-mod allocator;
 mod api;
 mod bench_generate;
 mod bench_infer;
@@ -24,8 +23,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Inference allocates and frees megabyte-sized tensors per layer; mimalloc reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    allocator::keep_freed_memory_a_while();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
