@@ -52,6 +52,10 @@ pub(super) struct Inner {
     pub(super) budget: Arc<budget::Budget>,
     /// Blocking threads hashing received blocks at once.
     verifying: Arc<Semaphore>,
+    /// Blocking threads looking in the store for a wanted block at once: a DAG read
+    /// asks for 64 blocks together, and each lookup on a thread of its own would grow
+    /// the blocking pool (and its memory) to match.
+    pub(super) looking_up: Arc<Semaphore>,
     /// Peers we reach only through a relay, which carries no blocks.
     pub(super) relayed_only: Arc<AtomicUsize>,
 }
@@ -82,6 +86,7 @@ impl Inner {
             config,
             received,
             verifying: Arc::new(Semaphore::new(cpus)),
+            looking_up: Arc::new(Semaphore::new(2 * cpus)),
             relayed_only: channels.relayed_only,
         });
         let weak = Arc::downgrade(&inner);

@@ -298,10 +298,17 @@ impl Bitswap {
     /// at once when the gateways failed and no peer is connected.
     pub async fn get(&self, cid: Cid, timeout: Duration) -> Result<Block> {
         let store = self.inner.store.clone();
-        let local = tokio::task::spawn_blocking(move || match store.get(&cid) {
-            Ok(block) => Ok(Some(block)),
-            Err(crate::store::Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+        let turn = (self.inner.looking_up.clone())
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let local = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            match store.get(&cid) {
+                Ok(block) => Ok(Some(block)),
+                Err(crate::store::Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
         })
         .await
         .map_err(|_| Error::Closed)??;
