@@ -36,6 +36,13 @@ pub(super) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`).
+#[inline(always)]
+pub(super) fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
 #[inline(always)]
 fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
@@ -55,7 +62,7 @@ fn erf(x: f32) -> f32 {
 
 /// `e^x` for `x <= 0`, within 2 ulp; 0 below -87.
 #[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
+pub(super) fn exp_non_positive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.max(-87.0);

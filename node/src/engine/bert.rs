@@ -10,8 +10,13 @@
 //!   sees the batch padded, through an index gather and back;
 //! - query, key and value are one fused projection.
 //!
-//! At f16 (wgpu) every weight but the layer norms' is cast to f16 once loaded; the
-//! norms run in f32 (their statistics would lose too much in f16), the rest in f16.
+//! On the CPU (flex) the encoder runs on host memory ([`host`]): plain vectors, the
+//! engine's packed matrix kernel and fused loops, as the decoder does. On the other
+//! backends it runs as burn tensors. At f16 (wgpu) every weight but the layer norms' is
+//! cast to f16 once loaded; the norms run in f32 (their statistics would lose too much
+//! in f16), the rest in f16.
+
+mod host;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -22,6 +27,7 @@ use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::activation::gelu_cpu;
+use super::matmul::Epilogue;
 use super::weights;
 use ipfs_accelerate_protocol::model_folder::{Activation, BertConfig};
 
@@ -128,6 +134,20 @@ impl BertWeights {
 #[derive(Debug)]
 pub(super) struct Bert {
     config: BertConfig,
+    device: Device,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// On host memory (the CPU).
+    Host(host::Encoder),
+    /// As burn tensors on a device.
+    Tensors(Tensors),
+}
+
+#[derive(Debug)]
+struct Tensors {
     word: Tensor<2>,
     position: Tensor<2>,
     /// Token type 0's embedding; every input here is a single segment.
@@ -171,13 +191,154 @@ pub(super) struct PackedBatch {
 }
 
 impl Bert {
-    /// The encoder of `weights`, loaded in f32, to run in `dtype`.
+    /// The encoder of `weights`, loaded in f32: on host memory with `host` (f32), else
+    /// as tensors of `dtype`, `cpu` saying whether the backend is a CPU one.
     pub(super) fn new(
         config: BertConfig,
         weights: BertWeights,
+        host: bool,
         cpu: bool,
         dtype: FloatDType,
     ) -> Self {
+        let device = weights.embeddings.word_embeddings.weight.device();
+        let body = match host {
+            true => Body::Host(host_encoder(&config, weights)),
+            false => Body::Tensors(Tensors::new(&config, weights, cpu, dtype)),
+        };
+        Self {
+            config,
+            device,
+            body,
+        }
+    }
+
+    /// The last hidden state of every packed token, `[tokens, hidden]`, in f32.
+    pub(super) fn forward(&self, batch: &PackedBatch) -> Tensor<2> {
+        match &self.body {
+            Body::Host(encoder) => {
+                let hidden = encoder.forward(&host_tokens(batch));
+                let tokens = hidden.len() / self.config.hidden_size;
+                Tensor::from_data(
+                    TensorData::new(hidden, [tokens, self.config.hidden_size]),
+                    &self.device,
+                )
+            }
+            Body::Tensors(tensors) => tensors.forward(&self.config, batch),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
+        match &self.body {
+            Body::Host(_) => burn::tensor::DType::F32,
+            Body::Tensors(tensors) => tensors.word.dtype(),
+        }
+    }
+}
+
+/// The values of a float tensor, as f32.
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().iter::<f32>().collect()
+}
+
+fn host_norm(config: &BertConfig, norm: LayerNorm) -> host::Norm {
+    host::Norm {
+        weight: values(norm.gamma.val()),
+        bias: match norm.beta {
+            Some(beta) => values(beta.val()),
+            None => vec![0.0; config.hidden_size],
+        },
+        eps: config.layer_norm_eps as f32,
+    }
+}
+
+fn host_dense(linear: Linear) -> host::Dense {
+    let [k, n] = linear.weight.dims();
+    let bias = match linear.bias {
+        Some(bias) => values(bias.val()),
+        None => vec![0.0; n],
+    };
+    host::Dense::new(values(linear.weight.val()), bias, k, n)
+}
+
+fn host_encoder(config: &BertConfig, weights: BertWeights) -> host::Encoder {
+    let h = config.hidden_size;
+    let embeddings = weights.embeddings;
+    let layers = weights
+        .encoder
+        .layer
+        .into_iter()
+        .map(|layer| {
+            let attn = layer.attention.self_attention;
+            // `[h, 3h]`: each row of the query, key and value weights side by side.
+            let parts = [&attn.query, &attn.key, &attn.value].map(|l| values(l.weight.val()));
+            let mut qkv = Vec::with_capacity(3 * h * h);
+            for row in 0..h {
+                for part in &parts {
+                    qkv.extend_from_slice(&part[row * h..(row + 1) * h]);
+                }
+            }
+            let bias = [attn.query, attn.key, attn.value].map(|l| match l.bias {
+                Some(bias) => values(bias.val()),
+                None => vec![0.0; h],
+            });
+            host::Layer {
+                qkv: host::Dense::new(qkv, bias.concat(), h, 3 * h),
+                attention_out: host_dense(layer.attention.output.dense),
+                attention_norm: host_norm(config, layer.attention.output.layer_norm),
+                intermediate: host_dense(layer.intermediate.dense),
+                output: host_dense(layer.output.dense),
+                output_norm: host_norm(config, layer.output.layer_norm),
+            }
+        })
+        .collect();
+    let token_type = values(embeddings.token_type_embeddings.weight.val());
+    host::Encoder {
+        word: values(embeddings.word_embeddings.weight.val()),
+        position: values(embeddings.position_embeddings.weight.val()),
+        token_type: token_type[..h].to_vec(),
+        embedding_norm: host_norm(config, embeddings.layer_norm),
+        layers,
+        hidden: h,
+        heads: config.num_heads,
+        activation: match config.activation {
+            Activation::Gelu => Epilogue::Gelu,
+            Activation::GeluTanh => Epilogue::GeluTanh,
+        },
+        scratch: Default::default(),
+    }
+}
+
+/// The packed batch as host vectors: ids, positions, each row's tokens and which of them
+/// may be attended to.
+fn host_tokens(batch: &PackedBatch) -> host::Tokens {
+    let ints = |t: &Tensor<1, Int>| -> Vec<usize> {
+        t.clone()
+            .into_data()
+            .iter::<i64>()
+            .map(|v| v as usize)
+            .collect()
+    };
+    let from_padded = ints(&batch.from_padded);
+    let key_mask: Vec<bool> = batch.key_mask.clone().into_data().iter::<bool>().collect();
+    let mut rows = vec![0..0; batch.rows];
+    for (t, &slot) in from_padded.iter().enumerate() {
+        let row = &mut rows[slot / batch.longest.max(1)];
+        if row.end == 0 {
+            row.start = t;
+        }
+        row.end = t + 1;
+    }
+    host::Tokens {
+        ids: ints(&batch.ids),
+        positions: ints(&batch.positions),
+        rows,
+        attended: from_padded.iter().map(|&slot| !key_mask[slot]).collect(),
+    }
+}
+
+impl Tensors {
+    fn new(config: &BertConfig, weights: BertWeights, cpu: bool, dtype: FloatDType) -> Self {
         let embeddings = weights.embeddings;
         let layers = weights
             .encoder
@@ -222,27 +383,20 @@ impl Bert {
             token_type,
             embedding_norm: embeddings.layer_norm,
             layers,
-            config,
             cpu,
             dtype,
         }
     }
 
-    /// The last hidden state of every packed token, `[tokens, hidden]`, in f32.
-    pub(super) fn forward(&self, batch: &PackedBatch) -> Tensor<2> {
+    fn forward(&self, config: &BertConfig, batch: &PackedBatch) -> Tensor<2> {
         let x = self.word.clone().select(0, batch.ids.clone())
             + self.position.clone().select(0, batch.positions.clone())
             + self.token_type.clone().unsqueeze::<2>();
         let mut x = self.norm(&self.embedding_norm, x);
         for layer in &self.layers {
-            x = self.layer(layer, x, batch);
+            x = self.layer(config, layer, x, batch);
         }
         x.cast(FloatDType::F32)
-    }
-
-    #[cfg(test)]
-    pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
-        self.word.dtype()
     }
 
     /// A layer norm, its statistics in f32 whatever the activations' type.
@@ -250,8 +404,13 @@ impl Bert {
         norm.forward(x.cast(FloatDType::F32)).cast(self.dtype)
     }
 
-    fn layer(&self, layer: &Layer, x: Tensor<2>, batch: &PackedBatch) -> Tensor<2> {
-        let config = &self.config;
+    fn layer(
+        &self,
+        config: &BertConfig,
+        layer: &Layer,
+        x: Tensor<2>,
+        batch: &PackedBatch,
+    ) -> Tensor<2> {
         let (rows, longest) = (batch.rows, batch.longest);
         let (heads, head_dim, hidden) = (config.num_heads, config.head_dim(), config.hidden_size);
         let qkv = linear(x.clone(), layer.qkv.clone(), Some(layer.qkv_bias.clone()))

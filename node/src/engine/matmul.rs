@@ -200,6 +200,18 @@ pub(crate) fn pack(w: &[f32], k: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// What a packed product does to each output value after adding the bias, while the
+/// block is still in registers and cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Epilogue {
+    /// Nothing: the product plus the bias.
+    None,
+    /// Exact (erf) GELU, [`super::activation::gelu`]: the product feeding a BERT MLP.
+    Gelu,
+    /// The tanh approximation of GELU, [`super::activation::gelu_tanh`].
+    GeluTanh,
+}
+
 /// [`matmul`] of `x` (`[m, k]`) by a matrix [`pack`]ed from `[k, n]`. Each output row is
 /// computed the same way whatever `m` is, so a sequence gets the same numbers in a batch
 /// as alone. Only where [`packing_available`].
@@ -211,23 +223,46 @@ pub(crate) fn matmul_packed(
     n: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    matmul_packed_into(x, m, k, panels, n, bias, Epilogue::None, &mut out);
+    out
+}
+
+/// [`matmul_packed`] into `out` (`m * n` floats, all overwritten), then `epilogue` on
+/// every value. The bias is added as each block is stored: the same single rounding as
+/// adding it afterwards, without another pass over the output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_packed_into(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panels: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: &mut [f32],
+) {
     assert_eq!(x.len(), m * k, "matmul: left-hand side is not [m, k]");
+    assert_eq!(out.len(), m * n, "matmul: output is not [m, n]");
     let count = n.div_ceil(PANEL);
     assert_eq!(
         panels.len(),
         count * k * PANEL,
         "matmul: packed matrix is not [k, n]"
     );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "matmul: bias is not [n]");
+    }
     assert!(packing_available(), "matmul_packed without AVX-512");
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return;
     }
     let base = Out(out.as_mut_ptr());
     let run = |range: std::ops::Range<usize>| {
         for p in range {
             let panel = &panels[p * k * PANEL..(p + 1) * k * PANEL];
             let cols = PANEL.min(n - p * PANEL);
+            let bias = bias.map(|b| &b[p * PANEL..p * PANEL + cols]);
             for first in (0..m).step_by(ROWS) {
                 let rows = ROWS.min(m - first);
                 // SAFETY: AVX-512 is available (asserted above); `x` rows
@@ -244,6 +279,8 @@ pub(crate) fn matmul_packed(
                         base.at(first * n + p * PANEL),
                         n,
                         cols,
+                        bias,
+                        epilogue,
                     );
                 }
             }
@@ -258,15 +295,6 @@ pub(crate) fn matmul_packed(
             run(t * per_task..((t + 1) * per_task).min(count));
         });
     }
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), n, "matmul: bias is not [n]");
-        for row in out.chunks_exact_mut(n) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
-    }
-    out
 }
 
 /// Rows of the output one kernel call computes: 8 rows of two 16-float registers is 16
@@ -277,15 +305,19 @@ const ROWS: usize = 8;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{PANEL, ROWS};
+    use super::{Epilogue, PANEL, ROWS};
+    use crate::engine::activation::{gelu, gelu_tanh};
 
-    /// `out[r, c] = Σ_i x[r, i] · panel[i, c]` for `rows` (≤ 8) rows of `x` and the first
-    /// `cols` columns of one panel; output rows are `stride` apart.
+    /// `out[r, c] = Σ_i x[r, i] · panel[i, c] + bias[c]`, then `epilogue`, for `rows`
+    /// (≤ 8) rows of `x` and the first `cols` columns of one panel; output rows are
+    /// `stride` apart.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x` is `[rows, k]`, `panel` `[k, PANEL]`, and `out`
-    /// points to `rows` rows of at least `cols` writable floats, `stride` apart.
+    /// AVX-512F must be available; `x` is `[rows, k]`, `panel` `[k, PANEL]`, `bias` (if
+    /// any) `cols` long, and `out` points to `rows` rows of at least `cols` writable
+    /// floats, `stride` apart.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         x: &[f32],
         rows: usize,
@@ -294,32 +326,51 @@ mod avx512 {
         out: *mut f32,
         stride: usize,
         cols: usize,
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
     ) {
         debug_assert!(rows <= ROWS && x.len() == rows * k && panel.len() == k * PANEL);
+        debug_assert!(bias.is_none_or(|b| b.len() == cols));
+        let store = Store {
+            out,
+            stride,
+            cols,
+            bias,
+            epilogue,
+        };
         // One specialisation per row count keeps the accumulators in registers.
         unsafe {
             match rows {
-                8 => rows_of::<8>(x, k, panel, out, stride, cols),
-                7 => rows_of::<7>(x, k, panel, out, stride, cols),
-                6 => rows_of::<6>(x, k, panel, out, stride, cols),
-                5 => rows_of::<5>(x, k, panel, out, stride, cols),
-                4 => rows_of::<4>(x, k, panel, out, stride, cols),
-                3 => rows_of::<3>(x, k, panel, out, stride, cols),
-                2 => rows_of::<2>(x, k, panel, out, stride, cols),
-                _ => rows_of::<1>(x, k, panel, out, stride, cols),
+                8 => rows_of::<8>(x, k, panel, &store),
+                7 => rows_of::<7>(x, k, panel, &store),
+                6 => rows_of::<6>(x, k, panel, &store),
+                5 => rows_of::<5>(x, k, panel, &store),
+                4 => rows_of::<4>(x, k, panel, &store),
+                3 => rows_of::<3>(x, k, panel, &store),
+                2 => rows_of::<2>(x, k, panel, &store),
+                _ => rows_of::<1>(x, k, panel, &store),
             }
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_of<const R: usize>(
-        x: &[f32],
-        k: usize,
-        panel: &[f32],
+    /// Where and how a block's accumulators are written out.
+    struct Store<'a> {
         out: *mut f32,
         stride: usize,
         cols: usize,
-    ) {
+        bias: Option<&'a [f32]>,
+        epilogue: Epilogue,
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_of<const R: usize>(x: &[f32], k: usize, panel: &[f32], store: &Store<'_>) {
+        let Store {
+            out,
+            stride,
+            cols,
+            bias,
+            epilogue,
+        } = *store;
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
         for (i, w) in panel.chunks_exact(PANEL).enumerate().take(k) {
@@ -341,6 +392,19 @@ mod avx512 {
             ((1u32 << valid) - 1) as __mmask16
         };
         let (mask_lo, mask_hi) = (mask(0), mask(16));
+        if let Some(bias) = bias {
+            // SAFETY: `bias` is `cols` long; the masks read only those.
+            let (b0, b1) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
+                    _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().wrapping_add(16)),
+                )
+            };
+            for r in 0..R {
+                lo[r] = _mm512_add_ps(lo[r], b0);
+                hi[r] = _mm512_add_ps(hi[r], b1);
+            }
+        }
         for r in 0..R {
             // SAFETY: row r of `out` has `cols` writable floats (caller); the masks
             // write only those.
@@ -348,6 +412,12 @@ mod avx512 {
                 let row = out.add(r * stride);
                 _mm512_mask_storeu_ps(row, mask_lo, lo[r]);
                 _mm512_mask_storeu_ps(row.add(16), mask_hi, hi[r]);
+                let row = std::slice::from_raw_parts_mut(row, cols);
+                match epilogue {
+                    Epilogue::None => {}
+                    Epilogue::Gelu => row.iter_mut().for_each(|v| *v = gelu(*v)),
+                    Epilogue::GeluTanh => row.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+                }
             }
         }
     }

@@ -426,9 +426,12 @@ impl Embedder {
         }
         let mut loaded = BertWeights::new(&config, &device);
         weights::load(&mut loaded, files.weights, &weights::BERT_ENCODER)?;
+        // flex runs the encoder on host memory; ndarray (kept as a second CPU path) and
+        // wgpu as tensors.
         let model = Bert::new(
             config.clone(),
             loaded,
+            kind == DeviceKind::Cpu && placement.precision == Precision::F32,
             kind != DeviceKind::Wgpu,
             placement.precision.dtype(),
         );
