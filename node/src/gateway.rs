@@ -2,8 +2,9 @@
 //! content types, directory listings, byte ranges) and the trustless formats for
 //! programs (`?format=raw|car`, `Accept: application/vnd.ipld.raw|car`), with
 //! immutable caching headers and ETags. Blocks we lack are fetched from peers as the
-//! answer needs them: a file's first bytes go out once its first blocks are here, and a
-//! byte range fetches only the blocks it covers ([`file`]). The empty directory is
+//! answer needs them, in order within a bounded window ([`crate::unixfs::reader`]): a
+//! file's first bytes go out once its first leaf is here, and a byte range fetches only
+//! the blocks it covers ([`file`]). The empty directory is
 //! always served, stored or not.
 //!
 //! Origins: as Kubo's subdomain gateway, `http://{cidv1}.ipfs.localhost:PORT/path`
@@ -27,7 +28,7 @@ use tokio::sync::watch;
 use crate::config::GatewayConfig;
 use crate::http_body::stream_from_blocking;
 use crate::http_server::{self, Limits};
-use crate::unixfs::{self, export::EntryKind};
+use crate::unixfs::{self, export::EntryKind, reader};
 use crate::{BLOCK_FETCH_TIMEOUT, Node};
 
 const RAW: &str = "application/vnd.ipld.raw";
@@ -349,13 +350,15 @@ async fn raw(node: &Node, cid: Cid) -> Response {
     }
 }
 
+/// The DAG as a CAR, streamed as its blocks arrive in order.
 async fn car(gw: &Gateway, cid: Cid) -> Response {
-    if let Err(e) = gw.node.fetch(cid).await {
-        return error(StatusCode::GATEWAY_TIMEOUT, e);
+    if let Err(response) = block(&gw.node, cid).await {
+        return response;
     }
-    let store = gw.node.store();
+    let mut read = reader::dag_reader(gw.node.bitswap().clone(), cid);
+    let runtime = tokio::runtime::Handle::current();
     let body = stream_from_blocking(gw.config.write_timeout(), move |out| {
-        crate::car::export(&store, &cid, out)
+        reader::write_car(&mut read, &runtime, &cid, out)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
@@ -415,16 +418,13 @@ fn file_response(
     let body = match request.method {
         Method::HEAD => Body::empty(),
         _ => {
-            let mut blocks = BlockSource {
-                node: gw.node.clone(),
-                root: *root.cid(),
-                whole: status == StatusCode::OK,
-                runtime: tokio::runtime::Handle::current(),
-                prefetch: None,
-            };
+            let range = start..start + len;
+            let mut reader =
+                reader::file_reader(gw.node.bitswap().clone(), *root.cid(), range.clone());
+            let runtime = tokio::runtime::Handle::current();
             stream_from_blocking(gw.config.write_timeout(), move |out| {
-                let mut get = |cid: &Cid| blocks.get(cid);
-                file::write_range(&root, start..start + len, &mut get, out)
+                reader::write_file(&mut reader, &runtime, &range, out)
+                    .map(|_| ())
                     .map_err(|e| e.to_string())
             })
         }
@@ -439,48 +439,6 @@ fn file_response(
         h.insert(header::CONTENT_RANGE, v);
     }
     response
-}
-
-/// Blocks for a file being sent, on its blocking thread: from the store, else from
-/// peers. Once one is missing and the whole file is wanted, the rest of the DAG is
-/// fetched in the background (many blocks in flight) while the answer streams; the
-/// fetch stops when the answer ends.
-struct BlockSource {
-    node: Arc<Node>,
-    root: Cid,
-    whole: bool,
-    runtime: tokio::runtime::Handle,
-    prefetch: Option<AbortOnDrop>,
-}
-
-impl BlockSource {
-    fn get(&mut self, cid: &Cid) -> Result<ipfs_accelerate_protocol::Block, String> {
-        match self.node.store().get(cid) {
-            Ok(block) => return Ok(block),
-            Err(crate::store::Error::NotFound(_)) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if self.whole && self.prefetch.is_none() {
-            let (node, root) = (self.node.clone(), self.root);
-            self.prefetch = Some(AbortOnDrop(self.runtime.spawn(async move {
-                if let Err(error) = node.fetch(root).await {
-                    tracing::debug!(%root, %error, "gateway: prefetch failed");
-                }
-            })));
-        }
-        self.runtime
-            .block_on(self.node.bitswap().get(*cid, BLOCK_FETCH_TIMEOUT))
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What a `Range` header asks of a file.

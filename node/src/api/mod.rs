@@ -39,7 +39,7 @@ use crate::http_body::stream_from_blocking;
 use crate::http_server::{self, Limits};
 use crate::node::Node;
 use crate::pin::PinType;
-use crate::unixfs::{self, ImportOptions};
+use crate::unixfs::{self, ImportOptions, reader};
 use ipfs_accelerate_protocol::limits::{self, CHUNK_SIZE_LIMIT};
 
 /// Upload chunks buffered between HTTP and the importing thread.
@@ -243,6 +243,7 @@ pub async fn serve(
             "/api/v0/accelerate/infer",
             post(models::infer).layer(DefaultBodyLimit::max(limits::INFER_REQUEST_LIMIT)),
         )
+        .route("/api/v0/accelerate/model/import", post(models::import))
         .route("/api/v0/accelerate/model/publish", post(models::publish))
         .route("/api/v0/accelerate/model/serve", post(models::serve))
         .route("/api/v0/accelerate/model/pull", post(models::pull))
@@ -578,23 +579,24 @@ fn json_line(value: &impl Serialize) -> Bytes {
     Bytes::from(line)
 }
 
+/// The file's bytes, streamed as its blocks arrive in order (see
+/// [`unixfs::reader`]): the first bytes go out once the first leaf is here.
 async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let cid = path_arg(&api, &q).await?;
-    api.node.fetch(cid).await.map_err(ApiError::internal)?;
-    let store = api.node.store();
+    let bitswap = api.node.bitswap().clone();
     // Fail before the 200 if it is not a file.
-    let check = store.clone();
-    let size = tokio::task::spawn_blocking(move || unixfs::export::file_size(&check, &cid))
+    let Some(size) = reader::file_size(&bitswap, cid)
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    if size.is_none() {
+    else {
         return Err(ApiError::internal(format!(
             "{cid} is a directory, not a file"
         )));
-    }
+    };
+    let mut read = reader::file_reader(bitswap, cid, 0..size);
+    let runtime = tokio::runtime::Handle::current();
     let body = stream_from_blocking(api.write_timeout, move |out| {
-        unixfs::cat(&store, &cid, out, &mut |_| {})
+        reader::write_file(&mut read, &runtime, &(0..size), out)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
@@ -602,7 +604,8 @@ async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
 }
 
 /// Kubo's `get`: the file or tree as a tar stream, entries named after the last
-/// component of the argument.
+/// component of the argument. A file streams as its blocks arrive in order; a tree is
+/// fetched whole first.
 async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
     if flag(&q, "compress", false)? {
         return Err(ApiError::bad_request(
@@ -615,11 +618,29 @@ async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
         .filter(|name| !name.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| cid.to_string());
-    api.node.fetch(cid).await.map_err(ApiError::internal)?;
-    let store = api.node.store();
-    let body = stream_from_blocking(api.write_timeout, move |out| {
-        unixfs::tar(&store, &cid, &root_name, out).map_err(|e| e.to_string())
-    });
+    let bitswap = api.node.bitswap().clone();
+    let file_size = reader::file_size(&bitswap, cid)
+        .await
+        .map_err(ApiError::internal)?;
+    let body = match file_size {
+        Some(size) => {
+            let mut read = reader::file_reader(bitswap, cid, 0..size);
+            let runtime = tokio::runtime::Handle::current();
+            stream_from_blocking(api.write_timeout, move |out| {
+                unixfs::export::tar_file(&root_name, size, out, |out| {
+                    Ok(reader::write_file(&mut read, &runtime, &(0..size), out)?)
+                })
+                .map_err(|e| e.to_string())
+            })
+        }
+        None => {
+            api.node.fetch(cid).await.map_err(ApiError::internal)?;
+            let store = api.node.store();
+            stream_from_blocking(api.write_timeout, move |out| {
+                unixfs::tar(&store, &cid, &root_name, out).map_err(|e| e.to_string())
+            })
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-tar"),
@@ -900,12 +921,19 @@ async fn repo_gc(State(api): State<Api>) -> ApiResult {
     ))
 }
 
+/// The DAG as a CAR, streamed as its blocks arrive in order (see [`unixfs::reader`]).
 async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
     let cid = path_arg(&api, &q).await?;
-    api.node.fetch(cid).await.map_err(ApiError::internal)?;
-    let store = api.node.store();
+    // Fail before the 200 if the root cannot be had.
+    let bitswap = api.node.bitswap().clone();
+    bitswap
+        .get(cid, crate::BLOCK_FETCH_TIMEOUT)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut read = reader::dag_reader(bitswap, cid);
+    let runtime = tokio::runtime::Handle::current();
     let body = stream_from_blocking(api.write_timeout, move |out| {
-        crate::car::export(&store, &cid, out)
+        reader::write_car(&mut read, &runtime, &cid, out)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });

@@ -240,6 +240,50 @@ pub fn tar(store: &Store, cid: &Cid, root_name: &str, out: &mut dyn Write) -> Re
         .map_err(io_error())
 }
 
+/// Streams one file of `size` bytes as a tar archive named `name` (Kubo's `get` answer
+/// for a file) while `bytes` writes its bytes, fetching them as it goes: the same
+/// archive [`tar`] writes for a stored file. The archive ends only when `bytes` wrote
+/// exactly `size` bytes.
+pub fn tar_file(
+    name: &str,
+    size: u64,
+    out: &mut dyn Write,
+    bytes: impl FnOnce(&mut dyn Write) -> Result<u64>,
+) -> Result<()> {
+    let mut out = Abandonable {
+        out,
+        abandoned: false,
+    };
+    let mut builder = tar::Builder::new(&mut out);
+    let io_error = || Error::io("writing tar for", name);
+    let mut header = tar_header(tar::EntryType::Regular, 0o644, size);
+    builder
+        .append_data(&mut header, name, std::io::empty())
+        .map_err(io_error())?;
+    let written = bytes(builder.get_mut()).and_then(|written| match written == size {
+        true => Ok(()),
+        false => Err(Error::Io {
+            what: "writing tar for",
+            path: name.to_string(),
+            source: std::io::Error::other(format!("{written} bytes of {size} were written")),
+        }),
+    });
+    if let Err(e) = written {
+        builder.get_mut().abandoned = true;
+        return Err(e);
+    }
+    let padding = (512 - size % 512) % 512;
+    builder
+        .get_mut()
+        .write_all(&[0; 512][..padding as usize])
+        .map_err(io_error())?;
+    builder
+        .into_inner()
+        .map_err(io_error())?
+        .flush()
+        .map_err(io_error())
+}
+
 /// An output that refuses every write once abandoned.
 struct Abandonable<'a> {
     out: &'a mut dyn Write,

@@ -2,12 +2,14 @@
 //!
 //! [`import`] chunks and hashes on the calling thread while a second thread writes
 //! batches to the store, so neither waits on the other; nothing holds more than a few
-//! batches in memory. [`export`] walks a DAG block by block and streams file bytes out.
+//! batches in memory. [`export`] walks a DAG block by block and streams file bytes out;
+//! [`reader`] reads one in order while its blocks are still being fetched from peers.
 //! Layout comes from rust-unixfs (balanced trees, Kubo's directory and HAMT rules).
 
 pub mod export;
 pub mod extract;
 pub mod import;
+pub mod reader;
 mod reseal;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -51,6 +53,9 @@ pub enum Error {
     Open { path: String, reason: String },
     #[error("building directory: {0}")]
     Directory(String),
+    /// A read of a DAG that may not be local failed (see [`reader`]).
+    #[error(transparent)]
+    Read(#[from] reader::Error),
 }
 
 impl Error {
