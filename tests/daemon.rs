@@ -305,3 +305,83 @@ fn provide_strategy_decides_which_blocks_are_announced() {
         &roots_only
     )));
 }
+
+#[test]
+fn model_import_names_a_folder_through_a_running_daemon() {
+    use ipfs_accelerate_tests::workspace_root;
+
+    let daemon = Daemon::start(&[]);
+    let cli = &daemon.repo;
+    let tiny = workspace_root().join("tests/fixtures/tiny-bert");
+    let tiny = tiny.to_str().unwrap();
+    // `model import DIR` uploads the folder with `add`, then names it with
+    // `accelerate/model/import`: the same CID and record as without a daemon.
+    let imported: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "model",
+        "import",
+        tiny,
+        "--name",
+        "tiny",
+        "--version",
+        "2",
+        "--tags",
+        "nlp,bert",
+        "--json",
+    ]))
+    .unwrap();
+    let cid = imported["cid"].as_str().unwrap().to_owned();
+    assert_eq!(cid, cli.ok(&["add", "-r", "-Q", tiny]));
+    assert_eq!(
+        (
+            &imported["name"],
+            &imported["version"],
+            &imported["task"],
+            &imported["tags"]
+        ),
+        (
+            &"tiny".into(),
+            &"2".into(),
+            &"embed".into(),
+            &serde_json::json!(["nlp", "bert"])
+        ),
+        "{imported}"
+    );
+    let listed = cli.ok(&["model", "ls"]);
+    assert!(
+        listed.contains(&format!("tiny@2\t{cid}\tembed\tlocal\tnlp,bert")),
+        "{listed}"
+    );
+    assert!(cli.ok(&["pin", "ls", "--type", "recursive"]).contains(&cid));
+    assert!(
+        cli.ok(&["infer", "tiny@2", "--text", "hello"])
+            .contains("(32 dims)")
+    );
+
+    // What cannot be named is the caller's mistake (400), with what to do.
+    let file = cli.path("plain.txt");
+    std::fs::write(&file, b"not a model").unwrap();
+    let plain = cli.ok(&["add", "-Q", file.to_str().unwrap()]);
+    let missing = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("{}/api/v0/accelerate/model/import", daemon.api_url());
+    for (query, says) in [
+        (format!("arg={plain}&name=x"), "is not a model folder"),
+        (
+            format!("arg={missing}&name=x"),
+            "is not wholly in this repo",
+        ),
+        (format!("arg={cid}&name=a%20b"), "invalid model name"),
+        (format!("arg={cid}"), "is required"),
+    ] {
+        let mut reply = agent.post(format!("{url}?{query}")).send_empty().unwrap();
+        let body = reply.body_mut().read_to_string().unwrap();
+        assert_eq!(reply.status().as_u16(), 400, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
+    // None of them named anything.
+    assert_eq!(cli.ok(&["model", "ls"]).lines().count(), 1);
+}

@@ -139,6 +139,7 @@ fn the_package_api_works_embedded_and_over_http() {
     );
     assert!(ok, "tests/python/test_package.py failed:\n{output}");
     for check in [
+        "ok a hostile tar is refused",
         "ok embedded content",
         "ok two embedded peers",
         "ok remote node over HTTP",

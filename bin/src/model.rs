@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cid::Cid;
 use ipfs_accelerate_node::api::types;
+use ipfs_accelerate_node::engine::gguf;
 use ipfs_accelerate_node::engine::{
     ChatMessage, Classifier, DeviceKind, Embedder, Generator, Model, ModelFiles, Placement,
     Precision,
 };
-use ipfs_accelerate_node::engine::{gguf, model_folder};
 use ipfs_accelerate_node::infer::generate_params;
-use ipfs_accelerate_node::models::{LocalModels, ModelRecord};
+use ipfs_accelerate_node::models::LocalModels;
 use ipfs_accelerate_node::repo::Repo;
 use ipfs_accelerate_node::trust::{self, Trust};
 use ipfs_accelerate_node::unixfs::{self, ImportOptions};
@@ -81,16 +81,15 @@ fn import(
     })
     .with_context(|| format!("importing {}", dir.display()))?;
     bar.finish_and_clear();
-    let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
-    let mut record = ModelRecord::new(name, version, tags, root.cid)?;
-    // Kept unknown when the engine cannot tell: the folder is stored all the same.
-    record.task = std::fs::read(dir.join("config.json"))
-        .ok()
-        .and_then(|config| model_folder::model_kind(&config).ok())
-        .map(|kind| kind.task().to_owned());
-    LocalModels::new(repo.path()).record(record.clone())?;
+    let opener = crate::sealing::opener(repo.path(), false);
+    let record = LocalModels::new(repo.path()).import(
+        repo.store(),
+        root.cid,
+        (name, version, tags),
+        &opener,
+    )?;
     if json {
-        return print_json(&record_json(&record));
+        return print_json(&types::ImportedModel::from(&record));
     }
     println!("{}", root.cid);
     eprintln!(
@@ -201,23 +200,12 @@ fn folder_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn record_json(record: &ModelRecord) -> serde_json::Value {
-    json!({
-        "name": record.name,
-        "version": record.version,
-        "tags": record.tags,
-        "cid": record.root.to_string(),
-        "imported_at": record.imported_at,
-        "task": record.task,
-    })
-}
-
 fn list(repo: &Repo, tag: Option<&str>, task: Option<&str>, json: bool) -> Result<()> {
     let mut records = LocalModels::new(repo.path()).list()?;
     records.retain(|r| tag.is_none_or(|t| r.tags.iter().any(|x| x == t)));
     records.retain(|r| task.is_none_or(|t| r.task.as_deref() == Some(t)));
     if json {
-        let models: Vec<_> = records.iter().map(record_json).collect();
+        let models: Vec<_> = records.iter().map(types::ImportedModel::from).collect();
         return print_json(&json!({ "models": models }));
     }
     for r in records {

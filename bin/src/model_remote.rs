@@ -1,5 +1,5 @@
-//! Model commands run through a daemon's `/api/v0/accelerate/...` API: publish, pull,
-//! serve, info, ls, providers and infer (here or on a peer).
+//! Model commands run through a daemon's `/api/v0/accelerate/...` API: import, publish,
+//! pull, serve, info, ls, providers and infer (here or on a peer).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -15,9 +15,19 @@ use crate::output::{print_json, print_trust_change, print_trust_list};
 
 pub(crate) fn model(remote: &Client, command: ModelCommand, json: bool) -> Result<()> {
     match command {
-        ModelCommand::Import { .. } => bail!(
-            "model import writes the repo directly; stop the daemon first, or use `model publish DIR` with it running"
-        ),
+        ModelCommand::Import {
+            dir,
+            name,
+            version,
+            tags,
+        } => {
+            let answer = import(remote, &dir, name, version, tags)?;
+            if json {
+                return print_json(&answer);
+            }
+            println!("{}", answer.cid);
+            eprintln!("imported {}@{}, pinned", answer.name, answer.version);
+        }
         ModelCommand::Ls { tag, task } => {
             let args: Vec<(&str, String)> = [tag.map(|t| ("tag", t)), task.map(|t| ("task", t))]
                 .into_iter()
@@ -245,6 +255,44 @@ fn print_info(info: &types::ModelInfo) -> Result<()> {
     Ok(())
 }
 
+/// `model import DIR` through the daemon: the folder added (pinned), then named there
+/// (`accelerate/model/import`), as `model import` does without a daemon.
+fn import(
+    remote: &Client,
+    dir: &Path,
+    name: Option<String>,
+    version: String,
+    tags: Vec<String>,
+) -> Result<types::ImportedModel> {
+    if dir.is_file() {
+        bail!(
+            "a GGUF file is converted inside the repo, which the daemon holds: stop the \
+             daemon to import {}, or import the converted model folder",
+            dir.display()
+        );
+    }
+    let root = add_folder(remote, dir)?;
+    let name = match name {
+        Some(name) => name,
+        None => folder_name(dir)?,
+    };
+    let query = [
+        ("arg", root),
+        ("name", name),
+        ("version", version),
+        ("tags", tags.join(",")),
+    ];
+    remote.json("accelerate/model/import", &query)
+}
+
+/// The name a folder is imported under when none is given: its own.
+fn folder_name(dir: &Path) -> Result<String> {
+    dir.canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .context("the folder has no name to use; pass --name")
+}
+
 /// Adds a model folder through the daemon (pinned) and returns its root CID.
 fn add_folder(remote: &Client, dir: &Path) -> Result<String> {
     if !dir.join("config.json").is_file() {
@@ -253,11 +301,7 @@ fn add_folder(remote: &Client, dir: &Path) -> Result<String> {
             dir.display()
         );
     }
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .context("the folder has no name")?;
+    let name = folder_name(dir)?;
     let body = MultipartBody::new().path(&name, dir, false)?;
     let answer = remote.upload("add", &[("pin", "true".into())], body)?;
     answer

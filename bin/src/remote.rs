@@ -8,10 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use ipfs_accelerate_node::api::types;
-use ipfs_accelerate_node::envelope::Opener;
 use ipfs_accelerate_node::repo::Repo;
-use ipfs_accelerate_node::unixfs::extract::Extractor;
-use ipfs_accelerate_protocol::archive;
+use ipfs_accelerate_node::unixfs::extract::unpack_tar;
 
 use crate::api::{Client, parse};
 use crate::cli::{
@@ -462,34 +460,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::Daemon(_) => "a second daemon",
         _ => "this command",
     }
-}
-
-/// Unpacks `get`'s tar stream at `target`: the archive's root entry becomes `target`.
-/// The stream is not trusted: [`archive::read_entries`] accepts only plain names,
-/// directories, files and symlinks, whole files and a whole archive, and [`Extractor`]
-/// writes nothing outside `target` and nothing through a symlink.
-fn unpack_tar(body: impl Read, target: &Path, opener: &Opener) -> Result<()> {
-    let mut out = Extractor::new(target);
-    archive::read_entries(body, &mut |entry| {
-        match entry {
-            archive::Entry::Directory(path) => out.directory(path)?,
-            archive::Entry::File { path, body, .. } => {
-                let mut file = opener.writer(out.file(path)?);
-                std::io::copy(body, &mut file)?;
-                file.finish().map_err(|e| {
-                    std::io::Error::other(format!("opening {}: {e}", target.join(path).display()))
-                })?;
-            }
-            archive::Entry::Symlink { path, target } => out.symlink(path, target)?,
-        }
-        Ok(())
-    })
-    .map_err(|e| match e {
-        archive::ArchiveError::EndedEarly | archive::ArchiveError::Truncated { .. } => {
-            anyhow::anyhow!("{e}: the daemon failed part way; see its log")
-        }
-        e => e.into(),
-    })
 }
 
 /// Whether `name` is one plain path component (not empty, `.`, `..` or a root).

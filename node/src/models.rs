@@ -7,7 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
 use ipfs_accelerate_protocol::manifest::{RegistryBody, RegistryVersion};
+use ipfs_accelerate_protocol::model_folder;
 use serde::{Deserialize, Serialize};
+
+use crate::engine::ModelFiles;
+use crate::engine::source::SourceError;
+use crate::envelope::Opener;
+use crate::store::Store;
 
 const MODELS_FILE: &str = "models.json";
 
@@ -32,6 +38,20 @@ pub enum Error {
     /// The name is not usable as a model name.
     #[error("invalid model name {0:?}: use letters, digits and - _ . / (no @ or spaces)")]
     InvalidName(String),
+    /// What was to be imported is not a model folder.
+    #[error("{root} is not a model folder: it has no config.json (Hugging Face layout expected)")]
+    NotAModel { root: Cid },
+    /// The folder's config.json could not be read from the repo.
+    #[error(transparent)]
+    Folder(SourceError),
+}
+
+impl Error {
+    /// Whether the caller asked for something that cannot be right (a bad name, a CID
+    /// that is no model folder), as opposed to a failure of this repo.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Error::InvalidName(_) | Error::NotAModel { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -128,6 +148,33 @@ impl LocalModels {
         let bytes = serde_json::to_vec_pretty(&records).map_err(|e| io(e.into()))?;
         std::fs::write(&temporary, bytes).map_err(io)?;
         std::fs::rename(&temporary, &self.path).map_err(io)
+    }
+
+    /// Names the model folder `root`, whole in `store`, `name@version` here: what
+    /// `model import` does after adding a folder, and what the API and the Python
+    /// package do for one already added. The task comes from its config.json (opened
+    /// with `opener` when sealed); it is kept unknown when the engine cannot tell, or
+    /// the file is sealed to others: the folder is named all the same. Blocking.
+    pub fn import(
+        &self,
+        store: &Store,
+        root: Cid,
+        (name, version, tags): (String, String, Vec<String>),
+        opener: &Opener,
+    ) -> Result<ModelRecord> {
+        let tags = tags.into_iter().filter(|t| !t.is_empty()).collect();
+        let mut record = ModelRecord::new(name, version, tags, root)?;
+        let config = match ModelFiles::read_one(store, &root, "config.json", opener) {
+            Ok(Some(config)) => Some(config),
+            Ok(None) => return Err(Error::NotAModel { root }),
+            Err(SourceError::Sealed { .. }) => None,
+            Err(e) => return Err(Error::Folder(e)),
+        };
+        record.task = config
+            .and_then(|config| model_folder::model_kind(&config).ok())
+            .map(|kind| kind.task().to_owned());
+        self.record(record.clone())?;
+        Ok(record)
     }
 
     /// The registry entry for `name` (unsigned): every version of it published from here.

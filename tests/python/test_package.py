@@ -6,9 +6,11 @@ it. Each check prints `ok NAME`; the first failure raises. Every wait has a time
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -86,6 +88,91 @@ async def content(node):
     await raises(ValueError, node.cat("not-a-cid"))
     await raises(ia.Error, node.cat(tree[-1].cid + "/no-such-file"), "no link")
     await raises(ia.Error, node.cat(tree[-1].cid), "directory")
+    await get_tree(node)
+    await import_by_name(node)
+
+
+def _tree():
+    """A folder with nested folders, an empty one, a binary file and a symlink, made
+    once; the same for every node."""
+    top = os.path.join(TMP, "tree")
+    if not os.path.isdir(top):
+        os.makedirs(os.path.join(top, "sub", "deeper"))
+        os.makedirs(os.path.join(top, "empty"))
+        with open(os.path.join(top, "a.txt"), "wb") as f:
+            f.write(b"alpha\n")
+        with open(os.path.join(top, "sub", "deeper", "b.bin"), "wb") as f:
+            f.write(os.urandom(2 << 20))
+        with open(os.path.join(top, "sub", "c.txt"), "wb") as f:
+            f.write(b"gamma")
+        os.symlink("sub/c.txt", os.path.join(top, "link"))
+    return top
+
+
+def _listing(top):
+    """Every path under `top` with what it holds: bytes, a link's target, or a folder."""
+    out = {}
+    for directory, dirs, files in os.walk(top):
+        for name in dirs + files:
+            full = os.path.join(directory, name)
+            rel = os.path.relpath(full, top)
+            if os.path.islink(full):
+                out[rel] = ("link", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("dir", None)
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = ("file", hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+async def get_tree(node):
+    """`get` of a directory tree writes it whole, nested folders, empty ones and links
+    included; of a path inside it, that subtree; an existing target is refused."""
+    top = _tree()
+    root = (await node.add_path(top))[-1].cid
+    target = os.path.join(TMP, f"tree-{time.monotonic_ns()}")
+    assert await node.get(root, target) == target
+    assert _listing(target) == _listing(top), (_listing(target), _listing(top))
+    sub = os.path.join(TMP, f"sub-{time.monotonic_ns()}")
+    await node.get(f"{root}/sub", sub)
+    assert _listing(sub) == _listing(os.path.join(top, "sub"))
+    await raises(ValueError, node.get(root, target), "already exists")
+
+
+async def import_by_name(node):
+    """A folder imported under a name, version and tags is known by that name, on a
+    daemon as on an embedded peer."""
+    record = await node.import_model(os.path.join(FIXTURES, "tiny-bert"), "named-tiny", version="3", tags=["x", "y"])
+    assert (record.name, record.version, record.tags, record.task) == ("named-tiny", "3", ["x", "y"], "embed"), record
+    listed = [m for m in await node.models() if m.name == "named-tiny"]
+    assert [(m.version, m.weights, m.source, m.tags) for m in listed] == [("3", record.cid, "local", ["x", "y"])], listed
+    assert (await node.infer("named-tiny@3", ["hello"])).dim == 32
+    assert record.cid in {p.cid for p in await node.pin_ls("recursive")}
+    await raises(ValueError, node.import_model(os.path.join(FIXTURES, "tiny-bert"), "bad name"), "invalid model name")
+
+
+def hostile_tar():
+    """The tar reader `RemoteNode.get` hands the daemon's stream to refuses an entry
+    that climbs out of the target, and leaves nothing behind."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        root = tarfile.TarInfo("root")
+        root.type = tarfile.DIRTYPE
+        tar.addfile(root)
+        escape = tarfile.TarInfo("root/../escaped.txt")
+        escape.size = 4
+        tar.addfile(escape, io.BytesIO(b"oops"))
+    place = tempfile.mkdtemp(dir=TMP)
+    target = os.path.join(place, "out")
+    try:
+        ia._native.unpack_tar(io.BytesIO(buffer.getvalue()), target, None, True)
+    except ia.Error as error:
+        assert "unsafe path" in str(error), error
+    else:
+        raise AssertionError("a tar entry with '..' was unpacked")
+    assert os.listdir(place) == [], os.listdir(place)
+    ok("a hostile tar is refused")
 
 
 async def embedded():
@@ -321,6 +408,7 @@ def answer_cid():
 async def main():
     tiny = ia.RemoteNode(DAEMON_API)
     _MODEL_CID.append(next(m.weights for m in await tiny.models() if m.name == "tiny"))
+    hostile_tar()
     await embedded()
     await two_peers()
     await remote()

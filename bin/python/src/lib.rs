@@ -17,6 +17,7 @@ mod generation;
 mod node;
 mod pubsub;
 mod seal;
+mod unpack;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -129,5 +130,6 @@ fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(seal::open_sealed, module)?)?;
     module.add_function(wrap_pyfunction!(seal::peer_recipient, module)?)?;
     module.add_function(wrap_pyfunction!(seal::verify_car, module)?)?;
+    module.add_function(wrap_pyfunction!(unpack::unpack_tar, module)?)?;
     Ok(())
 }

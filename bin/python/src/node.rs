@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cid::{Cid, Version};
 use ipfs_accelerate_node::api::types;
-use ipfs_accelerate_node::engine::{Placement, model_folder};
+use ipfs_accelerate_node::engine::Placement;
 use ipfs_accelerate_node::envelope::{self, Opener, Seal};
 use ipfs_accelerate_node::infer::{DEFAULT_DEADLINE, ServeConfig};
 use ipfs_accelerate_node::model_network::{InferCall, PublishMeta};
@@ -788,7 +788,7 @@ impl PyNode {
         let node = self.node()?;
         awaitable(py, async move {
             let record = import_folder(&node, folder, name, version, tags).await?;
-            json_text(&record_json(&record))
+            json_text(&types::ImportedModel::from(&record))
         })
     }
 
@@ -1437,34 +1437,20 @@ async fn import_folder(
         pin: true,
         ..ImportOptions::from(&node.repo().config().import)
     };
-    let repo_dir = node.repo().path().to_owned();
-    let record = blocking(move || -> Result<ModelRecord, String> {
+    let local = LocalModels::new(node.repo().path());
+    let opener = opener(node, false);
+    let record = tokio::task::spawn_blocking(move || -> PyResult<ModelRecord> {
         let root = unixfs::add_path(&store, &folder, &options, &mut |_| {}, &mut |_| {})
-            .map_err(|e| format!("importing {}: {e}", folder.display()))?;
-        let tags = tags.into_iter().filter(|t| !t.is_empty()).collect();
-        let mut record =
-            ModelRecord::new(name, version, tags, root.cid).map_err(|e| e.to_string())?;
-        record.task = std::fs::read(folder.join("config.json"))
-            .ok()
-            .and_then(|config| model_folder::model_kind(&config).ok())
-            .map(|kind| kind.task().to_owned());
-        LocalModels::new(&repo_dir)
-            .record(record.clone())
-            .map_err(|e| e.to_string())?;
-        Ok(record)
+            .map_err(|e| failed(format!("importing {}: {e}", folder.display())))?;
+        local
+            .import(&store, root.cid, (name, version, tags), &opener)
+            .map_err(|e| match e.is_bad_input() {
+                true => bad_argument(e.to_string()),
+                false => failed(e),
+            })
     })
-    .await?;
+    .await
+    .map_err(failed)??;
     node.provide_root(record.root).await;
     Ok(record)
-}
-
-fn record_json(record: &ModelRecord) -> serde_json::Value {
-    serde_json::json!({
-        "name": record.name,
-        "version": record.version,
-        "tags": record.tags,
-        "cid": record.root.to_string(),
-        "imported_at": record.imported_at,
-        "task": record.task,
-    })
 }

@@ -18,6 +18,7 @@ use super::types::{self, InferRequest, PullLine};
 use super::{Api, ApiError, ApiResult, Params, flag, json_line, ndjson_stream, param, params};
 use crate::PeerId;
 use crate::engine::Placement;
+use crate::envelope::{self, Opener};
 use crate::infer::DEFAULT_DEADLINE;
 use crate::model_network::{InferCall, PublishMeta};
 use crate::models::LocalModels;
@@ -232,6 +233,59 @@ fn ndjson_lines(lines: impl IntoIterator<Item = types::GenerateLine>) -> axum::r
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+/// `tags`, comma-separated.
+fn tags_arg(q: &[(String, String)]) -> Vec<String> {
+    param(q, "tags")
+        .map(|t| {
+            t.split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names the model folder `arg` (a CID, or a name already here) `name@version` here,
+/// as `model import` does for a folder on disk: the folder must be whole in the repo
+/// (uploaded with `add`, imported from a CAR; a published model is `pull`ed instead),
+/// and is pinned and provided. The CLI's `model import DIR` with a daemon running and
+/// the Python package's `RemoteNode.import_model` add the folder, then call this.
+pub(super) async fn import(
+    State(api): State<Api>,
+    Query(q): Params,
+) -> ApiResult<Json<types::ImportedModel>> {
+    let root = model_arg(&api, &q)?;
+    let name =
+        param(&q, "name").ok_or_else(|| ApiError::bad_request("argument \"name\" is required"))?;
+    let version = param(&q, "version").unwrap_or("1").to_owned();
+    if !api
+        .node
+        .is_complete(root)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "{root} is not wholly in this repo: add the model folder first (`add -r`), \
+             or `model pull` a published model"
+        )));
+    }
+    let local = LocalModels::new(api.node.repo().path());
+    let store = api.node.store();
+    let key = envelope::node_identity(api.node.repo().identity().keypair()).ok();
+    let named = (name.to_owned(), version, tags_arg(&q));
+    let record = tokio::task::spawn_blocking(move || {
+        local.import(&store, root, named, &Opener::with_key(key))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e.is_bad_input() {
+        true => ApiError::bad_request(e.to_string()),
+        false => ApiError::internal(e),
+    })?;
+    api.node.pin(root, true).await.map_err(ApiError::internal)?;
+    Ok(Json(types::ImportedModel::from(&record)))
+}
+
 pub(super) async fn publish(
     State(api): State<Api>,
     Query(q): Params,
@@ -242,14 +296,7 @@ pub(super) async fn publish(
     let meta = PublishMeta {
         name: name.to_owned(),
         version: param(&q, "version").unwrap_or("1").to_owned(),
-        tags: param(&q, "tags")
-            .map(|t| {
-                t.split(',')
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        tags: tags_arg(&q),
         recipients: params(&q, "encrypt-to")
             .map(|text| {
                 text.parse::<PeerId>().map_err(|_| {

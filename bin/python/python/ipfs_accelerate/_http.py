@@ -362,10 +362,21 @@ class RemoteNode(BaseNode):
     async def _raw_get(self, cid: str, target: str, raw: bool) -> str:
         if os.path.lexists(target):
             raise ValueError(f"{target} already exists; choose another target")
-        data = await self.cat(cid, raw=raw)
-        with open(target, "xb") as f:
-            f.write(data)
+        await asyncio.to_thread(self._get_tar, cid, target, raw)
         return target
+
+    def _get_tar(self, cid: str, target: str, raw: bool) -> None:
+        """`get`'s tar stream, unpacked at `target` as it arrives by the extension (as
+        the CLI does: strict names, nothing outside `target`, sealed files opened)."""
+        connection = self._connection(self._timeout)
+        try:
+            connection.request("POST", self._path("get", [("arg", cid)]), headers=self._headers(None))
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise _error("get", response.status, response.read(_JSON_LIMIT))
+            _native.unpack_tar(response, target, self._repo, raw)
+        finally:
+            connection.close()
 
     async def _raw_pin_add(self, cid: str, recursive: bool) -> Dict[str, Any]:
         return await self._json("pin/add", [("arg", cid), ("recursive", recursive)])
@@ -391,10 +402,9 @@ class RemoteNode(BaseNode):
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ValueError(f"{folder} is not a model folder: it has no config.json (Hugging Face layout expected)")
         added = await self._raw_add_path(folder, pin=True)
-        root = added[-1]
-        name = name or os.path.basename(os.path.normpath(folder))
-        # The daemon's API names a model when it is published; until then it is its CID.
-        return {"name": name, "version": version, "cid": root["Hash"], "tags": tags, "task": None}
+        name = name or os.path.basename(os.path.realpath(folder))
+        params = [("arg", added[-1]["Hash"]), ("name", name), ("version", version), ("tags", ",".join(tags))]
+        return await self._json("accelerate/model/import", params)
 
     async def _raw_publish(self, model: str, name: Optional[str], version: str, tags: List[str], device: str) -> Dict[str, Any]:
         if os.path.isdir(model):

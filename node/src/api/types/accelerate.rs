@@ -233,6 +233,33 @@ pub struct Serving {
     pub serving: String,
 }
 
+/// `model/import` (and `model import --json`): a model folder named here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedModel {
+    /// The folder's root CID.
+    pub cid: String,
+    /// Seconds since the Unix epoch.
+    pub imported_at: u64,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// `embed`, `generate` or `classify`; null when the engine cannot tell.
+    pub task: Option<String>,
+    pub version: String,
+}
+
+impl From<&crate::models::ModelRecord> for ImportedModel {
+    fn from(record: &crate::models::ModelRecord) -> Self {
+        ImportedModel {
+            cid: record.root.to_string(),
+            imported_at: record.imported_at,
+            name: record.name.clone(),
+            tags: record.tags.clone(),
+            task: record.task.clone(),
+            version: record.version.clone(),
+        }
+    }
+}
+
 /// `model/pull`'s result: what was fetched, and from which peers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -509,6 +536,25 @@ mod tests {
             weights: CID.into(),
         };
         same_bytes(&unknown, json!({ "weights": CID, "serving_here": false }));
+    }
+
+    #[test]
+    fn imported_models_keep_the_cli_bytes() {
+        let imported = ImportedModel {
+            cid: CID.into(),
+            imported_at: 7,
+            name: "m".into(),
+            tags: vec!["t".into()],
+            task: None,
+            version: "1".into(),
+        };
+        same_bytes(
+            &imported,
+            json!({
+                "name": "m", "version": "1", "tags": ["t"], "cid": CID,
+                "imported_at": 7, "task": null,
+            }),
+        );
     }
 
     #[test]

@@ -1,0 +1,173 @@
+"""Types of `ipfs_accelerate._native`, the extension (`bin/python/src`), for editors and
+type checkers. The coroutines answer with the daemon API's JSON bodies as text; the
+Python layer (`Node`, `RemoteNode`) reads them into typed results. Keep in step with the
+`#[pyo3(signature = ...)]`s there."""
+
+import os
+import pathlib
+from typing import Awaitable, List, Optional, Sequence, Tuple, Union
+
+__version__: str
+
+_Path = Union[str, os.PathLike[str]]
+_Bytes = Union[bytes, bytearray]
+
+class Error(Exception):
+    """An operation of the ipfs-accelerate node failed; the message says what and why."""
+
+def init_logging() -> None: ...
+def seal(data: _Bytes, recipients: Sequence[str] = ..., compress: bool = ...) -> bytes: ...
+def open_sealed(data: _Bytes, repo: Optional[_Path] = ..., max_size: int = ...) -> bytes: ...
+def peer_recipient(peer_id: str) -> str: ...
+def verify_car(car: _Bytes) -> Tuple[List[str], int, int]: ...
+def unpack_tar(body: object, target: _Path, repo: Optional[_Path] = ..., raw: bool = ...) -> None: ...
+
+class Subscription:
+    """`(topic, sender, data, seqno)` per message."""
+
+    def __aiter__(self) -> "Subscription": ...
+    def __anext__(self) -> Awaitable[Tuple[str, Optional[str], bytes, Optional[int]]]: ...
+    def close(self) -> Awaitable[None]: ...
+
+class Generation:
+    """`(text, tokens)` per delta; `result()` and `done` give the end's JSON."""
+
+    def __aiter__(self) -> "Generation": ...
+    def __anext__(self) -> Awaitable[Tuple[str, List[int]]]: ...
+    def result(self) -> Awaitable[str]: ...
+    @property
+    def done(self) -> Optional[str]: ...
+    def close(self) -> Awaitable[None]: ...
+
+class Node:
+    @staticmethod
+    def start(
+        repo: Optional[_Path] = ...,
+        *,
+        init: bool = ...,
+        profile: Optional[str] = ...,
+        listen: Sequence[str] = ...,
+        bootstrap: Sequence[str] = ...,
+        mdns: Optional[bool] = ...,
+        gateways: Optional[Sequence[str]] = ...,
+        gateway_retries: Optional[int] = ...,
+        gateway_timeout_secs: Optional[int] = ...,
+        api_token: Optional[str] = ...,
+    ) -> Awaitable["Node"]: ...
+    @property
+    def peer_id(self) -> str: ...
+    @property
+    def repo(self) -> pathlib.Path: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def http(self) -> Tuple[Optional[str], Optional[str]]: ...
+    def id(self) -> Awaitable[str]: ...
+    def serve_http(
+        self, api: Optional[str] = ..., gateway: Optional[str] = ...
+    ) -> Awaitable[Tuple[Optional[str], Optional[str]]]: ...
+    def add(
+        self,
+        data: _Bytes,
+        *,
+        pin: bool = ...,
+        cid_version: Optional[int] = ...,
+        raw_leaves: Optional[bool] = ...,
+        chunk_size: Optional[int] = ...,
+        encrypt: bool = ...,
+        encrypt_to: Sequence[str] = ...,
+        compress: bool = ...,
+        name: str = ...,
+    ) -> Awaitable[str]: ...
+    def add_path(
+        self,
+        path: _Path,
+        *,
+        pin: bool = ...,
+        cid_version: Optional[int] = ...,
+        raw_leaves: Optional[bool] = ...,
+        chunk_size: Optional[int] = ...,
+        hidden: bool = ...,
+        encrypt: bool = ...,
+        encrypt_to: Sequence[str] = ...,
+        compress: bool = ...,
+    ) -> Awaitable[str]: ...
+    def cat(self, path: str, *, raw: bool = ..., max_size: int = ...) -> Awaitable[bytes]: ...
+    def get(self, path: str, target: _Path, *, raw: bool = ...) -> Awaitable[str]: ...
+    def dag_import(self, car: _Bytes, *, pin_roots: bool = ...) -> Awaitable[List[str]]: ...
+    def pin_add(self, path: str, *, recursive: bool = ...) -> Awaitable[str]: ...
+    def pin_rm(self, cid: str) -> Awaitable[str]: ...
+    def pin_ls(self, type: str = ...) -> Awaitable[str]: ...
+    def verify(self, cid: str) -> Awaitable[str]: ...
+    def import_model(
+        self, folder: _Path, *, name: Optional[str] = ..., version: str = ..., tags: Sequence[str] = ...
+    ) -> Awaitable[str]: ...
+    def publish(
+        self,
+        model: str,
+        *,
+        name: Optional[str] = ...,
+        version: str = ...,
+        tags: Sequence[str] = ...,
+        device: str = ...,
+        precision: str = ...,
+        encrypt_to: Sequence[str] = ...,
+    ) -> Awaitable[str]: ...
+    def serve(self, model: str, *, device: str = ..., precision: str = ...) -> Awaitable[str]: ...
+    def pull(
+        self, model: str, *, serve: bool = ..., device: str = ..., precision: str = ..., any_publisher: bool = ...
+    ) -> Awaitable[str]: ...
+    def models(self, *, task: Optional[str] = ..., tag: Optional[str] = ...) -> Awaitable[str]: ...
+    def discover(self, registry: str) -> Awaitable[str]: ...
+    def model_info(self, model: str) -> Awaitable[str]: ...
+    def embed(
+        self,
+        model: str,
+        *,
+        texts: Optional[Sequence[str]] = ...,
+        ids: Optional[Sequence[Sequence[int]]] = ...,
+        attention_mask: Optional[Sequence[Sequence[int]]] = ...,
+        normalize: Optional[bool] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        any_publisher: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> Awaitable[Tuple[str, bytes, int, int]]: ...
+    def classify(
+        self,
+        model: str,
+        images: Sequence[_Bytes],
+        *,
+        labels: Optional[int] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        any_publisher: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> Awaitable[str]: ...
+    def generate(
+        self,
+        model: str,
+        *,
+        prompt: Optional[str] = ...,
+        messages: Optional[Sequence[Tuple[str, str]]] = ...,
+        max_tokens: Optional[int] = ...,
+        temperature: Optional[float] = ...,
+        top_p: Optional[float] = ...,
+        top_k: Optional[int] = ...,
+        repetition_penalty: Optional[float] = ...,
+        seed: Optional[int] = ...,
+        stop: Sequence[str] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        any_publisher: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> Awaitable[Generation]: ...
+    def providers(self, model: str) -> Awaitable[str]: ...
+    def find_providers(self, cid: str, *, limit: int = ...) -> Awaitable[List[Tuple[str, List[str]]]]: ...
+    def connect(self, target: str) -> Awaitable[str]: ...
+    def peers(self) -> Awaitable[str]: ...
+    def pubsub_publish(self, topic: str, data: _Bytes) -> Awaitable[None]: ...
+    def subscribe(self, topic: str) -> Awaitable[Subscription]: ...
+    def pubsub_topics(self) -> Awaitable[List[str]]: ...
+    def close(self) -> Awaitable[None]: ...
+    def close_blocking(self) -> None: ...
