@@ -486,7 +486,7 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 fn for_each_activation(activation: DecoderActivation, x: &mut [f32]) {
     match activation {
-        DecoderActivation::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+        DecoderActivation::GeluTanh => x.iter_mut().for_each(|v| *v = activation::gelu_tanh(*v)),
         DecoderActivation::Gelu => x.iter_mut().for_each(|v| *v = activation::gelu(*v)),
         DecoderActivation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         DecoderActivation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
@@ -494,11 +494,6 @@ fn for_each_activation(activation: DecoderActivation, x: &mut [f32]) {
 }
 
 /// GPT-2's `gelu_new`, the tanh approximation of GELU.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
-
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
