@@ -893,23 +893,7 @@ impl PyNode {
             node.pull_model(root, |blocks, bytes| fetched = (blocks, bytes))
                 .await
                 .map_err(failed)?;
-            let sources = node
-                .bitswap()
-                .received_from()
-                .into_iter()
-                .filter_map(|(peer, (blocks, bytes))| {
-                    let (old_blocks, old_bytes) = before.get(&peer).copied().unwrap_or_default();
-                    (blocks > old_blocks).then(|| {
-                        (
-                            peer.to_string(),
-                            types::Received {
-                                blocks: blocks - old_blocks,
-                                bytes: bytes - old_bytes,
-                            },
-                        )
-                    })
-                })
-                .collect();
+            let sources = types::Received::since(&before, node.bitswap().received_from());
             if let Some(placement) = placement {
                 node.serve_model(root, placement).await.map_err(failed)?;
             }
@@ -1272,18 +1256,7 @@ impl PyNode {
         let node = self.node()?;
         awaitable(py, async move {
             let peers = node.p2p().peers().await.map_err(failed)?;
-            let peers = peers
-                .into_iter()
-                .map(|p| types::SwarmPeer {
-                    addr: p.addr.to_string(),
-                    direction: 0,
-                    latency: String::new(),
-                    muxer: String::new(),
-                    peer: p.peer.to_string(),
-                    streams: None,
-                })
-                .collect();
-            json_text(&types::SwarmPeers { peers })
+            json_text(&types::SwarmPeers::from(peers))
         })
     }
 

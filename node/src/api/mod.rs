@@ -390,18 +390,7 @@ async fn network(State(api): State<Api>) -> ApiResult<Json<types::NetworkStatus>
 
 async fn swarm_peers(State(api): State<Api>) -> ApiResult<Json<types::SwarmPeers>> {
     let peers = api.node.p2p().peers().await.map_err(ApiError::internal)?;
-    let peers = peers
-        .into_iter()
-        .map(|p| types::SwarmPeer {
-            addr: p.addr.to_string(),
-            direction: 0,
-            latency: String::new(),
-            muxer: String::new(),
-            peer: p.peer.to_string(),
-            streams: None,
-        })
-        .collect();
-    Ok(Json(types::SwarmPeers { peers }))
+    Ok(Json(peers.into()))
 }
 
 async fn swarm_connect(

@@ -387,24 +387,7 @@ async fn run_pull(
         })
         .await?;
     // Which peers the blocks came from (a pull takes them from every provider at once).
-    let sources = api
-        .node
-        .bitswap()
-        .received_from()
-        .into_iter()
-        .filter_map(|(peer, (blocks, bytes))| {
-            let (old_blocks, old_bytes) = before.get(&peer).copied().unwrap_or_default();
-            (blocks > old_blocks).then(|| {
-                (
-                    peer.to_string(),
-                    types::Received {
-                        blocks: blocks - old_blocks,
-                        bytes: bytes - old_bytes,
-                    },
-                )
-            })
-        })
-        .collect();
+    let sources = types::Received::since(&before, api.node.bitswap().received_from());
     if let Some(device) = serve {
         api.node.serve_model(root, device).await?;
     }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use burn::tensor::DType;
 use serde_json::Value;
 
-use super::testing::{fixtures, floats, read_json};
+use super::testing::{fixture_copy, fixtures, floats, read_json};
 use super::*;
 
 /// Generation fixtures and the model whose reference they are checked against: the
@@ -310,11 +310,7 @@ fn embedder_row() -> Row {
 /// A copy of the fixture `model` with one weight set to 100,000, beyond f16's range;
 /// returns the folder and the tensor's name.
 fn with_a_weight_beyond_half(model: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixtures().join(model)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = fixture_copy(model);
     let path = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();

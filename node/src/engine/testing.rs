@@ -30,16 +30,22 @@ pub(super) fn floats(value: &Value) -> Vec<f32> {
         .collect()
 }
 
-/// A copy of the fixture folder `model` in a temporary directory, with every F32 tensor
-/// of its model.safetensors rounded to `dtype` (F16 or BF16), as a half checkpoint
-/// saved from it would be.
-pub(super) fn half_copy(model: &str, dtype: safetensors::Dtype) -> tempfile::TempDir {
-    use burn::tensor::{bf16, f16};
+/// A copy of the fixture folder `model` in a temporary directory.
+pub(super) fn fixture_copy(model: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(fixtures().join(model)).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
+    dir
+}
+
+/// A copy of the fixture folder `model` in a temporary directory, with every F32 tensor
+/// of its model.safetensors rounded to `dtype` (F16 or BF16), as a half checkpoint
+/// saved from it would be.
+pub(super) fn half_copy(model: &str, dtype: safetensors::Dtype) -> tempfile::TempDir {
+    use burn::tensor::{bf16, f16};
+    let dir = fixture_copy(model);
     let path = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -1,6 +1,6 @@
 //! Bodies of our own routes (`/api/v0/accelerate/...`): models and inference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cid::Cid;
 use serde::{Deserialize, Serialize};
@@ -276,6 +276,30 @@ pub struct Pulled {
 pub struct Received {
     pub blocks: u64,
     pub bytes: u64,
+}
+
+impl Received {
+    /// What each peer delivered between two readings of
+    /// [`crate::bitswap::Bitswap::received_from`], by peer id; peers that delivered
+    /// nothing meanwhile are left out.
+    pub fn since(
+        before: &HashMap<crate::PeerId, (u64, u64)>,
+        after: HashMap<crate::PeerId, (u64, u64)>,
+    ) -> BTreeMap<String, Received> {
+        after
+            .into_iter()
+            .filter_map(|(peer, (blocks, bytes))| {
+                let (old_blocks, old_bytes) = before.get(&peer).copied().unwrap_or_default();
+                (blocks > old_blocks).then(|| {
+                    let received = Received {
+                        blocks: blocks - old_blocks,
+                        bytes: bytes.saturating_sub(old_bytes),
+                    };
+                    (peer.to_string(), received)
+                })
+            })
+            .collect()
+    }
 }
 
 /// One line of `model/pull?progress=true`: the total first (when the root's links say

@@ -102,6 +102,23 @@ pub struct SwarmPeers {
     pub peers: Vec<SwarmPeer>,
 }
 
+impl From<Vec<crate::p2p::PeerInfo>> for SwarmPeers {
+    fn from(peers: Vec<crate::p2p::PeerInfo>) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|p| SwarmPeer {
+                addr: p.addr.to_string(),
+                direction: 0,
+                latency: String::new(),
+                muxer: String::new(),
+                peer: p.peer.to_string(),
+                streams: None,
+            })
+            .collect();
+        SwarmPeers { peers }
+    }
+}
+
 /// One connection of `swarm/peers`; latency, muxer and streams are not reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
