@@ -1,5 +1,6 @@
 //! The `ipfs-accelerate` binary: parses arguments, installs tracing, calls `node`.
 
+mod allocator;
 mod api;
 mod bench_generate;
 mod bench_infer;
@@ -23,11 +24,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Inference allocates and frees megabyte-sized tensors per layer; mimalloc reuses them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
+    allocator::give_freed_memory_back_soon();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
-use libp2p::kad::store::MemoryStoreConfig;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -265,10 +264,7 @@ fn behaviour(
     );
     let store = dht_store::Store::new(
         peer_id,
-        MemoryStoreConfig {
-            max_provided_keys: PROVIDED_KEYS_LIMIT,
-            ..MemoryStoreConfig::default()
-        },
+        PROVIDED_KEYS_LIMIT,
         config.limits.provider_records_per_peer,
         config.limits.provider_records_total,
     );
