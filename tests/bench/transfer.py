@@ -10,7 +10,7 @@ noise and the previous pair's disk writes hit them alike:
     kubo->ours   Kubo serves, our daemon fetches
     ours->kubo   our daemon serves, Kubo fetches
 
-Then one ours->ours transfer of --rss-size-mib and the peak RSS (VmHWM) of both daemons.
+Then --runs ours->ours transfers of --rss-size-mib and the peak RSS (VmHWM) of both daemons.
 Every fetched file is compared with the original. The CPU seconds each daemon spent per
 GiB moved are reported beside the throughput (the fetcher's `get` CLI process is not
 counted: its work, writing the file, is the same whoever serves). --transport quic runs
@@ -237,12 +237,20 @@ def main():
             }
         if args.rss_size_mib:
             big = random_file(tmp, args.rss_size_mib)
-            took, _, (server, client) = transfer(ours, ours, big, tmp)
+            runs = [transfer(ours, ours, big, tmp) for _ in range(args.runs)]
+            peaks = {side: [round(nodes[i].rss, 1) for _, _, nodes in runs]
+                     for i, side in enumerate(("server", "client"))}
+            for run, (took, _, _) in enumerate(runs):
+                print(f"rss run {run + 1}: {os.path.getsize(big) / took / 1e6:.0f} MB/s, peak RSS "
+                      f"server {peaks['server'][run]} MB client {peaks['client'][run]} MB",
+                      file=sys.stderr)
             result["rss"] = {
                 "bytes": os.path.getsize(big),
-                "mb_per_s": round(os.path.getsize(big) / took / 1e6, 1),
-                "server_peak_rss_mb": round(server.rss, 1),
-                "client_peak_rss_mb": round(client.rss, 1),
+                "mb_per_s": round(os.path.getsize(big) / statistics.median(t for t, _, _ in runs) / 1e6, 1),
+                "server_peak_rss_mb": peaks["server"],
+                "client_peak_rss_mb": peaks["client"],
+                "median_server_peak_rss_mb": statistics.median(peaks["server"]),
+                "median_client_peak_rss_mb": statistics.median(peaks["client"]),
             }
         print(json.dumps(result, indent=2))
 
