@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use ipfs_accelerate_protocol::bitswap::ProtocolVersion;
-use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint};
+use libp2p::swarm::behaviour::ConnectionEstablished;
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -87,43 +88,53 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
         local_addr: &Multiaddr,
         _remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(connection_id, peer, local_addr))
+        Ok(Handler::new(crate::p2p::nat::is_relayed(local_addr)))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
         addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(connection_id, peer, addr))
+        Ok(Handler::new(crate::p2p::nat::is_relayed(addr)))
     }
 
+    /// Connections are counted once the swarm has them established: a behaviour after
+    /// this one may still refuse a connection this one built a handler for.
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id,
-            connection_id,
-            remaining_established,
-            ..
-        }) = event
-        {
-            if let Some(conns) = self.connections.get_mut(&peer_id) {
-                conns.retain(|(c, _)| *c != connection_id);
-                if conns.is_empty() {
-                    self.connections.remove(&peer_id);
+        match event {
+            FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            }) => self.connected(peer_id, connection_id, is_relayed(endpoint)),
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                remaining_established,
+                ..
+            }) => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(c, _)| *c != connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+                if remaining_established == 0 && self.told_relayed.remove(&peer_id) {
+                    self.relayed_only
+                        .store(self.told_relayed.len(), Ordering::Relaxed);
                 }
             }
-            if remaining_established == 0 && self.told_relayed.remove(&peer_id) {
-                self.relayed_only
-                    .store(self.told_relayed.len(), Ordering::Relaxed);
-            }
+            _ => {}
         }
     }
 
@@ -181,10 +192,8 @@ const RELAYED_ONLY: &str = "connected only through a relay, which carries 128 Ki
      blocks wait for a direct connection (hole punching, or an address the peer can be dialed on)";
 
 impl Behaviour {
-    /// A connection's handler: a Bitswap one on a direct connection, one that refuses
-    /// every stream on a relayed one.
-    fn handler(&mut self, connection: ConnectionId, peer: PeerId, addr: &Multiaddr) -> Handler {
-        let relayed = crate::p2p::nat::is_relayed(addr);
+    /// Counts an established connection; a direct one ends "only relayed" for its peer.
+    fn connected(&mut self, peer: PeerId, connection: ConnectionId, relayed: bool) {
         if !relayed && self.told_relayed.remove(&peer) {
             self.relayed_only
                 .store(self.told_relayed.len(), Ordering::Relaxed);
@@ -193,6 +202,53 @@ impl Behaviour {
             .entry(peer)
             .or_default()
             .push((connection, relayed));
-        Handler::new(relayed)
+    }
+}
+
+/// Whether a connection goes through a relay: our listening address for one a peer
+/// opened, the address we dialed for ours.
+fn is_relayed(endpoint: &ConnectedPoint) -> bool {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => crate::p2p::nat::is_relayed(address),
+        ConnectedPoint::Listener { local_addr, .. } => crate::p2p::nat::is_relayed(local_addr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_counts_once_established_not_when_its_handler_is_built() {
+        let (mut behaviour, _channels) = Behaviour::new();
+        let (peer, connection) = (PeerId::random(), ConnectionId::new_unchecked(1));
+        let local: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let remote: Multiaddr = "/ip4/127.0.0.1/tcp/5001".parse().unwrap();
+        // A behaviour after Bitswap may still refuse the connection: nothing kept yet.
+        behaviour
+            .handle_established_inbound_connection(connection, peer, &local, &remote)
+            .unwrap();
+        assert!(behaviour.connections.is_empty());
+
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local,
+            send_back_addr: remote,
+        };
+        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        assert_eq!(behaviour.connections[&peer], [(connection, false)]);
+        behaviour.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        assert!(behaviour.connections.is_empty());
     }
 }
