@@ -4,7 +4,10 @@
 //! and installed into a temporary folder, so the test runs what users install. Then:
 //!
 //! - `tests/python/test_package.py` drives `ipfs_accelerate` (embedded peers in its own
-//!   process, and a daemon over HTTP) and `ipfs_accelerate_py`'s config and methods;
+//!   process, `device="wgpu"` among them, and a daemon over HTTP) and
+//!   `ipfs_accelerate_py`'s config and methods;
+//! - `tests/python/test_typing.py` (pytest) checks the package's sources and a typed
+//!   user's program with `mypy --strict`, and runs that program;
 //! - the seed guide's examples (`tests/python/guide/NN_*.py`, verbatim) run once on a
 //!   peer embedded in the Python process and once against a daemon at the guide's
 //!   `http://localhost:5001`, each time with another daemon publishing all-MiniLM-L6-v2
@@ -15,7 +18,8 @@
 //!   browsers do.
 //!
 //! Needs `bash tests/setup.sh` (the venv, MiniLM, `requests` for the guide's
-//! diagnostic) and root for the namespaces, like tests/nat.rs.
+//! diagnostic, mypy, pytest and numpy for the typing check) and root for the
+//! namespaces, like tests/nat.rs.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -142,12 +146,31 @@ fn the_package_api_works_embedded_and_over_http() {
         "ok a hostile tar is refused",
         "ok embedded content",
         "ok two embedded peers",
+        "ok wgpu embeds as the cpu does",
         "ok remote node over HTTP",
         "ok ipfs_accelerate_py config and methods",
         "all ok",
     ] {
         assert!(output.contains(check), "{check:?} missing:\n{output}");
     }
+}
+
+#[test]
+fn the_package_type_checks_strictly_and_a_typed_program_runs() {
+    let repo = TestRepo::new();
+    let fixtures = workspace_root().join("tests/fixtures");
+    let tiny = fixtures.join("tiny-bert");
+    repo.ok(&["model", "import", &tiny.to_string_lossy(), "--name", "tiny"]);
+    let daemon = Daemon::start_on(repo, &["--serve", "tiny"]);
+    let (ok, output) = python_output(
+        Command::new(python())
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(workspace_root().join("tests/python/test_typing.py"))
+            .env("FIXTURES", &fixtures)
+            .env("DAEMON_API", daemon.api_url()),
+    );
+    assert!(ok, "tests/python/test_typing.py failed:\n{output}");
+    assert!(output.contains("4 passed"), "four checks ran:\n{output}");
 }
 
 #[test]

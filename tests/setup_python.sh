@@ -10,13 +10,16 @@
 # 5 s) without compiling anything again. maturin (`pip install ./bin/python`) would build
 # the crate alone, with another feature set, and compile everything a second time.
 #
-# Also installs `requests`, which the seed guide's connection diagnostic imports.
+# Also installs, pinned: `requests`, which the seed guide's connection diagnostic
+# imports; mypy and pytest, with which tests/python/test_typing.py checks the package
+# and a user's program under `mypy --strict`; numpy, which `Embeddings.numpy()` returns
+# (an optional dependency of the package) and whose types that check reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate-target}
 venv=${IPFS_ACCELERATE_VENV:-$PWD/.venv}
 features=ipfs-accelerate/wgpu,ipfs-accelerate/ndarray
-requests="requests==2.34.2"
+pins=(requests==2.34.2 mypy==2.4.1 pytest==9.2.0 numpy==2.4.6)
 
 if [[ ${1:-} != --no-build ]]; then
     cargo build --locked --workspace --all-targets --features "$features"
@@ -24,7 +27,15 @@ fi
 lib=$CARGO_TARGET_DIR/debug/libipfs_accelerate_native.so
 
 pip=("$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
-"$venv/bin/python" -c "import requests" 2>/dev/null || "${pip[@]}" "$requests"
+# Installs only when one is missing or at another version.
+"$venv/bin/python" - "${pins[@]}" <<'EOF' || "${pip[@]}" "${pins[@]}"
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    sys.exit(any(version(name) != want for name, want in (p.split("==") for p in sys.argv[1:])))
+except PackageNotFoundError:
+    sys.exit(1)
+EOF
 if [[ ! -f $lib ]]; then
     # --no-build before the first workspace build: the test packs its own wheel anyway.
     echo "$lib is not built yet: no wheel installed (run this again after the build)" >&2

@@ -283,6 +283,23 @@ async def _connected(node, peer):
     return any(p.peer == peer for p in await node.peers())
 
 
+async def wgpu():
+    """`device="wgpu"` embeds as the CPU does: the wheel the suite builds has the wgpu
+    backend, which runs on Mesa's lavapipe where there is no GPU (tests/setup.sh)."""
+    texts = ["peers share weights", "hello"]
+    async with ia.Node(repo("wgpu"), profile="test") as node:
+        await node.import_model(os.path.join(FIXTURES, "tiny-bert"), "tiny")
+        cpu = await node.infer("tiny", texts)
+        await node.serve("tiny", device="wgpu")
+        gpu = await node.infer("tiny", texts, local_only=True)
+        await raises(ValueError, node.serve("tiny", device="tpu"), "use cpu, ndarray or wgpu")
+    assert (cpu.device, gpu.device, gpu.local) == ("cpu", "wgpu", True), (cpu.device, gpu.device, gpu.local)
+    assert [len(r) for r in gpu.embeddings] == [cpu.dim] * len(texts), gpu.embeddings
+    worst = max(abs(a - b) for c, g in zip(cpu.embeddings, gpu.embeddings) for a, b in zip(c, g))
+    assert worst < 1e-4, f"wgpu differs from the cpu by {worst}"
+    ok(f"wgpu embeds as the cpu does (largest difference {worst:.1e})")
+
+
 async def remote():
     node = ia.RemoteNode(DAEMON_API, repo=DAEMON_REPO)
     await content(node)
@@ -411,6 +428,7 @@ async def main():
     hostile_tar()
     await embedded()
     await two_peers()
+    await wgpu()
     await remote()
     await compat()
     print("all ok", flush=True)

@@ -20,11 +20,11 @@ import secrets
 import socket
 import threading
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _native
 from ._node import BaseNode, GenerationStream, Subscription
-from ._types import Delta, Error, Generated, Message
+from ._types import Delta, Error, Generated, JsonObject, Message, json_object, json_objects
 
 #: Bytes read from a file per multipart chunk.
 _CHUNK = 1 << 20
@@ -36,6 +36,13 @@ _LINE_LIMIT = 64 << 20
 _JSON_LIMIT = 256 << 20
 #: Largest CAR `verify` reads from the daemon.
 _VERIFY_LIMIT = 1 << 30
+
+#: A query's parameters: `(name, value)`, None values left out, bools as `true`/`false`.
+_Params = Sequence[Tuple[str, object]]
+#: A request body: whole, or streamed in chunks (sent chunked).
+_Body = Union[None, bytes, bytearray, Iterable[bytes]]
+#: What a stream's reader hands the loop: a line, the error that ended it, or None at its end.
+_StreamItem = Union[bytes, Exception, None]
 
 
 class RequestError(Error, ValueError):
@@ -108,17 +115,23 @@ class _Stream:
     """A streamed answer read line by line on a thread, handed to the event loop
     through a bounded queue; `close()` shuts the socket so the reader stops."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connection: http.client.HTTPConnection, response: Any, sock: Any):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        sock: Optional[socket.socket],
+    ):
         self._loop = loop
         self._connection = connection
         self._response = response
         self._sock = sock
-        self._queue: asyncio.Queue = asyncio.Queue(_STREAM_QUEUE)
+        self._queue: asyncio.Queue[_StreamItem] = asyncio.Queue(_STREAM_QUEUE)
         self._closed = False
         self._thread = threading.Thread(target=self._read, name="ipfs-accelerate-stream", daemon=True)
         self._thread.start()
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: _StreamItem) -> None:
         # Blocks this reader thread (not the loop) while the queue is full.
         future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
         try:
@@ -133,30 +146,31 @@ class _Stream:
                 if not line:
                     break
                 if line.strip():
-                    self._put(("line", line))
+                    self._put(line)
         except Exception as error:  # the socket was shut by close(), or the daemon left
             if not self._closed:
-                self._put(("error", error))
+                self._put(error)
         finally:
             if not self._loop.is_closed():
-                self._put(("end", None))
+                self._put(None)
 
     async def next_line(self) -> Optional[bytes]:
         """The next line, or None at the end."""
         if self._closed and self._queue.empty():
             return None
-        kind, value = await self._queue.get()
-        if kind == "line":
-            return value
-        if kind == "error":
-            raise Error(f"the daemon's stream broke: {value}")
+        item = await self._queue.get()
+        if isinstance(item, bytes):
+            return item
+        if isinstance(item, Exception):
+            raise Error(f"the daemon's stream broke: {item}")
         self._closed = True
         return None
 
     async def close(self) -> None:
         self._closed = True
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         # Let the reader see the shut socket and stop.
@@ -214,15 +228,15 @@ class RemoteNode(BaseNode):
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _path(self, route: str, params: Sequence[Tuple[str, Any]]) -> str:
+    def _path(self, route: str, params: _Params) -> str:
         query = urllib.parse.urlencode([(k, v if not isinstance(v, bool) else str(v).lower()) for k, v in params if v is not None])
         return f"{self._prefix}/api/v0/{route}" + (f"?{query}" if query else "")
 
     def _request(
         self,
         route: str,
-        params: Sequence[Tuple[str, Any]] = (),
-        body: Any = None,
+        params: _Params = (),
+        body: _Body = None,
         content_type: Optional[str] = None,
         limit: Optional[int] = None,
     ) -> bytes:
@@ -253,28 +267,39 @@ class RemoteNode(BaseNode):
             body = json.loads(data)
             message = body.get("Message") or body.get("error", {}).get("message")
             if message:
-                return message
+                return str(message)
         except (ValueError, AttributeError):
             pass
         text = data.decode("utf-8", "replace").strip() or http.client.responses.get(status, "error")
         return f"{route}: HTTP {status}: {text}"
 
-    async def _call(self, route: str, params: Sequence[Tuple[str, Any]] = (), **kw: Any) -> bytes:
-        kw.setdefault("limit", _JSON_LIMIT)
-        return await asyncio.to_thread(self._request, route, params, **kw)
+    async def _call(
+        self,
+        route: str,
+        params: _Params = (),
+        *,
+        body: _Body = None,
+        content_type: Optional[str] = None,
+        limit: int = _JSON_LIMIT,
+    ) -> bytes:
+        return await asyncio.to_thread(self._request, route, params, body, content_type, limit)
 
-    async def _json(self, route: str, params: Sequence[Tuple[str, Any]] = (), **kw: Any) -> Any:
-        return json.loads(await self._call(route, params, **kw))
+    async def _json(
+        self, route: str, params: _Params = (), *, body: _Body = None, content_type: Optional[str] = None
+    ) -> JsonObject:
+        return json_object(await self._call(route, params, body=body, content_type=content_type))
 
-    async def _ndjson(self, route: str, params: Sequence[Tuple[str, Any]] = (), **kw: Any) -> List[Any]:
-        data = await self._call(route, params, **kw)
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+    async def _ndjson(
+        self, route: str, params: _Params = (), *, body: _Body = None, content_type: Optional[str] = None
+    ) -> List[JsonObject]:
+        data = await self._call(route, params, body=body, content_type=content_type)
+        return json_objects([json.loads(line) for line in data.splitlines() if line.strip()])
 
-    async def _stream(self, route: str, params: Sequence[Tuple[str, Any]] = (), body: Any = None, content_type: Optional[str] = None) -> _Stream:
+    async def _stream(self, route: str, params: _Params = (), body: _Body = None, content_type: Optional[str] = None) -> _Stream:
         """A streamed answer; the request runs without a read timeout."""
         loop = asyncio.get_running_loop()
 
-        def open_stream() -> Tuple[http.client.HTTPConnection, Any, Any]:
+        def open_stream() -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse, Optional[socket.socket]]:
             connection = self._connection(self._timeout)
             connection.request("POST", self._path(route, params), body=body, headers=self._headers(content_type))
             sock = connection.sock
@@ -292,12 +317,12 @@ class RemoteNode(BaseNode):
 
     async def _daemon_peer_id(self) -> str:
         if self._peer_id is None:
-            self._peer_id = (await self._raw_id())["ID"]
+            self._peer_id = str((await self._raw_id())["ID"])
         return self._peer_id
 
     # The HTTP backend: each answers with the API's JSON body.
 
-    async def _raw_id(self) -> Dict[str, Any]:
+    async def _raw_id(self) -> JsonObject:
         return await self._json("id")
 
     async def _raw_add(
@@ -309,7 +334,7 @@ class RemoteNode(BaseNode):
         encrypt: bool,
         encrypt_to: List[str],
         compress: bool,
-    ) -> Dict[str, Any]:
+    ) -> JsonObject:
         recipients = list(encrypt_to)
         if encrypt:
             recipients.append(await self._daemon_peer_id())
@@ -321,7 +346,7 @@ class RemoteNode(BaseNode):
         lines = await self._ndjson("add", params, body=b"".join(body), content_type=body.content_type)
         return lines[-1]
 
-    async def _raw_add_path(self, path: str, pin: bool, cid_version: Optional[int] = None) -> List[Dict[str, Any]]:
+    async def _raw_add_path(self, path: str, pin: bool, cid_version: Optional[int] = None) -> List[JsonObject]:
         body = _Multipart()
         top = os.path.basename(os.path.normpath(path)) or "root"
         if os.path.isdir(path):
@@ -378,16 +403,16 @@ class RemoteNode(BaseNode):
         finally:
             connection.close()
 
-    async def _raw_pin_add(self, cid: str, recursive: bool) -> Dict[str, Any]:
+    async def _raw_pin_add(self, cid: str, recursive: bool) -> JsonObject:
         return await self._json("pin/add", [("arg", cid), ("recursive", recursive)])
 
-    async def _raw_pin_rm(self, cid: str) -> Dict[str, Any]:
+    async def _raw_pin_rm(self, cid: str) -> JsonObject:
         return await self._json("pin/rm", [("arg", cid)])
 
-    async def _raw_pin_ls(self, type: str) -> Dict[str, Any]:
+    async def _raw_pin_ls(self, type: str) -> JsonObject:
         return await self._json("pin/ls", [("type", type)])
 
-    async def _raw_verify(self, cid: str) -> Dict[str, Any]:
+    async def _raw_verify(self, cid: str) -> JsonObject:
         car = await self._call("dag/export", [("arg", cid)], limit=_VERIFY_LIMIT)
         roots, blocks, size = await asyncio.to_thread(_native.verify_car, car)
         return {"Cid": roots[0] if roots else cid, "Blocks": blocks, "Bytes": size}
@@ -398,7 +423,7 @@ class RemoteNode(BaseNode):
         lines = await self._ndjson("dag/import", [("pin-roots", pin_roots)], body=b"".join(body), content_type=body.content_type)
         return [line["Root"]["Cid"]["/"] for line in lines if "Root" in line]
 
-    async def _raw_import_model(self, folder: str, name: Optional[str], version: str, tags: List[str]) -> Dict[str, Any]:
+    async def _raw_import_model(self, folder: str, name: Optional[str], version: str, tags: List[str]) -> JsonObject:
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ValueError(f"{folder} is not a model folder: it has no config.json (Hugging Face layout expected)")
         added = await self._raw_add_path(folder, pin=True)
@@ -406,7 +431,7 @@ class RemoteNode(BaseNode):
         params = [("arg", added[-1]["Hash"]), ("name", name), ("version", version), ("tags", ",".join(tags))]
         return await self._json("accelerate/model/import", params)
 
-    async def _raw_publish(self, model: str, name: Optional[str], version: str, tags: List[str], device: str) -> Dict[str, Any]:
+    async def _raw_publish(self, model: str, name: Optional[str], version: str, tags: List[str], device: str) -> JsonObject:
         if os.path.isdir(model):
             record = await self._raw_import_model(model, name, version, tags)
             model, name = record["cid"], record["name"]
@@ -419,19 +444,19 @@ class RemoteNode(BaseNode):
         ]
         return await self._json("accelerate/model/publish", params)
 
-    async def _raw_serve(self, model: str, device: str) -> Dict[str, Any]:
+    async def _raw_serve(self, model: str, device: str) -> JsonObject:
         return await self._json("accelerate/model/serve", [("arg", model), ("device", device)])
 
-    async def _raw_pull(self, model: str, serve: bool, device: str) -> Dict[str, Any]:
+    async def _raw_pull(self, model: str, serve: bool, device: str) -> JsonObject:
         return await self._json("accelerate/model/pull", [("arg", model), ("serve", serve), ("device", device)])
 
-    async def _raw_models(self, task: Optional[str], tag: Optional[str]) -> Dict[str, Any]:
+    async def _raw_models(self, task: Optional[str], tag: Optional[str]) -> JsonObject:
         return await self._json("accelerate/model/ls", [("task", task), ("tag", tag)])
 
-    async def _raw_discover(self, registry: str) -> Dict[str, Any]:
+    async def _raw_discover(self, registry: str) -> JsonObject:
         return await self._json("accelerate/model/discover", [("registry", registry)])
 
-    async def _raw_model_info(self, model: str) -> Dict[str, Any]:
+    async def _raw_model_info(self, model: str) -> JsonObject:
         return await self._json("accelerate/model/info", [("arg", model)])
 
     async def _check_local(self, model: str) -> None:
@@ -447,8 +472,8 @@ class RemoteNode(BaseNode):
             "pull it first, or allow distributed inference"
         )
 
-    def _infer_body(self, model: str, remote: bool, deadline_ms: Optional[int], **fields: Any) -> bytes:
-        body = {"model": model, "remote": remote}
+    def _infer_body(self, model: str, remote: bool, deadline_ms: Optional[int], **fields: object) -> bytes:
+        body: Dict[str, object] = {"model": model, "remote": remote}
         if deadline_ms is not None:
             body["deadline_ms"] = deadline_ms
         body.update({k: v for k, v in fields.items() if v is not None and v != []})
@@ -464,39 +489,70 @@ class RemoteNode(BaseNode):
         remote: bool,
         local_only: bool,
         deadline_ms: Optional[int],
-    ) -> Tuple[Dict[str, Any], List[List[float]]]:
+    ) -> Tuple[JsonObject, List[List[float]]]:
         if local_only:
             await self._check_local(model)
         body = self._infer_body(model, remote, deadline_ms, texts=texts, ids=ids, attention_mask=attention_mask, normalize=normalize)
         answer = await self._json("accelerate/infer", body=body, content_type="application/json")
-        return answer, answer.pop("embeddings")
+        embeddings: List[List[float]] = answer.pop("embeddings")
+        return answer, embeddings
 
-    async def _raw_classify(self, model: str, images: List[bytes], labels: Optional[int], remote: bool) -> Dict[str, Any]:
+    async def _raw_classify(self, model: str, images: List[bytes], labels: Optional[int], remote: bool) -> JsonObject:
         encoded = [base64.b64encode(i).decode("ascii") for i in images]
         body = self._infer_body(model, remote, None, images=encoded, labels=labels)
         return await self._json("accelerate/infer", body=body, content_type="application/json")
 
-    async def _raw_generate(self, model: str, prompt: Optional[str], messages: Optional[List[Tuple[str, str]]], local_only: bool, remote: bool, deadline_ms: Optional[int], **options: Any) -> GenerationStream:
+    async def _raw_generate(
+        self,
+        model: str,
+        *,
+        prompt: Optional[str],
+        messages: Optional[List[Tuple[str, str]]],
+        max_tokens: Optional[int],
+        temperature: Optional[float],
+        top_p: Optional[float],
+        top_k: Optional[int],
+        repetition_penalty: Optional[float],
+        seed: Optional[int],
+        stop: List[str],
+        remote: bool,
+        local_only: bool,
+        deadline_ms: Optional[int],
+    ) -> GenerationStream:
         if local_only:
             await self._check_local(model)
         chat = None if messages is None else [{"role": r, "content": c} for r, c in messages]
-        body = self._infer_body(model, remote, deadline_ms, prompt=prompt, messages=chat, **options)
+        body = self._infer_body(
+            model,
+            remote,
+            deadline_ms,
+            prompt=prompt,
+            messages=chat,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+        )
         stream = await self._stream("accelerate/infer", body=body, content_type="application/json")
-        state: Dict[str, Any] = {"done": None, "text": []}
+        done: Optional[JsonObject] = None
 
         async def next_delta() -> Delta:
+            nonlocal done
             while True:
                 line = await stream.next_line()
                 if line is None:
                     await stream.close()
-                    if state["done"] is None:
+                    if done is None:
                         raise Error("the daemon ended the generation without its result")
                     raise StopAsyncIteration
                 event = json.loads(line)
                 if "delta" in event:
                     return Delta(text=event["delta"]["text"], tokens=list(event["delta"]["tokens"]))
                 if "done" in event:
-                    state["done"] = event["done"]
+                    done = event["done"]
                 elif "error" in event:
                     await stream.close()
                     raise Error(event["error"]["message"])
@@ -507,11 +563,12 @@ class RemoteNode(BaseNode):
                     await next_delta()
             except StopAsyncIteration:
                 pass
-            return Generated.from_json(state["done"])
+            assert done is not None, "next_delta ends only once the result came"
+            return Generated.from_json(done)
 
         return GenerationStream(next_delta, result, stream.close)
 
-    async def _raw_providers(self, model: str) -> Dict[str, Any]:
+    async def _raw_providers(self, model: str) -> JsonObject:
         return await self._json("accelerate/providers", [("arg", model)])
 
     async def _raw_find_providers(self, cid: str, limit: int) -> List[Tuple[str, List[str]]]:
@@ -542,12 +599,12 @@ class RemoteNode(BaseNode):
             raise Error(f"connecting to {target}: {last or 'no address is known for it'}")
         answer = await self._json("swarm/connect", [("arg", target)])
         for line in answer.get("Strings") or []:
-            parts = line.split()
+            parts = str(line).split()
             if len(parts) >= 2 and parts[0] == "connect":
                 return parts[1]
         raise Error(f"swarm/connect answered {answer}")
 
-    async def _raw_peers(self) -> Dict[str, Any]:
+    async def _raw_peers(self) -> JsonObject:
         return await self._json("swarm/peers")
 
     async def _raw_pubsub_publish(self, topic: str, data: bytes) -> None:

@@ -4,12 +4,28 @@ this module reads them into the classes of `_types`."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import os
 import sys
 from array import array
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypedDict,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from . import _native
 from ._types import (
@@ -20,6 +36,7 @@ from ._types import (
     Error,
     Generated,
     Identity,
+    JsonObject,
     Manifest,
     Message,
     Model,
@@ -29,6 +46,8 @@ from ._types import (
     Provider,
     Pulled,
     Verified,
+    json_object,
+    json_objects,
     manifest_or_none,
     pins_from_json,
     providers_from_json,
@@ -37,7 +56,15 @@ from ._types import (
 #: Largest file `cat` returns as bytes unless told otherwise; read bigger ones with `get`.
 DEFAULT_MAX_SIZE = 1 << 30
 
+#: A file system path, as `open` takes it.
+PathType = Union[str, "os.PathLike[str]"]
+#: Chat messages: `(role, content)` pairs or `{"role": ..., "content": ...}` dicts.
 Messages = Sequence[Union[Tuple[str, str], Dict[str, str]]]
+#: Token ids: one input as a flat list, or one row per input.
+TokenIds = Union[Sequence[int], Sequence[Sequence[int]]]
+
+_Self = TypeVar("_Self", bound="BaseNode")
+_NodeT = TypeVar("_NodeT", bound="Node")
 
 
 def _rows(data: bytes, rows: int, dim: int) -> List[List[float]]:
@@ -52,7 +79,7 @@ def _rows(data: bytes, rows: int, dim: int) -> List[List[float]]:
 def _messages(messages: Optional[Messages]) -> Optional[List[Tuple[str, str]]]:
     if messages is None:
         return None
-    out = []
+    out: List[Tuple[str, str]] = []
     for m in messages:
         if isinstance(m, dict):
             out.append((str(m["role"]), str(m["content"])))
@@ -62,15 +89,29 @@ def _messages(messages: Optional[Messages]) -> Optional[List[Tuple[str, str]]]:
     return out
 
 
+def _token_rows(ids: TokenIds) -> List[List[int]]:
+    """Token ids as one row per input; a flat list of numbers is one input."""
+    flat: List[int] = []
+    rows: List[List[int]] = []
+    for item in ids:
+        if isinstance(item, int):
+            flat.append(item)
+        else:
+            rows.append([int(v) for v in item])
+    if flat and rows:
+        raise ValueError("token ids mix numbers and rows: give one row, or one row per input")
+    return [flat] if flat else rows
+
+
 class Subscription:
     """Messages on one pubsub topic: `async for message in subscription`. Ends when
     `close()` is called or the node stops; also an async context manager."""
 
-    def __init__(self, source: Any, close: Any):
+    def __init__(self, source: Callable[[], Awaitable[Message]], close: Callable[[], Awaitable[None]]):
         self._source = source
         self._close = close
 
-    def __aiter__(self) -> "Subscription":
+    def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Message:
@@ -79,10 +120,10 @@ class Subscription:
     async def close(self) -> None:
         await self._close()
 
-    async def __aenter__(self) -> "Subscription":
+    async def __aenter__(self) -> Subscription:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
@@ -91,12 +132,17 @@ class GenerationStream:
     comes; `await stream.result()` reads to the end and returns `Generated`. Leaving
     early (`close()`) stops the generation wherever it runs."""
 
-    def __init__(self, next_delta: Any, result: Any, close: Any):
+    def __init__(
+        self,
+        next_delta: Callable[[], Awaitable[Delta]],
+        result: Callable[[], Awaitable[Generated]],
+        close: Callable[[], Awaitable[None]],
+    ):
         self._next = next_delta
         self._result = result
         self._close = close
 
-    def __aiter__(self) -> "GenerationStream":
+    def __aiter__(self) -> GenerationStream:
         return self
 
     async def __anext__(self) -> Delta:
@@ -108,23 +154,21 @@ class GenerationStream:
     async def close(self) -> None:
         await self._close()
 
-    async def __aenter__(self) -> "GenerationStream":
+    async def __aenter__(self) -> GenerationStream:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-class BaseNode:
+class BaseNode(abc.ABC):
     """The operations every node offers, embedded or remote. All are coroutines."""
 
-    # Each backend implements the `_raw_*` methods, returning the API's JSON bodies.
-
-    async def __aenter__(self):
+    async def __aenter__(self: _Self) -> _Self:
         await self._ensure_started()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def _ensure_started(self) -> None:
@@ -132,11 +176,11 @@ class BaseNode:
 
     async def id(self) -> Identity:
         """The peer's id, public key, addresses and agent."""
-        return Identity.from_json(await self._raw("id"))
+        return Identity.from_json(await self._raw_id())
 
     async def add(
         self,
-        data: bytes,
+        data: Union[bytes, bytearray, memoryview],
         *,
         pin: bool = True,
         cid_version: Optional[int] = None,
@@ -150,8 +194,7 @@ class BaseNode:
         to peer ids or `age1...` recipients). The CID addresses what was stored."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        body = await self._raw(
-            "add",
+        body = await self._raw_add(
             bytes(data),
             pin=pin,
             cid_version=cid_version,
@@ -162,60 +205,58 @@ class BaseNode:
         )
         return Added.from_json(body)
 
-    async def add_path(
-        self, path: Union[str, os.PathLike], *, pin: bool = True, cid_version: Optional[int] = None
-    ) -> List[Added]:
+    async def add_path(self, path: PathType, *, pin: bool = True, cid_version: Optional[int] = None) -> List[Added]:
         """Adds a file or a whole directory tree from disk; the root comes last.
         `cid_version=0` gives Kubo's default CIDs (`ipfs add`)."""
-        lines = await self._raw("add_path", os.fspath(path), pin=pin, cid_version=cid_version)
+        lines = await self._raw_add_path(os.fspath(path), pin=pin, cid_version=cid_version)
         return [Added.from_json(line) for line in lines]
 
     async def cat(self, cid: str, *, raw: bool = False, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
         """The bytes of a file (`CID`, `CID/path` or `/ipfs/...`), fetched from peers
         when needed; encrypted content this node can open is opened unless `raw`."""
-        return await self._raw("cat", cid, raw=raw, max_size=max_size)
+        return await self._raw_cat(cid, raw=raw, max_size=max_size)
 
-    async def get(self, cid: str, target: Union[str, os.PathLike], *, raw: bool = False) -> str:
+    async def get(self, cid: str, target: PathType, *, raw: bool = False) -> str:
         """Writes a file or tree to `target`, which must not exist yet."""
-        return await self._raw("get", cid, os.fspath(target), raw=raw)
+        return await self._raw_get(cid, os.fspath(target), raw=raw)
 
     async def pin_add(self, cid: str, *, recursive: bool = True) -> List[str]:
         """Fetches the whole DAG if needed, pins it and provides it."""
-        return list((await self._raw("pin_add", cid, recursive=recursive))["Pins"])
+        return list((await self._raw_pin_add(cid, recursive=recursive))["Pins"])
 
     async def pin_rm(self, cid: str) -> List[str]:
         """Unpins; the blocks become cache, evicted when the repo fills up."""
-        return list((await self._raw("pin_rm", cid))["Pins"])
+        return list((await self._raw_pin_rm(cid))["Pins"])
 
     async def pin_ls(self, type: str = "all") -> List[Pin]:
         """Pins by type: `all`, `direct`, `recursive`, `indirect`."""
-        return pins_from_json(await self._raw("pin_ls", type))
+        return pins_from_json(await self._raw_pin_ls(type))
 
     async def verify(self, cid: str) -> Verified:
         """Reads every block of the DAG and hashes it against its CID; a missing or
         corrupt block raises `Error`."""
-        body = await self._raw("verify", cid)
+        body = await self._raw_verify(cid)
         return Verified(cid=body["Cid"], blocks=int(body["Blocks"]), bytes=int(body["Bytes"]))
 
-    async def dag_import(self, car: bytes, *, pin_roots: bool = True) -> List[str]:
+    async def dag_import(self, car: Union[bytes, bytearray, memoryview], *, pin_roots: bool = True) -> List[str]:
         """Imports a CAR file (every block verified); returns its roots."""
-        return list(await self._raw("dag_import", bytes(car), pin_roots=pin_roots))
+        return list(await self._raw_dag_import(bytes(car), pin_roots=pin_roots))
 
     async def import_model(
         self,
-        folder: Union[str, os.PathLike],
+        folder: PathType,
         name: Optional[str] = None,
         *,
         version: str = "1",
         tags: Iterable[str] = (),
     ) -> ModelRecord:
         """Adds a model folder (Hugging Face layout) and names it `name@version`."""
-        body = await self._raw("import_model", os.fspath(folder), name=name, version=version, tags=list(tags))
+        body = await self._raw_import_model(os.fspath(folder), name=name, version=version, tags=list(tags))
         return ModelRecord.from_json(body)
 
     async def publish(
         self,
-        model: Union[str, os.PathLike],
+        model: PathType,
         name: Optional[str] = None,
         *,
         version: str = "1",
@@ -223,39 +264,42 @@ class BaseNode:
         device: str = "cpu",
     ) -> Manifest:
         """Publishes a model (a folder, imported first, or a name or CID already here):
-        signed manifest, registry entry, DHT records, gossip; served from here too."""
-        body = await self._raw("publish", os.fspath(model), name=name, version=version, tags=list(tags), device=device)
+        signed manifest, registry entry, DHT records, gossip; served from here too, on
+        `device`."""
+        body = await self._raw_publish(os.fspath(model), name=name, version=version, tags=list(tags), device=device)
         return Manifest.from_json(body)
 
     async def serve(self, model: str, *, device: str = "cpu") -> str:
-        """Serves inference for a model in the repo to peers; returns its CID."""
-        return (await self._raw("serve", model, device=device))["Serving"]
+        """Serves inference for a model in the repo to peers and to this node's own
+        calls, on `device` (`cpu`, `ndarray` or `wgpu`); returns its CID."""
+        return str((await self._raw_serve(model, device=device))["Serving"])
 
     async def pull(self, model: str, *, serve: bool = False, device: str = "cpu") -> Pulled:
-        """Fetches a model from all its providers at once: verified, pinned, provided."""
-        return Pulled.from_json(await self._raw("pull", model, serve=serve, device=device))
+        """Fetches a model from all its providers at once: verified, pinned, provided;
+        with `serve=True` served too, on `device`."""
+        return Pulled.from_json(await self._raw_pull(model, serve=serve, device=device))
 
     async def models(self, task: Optional[str] = None, *, tag: Optional[str] = None) -> List[Model]:
         """Models known here: imported, pulled, announced or read from registries."""
-        body = await self._raw("models", task=task, tag=tag)
+        body = await self._raw_models(task=task, tag=tag)
         return [Model.from_json(m) for m in body.get("Models") or []]
 
     async def discover(self, registry: str) -> List[Model]:
         """Reads a signed registry entry and lists the model versions it names."""
-        body = await self._raw("discover", registry)
+        body = await self._raw_discover(registry)
         return [Model.from_json(m) for m in body.get("Models") or []]
 
     async def model_info(self, model: str) -> Optional[Manifest]:
         """The signed manifest of a model, or None when none was announced."""
-        return manifest_or_none(await self._raw("model_info", model))
+        return manifest_or_none(await self._raw_model_info(model))
 
     async def infer(
         self,
         model: str,
         texts: Optional[Union[str, Sequence[str]]] = None,
         *,
-        input_ids: Optional[Sequence[Sequence[int]]] = None,
-        attention_mask: Optional[Sequence[Sequence[int]]] = None,
+        input_ids: Optional[TokenIds] = None,
+        attention_mask: Optional[TokenIds] = None,
         normalize: Optional[bool] = None,
         remote: bool = False,
         local_only: bool = False,
@@ -266,22 +310,77 @@ class BaseNode:
         serving it. `remote=True` uses peers only; `local_only=True` never calls one."""
         if isinstance(texts, str):
             texts = [texts]
-        if input_ids is not None and input_ids and isinstance(input_ids[0], int):
-            input_ids = [input_ids]  # one input given as a flat list
-        if attention_mask is not None and attention_mask and isinstance(attention_mask[0], int):
-            attention_mask = [attention_mask]
-        meta, rows = await self._raw(
-            "embed",
+        meta, rows = await self._raw_embed(
             model,
             texts=None if texts is None else list(texts),
-            ids=None if input_ids is None else [list(map(int, r)) for r in input_ids],
-            attention_mask=None if attention_mask is None else [list(map(int, r)) for r in attention_mask],
+            ids=None if input_ids is None else _token_rows(input_ids),
+            attention_mask=None if attention_mask is None else _token_rows(attention_mask),
             normalize=normalize,
             remote=remote,
             local_only=local_only,
             deadline_ms=deadline_ms,
         )
         return Embeddings.from_json(meta, rows)
+
+    @overload
+    async def generate(
+        self,
+        model: str,
+        prompt: Optional[str] = ...,
+        *,
+        messages: Optional[Messages] = ...,
+        stream: Literal[False] = ...,
+        max_tokens: Optional[int] = ...,
+        temperature: Optional[float] = ...,
+        top_p: Optional[float] = ...,
+        top_k: Optional[int] = ...,
+        repetition_penalty: Optional[float] = ...,
+        seed: Optional[int] = ...,
+        stop: Iterable[str] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> Generated: ...
+
+    @overload
+    async def generate(
+        self,
+        model: str,
+        prompt: Optional[str] = ...,
+        *,
+        messages: Optional[Messages] = ...,
+        stream: Literal[True],
+        max_tokens: Optional[int] = ...,
+        temperature: Optional[float] = ...,
+        top_p: Optional[float] = ...,
+        top_k: Optional[int] = ...,
+        repetition_penalty: Optional[float] = ...,
+        seed: Optional[int] = ...,
+        stop: Iterable[str] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> GenerationStream: ...
+
+    @overload
+    async def generate(
+        self,
+        model: str,
+        prompt: Optional[str] = ...,
+        *,
+        messages: Optional[Messages] = ...,
+        stream: bool,
+        max_tokens: Optional[int] = ...,
+        temperature: Optional[float] = ...,
+        top_p: Optional[float] = ...,
+        top_k: Optional[int] = ...,
+        repetition_penalty: Optional[float] = ...,
+        seed: Optional[int] = ...,
+        stop: Iterable[str] = ...,
+        remote: bool = ...,
+        local_only: bool = ...,
+        deadline_ms: Optional[int] = ...,
+    ) -> Union[Generated, GenerationStream]: ...
 
     async def generate(
         self,
@@ -306,7 +405,10 @@ class BaseNode:
         whole `Generated`, or with `stream=True` a `GenerationStream` of deltas."""
         if (prompt is None) == (messages is None):
             raise ValueError("give either prompt or messages")
-        options = dict(
+        generation = await self._raw_generate(
+            model,
+            prompt=prompt,
+            messages=_messages(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -318,7 +420,6 @@ class BaseNode:
             local_only=local_only,
             deadline_ms=deadline_ms,
         )
-        generation = await self._raw("generate", model, prompt=prompt, messages=_messages(messages), **options)
         if stream:
             return generation
         return await generation.result()
@@ -327,44 +428,177 @@ class BaseNode:
         self, model: str, images: Sequence[bytes], *, labels: Optional[int] = None, remote: bool = False
     ) -> Classification:
         """The top `labels` labels of each image (JPEG or PNG bytes)."""
-        body = await self._raw("classify", model, [bytes(i) for i in images], labels=labels, remote=remote)
+        body = await self._raw_classify(model, [bytes(i) for i in images], labels=labels, remote=remote)
         return Classification.from_json(body)
 
     async def providers(self, model: str) -> List[Provider]:
         """Every peer serving `model`, each probed once (round trip, load, record)."""
-        _, providers = providers_from_json(await self._raw("providers", model))
+        _, providers = providers_from_json(await self._raw_providers(model))
         return providers
 
     async def find_providers(self, cid: str, *, limit: int = 20) -> List[Tuple[str, List[str]]]:
         """Peers providing a CID's blocks on the DHT, with their addresses."""
-        return [(peer, list(addrs)) for peer, addrs in await self._raw("find_providers", cid, limit=limit)]
+        return [(peer, list(addrs)) for peer, addrs in await self._raw_find_providers(cid, limit=limit)]
 
     async def connect(self, target: str) -> str:
         """Connects to a multiaddr or a peer id; returns the peer id."""
-        return await self._raw("connect", target)
+        return await self._raw_connect(target)
 
     async def peers(self) -> List[PeerInfo]:
         """Connected peers, one address each."""
-        body = await self._raw("peers")
+        body = await self._raw_peers()
         return [PeerInfo(peer=p["Peer"], addr=p["Addr"]) for p in body.get("Peers") or []]
 
-    async def pubsub_publish(self, topic: str, data: Union[bytes, str]) -> None:
+    async def pubsub_publish(self, topic: str, data: Union[bytes, bytearray, memoryview, str]) -> None:
         """Publishes on a gossipsub topic (this node's subscribers get it too)."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        await self._raw("pubsub_publish", topic, bytes(data))
+        await self._raw_pubsub_publish(topic, bytes(data))
 
     async def subscribe(self, topic: str) -> Subscription:
         """Subscribes to a topic; iterate the result for `Message`s."""
-        return await self._raw("subscribe", topic)
+        return await self._raw_subscribe(topic)
 
     async def close(self) -> None:
         """Stops the node (embedded) or forgets the connection (remote)."""
+        await self._ensure_started()
         await self._raw_close()
 
-    async def _raw(self, operation: str, *args: Any, **kwargs: Any) -> Any:
-        await self._ensure_started()
-        return await getattr(self, "_raw_" + operation)(*args, **kwargs)
+    # Each backend answers with the API's JSON bodies; the methods above read them.
+
+    @abc.abstractmethod
+    async def _raw_id(self) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_add(
+        self,
+        data: bytes,
+        *,
+        pin: bool,
+        cid_version: Optional[int],
+        raw_leaves: Optional[bool],
+        encrypt: bool,
+        encrypt_to: List[str],
+        compress: bool,
+    ) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_add_path(self, path: str, *, pin: bool, cid_version: Optional[int]) -> List[JsonObject]: ...
+
+    @abc.abstractmethod
+    async def _raw_cat(self, cid: str, *, raw: bool, max_size: int) -> bytes: ...
+
+    @abc.abstractmethod
+    async def _raw_get(self, cid: str, target: str, *, raw: bool) -> str: ...
+
+    @abc.abstractmethod
+    async def _raw_pin_add(self, cid: str, *, recursive: bool) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_pin_rm(self, cid: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_pin_ls(self, type: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_verify(self, cid: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_dag_import(self, car: bytes, *, pin_roots: bool) -> List[str]: ...
+
+    @abc.abstractmethod
+    async def _raw_import_model(self, folder: str, *, name: Optional[str], version: str, tags: List[str]) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_publish(
+        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str
+    ) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_serve(self, model: str, *, device: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_pull(self, model: str, *, serve: bool, device: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_models(self, *, task: Optional[str], tag: Optional[str]) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_discover(self, registry: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_model_info(self, model: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_embed(
+        self,
+        model: str,
+        *,
+        texts: Optional[List[str]],
+        ids: Optional[List[List[int]]],
+        attention_mask: Optional[List[List[int]]],
+        normalize: Optional[bool],
+        remote: bool,
+        local_only: bool,
+        deadline_ms: Optional[int],
+    ) -> Tuple[JsonObject, List[List[float]]]: ...
+
+    @abc.abstractmethod
+    async def _raw_generate(
+        self,
+        model: str,
+        *,
+        prompt: Optional[str],
+        messages: Optional[List[Tuple[str, str]]],
+        max_tokens: Optional[int],
+        temperature: Optional[float],
+        top_p: Optional[float],
+        top_k: Optional[int],
+        repetition_penalty: Optional[float],
+        seed: Optional[int],
+        stop: List[str],
+        remote: bool,
+        local_only: bool,
+        deadline_ms: Optional[int],
+    ) -> GenerationStream: ...
+
+    @abc.abstractmethod
+    async def _raw_classify(self, model: str, images: List[bytes], *, labels: Optional[int], remote: bool) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_providers(self, model: str) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_find_providers(self, cid: str, *, limit: int) -> List[Tuple[str, List[str]]]: ...
+
+    @abc.abstractmethod
+    async def _raw_connect(self, target: str) -> str: ...
+
+    @abc.abstractmethod
+    async def _raw_peers(self) -> JsonObject: ...
+
+    @abc.abstractmethod
+    async def _raw_pubsub_publish(self, topic: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def _raw_subscribe(self, topic: str) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def _raw_close(self) -> None: ...
+
+
+class _StartOptions(TypedDict):
+    """What `Node` passes to the extension's `Node.start` besides the repo."""
+
+    init: bool
+    profile: Optional[str]
+    listen: List[str]
+    bootstrap: List[str]
+    mdns: Optional[bool]
+    gateways: Optional[List[str]]
+    gateway_retries: Optional[int]
+    gateway_timeout_secs: Optional[int]
+    api_token: Optional[str]
 
 
 class Node(BaseNode):
@@ -384,7 +618,7 @@ class Node(BaseNode):
 
     def __init__(
         self,
-        repo: Optional[Union[str, os.PathLike]] = None,
+        repo: Optional[PathType] = None,
         *,
         init: bool = True,
         profile: Optional[str] = None,
@@ -398,7 +632,7 @@ class Node(BaseNode):
         gateway: Optional[str] = None,
         api_token: Optional[str] = None,
     ):
-        self._options = dict(
+        self._options = _StartOptions(
             init=init,
             profile=profile,
             listen=list(listen),
@@ -411,13 +645,41 @@ class Node(BaseNode):
         )
         self._repo = None if repo is None else os.fspath(repo)
         self._http = (api, gateway)
-        self._native: Optional[Any] = None
+        self._native: Optional[_native.Node] = None
         self._starting: Optional[asyncio.Lock] = None
 
     @classmethod
-    async def start(cls, repo: Optional[Union[str, os.PathLike]] = None, **options: Any) -> "Node":
+    async def start(
+        cls: Type[_NodeT],
+        repo: Optional[PathType] = None,
+        *,
+        init: bool = True,
+        profile: Optional[str] = None,
+        listen: Iterable[str] = (),
+        bootstrap: Iterable[str] = (),
+        mdns: Optional[bool] = None,
+        gateways: Optional[Iterable[str]] = None,
+        gateway_retries: Optional[int] = None,
+        gateway_timeout_secs: Optional[int] = None,
+        api: Optional[str] = None,
+        gateway: Optional[str] = None,
+        api_token: Optional[str] = None,
+    ) -> _NodeT:
         """Starts a node (see the class for the options) and returns it running."""
-        node = cls(repo, **options)
+        node = cls(
+            repo,
+            init=init,
+            profile=profile,
+            listen=listen,
+            bootstrap=bootstrap,
+            mdns=mdns,
+            gateways=gateways,
+            gateway_retries=gateway_retries,
+            gateway_timeout_secs=gateway_timeout_secs,
+            api=api,
+            gateway=gateway,
+            api_token=api_token,
+        )
         await node._ensure_started()
         return node
 
@@ -451,108 +713,193 @@ class Node(BaseNode):
     @property
     def http(self) -> Tuple[Optional[str], Optional[str]]:
         """The URLs of the API and the gateway this node serves, if any."""
-        return tuple(self._require().http)
+        api, gateway = self._require().http
+        return (api, gateway)
 
     async def serve_http(self, api: Optional[str] = None, gateway: Optional[str] = None) -> Tuple[Optional[str], Optional[str]]:
         """Serves the daemon's HTTP API and/or gateway from this process (`HOST:PORT`,
         port 0 picks one); the repo's `api` file lets the CLI reach this node."""
-        await self._ensure_started()
-        return tuple(await self._native.serve_http(api=api, gateway=gateway))
+        served_api, served_gateway = await (await self._handle()).serve_http(api=api, gateway=gateway)
+        return (served_api, served_gateway)
 
-    def _require(self) -> Any:
+    def _require(self) -> _native.Node:
         if self._native is None:
             raise Error("the node is not started: await Node.start(...) or use `async with`")
         return self._native
 
+    async def _handle(self) -> _native.Node:
+        """The extension's node, started first if need be."""
+        await self._ensure_started()
+        return self._require()
+
     # The embedded backend: the native module answers with the API's JSON bodies.
 
-    async def _raw_id(self) -> Dict[str, Any]:
-        return json.loads(await self._native.id())
+    async def _raw_id(self) -> JsonObject:
+        return json_object(await (await self._handle()).id())
 
-    async def _raw_add(self, data: bytes, **kw: Any) -> Dict[str, Any]:
-        return json.loads(await self._native.add(data, **kw))
+    async def _raw_add(
+        self,
+        data: bytes,
+        *,
+        pin: bool,
+        cid_version: Optional[int],
+        raw_leaves: Optional[bool],
+        encrypt: bool,
+        encrypt_to: List[str],
+        compress: bool,
+    ) -> JsonObject:
+        native = await self._handle()
+        return json_object(
+            await native.add(
+                data,
+                pin=pin,
+                cid_version=cid_version,
+                raw_leaves=raw_leaves,
+                encrypt=encrypt,
+                encrypt_to=encrypt_to,
+                compress=compress,
+            )
+        )
 
-    async def _raw_add_path(self, path: str, pin: bool, cid_version: Optional[int]) -> List[Dict[str, Any]]:
-        return json.loads(await self._native.add_path(path, pin=pin, cid_version=cid_version))
+    async def _raw_add_path(self, path: str, *, pin: bool, cid_version: Optional[int]) -> List[JsonObject]:
+        native = await self._handle()
+        return json_objects(json.loads(await native.add_path(path, pin=pin, cid_version=cid_version)))
 
-    async def _raw_cat(self, cid: str, raw: bool, max_size: int) -> bytes:
-        return await self._native.cat(cid, raw=raw, max_size=max_size)
+    async def _raw_cat(self, cid: str, *, raw: bool, max_size: int) -> bytes:
+        return await (await self._handle()).cat(cid, raw=raw, max_size=max_size)
 
-    async def _raw_get(self, cid: str, target: str, raw: bool) -> str:
-        return await self._native.get(cid, target, raw=raw)
+    async def _raw_get(self, cid: str, target: str, *, raw: bool) -> str:
+        return await (await self._handle()).get(cid, target, raw=raw)
 
-    async def _raw_pin_add(self, cid: str, recursive: bool) -> Dict[str, Any]:
-        return json.loads(await self._native.pin_add(cid, recursive=recursive))
+    async def _raw_pin_add(self, cid: str, *, recursive: bool) -> JsonObject:
+        return json_object(await (await self._handle()).pin_add(cid, recursive=recursive))
 
-    async def _raw_pin_rm(self, cid: str) -> Dict[str, Any]:
-        return json.loads(await self._native.pin_rm(cid))
+    async def _raw_pin_rm(self, cid: str) -> JsonObject:
+        return json_object(await (await self._handle()).pin_rm(cid))
 
-    async def _raw_pin_ls(self, type: str) -> Dict[str, Any]:
-        return json.loads(await self._native.pin_ls(type))
+    async def _raw_pin_ls(self, type: str) -> JsonObject:
+        return json_object(await (await self._handle()).pin_ls(type))
 
-    async def _raw_verify(self, cid: str) -> Dict[str, Any]:
-        return json.loads(await self._native.verify(cid))
+    async def _raw_verify(self, cid: str) -> JsonObject:
+        return json_object(await (await self._handle()).verify(cid))
 
-    async def _raw_dag_import(self, car: bytes, pin_roots: bool) -> List[str]:
-        return await self._native.dag_import(car, pin_roots=pin_roots)
+    async def _raw_dag_import(self, car: bytes, *, pin_roots: bool) -> List[str]:
+        return await (await self._handle()).dag_import(car, pin_roots=pin_roots)
 
-    async def _raw_import_model(self, folder: str, **kw: Any) -> Dict[str, Any]:
-        return json.loads(await self._native.import_model(folder, **kw))
+    async def _raw_import_model(self, folder: str, *, name: Optional[str], version: str, tags: List[str]) -> JsonObject:
+        native = await self._handle()
+        return json_object(await native.import_model(folder, name=name, version=version, tags=tags))
 
-    async def _raw_publish(self, model: str, **kw: Any) -> Dict[str, Any]:
-        return json.loads(await self._native.publish(model, **kw))
+    async def _raw_publish(
+        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str
+    ) -> JsonObject:
+        native = await self._handle()
+        return json_object(await native.publish(model, name=name, version=version, tags=tags, device=device))
 
-    async def _raw_serve(self, model: str, device: str) -> Dict[str, Any]:
-        return json.loads(await self._native.serve(model, device=device))
+    async def _raw_serve(self, model: str, *, device: str) -> JsonObject:
+        return json_object(await (await self._handle()).serve(model, device=device))
 
-    async def _raw_pull(self, model: str, serve: bool, device: str) -> Dict[str, Any]:
-        return json.loads(await self._native.pull(model, serve=serve, device=device))
+    async def _raw_pull(self, model: str, *, serve: bool, device: str) -> JsonObject:
+        return json_object(await (await self._handle()).pull(model, serve=serve, device=device))
 
-    async def _raw_models(self, task: Optional[str], tag: Optional[str]) -> Dict[str, Any]:
-        return json.loads(await self._native.models(task=task, tag=tag))
+    async def _raw_models(self, *, task: Optional[str], tag: Optional[str]) -> JsonObject:
+        return json_object(await (await self._handle()).models(task=task, tag=tag))
 
-    async def _raw_discover(self, registry: str) -> Dict[str, Any]:
-        return json.loads(await self._native.discover(registry))
+    async def _raw_discover(self, registry: str) -> JsonObject:
+        return json_object(await (await self._handle()).discover(registry))
 
-    async def _raw_model_info(self, model: str) -> Dict[str, Any]:
-        return json.loads(await self._native.model_info(model))
+    async def _raw_model_info(self, model: str) -> JsonObject:
+        return json_object(await (await self._handle()).model_info(model))
 
-    async def _raw_embed(self, model: str, **kw: Any) -> Tuple[Dict[str, Any], List[List[float]]]:
-        meta, data, rows, dim = await self._native.embed(model, **kw)
-        return json.loads(meta), _rows(data, rows, dim)
+    async def _raw_embed(
+        self,
+        model: str,
+        *,
+        texts: Optional[List[str]],
+        ids: Optional[List[List[int]]],
+        attention_mask: Optional[List[List[int]]],
+        normalize: Optional[bool],
+        remote: bool,
+        local_only: bool,
+        deadline_ms: Optional[int],
+    ) -> Tuple[JsonObject, List[List[float]]]:
+        native = await self._handle()
+        meta, data, rows, dim = await native.embed(
+            model,
+            texts=texts,
+            ids=ids,
+            attention_mask=attention_mask,
+            normalize=normalize,
+            remote=remote,
+            local_only=local_only,
+            deadline_ms=deadline_ms,
+        )
+        return json_object(meta), _rows(data, rows, dim)
 
-    async def _raw_classify(self, model: str, images: List[bytes], labels: Optional[int], remote: bool) -> Dict[str, Any]:
-        return json.loads(await self._native.classify(model, images, labels=labels, remote=remote))
+    async def _raw_classify(self, model: str, images: List[bytes], *, labels: Optional[int], remote: bool) -> JsonObject:
+        native = await self._handle()
+        return json_object(await native.classify(model, images, labels=labels, remote=remote))
 
-    async def _raw_generate(self, model: str, **kw: Any) -> GenerationStream:
-        generation = await self._native.generate(model, **kw)
+    async def _raw_generate(
+        self,
+        model: str,
+        *,
+        prompt: Optional[str],
+        messages: Optional[List[Tuple[str, str]]],
+        max_tokens: Optional[int],
+        temperature: Optional[float],
+        top_p: Optional[float],
+        top_k: Optional[int],
+        repetition_penalty: Optional[float],
+        seed: Optional[int],
+        stop: List[str],
+        remote: bool,
+        local_only: bool,
+        deadline_ms: Optional[int],
+    ) -> GenerationStream:
+        native = await self._handle()
+        generation = await native.generate(
+            model,
+            prompt=prompt,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            remote=remote,
+            local_only=local_only,
+            deadline_ms=deadline_ms,
+        )
 
         async def next_delta() -> Delta:
             text, tokens = await generation.__anext__()
             return Delta(text=text, tokens=list(tokens))
 
         async def result() -> Generated:
-            return Generated.from_json(json.loads(await generation.result()))
+            return Generated.from_json(json_object(await generation.result()))
 
         return GenerationStream(next_delta, result, generation.close)
 
-    async def _raw_providers(self, model: str) -> Dict[str, Any]:
-        return json.loads(await self._native.providers(model))
+    async def _raw_providers(self, model: str) -> JsonObject:
+        return json_object(await (await self._handle()).providers(model))
 
-    async def _raw_find_providers(self, cid: str, limit: int) -> List[Tuple[str, List[str]]]:
-        return await self._native.find_providers(cid, limit=limit)
+    async def _raw_find_providers(self, cid: str, *, limit: int) -> List[Tuple[str, List[str]]]:
+        return await (await self._handle()).find_providers(cid, limit=limit)
 
     async def _raw_connect(self, target: str) -> str:
-        return await self._native.connect(target)
+        return await (await self._handle()).connect(target)
 
-    async def _raw_peers(self) -> Dict[str, Any]:
-        return json.loads(await self._native.peers())
+    async def _raw_peers(self) -> JsonObject:
+        return json_object(await (await self._handle()).peers())
 
     async def _raw_pubsub_publish(self, topic: str, data: bytes) -> None:
-        await self._native.pubsub_publish(topic, data)
+        await (await self._handle()).pubsub_publish(topic, data)
 
     async def _raw_subscribe(self, topic: str) -> Subscription:
-        native = await self._native.subscribe(topic)
+        native = await (await self._handle()).subscribe(topic)
 
         async def source() -> Message:
             topic_, sender, data, seqno = await native.__anext__()

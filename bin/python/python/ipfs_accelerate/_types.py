@@ -4,11 +4,36 @@ bodies, which these classes read."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+
+from ._native import Error as Error  # raised by both kinds of node
+
+if TYPE_CHECKING:  # numpy is optional: only `Embeddings.numpy()` needs it
+    import numpy
+    import numpy.typing
+
+#: A JSON object of the daemon API's answers; its values are whatever JSON holds.
+JsonObject = Dict[str, Any]
 
 
-from ._native import Error  # noqa: F401  (raised by both kinds of node)
+def json_object(text: Union[str, bytes]) -> JsonObject:
+    """Parses an answer that must be a JSON object."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise Error(f"expected a JSON object, got {type(value).__name__}: {str(value)[:80]}")
+    return value
+
+
+def json_objects(lines: List[Any]) -> List[JsonObject]:
+    """Answers of a newline-delimited JSON stream, each a JSON object."""
+    out: List[JsonObject] = []
+    for line in lines:
+        if not isinstance(line, dict):
+            raise Error(f"expected JSON objects, got {type(line).__name__}: {str(line)[:80]}")
+        out.append(line)
+    return out
 
 
 @dataclass(frozen=True)
@@ -19,7 +44,7 @@ class Identity:
     agent_version: str
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Identity":
+    def from_json(cls, body: JsonObject) -> "Identity":
         return cls(
             id=body["ID"],
             public_key=body.get("PublicKey", ""),
@@ -37,7 +62,7 @@ class Added:
     name: str
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Added":
+    def from_json(cls, body: JsonObject) -> "Added":
         return cls(cid=body["Hash"], size=int(body.get("Size") or 0), name=body.get("Name", ""))
 
 
@@ -73,7 +98,7 @@ class ModelRecord:
     task: Optional[str]
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "ModelRecord":
+    def from_json(cls, body: JsonObject) -> "ModelRecord":
         return cls(
             name=body["name"],
             version=body["version"],
@@ -101,7 +126,7 @@ class Model:
     untrusted: Optional[bool] = None
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Model":
+    def from_json(cls, body: JsonObject) -> "Model":
         return cls(
             name=body["name"],
             version=body["version"],
@@ -140,7 +165,7 @@ class Manifest:
     recipients: List[str] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Manifest":
+    def from_json(cls, body: JsonObject) -> "Manifest":
         return cls(
             name=body["name"],
             version=body["version"],
@@ -173,7 +198,7 @@ class Pulled:
     sources: Dict[str, Dict[str, int]]
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Pulled":
+    def from_json(cls, body: JsonObject) -> "Pulled":
         return cls(
             root=body["Root"],
             blocks=int(body["Blocks"]),
@@ -189,7 +214,7 @@ class Attempt:
     error: Optional[str]
 
 
-def _attempts(body: Dict[str, Any]) -> List[Attempt]:
+def _attempts(body: JsonObject) -> List[Attempt]:
     return [Attempt(peer=a["peer"], error=a.get("error")) for a in body.get("attempts") or []]
 
 
@@ -207,14 +232,14 @@ class Embeddings:
     timings: Dict[str, float]
     attempts: List[Attempt]
 
-    def numpy(self):
+    def numpy(self) -> numpy.typing.NDArray[numpy.float32]:
         """The embeddings as a `numpy.ndarray` of float32 (numpy must be installed)."""
         import numpy
 
         return numpy.asarray(self.embeddings, dtype=numpy.float32)
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any], embeddings: List[List[float]]) -> "Embeddings":
+    def from_json(cls, body: JsonObject, embeddings: List[List[float]]) -> "Embeddings":
         return cls(
             model=body["model"],
             embeddings=embeddings,
@@ -244,7 +269,7 @@ class Generated:
     attempts: List[Attempt]
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Generated":
+    def from_json(cls, body: JsonObject) -> "Generated":
         return cls(
             text=body["text"],
             tokens=list(body.get("tokens") or []),
@@ -288,7 +313,7 @@ class Classification:
     attempts: List[Attempt]
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Classification":
+    def from_json(cls, body: JsonObject) -> "Classification":
         return cls(
             model=body["model"],
             labels=[
@@ -317,7 +342,7 @@ class Provider:
     distrusted: Optional[str]
 
     @classmethod
-    def from_json(cls, body: Dict[str, Any]) -> "Provider":
+    def from_json(cls, body: JsonObject) -> "Provider":
         return cls(
             peer=body["peer"],
             round_trip_ms=body.get("round_trip_ms"),
@@ -341,15 +366,15 @@ class Message:
     seqno: Optional[int]
 
 
-def pins_from_json(body: Dict[str, Any]) -> List[Pin]:
+def pins_from_json(body: JsonObject) -> List[Pin]:
     return [Pin(cid=cid, type=info["Type"]) for cid, info in (body.get("Keys") or {}).items()]
 
 
-def providers_from_json(body: Dict[str, Any]) -> Tuple[str, List[Provider]]:
+def providers_from_json(body: JsonObject) -> Tuple[str, List[Provider]]:
     return body["Model"], [Provider.from_json(p) for p in body.get("Providers") or []]
 
 
-def manifest_or_none(body: Dict[str, Any]) -> Optional[Manifest]:
+def manifest_or_none(body: JsonObject) -> Optional[Manifest]:
     """`model/info`'s answer: the manifest, or None when no manifest names the weights."""
     if "manifest" not in body:
         return None

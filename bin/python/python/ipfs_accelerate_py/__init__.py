@@ -31,12 +31,30 @@ import threading
 import urllib.parse
 import urllib.request
 from dataclasses import asdict
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    TypedDict,
+    TypeVar,
+    Union,
+    overload,
+)
 
 import ipfs_accelerate
 from ipfs_accelerate import Error, Node, RemoteNode, _native
+from ipfs_accelerate._node import Messages
 
-__all__ = ["ipfs_accelerate_py", "CONFIG_KEYS", "Error", "PubsubHandler"]
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11's; checkers know typing_extensions
+    from typing_extensions import Unpack
+
+__all__ = ["ipfs_accelerate_py", "CONFIG_KEYS", "Error", "GenerateOptions", "PubsubHandler"]
 
 #: Every key the `ipfs` section takes, with what it does here.
 CONFIG_KEYS: Dict[str, str] = {
@@ -69,6 +87,28 @@ CONFIG_KEYS: Dict[str, str] = {
     "mdns": "whether the embedded peer finds peers on the local network (default: the "
     "profile's)",
 }
+
+_T = TypeVar("_T")
+#: What `subscribe(topic, handler)` calls with each message's data (parsed JSON, or
+#: bytes); it may return an awaitable, which is awaited.
+Handler = Callable[[Any], object]
+
+
+
+class GenerateOptions(TypedDict, total=False):
+    """What `ipfs_accelerate_py.generate` passes on to `Node.generate`."""
+
+    messages: Optional[Messages]
+    max_tokens: Optional[int]
+    temperature: Optional[float]
+    top_p: Optional[float]
+    top_k: Optional[int]
+    repetition_penalty: Optional[float]
+    seed: Optional[int]
+    stop: Iterable[str]
+    remote: bool
+    deadline_ms: Optional[int]
+
 
 _EMBEDDED_ONLY = ("profile", "bootstrap", "listen", "mdns")
 _DEFAULT_LOCAL_GATEWAY = "http://127.0.0.1:8080/ipfs/"
@@ -104,11 +144,12 @@ class _Embedded:
     nodes: Dict[str, Node] = {}
 
     @classmethod
-    def get(cls, repo: str, options: Dict[str, Any]) -> Node:
+    def get(cls, repo: str, make: Callable[[], Node]) -> Node:
+        """The peer of `repo`, made by `make` when this process runs none yet."""
         with cls.lock:
             node = cls.nodes.get(repo)
             if node is None:
-                node = Node(repo, **options)
+                node = make()
                 cls.nodes[repo] = node
             return node
 
@@ -128,7 +169,7 @@ class PubsubHandler:
     """A subscription whose messages go to a handler (the guide's style); `await
     close()` stops it. It runs on the event loop that created it."""
 
-    def __init__(self, topic: str, subscription: ipfs_accelerate.Subscription, handler: Callable, decode: bool):
+    def __init__(self, topic: str, subscription: ipfs_accelerate.Subscription, handler: Handler, decode: bool):
         self.topic = topic
         self._subscription = subscription
         self._handler = handler
@@ -220,19 +261,24 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
             if self._local_gateway:
                 served_gateway = _host_port(gateway or _DEFAULT_LOCAL_GATEWAY, "gateway")
             repo = os.fspath(ipfs.get("repo") or _default_repo())
-            options = dict(
-                profile=ipfs.get("profile"),
-                listen=list(ipfs.get("listen", [])),
-                bootstrap=list(ipfs.get("bootstrap", [])),
-                mdns=ipfs.get("mdns"),
-                gateways=list(self._fallbacks) or None,
-                gateway_retries=retries - 1 if "retry_count" in ipfs else None,
-                gateway_timeout_secs=None if self._timeout is None else max(1, int(self._timeout)),
-                api_token=ipfs.get("api_key"),
+            bootstrap: List[str] = list(ipfs.get("bootstrap", []))
+            timeout = self._timeout
+            self._node: ipfs_accelerate.BaseNode = _Embedded.get(
+                repo,
+                lambda: Node(
+                    repo,
+                    profile=ipfs.get("profile"),
+                    listen=list(ipfs.get("listen", [])),
+                    bootstrap=bootstrap,
+                    mdns=ipfs.get("mdns"),
+                    gateways=list(self._fallbacks) or None,
+                    gateway_retries=retries - 1 if "retry_count" in ipfs else None,
+                    gateway_timeout_secs=None if timeout is None else max(1, int(timeout)),
+                    api_token=ipfs.get("api_key"),
+                ),
             )
-            self._node: ipfs_accelerate.BaseNode = _Embedded.get(repo, options)
-            self._bootstrap = options["bootstrap"]
-            self._serve = (api, served_gateway)
+            self._bootstrap = bootstrap
+            self._serve: Tuple[Optional[str], Optional[str]] = (api, served_gateway)
         else:
             bad = [k for k in _EMBEDDED_ONLY if k in ipfs]
             if bad:
@@ -240,6 +286,8 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
                     f"{bad} configure the embedded peer; with local_node the daemon's own "
                     "config applies (or set embedded=True)"
                 )
+            if not isinstance(local_node, str):
+                raise ValueError("embedded=False needs local_node: the daemon's API URL (http://HOST:PORT)")
             self._node = RemoteNode(local_node, api_key=ipfs.get("api_key"), timeout=self._timeout, repo=ipfs.get("repo"))
             self._bootstrap = []
             self._serve = (None, None)
@@ -267,19 +315,21 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
 
     # Every operation: the configured timeout, and retries of what may pass.
 
-    async def _run(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+    async def _run(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         await self._started()
         delay = 0.5
-        for attempt in range(self._attempts):
+        for _ in range(self._attempts - 1):
             try:
-                if self._timeout is None:
-                    return await operation()
-                return await asyncio.wait_for(operation(), self._timeout)
+                return await self._once(operation)
             except (asyncio.TimeoutError, OSError):
-                if attempt + 1 == self._attempts:
-                    raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        return await self._once(operation)
+
+    async def _once(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        if self._timeout is None:
+            return await operation()
+        return await asyncio.wait_for(operation(), self._timeout)
 
     async def _started(self) -> None:
         node = self._node
@@ -375,8 +425,8 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
             )
             return {"model": model, **asdict(generated)}
         if isinstance(data, dict) and "images" in data:
-            answer = await self._run(lambda: node.classify(model, data["images"], **options))
-            return {"model": model, **asdict(answer), "model_cid": answer.model}
+            classified = await self._run(lambda: node.classify(model, data["images"], **options))
+            return {"model": model, **asdict(classified), "model_cid": classified.model}
         if isinstance(data, dict) and "input_ids" in data:
             if "attention_mask" not in data:
                 raise ValueError("input_ids need attention_mask")
@@ -486,7 +536,17 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
             message = json.dumps(message).encode("utf-8")
         await self._run(lambda: self._node.pubsub_publish(topic, message))
 
-    async def subscribe(self, topic: str, handler: Optional[Callable[[Any], Any]] = None, *, decode_json: bool = True):
+    @overload
+    async def subscribe(
+        self, topic: str, handler: None = None, *, decode_json: bool = True
+    ) -> ipfs_accelerate.Subscription: ...
+
+    @overload
+    async def subscribe(self, topic: str, handler: Handler, *, decode_json: bool = True) -> PubsubHandler: ...
+
+    async def subscribe(
+        self, topic: str, handler: Optional[Handler] = None, *, decode_json: bool = True
+    ) -> Union[ipfs_accelerate.Subscription, PubsubHandler]:
         """Without a handler: an async iterator of `ipfs_accelerate.Message`. With one:
         each message's data (parsed as JSON when it is JSON, with `decode_json`) is
         passed to `handler` (awaited when it is a coroutine); returns a
@@ -496,7 +556,7 @@ class ipfs_accelerate_py:  # noqa: N801  (the guide's name)
             return subscription
         return PubsubHandler(topic, subscription, handler, decode_json)
 
-    async def generate(self, model: str, prompt: Optional[str] = None, **options: Any) -> str:
+    async def generate(self, model: str, prompt: Optional[str] = None, **options: Unpack[GenerateOptions]) -> str:
         """Generated text for `prompt` (or `messages=`)."""
         local_only = not self._distributed
         generated = await self._run(lambda: self._node.generate(model, prompt, local_only=local_only, **options))
@@ -529,7 +589,7 @@ def _is_cid(text: str) -> bool:
 def _fetch(url: str, timeout: Optional[float], limit: int, accept: Optional[str] = None) -> bytes:
     request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     with urllib.request.urlopen(request, timeout=timeout or 60) as response:
-        data = response.read(limit + 1)
+        data: bytes = response.read(limit + 1)
     if len(data) > limit:
         raise Error(f"{url}: the answer is over {limit} bytes")
     return data
