@@ -2,7 +2,8 @@
 //! (`node/src/unixfs/reader`): a gateway byte range fetches only the blocks that hold
 //! it, a whole file nobody reads on stops at the window instead of fetching the DAG,
 //! `cat` sends its first bytes before the DAG is here, and the reader's memory does not
-//! grow with the file while 1 GiB goes through it.
+//! grow with the file while 1 GiB goes through it. `get` of a directory streams its tar
+//! the same way.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,6 +17,9 @@ const GIB: u64 = 1024 * MIB;
 /// What the reading daemon may have fetched while its client reads nothing: the read
 /// window (32 MiB) and what sockets and the body channel hold, far from the file.
 const STALLED_FETCH_LIMIT: u64 = 96 * MIB;
+/// The large file of the directory `get` reads: well beyond the window and the stalled
+/// fetch limit, small enough for a quick test.
+const DIRECTORY_FILE_SIZE: u64 = 128 * MIB;
 /// How much the reading daemon's peak RSS may grow over the last 768 MiB of a 1 GiB
 /// `cat`, after the first 256 MiB. Its absolute peak, 420 to 660 MB in the debug build
 /// here, is mostly memory the allocator keeps for a second after it is freed, and
@@ -140,6 +144,85 @@ fn a_remote_gib_streams_within_a_window_and_a_range_fetches_only_its_blocks() {
     assert!(
         peak < peak_at_quarter + RSS_GROWTH_LIMIT_KIB,
         "b's peak RSS grew from {peak_at_quarter} KiB to {peak} KiB over the last 768 MiB"
+    );
+}
+
+#[test]
+fn a_remote_directory_streams_through_get_as_its_blocks_arrive() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&[]);
+    let c = Daemon::start(&[]);
+    let dir = a.repo.path("tree");
+    std::fs::create_dir_all(dir.join("c-sub")).unwrap();
+    std::fs::write(dir.join("a-notes.txt"), b"the big file follows\n").unwrap();
+    deterministic_file(&dir.join("b-big.bin"), DIRECTORY_FILE_SIZE, 7).unwrap();
+    deterministic_file(&dir.join("c-sub/d.bin"), MIB + 17, 8).unwrap();
+    std::fs::write(dir.join("c-sub/e.txt"), b"last\n").unwrap();
+    let cid = a.repo.add(&dir, &["-r"]);
+    for d in [&b, &c] {
+        assert!(
+            d.repo
+                .ok(&["swarm", "connect", &a.addr()])
+                .ends_with("success")
+        );
+    }
+    let get_tar = |d: &Daemon| {
+        let api = d.api_url();
+        let api = api.trim_start_matches("http://").to_string();
+        let head = format!("POST /api/v0/get?arg={cid} HTTP/1.0\r\nContent-Length: 0\r\n");
+        let (status, body) = get(&api, &head);
+        assert_eq!(status, 200);
+        body
+    };
+
+    // b streams the tar: its first bytes come before half the blocks are here, then
+    // every byte is the one a writes from its own store.
+    let mut remote = get_tar(&b);
+    let mut chunk = vec![0; 64 * 1024];
+    remote.read_exact(&mut chunk).unwrap();
+    let (blocks_at_first_bytes, _) = received(&b);
+    let mut local = get_tar(&a);
+    let mut want = vec![0; chunk.len()];
+    local.read_exact(&mut want).unwrap();
+    assert!(chunk == want, "the archive's first bytes");
+    let mut read = chunk.len() as u64;
+    loop {
+        let n = remote.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        local.read_exact(&mut want[..n]).unwrap();
+        assert!(chunk[..n] == want[..n], "the archive's bytes at {read}");
+        read += n as u64;
+    }
+    assert_eq!(
+        local.read(&mut want).unwrap(),
+        0,
+        "b's archive ends where a's does"
+    );
+    assert!(read > DIRECTORY_FILE_SIZE, "{read} bytes");
+    let (total_blocks, _) = received(&b);
+    assert!(
+        blocks_at_first_bytes < total_blocks / 2,
+        "get sent its first bytes after {blocks_at_first_bytes} of {total_blocks} blocks came"
+    );
+    eprintln!("get: first bytes after {blocks_at_first_bytes} of {total_blocks} blocks");
+
+    // c's client reads 1 MiB and then nothing: the fetch stops at the window.
+    let mut stalled = get_tar(&c);
+    stalled.read_exact(&mut vec![0; MIB as usize]).unwrap();
+    let mut last = (0, 0);
+    let settled = poll_until(Duration::from_secs(60), || {
+        let now = received(&c);
+        let idle = c.repo.ok(&["bitswap", "wantlist"]).is_empty() && now == last;
+        last = now;
+        idle
+    });
+    let (blocks, bytes) = received(&c);
+    assert!(settled, "c kept fetching for a client that reads nothing");
+    assert!(
+        bytes < STALLED_FETCH_LIMIT,
+        "c fetched {bytes} bytes ({blocks} of {total_blocks} blocks) for a client that read 1 MiB"
     );
 }
 

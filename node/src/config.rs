@@ -224,7 +224,8 @@ pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
-    /// Seconds to receive a request's headers, and to keep an idle connection.
+    /// Seconds to receive a request's headers, to keep an idle connection, and that a
+    /// request body may send nothing before it is cut (408).
     pub header_timeout_secs: u64,
     /// Seconds a response may wait on a client that stops reading before it is cut.
     pub write_timeout_secs: u64,
@@ -250,7 +251,8 @@ pub struct GatewayConfig {
     pub cors_allow_origin: String,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
-    /// Seconds to receive a request's headers, and to keep an idle connection.
+    /// Seconds to receive a request's headers, to keep an idle connection, and that a
+    /// request body may send nothing before it is cut (408).
     pub header_timeout_secs: u64,
     /// Seconds a response may wait on a client that stops reading before it is cut.
     pub write_timeout_secs: u64,

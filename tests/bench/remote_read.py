@@ -7,6 +7,8 @@ own daemon; the modes run in a rotated order each round, so machine noise hits t
     cat    `cat CID > /dev/null`: streamed in order as the blocks arrive
            (node/src/unixfs/reader)
     get    `get CID -o FILE`: the same stream as a tar archive, unpacked to disk
+    tree   `get DIR -o DEST` of a directory holding the same file: the tar streamed as
+           the reader walks the directory (fetched whole before a byte went out, before)
     fetch  `pin add CID`: the whole DAG fetched in random order (Bitswap::fetch_dag), the
            speed a reader in order should keep
 
@@ -26,6 +28,7 @@ import argparse
 import filecmp
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -36,7 +39,7 @@ from add_vs_kubo import build_release  # same folder: one way to build
 from transfer import Ours, cpu_seconds, random_file
 
 MIB = 1 << 20
-MODES = ("cat", "get", "fetch")
+MODES = ("cat", "get", "tree", "fetch")
 
 
 def start(binary, tmp):
@@ -69,27 +72,33 @@ def stat(node):
     return json.loads(node.run("bitswap", "stat", "--json"))
 
 
-def read_once(binary, tmp, server, cid, mode, path):
-    """One read of `cid` by a fresh daemon in `mode`; returns (seconds, peak RSS MB, CPU s)."""
+def read_once(binary, tmp, server, cids, mode, path):
+    """One read by a fresh daemon in `mode` (of the file, `cids[0]`, or the directory,
+    `cids[1]`); returns (seconds, peak RSS MB, CPU s)."""
     os.sync()
     client = start(binary, tmp)
     try:
         client.connect(server.addr)
         dest = os.path.join(tmp, "fetched")
+        cid = cids[mode == "tree"]
         cpu_before = cpu_seconds(client.proc.pid)
         start_time = time.perf_counter()
         if mode == "cat":
             with open(os.devnull, "wb") as null:
                 client.run("cat", cid, stdout=null)
-        elif mode == "get":
+        elif mode in ("get", "tree"):
             client.run("get", cid, "-o", dest)
         else:
             client.run("pin", "add", cid)
         seconds = time.perf_counter() - start_time
         cpu = cpu_seconds(client.proc.pid) - cpu_before
-        if mode == "get":
-            assert filecmp.cmp(path, dest, shallow=False), "fetched file differs"
-            os.remove(dest)
+        if mode in ("get", "tree"):
+            got = os.path.join(dest, os.path.basename(path)) if mode == "tree" else dest
+            assert filecmp.cmp(path, got, shallow=False), "fetched file differs"
+            if mode == "tree":
+                shutil.rmtree(dest)
+            else:
+                os.remove(dest)
         return seconds, client.peak_rss_mb(), cpu
     finally:
         client.close()
@@ -145,11 +154,16 @@ def main():
         server = start(binary, tmp)
         try:
             cid = server.run("add", "-Q", path).strip()
+            tree = os.path.join(tmp, "tree")
+            os.mkdir(tree)
+            os.link(path, os.path.join(tree, os.path.basename(path)))
+            tree_cid = server.run("add", "-r", "-Q", tree).strip()
             results = {mode: [] for mode in MODES}
             for round_ in range(args.runs):
                 order = MODES[round_ % len(MODES):] + MODES[:round_ % len(MODES)]
                 for mode in order:
-                    seconds, rss, cpu = read_once(binary, tmp, server, cid, mode, path)
+                    seconds, rss, cpu = read_once(
+                        binary, tmp, server, (cid, tree_cid), mode, path)
                     results[mode].append((seconds, rss, cpu))
                     print(f"round {round_ + 1} {mode:5}: {args.size_mib / seconds:7.1f} MiB/s"
                           f" ({seconds:.2f} s, reader peak RSS {rss:.0f} MB,"
@@ -166,6 +180,7 @@ def main():
         ratio = median["cat"] / median["get"]
         print(f"  cat / get   = {ratio:.2f} (bar >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
         print(f"  cat / fetch = {median['cat'] / median['fetch']:.2f}")
+        print(f"  tree / get  = {median['tree'] / median['get']:.2f}")
 
         seconds, blocks, data, total = range_once(binary, tmp, args.range_size_mib)
         print(f"\nRange bytes=-{MIB} of a remote {args.range_size_mib} MiB file through the "

@@ -80,11 +80,7 @@ pub(super) async fn add(
     let options = import_options(&api, &q)?;
     let mut added: Vec<AddedEntry> = Vec::new();
     let mut tree: Option<TreeUpload> = None;
-    while let Some(mut field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
+    while let Some(mut field) = form.next_field().await.map_err(super::upload_error)? {
         let part = Part::classify(
             field.file_name().unwrap_or_default(),
             field.content_type().unwrap_or_default(),

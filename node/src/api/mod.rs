@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::Next;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 mod add;
 mod auth;
 mod bitswap;
+mod infer_fault;
 mod metrics;
 mod models;
 mod openai;
@@ -40,6 +42,7 @@ use crate::http_server::{self, Limits};
 use crate::node::Node;
 use crate::pin::PinType;
 use crate::unixfs::{self, ImportOptions, reader};
+use infer_fault::{BUSY_RETRY_AFTER_SECS, InferFault};
 use ipfs_accelerate_protocol::limits::{self, CHUNK_SIZE_LIMIT};
 
 /// Upload chunks buffered between HTTP and the importing thread.
@@ -88,13 +91,20 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// Kubo's error body; a 503 also says when to try again.
     fn into_response(self) -> Response {
         let body = types::ErrorBody {
             code: 0,
             message: self.message,
             r#type: "error".into(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
@@ -332,18 +342,17 @@ async fn plain_rejection(response: Response) -> Result<(StatusCode, String), Res
     Ok((status, message))
 }
 
-/// The answer for a failed inference: inputs the model refuses (`bad input`, `too
-/// large`) are the caller's to fix, a 400; anything else is the node's or a provider's
-/// failure, a 500.
+/// The answer for a failed inference, by [`InferFault`]: the caller's fault is a 400, a
+/// busy model a 503 with `Retry-After`, anything else a 500.
 pub(super) fn infer_error(error: impl std::fmt::Display) -> ApiError {
-    use ipfs_accelerate_protocol::infer::ErrorCode;
     let message = error.to_string();
-    let callers_fault = [ErrorCode::BadInput, ErrorCode::TooLarge]
-        .iter()
-        .any(|code| message.contains(&format!("{code}: ")));
-    match callers_fault {
-        true => ApiError::bad_request(message),
-        false => ApiError::internal(message),
+    match InferFault::of(&message) {
+        InferFault::Caller => ApiError::bad_request(message),
+        InferFault::Busy => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        },
+        InferFault::Node => ApiError::internal(message),
     }
 }
 
@@ -504,11 +513,7 @@ async fn pump_field(
     field: &mut axum::extract::multipart::Field<'_>,
     tx: &ChunkSender,
 ) -> ApiResult<bool> {
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
+    while let Some(chunk) = field.chunk().await.map_err(upload_error)? {
         if tx.send(Some(chunk)).await.is_err() {
             return Ok(false);
         }
@@ -593,8 +598,8 @@ async fn cat(State(api): State<Api>, Query(q): Params) -> ApiResult {
 }
 
 /// Kubo's `get`: the file or tree as a tar stream, entries named after the last
-/// component of the argument. A file streams as its blocks arrive in order; a tree is
-/// fetched whole first.
+/// component of the argument, written as its blocks arrive in order (see
+/// [`unixfs::reader`]): the first entries go out once the first blocks are here.
 async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
     if flag(&q, "compress", false)? {
         return Err(ApiError::bad_request(
@@ -623,10 +628,11 @@ async fn get_tar(State(api): State<Api>, Query(q): Params) -> ApiResult {
             })
         }
         None => {
-            api.node.fetch(cid).await.map_err(ApiError::internal)?;
-            let store = api.node.store();
+            let mut read = reader::tree_reader(bitswap, cid);
+            let runtime = tokio::runtime::Handle::current();
             stream_from_blocking(api.write_timeout, move |out| {
-                unixfs::tar(&store, &cid, &root_name, out).map_err(|e| e.to_string())
+                reader::write_tar(&mut read, &runtime, &cid, &root_name, out)
+                    .map_err(|e| e.to_string())
             })
         }
     };
@@ -786,13 +792,26 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
         .map_err(ApiError::internal)
 }
 
+/// A failed read of a multipart upload, as a 400 that names the cause: axum's own text
+/// reads the same for a malformed, an oversized and a stalled body.
+fn upload_error(error: MultipartError) -> ApiError {
+    let mut message = String::from("reading upload");
+    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(error) = cause {
+        // Wrappers repeat the text of what they wrap.
+        let text = error.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = error.source();
+    }
+    ApiError::bad_request(message)
+}
+
 /// Reads the first multipart field whole, refusing more than `limit` bytes.
 async fn first_field(form: &mut Multipart, limit: usize) -> ApiResult<Vec<u8>> {
-    match form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
+    match form.next_field().await.map_err(upload_error)? {
         Some(mut field) => field_bytes(&mut field, limit).await,
         None => Ok(Vec::new()),
     }
@@ -804,11 +823,7 @@ async fn field_bytes(
     limit: usize,
 ) -> ApiResult<Vec<u8>> {
     let mut data = Vec::new();
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
+    while let Some(chunk) = field.chunk().await.map_err(upload_error)? {
         data.extend_from_slice(&chunk);
         if data.len() > limit {
             return Err(ApiError::bad_request(format!(
@@ -932,11 +947,7 @@ async fn dag_export(State(api): State<Api>, Query(q): Params) -> ApiResult {
 async fn dag_import(State(api): State<Api>, Query(q): Params, mut form: Multipart) -> ApiResult {
     let pin_roots = flag(&q, "pin-roots", true)?;
     let mut lines = Vec::new();
-    while let Some(mut field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?
-    {
+    while let Some(mut field) = form.next_field().await.map_err(upload_error)? {
         let store = api.node.store();
         let stats = consume_field(&mut field, move |reader| {
             crate::car::import(&store, reader, pin_roots, &mut |_| {})
@@ -1059,12 +1070,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inputs_the_model_refuses_are_the_callers_fault() {
+    fn a_failed_inference_is_answered_by_whose_fault_it_is() {
         let bad = infer_error("inference for bafy: bad input: ids and attention_mask differ");
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         let large = infer_error("too large: 9000 rows is over the 256-row limit");
         assert_eq!(large.status, StatusCode::BAD_REQUEST);
-        let busy = infer_error("inference for bafy: every provider failed: busy: queue full");
-        assert_eq!(busy.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let failed = infer_error("inference for bafy: no provider answered");
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let busy = infer_error("inference for bafy: every provider failed: p: busy: queue full");
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        let response = busy.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&BUSY_RETRY_AFTER_SECS.into())
+        );
     }
 }

@@ -57,7 +57,7 @@ pub use protocol::Upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -199,6 +199,8 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Bitswap {
     inner: Arc<Inner>,
+    /// Bytes the in-order reads built on this handle hold ahead of their readers.
+    reads_held: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Bitswap {
@@ -239,6 +241,7 @@ impl Bitswap {
         let channels = p2p.take_bitswap_channels().ok_or(Error::Closed)?;
         Ok(Bitswap {
             inner: Inner::start(store, p2p, config, channels),
+            reads_held: Arc::default(),
         })
     }
 
@@ -335,8 +338,16 @@ impl Bitswap {
         }
     }
 
-    fn relayed_only(&self) -> RelayedOnly {
+    /// Connected peers reached only through a relay, for the end of a fetch's error.
+    pub(crate) fn relayed_only(&self) -> RelayedOnly {
         RelayedOnly(self.inner.relayed_only.load(Ordering::Relaxed))
+    }
+
+    /// What the in-order reads of this node hold ahead of their readers
+    /// ([`crate::unixfs::reader`]): one count per engine, so one node's reads share
+    /// one budget and another node's in the same process has its own.
+    pub(crate) fn reads_held(&self) -> &AtomicU64 {
+        &self.reads_held
     }
 
     /// Fetches every block of the DAG under `root` that is not stored yet, with up to

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::panic::AssertUnwindSafe;
 
 use cid::Cid;
+use ipfs_accelerate_protocol::Block;
 use ipfs_accelerate_protocol::codec::{DAG_PB, RAW};
 use rust_unixfs::file::visit::Cache;
 use rust_unixfs::walk::{ContinuedWalk, Walker};
@@ -37,9 +38,23 @@ pub struct LsEntry {
     pub kind: EntryKind,
 }
 
+/// Where a walk gets its blocks, asked for one at a time in the order it visits them
+/// (depth first, links in order, a block linked twice visited twice): the store, or a
+/// [`super::reader`] fetching them ahead in that order.
+pub type Blocks<'a> = dyn FnMut(&Cid) -> Result<Block> + 'a;
+
 /// Drives a walker over blocks from the store.
 fn walk(
     store: &Store,
+    root: &Cid,
+    visit: impl FnMut(ContinuedWalk<'_>) -> Result<()>,
+) -> Result<()> {
+    walk_blocks(&mut |cid| Ok(store.get(cid)?), root, visit)
+}
+
+/// Drives a walker over blocks from `blocks`.
+fn walk_blocks(
+    blocks: &mut Blocks,
     root: &Cid,
     mut visit: impl FnMut(ContinuedWalk<'_>) -> Result<()>,
 ) -> Result<()> {
@@ -47,7 +62,7 @@ fn walk(
     let mut cache = None;
     while walker.should_continue() {
         let next = *walker.pending_links().0;
-        let block = store.get(&next)?;
+        let block = blocks(&next)?;
         visit(step(&mut walker, block.data(), &mut cache, &next)?)?;
     }
     Ok(())
@@ -159,9 +174,9 @@ pub fn get(
 }
 
 /// Streams the file or directory tree `cid` as a tar archive (Kubo's `get` answer), its
-/// entries named under `root_name`. A file's header carries its size from the root
-/// block, so no file is ever buffered.
-pub fn tar(store: &Store, cid: &Cid, root_name: &str, out: &mut dyn Write) -> Result<()> {
+/// entries named under `root_name`, walking it over `blocks`. A file's header carries
+/// its size from the root block, so no file is ever buffered.
+pub fn tar(cid: &Cid, root_name: &str, out: &mut dyn Write, blocks: &mut Blocks) -> Result<()> {
     let mut out = Abandonable {
         out,
         abandoned: false,
@@ -177,7 +192,7 @@ pub fn tar(store: &Store, cid: &Cid, root_name: &str, out: &mut dyn Write) -> Re
     };
     let io_error = || Error::io("writing tar for", cid);
     let mut remaining = 0u64;
-    let walked = walk(store, cid, |step| {
+    let walked = walk_blocks(blocks, cid, |step| {
         match step {
             ContinuedWalk::RootDirectory(_, path, _) | ContinuedWalk::Directory(_, path, _) => {
                 let mut header = tar_header(tar::EntryType::Directory, 0o755, 0);
@@ -242,7 +257,7 @@ pub fn tar(store: &Store, cid: &Cid, root_name: &str, out: &mut dyn Write) -> Re
 
 /// Streams one file of `size` bytes as a tar archive named `name` (Kubo's `get` answer
 /// for a file) while `bytes` writes its bytes, fetching them as it goes: the same
-/// archive [`tar`] writes for a stored file. The archive ends only when `bytes` wrote
+/// archive [`tar`] writes for the same file. The archive ends only when `bytes` wrote
 /// exactly `size` bytes.
 pub fn tar_file(
     name: &str,
@@ -390,7 +405,6 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use bytes::Bytes;
-    use ipfs_accelerate_protocol::Block;
 
     use super::*;
     use crate::blockstore::{self, Access, Blockstore, MemoryBlockstore, PinKind, Stat};
@@ -505,7 +519,8 @@ mod tests {
             let target = dir.path().join(i.to_string());
             assert!(get(&store, &root, &target, &Opener::raw(), &mut |_| {}).is_err());
             let mut archive = Vec::new();
-            assert!(tar(&store, &root, "r", &mut archive).is_err());
+            let from_store = &mut |cid: &Cid| Ok(store.get(cid)?);
+            assert!(tar(&root, "r", &mut archive, from_store).is_err());
             assert!(
                 !archive.ends_with(&[0; 1024]),
                 "a failed archive has no end"

@@ -3,11 +3,12 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::wire::{ErrorBody, ErrorDetail};
+use crate::api::infer_fault::{BUSY_RETRY_AFTER_SECS, InferFault};
 
 #[derive(Debug)]
 pub(crate) struct OpenAiError {
@@ -103,23 +104,27 @@ impl OpenAiError {
 }
 
 impl IntoResponse for OpenAiError {
+    /// OpenAI's error body; a 503 also says when to try again.
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
-/// A failed inference, sorted by whose fault it is: inputs the model refuses are the
-/// caller's (400), no free provider is a 503 to retry, anything else is a 500.
+/// A failed inference, sorted by whose fault it is ([`InferFault`]): inputs the model
+/// refuses are the caller's (400), no free provider is a 503 to retry, anything else is
+/// a 500.
 pub(crate) fn from_inference(error: impl std::fmt::Display) -> OpenAiError {
-    use ipfs_accelerate_protocol::infer::ErrorCode;
     let message = error.to_string();
-    let says = |code: ErrorCode| message.contains(&format!("{code}: "));
-    if says(ErrorCode::BadInput) || says(ErrorCode::TooLarge) {
-        OpenAiError::invalid(None, message)
-    } else if says(ErrorCode::Busy) {
-        OpenAiError::overloaded(message)
-    } else {
-        OpenAiError::server(message)
+    match InferFault::of(&message) {
+        InferFault::Caller => OpenAiError::invalid(None, message),
+        InferFault::Busy => OpenAiError::overloaded(message),
+        InferFault::Node => OpenAiError::server(message),
     }
 }
 

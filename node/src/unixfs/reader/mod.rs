@@ -1,23 +1,25 @@
 //! Reading a DAG in order while its blocks may still be on other peers: `cat`, the
-//! gateway's files and byte ranges, `get` of a file and `dag export` hand out each block
-//! as soon as it is verified and its turn has come, while the blocks after it are
-//! already being fetched, within a window counted in bytes and requests ([`Window`]).
+//! gateway's files and byte ranges, `get` (a file, or a tree as a tar) and `dag export`
+//! hand out each block as soon as it is verified and its turn has come, while the
+//! blocks after it are already being fetched, within a window counted in bytes and requests ([`Window`]).
 //! The first bytes go out once the first leaf is here, memory stays within the window
 //! whatever the DAG's size, and a byte range fetches only the blocks that hold it.
 //!
 //! Blocks come through [`Bitswap::get`]: from the store when they are local, else from
 //! peers (verified against their CID and stored). [`plan`] decides the order and the
 //! window; [`Reader`] runs its requests as tasks, which end when the reader is dropped.
-//! All reads together hold at most [`TOTAL_WINDOW_BYTES`] beyond one block each, so
-//! many clients cannot multiply the window.
-//! A read fails when no block arrives for the stall timeout, as a DAG fetch does.
+//! All reads of a node (of one [`Bitswap`] handle) together hold at most
+//! [`TOTAL_WINDOW_BYTES`] beyond one block each, so many clients cannot multiply the
+//! window; other nodes in the same process have budgets of their own.
+//! A read fails when no block arrives for the stall timeout, as a DAG fetch does, and
+//! says so with Bitswap's hint about peers reachable only through a relay.
 
 mod file_node;
 mod plan;
 
 use std::io::Write;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cid::Cid;
@@ -34,15 +36,12 @@ pub const DEFAULT_WINDOW: Window = Window {
     bytes: 32 * 1024 * 1024,
     blocks: 64,
 };
-/// Bytes all reads together may hold ahead of their readers: many clients each with a
-/// window of their own share this, beyond their next block.
+/// Bytes all reads of a node together may hold ahead of their readers: many clients
+/// each with a window of their own share this, beyond their next block.
 pub const TOTAL_WINDOW_BYTES: u64 = 256 * 1024 * 1024;
 /// Longest one block may take while others keep arriving; the stall timeout is what
 /// ends a read that gets nothing.
 const BLOCK_LIMIT: Duration = Duration::from_secs(30 * 60);
-
-/// What every read of this process counts against [`TOTAL_WINDOW_BYTES`].
-static HELD_BY_ALL: AtomicU64 = AtomicU64::new(0);
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +66,19 @@ pub enum Error {
     #[error(transparent)]
     Fetch(#[from] bitswap::Error),
     /// No block arrived for the stall timeout.
-    #[error("no block of {root} arrived for {timeout:?} ({in_flight} blocks still wanted)")]
+    #[error(
+        "no block of {root} arrived for {timeout:?} ({in_flight} blocks still wanted){relayed}"
+    )]
     Stalled {
         root: Cid,
         timeout: Duration,
         in_flight: usize,
+        relayed: bitswap::RelayedOnly,
     },
+    /// A tree walk asked for another block than the read hands out next: the walk and
+    /// the read disagree on the order of this DAG.
+    #[error("reading {root}: the tree walk wanted {wanted} but the read had {had}")]
+    OutOfOrder { root: Cid, wanted: Cid, had: String },
     /// A request's task ended without an answer (the runtime is shutting down).
     #[error("reading {0}: the fetch was cancelled")]
     Cancelled(Cid),
@@ -92,13 +98,14 @@ pub struct Reader {
     bitswap: Bitswap,
     stall: Duration,
     tasks: JoinSet<(Id, bitswap::Result<Block>)>,
-    /// What this read counts in [`HELD_BY_ALL`] now.
+    /// What this read counts in its node's [`Bitswap::reads_held`] now.
     counted: u64,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        HELD_BY_ALL.fetch_sub(self.counted, Ordering::Relaxed);
+        let held = self.bitswap.reads_held();
+        held.fetch_sub(self.counted, Ordering::Relaxed);
     }
 }
 
@@ -126,7 +133,8 @@ impl Reader {
     pub async fn next(&mut self) -> Result<Option<Item>> {
         loop {
             loop {
-                let room = TOTAL_WINDOW_BYTES.saturating_sub(HELD_BY_ALL.load(Ordering::Relaxed));
+                let held = self.bitswap.reads_held().load(Ordering::Relaxed);
+                let room = TOTAL_WINDOW_BYTES.saturating_sub(held);
                 let Some((id, cid)) = self.plan.next_request(room) else {
                     break;
                 };
@@ -146,6 +154,7 @@ impl Reader {
                 root: self.root,
                 timeout: self.stall,
                 in_flight: self.plan.in_flight(),
+                relayed: self.bitswap.relayed_only(),
             };
             match tokio::time::timeout(self.stall, self.tasks.join_next()).await {
                 Err(_) => return Err(stalled()),
@@ -162,13 +171,14 @@ impl Reader {
         }
     }
 
-    /// Brings this read's share of [`HELD_BY_ALL`] up to date with its plan.
+    /// Brings this read's share of its node's count up to date with its plan.
     fn count(&mut self) {
         let now = self.plan.charged();
+        let held = self.bitswap.reads_held();
         if now > self.counted {
-            HELD_BY_ALL.fetch_add(now - self.counted, Ordering::Relaxed);
+            held.fetch_add(now - self.counted, Ordering::Relaxed);
         } else {
-            HELD_BY_ALL.fetch_sub(self.counted - now, Ordering::Relaxed);
+            held.fetch_sub(self.counted - now, Ordering::Relaxed);
         }
         self.counted = now;
     }
@@ -199,6 +209,43 @@ pub fn file_reader(bitswap: Bitswap, root: Cid, range: Range<u64>) -> Reader {
         DEFAULT_WINDOW,
         crate::BLOCK_FETCH_TIMEOUT,
     )
+}
+
+/// A read of every block under `root` in the order a walk of its UnixFS tree visits
+/// them, each as often as it is linked: what `get` writes as a tar.
+pub fn tree_reader(bitswap: Bitswap, root: Cid) -> Reader {
+    Reader::new(
+        bitswap,
+        root,
+        Selection::Tree,
+        DEFAULT_WINDOW,
+        crate::BLOCK_FETCH_TIMEOUT,
+    )
+}
+
+/// Writes the file or directory tree `root` to `out` as the tar archive
+/// [`crate::unixfs::tar`] writes for it, its entries named under `root_name`, block by
+/// block as `reader` (a [`Selection::Tree`] read of `root`) hands them out. Runs on a
+/// blocking thread.
+pub fn write_tar(
+    reader: &mut Reader,
+    runtime: &tokio::runtime::Handle,
+    root: &Cid,
+    root_name: &str,
+    out: &mut dyn Write,
+) -> crate::unixfs::Result<()> {
+    crate::unixfs::tar(root, root_name, out, &mut |wanted| {
+        let item = reader.blocking_next(runtime)?;
+        match item {
+            Some(item) if item.block.cid() == wanted => Ok(item.block),
+            other => Err(Error::OutOfOrder {
+                root: *root,
+                wanted: *wanted,
+                had: other.map_or("nothing more".into(), |i| i.block.cid().to_string()),
+            }
+            .into()),
+        }
+    })
 }
 
 /// Writes bytes `range` of a file to `out` as `reader` (a [`Selection::File`] read of
@@ -281,5 +328,100 @@ mod tests {
         assert_eq!(write_overlap(b"xyz", 0, &(12..14), &mut out).unwrap(), 0);
         assert_eq!(write_overlap(b"ghij", 16, &(12..14), &mut out).unwrap(), 0);
         assert_eq!(out, b"cd");
+    }
+
+    #[test]
+    fn a_stalled_read_says_which_peers_only_a_relay_reaches() {
+        let error = Error::Stalled {
+            root: Cid::default(),
+            timeout: Duration::from_secs(60),
+            in_flight: 3,
+            relayed: bitswap::RelayedOnly(2),
+        };
+        let hint = bitswap::RelayedOnly(2).to_string();
+        assert!(hint.contains("2 connected peers"), "{hint}");
+        assert!(error.to_string().ends_with(&hint), "{error}");
+    }
+
+    /// A node of its own in this process, on loopback and connected to nobody.
+    async fn node() -> (tempfile::TempDir, crate::node::Node) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::Repo::init(dir.path(), crate::config::NodeConfig::default());
+        let overrides = crate::node::NetworkOverrides {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            no_mdns: true,
+            ..Default::default()
+        };
+        let node = crate::node::Node::start(repo.unwrap(), overrides, Default::default());
+        (dir, node.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_reads_of_one_node_share_its_budget_and_another_node_has_its_own() {
+        let ((_a_dir, a), (_b_dir, b)) = (node().await, node().await);
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let options = crate::unixfs::ImportOptions::default();
+        let mut root = None;
+        for store in [a.store(), b.store()] {
+            let added = crate::unixfs::add_reader(&store, &data[..], "f", &options, &mut |_| {});
+            root = Some(added.unwrap().cid);
+        }
+        let (root, size) = (root.unwrap(), data.len() as u64);
+        let held = |node: &crate::node::Node| node.bitswap().reads_held().load(Ordering::Relaxed);
+
+        let mut first = file_reader(a.bitswap().clone(), root, 0..size);
+        first.next().await.unwrap().unwrap();
+        let mut second = file_reader(a.bitswap().clone(), root, 0..size);
+        second.next().await.unwrap().unwrap();
+        assert!(first.counted > 0 && second.counted > 0);
+        assert_eq!(
+            held(&a),
+            first.counted + second.counted,
+            "one count for a's reads"
+        );
+        assert_eq!(held(&b), 0, "b's count is its own");
+
+        // With a's budget spent by its other reads, a new read of a asks for one block
+        // at a time, while a read of b runs ahead as far as its window allows.
+        a.bitswap()
+            .reads_held()
+            .fetch_add(TOTAL_WINDOW_BYTES, Ordering::Relaxed);
+        let mut starved = file_reader(a.bitswap().clone(), root, 0..size);
+        starved.next().await.unwrap().unwrap();
+        let mut free = file_reader(b.bitswap().clone(), root, 0..size);
+        free.next().await.unwrap().unwrap();
+        assert_eq!(
+            starved.plan.in_flight(),
+            0,
+            "nothing asked for beyond the next block"
+        );
+        assert!(
+            free.plan.in_flight() > 1,
+            "{} in flight",
+            free.plan.in_flight()
+        );
+        assert_eq!(held(&b), free.counted);
+        a.bitswap()
+            .reads_held()
+            .fetch_sub(TOTAL_WINDOW_BYTES, Ordering::Relaxed);
+
+        // A read gives back what it counted when it goes.
+        drop((first, second, starved, free));
+        assert_eq!((held(&a), held(&b)), (0, 0));
+
+        // A read nobody can serve stalls with the node's relay hint (none here).
+        let missing = crate::unixfs::testing::raw(&crate::store::Store::in_memory(), b"lost");
+        let stall = Duration::from_millis(200);
+        let mut lost = Reader::new(
+            a.bitswap().clone(),
+            missing,
+            Selection::Dag,
+            DEFAULT_WINDOW,
+            stall,
+        );
+        match lost.next().await {
+            Err(Error::Stalled { relayed, .. }) => assert_eq!(relayed, a.bitswap().relayed_only()),
+            other => panic!("{other:?}"),
+        }
     }
 }

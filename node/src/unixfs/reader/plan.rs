@@ -38,6 +38,9 @@ pub enum Selection {
     /// Every block once, as a CAR export writes them: a block seen before is left out,
     /// with everything under it.
     Dag,
+    /// Every block in the order a walk of a UnixFS tree visits them (`get` writing a
+    /// tar): as [`Selection::Dag`], but a block linked twice goes out twice.
+    Tree,
     /// The nodes of a UnixFS file that hold bytes of this range, and the nodes above
     /// them; each node's sizes are checked as it arrives.
     File(Range<u64>),
@@ -326,7 +329,7 @@ impl Plan {
     fn expand(&self, meta: &Meta, block: Block) -> Result<Arrived, Error> {
         match &self.selection {
             Selection::File(range) => file_children(meta, block, range),
-            Selection::Dag => dag_children(meta, block),
+            Selection::Dag | Selection::Tree => dag_children(meta, block),
         }
     }
 }
@@ -690,6 +693,47 @@ mod tests {
             ours.extend_from_slice(block.data());
         }
         assert_eq!(ours, car, "the bytes a CAR export of the stored DAG writes");
+        assert_eq!(plan.charged(), 0);
+    }
+
+    #[test]
+    fn a_tree_read_hands_out_blocks_as_the_tar_walk_asks_for_them() {
+        use crate::unixfs::testing::{directory, hamt};
+        let store = Store::in_memory();
+        let (big, data) = file(&store, 64);
+        let size = data.len() as u64;
+        let leaf = raw(&store, b"leaf");
+        let sub = directory(&store, &[("c", leaf, 4)]);
+        let bucket = hamt(&store, &[("05e", big, size)]);
+        let shard = hamt(&store, &[("00d", leaf, 4), ("01", bucket, size)]);
+        // The same file twice: a walk visits it twice, where a CAR has it once.
+        let root = directory(
+            &store,
+            &[
+                ("a", big, size),
+                ("b", big, size),
+                ("h", shard, size),
+                ("s", sub, 60),
+            ],
+        );
+        let mut plan = Plan::new(root, Selection::Tree, DEFAULT);
+        let run = drive(&mut plan, &store);
+        // The root, two files, the shard with its leaf, bucket and file, the subdirectory.
+        assert_eq!(run.items.len(), 1 + 85 + 85 + (3 + 85) + 2);
+        let mut items = run.items.into_iter();
+        let mut streamed = Vec::new();
+        crate::unixfs::tar(&root, "r", &mut streamed, &mut |wanted| {
+            let item = items
+                .next()
+                .expect("the walk asks for no more than the read has");
+            assert_eq!(item.block.cid(), wanted, "the walk's order");
+            Ok(item.block)
+        })
+        .unwrap();
+        assert!(items.next().is_none(), "the walk took every block");
+        let mut stored = Vec::new();
+        crate::unixfs::tar(&root, "r", &mut stored, &mut |cid| Ok(store.get(cid)?)).unwrap();
+        assert!(streamed == stored, "the archive of the stored tree");
         assert_eq!(plan.charged(), 0);
     }
 
