@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from . import _native
 from ._node import BaseNode, GenerationStream, Subscription
-from ._types import Delta, Error, Generated, JsonObject, Message, json_object, json_objects
+from ._types import Delta, Error, Generated, JsonObject, Message, Sampling, json_object, json_objects
 
 #: Bytes read from a file per multipart chunk.
 _CHUNK = 1 << 20
@@ -508,13 +508,7 @@ class RemoteNode(BaseNode):
         *,
         prompt: Optional[str],
         messages: Optional[List[Tuple[str, str]]],
-        max_tokens: Optional[int],
-        temperature: Optional[float],
-        top_p: Optional[float],
-        top_k: Optional[int],
-        repetition_penalty: Optional[float],
-        seed: Optional[int],
-        stop: List[str],
+        sampling: Sampling,
         remote: bool,
         local_only: bool,
         deadline_ms: Optional[int],
@@ -528,13 +522,7 @@ class RemoteNode(BaseNode):
             deadline_ms,
             prompt=prompt,
             messages=chat,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            stop=stop,
+            **sampling.as_kwargs(),
         )
         stream = await self._stream("accelerate/infer", body=body, content_type="application/json")
         done: Optional[JsonObject] = None

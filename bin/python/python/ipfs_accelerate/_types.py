@@ -4,6 +4,7 @@ bodies, which these classes read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
@@ -250,6 +251,24 @@ class Embeddings:
             timings=dict(body.get("timings") or {}),
             attempts=_attempts(body),
         )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a generation picks its tokens; what is None takes the model's
+    generation_config.json. One value for the abstract call and both kinds of node."""
+
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    repetition_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    stop: List[str] = field(default_factory=list)
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """The options by name, as the native call and the API's JSON both take them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
