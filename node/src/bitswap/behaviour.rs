@@ -2,11 +2,11 @@
 //! inbound ones go to the engine over a bounded channel, and the engine's requests for
 //! outbound streams go to a connection's handler. All message work is in the engine.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use ipfs_accelerate_protocol::bitswap::ProtocolVersion;
 use libp2p::core::transport::PortUse;
@@ -20,6 +20,7 @@ use libp2p::{Multiaddr, PeerId, Stream};
 use tokio::sync::mpsc;
 
 use super::handler::{FromBehaviour, Handler, StreamReply, ToBehaviour};
+use super::relayed::RelayedPeers;
 
 /// Inbound streams waiting for the engine; beyond this, new ones are refused.
 pub(crate) const INBOUND_QUEUE_CAPACITY: usize = 1024;
@@ -38,8 +39,8 @@ pub(crate) struct OpenRequest {
 pub struct Channels {
     pub(crate) inbound: mpsc::Receiver<(PeerId, Stream, ProtocolVersion)>,
     pub(crate) open: mpsc::Sender<OpenRequest>,
-    /// Peers we would have asked for blocks but reach only through a relay.
-    pub(crate) relayed_only: Arc<AtomicUsize>,
+    /// Peers we would have asked for blocks but reached only through a relay.
+    pub(crate) relayed_only: Arc<RelayedPeers>,
 }
 
 /// Swarm side of Bitswap; see the module docs. Streams go on direct connections only:
@@ -52,10 +53,8 @@ pub struct Behaviour {
     pending: VecDeque<OpenRequest>,
     /// Each connected peer's connections, and whether each is relayed.
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
-    /// Peers we said are only relayed, so it is said once per peer.
-    told_relayed: HashSet<PeerId>,
-    /// How many peers `told_relayed` holds, for the engine's error messages.
-    relayed_only: Arc<AtomicUsize>,
+    /// Peers refused a stream for want of a direct connection, for the engine's errors.
+    relayed_only: Arc<RelayedPeers>,
 }
 
 impl Behaviour {
@@ -63,14 +62,13 @@ impl Behaviour {
     pub fn new() -> (Behaviour, Channels) {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
         let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE_CAPACITY);
-        let relayed_only = Arc::new(AtomicUsize::new(0));
+        let relayed_only = Arc::new(RelayedPeers::default());
         (
             Behaviour {
                 inbound: inbound_tx,
                 open: open_rx,
                 pending: VecDeque::new(),
                 connections: HashMap::new(),
-                told_relayed: HashSet::new(),
                 relayed_only: Arc::clone(&relayed_only),
             },
             Channels {
@@ -120,7 +118,6 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionClosed(ConnectionClosed {
                 peer_id,
                 connection_id,
-                remaining_established,
                 ..
             }) => {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
@@ -128,10 +125,6 @@ impl NetworkBehaviour for Behaviour {
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }
-                }
-                if remaining_established == 0 && self.told_relayed.remove(&peer_id) {
-                    self.relayed_only
-                        .store(self.told_relayed.len(), Ordering::Relaxed);
                 }
             }
             _ => {}
@@ -174,9 +167,7 @@ impl NetworkBehaviour for Behaviour {
                     });
                 }
                 None => {
-                    if self.told_relayed.insert(peer) {
-                        self.relayed_only
-                            .store(self.told_relayed.len(), Ordering::Relaxed);
+                    if self.relayed_only.mark(peer, Instant::now()) {
                         tracing::info!(%peer, "bitswap: {RELAYED_ONLY}");
                     }
                     let _ = reply.send(Err(RELAYED_ONLY.into()));
@@ -194,9 +185,8 @@ const RELAYED_ONLY: &str = "connected only through a relay, which carries 128 Ki
 impl Behaviour {
     /// Counts an established connection; a direct one ends "only relayed" for its peer.
     fn connected(&mut self, peer: PeerId, connection: ConnectionId, relayed: bool) {
-        if !relayed && self.told_relayed.remove(&peer) {
-            self.relayed_only
-                .store(self.told_relayed.len(), Ordering::Relaxed);
+        if !relayed {
+            self.relayed_only.clear(&peer);
         }
         self.connections
             .entry(peer)
@@ -250,5 +240,45 @@ mod tests {
             remaining_established: 0,
         }));
         assert!(behaviour.connections.is_empty());
+    }
+
+    #[test]
+    fn a_peer_refused_over_a_relay_is_still_counted_after_its_circuit_ends() {
+        let (mut behaviour, channels) = Behaviour::new();
+        let (peer, connection) = (PeerId::random(), ConnectionId::new_unchecked(1));
+        let circuit: Multiaddr = "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWCD6z3enR1qJF2JvXzxjkUo3gemWNK9CjLpebQt9zVQL4/p2p-circuit"
+            .parse()
+            .unwrap();
+        let endpoint = ConnectedPoint::Dialer {
+            address: circuit,
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::New,
+        };
+        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        let (reply, refused) = tokio::sync::oneshot::channel();
+        channels.open.try_send(OpenRequest { peer, reply }).unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(behaviour.poll(&mut cx).is_pending());
+        assert!(
+            refused.blocking_recv().unwrap().is_err(),
+            "no stream over a relay"
+        );
+        assert_eq!(channels.relayed_only.count(Instant::now()), 1);
+
+        // The relay ends the circuit (2 minutes or 128 KiB) while the fetch waits on.
+        behaviour.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        assert_eq!(channels.relayed_only.count(Instant::now()), 1);
     }
 }

@@ -4,7 +4,6 @@
 //! messages for the sender tasks.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -57,7 +56,7 @@ pub(super) struct Inner {
     /// the blocking pool (and its memory) to match.
     pub(super) looking_up: Arc<Semaphore>,
     /// Peers we reach only through a relay, which carries no blocks.
-    pub(super) relayed_only: Arc<AtomicUsize>,
+    pub(super) relayed_only: Arc<super::relayed::RelayedPeers>,
 }
 
 pub(super) fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {

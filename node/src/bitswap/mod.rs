@@ -46,6 +46,7 @@ mod handler;
 mod inbound;
 mod peers;
 mod protocol;
+mod relayed;
 mod sender;
 mod server;
 mod wire;
@@ -57,7 +58,7 @@ pub use protocol::Upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -155,9 +156,9 @@ pub enum Error {
     Closed,
 }
 
-/// How many connected peers we reach only through a relay, said at the end of a fetch's
-/// error: a relay carries no blocks, so a user learns why a provider it can call for
-/// inference gives no blocks, and what would fix it.
+/// How many peers we lately wanted blocks from but reached only through a relay, said
+/// at the end of a fetch's error: a relay carries no blocks, so a user learns why a
+/// provider it can call for inference gives no blocks, and what would fix it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayedOnly(pub usize);
 
@@ -167,7 +168,7 @@ impl std::fmt::Display for RelayedOnly {
             0 => Ok(()),
             n => write!(
                 f,
-                "; {n} connected peer{s} can be reached only through a relay, which \
+                "; {n} peer{s} could be reached only through a relay, which \
                  carries no blocks (128 KiB per circuit): blocks come once a hole punch \
                  succeeds or the peer has an address that can be dialed (a forwarded \
                  port, `network.upnp`)",
@@ -338,9 +339,10 @@ impl Bitswap {
         }
     }
 
-    /// Connected peers reached only through a relay, for the end of a fetch's error.
+    /// Peers lately wanted for blocks but reached only through a relay, for the end of
+    /// a fetch's error.
     pub(crate) fn relayed_only(&self) -> RelayedOnly {
-        RelayedOnly(self.inner.relayed_only.load(Ordering::Relaxed))
+        RelayedOnly(self.inner.relayed_only.count(Instant::now()))
     }
 
     /// What the in-order reads of this node hold ahead of their readers

@@ -339,7 +339,10 @@ mod tests {
             relayed: bitswap::RelayedOnly(2),
         };
         let hint = bitswap::RelayedOnly(2).to_string();
-        assert!(hint.contains("2 connected peers"), "{hint}");
+        assert!(
+            hint.contains("2 peers could be reached only through a relay"),
+            "{hint}"
+        );
         assert!(error.to_string().ends_with(&hint), "{error}");
     }
 
