@@ -7,7 +7,7 @@
 //! Needs root, `ip` and `nft` (tests/setup.sh installs nftables).
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipfs_accelerate_tests::{TestRepo, binary, poll_until, wait_with_timeout, workspace_root};
 use serde_json::Value;
@@ -493,6 +493,7 @@ fn peers_behind_symmetric_nats_stay_relayed_and_inference_still_works() {
     );
     // A relayed connection carries no blocks: the pull fails after Bitswap's wait,
     // and both the daemon's log and the command's error say why.
+    let started = Instant::now();
     let pull = swarm
         .b
         .command(&["model", "pull", "tiny"])
@@ -504,6 +505,12 @@ fn peers_behind_symmetric_nats_stay_relayed_and_inference_still_works() {
     assert!(
         !pulled.status.success(),
         "the pull succeeded through a relay"
+    );
+    // One wait of 60 s for the root, not one for its size and another for its blocks.
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "the pull took {:?}: {error}",
+        started.elapsed()
     );
     assert!(
         error.contains("reached only through a relay"),

@@ -345,8 +345,17 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult 
     }
     let (lines, receiver) = mpsc::channel::<PullLine>(PROGRESS_LINES);
     tokio::spawn(async move {
-        if let Ok(Some(total)) = api.node.dag_size_hint(root).await {
-            let _ = lines.send(PullLine::Total { total }).await;
+        // The hint fetches the root, the pull's first block: a root that cannot be had
+        // ends the pull here rather than after a second wait as long.
+        match api.node.dag_size_hint(root).await {
+            Ok(Some(total)) => {
+                let _ = lines.send(PullLine::Total { total }).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = lines.send(pull_failed(&e)).await;
+                return;
+            }
         }
         let mut last = Instant::now();
         let result = run_pull(&api, root, serve, |blocks, bytes| {
@@ -359,14 +368,19 @@ pub(super) async fn pull(State(api): State<Api>, Query(q): Params) -> ApiResult 
         .await;
         let end = match result {
             Ok(pulled) => PullLine::Done(pulled),
-            Err(e) => PullLine::Failed {
-                message: e.to_string(),
-                r#type: "error".into(),
-            },
+            Err(e) => pull_failed(&e),
         };
         let _ = lines.send(end).await;
     });
     Ok(ndjson_stream(receiver, "application/json"))
+}
+
+/// The last line of a pull that failed.
+fn pull_failed(error: &crate::error::Error) -> PullLine {
+    PullLine::Failed {
+        message: error.to_string(),
+        r#type: "error".into(),
+    }
 }
 
 /// Fetches, pins and provides `root` (serving it on `serve` when given) and says
