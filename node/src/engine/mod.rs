@@ -346,13 +346,22 @@ pub enum Model {
 impl Model {
     /// Loads what `files` hold, the kind read from config.json's architecture, onto
     /// `placement` (a device, at f32, or a device and precision).
+    ///
+    /// Returns once the weights are on the device: a GPU's uploads are waited for, so
+    /// their failures surface here, and a process that exits next leaves no work in
+    /// flight (lavapipe then races LLVM's exit handlers and crashes).
     pub fn load(files: ModelFiles, placement: impl Into<Placement>) -> Result<Self> {
         let placement = placement.into();
-        Ok(match model_folder::model_kind(&files.config)? {
+        let model = match model_folder::model_kind(&files.config)? {
             ModelKind::Embed => Model::Embed(Arc::new(Embedder::load(files, placement)?)),
             ModelKind::Generate => Model::Generate(Arc::new(Generator::load(files, placement)?)),
             ModelKind::Classify => Model::Classify(Arc::new(Classifier::load(files, placement)?)),
-        })
+        };
+        placement
+            .device()?
+            .sync()
+            .map_err(|e| EngineError::Device(format!("loading onto {}: {e}", placement.device)))?;
+        Ok(model)
     }
 
     pub fn kind(&self) -> ModelKind {
