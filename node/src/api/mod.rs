@@ -42,7 +42,7 @@ use crate::http_server::{self, Limits};
 use crate::node::Node;
 use crate::pin::PinType;
 use crate::unixfs::{self, ImportOptions, reader};
-use infer_fault::{BUSY_RETRY_AFTER_SECS, InferFault};
+use infer_fault::{InferFault, retry_after_secs};
 use ipfs_accelerate_protocol::limits::{self, CHUNK_SIZE_LIMIT};
 
 /// Upload chunks buffered between HTTP and the importing thread.
@@ -93,6 +93,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     /// Kubo's error body; a 503 also says when to try again.
     fn into_response(self) -> Response {
+        let wait = retry_after_secs(&self.message);
         let body = types::ErrorBody {
             code: 0,
             message: self.message,
@@ -102,7 +103,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
+                .insert(header::RETRY_AFTER, wait.into());
         }
         response
     }
@@ -1083,7 +1084,17 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             response.headers().get(header::RETRY_AFTER),
-            Some(&BUSY_RETRY_AFTER_SECS.into())
+            Some(&infer_fault::BUSY_RETRY_AFTER_SECS.into())
+        );
+        let resting = crate::infer::CallError::Unusable {
+            providers: 1,
+            retry_in: Some(std::time::Duration::from_secs(25)),
+        };
+        let response = infer_error(format!("inference for bafy: {resting}")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&25.into())
         );
     }
 }

@@ -293,12 +293,13 @@ impl Call {
     }
 }
 
+/// What [`CallError::Unusable`]'s text says before the seconds until a provider may be
+/// tried again: the APIs read them back into `Retry-After`.
+pub const RETRY_HINT: &str = "the first may be tried again in ";
+
 fn retry_hint(retry_in: Option<Duration>) -> String {
     match retry_in {
-        Some(wait) => format!(
-            "the first may be tried again in {} s",
-            wait.as_secs().max(1)
-        ),
+        Some(wait) => format!("{RETRY_HINT}{} s", wait.as_secs().max(1)),
         None => "none will be tried again while the node runs".into(),
     }
 }

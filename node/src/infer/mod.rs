@@ -13,7 +13,7 @@ mod spot_check;
 
 use std::time::Duration;
 
-pub use self::call::{Answer, CallError};
+pub use self::call::{Answer, CallError, RETRY_HINT};
 pub use self::client::Client;
 pub use self::ranking::{PeerStats, Ranking};
 pub use self::server::{Callers, ServeConfig, ServeMetrics, Server, generate_params};

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::wire::{ErrorBody, ErrorDetail};
-use crate::api::infer_fault::{BUSY_RETRY_AFTER_SECS, InferFault};
+use crate::api::infer_fault::{InferFault, retry_after_secs};
 
 #[derive(Debug)]
 pub(crate) struct OpenAiError {
@@ -108,9 +108,10 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let wait = retry_after_secs(&self.message);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
+                .insert(header::RETRY_AFTER, wait.into());
         }
         response
     }
