@@ -208,6 +208,38 @@ fn is_relayed(endpoint: &ConnectedPoint) -> bool {
 mod tests {
     use super::*;
 
+    /// The swarm's word that `connection` to `peer` is established, its only one.
+    fn established(
+        behaviour: &mut Behaviour,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
+        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
+    /// The swarm's word that `connection`, the peer's last, closed.
+    fn closed(
+        behaviour: &mut Behaviour,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
+        behaviour.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+    }
+
     #[test]
     fn a_connection_counts_once_established_not_when_its_handler_is_built() {
         let (mut behaviour, _channels) = Behaviour::new();
@@ -224,21 +256,9 @@ mod tests {
             local_addr: local,
             send_back_addr: remote,
         };
-        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            failed_addresses: &[],
-            other_established: 0,
-        }));
+        established(&mut behaviour, peer, connection, &endpoint);
         assert_eq!(behaviour.connections[&peer], [(connection, false)]);
-        behaviour.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            cause: None,
-            remaining_established: 0,
-        }));
+        closed(&mut behaviour, peer, connection, &endpoint);
         assert!(behaviour.connections.is_empty());
     }
 
@@ -254,13 +274,7 @@ mod tests {
             role_override: Endpoint::Dialer,
             port_use: PortUse::New,
         };
-        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            failed_addresses: &[],
-            other_established: 0,
-        }));
+        established(&mut behaviour, peer, connection, &endpoint);
         let (reply, refused) = tokio::sync::oneshot::channel();
         channels.open.try_send(OpenRequest { peer, reply }).unwrap();
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -272,13 +286,7 @@ mod tests {
         assert_eq!(channels.relayed_only.count(Instant::now()), 1);
 
         // The relay ends the circuit (2 minutes or 128 KiB) while the fetch waits on.
-        behaviour.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            cause: None,
-            remaining_established: 0,
-        }));
+        closed(&mut behaviour, peer, connection, &endpoint);
         assert_eq!(channels.relayed_only.count(Instant::now()), 1);
     }
 }
