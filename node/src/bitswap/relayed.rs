@@ -12,7 +12,7 @@ use libp2p::PeerId;
 
 /// How long a refusal counts: longer than any stall timeout a fetch waits.
 pub(crate) const MEMORY: Duration = Duration::from_secs(10 * 60);
-/// Marks kept at most: each needs a connection the peer opened, but peers come and go.
+/// Marks kept at most: each needs a relayed connection, but peers come and go.
 const CAPACITY: usize = 4096;
 
 /// The marks, shared by the behaviour (which sets and clears them) and the engine (which
