@@ -356,6 +356,16 @@ fn model_import_names_a_folder_through_a_running_daemon() {
         cli.ok(&["infer", "tiny@2", "--text", "hello"])
             .contains("(32 dims)")
     );
+    // The daemon runs the model where it is served: engine options are refused by
+    // name, not ignored.
+    let engine = cli.run(&["infer", "tiny@2", "--text", "hello", "--device", "wgpu"]);
+    let said = String::from_utf8_lossy(&engine.stderr);
+    assert!(!engine.status.success(), "{said}");
+    assert!(
+        said.contains("--device apply when infer runs a model itself")
+            && said.contains("model serve"),
+        "{said}"
+    );
 
     // What cannot be named is the caller's mistake (400), with what to do.
     let file = cli.path("plain.txt");

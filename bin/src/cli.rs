@@ -228,14 +228,14 @@ pub(crate) enum TrustCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
-    /// Backend: cpu (burn flex), ndarray (builds with --features ndarray), or wgpu (GPU;
-    /// builds with --features wgpu)
-    #[arg(long, default_value = "cpu")]
-    pub(crate) device: String,
-    /// Float precision: f32, or f16 (wgpu only: weights, activations and key/value
-    /// cache in half precision; the CPU backends widen half weights to f32)
-    #[arg(long, default_value = "f32")]
-    pub(crate) precision: String,
+    /// Backend: cpu (burn flex, the default), ndarray (builds with --features ndarray),
+    /// or wgpu (GPU; builds with --features wgpu)
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// Float precision: f32 (the default), or f16 (wgpu only: weights, activations and
+    /// key/value cache in half precision; the CPU backends widen half weights to f32)
+    #[arg(long)]
+    pub(crate) precision: Option<String>,
     /// CPU threads [default: all cores]
     #[arg(long)]
     pub(crate) threads: Option<usize>,

@@ -231,8 +231,8 @@ pub(crate) fn engine_placement(args: &EngineArgs) -> Result<Placement> {
             .context("setting the CPU thread count")?;
     }
     Ok(Placement::new(
-        args.device.parse()?,
-        args.precision.parse()?,
+        args.device.as_deref().unwrap_or("cpu").parse()?,
+        args.precision.as_deref().unwrap_or("f32").parse()?,
     )?)
 }
 

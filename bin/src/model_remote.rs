@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use ipfs_accelerate_node::api::types;
 
 use crate::api::{Client, parse};
-use crate::cli::{InferArgs, ModelCommand, TrustCommand};
+use crate::cli::{EngineArgs, InferArgs, ModelCommand, TrustCommand};
 use crate::infer_output;
 use crate::multipart::MultipartBody;
 use crate::output::{print_json, print_trust_change, print_trust_list};
@@ -343,6 +343,7 @@ pub(crate) fn providers(remote: &Client, model: String, json: bool) -> Result<()
 }
 
 pub(crate) fn infer(remote: &Client, args: InferArgs, json: bool) -> Result<()> {
+    refuse_engine_args(&args.engine)?;
     let request = infer_output::api_request(&args)?;
     if !request.images.is_empty() {
         let answer: types::ClassifyAnswer = remote.post_json("accelerate/infer", &request)?;
@@ -406,4 +407,27 @@ fn generate(remote: &Client, request: &types::InferRequest, json: bool) -> Resul
         }
     }
     bail!("the daemon's answer ended before the generation did")
+}
+
+/// The daemon runs models where they are served, so `infer`'s engine options cannot
+/// apply: they are refused by name rather than ignored.
+fn refuse_engine_args(engine: &EngineArgs) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--device", engine.device.is_some()),
+        ("--precision", engine.precision.is_some()),
+        ("--threads", engine.threads.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} apply when infer runs a model itself, but a daemon holds the repo and runs \
+         models where they are served: serve it there with `ipfs-accelerate model serve \
+         MODEL --device wgpu --precision f16` (or the daemon's --serve-device), or stop \
+         the daemon (ipfs-accelerate shutdown)",
+        given.join(", ")
+    )
 }
