@@ -299,6 +299,14 @@ impl Server {
         self.read().contains_key(model)
     }
 
+    /// Where `model` runs and in which precision, if it is served here.
+    pub fn placement(&self, model: &Cid) -> Option<crate::engine::Placement> {
+        self.read().get(model).map(|s| crate::engine::Placement {
+            device: s.shared.model.device(),
+            precision: s.shared.model.precision(),
+        })
+    }
+
     /// Models served, with their current load.
     pub fn served(&self) -> Vec<(Cid, Load)> {
         self.read()

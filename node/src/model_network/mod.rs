@@ -283,9 +283,11 @@ impl ModelNetwork {
     }
 
     /// Serves inference for `root` to peers (and to local calls), and says so on the
-    /// DHT under the model's service key. The model must be in the repo.
+    /// DHT under the model's service key. The model must be in the repo. A model served
+    /// elsewhere (another device or precision) moves: loaded anew, it takes the old
+    /// one's place, and calls already queued on the old one finish there.
     pub(crate) async fn serve(&self, root: Cid, placement: Placement) -> Result<()> {
-        if !self.server.is_serving(&root) {
+        if self.server.placement(&root) != Some(placement) {
             let model = self.load(root, placement).await?;
             let callers = self.callers(root).await?;
             self.server

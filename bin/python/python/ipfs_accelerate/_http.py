@@ -431,7 +431,9 @@ class RemoteNode(BaseNode):
         params = [("arg", added[-1]["Hash"]), ("name", name), ("version", version), ("tags", ",".join(tags))]
         return await self._json("accelerate/model/import", params)
 
-    async def _raw_publish(self, model: str, name: Optional[str], version: str, tags: List[str], device: str) -> JsonObject:
+    async def _raw_publish(
+        self, model: str, name: Optional[str], version: str, tags: List[str], device: str, precision: str
+    ) -> JsonObject:
         if os.path.isdir(model):
             record = await self._raw_import_model(model, name, version, tags)
             model, name = record["cid"], record["name"]
@@ -441,14 +443,17 @@ class RemoteNode(BaseNode):
             ("version", version),
             ("tags", ",".join(tags) if tags else None),
             ("device", device),
+            ("precision", precision),
         ]
         return await self._json("accelerate/model/publish", params)
 
-    async def _raw_serve(self, model: str, device: str) -> JsonObject:
-        return await self._json("accelerate/model/serve", [("arg", model), ("device", device)])
+    async def _raw_serve(self, model: str, device: str, precision: str) -> JsonObject:
+        params = [("arg", model), ("device", device), ("precision", precision)]
+        return await self._json("accelerate/model/serve", params)
 
-    async def _raw_pull(self, model: str, serve: bool, device: str) -> JsonObject:
-        return await self._json("accelerate/model/pull", [("arg", model), ("serve", serve), ("device", device)])
+    async def _raw_pull(self, model: str, serve: bool, device: str, precision: str) -> JsonObject:
+        params = [("arg", model), ("serve", serve), ("device", device), ("precision", precision)]
+        return await self._json("accelerate/model/pull", params)
 
     async def _raw_models(self, task: Optional[str], tag: Optional[str]) -> JsonObject:
         return await self._json("accelerate/model/ls", [("task", task), ("tag", tag)])

@@ -263,22 +263,29 @@ class BaseNode(abc.ABC):
         version: str = "1",
         tags: Iterable[str] = (),
         device: str = "cpu",
+        precision: str = "f32",
     ) -> Manifest:
         """Publishes a model (a folder, imported first, or a name or CID already here):
         signed manifest, registry entry, DHT records, gossip; served from here too, on
-        `device`."""
-        body = await self._raw_publish(os.fspath(model), name=name, version=version, tags=list(tags), device=device)
+        `device` at `precision` (`f32`, or `f16` on `wgpu`)."""
+        body = await self._raw_publish(
+            os.fspath(model), name=name, version=version, tags=list(tags), device=device, precision=precision
+        )
         return Manifest.from_json(body)
 
-    async def serve(self, model: str, *, device: str = "cpu") -> str:
+    async def serve(self, model: str, *, device: str = "cpu", precision: str = "f32") -> str:
         """Serves inference for a model in the repo to peers and to this node's own
-        calls, on `device` (`cpu`, `ndarray` or `wgpu`); returns its CID."""
-        return str((await self._raw_serve(model, device=device))["Serving"])
+        calls, on `device` (`cpu`, `ndarray` or `wgpu`) at `precision` (`f32`, or `f16`
+        on `wgpu`: weights, activations and key/value cache in half precision); returns
+        its CID."""
+        return str((await self._raw_serve(model, device=device, precision=precision))["Serving"])
 
-    async def pull(self, model: str, *, serve: bool = False, device: str = "cpu") -> Pulled:
+    async def pull(
+        self, model: str, *, serve: bool = False, device: str = "cpu", precision: str = "f32"
+    ) -> Pulled:
         """Fetches a model from all its providers at once: verified, pinned, provided;
-        with `serve=True` served too, on `device`."""
-        return Pulled.from_json(await self._raw_pull(model, serve=serve, device=device))
+        with `serve=True` served too, on `device` at `precision`."""
+        return Pulled.from_json(await self._raw_pull(model, serve=serve, device=device, precision=precision))
 
     async def models(self, task: Optional[str] = None, *, tag: Optional[str] = None) -> List[Model]:
         """Models known here: imported, pulled, announced or read from registries."""
@@ -514,14 +521,14 @@ class BaseNode(abc.ABC):
 
     @abc.abstractmethod
     async def _raw_publish(
-        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str
+        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str, precision: str
     ) -> JsonObject: ...
 
     @abc.abstractmethod
-    async def _raw_serve(self, model: str, *, device: str) -> JsonObject: ...
+    async def _raw_serve(self, model: str, *, device: str, precision: str) -> JsonObject: ...
 
     @abc.abstractmethod
-    async def _raw_pull(self, model: str, *, serve: bool, device: str) -> JsonObject: ...
+    async def _raw_pull(self, model: str, *, serve: bool, device: str, precision: str) -> JsonObject: ...
 
     @abc.abstractmethod
     async def _raw_models(self, *, task: Optional[str], tag: Optional[str]) -> JsonObject: ...
@@ -788,16 +795,19 @@ class Node(BaseNode):
         return json_object(await native.import_model(folder, name=name, version=version, tags=tags))
 
     async def _raw_publish(
-        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str
+        self, model: str, *, name: Optional[str], version: str, tags: List[str], device: str, precision: str
     ) -> JsonObject:
         native = await self._handle()
-        return json_object(await native.publish(model, name=name, version=version, tags=tags, device=device))
+        return json_object(
+            await native.publish(model, name=name, version=version, tags=tags, device=device, precision=precision)
+        )
 
-    async def _raw_serve(self, model: str, *, device: str) -> JsonObject:
-        return json_object(await (await self._handle()).serve(model, device=device))
+    async def _raw_serve(self, model: str, *, device: str, precision: str) -> JsonObject:
+        return json_object(await (await self._handle()).serve(model, device=device, precision=precision))
 
-    async def _raw_pull(self, model: str, *, serve: bool, device: str) -> JsonObject:
-        return json_object(await (await self._handle()).pull(model, serve=serve, device=device))
+    async def _raw_pull(self, model: str, *, serve: bool, device: str, precision: str) -> JsonObject:
+        native = await self._handle()
+        return json_object(await native.pull(model, serve=serve, device=device, precision=precision))
 
     async def _raw_models(self, *, task: Optional[str], tag: Optional[str]) -> JsonObject:
         return json_object(await (await self._handle()).models(task=task, tag=tag))
