@@ -255,11 +255,16 @@ async def two_peers():
             # Slow on a loaded machine: during the full suite on 2 cores the lookup once
             # still answered "not found" after 30 s (why a's routing table lacked b that
             # long is not pinned down yet).
-            await until(
-                lambda: _connects(c, b.peer_id),
-                lambda: f"c to connect to b by its id ({_LAST_ERROR})",
-                wait=3 * WAIT,
-            )
+            try:
+                await until(
+                    lambda: _connects(c, b.peer_id),
+                    lambda: f"c to connect to b by its id ({_LAST_ERROR})",
+                    wait=3 * WAIT,
+                )
+            except AssertionError as failure:
+                # What each node is connected to, for the next look at this flake.
+                seen = {n: [p.peer for p in await node.peers()] for n, node in (("a", a), ("b", b), ("c", c))}
+                raise AssertionError(f"{failure}; a={a.peer_id} b={b.peer_id} c={c.peer_id}; peers: {seen}") from None
         finally:
             await c.close()
     finally:

@@ -260,7 +260,11 @@ fn behaviour(
     let identify = identify::Behaviour::new(
         identify::Config::new("ipfs/0.1.0".to_string(), key.public())
             .with_agent_version(config.agent_version.clone())
-            .with_interval(config.dilated(IDENTIFY_INTERVAL)),
+            .with_interval(config.dilated(IDENTIFY_INTERVAL))
+            // A new listen address (a relay reservation, a port mapping, a listener
+            // that came up after a bootstrap dial) reaches connected peers, and their
+            // DHT tables, at once rather than at the next 5-minute identify.
+            .with_push_listen_addr_updates(true),
     );
     let store = dht_store::Store::new(
         peer_id,
