@@ -37,37 +37,56 @@ const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
 /// The empty UnixFS directory's CIDv1, whose subdomain the guide's diagnostic reaches.
 const EMPTY_DIR_V1: &str = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354";
 
-/// The folder the wheel was installed into (`pip install --target`), made once.
+/// The folder the wheel was installed into (`pip install --target`), made once per
+/// build of the native library and kept beside it, so test processes share it and leave
+/// no copy behind (each was 180 MB).
 fn package() -> &'static Path {
-    static SITE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, site) = SITE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("ipfs-accelerate-wheel")
-            .tempdir()
-            .expect("temp dir");
+    static SITE: OnceLock<PathBuf> = OnceLock::new();
+    SITE.get_or_init(|| {
         let lib = binary().with_file_name("libipfs_accelerate_native.so");
-        assert!(
-            lib.exists(),
-            "{} not found: build the workspace first",
-            lib.display()
-        );
-        let wheels = dir.path().join("wheels");
+        let built = std::fs::metadata(&lib)
+            .unwrap_or_else(|e| panic!("{}: {e}: build the workspace first", lib.display()));
+        let modified = built
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let parent = lib.with_file_name("python-test-package");
+        let site = parent.join(format!("{modified}-{}", built.len()));
+        if site.exists() {
+            return site;
+        }
+        std::fs::create_dir_all(&parent).expect("creating the package folder");
+        // Built aside and renamed into place: test processes start together.
+        let work = tempfile::Builder::new()
+            .prefix("installing")
+            .tempdir_in(&parent)
+            .expect("temp dir");
         let packed = run(Command::new(python())
             .arg(workspace_root().join("bin/python/pack_wheel.py"))
             .arg("--lib")
             .arg(&lib)
             .arg("--out")
-            .arg(&wheels));
+            .arg(work.path().join("wheels")));
         let wheel = String::from_utf8_lossy(&packed.stdout).trim().to_owned();
-        let site = dir.path().join("site");
+        let installed = work.path().join("site");
         run(Command::new(python())
             .args(["-m", "pip", "install", "-q", "--no-deps", "--no-index"])
             .args(["--disable-pip-version-check", "--target"])
-            .arg(&site)
+            .arg(&installed)
             .arg(&wheel));
-        (dir, site)
-    });
-    site
+        if std::fs::rename(&installed, &site).is_ok() {
+            // Ours is the newest: earlier builds' copies go.
+            for old in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let name = old.file_name();
+                let name = name.to_string_lossy();
+                if old.path() != site && !name.starts_with("installing") {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
+        }
+        site
+    })
 }
 
 /// Runs a command to its end within [`COMMAND_TIMEOUT`]; it must succeed.
