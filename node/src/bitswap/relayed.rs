@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 /// How long a refusal counts: longer than any stall timeout a fetch waits.
-pub(crate) const MEMORY: Duration = Duration::from_secs(10 * 60);
+const MEMORY: Duration = Duration::from_secs(10 * 60);
 /// Marks kept at most: each needs a relayed connection, but peers come and go.
 const CAPACITY: usize = 4096;
 
