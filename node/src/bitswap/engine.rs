@@ -244,25 +244,47 @@ impl Inner {
         if wants.is_empty() {
             return;
         }
-        let store = self.store.clone();
+        let this = self.clone();
         let answered = tokio::task::spawn_blocking(move || {
-            server::answer(wants, |cid| store.has(cid).unwrap_or(false))
+            let answer = server::answer(wants, |cid| this.store.has(cid).unwrap_or(false));
+            let owed = this.remember_missing(peer, answer.missing);
+            (answer.presences, answer.blocks, owed)
         })
         .await;
-        let Ok(answer) = answered else {
+        let Ok((mut presences, mut blocks, owed)) = answered else {
             return;
         };
-        lock(&self.server).remember_missing(peer, answer.missing);
+        presences.extend(owed.haves);
+        blocks.extend(owed.blocks);
         self.send(
             peer,
             Message {
-                presences: answer.presences,
+                presences,
                 ..Message::default()
             },
         );
-        if !answer.blocks.is_empty() {
-            self.send_blocks_in_turn(peer, answer.blocks);
+        if !blocks.is_empty() {
+            self.send_blocks_in_turn(peer, blocks);
         }
+    }
+
+    /// Blocking: puts wants of `peer` we found no block for in its ledger, then looks
+    /// for their blocks once more and returns what it is owed of those now stored. A
+    /// block stored between the first look and the ledger entry found no entry to
+    /// answer when it arrived, and without the second look would never be sent.
+    fn remember_missing(&self, peer: PeerId, missing: Vec<(Cid, WantType)>) -> server::Owed {
+        if missing.is_empty() {
+            return server::Owed::default();
+        }
+        let cids: Vec<Cid> = missing.iter().map(|(cid, _)| *cid).collect();
+        lock(&self.server).remember_missing(peer, missing);
+        let stored: Vec<Cid> = (cids.into_iter())
+            .filter(|cid| self.store.has(cid).unwrap_or(false))
+            .collect();
+        if stored.is_empty() {
+            return server::Owed::default();
+        }
+        lock(&self.server).claim_stored(peer, &stored)
     }
 
     /// Reads the blocks `cids` and queues them for `peer`, after the blocks its earlier
@@ -281,8 +303,42 @@ impl Inner {
 
     /// Blocking: packs the blocks `peer` still waits for into messages, each waiting
     /// for room in the peer's budget before it is queued: a large wantlist waits
-    /// instead of piling blocks up in memory.
+    /// instead of piling blocks up in memory. Blocks gone from the store meanwhile go
+    /// to the ledger, and those of them stored again by then are sent after all.
     fn read_and_queue(&self, peer: PeerId, queue: &PeerQueue, cids: Vec<Cid>) {
+        let Some(missing) = self.pack_and_queue(peer, queue, cids) else {
+            return;
+        };
+        let owed = self.remember_missing(peer, missing);
+        if !owed.haves.is_empty() {
+            let presences = owed.haves;
+            queue.send_control(
+                peer,
+                Message {
+                    presences,
+                    ..Message::default()
+                },
+            );
+        }
+        if owed.blocks.is_empty() {
+            return;
+        }
+        // Read once more, not again and again: a block the store says it has but
+        // cannot read waits in the ledger.
+        if let Some(missing) = self.pack_and_queue(peer, queue, owed.blocks) {
+            lock(&self.server).remember_missing(peer, missing);
+        }
+    }
+
+    /// Blocking: reads and queues the blocks of `cids` that `peer` still waits for;
+    /// returns those the store could not give, or `None` once the peer's queues are
+    /// gone.
+    fn pack_and_queue(
+        &self,
+        peer: PeerId,
+        queue: &PeerQueue,
+        cids: Vec<Cid>,
+    ) -> Option<Vec<(Cid, WantType)>> {
         let mut packer = Packer::default();
         let mut missing = Vec::new();
         for cid in cids {
@@ -294,16 +350,14 @@ impl Inner {
                 missing.push((cid, WantType::Block));
                 continue;
             };
-            if let Some(full) = packer.push(block)
-                && queue.send_blocks(full).is_none()
-            {
-                return;
+            if let Some(full) = packer.push(block) {
+                queue.send_blocks(full)?;
             }
         }
         if let Some(last) = packer.finish() {
-            queue.send_blocks(last);
+            queue.send_blocks(last)?;
         }
-        lock(&self.server).remember_missing(peer, missing);
+        Some(missing)
     }
 
     /// Keeps the blocks of `message` that `peer` still waits for, counting them as

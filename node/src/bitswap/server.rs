@@ -53,6 +53,12 @@ pub(super) struct Owed {
     pub(super) haves: Vec<Presence>,
 }
 
+impl Owed {
+    pub(super) fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.haves.is_empty()
+    }
+}
+
 impl Server {
     /// Blocks and bytes sent so far.
     pub(super) fn sent(&self) -> (u64, u64) {
@@ -135,24 +141,40 @@ impl Server {
         self.bytes_sent += message.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
     }
 
-    /// `cid` arrived: what each peer whose ledger holds it is owed. Blocks owed go on
-    /// its list to send.
+    /// `cids` arrived: what each peer whose ledger holds them is owed. Blocks owed go
+    /// on its list to send.
     pub(super) fn on_stored(&mut self, cids: &[Cid]) -> HashMap<PeerId, Owed> {
-        let mut owed: HashMap<PeerId, Owed> = HashMap::new();
-        for cid in cids {
-            for (peer, ledger) in self.ledgers.iter_mut() {
-                match ledger.remove(cid) {
-                    Some(WantType::Block) => owed.entry(*peer).or_default().blocks.push(*cid),
-                    Some(WantType::Have) => owed.entry(*peer).or_default().haves.push(Presence {
-                        cid: *cid,
-                        kind: PresenceKind::Have,
-                    }),
-                    None => {}
-                }
+        let peers: Vec<PeerId> = self.ledgers.keys().copied().collect();
+        let mut owed = HashMap::new();
+        for peer in peers {
+            let owed_peer = self.claim_stored(peer, cids);
+            if !owed_peer.is_empty() {
+                owed.insert(peer, owed_peer);
             }
         }
-        for (peer, owed) in &owed {
-            let to_send = self.to_send.entry(*peer).or_default();
+        owed
+    }
+
+    /// What `peer` is owed of `cids`, which the store has: those still in its ledger
+    /// are taken out of it, and blocks go on its list to send. Taking them out is what
+    /// makes each owed once, whether the arrival or a second look finds them first.
+    pub(super) fn claim_stored(&mut self, peer: PeerId, cids: &[Cid]) -> Owed {
+        let mut owed = Owed::default();
+        let Some(ledger) = self.ledgers.get_mut(&peer) else {
+            return owed;
+        };
+        for cid in cids {
+            match ledger.remove(cid) {
+                Some(WantType::Block) => owed.blocks.push(*cid),
+                Some(WantType::Have) => owed.haves.push(Presence {
+                    cid: *cid,
+                    kind: PresenceKind::Have,
+                }),
+                None => {}
+            }
+        }
+        if !owed.blocks.is_empty() {
+            let to_send = self.to_send.entry(peer).or_default();
             to_send.extend(owed.blocks.iter().copied());
         }
         owed
@@ -381,6 +403,33 @@ mod tests {
         // A cancel before the block is read takes it off again.
         server.on_wants(a, vec![cancel(1)], false);
         assert!(!server.is_to_send(a, &cid(1)));
+    }
+
+    /// The engine looks in the store, then puts what it did not find in the ledger; a
+    /// block stored in between finds no ledger entry when it arrives. The engine's
+    /// second look claims it, and whichever of the two finds it first owes it.
+    #[test]
+    fn a_block_stored_between_the_look_and_the_ledger_entry_is_owed_once() {
+        let peer = PeerId::random();
+        let mut server = Server::default();
+        server.on_wants(peer, vec![entry(1, WantType::Block)], false);
+        assert!(
+            server.on_stored(&[cid(1)]).is_empty(),
+            "no ledger entry yet"
+        );
+        server.remember_missing(peer, vec![(cid(1), WantType::Block)]);
+
+        let owed = server.claim_stored(peer, &[cid(1)]);
+        assert_eq!(owed.blocks, [cid(1)]);
+        assert!(server.is_to_send(peer, &cid(1)));
+        assert!(server.claim_stored(peer, &[cid(1)]).is_empty());
+        assert!(server.on_stored(&[cid(1)]).is_empty());
+
+        // Stored after the ledger entry: the arrival owes it, the second look nothing.
+        server.on_wants(peer, vec![entry(2, WantType::Have)], false);
+        server.remember_missing(peer, vec![(cid(2), WantType::Have)]);
+        assert_eq!(server.on_stored(&[cid(2)])[&peer].haves.len(), 1);
+        assert!(server.claim_stored(peer, &[cid(2)]).is_empty());
     }
 
     #[test]

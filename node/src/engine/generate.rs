@@ -285,7 +285,7 @@ impl Generator {
     }
 
     /// The element type the weights are held in on the device (tests: that f16 runs).
-    #[cfg(test)]
+    #[cfg(all(test, feature = "wgpu"))]
     pub(super) fn weights_dtype(&self) -> burn::tensor::DType {
         self.decoder.weights_dtype()
     }

@@ -296,7 +296,7 @@ impl Decoder {
     }
 
     /// The element type of the weights: f32 on the host, the model's on a device.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "wgpu"))]
     pub(crate) fn weights_dtype(&self) -> burn::tensor::DType {
         match &self.model {
             Model::Host(_) => burn::tensor::DType::F32,
