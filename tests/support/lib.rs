@@ -396,9 +396,21 @@ impl Kubo {
     }
 }
 
+/// How long Kubo gets to quit, removing its temporary repo (100 MB), before it is
+/// killed; it takes well under a second.
+const KUBO_QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Drop for Kubo {
     fn drop(&mut self) {
         let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let deadline = std::time::Instant::now() + KUBO_QUIT_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
