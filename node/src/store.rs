@@ -75,6 +75,20 @@ pub struct Store {
     /// cannot appear between a mark and its sweep.
     pub(crate) gc_lock: Mutex<()>,
     touched: Mutex<Vec<Cid>>,
+    /// Who hears of each batch of blocks stored ([`Store::watch_stored`]).
+    watchers: Watchers,
+}
+
+/// Told of each batch of blocks stored; answers whether it wants to hear more.
+type StoredWatcher = Box<dyn Fn(&[Block]) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct Watchers(Mutex<Vec<StoredWatcher>>);
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} watcher(s)", lock(&self.0).len())
+    }
 }
 
 /// Result of re-hashing every block.
@@ -113,7 +127,20 @@ impl Store {
             temp_pins: Mutex::default(),
             gc_lock: Mutex::default(),
             touched: Mutex::default(),
+            watchers: Watchers::default(),
         }
+    }
+
+    /// Has `watcher` told of every batch of blocks stored from now on, however they
+    /// came (an import, `block put`, Bitswap), until it answers `false`: Bitswap's
+    /// server owes them to peers that asked before we had them. It runs on the
+    /// storing thread, so it only hands the news on.
+    pub fn watch_stored(&self, watcher: impl Fn(&[Block]) -> bool + Send + Sync + 'static) {
+        lock(&self.watchers.0).push(Box::new(watcher));
+    }
+
+    fn tell_stored(&self, blocks: &[Block]) {
+        lock(&self.watchers.0).retain(|watcher| watcher(blocks));
     }
 
     /// A store in memory with default limits (tests, netsim).
@@ -321,6 +348,7 @@ impl ImportSession<'_> {
             }
         }
         let added = self.store.blocks.put_many_deferred(blocks)?;
+        self.store.tell_stored(blocks);
         if added > 0 {
             self.store.evict_if_over_watermark()?;
         }

@@ -25,17 +25,18 @@ struct TestNode {
     addr: Multiaddr,
 }
 
+/// A node that searches for providers 200 ms after a want went unanswered.
 async fn node() -> TestNode {
-    node_with(bitswap::Config::default()).await
+    node_with(bitswap::Config {
+        provider_search_delay: Duration::from_millis(200),
+        ..bitswap::Config::default()
+    })
+    .await
 }
 
 async fn node_with(config: bitswap::Config) -> TestNode {
     let (p2p, addr) = loopback_swarm().await;
     let store = Arc::new(Store::in_memory());
-    let config = bitswap::Config {
-        provider_search_delay: Duration::from_millis(200),
-        ..config
-    };
     let bitswap = Bitswap::start(store.clone(), p2p.clone(), config).unwrap();
     TestNode {
         p2p,
@@ -150,13 +151,7 @@ async fn providers_are_found_on_the_dht_and_dialed() {
 /// Waits until `relay` holds `asker`'s want for `cid`, then has it fetch the block
 /// from `origin`.
 async fn held_then_fetched(relay: &TestNode, asker: PeerId, cid: cid::Cid, origin: &TestNode) {
-    tokio::time::timeout(WAIT, async {
-        while !relay.bitswap.wantlist_of(&asker).contains(&cid) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the relay holds the asker's want");
+    want_held(relay, asker, cid).await;
     relay.p2p.connect(origin.addr.clone()).await.unwrap();
     relay.bitswap.get(cid, WAIT).await.unwrap();
 }
@@ -206,81 +201,133 @@ async fn read_bitswap_message(stream: &mut libp2p::Stream) -> Option<wire::Messa
     Some(wire::Message::decode(body).unwrap())
 }
 
+/// A bare libp2p peer that sent one want-block to a node and never asks again, so
+/// what it gets comes from the node's ledger; the messages the node sends it come out
+/// of `received`.
+struct RawAsker {
+    id: PeerId,
+    received: tokio::sync::mpsc::Receiver<wire::Message>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for RawAsker {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|task| task.abort());
+    }
+}
+
+impl RawAsker {
+    async fn wanting(node: &TestNode, cid: cid::Cid) -> RawAsker {
+        use futures::{AsyncWriteExt, StreamExt};
+
+        let (mut swarm, mut control) = raw_peer().await;
+        let protocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+        let mut incoming = control.accept(protocol.clone()).unwrap();
+        // The node's streams to us: one for wants (its own, if it fetches the block),
+        // one for blocks. Read from the start: libp2p-stream drops a stream that
+        // arrives while the last one waits to be taken.
+        let (messages, received) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let messages = messages.clone();
+                tokio::spawn(async move {
+                    while let Some(message) = read_bitswap_message(&mut stream).await {
+                        if messages.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let id = *swarm.local_peer_id();
+        swarm.dial(node.addr.clone()).unwrap();
+        let driver = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        let mut wants = tokio::time::timeout(
+            WAIT,
+            control.open_stream(node.p2p.local_peer_id(), protocol),
+        )
+        .await
+        .expect("stream opened in time")
+        .expect("stream opened");
+        let want = wire::Message {
+            wantlist: vec![wire::WantEntry {
+                cid,
+                priority: 1,
+                cancel: false,
+                want_type: wire::WantType::Block,
+                send_dont_have: false,
+            }],
+            ..wire::Message::default()
+        };
+        let body = want.encode(wire::ProtocolVersion::V1_2_0);
+        let mut prefix = unsigned_varint::encode::usize_buffer();
+        wants
+            .write_all(unsigned_varint::encode::usize(body.len(), &mut prefix))
+            .await
+            .unwrap();
+        wants.write_all(&body).await.unwrap();
+        wants.flush().await.unwrap();
+        RawAsker {
+            id,
+            received,
+            tasks: [reader, driver],
+        }
+    }
+
+    /// The CIDs of the first message with blocks the node sends.
+    async fn blocks_received(&mut self) -> Vec<cid::Cid> {
+        let message = tokio::time::timeout(WAIT, async {
+            loop {
+                let message = self.received.recv().await.unwrap();
+                if !message.blocks.is_empty() {
+                    break message;
+                }
+            }
+        })
+        .await
+        .expect("the block came in time");
+        message.blocks.iter().map(|b| *b.cid()).collect()
+    }
+}
+
+/// Waits until `node` holds `asker`'s want for `cid`.
+async fn want_held(node: &TestNode, asker: PeerId, cid: cid::Cid) {
+    tokio::time::timeout(WAIT, async {
+        while !node.bitswap.wantlist_of(&asker).contains(&cid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the node holds the asker's want");
+}
+
 /// A want-block for a block we do not have yet waits in our ledger; the block goes to
 /// the peer as soon as we have it, within its budget like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_want_block_held_in_the_ledger_is_answered_with_the_block() {
-    use futures::{AsyncWriteExt, StreamExt};
-
     let (origin, relay) = (node().await, node().await);
     let (root, _) = add(&origin.store, 500_000, 5);
-    let (mut swarm, mut control) = raw_peer().await;
-    let protocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
-    let mut incoming = control.accept(protocol.clone()).unwrap();
-    // The relay's streams to us: one for wants (its own want for the block comes that
-    // way), one for blocks. Read from the start: libp2p-stream drops a stream that
-    // arrives while the last one waits to be taken.
-    let (messages, mut received) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        while let Some((_, mut stream)) = incoming.next().await {
-            let messages = messages.clone();
-            tokio::spawn(async move {
-                while let Some(message) = read_bitswap_message(&mut stream).await {
-                    if messages.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let asker_id = *swarm.local_peer_id();
-    swarm.dial(relay.addr.clone()).unwrap();
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    let mut wants = tokio::time::timeout(
-        WAIT,
-        control.open_stream(relay.p2p.local_peer_id(), protocol),
-    )
-    .await
-    .expect("stream opened in time")
-    .expect("stream opened");
-    let want = wire::Message {
-        wantlist: vec![wire::WantEntry {
-            cid: root,
-            priority: 1,
-            cancel: false,
-            want_type: wire::WantType::Block,
-            send_dont_have: false,
-        }],
-        ..wire::Message::default()
-    };
-    let body = want.encode(wire::ProtocolVersion::V1_2_0);
-    let mut prefix = unsigned_varint::encode::usize_buffer();
-    wants
-        .write_all(unsigned_varint::encode::usize(body.len(), &mut prefix))
-        .await
-        .unwrap();
-    wants.write_all(&body).await.unwrap();
-    wants.flush().await.unwrap();
-    held_then_fetched(&relay, asker_id, root, &origin).await;
-    let message = tokio::time::timeout(WAIT, async {
-        loop {
-            let message = received.recv().await.unwrap();
-            if !message.blocks.is_empty() {
-                break message;
-            }
-        }
-    })
-    .await
-    .expect("the block came in time");
-    let sent: Vec<_> = message.blocks.iter().map(|b| *b.cid()).collect();
-    assert_eq!(sent, vec![root]);
-    assert!(relay.bitswap.wantlist_of(&asker_id).is_empty());
-    reader.abort();
-    driver.abort();
+    let mut asker = RawAsker::wanting(&relay, root).await;
+    held_then_fetched(&relay, asker.id, root, &origin).await;
+    assert_eq!(asker.blocks_received().await, vec![root]);
+    assert!(relay.bitswap.wantlist_of(&asker.id).is_empty());
+}
+
+/// A want-block held in our ledger is answered when we add the block ourselves (an
+/// import, not a Bitswap fetch), not only when the peer asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_block_held_in_the_ledger_is_answered_when_we_add_the_block() {
+    let holder = node().await;
+    let (root, _) = add(&Store::in_memory(), 100_000, 7);
+    let mut asker = RawAsker::wanting(&holder, root).await;
+    want_held(&holder, asker.id, root).await;
+    assert_eq!(add(&holder.store, 100_000, 7).0, root);
+    assert_eq!(asker.blocks_received().await, vec![root]);
+    assert!(holder.bitswap.wantlist_of(&asker.id).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,9 @@ const TICK: Duration = Duration::from_millis(250);
 const PRUNE_EVERY_TICKS: u32 = 40;
 /// Providers asked for per DHT lookup.
 const PROVIDERS_PER_SEARCH: usize = 8;
+/// Batches of stored CIDs waiting for [`serve_stored`]; past that a batch is not
+/// looked up, and a peer waiting for one of its blocks gets it when it asks again.
+const STORED_QUEUE_CAPACITY: usize = 256;
 
 pub(super) struct Inner {
     pub(super) store: Arc<Store>,
@@ -47,6 +50,8 @@ pub(super) struct Inner {
     pub(super) inbound: Arc<Semaphore>,
     /// Blocks for the store writer, by the peer that sent them (`None`: a gateway).
     received: mpsc::Sender<(Option<PeerId>, Vec<Block>)>,
+    /// CIDs of blocks stored, however they came, for [`serve_stored`].
+    stored: mpsc::Sender<Vec<Cid>>,
     /// Bytes of messages being read.
     pub(super) budget: Arc<budget::Budget>,
     /// Blocking threads hashing received blocks at once.
@@ -72,6 +77,7 @@ impl Inner {
         channels: behaviour::Channels,
     ) -> Arc<Inner> {
         let (received, received_rx) = mpsc::channel(RECEIVED_QUEUE_CAPACITY);
+        let (stored, stored_rx) = mpsc::channel(STORED_QUEUE_CAPACITY);
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let inner = Arc::new(Inner {
             store,
@@ -84,12 +90,27 @@ impl Inner {
             budget: budget::Budget::new(config.buffers),
             config,
             received,
+            stored,
             verifying: Arc::new(Semaphore::new(cpus)),
             looking_up: Arc::new(Semaphore::new(2 * cpus)),
             relayed_only: channels.relayed_only,
         });
         let weak = Arc::downgrade(&inner);
+        inner.store.watch_stored({
+            let weak = weak.clone();
+            move |blocks| {
+                let Some(this) = weak.upgrade() else {
+                    return false;
+                };
+                let cids = blocks.iter().map(|b| *b.cid()).collect();
+                if this.stored.try_send(cids).is_err() {
+                    tracing::debug!("bitswap: stored blocks not looked up in the ledgers");
+                }
+                true
+            }
+        });
         tokio::spawn(store_received(weak.clone(), received_rx));
+        tokio::spawn(serve_stored(weak.clone(), stored_rx));
         tokio::spawn(super::inbound::accept_loop(weak.clone(), channels.inbound));
         tokio::spawn(follow_peers(weak.clone(), p2p.subscribe_events()));
         tokio::spawn(tick_loop(weak));
@@ -392,6 +413,16 @@ impl Inner {
         for (peer, entry) in stored.sends {
             control.entry(peer).or_default().wantlist.push(entry);
         }
+        self.pay(owed, control);
+    }
+
+    /// Sends peers what they are owed: HAVEs with the rest of their control message,
+    /// blocks in their turn.
+    fn pay(
+        self: &Arc<Self>,
+        owed: HashMap<PeerId, server::Owed>,
+        mut control: HashMap<PeerId, Message>,
+    ) {
         for (wanter, owed) in owed {
             let haves: Vec<Presence> = owed.haves;
             control.entry(wanter).or_default().presences.extend(haves);
@@ -535,6 +566,20 @@ async fn store_received(
         }
         for (peer, blocks) in batch {
             this.on_stored(peer, blocks);
+        }
+    }
+}
+
+/// Serves peers waiting in a ledger for blocks stored other than through Bitswap (an
+/// import, `block put`, a model pull): without it they would wait until they ask
+/// again. Blocks Bitswap stored come here too; [`Inner::on_stored`] or this, whichever
+/// looks first, takes them out of the ledgers, so each is sent once.
+async fn serve_stored(inner: Weak<Inner>, mut stored: mpsc::Receiver<Vec<Cid>>) {
+    while let Some(cids) = stored.recv().await {
+        let Some(this) = inner.upgrade() else { return };
+        let owed = lock(&this.server).on_stored(&cids);
+        if !owed.is_empty() {
+            this.pay(owed, HashMap::new());
         }
     }
 }
