@@ -144,7 +144,12 @@ impl Server {
     /// `cids` arrived: what each peer whose ledger holds them is owed. Blocks owed go
     /// on its list to send.
     pub(super) fn on_stored(&mut self, cids: &[Cid]) -> HashMap<PeerId, Owed> {
-        let peers: Vec<PeerId> = self.ledgers.keys().copied().collect();
+        // Most batches find no ledger waiting (every stored batch comes here, our own
+        // downloads and imports too): nothing to allocate or look up then.
+        let peers: Vec<PeerId> = (self.ledgers.iter())
+            .filter(|(_, ledger)| !ledger.is_empty())
+            .map(|(peer, _)| *peer)
+            .collect();
         let mut owed = HashMap::new();
         for peer in peers {
             let owed_peer = self.claim_stored(peer, cids);
